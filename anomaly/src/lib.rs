@@ -1,0 +1,1 @@
+//! Portico anomaly (being written).

@@ -1,0 +1,1 @@
+//! Portico plugins (being written).
