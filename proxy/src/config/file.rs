@@ -1,0 +1,324 @@
+//! The configuration file exactly as written: plain serde structs with `deny_unknown_fields`.
+//!
+//! Key names here are Portico's public contract. Values that can be checked alone (durations, addresses) are
+//! parsed while deserialising, so the TOML parser reports them with their line; cross-references are kept
+//! `Spanned` so validation can name the line too.
+
+use super::duration::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The admin API; defaults to 127.0.0.1:9901.
+    #[serde(default)]
+    pub admin: AdminFile,
+    /// Where clients connect.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerFile>,
+    /// Groups of endpoints requests are sent to.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamFile>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// TCP address of the admin API.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+    /// Bearer token for mutating calls; required when `listen` is not loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The same admin API on a Unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<PathBuf>,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        AdminFile { listen: default_admin_listen(), token: None, unix_socket: None }
+    }
+}
+
+fn default_admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9901".to_string())
+}
+
+/// Reverse proxy or forward proxy.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Requests go to the listener's upstream group.
+    #[default]
+    Reverse,
+    /// Absolute-form requests and CONNECT tunnels go where the client asks.
+    Forward,
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// Unique name, used in metrics and logs.
+    pub name: Spanned<String>,
+    /// Socket address to bind.
+    pub listen: Spanned<String>,
+    /// Default upstream group (reverse mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Spanned<String>>,
+    /// reverse (default) or forward.
+    #[serde(default)]
+    pub mode: ListenerMode,
+    /// Ports CONNECT may reach in forward mode.
+    #[serde(default = "default_connect_ports")]
+    pub connect_ports: Vec<u16>,
+    /// TLS termination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFile>,
+    /// Open connections accepted at once; further ones wait in the kernel backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head (slowloris guard).
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// Largest request head accepted; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+}
+
+fn default_connect_ports() -> Vec<u16> {
+    vec![443]
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+
+/// `tls = { cert = "...", key = "...", sni = [{ cert, key }] }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chain served when no SNI certificate matches.
+    pub cert: PathBuf,
+    /// PEM private key for `cert`.
+    pub key: PathBuf,
+    /// More certificates, each chosen when the client's SNI name is valid for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<CertFile>,
+}
+
+/// One certificate and key pair.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Protocol spoken to an upstream's endpoints.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    H2,
+}
+
+/// `[[upstream]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// Unique name, referenced by listeners.
+    pub name: Spanned<String>,
+    /// `"host:port"` or `{ address = "host:port", weight = 3 }`.
+    pub endpoints: Vec<EndpointFile>,
+    /// http1 (default) or h2.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TCP connect deadline.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Deadline for the response head, per attempt.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Extra attempts for idempotent requests on another endpoint.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Cap on retries relative to traffic, so a sick upstream is not hammered.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetFile,
+    /// Keep-alive pool limits, per endpoint.
+    #[serde(default)]
+    pub pool: PoolFile,
+    /// Active health checking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckFile>,
+    /// Passive ejection of failing endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierFile>,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1))
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(15))
+}
+fn default_retries() -> u32 {
+    1
+}
+
+/// An endpoint in either of its two spellings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum EndpointFile {
+    /// `"10.0.0.1:80"`, weight 1.
+    Address(String),
+    /// `{ address = "10.0.0.2:80", weight = 3 }`.
+    Weighted {
+        /// host:port.
+        address: String,
+        /// Relative share of traffic, 1..=1000.
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `retry_budget = { percent = 20, min_per_second = 10 }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetFile {
+    /// Retries allowed as a percentage of requests.
+    #[serde(default = "default_budget_percent")]
+    pub percent: u32,
+    /// Retries allowed each second regardless of traffic, so low-traffic upstreams can still retry.
+    #[serde(default = "default_budget_min")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetFile {
+    fn default() -> Self {
+        RetryBudgetFile { percent: default_budget_percent(), min_per_second: default_budget_min() }
+    }
+}
+fn default_budget_percent() -> u32 {
+    20
+}
+fn default_budget_min() -> u32 {
+    10
+}
+
+/// `pool = { max_idle = 64, idle_timeout = "60s", max_connections = 1024 }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Idle keep-alive connections kept per endpoint.
+    #[serde(default = "default_max_idle")]
+    pub max_idle: usize,
+    /// Idle connections older than this are closed; keep it below the origin's own keep-alive timeout.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Requests in flight per endpoint (each holds one HTTP/1 connection); more wait up to connect_timeout.
+    #[serde(default = "default_max_conns")]
+    pub max_connections: usize,
+}
+
+impl Default for PoolFile {
+    fn default() -> Self {
+        PoolFile {
+            max_idle: default_max_idle(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_conns(),
+        }
+    }
+}
+fn default_max_idle() -> usize {
+    64
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
+}
+fn default_max_conns() -> usize {
+    1024
+}
+
+/// `health_check = { path = "/health", interval = "5s", ... }`; without `path` it is a TCP connect check.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// HTTP GET path; a 2xx answer is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between probes.
+    #[serde(default = "default_hc_interval")]
+    pub interval: HumanDuration,
+    /// Probe deadline.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: HumanDuration,
+    /// Consecutive failures that mark an endpoint unhealthy.
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that mark it healthy again.
+    #[serde(default = "default_healthy")]
+    pub healthy_threshold: u32,
+}
+fn default_hc_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
+}
+fn default_hc_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(2))
+}
+fn default_unhealthy() -> u32 {
+    3
+}
+fn default_healthy() -> u32 {
+    2
+}
+
+/// `outlier_detection = { consecutive_5xx = 5, base_ejection_time = "30s", max_ejection_percent = 50 }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    /// Consecutive 5xx answers or connect failures that eject an endpoint.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_5xx: u32,
+    /// Ejection lasts this times the number of times the endpoint was ejected.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: HumanDuration,
+    /// Longest ejection.
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: HumanDuration,
+    /// Never eject more than this share of the upstream's endpoints.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_base_ejection() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_max_ejection() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
