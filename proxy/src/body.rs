@@ -1,0 +1,140 @@
+//! The two body types of the data path. Both stream: a proxied body is passed frame by frame and never
+//! collected. Local answers (errors, admin) are a single buffer. Enums instead of boxing keep a request free
+//! of extra allocations.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// What Portico sends upstream: the client's body as it arrives, or bytes Portico already holds.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Streamed from the client.
+    Stream(Incoming),
+    /// Held in memory (empty for bodiless requests, so they can be retried).
+    Full(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// A body with no bytes.
+    pub fn empty() -> Self {
+        RequestBody::Full(None)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Stream(incoming) => Pin::new(incoming).poll_frame(cx),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(incoming) => incoming.is_end_stream(),
+            RequestBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(incoming) => incoming.size_hint(),
+            RequestBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// Something that must live exactly as long as a response body is being sent (an endpoint's active-request
+/// count, a connection permit, the request's metrics).
+pub trait BodyGuard: Send + Sync + 'static {
+    /// Called once when the body ends, with whether it ended cleanly.
+    fn finish(&mut self, ok: bool);
+}
+
+/// What Portico sends to the client.
+pub enum ResponseBody {
+    /// Streamed from the upstream, with whatever must be released when it ends.
+    Upstream(Incoming, Option<Box<dyn BodyGuard>>),
+    /// A local answer.
+    Full(Option<Bytes>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Upstream(..) => f.write_str("ResponseBody::Upstream"),
+            ResponseBody::Full(b) => write!(f, "ResponseBody::Full({:?})", b.as_ref().map(Bytes::len)),
+        }
+    }
+}
+
+impl ResponseBody {
+    /// A local answer body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(incoming, guard) => {
+                let polled = Pin::new(&mut *incoming).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => finish(guard, true),
+                    Poll::Ready(Some(Err(_))) => finish(guard, false),
+                    Poll::Ready(Some(Ok(_))) if incoming.is_end_stream() => finish(guard, true),
+                    _ => {}
+                }
+                polled
+            }
+            ResponseBody::Full(bytes) => {
+                Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(incoming, _) => incoming.is_end_stream(),
+            ResponseBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(incoming, _) => incoming.size_hint(),
+            ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+fn finish(guard: &mut Option<Box<dyn BodyGuard>>, ok: bool) {
+    if let Some(mut g) = guard.take() {
+        g.finish(ok);
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A client that goes away mid-body still releases the endpoint.
+        if let ResponseBody::Upstream(incoming, guard) = self {
+            let ok = incoming.is_end_stream();
+            finish(guard, ok);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The live state of one endpoint: health, ejection, drain, weight, load. It outlives config reloads that keep
+//! the endpoint, so health history and ejections are not forgotten by a reload.
+
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why an endpoint is or is not receiving traffic, as shown by `GET /upstreams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointStatus {
+    /// Takes traffic.
+    Healthy,
+    /// Failed active health checks.
+    Unhealthy,
+    /// Ejected by outlier detection for a while.
+    Ejected,
+    /// Taken out by an operator (admin API), e.g. a remediation script.
+    Drained,
+}
+
+/// One endpoint of an upstream group.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The address as configured.
+    pub name: String,
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// `http://address`, built once for request URIs.
+    pub authority: http::uri::Authority,
+    weight: AtomicU32,
+    healthy: AtomicBool,
+    drained: AtomicBool,
+    active: AtomicU32,
+    latency_ewma_us: AtomicU64,
+    outlier: Mutex<OutlierState>,
+    probe: Mutex<ProbeState>,
+}
+
+#[derive(Debug, Default)]
+struct OutlierState {
+    consecutive_failures: u32,
+    times_ejected: u32,
+    ejected_until: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct ProbeState {
+    successes: u32,
+    failures: u32,
+}
+
+impl Endpoint {
+    /// A new endpoint starts healthy, as nginx and HAProxy do, so traffic flows before the first probe.
+    pub fn new(name: String, address: SocketAddr, weight: u32) -> Result<Self, http::uri::InvalidUri> {
+        let authority = address.to_string().parse()?;
+        Ok(Endpoint {
+            name,
+            address,
+            authority,
+            weight: AtomicU32::new(weight),
+            healthy: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            active: AtomicU32::new(0),
+            latency_ewma_us: AtomicU64::new(0),
+            outlier: Mutex::new(OutlierState::default()),
+            probe: Mutex::new(ProbeState::default()),
+        })
+    }
+
+    /// Current weight (the admin API may change it at run time).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Changes the weight; 0 is refused by the caller.
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// Takes the endpoint out of (or back into) rotation by operator decision.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
+    }
+
+    /// Whether the balancer may pick it now.
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.status(now) == EndpointStatus::Healthy
+    }
+
+    /// The reason it does or does not take traffic.
+    pub fn status(&self, now: Instant) -> EndpointStatus {
+        if self.drained.load(Ordering::Relaxed) {
+            EndpointStatus::Drained
+        } else if !self.healthy.load(Ordering::Relaxed) {
+            EndpointStatus::Unhealthy
+        } else if self.outlier.lock().ejected_until.is_some_and(|until| until > now) {
+            EndpointStatus::Ejected
+        } else {
+            EndpointStatus::Healthy
+        }
+    }
+
+    /// Requests in flight right now.
+    pub fn active_requests(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request as started; the guard ends it when dropped, however the request ends.
+    pub fn begin_request(self: &std::sync::Arc<Self>) -> ActiveRequest {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest { endpoint: self.clone() }
+    }
+
+    /// Smoothed time to response head, in microseconds (0 before the first response).
+    pub fn latency_ewma_us(&self) -> u64 {
+        self.latency_ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// Folds one observed latency into the moving average (alpha 0.2).
+    pub fn record_latency(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let old = self.latency_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 4 + sample) / 5 };
+        self.latency_ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    /// Records an active probe result; returns the new health when it flipped.
+    pub fn record_probe(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Option<bool> {
+        let mut probe = self.probe.lock();
+        let healthy = self.healthy.load(Ordering::Relaxed);
+        if ok {
+            probe.failures = 0;
+            probe.successes = probe.successes.saturating_add(1);
+            if !healthy && probe.successes >= healthy_threshold {
+                self.healthy.store(true, Ordering::Relaxed);
+                return Some(true);
+            }
+        } else {
+            probe.successes = 0;
+            probe.failures = probe.failures.saturating_add(1);
+            if healthy && probe.failures >= unhealthy_threshold {
+                self.healthy.store(false, Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Records a passive success (any non-5xx answer): resets the failure streak.
+    pub fn record_success(&self) {
+        let mut outlier = self.outlier.lock();
+        if outlier.consecutive_failures != 0 {
+            outlier.consecutive_failures = 0;
+        }
+    }
+
+    /// Records a passive failure; returns the failure streak length.
+    pub fn record_failure(&self) -> u32 {
+        let mut outlier = self.outlier.lock();
+        outlier.consecutive_failures = outlier.consecutive_failures.saturating_add(1);
+        outlier.consecutive_failures
+    }
+
+    /// Ejects for `base × times ejected` (capped); returns how long.
+    pub fn eject(&self, now: Instant, base: Duration, max: Duration) -> Duration {
+        let mut outlier = self.outlier.lock();
+        outlier.times_ejected = outlier.times_ejected.saturating_add(1);
+        outlier.consecutive_failures = 0;
+        let duration = base.saturating_mul(outlier.times_ejected).min(max);
+        outlier.ejected_until = Some(now + duration);
+        duration
+    }
+
+    /// Whether an ejection is in force.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.outlier.lock().ejected_until.is_some_and(|until| until > now)
+    }
+}
+
+/// Counts a request as active on its endpoint until dropped.
+#[derive(Debug)]
+pub struct ActiveRequest {
+    endpoint: std::sync::Arc<Endpoint>,
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

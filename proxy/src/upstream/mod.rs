@@ -1,0 +1,188 @@
+//! Upstream groups: their endpoints, connection pool, balancer, retry budget and passive outlier detection.
+
+pub mod balance;
+pub mod endpoint;
+pub mod pool;
+pub mod retry;
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+use balance::{Balancer, SmoothWeightedRoundRobin};
+use endpoint::{Endpoint, EndpointStatus};
+use pool::{ClientSettings, UpstreamClient};
+use retry::RetryBudget;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One upstream group at run time.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its validated config.
+    pub config: UpstreamConfig,
+    /// Endpoints, in config order.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    permits: Vec<Arc<Semaphore>>,
+    /// The pooled HTTP client.
+    pub client: UpstreamClient,
+    client_settings: ClientSettings,
+    balancer: Box<dyn Balancer>,
+    budget: RetryBudget,
+}
+
+/// Why a request could not get a connection slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolExhausted;
+
+impl Upstream {
+    /// Builds the group, reusing endpoint state and the pool from `previous` (the same group before a reload)
+    /// so health history, ejections and warm connections survive.
+    pub fn new(config: UpstreamConfig, previous: Option<&Upstream>) -> Result<Self, http::uri::InvalidUri> {
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for ep in &config.endpoints {
+            let reused =
+                previous.and_then(|p| p.endpoints.iter().find(|e| e.address == ep.address && e.name == ep.name));
+            let endpoint = match reused {
+                Some(e) => {
+                    e.set_weight(ep.weight);
+                    e.clone()
+                }
+                None => Arc::new(Endpoint::new(ep.name.clone(), ep.address, ep.weight)?),
+            };
+            endpoints.push(endpoint);
+        }
+        let permits = endpoints
+            .iter()
+            .map(|e| {
+                previous
+                    .filter(|p| p.config.pool.max_connections == config.pool.max_connections)
+                    .and_then(|p| p.endpoints.iter().position(|pe| Arc::ptr_eq(pe, e)).map(|i| p.permits[i].clone()))
+                    .unwrap_or_else(|| Arc::new(Semaphore::new(config.pool.max_connections)))
+            })
+            .collect();
+        let client_settings = ClientSettings::of(&config);
+        let client = match previous {
+            Some(p) if p.client_settings == client_settings => p.client.clone(),
+            _ => client_settings.build(),
+        };
+        let budget = RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second);
+        Ok(Upstream {
+            config,
+            endpoints,
+            permits,
+            client,
+            client_settings,
+            balancer: Box::new(SmoothWeightedRoundRobin::default()),
+            budget,
+        })
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Native choice among available endpoints, avoiding `exclude` when possible.
+    pub fn pick(&self, exclude: &[usize]) -> Option<usize> {
+        self.balancer.pick(&self.endpoints, exclude, Instant::now())
+    }
+
+    /// Whether any endpoint takes traffic.
+    pub fn any_available(&self) -> bool {
+        let now = Instant::now();
+        self.endpoints.iter().any(|e| e.is_available(now))
+    }
+
+    /// Waits (up to the connect timeout) for a free request slot on the endpoint.
+    pub async fn acquire(&self, index: usize) -> Result<OwnedSemaphorePermit, PoolExhausted> {
+        let semaphore = self.permits.get(index).ok_or(PoolExhausted)?.clone();
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        match tokio::time::timeout(self.config.connect_timeout, semaphore.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(PoolExhausted),
+        }
+    }
+
+    /// Counts a first attempt towards the retry budget.
+    pub fn note_attempt(&self) {
+        self.budget.deposit();
+    }
+
+    /// Takes a retry from the budget.
+    pub fn allow_retry(&self) -> bool {
+        self.budget.withdraw(Instant::now())
+    }
+
+    /// Passive outlier detection: a non-5xx answer resets the endpoint's streak.
+    pub fn report_success(&self, index: usize) {
+        if let Some(e) = self.endpoints.get(index) {
+            e.record_success();
+        }
+    }
+
+    /// Passive outlier detection: a 5xx or connect failure. Ejects after `consecutive_5xx` in a row, for
+    /// `base_ejection_time × times ejected`, unless that would eject more than `max_ejection_percent`.
+    pub fn report_failure(&self, index: usize, metrics: &Metrics) {
+        let (Some(od), Some(endpoint)) = (&self.config.outlier_detection, self.endpoints.get(index)) else {
+            return;
+        };
+        let streak = endpoint.record_failure();
+        if streak < od.consecutive_5xx {
+            return;
+        }
+        let now = Instant::now();
+        if endpoint.is_ejected(now) {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        let total = self.endpoints.len();
+        if (ejected + 1) * 100 > od.max_ejection_percent as usize * total {
+            tracing::warn!(upstream = %self.name(), endpoint = %endpoint.name, "not ejecting: max_ejection_percent reached");
+            return;
+        }
+        let duration = endpoint.eject(now, od.base_ejection_time.0, od.max_ejection_time.0);
+        metrics.ejections.with_label_values(&[self.name()]).inc();
+        tracing::warn!(upstream = %self.name(), endpoint = %endpoint.name, ?duration, streak, "endpoint ejected");
+    }
+
+    /// A snapshot for `GET /upstreams`.
+    pub fn describe(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let endpoints: Vec<_> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "address": e.name,
+                    "weight": e.weight(),
+                    "status": e.status(now),
+                    "active_requests": e.active_requests(),
+                    "latency_ewma_ms": e.latency_ewma_us() as f64 / 1000.0,
+                })
+            })
+            .collect();
+        serde_json::json!({ "name": self.name(), "protocol": self.config.protocol, "endpoints": endpoints })
+    }
+
+    /// Refreshes the per-endpoint gauges before a scrape.
+    pub fn export_gauges(&self, metrics: &Metrics) {
+        let now = Instant::now();
+        for e in &self.endpoints {
+            let available = i64::from(e.status(now) == EndpointStatus::Healthy);
+            metrics.endpoint_available.with_label_values(&[self.name(), &e.name]).set(available);
+            metrics.endpoint_active.with_label_values(&[self.name(), &e.name]).set(i64::from(e.active_requests()));
+        }
+    }
+
+    /// Finds an endpoint by its configured address.
+    pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+
+    /// The per-attempt deadline for the response head.
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
+    }
+}
