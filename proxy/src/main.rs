@@ -1,1 +1,172 @@
-fn main() {}
+//! The `portico` command: parse the command line, then hand off to the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "portico",
+    version,
+    about = "An edge proxy with WebAssembly plugins and self-watching anomaly detection"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a configuration file.
+    Run {
+        /// The TOML configuration.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// How long in-flight requests may take to finish on shutdown.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: Duration,
+    },
+    /// Validate a configuration file without serving (exit 1 with the reasons), or probe a running Portico's
+    /// health URL (exit 0 when healthy), e.g. for keepalived's `vrrp_script`.
+    Check {
+        /// The TOML configuration to validate.
+        #[arg(short, long, required_unless_present = "health")]
+        config: Option<PathBuf>,
+        /// A health URL to probe instead, e.g. http://127.0.0.1:9901/healthz.
+        #[arg(long)]
+        health: Option<String>,
+    },
+    /// Run a self-contained demonstration: demo upstreams, Portico in front, a load generator, live stats.
+    Demo {
+        /// How long the load runs.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    portico::config::duration::parse_duration(text)
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::Check { config: Some(path), health: None } => check_config(&path),
+        Command::Check { health: Some(url), .. } => {
+            runtime()?.block_on(portico::demo::probe_health(&url)).map_err(anyhow::Error::msg)
+        }
+        Command::Check { config: None, health: None } => Err(anyhow::anyhow!("give --config FILE or --health URL")),
+        Command::Run { config, grace } => {
+            let config = portico::config::load(&config).map_err(|issues| {
+                anyhow::anyhow!(
+                    "invalid configuration:\n{}",
+                    issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n")
+                )
+            })?;
+            runtime()?.block_on(run(config, grace))
+        }
+        Command::Demo { duration, concurrency } => {
+            runtime()?.block_on(portico::demo::run(duration, concurrency)).map_err(anyhow::Error::msg)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn check_config(path: &std::path::Path) -> Result<()> {
+    match portico::config::load(path) {
+        Ok(config) => {
+            for l in &config.listeners {
+                if let Some(tls) = &l.tls {
+                    portico::tls::acceptor(tls).with_context(|| format!("listener {}", l.name))?;
+                }
+            }
+            println!(
+                "{}: ok ({} listeners, {} upstreams)",
+                path.display(),
+                config.listeners.len(),
+                config.upstreams.len()
+            );
+            Ok(())
+        }
+        Err(issues) => {
+            for issue in &issues {
+                eprintln!("{}: {issue}", path.display());
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(config: portico::config::Config, grace: Duration) -> Result<()> {
+    let admin = config.admin.clone();
+    let server = portico::Server::start(config, grace).await?;
+    let admin_addr = portico::admin::serve_tcp(server.clone(), admin.listen)
+        .await
+        .with_context(|| format!("admin API on {}", admin.listen))?;
+    tracing::info!(address = %admin_addr, "admin API listening");
+    #[cfg(unix)]
+    if let Some(path) = &admin.unix_socket {
+        portico::admin::serve_unix(server.clone(), path)
+            .await
+            .with_context(|| format!("admin socket {}", path.display()))?;
+    }
+    wait_for_signals(&server).await?;
+    tracing::info!("shutting down: draining connections");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(server: &portico::Server) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = server.reload_from_file().await;
+            }
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_server: &portico::Server) -> Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `portico demo`: a self-contained show of the data path on loopback. Three demo upstreams, Portico in
+//! front with health checks, retries and outlier detection, a load generator, and a line of live stats per
+//! second. A third of the way in, one upstream fails; two thirds in, it recovers — and the client sees no
+//! failed request.
+
+pub mod load;
+pub mod upstreams;
+
+use crate::config;
+use crate::server::Server;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use upstreams::DemoUpstream;
+
+/// Runs the demo for `duration` with `concurrency` client connections, printing to stdout.
+pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
+    let mut upstreams = Vec::new();
+    for (i, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
+        let latency = Duration::from_micros(200 + 100 * i as u64);
+        upstreams.push(DemoUpstream::start(name, latency).await.map_err(|e| format!("demo upstream: {e}"))?);
+    }
+    let listen = free_or_ephemeral("127.0.0.1:8080");
+    let admin = free_or_ephemeral("127.0.0.1:9901");
+    let text = demo_config(&listen, &admin, &upstreams);
+    let config = config::parse(&text).map_err(|issues| format!("demo config: {issues:?}"))?;
+    let server = Server::start(config, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let admin_addr = crate::admin::serve_tcp(server.clone(), admin.parse().map_err(|_| "admin address")?)
+        .await
+        .map_err(|e| format!("admin API: {e}"))?;
+    let bound = server.bound_addresses().await;
+    let web = *bound.get("web").ok_or("demo listener did not start")?;
+    println!("Portico demo: proxy on http://{web}, admin on http://{admin_addr} (try: curl http://{web}/ or curl http://{admin_addr}/upstreams)");
+    for u in &upstreams {
+        println!("  upstream {:<6} {}", u.name, u.address);
+    }
+    println!("Load: {concurrency} connections for {}s; beta fails at 1/3 and recovers at 2/3.\n", duration.as_secs());
+    println!("{:>5} {:>8} {:>9} {:>9} {:>7}  served by", "t(s)", "req/s", "p50(ms)", "p99(ms)", "errors");
+
+    let recorder = Arc::new(load::Recorder::default());
+    let start = Instant::now();
+    let until = start + duration;
+    let load = tokio::spawn(load::run(web, concurrency, until, recorder.clone()));
+    let mut totals = load::Window::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let (fail_at, recover_at) = (duration / 3, duration * 2 / 3);
+    let (mut failed, mut recovered) = (false, false);
+    while Instant::now() < until {
+        tick.tick().await;
+        let elapsed = start.elapsed();
+        if !failed && elapsed >= fail_at {
+            failed = true;
+            upstreams[1].set_down(true);
+            println!("      -- beta goes down --");
+        }
+        if !recovered && elapsed >= recover_at {
+            recovered = true;
+            upstreams[1].set_down(false);
+            println!("      -- beta is back --");
+        }
+        let mut w = recorder.take();
+        let errors = w.errors + w.statuses.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum::<u64>();
+        let served: Vec<String> = w.by_upstream.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:>5} {:>8} {:>9.2} {:>9.2} {:>7}  {}",
+            elapsed.as_secs(),
+            w.answered(),
+            w.percentile_ms(50.0),
+            w.percentile_ms(99.0),
+            errors,
+            served.join(" ")
+        );
+        totals.latencies_us.extend(w.latencies_us.drain(..));
+        for (k, v) in w.statuses {
+            *totals.statuses.entry(k).or_default() += v;
+        }
+        totals.errors += w.errors;
+    }
+    let _ = load.await;
+    let answered = totals.answered();
+    let failed_requests =
+        totals.errors + totals.statuses.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum::<u64>();
+    println!(
+        "\nSummary: {answered} requests, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {failed_requests} failed.",
+        answered as f64 / duration.as_secs_f64().max(1.0),
+        totals.percentile_ms(50.0),
+        totals.percentile_ms(99.0)
+    );
+    server.shutdown().await;
+    Ok(())
+}
+
+fn free_or_ephemeral(preferred: &str) -> String {
+    match std::net::TcpListener::bind(preferred) {
+        Ok(_) => preferred.to_string(),
+        Err(_) => "127.0.0.1:0".to_string(),
+    }
+}
+
+fn demo_config(listen: &str, admin: &str, upstreams: &[DemoUpstream]) -> String {
+    let endpoints: Vec<String> = upstreams.iter().map(|u| format!("\"{}\"", u.address)).collect();
+    format!(
+        r#"
+[admin]
+listen = "{admin}"
+
+[[listener]]
+name = "web"
+listen = "{listen}"
+upstream = "demo"
+
+[[upstream]]
+name = "demo"
+endpoints = [{}]
+connect_timeout = "250ms"
+request_timeout = "2s"
+retries = 2
+health_check = {{ path = "/health", interval = "1s", timeout = "500ms", unhealthy_threshold = 2, healthy_threshold = 2 }}
+outlier_detection = {{ consecutive_5xx = 3, base_ejection_time = "2s", max_ejection_percent = 50 }}
+"#,
+        endpoints.join(", ")
+    )
+}
+
+/// `portico check --health URL`: GET the URL, succeed on 2xx (for keepalived's `vrrp_script`).
+pub async fn probe_health(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let authority = uri.authority().ok_or_else(|| format!("{url}: no host"))?.to_string();
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&authority))
+        .await
+        .map_err(|_| format!("{authority}: connect timed out"))?
+        .map_err(|e| format!("{authority}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = http::Request::get(path)
+        .header("host", authority.as_str())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(2), sender.send_request(request))
+        .await
+        .map_err(|_| "health check timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        println!("healthy ({})", response.status());
+        Ok(())
+    } else {
+        Err(format!("unhealthy: {}", response.status()))
+    }
+}

@@ -1,0 +1,141 @@
+//! Forward proxying: absolute-form `http://` requests are sent where they point, and CONNECT opens a TCP
+//! tunnel, but only to ports listed in the listener's `connect_ports`.
+
+use super::headers;
+use super::local::{error_response, LocalError};
+use super::RequestMeta;
+use crate::body::{RequestBody, ResponseBody};
+use crate::listen::{ConnInfo, ListenerRuntime};
+use crate::metrics::status_class;
+use crate::server::Shared;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handles one request on a forward-proxy listener.
+pub async fn handle(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    listener: &ListenerRuntime,
+    req: Request<Incoming>,
+    meta: &RequestMeta,
+) -> Response<ResponseBody> {
+    let response = if req.method() == Method::CONNECT {
+        connect(shared, listener, req, meta).await
+    } else {
+        absolute(shared, conn, req, meta).await
+    };
+    let class = status_class(response.status().as_u16());
+    shared.metrics.requests.with_label_values(&[&listener.config.name, "", class]).inc();
+    response
+}
+
+async fn connect(
+    shared: &Arc<Shared>,
+    listener: &ListenerRuntime,
+    mut req: Request<Incoming>,
+    meta: &RequestMeta,
+) -> Response<ResponseBody> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return error_response(LocalError::BadRequest, "CONNECT needs host:port", &meta.request_id);
+    };
+    let Some(port) = authority.port_u16() else {
+        return error_response(LocalError::BadRequest, "CONNECT needs host:port", &meta.request_id);
+    };
+    if !listener.config.connect_ports.contains(&port) {
+        return error_response(
+            LocalError::ForbiddenPort,
+            &format!("CONNECT to port {port} is not allowed"),
+            &meta.request_id,
+        );
+    }
+    let target = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority.as_str())).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return error_response(
+                LocalError::UpstreamFailed,
+                &format!("cannot connect to {authority}: {e}"),
+                &meta.request_id,
+            )
+        }
+        Err(_) => {
+            return error_response(
+                LocalError::UpstreamTimeout,
+                &format!("connecting to {authority} timed out"),
+                &meta.request_id,
+            )
+        }
+    };
+    let _ = target.set_nodelay(true);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let shared = shared.clone();
+    let name = listener.config.name.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        shared.metrics.tunnels.with_label_values(&[&name]).inc();
+        let mut client = TokioIo::new(upgraded);
+        let mut target = target;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+    });
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+async fn absolute(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    meta: &RequestMeta,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = req.into_parts();
+    match parts.uri.scheme_str() {
+        Some("http") if parts.uri.authority().is_some() => {}
+        Some(_) => {
+            return error_response(
+                LocalError::BadRequest,
+                "only http:// targets are proxied; use CONNECT for TLS",
+                &meta.request_id,
+            )
+        }
+        None => {
+            return error_response(
+                LocalError::BadRequest,
+                "a forward proxy needs an absolute-form target",
+                &meta.request_id,
+            )
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::ensure_host(&mut parts.headers, parts.uri.authority());
+    headers::add_forwarding(
+        &mut parts.headers,
+        &headers::ForwardedFor {
+            client_ip: conn.peer.ip(),
+            tls: conn.tls,
+            version: parts.version,
+            traceparent: &meta.trace.traceparent(),
+            request_id: &meta.request_id,
+        },
+    );
+    parts.version = http::Version::HTTP_11;
+    let body = if body.is_end_stream() { RequestBody::empty() } else { RequestBody::Stream(body) };
+    let request = Request::from_parts(parts, body);
+    match tokio::time::timeout(Duration::from_secs(30), shared.forward_client.request(request)).await {
+        Ok(Ok(mut response)) => {
+            headers::strip_hop_by_hop(response.headers_mut(), false);
+            let upstream_version = response.version();
+            headers::append_via(response.headers_mut(), upstream_version);
+            let (parts, body) = response.into_parts();
+            Response::from_parts(parts, ResponseBody::Upstream(body, None))
+        }
+        Ok(Err(e)) => error_response(LocalError::UpstreamFailed, &e.to_string(), &meta.request_id),
+        Err(_) => error_response(LocalError::UpstreamTimeout, "origin did not answer in time", &meta.request_id),
+    }
+}

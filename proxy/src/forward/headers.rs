@@ -1,0 +1,157 @@
+//! Header rewriting between hops: hop-by-hop headers removed (RFC 9110 §7.6.1, plus any the `Connection`
+//! header names), `x-forwarded-for`/`x-forwarded-proto`/`via` set, trace context and request id attached.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::Version;
+
+static HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes hop-by-hop headers. `te: trailers` survives because gRPC needs it end to end; `upgrade` is kept
+/// only when the caller is proxying an upgrade.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let keeps_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(UPGRADE);
+    }
+    if keeps_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and friends).
+pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Headers Portico adds to a proxied request.
+pub struct ForwardedFor<'a> {
+    /// The client's IP.
+    pub client_ip: std::net::IpAddr,
+    /// Whether the client used TLS.
+    pub tls: bool,
+    /// The client's HTTP version, for `via`.
+    pub version: Version,
+    /// `traceparent` for the upstream hop.
+    pub traceparent: &'a str,
+    /// The request id.
+    pub request_id: &'a str,
+}
+
+/// Sets the forwarding headers on a request going upstream.
+pub fn add_forwarding(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
+    let ip = f.client_ip.to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(if f.tls { "https" } else { "http" }));
+    append_via(headers, f.version);
+    if let Ok(v) = HeaderValue::from_str(f.traceparent) {
+        headers.insert("traceparent", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(f.request_id) {
+        headers.insert("x-request-id", v);
+    }
+}
+
+/// Appends this hop to `via`.
+pub fn append_via(headers: &mut HeaderMap, version: Version) {
+    let hop = match version {
+        Version::HTTP_10 => "1.0 portico",
+        Version::HTTP_2 => "2 portico",
+        _ => "1.1 portico",
+    };
+    let value = match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {hop}"),
+        _ => hop.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(http::header::VIA, v);
+    }
+}
+
+/// HTTP/2 requests carry the host in `:authority`; HTTP/1.1 upstreams need a `Host` header.
+pub fn ensure_host(headers: &mut HeaderMap, authority: Option<&http::uri::Authority>) {
+    if !headers.contains_key(HOST) {
+        if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(HOST, a);
+        }
+    }
+}
+
+/// Removes framing headers that must not be copied onto an HTTP/2 response or request.
+pub fn strip_framing(headers: &mut HeaderMap) {
+    headers.remove(TRANSFER_ENCODING);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic abc"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get(CONNECTION).is_none());
+        assert!(h.get("proxy-authorization").is_none());
+        assert_eq!(h.get(TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn appends_xff_and_via() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        add_forwarding(
+            &mut h,
+            &ForwardedFor {
+                client_ip: [127, 0, 0, 1].into(),
+                tls: false,
+                version: Version::HTTP_11,
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                request_id: "abc",
+            },
+        );
+        assert_eq!(h.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"1.2.3.4, 127.0.0.1"[..]));
+        assert_eq!(h.get("via").map(|v| v.as_bytes()), Some(&b"1.1 portico"[..]));
+        assert_eq!(h.get("x-forwarded-proto").map(|v| v.as_bytes()), Some(&b"http"[..]));
+    }
+}

@@ -1,0 +1,72 @@
+//! Answers Portico makes itself. Every failure a client sees comes from here, as a status and a small JSON
+//! body naming the request id, so errors are answered, never dropped.
+
+use crate::body::ResponseBody;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Why Portico answered instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalError {
+    /// 400: malformed or ambiguous request (e.g. Content-Length with Transfer-Encoding).
+    BadRequest,
+    /// 403: a forward-proxy CONNECT to a port not in `connect_ports`.
+    ForbiddenPort,
+    /// 502: the upstream failed (connect error, reset, bad response).
+    UpstreamFailed,
+    /// 503: no endpoint is available, or the pool is exhausted.
+    NoHealthyUpstream,
+    /// 503: a plugin failed closed.
+    PluginFailed,
+    /// 504: the upstream did not answer in time.
+    UpstreamTimeout,
+    /// 404: no route (no upstream for this request).
+    NoRoute,
+}
+
+impl LocalError {
+    /// The status sent.
+    pub fn status(self) -> StatusCode {
+        match self {
+            LocalError::BadRequest => StatusCode::BAD_REQUEST,
+            LocalError::ForbiddenPort => StatusCode::FORBIDDEN,
+            LocalError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            LocalError::NoHealthyUpstream | LocalError::PluginFailed => StatusCode::SERVICE_UNAVAILABLE,
+            LocalError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            LocalError::NoRoute => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The machine-readable code in the body.
+    pub fn code(self) -> &'static str {
+        match self {
+            LocalError::BadRequest => "bad_request",
+            LocalError::ForbiddenPort => "connect_port_forbidden",
+            LocalError::UpstreamFailed => "upstream_failed",
+            LocalError::NoHealthyUpstream => "no_healthy_upstream",
+            LocalError::PluginFailed => "plugin_failed",
+            LocalError::UpstreamTimeout => "upstream_timeout",
+            LocalError::NoRoute => "no_route",
+        }
+    }
+}
+
+/// Builds the JSON error answer.
+pub fn error_response(error: LocalError, detail: &str, request_id: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": error.code(),
+        "status": error.status().as_u16(),
+        "detail": detail,
+        "request_id": request_id,
+    });
+    let mut response = Response::new(ResponseBody::full(body.to_string()));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    if error == LocalError::BadRequest {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}

@@ -1,0 +1,60 @@
+//! The request path: from a parsed client request to a response. Reverse proxying lives in [`reverse`],
+//! forward proxying (absolute-form and CONNECT) in [`forward_proxy`], protocol upgrades and tunnels in
+//! [`tunnel`]; header rewriting in [`headers`]; locally made answers in [`local`].
+
+pub mod forward_proxy;
+pub mod headers;
+pub mod local;
+pub mod reverse;
+pub mod tunnel;
+
+use crate::body::ResponseBody;
+use crate::config::file::ListenerMode;
+use crate::listen::ConnInfo;
+use crate::server::Shared;
+use crate::trace_context::{request_id, TraceContext};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every stage of one request knows about it.
+#[derive(Debug)]
+pub struct RequestMeta {
+    /// When the request head arrived.
+    pub start: Instant,
+    /// W3C trace context for this hop.
+    pub trace: TraceContext,
+    /// `x-request-id` returned to the client.
+    pub request_id: String,
+}
+
+/// hyper's service entry point for client requests on any listener.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let meta = RequestMeta {
+        start: Instant::now(),
+        trace: TraceContext::from_traceparent(req.headers().get("traceparent").map(|v| v.as_bytes())),
+        request_id: request_id(req.headers().get("x-request-id").map(|v| v.as_bytes())),
+    };
+    let listener = conn.listener.load_full();
+    if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
+        tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request with both Content-Length and Transfer-Encoding");
+        let response = local::error_response(
+            local::LocalError::BadRequest,
+            "request has both Content-Length and Transfer-Encoding",
+            &meta.request_id,
+        );
+        shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
+        return Ok(response);
+    }
+    let response = match listener.config.mode {
+        ListenerMode::Forward => forward_proxy::handle(&shared, &conn, &listener, req, &meta).await,
+        ListenerMode::Reverse => reverse::handle(&shared, &conn, &listener, req, &meta).await,
+    };
+    Ok(response)
+}

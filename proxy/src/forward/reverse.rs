@@ -1,0 +1,218 @@
+//! Reverse proxying: pick an endpoint, forward the request with its body streamed, retry idempotent bodiless
+//! requests on another endpoint within the retry budget, and feed passive outlier detection.
+
+use super::headers::{self, ForwardedFor};
+use super::local::{error_response, LocalError};
+use super::{tunnel, RequestMeta};
+use crate::body::{BodyGuard, RequestBody, ResponseBody};
+use crate::listen::{ConnInfo, ListenerRuntime};
+use crate::metrics::status_class;
+use crate::route;
+use crate::server::Shared;
+use crate::upstream::endpoint::ActiveRequest;
+use crate::upstream::Upstream;
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Proxies one request to its upstream group.
+pub async fn handle(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    listener: &ListenerRuntime,
+    req: Request<Incoming>,
+    meta: &RequestMeta,
+) -> Response<ResponseBody> {
+    let snapshot = shared.snapshot.load();
+    let Some(upstream) = route::select(&snapshot, listener, None) else {
+        return finish(
+            shared,
+            listener,
+            "",
+            error_response(LocalError::NoRoute, "no upstream for this request", &meta.request_id),
+            meta,
+        );
+    };
+    drop(snapshot);
+    let response = proxy(shared, conn, &upstream, req, meta).await;
+    finish(shared, listener, upstream.name(), response, meta)
+}
+
+fn finish(
+    shared: &Shared,
+    listener: &ListenerRuntime,
+    upstream: &str,
+    mut response: Response<ResponseBody>,
+    meta: &RequestMeta,
+) -> Response<ResponseBody> {
+    let status = response.status().as_u16();
+    let elapsed = meta.start.elapsed();
+    let name = listener.config.name.as_str();
+    shared.metrics.requests.with_label_values(&[name, upstream, status_class(status)]).inc();
+    shared.metrics.request_duration.with_label_values(&[name, upstream]).observe(elapsed.as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, listener = name, upstream, status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
+    response
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// Releases the endpoint's request slot and active count when the response body ends.
+struct EndpointRelease {
+    _permit: OwnedSemaphorePermit,
+    _active: ActiveRequest,
+}
+
+impl BodyGuard for EndpointRelease {
+    fn finish(&mut self, _ok: bool) {}
+}
+
+async fn proxy(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    upstream: &Arc<Upstream>,
+    req: Request<Incoming>,
+    meta: &RequestMeta,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = req.into_parts();
+    let upgrade = headers::is_upgrade_request(parts.version, &parts.headers);
+    let client_upgrade = if upgrade {
+        let mut probe = Request::from_parts(parts, ());
+        let on_upgrade = hyper::upgrade::on(&mut probe);
+        parts = probe.into_parts().0;
+        Some(on_upgrade)
+    } else {
+        None
+    };
+    let authority = parts.uri.authority().cloned();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::ensure_host(&mut parts.headers, authority.as_ref());
+    headers::add_forwarding(
+        &mut parts.headers,
+        &ForwardedFor {
+            client_ip: conn.peer.ip(),
+            tls: conn.tls,
+            version: parts.version,
+            traceparent: &meta.trace.traceparent(),
+            request_id: &meta.request_id,
+        },
+    );
+    if upgrade {
+        parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let bodiless = body.is_end_stream();
+    let retryable = bodiless && is_idempotent(&parts.method) && !upgrade;
+    let mut body = Some(if bodiless { RequestBody::empty() } else { RequestBody::Stream(body) });
+    let version = match upstream.config.protocol {
+        crate::config::UpstreamProtocol::H2 => Version::HTTP_2,
+        crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,
+    };
+    upstream.note_attempt();
+    let mut tried: Vec<usize> = Vec::new();
+    let max_attempts = if retryable { 1 + upstream.config.retries as usize } else { 1 };
+    let mut last_error = (LocalError::NoHealthyUpstream, "no endpoint is available".to_string());
+    for attempt in 0..max_attempts {
+        if attempt > 0 {
+            if !upstream.allow_retry() {
+                tracing::debug!(upstream = %upstream.name(), "retry budget exhausted");
+                break;
+            }
+            shared.metrics.retries.with_label_values(&[upstream.name()]).inc();
+        }
+        let Some(index) = upstream.pick(&tried) else {
+            last_error =
+                (LocalError::NoHealthyUpstream, format!("upstream {:?} has no available endpoint", upstream.name()));
+            break;
+        };
+        if tried.contains(&index) && attempt > 0 {
+            // Only the endpoint that just failed is left; do not hammer it.
+            break;
+        }
+        tried.push(index);
+        let endpoint = &upstream.endpoints[index];
+        let Ok(permit) = upstream.acquire(index).await else {
+            last_error = (LocalError::NoHealthyUpstream, format!("endpoint {} has no free connection", endpoint.name));
+            continue;
+        };
+        let active = endpoint.begin_request();
+        let uri =
+            Uri::builder().scheme("http").authority(endpoint.authority.clone()).path_and_query(path.as_str()).build();
+        let Ok(uri) = uri else {
+            return error_response(LocalError::BadRequest, "request target cannot be forwarded", &meta.request_id);
+        };
+        let this_body = if retryable { RequestBody::empty() } else { body.take().unwrap_or_else(RequestBody::empty) };
+        let mut request = Request::new(this_body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = parts.headers.clone();
+        let sent_at = std::time::Instant::now();
+        let outcome = tokio::time::timeout(upstream.request_timeout(), upstream.client.request(request)).await;
+        match outcome {
+            Err(_elapsed) => {
+                upstream.report_failure(index, &shared.metrics);
+                return error_response(
+                    LocalError::UpstreamTimeout,
+                    &format!("endpoint {} did not answer in time", endpoint.name),
+                    &meta.request_id,
+                );
+            }
+            Ok(Err(e)) => {
+                if e.is_connect() {
+                    shared.metrics.connect_errors.with_label_values(&[upstream.name()]).inc();
+                }
+                upstream.report_failure(index, &shared.metrics);
+                tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, error = %e, "upstream attempt failed");
+                last_error = (LocalError::UpstreamFailed, format!("endpoint {}: {}", endpoint.name, error_chain(&e)));
+                continue;
+            }
+            Ok(Ok(mut response)) => {
+                endpoint.record_latency(sent_at.elapsed());
+                let status = response.status();
+                if status.is_server_error() {
+                    upstream.report_failure(index, &shared.metrics);
+                } else {
+                    upstream.report_success(index);
+                }
+                let gateway_error = matches!(status.as_u16(), 502..=504);
+                if gateway_error && retryable && attempt + 1 < max_attempts {
+                    last_error =
+                        (LocalError::UpstreamFailed, format!("endpoint {} answered {}", endpoint.name, status));
+                    continue;
+                }
+                if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_upgrade) = client_upgrade {
+                        return tunnel::splice_upgrade(shared, response, client_upgrade, parts.version);
+                    }
+                }
+                let release = EndpointRelease { _permit: permit, _active: active };
+                headers::strip_hop_by_hop(response.headers_mut(), false);
+                let upstream_version = response.version();
+                headers::append_via(response.headers_mut(), upstream_version);
+                let (mut rparts, rbody) = response.into_parts();
+                rparts.version = parts.version;
+                return Response::from_parts(rparts, ResponseBody::Upstream(rbody, Some(Box::new(release))));
+            }
+        }
+    }
+    let (error, detail) = last_error;
+    error_response(error, &detail, &meta.request_id)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,20 @@
+//! Portico: an edge proxy. The modules follow a request's life: [`listen`] accepts (with [`tls`]),
+//! [`forward`] handles the request, [`route`] picks the upstream group, [`upstream`] picks the endpoint and
+//! holds the pool, [`health`] watches endpoints; [`admin`] and [`metrics`] are for operators; [`server`] holds
+//! it all together across reloads; [`config`] is read once and validated.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod health;
+pub mod listen;
+pub mod metrics;
+pub mod route;
+pub mod server;
+pub mod tls;
+pub mod trace_context;
+pub mod upstream;
+
+pub use server::{Server, ServerError};

@@ -1,0 +1,203 @@
+//! Accepting client connections: binding, the connection cap, TLS handshakes, and serving HTTP/1.1 and HTTP/2
+//! (h2 by ALPN on TLS, h2c by prior knowledge on plaintext) with hyper. A listener's settings live in a slot
+//! that a reload swaps, so a reload changes behaviour without closing the socket or open connections.
+
+pub mod guard;
+
+use crate::config::ListenerConfig;
+use crate::forward;
+use crate::server::Shared;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// A listener's current settings; swapped on reload.
+pub struct ListenerRuntime {
+    /// Validated config.
+    pub config: ListenerConfig,
+    /// TLS acceptor when terminating TLS.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ListenerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerRuntime").field("config", &self.config).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+/// Per-connection facts the request path needs.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address the client reached.
+    pub local: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The listener's settings slot.
+    pub listener: Arc<ArcSwap<ListenerRuntime>>,
+    /// Set when the smuggling guard refused a request head on this connection.
+    pub guard: Arc<guard::GuardFlag>,
+}
+
+/// A running listener.
+#[derive(Debug)]
+pub struct ListenerHandle {
+    /// The address actually bound (differs from config when port 0 was asked).
+    pub bound: SocketAddr,
+    /// The settings slot.
+    pub slot: Arc<ArcSwap<ListenerRuntime>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ListenerHandle {
+    /// Stops accepting and drains open connections for up to `grace`; resolves when done.
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(grace + Duration::from_secs(1), self.task).await.is_err() {
+            abort.abort();
+        }
+    }
+
+    /// Asks the listener to stop without waiting.
+    pub fn signal_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Binds the socket (with SO_REUSEADDR, as every server does, so a restart does not wait for TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Starts serving a bound socket.
+pub fn spawn(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    runtime: ListenerRuntime,
+    grace: Duration,
+) -> std::io::Result<ListenerHandle> {
+    let bound = listener.local_addr()?;
+    let slot = Arc::new(ArcSwap::from_pointee(runtime));
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(shared, listener, slot.clone(), stop_rx, grace));
+    Ok(ListenerHandle { bound, slot, stop, task })
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    slot: Arc<ArcSwap<ListenerRuntime>>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut limit_size = slot.load().config.max_connections;
+    let mut limit = Arc::new(Semaphore::new(limit_size));
+    loop {
+        let configured = slot.load().config.max_connections;
+        if configured != limit_size {
+            limit_size = configured;
+            limit = Arc::new(Semaphore::new(limit_size));
+        }
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            permit = limit.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+        };
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let runtime = slot.load_full();
+        let name = runtime.config.name.clone();
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(runtime.config.listen);
+        let shared = shared.clone();
+        let watcher = graceful.watcher();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            let active = shared.metrics.active_connections.with_label_values(&[&name]);
+            shared.metrics.connections.with_label_values(&[&name]).inc();
+            active.inc();
+            serve_connection(shared, stream, peer, local, slot, runtime, watcher).await;
+            active.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("listener drain timed out; remaining connections are closed");
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    slot: Arc<ArcSwap<ListenerRuntime>>,
+    runtime: Arc<ListenerRuntime>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let flag = Arc::new(guard::GuardFlag::default());
+    let info = Arc::new(ConnInfo { peer, local, tls: runtime.tls.is_some(), listener: slot, guard: flag.clone() });
+    let builder = connection_builder(&runtime.config);
+    let service = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
+    match &runtime.tls {
+        None => {
+            let io = TokioIo::new(guard::SmuggleGuard::new(stream, flag));
+            let _ = watcher.watch(builder.serve_connection_with_upgrades(io, service)).await;
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(runtime.config.header_read_timeout, acceptor.accept(stream)).await;
+            let Ok(Ok(tls)) = handshake else {
+                tracing::debug!(%peer, "TLS handshake failed or timed out");
+                return;
+            };
+            let io = TokioIo::new(guard::SmuggleGuard::new(tls, flag));
+            let _ = watcher.watch(builder.serve_connection_with_upgrades(io, service)).await;
+        }
+    }
+}
+
+fn connection_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(64)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}

@@ -1,0 +1,268 @@
+//! The running proxy: shared state every request reads (an `ArcSwap` snapshot), the set of listeners, health
+//! checkers, reload and graceful shutdown. A reload builds everything new off to the side — parsing,
+//! validation, TLS files, new sockets — and only swaps when all of it succeeded, so a bad file changes nothing.
+
+use crate::body::RequestBody;
+use crate::config::{self, Config, ConfigIssue};
+use crate::health;
+use crate::listen::{self, ListenerHandle, ListenerRuntime};
+use crate::metrics::Metrics;
+use crate::tls;
+use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a start or reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The file did not validate.
+    #[error("invalid configuration:\n{}", .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigIssue>),
+    /// A certificate or key could not be used.
+    #[error("listener {listener}: {source}")]
+    Tls {
+        /// The listener.
+        listener: String,
+        /// The TLS problem.
+        source: tls::TlsError,
+    },
+    /// A socket could not be bound.
+    #[error("listener {listener}: cannot listen on {address}: {source}")]
+    Bind {
+        /// The listener.
+        listener: String,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An endpoint address could not be turned into a URI authority.
+    #[error("upstream {0}: invalid endpoint address")]
+    Endpoint(String),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// No config file to reload from.
+    #[error("no configuration file to reload (started from an embedded configuration)")]
+    NoFile,
+}
+
+/// Everything a request reads; replaced whole on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The configuration in force.
+    pub config: Config,
+    /// Upstream groups by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+/// State shared by all connections.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current snapshot.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Client for forward-proxy requests.
+    pub forward_client: Client<HttpConnector, RequestBody>,
+    /// Set once shutdown starts; `/readyz` turns 503.
+    pub draining: AtomicBool,
+}
+
+/// The proxy with its listeners.
+#[derive(Debug)]
+pub struct Server {
+    /// Shared request state.
+    pub shared: Arc<Shared>,
+    listeners: tokio::sync::Mutex<HashMap<SocketAddr, ListenerHandle>>,
+    health: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Binds every listener and starts health checks. Fails without side effects on any error.
+    pub async fn start(config: Config, grace: Duration) -> Result<Arc<Server>, ServerError> {
+        let metrics = Metrics::new()?;
+        let upstreams = build_upstreams(&config, None)?;
+        let forward_client = {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(Duration::from_secs(5)));
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector)
+        };
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot { config: config.clone(), upstreams: HashMap::new() }),
+            metrics,
+            forward_client,
+            draining: AtomicBool::new(false),
+        });
+        let server = Arc::new(Server {
+            shared,
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+            health: parking_lot::Mutex::new(Vec::new()),
+            grace,
+        });
+        server.apply(config, upstreams).await?;
+        Ok(server)
+    }
+
+    /// Re-reads the file the server was started from.
+    pub async fn reload_from_file(&self) -> Result<(), ServerError> {
+        let path = self.shared.snapshot.load().config.path.clone().ok_or(ServerError::NoFile)?;
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+        let config = match loaded {
+            Ok(Ok(config)) => config,
+            Ok(Err(issues)) => return Err(self.refused(ServerError::Config(issues))),
+            Err(join) => {
+                return Err(self.refused(ServerError::Config(vec![ConfigIssue {
+                    key: "reload".into(),
+                    line: None,
+                    message: join.to_string(),
+                }])))
+            }
+        };
+        self.reload(config).await
+    }
+
+    /// Swaps in a new validated configuration; the running one keeps serving if anything fails.
+    pub async fn reload(&self, config: Config) -> Result<(), ServerError> {
+        let previous = self.shared.snapshot.load_full();
+        let upstreams = match build_upstreams(&config, Some(&previous.upstreams)) {
+            Ok(u) => u,
+            Err(e) => return Err(self.refused(e)),
+        };
+        match self.apply(config, upstreams).await {
+            Ok(()) => {
+                self.shared.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!("configuration reloaded");
+                Ok(())
+            }
+            Err(e) => Err(self.refused(e)),
+        }
+    }
+
+    fn refused(&self, e: ServerError) -> ServerError {
+        self.shared.metrics.reloads.with_label_values(&["refused"]).inc();
+        tracing::error!(error = %e, "configuration refused; the running one keeps serving");
+        e
+    }
+
+    async fn apply(&self, config: Config, upstreams: HashMap<String, Arc<Upstream>>) -> Result<(), ServerError> {
+        let mut listeners = self.listeners.lock().await;
+        // 1. Everything that can fail, with nothing changed yet.
+        let mut runtimes = Vec::new();
+        for l in &config.listeners {
+            let acceptor = match &l.tls {
+                Some(t) => {
+                    Some(tls::acceptor(t).map_err(|source| ServerError::Tls { listener: l.name.clone(), source })?)
+                }
+                None => None,
+            };
+            runtimes.push(ListenerRuntime { config: l.clone(), tls: acceptor });
+        }
+        let mut fresh = Vec::new();
+        for runtime in &runtimes {
+            let addr = runtime.config.listen;
+            if existing(&listeners, &runtime.config).is_some() {
+                continue;
+            }
+            match listen::bind(addr) {
+                Ok(socket) => fresh.push((addr, socket)),
+                Err(source) => {
+                    return Err(ServerError::Bind { listener: runtime.config.name.clone(), address: addr, source })
+                }
+            }
+        }
+        // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers.
+        self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone() }));
+        let mut keep = std::collections::HashSet::new();
+        for runtime in runtimes {
+            let addr = runtime.config.listen;
+            if let Some(bound) = existing(&listeners, &runtime.config) {
+                if let Some(handle) = listeners.get(&bound) {
+                    handle.slot.store(Arc::new(runtime));
+                }
+                keep.insert(bound);
+            } else if let Some(pos) = fresh.iter().position(|(a, _)| *a == addr) {
+                let (_, socket) = fresh.swap_remove(pos);
+                let handle = listen::spawn(self.shared.clone(), socket, runtime, self.grace)
+                    .map_err(|source| ServerError::Bind { listener: String::new(), address: addr, source })?;
+                tracing::info!(address = %handle.bound, "listening");
+                keep.insert(handle.bound);
+                listeners.insert(handle.bound, handle);
+            }
+        }
+        let removed: Vec<SocketAddr> = listeners.keys().filter(|a| !keep.contains(*a)).copied().collect();
+        for addr in removed {
+            if let Some(handle) = listeners.remove(&addr) {
+                tracing::info!(address = %addr, "listener removed; draining");
+                let grace = self.grace;
+                tokio::spawn(handle.stop(grace));
+            }
+        }
+        let mut health = self.health.lock();
+        for task in health.drain(..) {
+            task.abort();
+        }
+        health.extend(upstreams.values().filter_map(|u| health::spawn(u.clone())));
+        Ok(())
+    }
+
+    /// Addresses actually bound, by listener name (useful with port 0).
+    pub async fn bound_addresses(&self) -> HashMap<String, SocketAddr> {
+        self.listeners.lock().await.values().map(|h| (h.slot.load().config.name.clone(), h.bound)).collect()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), then returns.
+    pub async fn shutdown(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let handles: Vec<ListenerHandle> = self.listeners.lock().await.drain().map(|(_, h)| h).collect();
+        for h in &handles {
+            h.signal_stop();
+        }
+        futures_util::future::join_all(handles.into_iter().map(|h| h.stop(self.grace))).await;
+        for task in self.health.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The running listener a config entry maps onto: same address, or for port 0 the same name and address.
+fn existing(
+    listeners: &HashMap<SocketAddr, ListenerHandle>,
+    config: &crate::config::ListenerConfig,
+) -> Option<SocketAddr> {
+    listeners
+        .values()
+        .find(|h| {
+            let current = h.slot.load();
+            current.config.listen == config.listen && (config.listen.port() != 0 || current.config.name == config.name)
+        })
+        .map(|h| h.bound)
+}
+
+fn build_upstreams(
+    config: &Config,
+    previous: Option<&HashMap<String, Arc<Upstream>>>,
+) -> Result<HashMap<String, Arc<Upstream>>, ServerError> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let old = previous.and_then(|p| p.get(&u.name)).map(|a| a.as_ref());
+            Upstream::new(u.clone(), old)
+                .map(|up| (u.name.clone(), Arc::new(up)))
+                .map_err(|_| ServerError::Endpoint(u.name.clone()))
+        })
+        .collect()
+}
