@@ -386,13 +386,13 @@ outlier_detection = { consecutive_5xx = 5, base_ejection_time = "30s", max_eject
         let issues = parse(&text).err().unwrap_or_default();
         assert_eq!(issues.len(), 1);
         assert!(issues[0].message.contains("conect_timeout"), "{issues:?}");
-        assert_eq!(issues[0].line, Some(14));
+        assert_eq!(issues[0].line, Some(13));
     }
 
     #[test]
     fn bad_duration_names_line() {
         let issues = parse(&GOOD.replace("\"250ms\"", "\"250\"")).err().unwrap_or_default();
-        assert_eq!(issues[0].line, Some(14), "{issues:?}");
+        assert_eq!(issues[0].line, Some(13), "{issues:?}");
         assert!(issues[0].message.contains("no unit"));
     }
 
