@@ -70,7 +70,7 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
             errors,
             served.join(" ")
         );
-        totals.latencies_us.extend(w.latencies_us.drain(..));
+        totals.latencies_us.append(&mut w.latencies_us);
         for (k, v) in w.statuses {
             *totals.statuses.entry(k).or_default() += v;
         }

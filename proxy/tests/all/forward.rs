@@ -1,0 +1,85 @@
+//! Forward-proxy mode: CONNECT tunnels limited to `connect_ports`, and absolute-form requests.
+
+use crate::support::*;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn forward_config(allowed_port: u16) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "egress"
+listen = "127.0.0.1:0"
+mode = "forward"
+connect_ports = [{allowed_port}]
+"#
+    )
+}
+
+/// Reads until the end of a response head, returning it.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+async fn connect_through(proxy: SocketAddr, target: &str) -> std::io::Result<(TcpStream, String)> {
+    let mut stream = TcpStream::connect(proxy).await?;
+    stream.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await?;
+    let head = read_head(&mut stream).await?;
+    Ok((stream, head))
+}
+
+#[tokio::test]
+async fn connect_tunnels_bytes_both_ways() -> TestResult {
+    let target = TestUpstream::start("inside").await;
+    let p = Portico::start(&forward_config(target.addr.port())).await;
+    let (mut tunnel, head) = connect_through(p.addr("egress").await, &target.addr.to_string()).await?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Speak HTTP to the target through the tunnel.
+    tunnel.write_all(b"GET /through HTTP/1.1\r\nHost: inside\r\nConnection: close\r\n\r\n").await?;
+    let mut reply = String::new();
+    tunnel.read_to_string(&mut reply).await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"path\":\"/through\""), "{reply}");
+    assert_eq!(target.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn connect_to_a_port_not_listed_is_forbidden() -> TestResult {
+    let target = TestUpstream::start("inside").await;
+    let p = Portico::start(&forward_config(443)).await;
+    let (_, head) = connect_through(p.addr("egress").await, &target.addr.to_string()).await?;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(target.hits(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn absolute_form_requests_are_forwarded() -> TestResult {
+    let target = TestUpstream::start("origin").await;
+    let p = Portico::start(&forward_config(443)).await;
+    let mut stream = TcpStream::connect(p.addr("egress").await).await?;
+    let request = format!(
+        "GET http://{0}/abs?q=1 HTTP/1.1\r\nHost: {0}\r\nProxy-Connection: keep-alive\r\nConnection: close\r\n\r\n",
+        target.addr
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"path\":\"/abs?q=1\""), "{reply}");
+    assert!(!reply.to_ascii_lowercase().contains("proxy-connection"), "hop-by-hop header forwarded: {reply}");
+    Ok(())
+}

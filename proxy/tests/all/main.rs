@@ -1,0 +1,13 @@
+//! Portico's integration tests: one binary (faster to link), one module per feature. Every test starts real
+//! servers on 127.0.0.1:0 and talks to Portico over real sockets.
+
+mod admin;
+mod forward;
+mod h2;
+mod metrics;
+mod process;
+mod reload;
+mod reverse;
+mod smuggling;
+mod support;
+mod tls;

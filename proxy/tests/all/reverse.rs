@@ -1,0 +1,187 @@
+//! Reverse proxying: spread, failover, retries, errors, headers, passive and active health.
+
+use crate::support::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn weighted_round_robin_spreads_exactly() -> TestResult {
+    let (a, b, c) = (TestUpstream::start("a").await, TestUpstream::start("b").await, TestUpstream::start("c").await);
+    let endpoints = vec![
+        format!("\"{}\"", a.addr),
+        format!("\"{}\"", b.addr),
+        format!("{{ address = \"{}\", weight = 2 }}", c.addr),
+    ];
+    let p = Portico::start(&reverse_config(&endpoints, "")).await;
+    let web = p.addr("web").await;
+    for _ in 0..400 {
+        assert_eq!(get(web, "/").await?.status, 200);
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (100, 100, 200));
+    Ok(())
+}
+
+#[tokio::test]
+async fn failover_when_one_of_three_dies_loses_no_request() -> TestResult {
+    let ups = [TestUpstream::start("a").await, TestUpstream::start("b").await, TestUpstream::start("c").await];
+    let extra = r#"retries = 2
+connect_timeout = "200ms"
+health_check = { path = "/health", interval = "200ms", timeout = "100ms", unhealthy_threshold = 2, healthy_threshold = 1 }
+outlier_detection = { consecutive_5xx = 2, base_ejection_time = "5s", max_ejection_percent = 50 }"#;
+    let p = Portico::start(&reverse_config(&quoted(&[&ups[0], &ups[1], &ups[2]]), extra)).await;
+    let web = p.addr("web").await;
+    let mut failures = 0;
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for i in 0..150 {
+                match get(web, &format!("/w{worker}/{i}")).await {
+                    Ok(a) if a.status == 200 => {}
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed += 1
+                    }
+                }
+            }
+            failed
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    ups[1].kill();
+    for t in tasks {
+        failures += t.await?;
+    }
+    assert_eq!(failures, 0, "requests failed during failover");
+    let before = ups[1].hits();
+    for _ in 0..30 {
+        assert_eq!(get(web, "/after").await?.status, 200);
+    }
+    assert_eq!(ups[1].hits(), before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn errors_are_answered_with_json_naming_the_request() -> TestResult {
+    // Nothing listens on a port we bound and closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let p = Portico::start(&reverse_config(&[format!("\"{dead}\"")], "retries = 0\nconnect_timeout = \"200ms\"")).await;
+    let a = send(p.addr("web").await, "GET", "/", &[("x-request-id", "req-42")], "").await?;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["error"], "upstream_failed");
+    assert_eq!(a.json()["request_id"], "req-42");
+    assert_eq!(a.header("x-request-id"), "req-42");
+
+    let slow = TestUpstream::start_with("slow", Behavior::Delay(Duration::from_secs(3))).await;
+    let p = Portico::start(&reverse_config(&quoted(&[&slow]), "request_timeout = \"200ms\"")).await;
+    let a = get(p.addr("web").await, "/").await?;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.json()["error"], "upstream_timeout");
+    Ok(())
+}
+
+#[tokio::test]
+async fn all_endpoints_down_is_a_prompt_503() -> TestResult {
+    let a = TestUpstream::start_with("a", Behavior::SickHealth).await;
+    let extra = r#"health_check = { path = "/health", interval = "100ms", timeout = "100ms", unhealthy_threshold = 1, healthy_threshold = 1 }"#;
+    let p = Portico::start(&reverse_config(&quoted(&[&a]), extra)).await;
+    let web = p.addr("web").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = std::time::Instant::now();
+    let answer = get(web, "/").await?;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.json()["error"], "no_healthy_upstream");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let upstreams = get(p.admin, "/upstreams").await?.json();
+    assert_eq!(upstreams[0]["endpoints"][0]["status"], "unhealthy");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_health_checks_comes_back_when_it_recovers() -> TestResult {
+    let (sick, ok) = (TestUpstream::start_with("sick", Behavior::SickHealth).await, TestUpstream::start("ok").await);
+    let extra = r#"health_check = { path = "/health", interval = "100ms", timeout = "100ms", unhealthy_threshold = 2, healthy_threshold = 2 }"#;
+    let p = Portico::start(&reverse_config(&quoted(&[&sick, &ok]), extra)).await;
+    let status =
+        |admin| async move { get(admin, "/upstreams").await.map(|a| a.json()[0]["endpoints"][0]["status"].clone()) };
+    let mut seen_unhealthy = false;
+    for _ in 0..50 {
+        if status(p.admin).await? == "unhealthy" {
+            seen_unhealthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_unhealthy, "two failed probes mark the endpoint unhealthy");
+    let before = sick.hits();
+    for _ in 0..10 {
+        assert_eq!(get(p.addr("web").await, "/").await?.header("x-upstream"), "ok");
+    }
+    assert_eq!(sick.hits(), before);
+    sick.set(Behavior::Echo);
+    let mut back = false;
+    for _ in 0..50 {
+        if status(p.admin).await? == "healthy" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "two good probes bring it back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn retries_move_to_another_endpoint_and_outliers_are_ejected() -> TestResult {
+    let bad = TestUpstream::start_with("bad", Behavior::Status(503)).await;
+    let good = TestUpstream::start("good").await;
+    let extra = r#"retries = 1
+outlier_detection = { consecutive_5xx = 3, base_ejection_time = "30s", max_ejection_percent = 50 }"#;
+    let p = Portico::start(&reverse_config(&quoted(&[&bad, &good]), extra)).await;
+    let web = p.addr("web").await;
+    for _ in 0..20 {
+        let a = get(web, "/").await?;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-upstream"), "good");
+    }
+    assert_eq!(bad.hits(), 3, "ejected after three consecutive 5xx");
+    let upstreams = get(p.admin, "/upstreams").await?.json();
+    assert_eq!(upstreams[0]["endpoints"][0]["status"], "ejected");
+    // A POST is not idempotent: it is not retried, and with `bad` ejected it goes to `good`.
+    assert_eq!(send(web, "POST", "/", &[], "payload").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn forwarding_headers_and_trace_context() -> TestResult {
+    let a = TestUpstream::start("a").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&a]), "")).await;
+    let web = p.addr("web").await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer = send(
+        web,
+        "GET",
+        "/x?y=1",
+        &[("traceparent", parent), ("connection", "x-drop"), ("x-drop", "1"), ("x-forwarded-for", "10.1.1.1")],
+        "",
+    )
+    .await?;
+    let echo = answer.json();
+    let seen = &echo["headers"];
+    assert_eq!(echo["path"], "/x?y=1");
+    let tp = seen["traceparent"].as_str().unwrap_or("");
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    assert!(!tp.contains("00f067aa0ba902b7"), "a new span id for the upstream hop");
+    assert_eq!(seen["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["via"], "1.1 portico");
+    assert_eq!(seen["host"], "test.local");
+    assert!(seen.get("x-drop").is_none(), "headers named by Connection are hop-by-hop");
+    assert_eq!(seen["x-request-id"].as_str(), Some(answer.header("x-request-id")));
+    assert_eq!(answer.header("x-request-id").len(), 32);
+
+    // Bodies stream through both ways.
+    let big = "z".repeat(3 * 1024 * 1024);
+    let answer = send(web, "PUT", "/upload", &[], &big).await?;
+    assert_eq!(answer.json()["body_len"], 3 * 1024 * 1024);
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Malformed and hostile requests: CL+TE ambiguity is refused and nothing reaches the upstream, oversized
+//! headers get 431, slowloris connections are cut by the header-read timeout.
+
+use crate::support::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(raw).await?;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_and_not_forwarded() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let web = p.addr("web").await;
+    // The classic CL.TE desync: a front end trusting Content-Length would forward the smuggled GET as body.
+    let attack = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let reply = exchange(web, attack).await?;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(!reply.contains("/smuggled"), "{reply}");
+    assert_eq!(upstream.hits(), 0, "nothing of an ambiguous request may be forwarded");
+
+    // The same after a good request on a kept-alive connection.
+    let pipelined = b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n";
+    let reply = exchange(web, pipelined).await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("HTTP/1.1 400"), "{reply}");
+    assert_eq!(upstream.hits(), 1);
+
+    // Obfuscated Transfer-Encoding is no excuse either.
+    let reply =
+        exchange(web, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: xchunked\r\n\r\nabc")
+            .await?;
+    assert!(reply.starts_with("HTTP/1.1 400") || reply.starts_with("HTTP/1.1 501"), "{reply}");
+    assert_eq!(upstream.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let config = reverse_config(&quoted(&[&upstream]), "")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nmax_header_bytes = \"16KiB\"\n");
+    let p = Portico::start(&config).await;
+    let raw = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(64 * 1024));
+    let reply = exchange(p.addr("web").await, raw.as_bytes()).await?;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert_eq!(upstream.hits(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_by_the_header_read_timeout() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let config = reverse_config(&quoted(&[&upstream]), "")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nheader_read_timeout = \"300ms\"\n");
+    let p = Portico::start(&config).await;
+    let mut stream = TcpStream::connect(p.addr("web").await).await?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await?;
+    // Trickle one header byte at a time, never finishing the head.
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if stream.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+            // Either a 408 then close, or a plain close.
+            if n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408") {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a connection trickling headers for 2s was not cut at 300ms");
+    assert_eq!(upstream.hits(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_slot() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let config = reverse_config(&quoted(&[&upstream]), "")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nmax_connections = 2\n");
+    let p = Portico::start(&config).await;
+    let web = p.addr("web").await;
+    // Two idle keep-alive connections take both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(web).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).await?;
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    // A third is not served while they stay open...
+    let third = tokio::spawn(get(web, "/third"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third connection was served beyond max_connections = 2");
+    // ...and is served as soon as one closes.
+    drop(held.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(5), third).await???;
+    assert_eq!(answer.status, 200);
+    Ok(())
+}
