@@ -175,3 +175,11 @@ async fn check_health_reports_exit_status_for_keepalived() -> TestResult {
     assert!(!down.success());
     Ok(())
 }
+
+#[test]
+fn the_shipped_example_configuration_validates() -> TestResult {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/portico.toml");
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&example).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
