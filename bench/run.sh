@@ -65,7 +65,7 @@ nginx_conf nginx-proxy "upstream origin { server $ORIGIN; keepalive 128; }
 cat > "$OUT/haproxy.cfg" <<CONF
 global
   nbthread $WORKERS
-  maxconn 10000
+  maxconn 4000
 defaults
   mode http
   timeout connect 1s

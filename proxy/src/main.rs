@@ -74,6 +74,11 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+/// mimalloc instead of glibc's malloc: a proxy allocates and frees small buffers for every request, and glibc's
+/// allocator took about an eighth of the CPU in `perf` profiles under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);

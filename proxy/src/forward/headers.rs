@@ -4,16 +4,22 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::Version;
 
-static HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+// Pre-built names: looking a header up by `&str` parses the name on every call, for every request.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    TE,
+    http::header::TRAILER,
+    TRANSFER_ENCODING,
 ];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `x-request-id`, set on requests going upstream and on every response.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers. `te: trailers` survives because gRPC needs it end to end; `upgrade` is kept
 /// only when the caller is proxying an upgrade.
@@ -30,7 +36,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(&name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if !keep_upgrade {
@@ -69,20 +75,20 @@ pub struct ForwardedFor<'a> {
 /// Sets the forwarding headers on a request going upstream.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
     let ip = f.client_ip.to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
         _ => ip,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(if f.tls { "https" } else { "http" }));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.tls { "https" } else { "http" }));
     append_via(headers, f.version);
     if let Ok(v) = HeaderValue::from_str(f.traceparent) {
-        headers.insert("traceparent", v);
+        headers.insert(TRACEPARENT.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(f.request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID.clone(), v);
     }
 }
 

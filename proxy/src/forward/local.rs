@@ -63,7 +63,7 @@ pub fn error_response(error: LocalError, detail: &str, request_id: &str) -> Resp
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(super::headers::X_REQUEST_ID.clone(), v);
     }
     if error == LocalError::BadRequest {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

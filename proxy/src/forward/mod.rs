@@ -39,7 +39,7 @@ pub async fn handle(
     let meta = RequestMeta {
         start: Instant::now(),
         trace: TraceContext::from_traceparent(req.headers().get("traceparent").map(|v| v.as_bytes())),
-        request_id: request_id(req.headers().get("x-request-id").map(|v| v.as_bytes())),
+        request_id: request_id(req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes())),
     };
     let listener = conn.listener.load_full();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {

@@ -53,7 +53,7 @@ fn finish(
     shared.metrics.requests.with_label_values(&[name, upstream, status_class(status)]).inc();
     shared.metrics.request_duration.with_label_values(&[name, upstream]).observe(elapsed.as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
-        response.headers_mut().insert("x-request-id", v);
+        response.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
     }
     tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, listener = name, upstream, status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
     response
@@ -152,7 +152,12 @@ async fn proxy(
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = version;
-        *request.headers_mut() = parts.headers.clone();
+        // Only a request that may be retried keeps a copy of its headers for the next attempt.
+        *request.headers_mut() = if retryable && attempt + 1 < max_attempts {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         let sent_at = std::time::Instant::now();
         let outcome = tokio::time::timeout(upstream.request_timeout(), upstream.client.request(request)).await;
         match outcome {
