@@ -118,12 +118,16 @@ async fn proxy(
     let mut tried: Vec<usize> = Vec::new();
     let max_attempts = if retryable { 1 + upstream.config.retries as usize } else { 1 };
     let mut last_error = (LocalError::NoHealthyUpstream, "no endpoint is available".to_string());
+    // A retry after a 502/503/504 answer takes its budget before that answer is dropped, so that when the
+    // budget is spent the client gets the upstream's own answer rather than a generic 502.
+    let mut retry_paid = false;
     for attempt in 0..max_attempts {
         if attempt > 0 {
-            if !upstream.allow_retry() {
+            if !retry_paid && !upstream.allow_retry() {
                 tracing::debug!(upstream = %upstream.name(), "retry budget exhausted");
                 break;
             }
+            retry_paid = false;
             shared.metrics.retries.with_label_values(&[upstream.name()]).inc();
         }
         let Some(index) = upstream.pick(&tried) else {
@@ -187,7 +191,8 @@ async fn proxy(
                     upstream.report_success(index);
                 }
                 let gateway_error = matches!(status.as_u16(), 502..=504);
-                if gateway_error && retryable && attempt + 1 < max_attempts {
+                if gateway_error && retryable && attempt + 1 < max_attempts && upstream.allow_retry() {
+                    retry_paid = true;
                     last_error =
                         (LocalError::UpstreamFailed, format!("endpoint {} answered {}", endpoint.name, status));
                     continue;

@@ -185,3 +185,45 @@ async fn forwarding_headers_and_trace_context() -> TestResult {
     assert_eq!(answer.json()["body_len"], 3 * 1024 * 1024);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_retry_budget_bounds_retries_against_a_sick_upstream() -> TestResult {
+    let (a, b) = (
+        TestUpstream::start_with("a", Behavior::Status(503)).await,
+        TestUpstream::start_with("b", Behavior::Status(503)).await,
+    );
+    let extra = "retries = 1\nretry_budget = { percent = 10, min_per_second = 2 }";
+    let p = Portico::start(&reverse_config(&quoted(&[&a, &b]), extra)).await;
+    let web = p.addr("web").await;
+    let started = std::time::Instant::now();
+    for _ in 0..60 {
+        assert_eq!(get(web, "/").await?.status, 503);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let retries = a.hits() + b.hits() - 60;
+    assert!(retries > 0, "some retries are allowed");
+    let bound = 6 + 2 * seconds as usize;
+    assert!(retries <= bound, "{retries} retries for 60 requests; the budget allows at most {bound}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ejection_never_exceeds_max_ejection_percent() -> TestResult {
+    let ups = [
+        TestUpstream::start_with("a", Behavior::Status(500)).await,
+        TestUpstream::start_with("b", Behavior::Status(500)).await,
+        TestUpstream::start_with("c", Behavior::Status(500)).await,
+        TestUpstream::start_with("d", Behavior::Status(500)).await,
+    ];
+    let extra = "retries = 0\noutlier_detection = { consecutive_5xx = 1, base_ejection_time = \"30s\", max_ejection_percent = 50 }";
+    let p = Portico::start(&reverse_config(&quoted(&[&ups[0], &ups[1], &ups[2], &ups[3]]), extra)).await;
+    let web = p.addr("web").await;
+    for _ in 0..20 {
+        assert_eq!(get(web, "/").await?.status, 500);
+    }
+    let upstreams = get(p.admin, "/upstreams").await?.json();
+    let ejected =
+        upstreams[0]["endpoints"].as_array().ok_or("endpoints")?.iter().filter(|e| e["status"] == "ejected").count();
+    assert_eq!(ejected, 2, "{upstreams}");
+    Ok(())
+}
