@@ -1,1 +1,40 @@
-//! Portico anomaly (being written).
+//! Portico's self-watching anomaly detection.
+//!
+//! The proxy samples its own counters into a [`Tick`] every `interval` and submits it to a
+//! [`DetectorHandle`]. A dedicated thread stores ticks as Arrow batches ([`store`]), runs a small
+//! candle LSTM forecaster per series ([`model`]), turns forecast surprise into scores in [0, 1]
+//! with adaptive thresholds ([`score`]), raises alerts with hysteresis ([`alert`]) and runs
+//! remediation hooks ([`hook`]). [`train`](mod@train) builds new models from recorded history.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), portico_anomaly::AnomalyError> {
+//! use portico_anomaly::{AnomalyConfig, Detector, DetectorOptions, Forecaster, Tick};
+//! let cfg = AnomalyConfig::default();
+//! let det = Detector::spawn(&cfg, Forecaster::bundled()?, DetectorOptions::default())?;
+//! det.submit(Tick::new(portico_anomaly::sample::now_ms()).with("process.cpu", 3.5));
+//! # Ok(()) }
+//! ```
+
+pub mod alert;
+pub mod config;
+pub mod cpu;
+pub mod detector;
+pub mod error;
+pub mod hook;
+pub mod model;
+pub mod sample;
+pub mod score;
+pub mod store;
+pub mod train;
+
+pub use alert::{webhook_payload, Alert, AlertChange, AlertEngine, AlertState, Severity, Transition};
+pub use config::{AnomalyConfig, HookConfig, HookMatch, Thresholds};
+pub use cpu::{CpuSampler, CpuUsage};
+pub use detector::{load_model, AnomalyEvent, Detector, DetectorHandle, DetectorOptions, DetectorStats};
+pub use error::{AnomalyError, Result};
+pub use hook::{ActionRecord, HookRunner, Outcome};
+pub use model::{Forecaster, ModelMeta};
+pub use sample::{LatencyWindow, Quantiles, Tick};
+pub use score::{score_csv, ScoreSummary, Scorer, SeriesScore};
+pub use store::{SeriesStore, StoreOptions};
+pub use train::{train, train_series, TrainOptions, TrainProgress, TrainReport};

@@ -1,0 +1,51 @@
+#!/bin/sh
+# Shared helpers for Portico remediation hooks. Sourced, not executed.
+# Hooks receive the alert JSON on stdin and PORTICO_ALERT_* / PORTICO_ADMIN_URL in the environment.
+set -eu
+
+: "${PORTICO_ADMIN_URL:?PORTICO_ADMIN_URL is not set (Portico passes it to hooks)}"
+: "${PORTICO_ALERT_SERIES:?PORTICO_ALERT_SERIES is not set}"
+
+# curl with the admin token if one is configured; fails on HTTP errors.
+admin_curl() {
+    if [ -n "${PORTICO_ADMIN_TOKEN:-}" ]; then
+        curl -fsS --max-time 5 -H "Authorization: Bearer ${PORTICO_ADMIN_TOKEN}" "$@"
+    else
+        curl -fsS --max-time 5 "$@"
+    fi
+}
+
+# Upstream name from a series like upstream.<name>.<metric>; empty if not an upstream series.
+alert_upstream() {
+    python3 -c '
+import sys
+s = sys.argv[1]
+if s.startswith("upstream.") and s.count(".") >= 2:
+    print(s[len("upstream."):s.rindex(".")])
+' "$PORTICO_ALERT_SERIES"
+}
+
+# Print "<address> <weight>" of the endpoint with the highest latency in upstream $1 among
+# endpoints that are not already drained/ejected, reading GET /upstreams JSON on stdin.
+# Prints nothing if draining it would leave the upstream with no serving endpoint.
+pick_slowest() {
+    python3 -c '
+import json, sys
+name, min_left = sys.argv[1], int(sys.argv[2])
+doc = json.load(sys.stdin)
+for u in doc.get("upstreams", []):
+    if u.get("name") != name:
+        continue
+    live = [e for e in u.get("endpoints", []) if e.get("state") in ("healthy", "unhealthy")]
+    if len(live) - 1 < min_left:
+        sys.exit(0)
+    worst = max(live, key=lambda e: float(e.get("latency_ms") or 0.0), default=None)
+    if worst is not None:
+        print(worst["address"], worst.get("weight", 1))
+' "$1" "${2:-1}"
+}
+
+# Percent-encode one path segment.
+urlenc() {
+    python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"
+}
