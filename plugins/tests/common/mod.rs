@@ -1,0 +1,134 @@
+//! Shared test helpers: a WAT prelude implementing the guest side of the ABI by hand, and recording services.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use portico_plugins::{
+    HostServices, HttpCallRejected, HttpCallRequest, LogLevel, Plugin, PluginEngine, PluginError, PluginSpec,
+    RequestInfo,
+};
+
+/// Wrap `body` in a module with the imports, a bump allocator, memory and the given ABI marker.
+/// Scratch: 100 = returned pointer, 104 = returned size, 108 = extra out-param. Heap starts at 64 KiB.
+pub fn wat_module(marker: Option<&str>, body: &str) -> String {
+    let marker = marker.map(|m| format!("(func (export \"{m}\"))")).unwrap_or_default();
+    format!(
+        r#"(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value" (func $replace_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value" (func $remove_hdr (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response" (func $send_local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $get_prop (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_property" (func $set_prop (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_shared_data" (func $get_shared (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_shared_data" (func $set_shared (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define_metric (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc_metric (param i32 i64) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get_buf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_set_tick_period_milliseconds" (func $set_tick (param i32) (result i32)))
+  (import "env" "proxy_register_shared_queue" (func $reg_queue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_dequeue_shared_queue" (func $dequeue (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (func $alloc (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.and (i32.add (i32.add (global.get $heap) (local.get $n)) (i32.const 7)) (i32.const -8)))
+    (if (i32.gt_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536)))
+      (then (drop (memory.grow (i32.add (i32.shr_u (i32.sub (global.get $heap)
+        (i32.mul (memory.size) (i32.const 65536))) (i32.const 16)) (i32.const 1))))))
+    (local.get $p))
+  (func $ret_ptr (result i32) (i32.load (i32.const 100)))
+  (func $ret_len (result i32) (i32.load (i32.const 104)))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  {marker}
+  {body}
+)"#
+    )
+}
+
+/// Same with the 0.2.1 marker.
+pub fn wat(body: &str) -> String {
+    wat_module(Some("proxy_abi_version_0_2_1"), body)
+}
+
+/// Services that record logs and callouts for assertions.
+#[derive(Default, Debug)]
+pub struct TestServices {
+    pub logs: Mutex<Vec<(LogLevel, String)>>,
+    pub calls: Mutex<Vec<HttpCallRequest>>,
+}
+
+impl HostServices for TestServices {
+    fn http_call(&self, request: HttpCallRequest) -> Result<(), HttpCallRejected> {
+        if request.upstream != "auth" {
+            return Err(HttpCallRejected::UnknownUpstream(request.upstream));
+        }
+        self.calls.lock().push(request);
+        Ok(())
+    }
+
+    fn log(&self, _plugin: &str, level: LogLevel, message: &str) {
+        self.logs.lock().push((level, message.to_string()));
+    }
+
+    fn log_level(&self) -> LogLevel {
+        LogLevel::Trace
+    }
+}
+
+pub fn engine() -> PluginEngine {
+    PluginEngine::new().unwrap()
+}
+
+pub fn spec(name: &str, wasm: String) -> PluginSpec {
+    let mut s = PluginSpec::new(name, wasm.into_bytes());
+    s.instances = 1;
+    s.cpu_limit = Duration::from_millis(30);
+    s.memory_limit = 1 << 20;
+    s
+}
+
+pub fn load(engine: &PluginEngine, spec: PluginSpec) -> Result<(Arc<Plugin>, Arc<TestServices>), PluginError> {
+    let services = Arc::new(TestServices::default());
+    let plugin = Plugin::load(engine, spec, services.clone())?;
+    Ok((plugin, services))
+}
+
+pub fn request(path: &str) -> (RequestInfo, Vec<(String, String)>) {
+    let info = RequestInfo {
+        method: "GET".into(),
+        path: path.into(),
+        authority: "example.com".into(),
+        scheme: "https".into(),
+        source_address: Some("192.0.2.7:40000".parse().unwrap()),
+        ..RequestInfo::default()
+    };
+    let headers = vec![
+        (":method".to_string(), "GET".to_string()),
+        (":path".to_string(), path.to_string()),
+        (":authority".to_string(), "example.com".to_string()),
+        (":scheme".to_string(), "https".to_string()),
+    ];
+    (info, headers)
+}
+
+pub fn header<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+pub fn metrics_text(engine: &PluginEngine) -> String {
+    prometheus::TextEncoder::new().encode_to_string(&engine.registry().gather()).unwrap()
+}
+
+/// [`wat`] with extra imports placed before the prelude's own (imports must precede definitions).
+pub fn wat_imports(imports: &str, body: &str) -> String {
+    wat(body).replacen("(module", &format!("(module\n{imports}"), 1)
+}

@@ -1,0 +1,149 @@
+//! Hostile guests: endless loops, memory bombs, bad pointers and traps fail the request, not the process; the
+//! instance is recreated, and crash loops mark the plugin broken.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use portico_plugins::{FailPolicy, FailureKind, FilterAction, Plugin};
+
+const CHAOS: &str = r#"
+  (data (i32.const 1024) "x-loop")
+  (data (i32.const 1040) "x-grow")
+  (data (i32.const 1056) "x-bad")
+  (data (i32.const 1072) "x-trap")
+  (data (i32.const 1088) "x-ok")
+  (data (i32.const 1104) "1")
+  (func $has (param $p i32) (param $n i32) (result i32)
+    (i32.eqz (call $get_hdr (i32.const 0) (local.get $p) (local.get $n) (i32.const 100) (i32.const 104))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (call $has (i32.const 1024) (i32.const 6)) (then (loop $l (br $l))))
+    (if (call $has (i32.const 1040) (i32.const 6)) (then (drop (memory.grow (i32.const 1000)))))
+    (if (call $has (i32.const 1056) (i32.const 5))
+      (then (drop (call $log (i32.const 2) (i32.const 0x7fff0000) (i32.const 10)))))
+    (if (call $has (i32.const 1072) (i32.const 6)) (then unreachable))
+    (drop (call $add_hdr (i32.const 0) (i32.const 1088) (i32.const 4) (i32.const 1104) (i32.const 1)))
+    (i32.const 0))
+"#;
+
+fn run(
+    p: &std::sync::Arc<Plugin>,
+    trigger: Option<&str>,
+) -> Result<Vec<(String, String)>, portico_plugins::PluginFailure> {
+    let (info, mut h) = request("/");
+    if let Some(t) = trigger {
+        h.push((t.to_string(), "1".to_string()));
+    }
+    let mut s = p.new_stream(info)?;
+    assert_eq!(s.on_request_headers(&mut h, true)?, FilterAction::Continue);
+    Ok(h)
+}
+
+fn assert_recovers(p: &std::sync::Arc<Plugin>) {
+    let h = run(p, None).unwrap();
+    assert_eq!(header(&h, "x-ok"), Some("1"));
+}
+
+#[test]
+fn endless_loop_times_out_and_instance_is_recreated() {
+    let e = engine();
+    let mut sp = spec("loop", wat(CHAOS));
+    sp.cpu_limit = Duration::from_millis(20);
+    let (p, _) = load(&e, sp).unwrap();
+    assert_recovers(&p);
+    let start = Instant::now();
+    let err = run(&p, Some("x-loop")).unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.kind, FailureKind::Timeout, "{err}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took >= Duration::from_millis(15), "took {took:?}");
+    assert_recovers(&p);
+    let text = metrics_text(&e);
+    assert!(text.contains(r#"portico_plugin_failures_total{kind="timeout",plugin="loop"} 1"#), "{text}");
+    assert!(text.contains(r#"portico_plugin_instance_restarts_total{plugin="loop"} 1"#), "{text}");
+}
+
+#[test]
+fn memory_grow_beyond_limit_is_a_memory_failure() {
+    let e = engine();
+    let (p, _) = load(&e, spec("bomb", wat(CHAOS))).unwrap();
+    let err = run(&p, Some("x-grow")).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Memory, "{err}");
+    assert!(err.message.contains("memory limit"), "{err}");
+    assert_recovers(&p);
+}
+
+#[test]
+fn out_of_bounds_pointer_is_a_bad_pointer_failure() {
+    let e = engine();
+    let (p, _) = load(&e, spec("oob", wat(CHAOS))).unwrap();
+    let err = run(&p, Some("x-bad")).unwrap_err();
+    assert_eq!(err.kind, FailureKind::BadPointer, "{err}");
+    assert!(err.message.contains("proxy_log"), "{err}");
+    assert_recovers(&p);
+}
+
+#[test]
+fn trap_fails_request_and_streams_on_dead_instance_fail_cleanly() {
+    let e = engine();
+    let mut sp = spec("trappy", wat(CHAOS));
+    sp.fail = FailPolicy::Open;
+    let (p, _) = load(&e, sp).unwrap();
+    assert_eq!(p.fail_policy(), FailPolicy::Open);
+    // A stream created before the crash on the same (single) instance loses its context.
+    let (info, mut h_other) = request("/");
+    let mut other = p.new_stream(info).unwrap();
+    let err = run(&p, Some("x-trap")).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Trap);
+    let err = other.on_request_headers(&mut h_other, true).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Unavailable);
+    assert_eq!(header(&h_other, ":path"), Some("/"), "caller's headers survive a failure");
+    assert_recovers(&p);
+}
+
+#[test]
+fn crash_loop_marks_plugin_broken() {
+    let e = engine();
+    let mut sp = spec("crashy", wat(CHAOS));
+    sp.max_restarts_per_minute = 2;
+    let (p, _) = load(&e, sp).unwrap();
+    for _ in 0..3 {
+        assert_eq!(run(&p, Some("x-trap")).unwrap_err().kind, FailureKind::Trap);
+    }
+    let err = run(&p, None).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Unavailable);
+    assert!(p.is_broken());
+    // A new version loads fine and serves.
+    let (p2, _) = load(&e, spec("crashy", wat(CHAOS))).unwrap();
+    assert!(!p2.is_broken());
+    assert_recovers(&p2);
+}
+
+#[test]
+fn one_instance_timing_out_does_not_affect_process() {
+    // Several instances: a loop in one does not block streams on others.
+    let e = engine();
+    let mut sp = spec("pool", wat(CHAOS));
+    sp.instances = 3;
+    sp.cpu_limit = Duration::from_millis(10);
+    let (p, _) = load(&e, sp).unwrap();
+    let threads: Vec<_> = (0..3)
+        .map(|i| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                if i == 0 {
+                    assert_eq!(run(&p, Some("x-loop")).unwrap_err().kind, FailureKind::Timeout);
+                } else {
+                    for _ in 0..20 {
+                        assert_recovers(&p);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,163 @@
+//! Load-time behaviour: ABI markers, refusals, configuration, start functions, unknown imports.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use portico_plugins::{AbiVersion, FailureKind, PluginError};
+
+const CONFIGURE_NEEDS_Y: &str = r#"
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param $ctx i32) (param $size i32) (result i32)
+    (if (i32.eqz (local.get $size)) (then (return (i32.const 0))))
+    (if (call $get_buf (i32.const 7) (i32.const 0) (i32.const -1) (i32.const 100) (i32.const 104))
+      (then (return (i32.const 0))))
+    (if (i32.ne (call $ret_len) (local.get $size)) (then (return (i32.const 0))))
+    (i32.eq (i32.load8_u (call $ret_ptr)) (i32.const 121)))
+"#;
+
+#[test]
+fn missing_abi_marker_is_refused_with_clear_error() {
+    let e = engine();
+    let err = load(&e, spec("nomark", wat_module(None, ""))).unwrap_err();
+    match err {
+        PluginError::AbiVersion { plugin, message } => {
+            assert_eq!(plugin, "nomark");
+            assert!(message.contains("missing proxy-wasm ABI version marker"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn abi_0_1_0_refused_and_0_2_0_accepted() {
+    let e = engine();
+    let err = load(&e, spec("old", wat_module(Some("proxy_abi_version_0_1_0"), ""))).unwrap_err();
+    assert!(matches!(&err, PluginError::AbiVersion { message, .. } if message.contains("0.1.0")), "{err}");
+    let (p, _) = load(&e, spec("go", wat_module(Some("proxy_abi_version_0_2_0"), ""))).unwrap();
+    assert_eq!(p.abi_version(), AbiVersion::V0_2_0);
+    let (p, _) = load(&e, spec("rust", wat("")).clone()).unwrap();
+    assert_eq!(p.abi_version(), AbiVersion::V0_2_1);
+}
+
+#[test]
+fn garbage_bytes_fail_to_compile() {
+    let e = engine();
+    let mut s = spec("junk", String::new());
+    s.wasm = b"\0asm\x01\0\0\0garbage".to_vec();
+    assert!(matches!(load(&e, s).unwrap_err(), PluginError::Compile { .. }));
+}
+
+#[test]
+fn configure_reads_plugin_configuration_and_false_refuses() {
+    let e = engine();
+    let mut good = spec("cfg", wat(CONFIGURE_NEEDS_Y));
+    good.config = "yes".into();
+    good.instances = 2;
+    let (p, _) = load(&e, good).unwrap();
+    assert_eq!(p.instance_count(), 2);
+
+    let mut bad = spec("cfg", wat(CONFIGURE_NEEDS_Y));
+    bad.config = "no".into();
+    let err = load(&e, bad).unwrap_err();
+    assert!(matches!(&err, PluginError::Configure { message, .. } if message.contains("returned false")), "{err}");
+    assert!(err.to_string().contains("configuration rejected"));
+}
+
+#[test]
+fn trap_in_start_function_is_refused() {
+    let e = engine();
+    let err = load(&e, spec("boom", wat(r#"(func (export "_initialize") unreachable)"#))).unwrap_err();
+    assert!(matches!(err, PluginError::Start { .. }), "{err}");
+}
+
+#[test]
+fn missing_allocator_is_refused() {
+    let e = engine();
+    let text = wat("").replace("(export \"proxy_on_memory_allocate\")", "");
+    let err = load(&e, spec("noalloc", text)).unwrap_err();
+    assert!(matches!(&err, PluginError::Export { export, .. } if export == "proxy_on_memory_allocate"), "{err}");
+}
+
+#[test]
+fn memory_limit_below_initial_memory_is_refused() {
+    let e = engine();
+    let mut s = spec("tiny", wat(""));
+    s.memory_limit = 64 * 1024; // module wants 2 pages
+    let err = load(&e, s).unwrap_err();
+    assert!(matches!(err, PluginError::Instantiate { .. }), "{err}");
+}
+
+#[test]
+fn unknown_imports_instantiate_and_trap_when_called() {
+    let e = engine();
+    let text = wat_imports(
+        r#"(import "env" "proxy_future_thing" (func $future (param i32) (result i32)))"#,
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (call $future (i32.const 1)))"#,
+    );
+    let (p, _) = load(&e, spec("future", text)).unwrap();
+    assert_eq!(p.unknown_imports(), ["env.proxy_future_thing".to_string()]);
+    let (info, mut h) = request("/");
+    let mut s = p.new_stream(info).unwrap();
+    let err = s.on_request_headers(&mut h, true).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Trap);
+}
+
+#[test]
+fn compile_cache_returns_same_module_for_same_bytes() {
+    let e = engine();
+    let a = e.compile("x", wat("").as_bytes()).unwrap();
+    let b = e.compile("x", wat("").as_bytes()).unwrap();
+    assert_eq!(a.sha256_hex(), b.sha256_hex());
+    assert_eq!(a.sha256_hex().len(), 64);
+}
+
+#[test]
+fn wasi_command_start_with_proc_exit_zero_is_normal_exit() {
+    let e = engine();
+    let imports = r#"(import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))"#;
+    let ok = wat_imports(imports, r#"(func (export "_start") (call $exit (i32.const 0)))"#);
+    load(&e, spec("cmd", ok)).unwrap();
+    let bad = wat_imports(imports, r#"(func (export "_start") (call $exit (i32.const 3)))"#);
+    let err = load(&e, spec("cmd", bad)).unwrap_err();
+    assert!(matches!(&err, PluginError::Start { message, .. } if message.contains("proc_exit(3)")), "{err}");
+}
+
+#[test]
+fn wasi_fd_write_to_stderr_is_logged_as_error_during_initialize() {
+    let e = engine();
+    let imports =
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))"#;
+    let body = r#"
+      (data (i32.const 2000) "hello from init\n")
+      (func (export "_initialize")
+        (i32.store (i32.const 3000) (i32.const 2000))
+        (i32.store (i32.const 3004) (i32.const 16))
+        (if (call $fd_write (i32.const 2) (i32.const 3000) (i32.const 1) (i32.const 3008)) (then unreachable))
+        (if (i32.ne (i32.load (i32.const 3008)) (i32.const 16)) (then unreachable))
+        ;; fd 5 is not open
+        (if (i32.ne (call $fd_write (i32.const 5) (i32.const 3000) (i32.const 1) (i32.const 3008)) (i32.const 8))
+          (then unreachable)))
+    "#;
+    let (_p, services) = load(&e, spec("wasi", wat_imports(imports, body))).unwrap();
+    let logs = services.logs.lock().clone();
+    assert_eq!(logs, vec![(portico_plugins::LogLevel::Error, "hello from init".to_string())]);
+}
+
+#[test]
+fn initialize_then_main_run_before_context_creation() {
+    let e = engine();
+    // _initialize stores 1, main must see it and store 2, on_configure requires 2.
+    let body = r#"
+      (global $stage (mut i32) (i32.const 0))
+      (func (export "_initialize") (global.set $stage (i32.const 1)))
+      (func (export "main") (param i32 i32) (result i32)
+        (if (i32.ne (global.get $stage) (i32.const 1)) (then unreachable))
+        (global.set $stage (i32.const 2))
+        (i32.const 0))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32)
+        (i32.eq (global.get $stage) (i32.const 2)))
+    "#;
+    load(&e, spec("main", wat(body))).unwrap();
+}
