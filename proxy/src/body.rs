@@ -63,6 +63,8 @@ pub enum ResponseBody {
     Upstream(Incoming, Option<Box<dyn BodyGuard>>),
     /// A local answer.
     Full(Option<Bytes>),
+    /// An open-ended local stream (server-sent events); ends when the sender is dropped.
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -70,11 +72,21 @@ impl std::fmt::Debug for ResponseBody {
         match self {
             ResponseBody::Upstream(..) => f.write_str("ResponseBody::Upstream"),
             ResponseBody::Full(b) => write!(f, "ResponseBody::Full({:?})", b.as_ref().map(Bytes::len)),
+            ResponseBody::Channel(_) => f.write_str("ResponseBody::Channel"),
         }
     }
 }
 
 impl ResponseBody {
+    /// The guard slot of a body still streaming from an upstream (`None` for a complete body), so more work
+    /// can be tied to the end of the body.
+    pub fn guard_slot(&mut self) -> Option<&mut Option<Box<dyn BodyGuard>>> {
+        match self {
+            ResponseBody::Upstream(_, guard) => Some(guard),
+            ResponseBody::Full(_) | ResponseBody::Channel(_) => None,
+        }
+    }
+
     /// A local answer body.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody::Full(Some(bytes.into()))
@@ -105,6 +117,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(bytes) => {
                 Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))
             }
+            ResponseBody::Channel(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -112,6 +125,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(incoming, _) => incoming.is_end_stream(),
             ResponseBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
+            ResponseBody::Channel(_) => false,
         }
     }
 
@@ -119,6 +133,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(incoming, _) => incoming.size_hint(),
             ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Channel(_) => SizeHint::default(),
         }
     }
 }

@@ -11,10 +11,13 @@ pub mod forward;
 pub mod health;
 pub mod listen;
 pub mod metrics;
+pub mod observe;
+pub mod plugin;
 pub mod route;
 pub mod server;
 pub mod tls;
 pub mod trace_context;
 pub mod upstream;
+pub mod watch;
 
 pub use server::{Server, ServerError};

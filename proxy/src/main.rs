@@ -49,6 +49,11 @@ enum Command {
         #[arg(long)]
         health: Option<String>,
     },
+    /// Anomaly detection tools: train a forecaster on recorded series, score a series offline.
+    Anomaly {
+        #[command(subcommand)]
+        command: AnomalyCommand,
+    },
     /// Run a self-contained demonstration: demo upstreams, Portico in front, a load generator, live stats.
     Demo {
         /// How long the load runs.
@@ -58,6 +63,95 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum AnomalyCommand {
+    /// Train an LSTM forecaster on recorded series (Arrow IPC files from the store, or CSV with a timestamp
+    /// column and one column per series) and write it as safetensors with a JSON sidecar.
+    Train {
+        /// Input files (.arrow/.ipc or .csv).
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        /// Output model, e.g. models/site.safetensors (the sidecar goes beside it as .json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Passes over the data.
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Seed: the same seed and data give the same model.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Score one series (CSV with header `timestamp,value`) row by row with no look-ahead; the output repeats
+    /// every row with an `anomaly_score` column in [0, 1].
+    Score {
+        /// Input CSV.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output CSV.
+        #[arg(long)]
+        output: PathBuf,
+        /// Model (default: the bundled one).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+}
+
+fn anomaly_command(command: AnomalyCommand) -> Result<()> {
+    use std::io::Write;
+    match command {
+        AnomalyCommand::Train { data, out, epochs, seed } => {
+            let options = portico_anomaly::TrainOptions {
+                epochs,
+                seed,
+                out: Some(out.clone()),
+                description: format!("portico anomaly train --data {data:?} --epochs {epochs} --seed {seed}"),
+                ..portico_anomaly::TrainOptions::default()
+            };
+            let mut progress = |p: &portico_anomaly::TrainProgress| {
+                let filled = p.epoch * 30 / p.epochs.max(1);
+                print!(
+                    "\r[{}{}] epoch {}/{}  train loss {:.4}  validation loss {:.4}",
+                    "#".repeat(filled),
+                    " ".repeat(30 - filled),
+                    p.epoch,
+                    p.epochs,
+                    p.train_loss,
+                    p.val_loss
+                );
+                let _ = std::io::stdout().flush();
+            };
+            let (_, report) = portico_anomaly::train(&data, &options, &mut progress).context("training failed")?;
+            println!();
+            println!(
+                "validation loss {:.4} (untrained {:.4}, last-value baseline {:.4}); wrote {}",
+                report.val_loss,
+                report.initial_val_loss,
+                report.persistence_val_loss,
+                out.display()
+            );
+            Ok(())
+        }
+        AnomalyCommand::Score { input, output, model } => {
+            let model = match model {
+                Some(path) => portico_anomaly::Forecaster::load(&path)
+                    .with_context(|| format!("loading model {}", path.display()))?,
+                None => portico_anomaly::Forecaster::bundled().context("loading the bundled model")?,
+            };
+            let summary = portico_anomaly::score_csv(&input, &output, &model)
+                .with_context(|| format!("scoring {}", input.display()))?;
+            println!(
+                "{} rows scored ({} unreadable), highest score {:.3} at row {}; wrote {}",
+                summary.rows,
+                summary.skipped,
+                summary.max_score,
+                summary.max_row,
+                output.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -97,6 +191,7 @@ fn main() -> Result<()> {
             })?;
             runtime()?.block_on(run(config, grace))
         }
+        Command::Anomaly { command } => anomaly_command(command),
         Command::Demo { duration, concurrency } => {
             runtime()?.block_on(portico::demo::run(duration, concurrency)).map_err(anyhow::Error::msg)
         }

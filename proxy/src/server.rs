@@ -7,8 +7,11 @@ use crate::config::{self, Config, ConfigIssue};
 use crate::health;
 use crate::listen::{self, ListenerHandle, ListenerRuntime};
 use crate::metrics::Metrics;
+use crate::plugin::services::ProxyServices;
+use crate::plugin::{PluginLoadError, PluginSet, PluginSlot};
 use crate::tls;
 use crate::upstream::Upstream;
+use crate::watch::{Watch, WatchError, WatchMetrics};
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -49,6 +52,15 @@ pub enum ServerError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A plugin could not be started; nothing was changed.
+    #[error("{0}")]
+    Plugin(#[from] PluginLoadError),
+    /// The wasm engine could not be created.
+    #[error("plugin engine: {0}")]
+    Engine(#[from] portico_plugins::PluginError),
+    /// Anomaly detection could not start.
+    #[error("{0}")]
+    Watch(#[from] WatchError),
     /// No config file to reload from.
     #[error("no configuration file to reload (started from an embedded configuration)")]
     NoFile,
@@ -61,6 +73,8 @@ pub struct Snapshot {
     pub config: Config,
     /// Upstream groups by name.
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// WebAssembly plugins by name (each slot swaps versions on its own).
+    pub plugins: HashMap<String, Arc<PluginSlot>>,
 }
 
 /// State shared by all connections.
@@ -74,6 +88,10 @@ pub struct Shared {
     pub forward_client: Client<HttpConnector, RequestBody>,
     /// Set once shutdown starts; `/readyz` turns 503.
     pub draining: AtomicBool,
+    /// The wasm engine and plugin version management.
+    pub plugins: PluginSet,
+    /// Gauges for anomaly scores (registered once, whether or not detection is on).
+    pub watch_metrics: WatchMetrics,
 }
 
 /// The proxy with its listeners.
@@ -83,6 +101,10 @@ pub struct Server {
     pub shared: Arc<Shared>,
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, ListenerHandle>>,
     health: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Tasks that live as long as the server (plugin file watcher).
+    background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Anomaly detection, when configured.
+    pub watch: tokio::sync::Mutex<Option<Watch>>,
     grace: Duration,
 }
 
@@ -100,19 +122,39 @@ impl Server {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector)
         };
+        let watch_metrics = WatchMetrics::register(&metrics.registry)?;
+        let services = Arc::new(ProxyServices::default());
+        let plugins = PluginSet::new(metrics.registry.clone(), services.clone())?;
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot { config: config.clone(), upstreams: HashMap::new() }),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                config: config.clone(),
+                upstreams: HashMap::new(),
+                plugins: HashMap::new(),
+            }),
             metrics,
             forward_client,
             draining: AtomicBool::new(false),
+            plugins,
+            watch_metrics,
         });
+        services.attach(Arc::downgrade(&shared));
+        let plugin_slots = shared.plugins.build(&config.plugins, &HashMap::new()).await?;
         let server = Arc::new(Server {
             shared,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             health: parking_lot::Mutex::new(Vec::new()),
+            background: parking_lot::Mutex::new(Vec::new()),
+            watch: tokio::sync::Mutex::new(None),
             grace,
         });
-        server.apply(config, upstreams).await?;
+        let anomaly = config.anomaly.clone();
+        let admin_url = format!("http://{}", config.admin.listen);
+        server.apply(config, upstreams, plugin_slots).await?;
+        server.watch_plugin_files();
+        if let Some(anomaly) = anomaly {
+            let watch = Watch::start(&server.shared, anomaly, admin_url).await?;
+            *server.watch.lock().await = Some(watch);
+        }
         Ok(server)
     }
 
@@ -141,13 +183,39 @@ impl Server {
             Ok(u) => u,
             Err(e) => return Err(self.refused(e)),
         };
-        match self.apply(config, upstreams).await {
+        let plugins = match self.shared.plugins.build(&config.plugins, &previous.plugins).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.refused(e.into())),
+        };
+        let anomaly = config.anomaly.clone();
+        let admin_url = format!("http://{}", config.admin.listen);
+        match self.apply(config, upstreams, plugins).await {
             Ok(()) => {
+                self.rewatch(anomaly, admin_url).await;
                 self.shared.metrics.reloads.with_label_values(&["ok"]).inc();
                 tracing::info!("configuration reloaded");
                 Ok(())
             }
             Err(e) => Err(self.refused(e)),
+        }
+    }
+
+    /// Restarts anomaly detection when its configuration changed (a restart forgets what it learned, so an
+    /// unchanged table keeps the running detector). A detector that fails to start is logged: the new
+    /// configuration is already serving traffic.
+    async fn rewatch(&self, anomaly: Option<portico_anomaly::AnomalyConfig>, admin_url: String) {
+        let mut watch = self.watch.lock().await;
+        if watch.as_ref().map(|w| &w.config) == anomaly.as_ref() {
+            return;
+        }
+        if let Some(old) = watch.take() {
+            old.stop().await;
+        }
+        if let Some(config) = anomaly {
+            match Watch::start(&self.shared, config, admin_url).await {
+                Ok(started) => *watch = Some(started),
+                Err(e) => tracing::error!(error = %e, "anomaly detection did not restart after the reload"),
+            }
         }
     }
 
@@ -157,7 +225,12 @@ impl Server {
         e
     }
 
-    async fn apply(&self, config: Config, upstreams: HashMap<String, Arc<Upstream>>) -> Result<(), ServerError> {
+    async fn apply(
+        &self,
+        config: Config,
+        upstreams: HashMap<String, Arc<Upstream>>,
+        plugins: HashMap<String, Arc<PluginSlot>>,
+    ) -> Result<(), ServerError> {
         let mut listeners = self.listeners.lock().await;
         // 1. Everything that can fail, with nothing changed yet.
         let mut runtimes = Vec::new();
@@ -184,7 +257,7 @@ impl Server {
             }
         }
         // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers.
-        self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone() }));
+        self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone(), plugins }));
         let mut keep = std::collections::HashSet::new();
         for runtime in runtimes {
             let addr = runtime.config.listen;
@@ -218,6 +291,22 @@ impl Server {
         Ok(())
     }
 
+    /// Polls file-sourced plugins for changes (every 2 s) and hot-swaps a changed module that starts cleanly.
+    fn watch_plugin_files(&self) {
+        let shared = Arc::downgrade(&self.shared);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else { return };
+                let slots = shared.snapshot.load().plugins.clone();
+                shared.plugins.reload_changed_files(&slots).await;
+            }
+        });
+        self.background.lock().push(task);
+    }
+
     /// Addresses actually bound, by listener name (useful with port 0).
     pub async fn bound_addresses(&self) -> HashMap<String, SocketAddr> {
         self.listeners.lock().await.values().map(|h| (h.slot.load().config.name.clone(), h.bound)).collect()
@@ -231,8 +320,11 @@ impl Server {
             h.signal_stop();
         }
         futures_util::future::join_all(handles.into_iter().map(|h| h.stop(self.grace))).await;
-        for task in self.health.lock().drain(..) {
+        for task in self.health.lock().drain(..).chain(self.background.lock().drain(..)) {
             task.abort();
+        }
+        if let Some(watch) = self.watch.lock().await.take() {
+            watch.stop().await;
         }
     }
 }

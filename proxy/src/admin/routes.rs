@@ -10,6 +10,9 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// Largest module `PUT /plugins/{name}` accepts.
+const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
+
 fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(value.to_string()));
     *r.status_mut() = status;
@@ -60,6 +63,9 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
             for upstream in server.shared.snapshot.load().upstreams.values() {
                 upstream.export_gauges(&server.shared.metrics);
             }
+            if let Some(watch) = server.watch.lock().await.as_ref() {
+                watch.export_gauges(&server.shared.watch_metrics);
+            }
             text(StatusCode::OK, "text/plain; version=0.0.4", server.shared.metrics.encode())
         }
         (&Method::GET, ["config"]) => {
@@ -103,9 +109,126 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
                 None => error(StatusCode::BAD_REQUEST, "body must be {\"weight\": N} with N in 1..=1000"),
             }
         }
+        (&Method::GET, ["plugins"]) => {
+            let snapshot = server.shared.snapshot.load();
+            let list: Vec<_> = snapshot
+                .config
+                .plugins
+                .iter()
+                .filter_map(|p| snapshot.plugins.get(&p.name))
+                .map(|slot| slot.describe())
+                .collect();
+            json(StatusCode::OK, serde_json::Value::Array(list))
+        }
+        (&Method::PUT, ["plugins", name]) => {
+            let name = name.to_string();
+            let slot = server.shared.snapshot.load().plugins.get(&name).cloned();
+            let Some(slot) = slot else {
+                return Ok(error(StatusCode::NOT_FOUND, format!("no plugin named {name:?} in the configuration")));
+            };
+            let limited = http_body_util::Limited::new(req.into_body(), MAX_PLUGIN_BYTES);
+            match limited.collect().await {
+                Err(e) => error(StatusCode::PAYLOAD_TOO_LARGE, format!("module upload failed or exceeds 64 MiB: {e}")),
+                Ok(body) => match server.shared.plugins.upload(&slot, body.to_bytes().to_vec()).await {
+                    Ok(()) => json(StatusCode::OK, slot.describe()),
+                    Err(e) => {
+                        error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; the running version keeps serving"))
+                    }
+                },
+            }
+        }
+        (&Method::POST, ["plugins", name, "rollback"]) => {
+            let slot = server.shared.snapshot.load().plugins.get(*name).cloned();
+            match slot {
+                None => error(StatusCode::NOT_FOUND, format!("no plugin named {name:?} in the configuration")),
+                Some(slot) => match server.shared.plugins.rollback(&slot).await {
+                    Ok(()) => json(StatusCode::OK, slot.describe()),
+                    Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+                },
+            }
+        }
+        (&Method::GET, ["anomaly", what]) => {
+            let query = req.uri().query().unwrap_or("").to_string();
+            anomaly_route(&server, what, &query).await
+        }
         _ => error(StatusCode::NOT_FOUND, format!("no admin route {method} {path}")),
     };
     Ok(response)
+}
+
+/// `GET /anomaly/{series,scores,alerts,actions,stats,events}`.
+async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<ResponseBody> {
+    let Some(detector) = server.watch.lock().await.as_ref().map(|w| w.detector.clone()) else {
+        return error(StatusCode::NOT_FOUND, "anomaly detection is not configured (add an [anomaly] table)");
+    };
+    let param = |name: &str| {
+        query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    };
+    match what {
+        "series" => {
+            let since = param("since").and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+            let format = param("format").unwrap_or_else(|| "json".into());
+            let exported = match format.as_str() {
+                "arrow" => {
+                    let d = detector.clone();
+                    tokio::task::spawn_blocking(move || d.export_arrow(since))
+                        .await
+                        .map(|r| r.map(|bytes| text(StatusCode::OK, "application/vnd.apache.arrow.stream", bytes)))
+                }
+                "json" => {
+                    let d = detector.clone();
+                    tokio::task::spawn_blocking(move || d.export_json(since))
+                        .await
+                        .map(|r| r.map(|v| json(StatusCode::OK, v)))
+                }
+                other => return error(StatusCode::BAD_REQUEST, format!("format must be arrow or json, not {other:?}")),
+            };
+            match exported {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "export thread failed"),
+            }
+        }
+        "scores" => json(StatusCode::OK, serde_json::to_value(detector.scores()).unwrap_or_default()),
+        "alerts" => json(
+            StatusCode::OK,
+            serde_json::json!({ "active": detector.active_alerts(), "history": detector.alert_history() }),
+        ),
+        "actions" => json(StatusCode::OK, serde_json::to_value(detector.actions()).unwrap_or_default()),
+        "stats" => {
+            json(StatusCode::OK, serde_json::json!({ "detector": detector.stats(), "model": detector.model_meta() }))
+        }
+        "events" => {
+            let mut events = detector.subscribe();
+            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+            tokio::spawn(async move {
+                if tx.send(bytes::Bytes::from_static(b": portico anomaly events\n\n")).await.is_err() {
+                    return;
+                }
+                loop {
+                    let event = match events.recv().await {
+                        Ok(event) => event,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    let kind = match &event {
+                        portico_anomaly::AnomalyEvent::Scores { .. } => "scores",
+                        portico_anomaly::AnomalyEvent::Alert(_) => "alert",
+                    };
+                    let Ok(data) = serde_json::to_string(&event) else { continue };
+                    let frame = format!("event: {kind}\ndata: {data}\n\n");
+                    if tx.send(bytes::Bytes::from(frame)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+            });
+            let mut r = Response::new(ResponseBody::Channel(rx));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        other => error(StatusCode::NOT_FOUND, format!("no admin route /anomaly/{other}")),
+    }
 }
 
 fn endpoint_action(

@@ -22,6 +22,62 @@ pub struct FileConfig {
     /// Groups of endpoints requests are sent to.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamFile>,
+    /// WebAssembly plugins (proxy-wasm ABI) that listeners chain as filters.
+    #[serde(default, rename = "plugin", skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginFile>,
+    /// Self-watching anomaly detection: sampling, model, thresholds, webhooks and remediation hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<portico_anomaly::AnomalyConfig>,
+}
+
+/// What a request meets when its plugin is broken (trapped, timed out, crash-looping).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Answer 503: the safe choice for auth-like filters that must not be skipped.
+    #[default]
+    Closed,
+    /// Skip the plugin: for filters whose absence only loses a feature.
+    Open,
+}
+
+/// `[[plugin]]`: one proxy-wasm module and its settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginFile {
+    /// Unique name; listeners refer to it in `filters`, metrics and logs carry it.
+    pub name: Spanned<String>,
+    /// A path to a `.wasm` file (relative to the config file), or `builtin:NAME` for a bundled module.
+    pub wasm: Spanned<String>,
+    /// Plugin configuration: a string handed over as is, or a table handed over as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<toml::Value>,
+    /// The root context id the module registered (SDKs key their root contexts by it); defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
+    /// VM configuration handed to `proxy_on_vm_start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_config: Option<String>,
+    /// `closed` (a broken plugin answers 503) or `open` (the request skips it).
+    #[serde(default)]
+    pub fail: FailMode,
+    /// Linear memory cap per instance.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_limit: ByteSize,
+    /// CPU time one callback may take before it is interrupted.
+    #[serde(default = "default_plugin_cpu")]
+    pub cpu_limit: HumanDuration,
+    /// Wasm instances (VMs) serving this plugin in parallel; 0 = one per CPU. State a plugin keeps in its VM
+    /// (a round-robin position, a cache) is per instance.
+    #[serde(default)]
+    pub instances: usize,
+}
+
+fn default_plugin_memory() -> ByteSize {
+    ByteSize(32 * 1024 * 1024)
+}
+fn default_plugin_cpu() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(10))
 }
 
 /// `[admin]`.
@@ -89,6 +145,9 @@ pub struct ListenerFile {
     /// Largest request head accepted; larger gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
+    /// Plugin chain, by plugin name: requests meet them in this order, responses in reverse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Spanned<String>>,
 }
 
 fn default_connect_ports() -> Vec<u16> {

@@ -4,14 +4,14 @@
 pub mod duration;
 pub mod file;
 
-use file::{EndpointFile, FileConfig, ListenerMode};
+use file::{EndpointFile, FileConfig, ListenerMode, PluginFile};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
-pub use file::{HealthCheckFile, OutlierFile, PoolFile, RetryBudgetFile, TlsFile, UpstreamProtocol};
+pub use file::{FailMode, HealthCheckFile, OutlierFile, PoolFile, RetryBudgetFile, TlsFile, UpstreamProtocol};
 
 /// A configuration problem with the place it was found, so an operator can fix it without guessing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,10 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Upstream groups, in file order.
     pub upstreams: Vec<UpstreamConfig>,
+    /// WebAssembly plugins.
+    pub plugins: Vec<PluginConfig>,
+    /// Anomaly detection, when the file has an `[anomaly]` table with `enabled = true` (the default).
+    pub anomaly: Option<portico_anomaly::AnomalyConfig>,
     /// The file as parsed, served (redacted) by `GET /config`.
     pub source: FileConfig,
 }
@@ -80,6 +84,40 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// Request-head size cap.
     pub max_header_bytes: usize,
+    /// Plugin names in request order.
+    pub filters: Vec<String>,
+}
+
+/// Where a plugin's module comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A `.wasm` file on disk (watched for changes).
+    File(PathBuf),
+    /// A module bundled in the binary, by name.
+    Builtin(String),
+}
+
+/// Validated `[[plugin]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// Unique name.
+    pub name: String,
+    /// The module.
+    pub source: PluginSource,
+    /// Configuration bytes handed to `proxy_on_configure` (a TOML table becomes JSON).
+    pub configuration: String,
+    /// Root context id.
+    pub root_id: String,
+    /// VM configuration handed to `proxy_on_vm_start`.
+    pub vm_config: String,
+    /// What a request meets when the plugin is broken.
+    pub fail: FailMode,
+    /// Linear memory cap per instance, bytes.
+    pub memory_limit: usize,
+    /// CPU deadline per callback.
+    pub cpu_limit: Duration,
+    /// Instances in the pool (0 = one per CPU).
+    pub instances: usize,
 }
 
 impl PartialEq for TlsFile {
@@ -133,6 +171,15 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigIssue>> {
         vec![ConfigIssue { key: path.display().to_string(), line: None, message: format!("cannot read: {e}") }]
     })?;
     let mut config = parse(&text)?;
+    // Plugin paths are relative to the file that names them, like nginx's `include`.
+    let base = path.parent().unwrap_or(Path::new("."));
+    for plugin in &mut config.plugins {
+        if let PluginSource::File(file) = &mut plugin.source {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+    }
     config.path = Some(path.to_path_buf());
     Ok(config)
 }
@@ -175,12 +222,20 @@ impl Validator<'_> {
         let admin = self.admin(&source);
         let upstreams = self.upstreams(&source);
         let upstream_names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        let listeners = self.listeners(&source, &upstream_names);
+        let plugins = self.plugins(&source.plugins, &upstream_names);
+        let plugin_names: HashSet<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+        let listeners = self.listeners(&source, &upstream_names, &plugin_names);
+        let anomaly = source.anomaly.clone().filter(|a| a.enabled);
+        if let Some(a) = &anomaly {
+            if let Err(e) = a.validate() {
+                self.issue::<()>("anomaly", None, e.to_string());
+            }
+        }
         if !self.issues.is_empty() {
             return Err(self.issues);
         }
         match admin {
-            Some(admin) => Ok(Config { path: None, admin, listeners, upstreams, source }),
+            Some(admin) => Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source }),
             None => Err(self.issues),
         }
     }
@@ -279,7 +334,96 @@ impl Validator<'_> {
         out
     }
 
-    fn listeners(&mut self, source: &FileConfig, upstreams: &HashSet<&str>) -> Vec<ListenerConfig> {
+    fn plugins(&mut self, plugins: &[PluginFile], upstreams: &HashSet<&str>) -> Vec<PluginConfig> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, p) in plugins.iter().enumerate() {
+            let key = format!("plugin[{i}]");
+            let name = p.name.get_ref().clone();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                self.issue(format!("{key}.name"), Some(&p.name), "use letters, digits, '-', '_' and '.'");
+            }
+            if !seen.insert(name.clone()) {
+                self.issue(format!("{key}.name"), Some(&p.name), format!("duplicate plugin name {name:?}"));
+            }
+            let wasm = p.wasm.get_ref();
+            let source = match wasm.strip_prefix("builtin:") {
+                Some("") => {
+                    self.issue(format!("{key}.wasm"), Some(&p.wasm), "`builtin:` needs a module name");
+                    continue;
+                }
+                Some(builtin) => PluginSource::Builtin(builtin.to_string()),
+                None if wasm.is_empty() => {
+                    self.issue(format!("{key}.wasm"), Some(&p.wasm), "needs a .wasm path or builtin:NAME");
+                    continue;
+                }
+                None => PluginSource::File(PathBuf::from(wasm)),
+            };
+            let configuration = match &p.config {
+                None => String::new(),
+                Some(toml::Value::String(text)) => text.clone(),
+                Some(value) => match serde_json::to_string(value) {
+                    Ok(json) => json,
+                    Err(e) => {
+                        self.issue(format!("{key}.config"), Some(&p.name), format!("cannot be turned into JSON: {e}"));
+                        continue;
+                    }
+                },
+            };
+            if let PluginSource::Builtin(builtin) = &source {
+                if portico_plugins::builtin(builtin).is_none() {
+                    self.issue(
+                        format!("{key}.wasm"),
+                        Some(&p.wasm),
+                        format!(
+                            "no bundled module {builtin:?} (bundled: {})",
+                            portico_plugins::BUILTIN_NAMES.join(", ")
+                        ),
+                    );
+                }
+                // The router names upstream groups: refuse unknown ones here, with the line, not at request time.
+                if builtin == "router" {
+                    match portico_plugins::router_upstreams(&configuration) {
+                        Ok(named) => {
+                            for group in named.iter().filter(|g| !upstreams.contains(g.as_str())) {
+                                self.issue(
+                                    format!("{key}.config"),
+                                    Some(&p.name),
+                                    format!("the router names upstream {group:?}, which is not configured"),
+                                );
+                            }
+                        }
+                        Err(e) => self.issue(format!("{key}.config"), Some(&p.name), e.to_string()),
+                    }
+                }
+            }
+            if p.memory_limit.0 < 64 * 1024 {
+                self.issue(format!("{key}.memory_limit"), Some(&p.name), "at least 64KiB (one wasm page)");
+            }
+            if p.cpu_limit.0.is_zero() {
+                self.issue(format!("{key}.cpu_limit"), Some(&p.name), "must be positive");
+            }
+            out.push(PluginConfig {
+                root_id: p.root_id.clone().unwrap_or_else(|| name.clone()),
+                name,
+                source,
+                configuration,
+                vm_config: p.vm_config.clone().unwrap_or_default(),
+                fail: p.fail,
+                memory_limit: usize::try_from(p.memory_limit.0).unwrap_or(usize::MAX),
+                cpu_limit: p.cpu_limit.0,
+                instances: p.instances,
+            });
+        }
+        out
+    }
+
+    fn listeners(
+        &mut self,
+        source: &FileConfig,
+        upstreams: &HashSet<&str>,
+        plugins: &HashSet<&str>,
+    ) -> Vec<ListenerConfig> {
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
         let mut out = Vec::new();
@@ -313,6 +457,15 @@ impl Validator<'_> {
             if l.max_connections == 0 {
                 self.issue(format!("{key}.max_connections"), Some(&l.name), "must be at least 1");
             }
+            for filter in &l.filters {
+                if !plugins.contains(filter.get_ref().as_str()) {
+                    self.issue(
+                        format!("{key}.filters"),
+                        Some(filter),
+                        format!("no [[plugin]] named {:?}", filter.get_ref()),
+                    );
+                }
+            }
             if let Some(listen) = listen {
                 out.push(ListenerConfig {
                     name: l.name.get_ref().clone(),
@@ -324,6 +477,7 @@ impl Validator<'_> {
                     max_connections: l.max_connections,
                     header_read_timeout: l.header_read_timeout.0,
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
+                    filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                 });
             }
         }
@@ -411,5 +565,53 @@ outlier_detection = { consecutive_5xx = 5, base_ejection_time = "30s", max_eject
                 .err()
                 .unwrap_or_default();
         assert!(issues.iter().any(|i| i.key == "admin.listen"), "{issues:?}");
+    }
+
+    #[test]
+    fn plugins_hand_tables_over_as_json_and_filters_must_name_them() -> Result<(), String> {
+        let text = GOOD.replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"auth\", \"lb\"]\n")
+            + r#"
+[[plugin]]
+name = "auth"
+wasm = "plugins/auth.wasm"
+config = "plain text"
+fail = "open"
+
+[[plugin]]
+name = "lb"
+wasm = "builtin:balancer"
+config = { policy = "ring_hash", hash_on = "header:x-user" }
+cpu_limit = "5ms"
+"#;
+        let config = parse(&text).map_err(|e| format!("{e:?}"))?;
+        assert_eq!(config.listeners[0].filters, vec!["auth".to_string(), "lb".to_string()]);
+        let (auth, lb) = (&config.plugins[0], &config.plugins[1]);
+        assert_eq!(auth.source, PluginSource::File(PathBuf::from("plugins/auth.wasm")));
+        assert_eq!(auth.configuration, "plain text");
+        assert_eq!(auth.fail, FailMode::Open);
+        assert_eq!(auth.root_id, "auth");
+        assert_eq!(auth.memory_limit, 32 * 1024 * 1024);
+        assert_eq!(lb.source, PluginSource::Builtin("balancer".into()));
+        let json: serde_json::Value = serde_json::from_str(&lb.configuration).map_err(|e| e.to_string())?;
+        assert_eq!(json["policy"], "ring_hash");
+        assert_eq!(lb.cpu_limit, Duration::from_millis(5));
+
+        let issues = parse(&text.replace("\"auth\", \"lb\"", "\"auth\", \"nope\"")).err().unwrap_or_default();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "listener[0].filters");
+        assert_eq!(issues[0].line, Some(9));
+        assert!(issues[0].message.contains("nope"));
+        Ok(())
+    }
+
+    #[test]
+    fn plugin_paths_are_relative_to_the_config_file() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("portico.toml");
+        std::fs::write(&path, format!("{GOOD}\n[[plugin]]\nname = \"p\"\nwasm = \"p.wasm\"\n"))
+            .map_err(|e| e.to_string())?;
+        let config = load(&path).map_err(|e| format!("{e:?}"))?;
+        assert_eq!(config.plugins[0].source, PluginSource::File(dir.path().join("p.wasm")));
+        Ok(())
     }
 }

@@ -21,7 +21,8 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
     }
     let listen = free_or_ephemeral("127.0.0.1:8080");
     let admin = free_or_ephemeral("127.0.0.1:9901");
-    let text = demo_config(&listen, &admin, &upstreams);
+    let warmup = (duration.as_secs() / 4).clamp(5, 120);
+    let text = demo_config(&listen, &admin, &upstreams, warmup);
     let config = config::parse(&text).map_err(|issues| format!("demo config: {issues:?}"))?;
     let server = Server::start(config, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
     let admin_addr = crate::admin::serve_tcp(server.clone(), admin.parse().map_err(|_| "admin address")?)
@@ -33,7 +34,26 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
     for u in &upstreams {
         println!("  upstream {:<6} {}", u.name, u.address);
     }
+    println!("Plugins: router (builtin:router), lb (builtin:balancer, least_request); anomaly detection: bundled LSTM, warm-up {warmup}s.");
     println!("Load: {concurrency} connections for {}s; beta fails at 1/3 and recovers at 2/3.\n", duration.as_secs());
+    if let Some(watch) = server.watch.lock().await.as_ref() {
+        let mut events = watch.detector.subscribe();
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                if let portico_anomaly::AnomalyEvent::Alert(change) = event {
+                    println!(
+                        "      !! anomaly {:?}: {} {} (score {:.2}, value {:.2}, expected {})",
+                        change.transition,
+                        change.alert.series,
+                        change.alert.severity.as_str(),
+                        change.alert.score,
+                        change.alert.value,
+                        change.alert.predicted.map_or("-".to_string(), |p| format!("{p:.2}"))
+                    );
+                }
+            }
+        });
+    }
     println!("{:>5} {:>8} {:>9} {:>9} {:>7}  served by", "t(s)", "req/s", "p50(ms)", "p99(ms)", "errors");
 
     let recorder = Arc::new(load::Recorder::default());
@@ -97,7 +117,7 @@ fn free_or_ephemeral(preferred: &str) -> String {
     }
 }
 
-fn demo_config(listen: &str, admin: &str, upstreams: &[DemoUpstream]) -> String {
+fn demo_config(listen: &str, admin: &str, upstreams: &[DemoUpstream], warmup_ticks: u64) -> String {
     let endpoints: Vec<String> = upstreams.iter().map(|u| format!("\"{}\"", u.address)).collect();
     format!(
         r#"
@@ -108,6 +128,30 @@ listen = "{admin}"
 name = "web"
 listen = "{listen}"
 upstream = "demo"
+filters = ["router", "lb"]
+
+# Routing and balancing run as the bundled WebAssembly plugins.
+[[plugin]]
+name = "router"
+wasm = "builtin:router"
+config = {{ routes = [
+  {{ match = {{ headers = {{ x-canary = "1" }} }}, upstream = "canary" }},
+  {{ match = {{ path_prefix = "/" }}, upstream = "demo" }},
+] }}
+
+[[plugin]]
+name = "lb"
+wasm = "builtin:balancer"
+config = {{ policy = "least_request" }}
+
+# Portico watches its own series with the bundled LSTM; the demo shortens the warm-up to fit its run.
+[anomaly]
+interval = "1s"
+warmup = {warmup_ticks}
+
+[[upstream]]
+name = "canary"
+endpoints = [{canary}]
 
 [[upstream]]
 name = "demo"
@@ -118,7 +162,8 @@ retries = 2
 health_check = {{ path = "/health", interval = "1s", timeout = "500ms", unhealthy_threshold = 2, healthy_threshold = 2 }}
 outlier_detection = {{ consecutive_5xx = 3, base_ejection_time = "2s", max_ejection_percent = 50 }}
 "#,
-        endpoints.join(", ")
+        endpoints.join(", "),
+        canary = endpoints.last().cloned().unwrap_or_default(),
     )
 }
 

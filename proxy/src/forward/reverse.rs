@@ -7,6 +7,7 @@ use super::{tunnel, RequestMeta};
 use crate::body::{BodyGuard, RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
 use crate::metrics::status_class;
+use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
 use crate::server::Shared;
 use crate::upstream::endpoint::ActiveRequest;
@@ -17,7 +18,7 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Proxies one request to its upstream group.
+/// Proxies one request to its upstream group, through the listener's plugin chain if it has one.
 pub async fn handle(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
@@ -25,19 +26,70 @@ pub async fn handle(
     req: Request<Incoming>,
     meta: &RequestMeta,
 ) -> Response<ResponseBody> {
-    let snapshot = shared.snapshot.load();
-    let Some(upstream) = route::select(&snapshot, listener, None) else {
-        return finish(
-            shared,
-            listener,
-            "",
-            error_response(LocalError::NoRoute, "no upstream for this request", &meta.request_id),
-            meta,
-        );
+    let snapshot = shared.snapshot.load_full();
+    let (mut parts, body) = req.into_parts();
+    let mut chain =
+        match FilterChain::start(&listener.config.filters, &snapshot.plugins, &parts, conn, &meta.request_id) {
+            Ok(chain) => chain,
+            Err(answer) => return finish(shared, listener, "", *answer, meta),
+        };
+    let mut routed = None;
+    if !chain.is_empty() {
+        if let Verdict::Respond(answer) =
+            chain.request_headers(&mut parts, body.is_end_stream(), &meta.request_id).await
+        {
+            return logged(finish(shared, listener, "", answer, meta), chain);
+        }
+        routed = match chain.routed_upstream(&meta.request_id) {
+            Ok(r) => r,
+            Err(answer) => return logged(finish(shared, listener, "", *answer, meta), chain),
+        };
+    }
+    let Some(upstream) = route::select(&snapshot, listener, routed.as_deref()) else {
+        let detail = match &routed {
+            Some(group) => format!("a plugin routed to upstream {group:?}, which does not exist"),
+            None => "no upstream for this request".to_string(),
+        };
+        let answer = error_response(LocalError::NoRoute, &detail, &meta.request_id);
+        return logged(finish(shared, listener, "", answer, meta), chain);
     };
     drop(snapshot);
-    let response = proxy(shared, conn, &upstream, req, meta).await;
-    finish(shared, listener, upstream.name(), response, meta)
+    let response = proxy(shared, conn, &upstream, Request::from_parts(parts, body), meta, &mut chain).await;
+    let response = chain.response_headers(response, &meta.request_id).await;
+    logged(finish(shared, listener, upstream.name(), response, meta), chain)
+}
+
+/// Runs the chain's `on_log` when the response body has been sent (or now, for a body already complete).
+fn logged(response: Response<ResponseBody>, chain: FilterChain) -> Response<ResponseBody> {
+    if chain.is_empty() {
+        return response;
+    }
+    let (parts, mut body) = response.into_parts();
+    match body.guard_slot() {
+        Some(slot) => {
+            let inner = slot.take();
+            *slot = Some(Box::new(ChainedGuard { chain: Some(chain), inner }));
+        }
+        None => chain.log(),
+    }
+    Response::from_parts(parts, body)
+}
+
+/// Finishes the plugin chain after the guard it wraps.
+struct ChainedGuard {
+    chain: Option<FilterChain>,
+    inner: Option<Box<dyn BodyGuard>>,
+}
+
+impl BodyGuard for ChainedGuard {
+    fn finish(&mut self, ok: bool) {
+        if let Some(mut inner) = self.inner.take() {
+            inner.finish(ok);
+        }
+        if let Some(chain) = self.chain.take() {
+            chain.log();
+        }
+    }
 }
 
 fn finish(
@@ -79,6 +131,7 @@ async fn proxy(
     upstream: &Arc<Upstream>,
     req: Request<Incoming>,
     meta: &RequestMeta,
+    chain: &mut FilterChain,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
     let upgrade = headers::is_upgrade_request(parts.version, &parts.headers);
@@ -130,7 +183,11 @@ async fn proxy(
             retry_paid = false;
             shared.metrics.retries.with_label_values(&[upstream.name()]).inc();
         }
-        let Some(index) = upstream.pick(&tried) else {
+        let chosen = match chain.select_endpoint(upstream, &tried, attempt as u32, &meta.request_id) {
+            Ok(chosen) => chosen,
+            Err(answer) => return *answer,
+        };
+        let Some(index) = chosen.or_else(|| upstream.pick(&tried)) else {
             last_error =
                 (LocalError::NoHealthyUpstream, format!("upstream {:?} has no available endpoint", upstream.name()));
             break;
@@ -146,6 +203,7 @@ async fn proxy(
             continue;
         };
         let active = endpoint.begin_request();
+        chain.set_upstream_address(&endpoint.name);
         let uri =
             Uri::builder().scheme("http").authority(endpoint.authority.clone()).path_and_query(path.as_str()).build();
         let Ok(uri) = uri else {

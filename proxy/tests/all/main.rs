@@ -2,9 +2,12 @@
 //! servers on 127.0.0.1:0 and talks to Portico over real sockets.
 
 mod admin;
+mod anomaly;
+mod builtin;
 mod forward;
 mod h2;
 mod metrics;
+mod plugins;
 mod process;
 mod reload;
 mod reverse;

@@ -26,6 +26,12 @@ async fn metrics_pass_promtool_and_count_requests() -> TestResult {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 
+    check_with_promtool(&text)?;
+    Ok(())
+}
+
+/// Runs `promtool check metrics` on an exposition; fails clearly when promtool is missing.
+pub fn check_with_promtool(text: &str) -> TestResult {
     let mut promtool = match Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

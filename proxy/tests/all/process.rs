@@ -183,3 +183,59 @@ fn the_shipped_example_configuration_validates() -> TestResult {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
+
+#[test]
+fn anomaly_score_writes_one_scored_row_per_input_row() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in.csv");
+    let mut csv = String::from("timestamp,value\n");
+    for i in 0..400 {
+        let noise = ((i * 7919) % 13) as f64 / 13.0;
+        let value = if (300..305).contains(&i) { 500.0 } else { 100.0 + 5.0 * noise };
+        csv.push_str(&format!("{},{value}\n", 1_700_000_000 + i));
+    }
+    std::fs::write(&input, csv)?;
+    let output = dir.path().join("out.csv");
+    let out =
+        Command::new(BIN).args(["anomaly", "score", "--input"]).arg(&input).arg("--output").arg(&output).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scored = std::fs::read_to_string(&output)?;
+    let mut lines = scored.lines();
+    assert_eq!(lines.next(), Some("timestamp,value,anomaly_score"));
+    let scores: Vec<f64> = lines.map(|l| l.rsplit(',').next().and_then(|s| s.parse().ok()).unwrap_or(-1.0)).collect();
+    assert_eq!(scores.len(), 400, "one output row per input row");
+    assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "scores in [0, 1]");
+    let before = scores[200..300].iter().cloned().fold(0.0, f64::max);
+    let spike = scores[300..306].iter().cloned().fold(0.0, f64::max);
+    assert!(spike > 0.9 && before < 0.5, "spike scored {spike}, the calm before {before}");
+    Ok(())
+}
+
+#[test]
+fn anomaly_train_is_deterministic_for_a_seed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("series.csv");
+    let mut csv = String::from("timestamp,listener.web.qps,upstream.app.latency_p99\n");
+    for i in 0..3000 {
+        let t = i as f64 / 30.0;
+        csv.push_str(&format!("{i},{:.3},{:.3}\n", 500.0 + 80.0 * t.sin(), 20.0 + 3.0 * (t * 0.7).cos()));
+    }
+    std::fs::write(&data, csv)?;
+    let mut models = Vec::new();
+    for run in 0..2 {
+        let out = dir.path().join(format!("model{run}.safetensors"));
+        let result = Command::new(BIN)
+            .args(["anomaly", "train", "--epochs", "2", "--seed", "7", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&result.stdout);
+        assert!(result.status.success(), "{stdout}{}", String::from_utf8_lossy(&result.stderr));
+        assert!(stdout.contains("validation loss"), "{stdout}");
+        assert!(out.with_extension("json").exists(), "the JSON sidecar is written beside the weights");
+        models.push(std::fs::read(&out)?);
+    }
+    assert_eq!(models[0], models[1], "same seed and data, same weights");
+    Ok(())
+}

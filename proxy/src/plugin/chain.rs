@@ -1,0 +1,382 @@
+//! A request's filter chain: the plugins its listener names, each with a stream context for this request.
+//! Requests meet them in order, responses in reverse order. A plugin may answer itself, rewrite headers
+//! (including `:path`, `:authority`, `:method`, `:status`), choose the upstream group (routing) and the endpoint
+//! (balancing). A plugin that fails is handled by its `fail` policy: closed answers 503, open skips it for the
+//! rest of this request.
+
+use super::PluginSlot;
+use crate::forward::local::{error_response, LocalError};
+use crate::listen::ConnInfo;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use portico_plugins::{
+    Candidate, FilterAction, HttpStream, LocalResponse, PluginFailure, RequestInfo, TrafficDirection,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// A response a plugin phase answers with instead of going on (boxed: it is the rare path).
+pub type Refusal = Box<Response<crate::body::ResponseBody>>;
+
+/// One plugin's part in a request.
+struct Link {
+    slot: Arc<PluginSlot>,
+    stream: HttpStream,
+}
+
+/// What the request path does after a chain phase.
+pub enum Verdict {
+    /// Go on with the (possibly rewritten) request or response.
+    Continue,
+    /// Answer with this instead.
+    Respond(Response<crate::body::ResponseBody>),
+}
+
+/// The streams of one request, in filter order.
+#[derive(Default)]
+pub struct FilterChain {
+    links: Vec<Link>,
+}
+
+impl std::fmt::Debug for FilterChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.links.iter().map(|l| &l.slot.config.name)).finish()
+    }
+}
+
+impl FilterChain {
+    /// Opens a stream on the current version of each named plugin. A plugin that cannot open one fails by its
+    /// policy right here.
+    pub fn start(
+        filters: &[String],
+        plugins: &HashMap<String, Arc<PluginSlot>>,
+        parts: &http::request::Parts,
+        conn: &ConnInfo,
+        request_id: &str,
+    ) -> Result<FilterChain, Refusal> {
+        let mut chain = FilterChain { links: Vec::with_capacity(filters.len()) };
+        if filters.is_empty() {
+            return Ok(chain);
+        }
+        let info = RequestInfo {
+            method: parts.method.to_string(),
+            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            authority: authority(parts),
+            scheme: if conn.tls { "https" } else { "http" }.to_string(),
+            protocol: format!("{:?}", parts.version),
+            request_id: request_id.to_string(),
+            source_address: Some(conn.peer),
+            destination_address: Some(conn.local),
+            start_time: SystemTime::now(),
+            direction: TrafficDirection::Inbound,
+            properties: Vec::new(),
+        };
+        for name in filters {
+            let Some(slot) = plugins.get(name) else { continue };
+            match slot.current().new_stream(info.clone()) {
+                Ok(stream) => chain.links.push(Link { slot: slot.clone(), stream }),
+                Err(failure) => {
+                    if let Some(answer) = failed(slot, &failure, request_id) {
+                        return Err(Box::new(answer));
+                    }
+                }
+            }
+        }
+        Ok(chain)
+    }
+
+    /// Whether any plugin takes part.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Runs the request headers through every plugin and applies their rewrites to `parts`.
+    pub async fn request_headers(
+        &mut self,
+        parts: &mut http::request::Parts,
+        end_of_stream: bool,
+        request_id: &str,
+    ) -> Verdict {
+        if self.links.is_empty() {
+            return Verdict::Continue;
+        }
+        let mut headers = request_to_abi(parts);
+        let mut i = 0;
+        while i < self.links.len() {
+            let link = &mut self.links[i];
+            match link.stream.run_request_headers(&mut headers, end_of_stream).await {
+                Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
+                Ok(FilterAction::LocalResponse(local)) => return Verdict::Respond(local_answer(local, request_id)),
+                Ok(FilterAction::Close) => return Verdict::Respond(closed(&link.slot, request_id)),
+                Err(failure) => match failed(&link.slot, &failure, request_id) {
+                    Some(answer) => return Verdict::Respond(answer),
+                    None => {
+                        self.links.remove(i);
+                    }
+                },
+            }
+        }
+        apply_request(parts, &headers);
+        Verdict::Continue
+    }
+
+    /// The upstream group a routing plugin chose; later plugins override earlier ones.
+    pub fn routed_upstream(&mut self, request_id: &str) -> Result<Option<String>, Refusal> {
+        let mut routed = None;
+        let mut i = 0;
+        while i < self.links.len() {
+            let link = &mut self.links[i];
+            match link.stream.routed_upstream() {
+                Ok(Some(group)) => {
+                    routed = Some(group);
+                    i += 1;
+                }
+                Ok(None) => i += 1,
+                Err(failure) => {
+                    if let Some(answer) = failed(&link.slot, &failure, request_id) {
+                        return Err(Box::new(answer));
+                    }
+                    self.links.remove(i);
+                }
+            }
+        }
+        Ok(routed)
+    }
+
+    /// Asks the chain's balancing plugins for an endpoint of `upstream`: the first plugin that decides wins.
+    /// `Ok(None)` means no plugin decided and native balancing applies.
+    pub fn select_endpoint(
+        &mut self,
+        upstream: &Upstream,
+        tried: &[usize],
+        attempt: u32,
+        request_id: &str,
+    ) -> Result<Option<usize>, Refusal> {
+        if self.links.is_empty() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let failed_index = tried.last().copied();
+        let candidates: Vec<(usize, Candidate)> = upstream
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_available(now))
+            .map(|(i, e)| {
+                let candidate = Candidate {
+                    address: e.name.clone(),
+                    weight: e.weight(),
+                    active_requests: e.active_requests(),
+                    latency: std::time::Duration::from_micros(e.latency_ewma_us()),
+                    ejected: false,
+                };
+                (i, candidate)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let offered: Vec<Candidate> = candidates.iter().map(|(_, c)| c.clone()).collect();
+        let failed_address = failed_index.map(|i| upstream.endpoints[i].name.clone());
+        let mut i = 0;
+        while i < self.links.len() {
+            let link = &mut self.links[i];
+            match link.stream.select_endpoint(upstream.name(), &offered, attempt, failed_address.as_deref()) {
+                Ok(Some(address)) => {
+                    return Ok(candidates.iter().find(|(_, c)| c.address == address).map(|(index, _)| *index));
+                }
+                Ok(None) => i += 1,
+                Err(failure) => {
+                    if let Some(answer) = failed(&link.slot, &failure, request_id) {
+                        return Err(Box::new(answer));
+                    }
+                    self.links.remove(i);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Tells the plugins which endpoint the request went to (`upstream.address`).
+    pub fn set_upstream_address(&mut self, address: &str) {
+        for link in &mut self.links {
+            let _ = link.stream.set_property("upstream.address", address.as_bytes().to_vec());
+        }
+    }
+
+    /// Runs the response headers through the plugins in reverse order and applies their rewrites.
+    pub async fn response_headers(
+        &mut self,
+        response: Response<crate::body::ResponseBody>,
+        request_id: &str,
+    ) -> Response<crate::body::ResponseBody> {
+        if self.links.is_empty() {
+            return response;
+        }
+        let (mut parts, body) = response.into_parts();
+        let end_of_stream = http_body::Body::is_end_stream(&body);
+        let mut headers = response_to_abi(&parts);
+        let mut i = self.links.len();
+        while i > 0 {
+            i -= 1;
+            let link = &mut self.links[i];
+            match link.stream.run_response_headers(&mut headers, end_of_stream).await {
+                Ok(FilterAction::Continue | FilterAction::Pause) => {}
+                Ok(FilterAction::LocalResponse(local)) => return local_answer(local, request_id),
+                Ok(FilterAction::Close) => return closed(&link.slot, request_id),
+                Err(failure) => {
+                    if let Some(answer) = failed(&link.slot, &failure, request_id) {
+                        return answer;
+                    }
+                    self.links.remove(i);
+                }
+            }
+        }
+        apply_response(&mut parts, &headers);
+        Response::from_parts(parts, body)
+    }
+
+    /// `proxy_on_done`/`proxy_on_log` for every plugin, then the streams are deleted. Called once the response
+    /// has been handed over (or the request abandoned).
+    pub fn log(mut self) {
+        for link in &mut self.links {
+            if let Err(failure) = link.stream.on_log() {
+                tracing::warn!(plugin = %failure.plugin, error = %failure, "plugin failed in on_log");
+            }
+        }
+    }
+}
+
+impl crate::body::BodyGuard for FilterChain {
+    fn finish(&mut self, _ok: bool) {
+        std::mem::take(self).log();
+    }
+}
+
+/// Applies the plugin's failure policy: `Some(503)` when it fails closed, `None` to skip it.
+fn failed(slot: &PluginSlot, failure: &PluginFailure, request_id: &str) -> Option<Response<crate::body::ResponseBody>> {
+    if slot.fail_closed() {
+        tracing::warn!(plugin = %slot.config.name, kind = %failure.kind, error = %failure.message, request_id, "plugin failed; failing the request closed");
+        Some(error_response(
+            LocalError::PluginFailed,
+            &format!("plugin {} failed ({})", slot.config.name, failure.kind),
+            request_id,
+        ))
+    } else {
+        tracing::warn!(plugin = %slot.config.name, kind = %failure.kind, error = %failure.message, request_id, "plugin failed; skipping it (fail open)");
+        None
+    }
+}
+
+fn closed(slot: &PluginSlot, request_id: &str) -> Response<crate::body::ResponseBody> {
+    let mut answer =
+        error_response(LocalError::PluginFailed, &format!("plugin {} closed the stream", slot.config.name), request_id);
+    answer.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    answer
+}
+
+fn local_answer(local: LocalResponse, request_id: &str) -> Response<crate::body::ResponseBody> {
+    let mut answer = Response::new(crate::body::ResponseBody::full(Bytes::clone(&local.body)));
+    *answer.status_mut() = StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in &local.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            answer.headers_mut().append(n, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        answer.headers_mut().insert(crate::forward::headers::X_REQUEST_ID.clone(), v);
+    }
+    answer
+}
+
+fn authority(parts: &http::request::Parts) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn request_to_abi(parts: &http::request::Parts) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(parts.headers.len() + 4);
+    out.push((":method".into(), parts.method.to_string()));
+    out.push((":path".into(), parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string()));
+    out.push((":authority".into(), authority(parts)));
+    out.push((":scheme".into(), parts.uri.scheme_str().unwrap_or("http").to_string()));
+    for (name, value) in &parts.headers {
+        if name != http::header::HOST {
+            out.push((name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
+        }
+    }
+    out
+}
+
+fn response_to_abi(parts: &http::response::Parts) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(parts.headers.len() + 1);
+    out.push((":status".into(), parts.status.as_str().to_string()));
+    for (name, value) in &parts.headers {
+        out.push((name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
+    }
+    out
+}
+
+/// Writes the plugin-visible header list back: pseudo-headers become method, path and host.
+fn apply_request(parts: &mut http::request::Parts, headers: &[(String, String)]) {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        match name.as_str() {
+            ":method" => {
+                if let Ok(m) = http::Method::from_bytes(value.as_bytes()) {
+                    parts.method = m;
+                }
+            }
+            ":path" => {
+                if let Ok(new) = value.parse::<http::uri::PathAndQuery>() {
+                    let mut uri = http::uri::Parts::default();
+                    uri.path_and_query = Some(new);
+                    if let Ok(new) = http::Uri::from_parts(uri) {
+                        parts.uri = new;
+                    }
+                }
+            }
+            ":authority" => {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    if !value.is_empty() {
+                        map.insert(http::header::HOST, v);
+                    }
+                }
+            }
+            n if n.starts_with(':') => {}
+            n => append(&mut map, n, value),
+        }
+    }
+    parts.headers = map;
+}
+
+fn apply_response(parts: &mut http::response::Parts, headers: &[(String, String)]) {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        match name.as_str() {
+            ":status" => {
+                if let Some(status) = value.parse::<u16>().ok().and_then(|s| StatusCode::from_u16(s).ok()) {
+                    parts.status = status;
+                }
+            }
+            n if n.starts_with(':') => {}
+            n => append(&mut map, n, value),
+        }
+    }
+    parts.headers = map;
+}
+
+fn append(map: &mut http::HeaderMap, name: &str, value: &str) {
+    match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        (Ok(n), Ok(v)) => {
+            map.append(n, v);
+        }
+        _ => tracing::debug!(header = name, "plugin left a header that is not valid HTTP; dropped"),
+    }
+}

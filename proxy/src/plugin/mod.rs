@@ -1,0 +1,308 @@
+//! WebAssembly filters at run time: which plugin version each name points at, loading new versions off the
+//! data path, hot swaps (admin upload, file change, reload) and rollback. The per-request side is [`chain`].
+//!
+//! Every `[[plugin]]` gets a [`PluginSlot`]: an atomically swappable pointer to the running version plus the
+//! version before it. A request takes the current version once, when its filter chain starts, so a swap never
+//! changes the plugin under an in-flight request; the old version is dropped when its last request ends.
+
+pub mod chain;
+pub mod services;
+
+use crate::config::{FailMode, PluginConfig, PluginSource};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use portico_plugins::{FailPolicy, Plugin, PluginEngine, PluginError, PluginSpec};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+/// Why a plugin version could not be started. The running version, if any, keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginLoadError {
+    /// The `.wasm` file could not be read.
+    #[error("plugin {plugin}: cannot read {path}: {source}")]
+    Read {
+        /// The plugin.
+        plugin: String,
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `builtin:NAME` names no bundled module.
+    #[error("plugin {plugin}: no bundled module named {name:?} (bundled: {available})")]
+    UnknownBuiltin {
+        /// The plugin.
+        plugin: String,
+        /// The name asked for.
+        name: String,
+        /// What exists.
+        available: String,
+    },
+    /// Compilation, the ABI check, start-up or `proxy_on_configure` failed.
+    #[error("{0}")]
+    Host(#[from] PluginError),
+    /// The loader thread died.
+    #[error("plugin {0}: the loader thread failed")]
+    Loader(String),
+    /// No such plugin is configured.
+    #[error("no plugin named {0:?}")]
+    NotFound(String),
+    /// Rollback asked for with no previous version.
+    #[error("plugin {0}: there is no previous version to roll back to")]
+    NoPrevious(String),
+}
+
+/// Where a running version came from, for `GET /plugins` and the logs.
+#[derive(Debug, Clone)]
+pub struct VersionInfo {
+    /// `file:/path`, `builtin:NAME` or `upload`.
+    pub origin: String,
+    /// sha256 of the module bytes.
+    pub sha256: String,
+    /// When it started serving.
+    pub since: SystemTime,
+    /// The file's modification time when it was read (file sources only), to notice changes.
+    pub file_modified: Option<SystemTime>,
+}
+
+/// One configured plugin: the running version and the one before it.
+#[derive(Debug)]
+pub struct PluginSlot {
+    /// The configuration this slot was built from.
+    pub config: PluginConfig,
+    current: ArcSwap<Plugin>,
+    info: Mutex<VersionInfo>,
+    previous: Mutex<Option<(Arc<Plugin>, VersionInfo)>>,
+}
+
+impl PluginSlot {
+    /// The version new requests use.
+    pub fn current(&self) -> Arc<Plugin> {
+        self.current.load_full()
+    }
+
+    /// What `fail = "closed" | "open"` means for a request this plugin failed.
+    pub fn fail_closed(&self) -> bool {
+        self.config.fail == FailMode::Closed
+    }
+
+    /// A JSON description for the admin API.
+    pub fn describe(&self) -> serde_json::Value {
+        let current = self.current();
+        let info = self.info.lock().clone();
+        let previous = self.previous.lock().as_ref().map(|(_, i)| i.sha256.clone());
+        serde_json::json!({
+            "name": self.config.name,
+            "origin": info.origin,
+            "sha256": info.sha256,
+            "abi": format!("{:?}", current.abi_version()),
+            "since": humantime_since(info.since),
+            "fail": if self.fail_closed() { "closed" } else { "open" },
+            "broken": current.is_broken(),
+            "instances": current.instance_count(),
+            "unknown_imports": current.unknown_imports(),
+            "previous_sha256": previous,
+        })
+    }
+
+    fn swap(&self, plugin: Arc<Plugin>, info: VersionInfo) {
+        let old = self.current.swap(plugin.clone());
+        let old_info = std::mem::replace(&mut *self.info.lock(), info.clone());
+        *self.previous.lock() = Some((old, old_info));
+        spawn_ticker(&plugin);
+        tracing::info!(plugin = %self.config.name, sha256 = %info.sha256, origin = %info.origin, "plugin version swapped in");
+    }
+}
+
+fn humantime_since(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// All plugin slots and the engine that runs them.
+pub struct PluginSet {
+    engine: Arc<PluginEngine>,
+    services: Arc<services::ProxyServices>,
+    /// Serialises version changes so two uploads cannot interleave.
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PluginSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSet").finish_non_exhaustive()
+    }
+}
+
+impl PluginSet {
+    /// One wasmtime engine whose plugin metrics land in Portico's registry.
+    pub fn new(registry: prometheus::Registry, services: Arc<services::ProxyServices>) -> Result<Self, PluginError> {
+        Ok(PluginSet {
+            engine: Arc::new(PluginEngine::with_registry(registry)?),
+            services,
+            changing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Builds the slots a configuration needs, reusing running ones whose configuration and module bytes are
+    /// unchanged. Compiles on blocking threads. Any failure refuses the whole set and changes nothing.
+    pub async fn build(
+        &self,
+        configs: &[PluginConfig],
+        previous: &HashMap<String, Arc<PluginSlot>>,
+    ) -> Result<HashMap<String, Arc<PluginSlot>>, PluginLoadError> {
+        let _guard = self.changing.lock().await;
+        let mut out = HashMap::new();
+        for config in configs {
+            let (bytes, origin, modified) = read_module(config).await?;
+            let sha = sha256_hex(&bytes);
+            if let Some(old) = previous.get(&config.name) {
+                if old.config == *config && old.info.lock().sha256 == sha {
+                    out.insert(config.name.clone(), old.clone());
+                    continue;
+                }
+            }
+            let plugin = self.load(config, bytes).await?;
+            let info = VersionInfo { origin, sha256: sha, since: SystemTime::now(), file_modified: modified };
+            let slot = Arc::new(PluginSlot {
+                config: config.clone(),
+                current: ArcSwap::new(plugin.clone()),
+                info: Mutex::new(info),
+                previous: Mutex::new(previous.get(&config.name).map(|old| (old.current(), old.info.lock().clone()))),
+            });
+            spawn_ticker(&plugin);
+            tracing::info!(plugin = %config.name, "plugin loaded");
+            out.insert(config.name.clone(), slot);
+        }
+        Ok(out)
+    }
+
+    /// Compiles and starts a new version of `slot` from `bytes` and swaps it in when it started cleanly.
+    pub async fn upload(&self, slot: &PluginSlot, bytes: Vec<u8>) -> Result<(), PluginLoadError> {
+        let _guard = self.changing.lock().await;
+        let sha = sha256_hex(&bytes);
+        let plugin = self.load(&slot.config, bytes).await?;
+        slot.swap(
+            plugin,
+            VersionInfo { origin: "upload".into(), sha256: sha, since: SystemTime::now(), file_modified: None },
+        );
+        Ok(())
+    }
+
+    /// Goes back to the version before the current one (which becomes the new "previous").
+    pub async fn rollback(&self, slot: &PluginSlot) -> Result<(), PluginLoadError> {
+        let _guard = self.changing.lock().await;
+        let Some((plugin, info)) = slot.previous.lock().take() else {
+            return Err(PluginLoadError::NoPrevious(slot.config.name.clone()));
+        };
+        slot.swap(plugin, VersionInfo { since: SystemTime::now(), ..info });
+        Ok(())
+    }
+
+    /// Reloads file-sourced plugins whose file changed on disk; a module that fails to start is logged and the
+    /// running version keeps serving.
+    pub async fn reload_changed_files(&self, slots: &HashMap<String, Arc<PluginSlot>>) {
+        for slot in slots.values() {
+            let PluginSource::File(path) = &slot.config.source else { continue };
+            let seen = slot.info.lock().file_modified;
+            let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified()).ok();
+            if modified.is_none() || modified == seen {
+                continue;
+            }
+            let _guard = self.changing.lock().await;
+            let outcome = async {
+                let (bytes, origin, modified) = read_module(&slot.config).await?;
+                let sha = sha256_hex(&bytes);
+                if slot.info.lock().sha256 == sha {
+                    slot.info.lock().file_modified = modified;
+                    return Ok(());
+                }
+                let plugin = self.load(&slot.config, bytes).await?;
+                slot.swap(
+                    plugin,
+                    VersionInfo { origin, sha256: sha, since: SystemTime::now(), file_modified: modified },
+                );
+                Ok::<(), PluginLoadError>(())
+            }
+            .await;
+            if let Err(e) = outcome {
+                // Remember the bad file's time so it is not retried every poll; a new write retries.
+                slot.info.lock().file_modified = modified;
+                tracing::error!(plugin = %slot.config.name, error = %e, "changed plugin file refused; the running version keeps serving");
+            }
+        }
+    }
+
+    async fn load(&self, config: &PluginConfig, bytes: Vec<u8>) -> Result<Arc<Plugin>, PluginLoadError> {
+        let mut spec = PluginSpec::new(config.name.clone(), bytes);
+        spec.source = match &config.source {
+            PluginSource::File(p) => p.display().to_string(),
+            PluginSource::Builtin(n) => format!("builtin:{n}"),
+        };
+        spec.config = config.configuration.clone();
+        spec.root_id = config.root_id.clone();
+        spec.vm_config = config.vm_config.clone();
+        spec.fail = match config.fail {
+            FailMode::Closed => FailPolicy::Closed,
+            FailMode::Open => FailPolicy::Open,
+        };
+        spec.memory_limit = config.memory_limit;
+        spec.cpu_limit = config.cpu_limit;
+        spec.instances = config.instances;
+        let engine = self.engine.clone();
+        let services: Arc<dyn portico_plugins::HostServices> = self.services.clone();
+        let name = config.name.clone();
+        // Compilation is CPU-heavy: never on a tokio worker.
+        tokio::task::spawn_blocking(move || Plugin::load(&engine, spec, services))
+            .await
+            .map_err(|_| PluginLoadError::Loader(name))?
+            .map_err(PluginLoadError::Host)
+    }
+}
+
+/// The module bytes of a plugin, where they came from, and the file's modification time.
+async fn read_module(config: &PluginConfig) -> Result<(Vec<u8>, String, Option<SystemTime>), PluginLoadError> {
+    match &config.source {
+        PluginSource::File(path) => {
+            let read = |source| PluginLoadError::Read {
+                plugin: config.name.clone(),
+                path: path.display().to_string(),
+                source,
+            };
+            let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified()).ok();
+            let bytes = tokio::fs::read(path).await.map_err(read)?;
+            Ok((bytes, format!("file:{}", path.display()), modified))
+        }
+        PluginSource::Builtin(name) => match portico_plugins::builtin(name) {
+            Some(bytes) => Ok((bytes.to_vec(), format!("builtin:{name}"), None)),
+            None => Err(PluginLoadError::UnknownBuiltin {
+                plugin: config.name.clone(),
+                name: name.clone(),
+                available: portico_plugins::BUILTIN_NAMES.join(", "),
+            }),
+        },
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Drives `proxy_on_tick`, queue notifications and callout completions for one plugin version until it is
+/// dropped. Runs wasm on a tokio worker like any callback: bounded by the plugin's CPU limit.
+fn spawn_ticker(plugin: &Arc<Plugin>) {
+    let weak: Weak<Plugin> = Arc::downgrade(plugin);
+    tokio::spawn(async move {
+        loop {
+            let deadline = {
+                let Some(plugin) = weak.upgrade() else { return };
+                let fallback = std::time::Instant::now() + Duration::from_millis(20);
+                plugin.next_tick_deadline().map_or(fallback, |d| d.min(fallback))
+            };
+            tokio::time::sleep_until(deadline.into()).await;
+            let Some(plugin) = weak.upgrade() else { return };
+            plugin.run_ticks();
+            plugin.dispatch_pending();
+        }
+    });
+}

@@ -1,0 +1,175 @@
+//! Portico watching itself: every `[anomaly] interval` it samples its own counters (requests/s, 5xx ratio,
+//! latency quantiles per listener and upstream, open connections, process and host CPU) into a tick for the
+//! anomaly detector, exports the scores as metrics, and posts alert changes to Alertmanager-style webhooks.
+//! The detector (model inference) runs on its own thread; sampling runs on a blocking thread; nothing here
+//! does real work on a tokio worker.
+
+use crate::body::RequestBody;
+use crate::observe::SeriesSampler;
+use crate::server::Shared;
+use portico_anomaly::{AnomalyConfig, AnomalyEvent, CpuSampler, Detector, DetectorHandle, DetectorOptions, Tick};
+use prometheus::{Gauge, GaugeVec, IntGauge, Opts};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Why the detector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The model or detector failed to start.
+    #[error("anomaly detection: {0}")]
+    Anomaly(#[from] portico_anomaly::AnomalyError),
+    /// The starter thread died.
+    #[error("anomaly detection: the start-up thread failed")]
+    Starter,
+}
+
+/// Gauges the detector's results are exported as.
+#[derive(Debug, Clone)]
+pub struct WatchMetrics {
+    /// `portico_anomaly_score{series}` in [0, 1].
+    pub score: GaugeVec,
+    /// `portico_anomaly_active`: alerts firing now.
+    pub active: IntGauge,
+    /// `portico_anomaly_inference_seconds`: scoring time of the last tick.
+    pub inference: Gauge,
+}
+
+impl WatchMetrics {
+    /// Registers the gauges.
+    pub fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let score = GaugeVec::new(
+            Opts::new("portico_anomaly_score", "Anomaly score of each watched series, 0 (normal) to 1."),
+            &["series"],
+        )?;
+        let active = IntGauge::new("portico_anomaly_active", "Anomaly alerts firing now.")?;
+        let inference =
+            Gauge::new("portico_anomaly_inference_seconds", "Time the detector spent scoring the last tick.")?;
+        registry.register(Box::new(score.clone()))?;
+        registry.register(Box::new(active.clone()))?;
+        registry.register(Box::new(inference.clone()))?;
+        Ok(WatchMetrics { score, active, inference })
+    }
+}
+
+/// A running detector with its sampling and webhook tasks.
+#[derive(Debug)]
+pub struct Watch {
+    /// The detector; admin routes read it.
+    pub detector: Arc<DetectorHandle>,
+    /// The configuration it was started with (a reload with the same one keeps it).
+    pub config: AnomalyConfig,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Loads the model and starts the detector thread, the sampler and the webhook poster.
+    pub async fn start(shared: &Arc<Shared>, config: AnomalyConfig, admin_url: String) -> Result<Watch, WatchError> {
+        let runtime = tokio::runtime::Handle::current();
+        let starting = config.clone();
+        let detector = tokio::task::spawn_blocking(move || {
+            let model = portico_anomaly::load_model(&starting)?;
+            let options = DetectorOptions { runtime: Some(runtime), admin_url, ..DetectorOptions::default() };
+            Detector::spawn(&starting, model, options)
+        })
+        .await
+        .map_err(|_| WatchError::Starter)??;
+        let detector = Arc::new(detector);
+        tracing::info!(interval = ?config.interval.0, model = ?detector.model_meta().version, "anomaly detection started");
+        let mut tasks = vec![tokio::spawn(sample_loop(Arc::downgrade(shared), detector.clone(), config.interval.0))];
+        if !config.webhooks.is_empty() {
+            tasks.push(tokio::spawn(post_webhooks(shared.clone(), detector.clone(), config.webhooks.clone())));
+        }
+        Ok(Watch { detector, config, tasks })
+    }
+
+    /// Refreshes the anomaly gauges from the detector's latest state, just before a scrape.
+    pub fn export_gauges(&self, metrics: &WatchMetrics) {
+        for (series, score) in self.detector.scores() {
+            metrics.score.with_label_values(&[&series]).set(score.score);
+        }
+        metrics.active.set(i64::try_from(self.detector.active_alerts().len()).unwrap_or(i64::MAX));
+        metrics.inference.set(self.detector.stats().last_inference_us as f64 / 1e6);
+    }
+
+    /// Stops the tasks and the detector thread (joined off the async runtime).
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let detector = self.detector;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(handle) = Arc::try_unwrap(detector) {
+                if let Err(e) = handle.shutdown() {
+                    tracing::warn!(error = %e, "anomaly detector did not shut down cleanly");
+                }
+            }
+        })
+        .await;
+    }
+}
+
+async fn sample_loop(shared: Weak<Shared>, detector: Arc<DetectorHandle>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = Arc::new(parking_lot::Mutex::new((SeriesSampler::new(), CpuSampler::new(), Instant::now())));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let (state, metrics) = (state.clone(), shared.clone());
+        // Reading the registry and /proc is quick but blocking: keep it off the workers.
+        let sampled = tokio::task::spawn_blocking(move || {
+            let mut guard = state.lock();
+            let (series, cpu, last) = &mut *guard;
+            let elapsed = last.elapsed();
+            *last = Instant::now();
+            let mut tick = Tick::new(portico_anomaly::sample::now_ms());
+            for (name, value) in series.sample(&metrics.metrics, elapsed) {
+                tick.set(name, value);
+            }
+            if let Ok(Some(usage)) = cpu.sample() {
+                tick.set(portico_anomaly::sample::names::PROCESS_CPU, usage.process);
+                tick.set(portico_anomaly::sample::names::HOST_CPU, usage.host);
+            }
+            tick
+        })
+        .await;
+        let Ok(sample) = sampled else { continue };
+        detector.submit(sample);
+    }
+}
+
+/// Posts every alert change, in Alertmanager's webhook format, to each configured receiver.
+async fn post_webhooks(shared: Arc<Shared>, detector: Arc<DetectorHandle>, urls: Vec<String>) {
+    let mut events = detector.subscribe();
+    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "portico".into());
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "webhook poster fell behind; some alert changes were not posted");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let AnomalyEvent::Alert(change) = event else { continue };
+        let admin = format!("http://{}", shared.snapshot.load().config.admin.listen);
+        let payload = portico_anomaly::webhook_payload(&[change.alert], "portico", &instance, &admin).to_string();
+        for url in &urls {
+            let request = http::Request::post(url.as_str())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(RequestBody::Full(Some(bytes::Bytes::from(payload.clone()))));
+            let Ok(request) = request else {
+                tracing::warn!(%url, "webhook URL is not a valid request target");
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(5), shared.forward_client.request(request)).await {
+                Ok(Ok(response)) if response.status().is_success() => {}
+                Ok(Ok(response)) => {
+                    tracing::warn!(%url, status = %response.status(), "webhook receiver refused the alert")
+                }
+                Ok(Err(e)) => tracing::warn!(%url, error = %e, "webhook post failed"),
+                Err(_) => tracing::warn!(%url, "webhook post timed out"),
+            }
+        }
+    }
+}

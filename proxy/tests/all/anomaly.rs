@@ -1,0 +1,183 @@
+//! Self-watching: Portico samples its own series, the detector alerts when the upstream starts failing, the
+//! remediation hook runs with the alert on stdin, the webhook receives Alertmanager JSON, and the admin API
+//! serves scores, alerts, actions, the series (Arrow and JSON) and a live event stream.
+
+use crate::metrics::check_with_promtool;
+use crate::support::*;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Records the bodies POSTed to it.
+async fn webhook_receiver() -> Result<(std::net::SocketAddr, Arc<Mutex<Vec<String>>>), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        store.lock().push(String::from_utf8_lossy(&body).into_owned());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok((addr, received))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upstream_raises_an_alert_runs_the_hook_and_posts_the_webhook() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let (webhook, received) = webhook_receiver().await?;
+    let dir = tempfile::tempdir()?;
+    let hook_out = dir.path().join("alert.json");
+    let script = dir.path().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat > {}.tmp\necho \"$PORTICO_ALERT_SERIES\" >> {}.tmp\nmv {0}.tmp {0}\n",
+            hook_out.display(),
+            hook_out.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let config = reverse_config(&quoted(&[&app]), "retries = 0")
+        + &format!(
+            r#"
+[anomaly]
+interval = "50ms"
+warmup = 30
+webhooks = ["http://{webhook}/alerts"]
+thresholds = {{ warning = 0.7, critical = 0.9, for_ticks = 2, resolve_ticks = 3 }}
+
+[[anomaly.hook]]
+name = "record"
+on = {{ series = "upstream.app.error_ratio" }}
+exec = ["{}"]
+timeout = "5s"
+cooldown = "1m"
+"#,
+            script.display()
+        );
+    let p = Portico::start(&config).await;
+    let web = p.addr("web").await;
+
+    // Steady traffic: the detector learns what normal looks like.
+    let load = tokio::spawn(async move {
+        loop {
+            let _ = get(web, "/").await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let scores = get(p.admin, "/anomaly/scores").await?.json();
+    assert!(scores.get("upstream.app.error_ratio").is_some(), "series are sampled: {scores}");
+
+    // The upstream starts failing every request.
+    app.set(Behavior::Status(500));
+    let mut alert = serde_json::Value::Null;
+    for _ in 0..100 {
+        let alerts = get(p.admin, "/anomaly/alerts").await?.json();
+        if let Some(found) =
+            alerts["active"].as_array().and_then(|a| a.iter().find(|a| a["series"] == "upstream.app.error_ratio"))
+        {
+            alert = found.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alert.is_null(), "no alert on upstream.app.error_ratio within 5 s of the upstream failing");
+
+    // The hook ran with the alert as JSON on stdin and the series in its environment.
+    let ran = eventually(Duration::from_secs(5), || hook_out.exists()).await;
+    assert!(ran, "the remediation hook did not run");
+    let written = std::fs::read_to_string(&hook_out)?;
+    let (stdin_json, env_series) = written.rsplit_once('\n').map_or((written.as_str(), ""), |(a, _)| (a, a));
+    assert!(stdin_json.contains("\"series\":\"upstream.app.error_ratio\""), "{written}");
+    assert!(env_series.contains("upstream.app.error_ratio"), "{written}");
+    let mut actions = serde_json::Value::Null;
+    for _ in 0..100 {
+        actions = get(p.admin, "/anomaly/actions").await?.json();
+        if actions[0]["hook"] == "record" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(actions[0]["hook"], "record", "the audit log records the run: {actions}");
+
+    // The webhook got Alertmanager's format.
+    let posted = eventually(Duration::from_secs(5), || !received.lock().is_empty()).await;
+    assert!(posted, "no webhook post");
+    let found = eventually(Duration::from_secs(5), || {
+        received.lock().iter().any(|body| body.contains("\"series\":\"upstream.app.error_ratio\""))
+    })
+    .await;
+    assert!(found, "no webhook for the upstream's series: {:?}", received.lock());
+    let bodies = received.lock().clone();
+    let body = bodies.iter().find(|b| b.contains("upstream.app.error_ratio")).ok_or("no payload")?;
+    let payload: serde_json::Value = serde_json::from_str(body)?;
+    assert_eq!(payload["version"], "4");
+    assert_eq!(payload["status"], "firing");
+    assert_eq!(payload["alerts"][0]["labels"]["series"], "upstream.app.error_ratio");
+
+    // Scores are metrics; the series export reads as Arrow IPC and as JSON.
+    let metrics = String::from_utf8(get(p.admin, "/metrics").await?.body.to_vec())?;
+    check_with_promtool(&metrics)?;
+    assert!(metrics.contains(r#"portico_anomaly_score{series="upstream.app.error_ratio"}"#), "{metrics}");
+    let active = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portico_anomaly_active "))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    assert!(active >= 1, "portico_anomaly_active is {active}");
+    let arrow = get(p.admin, "/anomaly/series?format=arrow").await?;
+    assert_eq!(arrow.header("content-type"), "application/vnd.apache.arrow.stream");
+    assert_eq!(&arrow.body[..4], &[0xff, 0xff, 0xff, 0xff], "Arrow IPC stream continuation marker");
+    let rows = get(p.admin, "/anomaly/series?format=json").await?.json();
+    assert!(rows.as_array().is_some_and(|r| r.len() > 20), "{rows}");
+    load.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_event_stream_sends_scores_as_server_sent_events() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let config = reverse_config(&quoted(&[&app]), "") + "\n[anomaly]\ninterval = \"50ms\"\n";
+    let p = Portico::start(&config).await;
+    let mut stream = tokio::net::TcpStream::connect(p.admin).await?;
+    stream.write_all(b"GET /anomaly/events HTTP/1.1\r\nHost: admin\r\n\r\n").await?;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("event: scores") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+        assert!(n > 0, "stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+    assert!(seen.contains("data: {\"type\":\"scores\""), "{seen}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_an_anomaly_table_the_routes_say_so() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&app]), "")).await;
+    let answer = get(p.admin, "/anomaly/alerts").await?;
+    assert_eq!(answer.status, 404);
+    assert!(String::from_utf8_lossy(&answer.body).contains("[anomaly]"));
+    Ok(())
+}

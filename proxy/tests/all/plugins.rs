@@ -1,0 +1,221 @@
+//! WebAssembly filters through a real Portico: a C plugin built with zig, header rewrites both ways, local
+//! answers, fail-closed and fail-open traps, routing and endpoint choice by plugin, hot swap by upload, by
+//! file change and by reload, refusal of bad modules, and rollback.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn c_plugin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/tests/data/add_header.wasm")
+}
+
+/// A hand-written proxy-wasm module: memory, allocator, ABI marker, the given strings at 1024, 1088, 1152, …
+/// (64 bytes apart) and `body` (functions and exports).
+fn wat_plugin(strings: &[&str], body: &str) -> Vec<u8> {
+    let data: String =
+        strings.iter().enumerate().map(|(i, s)| format!("(data (i32.const {}) \"{}\")\n", 1024 + 64 * i, s)).collect();
+    let text = format!(
+        r#"(module
+  (import "env" "proxy_set_property" (func $set_prop (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  {data}
+  {body}
+)"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("test module does not assemble: {e}\n{text}"))
+}
+
+/// Adds `x-wat: <value>` to responses.
+fn marking_plugin(value: &str) -> Vec<u8> {
+    wat_plugin(
+        &["x-wat", value],
+        &format!(
+            r#"(func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add_hdr (i32.const 2) (i32.const 1024) (i32.const 5) (i32.const 1088) (i32.const {})))
+    (i32.const 0))"#,
+            value.len()
+        ),
+    )
+}
+
+fn trapping_plugin() -> Vec<u8> {
+    wat_plugin(&[], r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)"#)
+}
+
+fn plugin_config(upstreams: &[&TestUpstream], plugins: &str, filters: &str) -> String {
+    reverse_config(&quoted(upstreams), "")
+        .replace("upstream = \"app\"\n", &format!("upstream = \"app\"\nfilters = [{filters}]\n"))
+        + plugins
+}
+
+#[tokio::test]
+async fn a_c_plugin_rewrites_both_ways_and_answers_locally() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let plugins =
+        format!("\n[[plugin]]\nname = \"hdr\"\nwasm = \"{}\"\nconfig = \"from-portico\"\n", c_plugin().display());
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"hdr\"")).await;
+    let web = p.addr("web").await;
+
+    let answer = get(web, "/hello?x=1").await?;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-portico-plugin"), "from-portico");
+    assert_eq!(answer.json()["headers"]["x-portico-seen"], "/hello?x=1");
+
+    let blocked = get(web, "/blocked/area").await?;
+    assert_eq!(blocked.status, 403);
+    assert_eq!(app.hits(), 1, "a local answer never reaches the upstream");
+    assert!(!blocked.header("x-request-id").is_empty());
+
+    let listed = get(p.admin, "/plugins").await?.json();
+    assert_eq!(listed[0]["name"], "hdr");
+    assert_eq!(listed[0]["sha256"].as_str().map(str::len), Some(64));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trapping_plugin_fails_closed_or_open_and_portico_keeps_serving() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let trap = dir.path().join("trap.wasm");
+    std::fs::write(&trap, trapping_plugin())?;
+    let plugins = format!(
+        "\n[[plugin]]\nname = \"strict\"\nwasm = \"{0}\"\n\n[[plugin]]\nname = \"lenient\"\nwasm = \"{0}\"\nfail = \"open\"\n",
+        trap.display()
+    );
+    let config = plugin_config(&[&app], &plugins, "\"strict\"")
+        + "\n[[listener]]\nname = \"open\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nfilters = [\"lenient\"]\n";
+    let p = Portico::start(&config).await;
+    for _ in 0..5 {
+        let closed = get(p.addr("web").await, "/").await?;
+        assert_eq!(closed.status, 503);
+        assert_eq!(closed.json()["error"], "plugin_failed");
+        assert!(closed.json()["detail"].as_str().unwrap_or("").contains("strict"));
+        let open = get(p.addr("open").await, "/").await?;
+        assert_eq!(open.status, 200, "fail = open skips the broken plugin");
+    }
+    assert_eq!(app.hits(), 5);
+    let metrics = String::from_utf8(get(p.admin, "/metrics").await?.body.to_vec())?;
+    let failures =
+        metrics.lines().find(|l| l.starts_with("portico_plugin_failures_total") && l.contains("strict")).unwrap_or("");
+    assert!(failures.contains("trap"), "{metrics}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn plugins_choose_the_upstream_group_and_the_endpoint() -> TestResult {
+    let (app, beta1, beta2) =
+        (TestUpstream::start("app").await, TestUpstream::start("beta1").await, TestUpstream::start("beta2").await);
+    let chosen = beta2.addr.to_string();
+    let router = wat_plugin(
+        &["portico.route.upstream", "beta"],
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $set_prop (i32.const 1024) (i32.const 22) (i32.const 1088) (i32.const 4)))
+    (i32.const 0))"#,
+    );
+    let balancer = wat_plugin(
+        &["portico.upstream.selected", &chosen],
+        &format!(
+            r#"(func (export "portico_on_upstream_select") (param i32 i32) (result i32)
+    (drop (call $set_prop (i32.const 1024) (i32.const 25) (i32.const 1088) (i32.const {})))
+    (i32.const 0))"#,
+            chosen.len()
+        ),
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("router.wasm"), router)?;
+    std::fs::write(dir.path().join("balancer.wasm"), balancer)?;
+    let plugins = format!(
+        "\n[[plugin]]\nname = \"router\"\nwasm = \"{0}/router.wasm\"\n\n[[plugin]]\nname = \"lb\"\nwasm = \"{0}/balancer.wasm\"\n\n[[upstream]]\nname = \"beta\"\nendpoints = [\"{1}\", \"{2}\"]\n",
+        dir.path().display(),
+        beta1.addr,
+        beta2.addr
+    );
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"router\", \"lb\"")).await;
+    for _ in 0..10 {
+        assert_eq!(get(p.addr("web").await, "/").await?.header("x-upstream"), "beta2");
+    }
+    assert_eq!((app.hits(), beta1.hits(), beta2.hits()), (0, 0, 10));
+    Ok(())
+}
+
+#[tokio::test]
+async fn hot_swap_by_upload_file_change_and_reload_with_rollback() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let module = dir.path().join("mark.wasm");
+    std::fs::write(&module, marking_plugin("one"))?;
+    let plugins = format!("\n[[plugin]]\nname = \"mark\"\nwasm = \"{}\"\n", module.display());
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"mark\"")).await;
+    let web = p.addr("web").await;
+    assert_eq!(get(web, "/").await?.header("x-wat"), "one");
+
+    // Upload: a module that starts cleanly is swapped in.
+    let uploaded = reqwest_put(p.admin, "/plugins/mark", marking_plugin("two")).await?;
+    assert_eq!(uploaded.status, 200, "{:?}", uploaded.body);
+    assert_eq!(get(web, "/").await?.header("x-wat"), "two");
+
+    // A module without the ABI marker is refused and "two" keeps serving.
+    let refused = reqwest_put(p.admin, "/plugins/mark", wat::parse_str("(module)")?).await?;
+    assert_eq!(refused.status, 422);
+    assert!(String::from_utf8_lossy(&refused.body).contains("keeps serving"));
+    assert_eq!(get(web, "/").await?.header("x-wat"), "two");
+
+    // Rollback returns to the version before.
+    assert_eq!(send(p.admin, "POST", "/plugins/mark/rollback", &[], "").await?.status, 200);
+    assert_eq!(get(web, "/").await?.header("x-wat"), "one");
+
+    // A changed file on disk is picked up without a reload.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a new mtime even on coarse clocks
+    std::fs::write(&module, marking_plugin("three"))?;
+    let mut seen = String::new();
+    for _ in 0..60 {
+        seen = get(web, "/").await?.header("x-wat").to_string();
+        if seen == "three" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, "three");
+
+    // A reload naming a broken file is refused as a whole; the running plugin keeps serving.
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"not wasm at all")?;
+    p.rewrite(&plugin_config(
+        &[&app],
+        &format!("\n[[plugin]]\nname = \"mark\"\nwasm = \"{}\"\n", broken.display()),
+        "\"mark\"",
+    ));
+    let refused = send(p.admin, "POST", "/config/reload", &[], "").await?;
+    assert_eq!(refused.status, 400);
+    assert!(String::from_utf8_lossy(&refused.body).contains("mark"), "{:?}", refused.body);
+    assert_eq!(get(web, "/").await?.header("x-wat"), "three");
+    Ok(())
+}
+
+/// PUT with a binary body.
+async fn reqwest_put(addr: std::net::SocketAddr, path: &str, body: Vec<u8>) -> Result<Answer, String> {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = http::Request::put(path)
+        .header("host", "admin")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Answer { status: parts.status, headers: parts.headers, body })
+}
