@@ -33,13 +33,15 @@ pick_slowest() {
 import json, sys
 name, min_left = sys.argv[1], int(sys.argv[2])
 doc = json.load(sys.stdin)
-for u in doc.get("upstreams", []):
+# GET /upstreams answers a list of groups; each endpoint has address, weight, status
+# (healthy/unhealthy/ejected/drained), active_requests and latency_ewma_ms.
+for u in doc:
     if u.get("name") != name:
         continue
-    live = [e for e in u.get("endpoints", []) if e.get("state") in ("healthy", "unhealthy")]
+    live = [e for e in u.get("endpoints", []) if e.get("status") in ("healthy", "unhealthy")]
     if len(live) - 1 < min_left:
         sys.exit(0)
-    worst = max(live, key=lambda e: float(e.get("latency_ms") or 0.0), default=None)
+    worst = max(live, key=lambda e: float(e.get("latency_ewma_ms") or 0.0), default=None)
     if worst is not None:
         print(worst["address"], worst.get("weight", 1))
 ' "$1" "${2:-1}"

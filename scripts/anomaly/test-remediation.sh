@@ -10,10 +10,10 @@ trap 'kill "$srv" 2>/dev/null; rm -rf "$tmp"' EXIT
 cat > "$tmp/mock.py" <<'PY'
 import http.server, json, sys
 log = open(sys.argv[2], "a")
-DOC = {"upstreams": [{"name": "app", "endpoints": [
-    {"address": "127.0.0.1:8081", "weight": 4, "state": "healthy", "active_requests": 0, "latency_ms": 1.2},
-    {"address": "127.0.0.1:8082", "weight": 6, "state": "healthy", "active_requests": 3, "latency_ms": 93.0},
-    {"address": "127.0.0.1:8083", "weight": 1, "state": "drained", "active_requests": 0, "latency_ms": 500.0}]}]}
+DOC = [{"name": "app", "protocol": "http1", "endpoints": [
+    {"address": "127.0.0.1:8081", "weight": 4, "status": "healthy", "active_requests": 0, "latency_ewma_ms": 1.2},
+    {"address": "127.0.0.1:8082", "weight": 6, "status": "healthy", "active_requests": 3, "latency_ewma_ms": 93.0},
+    {"address": "127.0.0.1:8083", "weight": 1, "status": "drained", "active_requests": 0, "latency_ewma_ms": 500.0}]}]
 class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
     def reply(self, code, body=b"{}"):

@@ -181,3 +181,43 @@ async fn without_an_anomaly_table_the_routes_say_so() -> TestResult {
     assert!(String::from_utf8_lossy(&answer.body).contains("[anomaly]"));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_shipped_drain_slowest_script_drains_the_slow_endpoint_through_the_admin_api() -> TestResult {
+    let fast = TestUpstream::start("fast").await;
+    let slow = TestUpstream::start_with("slow", Behavior::Delay(Duration::from_millis(80))).await;
+    let p = Portico::start(&reverse_config(&quoted(&[&fast, &slow]), "")).await;
+    for _ in 0..20 {
+        get(p.addr("web").await, "/").await?;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/remediation/drain-slowest.sh");
+    let admin = format!("http://{}", p.admin);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("sh")
+            .arg(&script)
+            .env("PORTICO_ADMIN_URL", admin)
+            .env("PORTICO_ALERT_SERIES", "upstream.app.latency_p99")
+            .env("PORTICO_ALERT_ID", "upstream.app.latency_p99@1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, br#"{"series":"upstream.app.latency_p99","severity":"critical"}"#)?;
+        }
+        child.wait_with_output()
+    })
+    .await??;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    let upstreams = get(p.admin, "/upstreams").await?.json();
+    let status = |addr: String| {
+        upstreams[0]["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["address"] == addr.as_str()))
+            .map(|e| e["status"].clone())
+    };
+    assert_eq!(status(slow.addr.to_string()), Some(serde_json::json!("drained")), "{said} {upstreams}");
+    assert_eq!(status(fast.addr.to_string()), Some(serde_json::json!("healthy")));
+    Ok(())
+}
