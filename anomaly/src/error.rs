@@ -30,6 +30,14 @@ pub enum AnomalyError {
     /// JSON (de)serialisation failed: model sidecar, alert payloads or exports.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A model file (weights or sidecar) could not be used; names the weights file.
+    #[error("model {path} (and its .json sidecar): {message}")]
+    ModelFile {
+        /// The `.safetensors` path.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
     /// Input data (CSV or IPC for training and scoring) is malformed; message says where.
     #[error("data: {0}")]
     Data(String),

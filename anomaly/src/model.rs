@@ -369,7 +369,11 @@ impl Forecaster {
         let bytes = std::fs::read(path).map_err(|e| AnomalyError::io(path, e))?;
         let side = sidecar_path(path);
         let text = std::fs::read_to_string(&side).map_err(|e| AnomalyError::io(&side, e))?;
-        Self::from_bytes(&bytes, &text)
+        // Name the files: "key must be a string" alone does not tell an operator which model is broken.
+        Self::from_bytes(&bytes, &text).map_err(|e| AnomalyError::ModelFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// Write weights to `path` and the sidecar next to it.

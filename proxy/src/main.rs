@@ -210,6 +210,9 @@ fn check_config(path: &std::path::Path) -> Result<()> {
                     portico::tls::acceptor(tls).with_context(|| format!("listener {}", l.name))?;
                 }
             }
+            if let Some(anomaly) = &config.anomaly {
+                portico_anomaly::load_model(anomaly).context("anomaly.model")?;
+            }
             println!(
                 "{}: ok ({} listeners, {} upstreams)",
                 path.display(),

@@ -11,7 +11,7 @@ use crate::plugin::services::ProxyServices;
 use crate::plugin::{PluginLoadError, PluginSet, PluginSlot};
 use crate::tls;
 use crate::upstream::Upstream;
-use crate::watch::{Watch, WatchError, WatchMetrics};
+use crate::watch::{Watch, WatchMetrics};
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -58,9 +58,6 @@ pub enum ServerError {
     /// The wasm engine could not be created.
     #[error("plugin engine: {0}")]
     Engine(#[from] portico_plugins::PluginError),
-    /// Anomaly detection could not start.
-    #[error("{0}")]
-    Watch(#[from] WatchError),
     /// No config file to reload from.
     #[error("no configuration file to reload (started from an embedded configuration)")]
     NoFile,
@@ -105,6 +102,8 @@ pub struct Server {
     background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Anomaly detection, when configured.
     pub watch: tokio::sync::Mutex<Option<Watch>>,
+    /// Why configured anomaly detection is not running, if it failed to start.
+    pub watch_error: parking_lot::Mutex<Option<String>>,
     grace: Duration,
 }
 
@@ -145,16 +144,14 @@ impl Server {
             health: parking_lot::Mutex::new(Vec::new()),
             background: parking_lot::Mutex::new(Vec::new()),
             watch: tokio::sync::Mutex::new(None),
+            watch_error: parking_lot::Mutex::new(None),
             grace,
         });
         let anomaly = config.anomaly.clone();
         let admin_url = format!("http://{}", config.admin.listen);
         server.apply(config, upstreams, plugin_slots).await?;
         server.watch_plugin_files();
-        if let Some(anomaly) = anomaly {
-            let watch = Watch::start(&server.shared, anomaly, admin_url).await?;
-            *server.watch.lock().await = Some(watch);
-        }
+        server.rewatch(anomaly, admin_url).await;
         Ok(server)
     }
 
@@ -211,10 +208,15 @@ impl Server {
         if let Some(old) = watch.take() {
             old.stop().await;
         }
+        *self.watch_error.lock() = None;
         if let Some(config) = anomaly {
             match Watch::start(&self.shared, config, admin_url).await {
                 Ok(started) => *watch = Some(started),
-                Err(e) => tracing::error!(error = %e, "anomaly detection did not restart after the reload"),
+                Err(e) => {
+                    // Detection is a helper, not the job: a bad model never stops the proxy.
+                    tracing::error!(error = %e, "anomaly detection is off; Portico keeps proxying");
+                    *self.watch_error.lock() = Some(e.to_string());
+                }
             }
         }
     }

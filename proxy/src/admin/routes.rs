@@ -159,6 +159,9 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
 /// `GET /anomaly/{series,scores,alerts,actions,stats,events}`.
 async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<ResponseBody> {
     let Some(detector) = server.watch.lock().await.as_ref().map(|w| w.detector.clone()) else {
+        if let Some(reason) = server.watch_error.lock().clone() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("anomaly detection failed to start: {reason}"));
+        }
         return error(StatusCode::NOT_FOUND, "anomaly detection is not configured (add an [anomaly] table)");
     };
     let param = |name: &str| {

@@ -221,3 +221,22 @@ async fn the_shipped_drain_slowest_script_drains_the_slow_endpoint_through_the_a
     assert_eq!(status(fast.addr.to_string()), Some(serde_json::json!("healthy")));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_missing_or_corrupt_model_turns_detection_off_and_portico_keeps_proxying() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let corrupt = dir.path().join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"definitely not safetensors")?;
+    std::fs::write(dir.path().join("corrupt.json"), b"{ not json")?;
+    for model in [dir.path().join("missing.safetensors"), corrupt] {
+        let config = reverse_config(&quoted(&[&app]), "") + &format!("\n[anomaly]\nmodel = \"{}\"\n", model.display());
+        let p = Portico::start(&config).await;
+        assert_eq!(get(p.addr("web").await, "/").await?.status, 200, "proxying goes on");
+        let status = get(p.admin, "/anomaly/alerts").await?;
+        assert_eq!(status.status, 503);
+        let reason = String::from_utf8_lossy(&status.body).into_owned();
+        assert!(reason.contains("failed to start") && reason.contains(&*model.file_stem().unwrap_or_default().to_string_lossy()), "{reason}");
+    }
+    Ok(())
+}
