@@ -12,7 +12,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upstreams::DemoUpstream;
 
+/// The example remediation scripts, embedded so the demo needs no checkout.
+const REMEDIATION_LIB: &str = include_str!("../../../examples/remediation/lib.sh");
+const DRAIN_SLOWEST: &str = include_str!("../../../examples/remediation/drain-slowest.sh");
+
+/// When things happened in the latency-fault act, for the closing timeline.
+#[derive(Debug, Default)]
+struct Timeline {
+    fault: Option<Duration>,
+    detected: Option<(Duration, String)>,
+    drained: Option<Duration>,
+    recovered: Option<Duration>,
+}
+
 /// Runs the demo for `duration` with `concurrency` client connections, printing to stdout.
+///
+/// Acts: calm (the detector warms up), beta crashes and comes back (failover, zero failed requests), then
+/// gamma turns slow: the detector flags the latency, the example hook drains gamma through the admin API, and
+/// latency recovers. The run ends with a summary and that timeline.
 pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
     let mut upstreams = Vec::new();
     for (i, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
@@ -22,7 +39,9 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
     let listen = free_or_ephemeral("127.0.0.1:8080");
     let admin = free_or_ephemeral("127.0.0.1:9901");
     let warmup = (duration.as_secs() / 4).clamp(5, 120);
-    let text = demo_config(&listen, &admin, &upstreams, warmup);
+    let scripts = tempfile_dir().map_err(|e| format!("demo scripts: {e}"))?;
+    let hook = write_hook(&scripts).map_err(|e| format!("demo scripts: {e}"))?;
+    let text = demo_config(&listen, &admin, &upstreams, warmup, hook.as_deref());
     let config = config::parse(&text).map_err(|issues| format!("demo config: {issues:?}"))?;
     let server = Server::start(config, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
     let admin_addr = crate::admin::serve_tcp(server.clone(), admin.parse().map_err(|_| "admin address")?)
@@ -35,9 +54,23 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
         println!("  upstream {:<6} {}", u.name, u.address);
     }
     println!("Plugins: router (builtin:router), lb (builtin:balancer, least_request); anomaly detection: bundled LSTM, warm-up {warmup}s.");
-    println!("Load: {concurrency} connections for {}s; beta fails at 1/3 and recovers at 2/3.\n", duration.as_secs());
+    match &hook {
+        Some(_) => println!("Remediation: the example drain-slowest.sh hook runs on critical upstream latency alerts."),
+        None => println!("Remediation: skipped (the example hook needs sh, curl and python3 on PATH)."),
+    }
+    let (fail_at, recover_at, slow_at) = (duration * 30 / 100, duration * 45 / 100, duration * 60 / 100);
+    println!(
+        "Acts over {}s, {concurrency} connections: beta fails at {}s and recovers at {}s; gamma turns slow (+200 ms) at {}s.\n",
+        duration.as_secs(),
+        fail_at.as_secs(),
+        recover_at.as_secs(),
+        slow_at.as_secs()
+    );
+    let start = Instant::now();
+    let timeline = Arc::new(parking_lot::Mutex::new(Timeline::default()));
     if let Some(watch) = server.watch.lock().await.as_ref() {
         let mut events = watch.detector.subscribe();
+        let timeline = timeline.clone();
         tokio::spawn(async move {
             while let Ok(event) = events.recv().await {
                 if let portico_anomaly::AnomalyEvent::Alert(change) = event {
@@ -50,6 +83,10 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
                         change.alert.value,
                         change.alert.predicted.map_or("-".to_string(), |p| format!("{p:.2}"))
                     );
+                    let mut t = timeline.lock();
+                    if t.fault.is_some() && t.detected.is_none() && change.alert.series.contains("latency") {
+                        t.detected = Some((start.elapsed(), change.alert.series.clone()));
+                    }
                 }
             }
         });
@@ -57,14 +94,14 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
     println!("{:>5} {:>8} {:>9} {:>9} {:>7}  served by", "t(s)", "req/s", "p50(ms)", "p99(ms)", "errors");
 
     let recorder = Arc::new(load::Recorder::default());
-    let start = Instant::now();
     let until = start + duration;
     let load = tokio::spawn(load::run(web, concurrency, until, recorder.clone()));
     let mut totals = load::Window::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let (fail_at, recover_at) = (duration / 3, duration * 2 / 3);
-    let (mut failed, mut recovered) = (false, false);
+    let (mut failed, mut recovered, mut slowed) = (false, false, false);
+    let mut calm_p99: Vec<f64> = Vec::new();
+    let gamma = upstreams[2].address.to_string();
     while Instant::now() < until {
         tick.tick().await;
         let elapsed = start.elapsed();
@@ -78,18 +115,47 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
             upstreams[1].set_down(false);
             println!("      -- beta is back --");
         }
+        if !slowed && elapsed >= slow_at {
+            slowed = true;
+            upstreams[2].extra_latency_us.store(200_000, std::sync::atomic::Ordering::Relaxed);
+            timeline.lock().fault = Some(elapsed);
+            println!("      -- gamma turns slow (+200 ms) --");
+        }
         let mut w = recorder.take();
         let errors = w.errors + w.statuses.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum::<u64>();
         let served: Vec<String> = w.by_upstream.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let p99 = w.percentile_ms(99.0);
         println!(
             "{:>5} {:>8} {:>9.2} {:>9.2} {:>7}  {}",
             elapsed.as_secs(),
             w.answered(),
             w.percentile_ms(50.0),
-            w.percentile_ms(99.0),
+            p99,
             errors,
             served.join(" ")
         );
+        if !failed {
+            calm_p99.push(p99);
+        }
+        {
+            let drained = server
+                .shared
+                .snapshot
+                .load()
+                .upstreams
+                .get("demo")
+                .and_then(|u| u.endpoint(&gamma).map(|e| e.status(std::time::Instant::now())))
+                == Some(crate::upstream::endpoint::EndpointStatus::Drained);
+            let mut t = timeline.lock();
+            if t.fault.is_some() && t.drained.is_none() && drained {
+                t.drained = Some(elapsed);
+                println!("      -- gamma drained by the remediation hook --");
+            }
+            let baseline = calm_p99.iter().cloned().fold(0.0, f64::max).max(1.0);
+            if t.drained.is_some() && t.recovered.is_none() && p99 <= 2.0 * baseline {
+                t.recovered = Some(elapsed);
+            }
+        }
         totals.latencies_us.append(&mut w.latencies_us);
         for (k, v) in w.statuses {
             *totals.statuses.entry(k).or_default() += v;
@@ -106,18 +172,75 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
         totals.percentile_ms(50.0),
         totals.percentile_ms(99.0)
     );
+    {
+        let t = timeline.lock();
+        let at = |d: Option<Duration>| d.map_or("—".to_string(), |d| format!("{:.0}s", d.as_secs_f64()));
+        println!("Latency fault timeline:");
+        println!("  fault injected   {}", at(t.fault));
+        match &t.detected {
+            Some((d, series)) => println!("  detected         {:.0}s  ({series})", d.as_secs_f64()),
+            None => println!("  detected         —  (not within this run; try --duration 90s)"),
+        }
+        println!("  endpoint drained {}", at(t.drained));
+        println!("  recovered        {}", at(t.recovered));
+    }
     server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&scripts);
     Ok(())
 }
 
+/// A private directory for the demo's hook scripts.
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("portico-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes the example drain hook; `None` when the tools it uses are missing.
+fn write_hook(dir: &std::path::Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    let have = |tool: &str| {
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
+    };
+    if !(have("sh") && have("curl") && have("python3")) {
+        return Ok(None);
+    }
+    std::fs::write(dir.join("lib.sh"), REMEDIATION_LIB)?;
+    let script = dir.join("drain-slowest.sh");
+    std::fs::write(&script, DRAIN_SLOWEST)?;
+    Ok(Some(script))
+}
+
+/// The preferred address if it is free, else a free port on loopback (a concrete one: the hook needs to
+/// know the admin port before the server starts).
 fn free_or_ephemeral(preferred: &str) -> String {
     match std::net::TcpListener::bind(preferred) {
         Ok(_) => preferred.to_string(),
-        Err(_) => "127.0.0.1:0".to_string(),
+        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_or_else(|_| "127.0.0.1:0".to_string(), |a| a.to_string()),
     }
 }
 
-fn demo_config(listen: &str, admin: &str, upstreams: &[DemoUpstream], warmup_ticks: u64) -> String {
+fn demo_config(
+    listen: &str,
+    admin: &str,
+    upstreams: &[DemoUpstream],
+    warmup_ticks: u64,
+    hook: Option<&std::path::Path>,
+) -> String {
+    let hook = hook.map_or(String::new(), |path| {
+        format!(
+            r#"
+[[anomaly.hook]]
+name = "drain-slowest"
+on = {{ severity = "critical", series = "upstream.demo.latency_*" }}
+exec = ["/bin/sh", "{}"]
+timeout = "10s"
+cooldown = "1m"
+"#,
+            path.display()
+        )
+    });
     let endpoints: Vec<String> = upstreams.iter().map(|u| format!("\"{}\"", u.address)).collect();
     format!(
         r#"
@@ -145,9 +268,13 @@ wasm = "builtin:balancer"
 config = {{ policy = "least_request" }}
 
 # Portico watches its own series with the bundled LSTM; the demo shortens the warm-up to fit its run.
+# The demo's series are young and noisy (everything shares one machine), so its thresholds are lower than
+# the defaults (warning 0.7, critical 0.9, for 3 ticks).
 [anomaly]
 interval = "1s"
 warmup = {warmup_ticks}
+thresholds = {{ warning = 0.4, critical = 0.5, for_ticks = 2, resolve_ticks = 5 }}
+{hook}
 
 [[upstream]]
 name = "canary"

@@ -236,7 +236,11 @@ async fn a_missing_or_corrupt_model_turns_detection_off_and_portico_keeps_proxyi
         let status = get(p.admin, "/anomaly/alerts").await?;
         assert_eq!(status.status, 503);
         let reason = String::from_utf8_lossy(&status.body).into_owned();
-        assert!(reason.contains("failed to start") && reason.contains(&*model.file_stem().unwrap_or_default().to_string_lossy()), "{reason}");
+        assert!(
+            reason.contains("failed to start")
+                && reason.contains(&*model.file_stem().unwrap_or_default().to_string_lossy()),
+            "{reason}"
+        );
     }
     Ok(())
 }

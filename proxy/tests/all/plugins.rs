@@ -219,3 +219,49 @@ async fn reqwest_put(addr: std::net::SocketAddr, path: &str, body: Vec<u8>) -> R
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok(Answer { status: parts.status, headers: parts.headers, body })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swaps_under_concurrent_load_fail_no_request() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let module = dir.path().join("mark.wasm");
+    std::fs::write(&module, marking_plugin("v0"))?;
+    let plugins = format!("\n[[plugin]]\nname = \"mark\"\nwasm = \"{}\"\n", module.display());
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"mark\"")).await;
+    let web = p.addr("web").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut failed, mut seen) = (0usize, std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(web, "/").await {
+                    Ok(a) if a.status == 200 => {
+                        seen.insert(a.header("x-wat").to_string());
+                    }
+                    other => {
+                        eprintln!("failed during swap: {other:?}");
+                        failed += 1;
+                    }
+                }
+            }
+            (failed, seen)
+        }));
+    }
+    for version in 1..=6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let swapped = reqwest_put(p.admin, "/plugins/mark", marking_plugin(&format!("v{version}"))).await?;
+        assert_eq!(swapped.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut versions = std::collections::BTreeSet::new();
+    for w in workers {
+        let (failed, seen) = w.await?;
+        assert_eq!(failed, 0, "requests failed while plugins were swapped");
+        versions.extend(seen);
+    }
+    assert!(versions.contains("v0") && versions.contains("v6"), "served by {versions:?}");
+    Ok(())
+}

@@ -239,3 +239,16 @@ fn anomaly_train_is_deterministic_for_a_seed() -> TestResult {
     assert_eq!(models[0], models[1], "same seed and data, same weights");
     Ok(())
 }
+
+#[test]
+fn the_demo_runs_on_embedded_defaults_without_failed_requests() -> TestResult {
+    let out =
+        Command::new(BIN).args(["--log-level", "error", "demo", "--duration", "20s", "--concurrency", "4"]).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("beta goes down") && stdout.contains("gamma turns slow"), "{stdout}");
+    let summary = stdout.lines().find(|l| l.starts_with("Summary:")).ok_or_else(|| format!("no summary:\n{stdout}"))?;
+    assert!(summary.ends_with(" 0 failed."), "requests failed during the demo: {summary}");
+    assert!(stdout.contains("Latency fault timeline:"), "{stdout}");
+    Ok(())
+}
