@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: Portico, nginx and HAProxy in front of the same origin on loopback, driven by wrk in
 # one run, alternating rounds so drift on the machine hits all of them alike. Prints requests/s and p99 for
-# each and the ratios Portico/nginx and Portico/HAProxy.
+# each and the ratios Portico/nginx and Portico/HAProxy, and what the bundled router and balancer plugins cost
+# (a second Portico with both in its filter chain).
 #
 #   bench/run.sh                 # 3 rounds of 10 s, 64 connections
 #   ROUNDS=5 DURATION=20s CONNECTIONS=128 bench/run.sh
@@ -21,7 +22,9 @@ ORIGIN=127.0.0.1:18080
 PORTICO=127.0.0.1:18081
 NGINX=127.0.0.1:18082
 HAPROXY=127.0.0.1:18083
+PLUGGED=127.0.0.1:18084
 ADMIN=127.0.0.1:18090
+ADMIN2=127.0.0.1:18091
 OUT=bench/out
 mkdir -p "$OUT"
 rm -f "$OUT"/*.pid
@@ -101,7 +104,37 @@ CONF
 TOKIO_WORKER_THREADS=$WORKERS "$BIN" --log-level warn run -c "$OUT/portico.toml" >"$OUT/portico.log" 2>&1 &
 echo $! > "$OUT/portico.pid"
 
-for addr in $ORIGIN $PORTICO $NGINX; do
+# The same Portico with the bundled router and balancer plugins in the path (one route, round robin).
+cat > "$OUT/portico-plugins.toml" <<CONF
+[admin]
+listen = "$ADMIN2"
+
+[[listener]]
+name = "web"
+listen = "$PLUGGED"
+upstream = "origin"
+max_connections = 10000
+filters = ["router", "lb"]
+
+[[upstream]]
+name = "origin"
+endpoints = ["$ORIGIN"]
+pool = { max_idle = 256 }
+
+[[plugin]]
+name = "router"
+wasm = "builtin:router"
+config = { routes = [{ match = { path_prefix = "/" }, upstream = "origin" }] }
+
+[[plugin]]
+name = "lb"
+wasm = "builtin:balancer"
+config = { policy = "round_robin" }
+CONF
+TOKIO_WORKER_THREADS=$WORKERS "$BIN" --log-level warn run -c "$OUT/portico-plugins.toml" >"$OUT/portico-plugins.log" 2>&1 &
+echo $! > "$OUT/portico-plugins.pid"
+
+for addr in $ORIGIN $PORTICO $PLUGGED $NGINX; do
   for _ in $(seq 100); do curl -fs "http://$addr/" >/dev/null && break; sleep 0.1; done
   curl -fs "http://$addr/" >/dev/null || { echo "nothing answers on $addr"; exit 1; }
 done
@@ -120,7 +153,7 @@ print(f"{rps:.0f} {p99:.3f} {'errors:' + errors.group(0) if errors else 'ok'}")
 PY
 }
 
-targets=(portico:$PORTICO nginx:$NGINX)
+targets=(portico:$PORTICO plugins:$PLUGGED nginx:$NGINX)
 ((have_haproxy)) && targets+=(haproxy:$HAPROXY)
 declare -A rps_sum p99_sum
 for t in "${targets[@]}"; do rps_sum[${t%%:*}]=0; p99_sum[${t%%:*}]=0; done
@@ -146,3 +179,4 @@ for peer in nginx haproxy; do
   [[ -n ${rps_sum[$peer]:-} ]] || continue
   python3 -c "print(f'portico/$peer: req/s ratio {${rps_sum[portico]}/${rps_sum[$peer]}:.3f}, p99 ratio {${p99_sum[portico]}/${p99_sum[$peer]}:.3f}')"
 done
+python3 -c "print(f'router+balancer plugins vs native balancing: req/s ratio {${rps_sum[plugins]}/${rps_sum[portico]}:.3f} ({(1-${rps_sum[plugins]}/${rps_sum[portico]})*100:.1f} % lost), p99 ratio {${p99_sum[plugins]}/${p99_sum[portico]}:.3f}')"
