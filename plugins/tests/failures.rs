@@ -16,6 +16,9 @@ const CHAOS: &str = r#"
   (data (i32.const 1072) "x-trap")
   (data (i32.const 1088) "x-ok")
   (data (i32.const 1104) "1")
+  (data (i32.const 1120) "x-deep")
+  (func $deep (param $n i32) (result i32)
+    (i32.add (call $deep (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
   (func $has (param $p i32) (param $n i32) (result i32)
     (i32.eqz (call $get_hdr (i32.const 0) (local.get $p) (local.get $n) (i32.const 100) (i32.const 104))))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
@@ -24,6 +27,7 @@ const CHAOS: &str = r#"
     (if (call $has (i32.const 1056) (i32.const 5))
       (then (drop (call $log (i32.const 2) (i32.const 0x7fff0000) (i32.const 10)))))
     (if (call $has (i32.const 1072) (i32.const 6)) (then unreachable))
+    (if (call $has (i32.const 1120) (i32.const 6)) (then (drop (call $deep (i32.const 0)))))
     (drop (call $add_hdr (i32.const 0) (i32.const 1088) (i32.const 4) (i32.const 1104) (i32.const 1)))
     (i32.const 0))
 "#;
@@ -63,6 +67,18 @@ fn endless_loop_times_out_and_instance_is_recreated() {
     let text = metrics_text(&e);
     assert!(text.contains(r#"portico_plugin_failures_total{kind="timeout",plugin="loop"} 1"#), "{text}");
     assert!(text.contains(r#"portico_plugin_instance_restarts_total{plugin="loop"} 1"#), "{text}");
+}
+
+#[test]
+fn unbounded_recursion_is_a_trap_not_a_crash() {
+    let e = engine();
+    let mut sp = spec("deep", wat(CHAOS));
+    sp.cpu_limit = Duration::from_secs(2);
+    let (p, _) = load(&e, sp).unwrap();
+    let err = run(&p, Some("x-deep")).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Trap, "{err}");
+    assert!(err.message.contains("stack"), "{err}");
+    assert_recovers(&p);
 }
 
 #[test]
