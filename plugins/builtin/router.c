@@ -41,23 +41,7 @@ typedef struct {
 static route_t *g_routes;
 static size_t g_nroutes;
 
-PW_EXPORT(proxy_abi_version_0_2_1) void proxy_abi_version_0_2_1(void) {}
-PW_EXPORT(proxy_on_memory_allocate) void *proxy_on_memory_allocate(size_t size) { return malloc(size); }
-PW_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id, uint32_t parent_id) {
-  (void)context_id;
-  (void)parent_id;
-}
-PW_EXPORT(proxy_on_vm_start) uint32_t proxy_on_vm_start(uint32_t root_id, size_t vm_config_size) {
-  (void)root_id;
-  (void)vm_config_size;
-  rng_seed();
-  return 1;
-}
-PW_EXPORT(proxy_on_done) uint32_t proxy_on_done(uint32_t context_id) {
-  (void)context_id;
-  return 1;
-}
-PW_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t context_id) { (void)context_id; }
+/* The ABI marker, allocator and lifecycle callbacks both bundled plugins share are in common.c. */
 
 /* "host:port" -> "host", "[::1]:80" -> "[::1]"; a bare IPv6 address is kept whole. */
 static slice_t strip_port(const char *h, size_t n) {
