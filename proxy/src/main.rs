@@ -57,7 +57,7 @@ enum Command {
     /// Run a self-contained demonstration: demo upstreams, Portico in front, a load generator, live stats.
     Demo {
         /// How long the load runs.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
         duration: Duration,
         /// Concurrent client connections.
         #[arg(long, default_value_t = 16)]
