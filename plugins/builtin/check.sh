@@ -7,9 +7,11 @@ root="$(cd "$here/../.." && pwd)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$here/build.sh" "$tmp" >/dev/null
+# The C test plugin the host and proxy tests load is built from source too.
+"$root/plugins/guest/build.sh" "$tmp" >/dev/null
 status=0
 for f in "$here/out/router.wasm" "$here/out/balancer.wasm" "$root/examples/plugins/out/latency_balancer.wasm" \
-  "$root/examples/plugins/out/latency_balancer_zig.wasm"; do
+  "$root/examples/plugins/out/latency_balancer_zig.wasm" "$root/plugins/tests/data/add_header.wasm"; do
   rebuilt="$tmp/$(basename "$f")"
   if [ ! -f "$f" ]; then
     echo "MISSING: ${f#$root/} is not checked in (run plugins/builtin/build.sh)" >&2

@@ -4,7 +4,7 @@
 set -euo pipefail
 ZIG_VERSION=0.17.1
 here="$(cd "$(dirname "$0")" && pwd)"
-out="$here/../tests/data"
+out="${1:-$here/../tests/data}"   # plugins/builtin/check.sh passes a temp dir
 mkdir -p "$out"
 if ! python3 -c "import ziglang" 2>/dev/null || [ "$(python3 -m pip show ziglang 2>/dev/null | awk '/^Version:/{print $2}')" != "$ZIG_VERSION" ]; then
   python3 -m pip install --quiet "ziglang==$ZIG_VERSION"
