@@ -17,7 +17,7 @@ for f in "$here/out/router.wasm" "$here/out/balancer.wasm" "$root/examples/plugi
     echo "MISSING: ${f#$root/} is not checked in (run plugins/builtin/build.sh)" >&2
     status=1
   elif ! cmp -s "$f" "$rebuilt"; then
-    echo "DIFFERS: ${f#$root/} does not match a rebuild from source (run plugins/builtin/build.sh and commit)" >&2
+    echo "DIFFERS: ${f#$root/} does not match a rebuild from source (run plugins/builtin/build.sh or plugins/guest/build.sh and commit)" >&2
     status=1
   else
     echo "ok: ${f#$root/}"
