@@ -159,34 +159,29 @@ impl FilterChain {
         }
         let now = Instant::now();
         let failed_index = tried.last().copied();
-        let candidates: Vec<(usize, Candidate)> = upstream
+        // Built once per attempt and shared by every plugin in the chain; the chosen address maps back to
+        // its endpoint by name, so no second copy of the candidates is kept.
+        let offered: Vec<Candidate> = upstream
             .endpoints
             .iter()
-            .enumerate()
-            .filter(|(_, e)| e.is_available(now))
-            .map(|(i, e)| {
-                let candidate = Candidate {
-                    address: e.name.clone(),
-                    weight: e.weight(),
-                    active_requests: e.active_requests(),
-                    latency: std::time::Duration::from_micros(e.latency_ewma_us()),
-                    ejected: false,
-                };
-                (i, candidate)
+            .filter(|e| e.is_available(now))
+            .map(|e| Candidate {
+                address: e.name.clone(),
+                weight: e.weight(),
+                active_requests: e.active_requests(),
+                latency: std::time::Duration::from_micros(e.latency_ewma_us()),
+                ejected: false,
             })
             .collect();
-        if candidates.is_empty() {
+        if offered.is_empty() {
             return Ok(None);
         }
-        let offered: Vec<Candidate> = candidates.iter().map(|(_, c)| c.clone()).collect();
-        let failed_address = failed_index.map(|i| upstream.endpoints[i].name.clone());
+        let failed_address = failed_index.map(|i| upstream.endpoints[i].name.as_str());
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
-            match link.stream.select_endpoint(upstream.name(), &offered, attempt, failed_address.as_deref()) {
-                Ok(Some(address)) => {
-                    return Ok(candidates.iter().find(|(_, c)| c.address == address).map(|(index, _)| *index));
-                }
+            match link.stream.select_endpoint(upstream.name(), &offered, attempt, failed_address) {
+                Ok(Some(address)) => return Ok(upstream.endpoints.iter().position(|e| e.name == address)),
                 Ok(None) => i += 1,
                 Err(failure) => {
                     if let Some(answer) = failed(&link.slot, &failure, request_id) {

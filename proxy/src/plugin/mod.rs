@@ -97,7 +97,7 @@ impl PluginSlot {
             "origin": info.origin,
             "sha256": info.sha256,
             "abi": format!("{:?}", current.abi_version()),
-            "since": humantime_since(info.since),
+            "since": unix_seconds(info.since),
             "fail": if self.fail_closed() { "closed" } else { "open" },
             "broken": current.is_broken(),
             "instances": current.instance_count(),
@@ -115,7 +115,7 @@ impl PluginSlot {
     }
 }
 
-fn humantime_since(t: SystemTime) -> u64 {
+fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
