@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod forward;

@@ -182,14 +182,15 @@ fn main() -> Result<()> {
             runtime()?.block_on(portico::demo::probe_health(&url)).map_err(anyhow::Error::msg)
         }
         Command::Check { config: None, health: None } => Err(anyhow::anyhow!("give --config FILE or --health URL")),
-        Command::Run { config, grace } => {
-            let config = portico::config::load(&config).map_err(|issues| {
+        Command::Run { config: path, grace } => {
+            let config = portico::config::load(&path).map_err(|issues| {
                 anyhow::anyhow!(
                     "invalid configuration:\n{}",
                     issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n")
                 )
             })?;
-            runtime()?.block_on(run(config, grace))
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            runtime()?.block_on(run(config, &text, grace))
         }
         Command::Anomaly { command } => anomaly_command(command),
         Command::Demo { duration, concurrency } => {
@@ -230,9 +231,13 @@ fn check_config(path: &std::path::Path) -> Result<()> {
     }
 }
 
-async fn run(config: portico::config::Config, grace: Duration) -> Result<()> {
+async fn run(config: portico::config::Config, text: &str, grace: Duration) -> Result<()> {
     let admin = config.admin.clone();
-    let server = portico::Server::start(config, grace).await?;
+    let server = if config.cluster.is_some() {
+        portico::cluster::start_member(config, text, grace).await.context("joining the cluster")?
+    } else {
+        portico::Server::start(config, grace).await?
+    };
     let admin_addr = portico::admin::serve_tcp(server.clone(), admin.listen)
         .await
         .with_context(|| format!("admin API on {}", admin.listen))?;

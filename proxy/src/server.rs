@@ -58,6 +58,9 @@ pub enum ServerError {
     /// The wasm engine could not be created.
     #[error("plugin engine: {0}")]
     Engine(#[from] portico_plugins::PluginError),
+    /// The cluster refused or could not commit a change.
+    #[error("{0}")]
+    Cluster(#[from] portico_cluster::ClusterError),
     /// No config file to reload from.
     #[error("no configuration file to reload (started from an embedded configuration)")]
     NoFile,
@@ -104,6 +107,8 @@ pub struct Server {
     pub watch: tokio::sync::Mutex<Option<Watch>>,
     /// Why configured anomaly detection is not running, if it failed to start.
     pub watch_error: parking_lot::Mutex<Option<String>>,
+    /// The cluster this node belongs to, when configured: admin writes go through it.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
     grace: Duration,
 }
 
@@ -145,6 +150,7 @@ impl Server {
             background: parking_lot::Mutex::new(Vec::new()),
             watch: tokio::sync::Mutex::new(None),
             watch_error: parking_lot::Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
             grace,
         });
         let anomaly = config.anomaly.clone();
@@ -155,8 +161,28 @@ impl Server {
         Ok(server)
     }
 
-    /// Re-reads the file the server was started from.
+    /// Makes this server follow a cluster: from now on admin writes are proposed to it, and every committed
+    /// state is applied here through [`Server::reload`].
+    pub fn attach_cluster(self: &Arc<Self>, link: Arc<crate::cluster::ClusterLink>) {
+        if self.cluster.set(link.clone()).is_ok() {
+            let task = tokio::spawn(crate::cluster::follow(Arc::downgrade(self), link));
+            self.background.lock().push(task);
+        }
+    }
+
+    /// Starts the plugins a configuration names, off to the side, and drops them: the check a cluster member
+    /// makes before proposing, so a module that fails to start is refused before any node sees it.
+    pub async fn check_plugins(&self, config: &Config) -> Result<(), ServerError> {
+        let current = self.shared.snapshot.load().plugins.clone();
+        self.shared.plugins.build(&config.plugins, &current).await.map(drop).map_err(ServerError::from)
+    }
+
+    /// Re-reads the file the server was started from. On a cluster member the file is validated and proposed to
+    /// the cluster instead; it is applied here once committed, like on every other node.
     pub async fn reload_from_file(&self) -> Result<(), ServerError> {
+        if let Some(link) = self.cluster.get() {
+            return link.propose_file(self).await.map(drop).map_err(|e| self.refused(e));
+        }
         let path = self.shared.snapshot.load().config.path.clone().ok_or(ServerError::NoFile)?;
         let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
         let config = match loaded {
@@ -327,6 +353,9 @@ impl Server {
         }
         if let Some(watch) = self.watch.lock().await.take() {
             watch.stop().await;
+        }
+        if let Some(link) = self.cluster.get() {
+            link.cluster.shutdown().await;
         }
     }
 }

@@ -2,6 +2,7 @@
 //! remediation scripts need (drain/undrain an endpoint, change its weight). Mutating calls need
 //! `Authorization: Bearer <token>` when `admin.token` is set.
 
+mod cluster_routes;
 mod routes;
 
 use crate::server::Server;

@@ -1,11 +1,13 @@
 //! Admin API routes. Answers are JSON except `/metrics` (Prometheus text) and `/healthz` (plain text).
 
+use super::cluster_routes;
 use crate::body::ResponseBody;
 use crate::config;
 use crate::server::{Server, ServerError};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use portico_cluster::EndpointChange;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 /// Largest module `PUT /plugins/{name}` accepts.
 const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
+pub(super) fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(value.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -27,7 +29,7 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::B
     r
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response<ResponseBody> {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response<ResponseBody> {
     json(status, serde_json::json!({ "error": message.into() }))
 }
 
@@ -86,8 +88,14 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
                 .collect();
             json(StatusCode::OK, serde_json::Value::Array(list))
         }
+        (&Method::GET, ["cluster"]) => cluster_routes::status(&server),
+        (_, ["cluster", ..]) => cluster_routes::route(&server, &method, &segments, req).await,
+        (&Method::PUT, ["config"]) => cluster_routes::put_config(&server, req).await,
         (&Method::POST, ["config", "reload"]) => match server.reload_from_file().await {
             Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "reloaded" })),
+            Err(ServerError::Cluster(e)) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; the running configuration keeps serving"))
+            }
             Err(ServerError::Config(issues)) => json(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({ "error": "invalid configuration; the running one keeps serving", "issues": issues.iter().map(|i| i.to_string()).collect::<Vec<_>>() }),
@@ -95,6 +103,10 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
             Err(e) => error(StatusCode::BAD_REQUEST, format!("{e}; the running configuration keeps serving")),
         },
         (&Method::POST, ["upstreams", upstream, "endpoints", endpoint, action @ ("drain" | "undrain")]) => {
+            if let Some(link) = cluster_routes::link(&server) {
+                let change = if *action == "drain" { EndpointChange::Drain } else { EndpointChange::Undrain };
+                return Ok(cluster_routes::endpoint(link, &server, upstream, &percent_decode(endpoint), change).await);
+            }
             endpoint_action(&server, upstream, endpoint, |e| e.set_drained(*action == "drain"), action)
         }
         (&Method::PUT | &Method::POST, ["upstreams", upstream, "endpoints", endpoint, "weight"]) => {
@@ -105,7 +117,13 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .and_then(|v| v.get("weight").and_then(|w| w.as_u64()));
             match weight.and_then(|w| u32::try_from(w).ok()).filter(|w| (1..=1000).contains(w)) {
-                Some(w) => endpoint_action(&server, &upstream, &endpoint, |e| e.set_weight(w), "weight"),
+                Some(w) => match cluster_routes::link(&server) {
+                    Some(link) => {
+                        let endpoint = percent_decode(&endpoint);
+                        cluster_routes::endpoint(link, &server, &upstream, &endpoint, EndpointChange::Weight(w)).await
+                    }
+                    None => endpoint_action(&server, &upstream, &endpoint, |e| e.set_weight(w), "weight"),
+                },
                 None => error(StatusCode::BAD_REQUEST, "body must be {\"weight\": N} with N in 1..=1000"),
             }
         }
@@ -129,6 +147,10 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
             let limited = http_body_util::Limited::new(req.into_body(), MAX_PLUGIN_BYTES);
             match limited.collect().await {
                 Err(e) => error(StatusCode::PAYLOAD_TOO_LARGE, format!("module upload failed or exceeds 64 MiB: {e}")),
+                Ok(body) if cluster_routes::link(&server).is_some() => match cluster_routes::link(&server) {
+                    Some(link) => cluster_routes::upload(link, &server, &name, body.to_bytes().to_vec()).await,
+                    None => error(StatusCode::INTERNAL_SERVER_ERROR, "cluster link vanished"),
+                },
                 Ok(body) => match server.shared.plugins.upload(&slot, body.to_bytes().to_vec()).await {
                     Ok(()) => json(StatusCode::OK, slot.describe()),
                     Err(e) => {
@@ -141,6 +163,10 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
             let slot = server.shared.snapshot.load().plugins.get(*name).cloned();
             match slot {
                 None => error(StatusCode::NOT_FOUND, format!("no plugin named {name:?} in the configuration")),
+                Some(_) if cluster_routes::link(&server).is_some() => match cluster_routes::link(&server) {
+                    Some(link) => cluster_routes::rollback(link, &server, name).await,
+                    None => error(StatusCode::INTERNAL_SERVER_ERROR, "cluster link vanished"),
+                },
                 Some(slot) => match server.shared.plugins.rollback(&slot).await {
                     Ok(()) => json(StatusCode::OK, slot.describe()),
                     Err(e) => error(StatusCode::CONFLICT, e.to_string()),

@@ -28,6 +28,69 @@ pub struct FileConfig {
     /// Self-watching anomaly detection: sampling, model, thresholds, webhooks and remediation hooks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<portico_anomaly::AnomalyConfig>,
+    /// Membership in a Raft cluster that shares configuration and plugins (node-local, never replicated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterFile>,
+}
+
+/// `[cluster]`: this node's place in a cluster. Like `[admin]` it is node-local: the replicated configuration
+/// is the rest of the file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// This node's id, unique in the cluster, at least 1.
+    pub node_id: u64,
+    /// Address for Raft and node-to-node traffic; peers dial it, so it must be this node's reachable address.
+    pub listen: Spanned<String>,
+    /// The other founding nodes: id (as a string key) to cluster address.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// Where the Raft log, vote and snapshots live (relative to the config file).
+    pub data_dir: PathBuf,
+    /// Leader heartbeat period.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: HumanDuration,
+    /// Base election timeout: a follower that hears no leader for this long starts an election.
+    #[serde(default = "default_election")]
+    pub election_timeout: HumanDuration,
+    /// Shared secret: peers without it are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// How long an admin write waits to commit before it is answered 503.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: HumanDuration,
+    /// Listeners on an unspecified address (0.0.0.0 or ::) bind this node's address instead, so one shared
+    /// configuration can serve nodes that each listen on their own IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_address: Option<std::net::IpAddr>,
+    /// Argument vector run when this node's leadership is confirmed by a quorum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_become_leader: Vec<String>,
+    /// Argument vector run when this node stops being a confirmed leader.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_lose_leadership: Vec<String>,
+    /// Time limit for each leader hook.
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout: HumanDuration,
+    /// Enables `POST /cluster/isolate`, which cuts this node off from its peers (for failure tests only).
+    #[serde(default)]
+    pub fault_injection: bool,
+}
+
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(100))
+}
+
+fn default_election() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1))
+}
+
+fn default_write_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
+}
+
+fn default_hook_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
 }
 
 /// What a request meets when its plugin is broken (trapped, timed out, crash-looping).

@@ -50,6 +50,19 @@ pub struct Config {
     pub anomaly: Option<portico_anomaly::AnomalyConfig>,
     /// The file as parsed, served (redacted) by `GET /config`.
     pub source: FileConfig,
+    /// Cluster membership, when the file has a `[cluster]` table.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Validated `[cluster]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// What the cluster crate needs.
+    pub settings: portico_cluster::ClusterSettings,
+    /// Replaces unspecified listener addresses on this node.
+    pub bind_address: Option<std::net::IpAddr>,
+    /// Whether `POST /cluster/isolate` is enabled.
+    pub fault_injection: bool,
 }
 
 /// Validated `[admin]`.
@@ -95,6 +108,8 @@ pub enum PluginSource {
     File(PathBuf),
     /// A module bundled in the binary, by name.
     Builtin(String),
+    /// A module replicated by the cluster (the same bytes on every node, whatever each node's disk holds).
+    Replicated(std::sync::Arc<portico_cluster::Module>),
 }
 
 /// Validated `[[plugin]]`.
@@ -180,6 +195,11 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigIssue>> {
             }
         }
     }
+    if let Some(cluster) = &mut config.cluster {
+        if cluster.settings.data_dir.is_relative() {
+            cluster.settings.data_dir = base.join(&cluster.settings.data_dir);
+        }
+    }
     config.path = Some(path.to_path_buf());
     Ok(config)
 }
@@ -226,6 +246,7 @@ impl Validator<'_> {
         let plugin_names: HashSet<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
         let listeners = self.listeners(&source, &upstream_names, &plugin_names);
         let anomaly = source.anomaly.clone().filter(|a| a.enabled);
+        let cluster = source.cluster.as_ref().and_then(|c| self.cluster(c));
         if let Some(a) = &anomaly {
             if let Err(e) = a.validate() {
                 self.issue::<()>("anomaly", None, e.to_string());
@@ -235,9 +256,69 @@ impl Validator<'_> {
             return Err(self.issues);
         }
         match admin {
-            Some(admin) => Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source }),
+            Some(admin) => Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source, cluster }),
             None => Err(self.issues),
         }
+    }
+
+    fn cluster(&mut self, c: &file::ClusterFile) -> Option<ClusterConfig> {
+        let listen = self.address("cluster.listen", &c.listen)?;
+        if listen.ip().is_unspecified() || listen.port() == 0 {
+            self.issue(
+                "cluster.listen",
+                Some(&c.listen),
+                "must be this node's reachable address and port: peers dial it",
+            );
+        }
+        if c.node_id == 0 {
+            self.issue::<()>("cluster.node_id", None, "must be at least 1");
+        }
+        let mut peers = std::collections::BTreeMap::new();
+        for (id, addr) in &c.peers {
+            match id.parse::<u64>() {
+                Ok(0) | Err(_) => {
+                    self.issue::<()>(format!("cluster.peers.{id}"), None, "a peer id must be a number ≥ 1")
+                }
+                Ok(n) if n == c.node_id => {
+                    self.issue::<()>(format!("cluster.peers.{id}"), None, "must not list this node itself")
+                }
+                Ok(n) => match resolve(addr) {
+                    Ok(_) => {
+                        peers.insert(n, addr.clone());
+                    }
+                    Err(message) => self.issue::<()>(format!("cluster.peers.{id}"), None, message),
+                },
+            }
+        }
+        let heartbeat = c.heartbeat_interval.0;
+        let election = c.election_timeout.0;
+        if heartbeat.is_zero() || election < heartbeat * 3 {
+            self.issue::<()>(
+                "cluster.election_timeout",
+                None,
+                format!("must be at least 3 × heartbeat_interval ({heartbeat:?}); 10 × is the usual rule"),
+            );
+        }
+        if c.token.as_deref() == Some("") {
+            self.issue::<()>("cluster.token", None, "must not be empty");
+        }
+        Some(ClusterConfig {
+            settings: portico_cluster::ClusterSettings {
+                node_id: c.node_id,
+                listen: c.listen.get_ref().clone(),
+                peers,
+                data_dir: c.data_dir.clone(),
+                heartbeat_interval: heartbeat,
+                election_timeout: election,
+                token: c.token.clone(),
+                write_timeout: c.write_timeout.0,
+                on_become_leader: c.on_become_leader.clone(),
+                on_lose_leadership: c.on_lose_leadership.clone(),
+                hook_timeout: c.hook_timeout.0,
+            },
+            bind_address: c.bind_address,
+            fault_injection: c.fault_injection,
+        })
     }
 
     fn admin(&mut self, source: &FileConfig) -> Option<AdminConfig> {
@@ -500,6 +581,11 @@ pub fn redacted(source: &FileConfig) -> FileConfig {
     let mut copy = source.clone();
     if copy.admin.token.is_some() {
         copy.admin.token = Some("<redacted>".into());
+    }
+    if let Some(cluster) = &mut copy.cluster {
+        if cluster.token.is_some() {
+            cluster.token = Some("<redacted>".into());
+        }
     }
     copy
 }

@@ -176,6 +176,12 @@ impl PluginSet {
         Ok(out)
     }
 
+    /// Compiles and starts `bytes` as `config` would run them, then drops the result: a cluster member checks an
+    /// upload this way before proposing it.
+    pub async fn check(&self, config: &PluginConfig, bytes: Vec<u8>) -> Result<(), PluginLoadError> {
+        self.load(config, bytes).await.map(drop)
+    }
+
     /// Compiles and starts a new version of `slot` from `bytes` and swaps it in when it started cleanly.
     pub async fn upload(&self, slot: &PluginSlot, bytes: Vec<u8>) -> Result<(), PluginLoadError> {
         let _guard = self.changing.lock().await;
@@ -237,6 +243,7 @@ impl PluginSet {
         spec.source = match &config.source {
             PluginSource::File(p) => p.display().to_string(),
             PluginSource::Builtin(n) => format!("builtin:{n}"),
+            PluginSource::Replicated(m) => format!("cluster:{}", m.sha256),
         };
         spec.config = config.configuration.clone();
         spec.root_id = config.root_id.clone();
@@ -272,6 +279,7 @@ async fn read_module(config: &PluginConfig) -> Result<(Vec<u8>, String, Option<S
             let bytes = tokio::fs::read(path).await.map_err(read)?;
             Ok((bytes, format!("file:{}", path.display()), modified))
         }
+        PluginSource::Replicated(module) => Ok((module.wasm.clone(), format!("cluster:{}", module.sha256), None)),
         PluginSource::Builtin(name) => match portico_plugins::builtin(name) {
             Some(bytes) => Ok((bytes.to_vec(), format!("builtin:{name}"), None)),
             None => Err(PluginLoadError::UnknownBuiltin {

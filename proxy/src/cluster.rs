@@ -1,0 +1,251 @@
+//! Portico as a member of a cluster: the glue between [`portico_cluster`] (Raft) and the running proxy.
+//!
+//! The replicated configuration is the config file without its node-local tables (`[admin]` and `[cluster]`:
+//! each node keeps its own). File-sourced plugins travel as module bytes, so every node runs the same modules
+//! whatever its disk holds. Admin writes become cluster commands: validated here first (a bad file or module is
+//! refused before anything is proposed), committed through the leader, and then applied by every node —
+//! including this one — through the same hot-reload path as a local reload.
+
+use crate::config::{self, Config, ConfigIssue, PluginSource};
+use crate::server::{Server, ServerError};
+use portico_cluster::{Applied, Cluster, ClusterError, ClusterState, Command, Module};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Node-local tables: never replicated, always this node's own.
+const LOCAL_TABLES: [&str; 2] = ["admin", "cluster"];
+
+/// This node's link to its cluster.
+#[derive(Debug)]
+pub struct ClusterLink {
+    /// The Raft member.
+    pub cluster: Arc<Cluster>,
+    /// This node's `[admin]` and `[cluster]` tables, put back into every replicated configuration.
+    local: toml::Table,
+    /// The local config file (the bootstrap, and what `POST /config/reload` proposes).
+    path: Option<PathBuf>,
+    /// The validated `[cluster]` of this node.
+    settings: config::ClusterConfig,
+    /// Highest log index whose state this node's proxy has applied (or refused).
+    applied: watch::Sender<u64>,
+}
+
+/// The configuration text with the node-local tables removed.
+pub fn shared_text(text: &str) -> Result<String, Vec<ConfigIssue>> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| issue("file", e.message()))?;
+    for key in LOCAL_TABLES {
+        table.remove(key);
+    }
+    toml::to_string(&table).map_err(|e| issue("file", &e.to_string()))
+}
+
+fn issue(key: &str, message: &str) -> Vec<ConfigIssue> {
+    vec![ConfigIssue { key: key.into(), line: None, message: message.trim().to_string() }]
+}
+
+/// Reads the module bytes of every file-sourced plugin, so they can be replicated with the configuration.
+pub async fn modules_of(config: &Config) -> Result<BTreeMap<String, Module>, Vec<ConfigIssue>> {
+    let mut modules = BTreeMap::new();
+    for plugin in &config.plugins {
+        match &plugin.source {
+            PluginSource::File(path) => {
+                let bytes = tokio::fs::read(path).await.map_err(|e| {
+                    issue(&format!("plugin {}", plugin.name), &format!("cannot read {}: {e}", path.display()))
+                })?;
+                modules.insert(plugin.name.clone(), Module::new(bytes));
+            }
+            PluginSource::Replicated(module) => {
+                modules.insert(plugin.name.clone(), module.as_ref().clone());
+            }
+            PluginSource::Builtin(_) => {}
+        }
+    }
+    Ok(modules)
+}
+
+/// The command that replaces the shared configuration with `config` (whose file text is `text`).
+pub async fn set_config_command(config: &Config, text: &str) -> Result<Command, Vec<ConfigIssue>> {
+    Ok(Command::SetConfig { config: shared_text(text)?, modules: modules_of(config).await? })
+}
+
+impl ClusterLink {
+    /// Links a started cluster member to the local configuration it was started from.
+    pub fn new(cluster: Arc<Cluster>, local_text: &str, local: &Config) -> Result<ClusterLink, Vec<ConfigIssue>> {
+        let table: toml::Table = local_text.parse().map_err(|e: toml::de::Error| issue("file", e.message()))?;
+        let local_tables = table.into_iter().filter(|(k, _)| LOCAL_TABLES.contains(&k.as_str())).collect();
+        let settings = local.cluster.clone().ok_or_else(|| issue("cluster", "missing [cluster] table"))?;
+        Ok(ClusterLink {
+            cluster,
+            local: local_tables,
+            path: local.path.clone(),
+            settings,
+            applied: watch::channel(0).0,
+        })
+    }
+
+    /// Whether `POST /cluster/isolate` is allowed on this node.
+    pub fn fault_injection(&self) -> bool {
+        self.settings.fault_injection
+    }
+
+    /// The configuration this node should run for `state`, or `None` while the cluster has none yet.
+    pub fn compose(&self, state: &ClusterState) -> Result<Option<Config>, Vec<ConfigIssue>> {
+        let Some(shared) = &state.config else { return Ok(None) };
+        self.compose_text(shared, state).map(Some)
+    }
+
+    fn compose_text(&self, shared: &str, state: &ClusterState) -> Result<Config, Vec<ConfigIssue>> {
+        let mut table: toml::Table =
+            shared.parse().map_err(|e: toml::de::Error| issue("cluster config", e.message()))?;
+        for key in LOCAL_TABLES {
+            table.remove(key);
+        }
+        table.extend(self.local.clone());
+        let text = toml::to_string(&table).map_err(|e| issue("cluster config", &e.to_string()))?;
+        let mut config = config::parse(&text)?;
+        let base = self.path.as_ref().and_then(|p| p.parent().map(|d| d.to_path_buf())).unwrap_or_default();
+        for plugin in &mut config.plugins {
+            if let Some(versions) = state.plugins.get(&plugin.name) {
+                plugin.source = PluginSource::Replicated(Arc::new(versions.current.clone()));
+            } else if let PluginSource::File(file) = &mut plugin.source {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
+        if let Some(ip) = self.settings.bind_address {
+            for listener in &mut config.listeners {
+                if listener.listen.ip().is_unspecified() {
+                    listener.listen = SocketAddr::new(ip, listener.listen.port());
+                }
+            }
+        }
+        config.cluster = Some(self.settings.clone());
+        config.path = self.path.clone();
+        Ok(config)
+    }
+
+    /// Commits `command` and waits (briefly) until this node's proxy has applied the result, so the caller
+    /// sees its own write.
+    pub async fn write(&self, command: Command) -> Result<Applied, ClusterError> {
+        let applied = self.cluster.write(command).await?;
+        let mut rx = self.applied.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|i| *i >= applied.index)).await;
+        Ok(applied)
+    }
+
+    /// Validates configuration text as this node would run it, including starting its plugins, and proposes
+    /// it. Nothing is proposed if anything fails.
+    pub async fn propose_config(&self, server: &Server, text: &str) -> Result<Applied, ServerError> {
+        let shared = shared_text(text).map_err(ServerError::Config)?;
+        let mut config = self.compose_text(&shared, &ClusterState::default()).map_err(ServerError::Config)?;
+        config.path = self.path.clone();
+        server.check_plugins(&config).await?;
+        let command = set_config_command(&config, text).await.map_err(ServerError::Config)?;
+        self.write(command).await.map_err(ServerError::Cluster)
+    }
+
+    /// Proposes the local config file (`POST /config/reload` and SIGHUP on a cluster member).
+    pub async fn propose_file(&self, server: &Server) -> Result<Applied, ServerError> {
+        let path = self.path.clone().ok_or(ServerError::NoFile)?;
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|e| ServerError::Config(issue(&path.display().to_string(), &format!("cannot read: {e}"))))?;
+        self.propose_config(server, &text).await
+    }
+}
+
+/// What the applier remembers of the last state it put into the proxy.
+#[derive(Default, PartialEq)]
+struct AppliedShape {
+    config: Option<String>,
+    modules: BTreeMap<String, String>,
+}
+
+/// Follows the cluster state for the life of the server and applies each change through the hot-reload path.
+/// A state this node cannot run (a certificate missing here, a port taken) is logged and the running
+/// configuration keeps serving; the next change tries again.
+pub async fn follow(server: Weak<Server>, link: Arc<ClusterLink>) {
+    let mut rx = link.cluster.subscribe();
+    let mut last = AppliedShape::default();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let Some(server) = server.upgrade() else { return };
+        apply(&server, &link, &state, &mut last).await;
+        link.applied.send_replace(state.applied_index);
+        drop(server);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn apply(server: &Server, link: &ClusterLink, state: &ClusterState, last: &mut AppliedShape) {
+    let shape = AppliedShape {
+        config: state.config.clone(),
+        modules: state.plugins.iter().map(|(k, v)| (k.clone(), v.current.sha256.clone())).collect(),
+    };
+    if shape != *last && shape.config.is_some() {
+        match link.compose(state) {
+            Ok(Some(config)) => match server.reload(config).await {
+                Ok(()) => tracing::info!(index = state.applied_index, "cluster configuration applied"),
+                Err(e) => {
+                    tracing::error!(index = state.applied_index, error = %e, "cluster configuration refused on this node; the running one keeps serving")
+                }
+            },
+            Ok(None) => {}
+            Err(issues) => {
+                tracing::error!(index = state.applied_index, issues = ?issues, "cluster configuration does not validate on this node")
+            }
+        }
+        *last = shape;
+    }
+    apply_endpoint_overrides(server, state);
+}
+
+fn apply_endpoint_overrides(server: &Server, state: &ClusterState) {
+    let snapshot = server.shared.snapshot.load();
+    for (key, o) in &state.endpoints {
+        let Some((upstream, endpoint)) = key.split_once('/') else { continue };
+        let Some(ep) = snapshot.upstreams.get(upstream).and_then(|u| u.endpoint(endpoint)) else { continue };
+        ep.set_drained(o.drained);
+        if let Some(w) = o.weight {
+            ep.set_weight(w);
+        }
+    }
+}
+
+/// Starts the cluster member described by `config` (read from `text`), then the proxy on the cluster's last
+/// known configuration (or the local file when the cluster has none yet), and keeps the two in step.
+pub async fn start_member(config: Config, text: &str, grace: Duration) -> Result<Arc<Server>, ServerError> {
+    let settings = config.cluster.clone().ok_or(ServerError::NoFile)?;
+    let bootstrap = set_config_command(&config, text).await.map_err(ServerError::Config)?;
+    let cluster = Cluster::start(settings.settings.clone(), Some(bootstrap)).await?;
+    let link = Arc::new(ClusterLink::new(cluster.clone(), text, &config).map_err(ServerError::Config)?);
+    let local = || {
+        shared_text(text)
+            .and_then(|shared| link.compose_text(&shared, &ClusterState::default()))
+            .unwrap_or(config.clone())
+    };
+    let initial = match link.compose(&cluster.state()) {
+        Ok(Some(replicated)) => {
+            tracing::info!(
+                index = cluster.state().applied_index,
+                "starting from the cluster's last known configuration"
+            );
+            replicated
+        }
+        Ok(None) => local(),
+        Err(issues) => {
+            tracing::error!(issues = ?issues, "the cluster's configuration does not validate here; starting from the local file");
+            local()
+        }
+    };
+    let server = Server::start(initial, grace).await?;
+    server.attach_cluster(link);
+    Ok(server)
+}
