@@ -381,7 +381,9 @@ async fn pump(
             }
             Err(stop) => {
                 let why = match stop {
-                    BodyStop::Respond(answer) => format!("a plugin answered {} after the response started", answer.status()),
+                    BodyStop::Respond(answer) => {
+                        format!("a plugin answered {} after the response started", answer.status())
+                    }
                     BodyStop::TooLarge => format!("plugins buffered more than {BODY_BUFFER_LIMIT} bytes"),
                 };
                 tracing::warn!(request_id, reason = %why, "aborting the response body");

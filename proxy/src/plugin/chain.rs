@@ -251,7 +251,11 @@ impl crate::body::BodyGuard for FilterChain {
 }
 
 /// Applies the plugin's failure policy: `Some(503)` when it fails closed, `None` to skip it.
-pub(super) fn failed(slot: &PluginSlot, failure: &PluginFailure, request_id: &str) -> Option<Response<crate::body::ResponseBody>> {
+pub(super) fn failed(
+    slot: &PluginSlot,
+    failure: &PluginFailure,
+    request_id: &str,
+) -> Option<Response<crate::body::ResponseBody>> {
     if slot.fail_closed() {
         tracing::warn!(plugin = %slot.config.name, kind = %failure.kind, error = %failure.message, request_id, "plugin failed; failing the request closed");
         Some(error_response(
