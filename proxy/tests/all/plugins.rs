@@ -488,3 +488,34 @@ async fn large_responses_stream_past_header_only_and_continuing_body_plugins() -
     assert!(filtered.body.ends_with(b"x!") && filtered.body.iter().filter(|b| **b == b'x').count() == size);
     Ok(())
 }
+
+#[tokio::test]
+async fn response_body_failures_and_oversized_bodies_get_json_errors() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let trap =
+        wat_plugin(&[], r#"(func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) unreachable)"#);
+    // PAUSE until the end of the body: holds all of it.
+    let hoard = wat_plugin(
+        &[],
+        r#"(func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.eqz (local.get 2)))"#,
+    );
+    let plugins = plugin_table(dir.path(), "trap", trap, "") + &plugin_table(dir.path(), "hoard", hoard, "");
+    let config = plugin_config(&[&app], &plugins, "\"trap\"") + &listener_table("hoard", "\"hoard\"");
+    let p = Portico::start(&config).await;
+
+    let failed = get(p.addr("web").await, "/").await?;
+    assert_eq!(failed.status, 503, "a trap before the response started fails it closed");
+    assert_eq!(failed.json()["error"], "plugin_failed");
+    assert_eq!(failed.header("content-type"), "application/json");
+
+    let small = send(p.addr("hoard").await, "POST", "/", &[], "fits").await?;
+    assert_eq!(small.status, 200);
+    assert_eq!(small.json()["body"], "fits");
+    let big = "y".repeat((1 << 20) + 1024);
+    let refused = send(p.addr("hoard").await, "POST", "/", &[], &big).await?;
+    assert_eq!(refused.status, 413);
+    assert_eq!(refused.json()["error"], "payload_too_large");
+    assert_eq!(app.hits(), 2, "the oversized body never reached the upstream");
+    Ok(())
+}
