@@ -1,7 +1,8 @@
 //! WebAssembly filters through a real Portico: a C plugin built with zig, header rewrites both ways, local
 //! answers, fail-closed and fail-open traps, routing and endpoint choice by plugin, hot swap by upload, by
 //! file change and by reload, refusal of bad modules, and rollback; body callbacks (rewrites both ways,
-//! buffering across chunks, body-based local answers, traps, streaming past the buffer limit).
+//! buffering across chunks, body-based local answers, traps, streaming past the buffer limit); an auth plugin
+//! that pauses on an HTTP callout to another upstream group.
 
 use crate::support::*;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ fn wat_plugin(strings: &[&str], body: &str) -> Vec<u8> {
   (import "env" "proxy_set_buffer_bytes" (func $set_buf (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_send_local_response"
     (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call"
+    (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 65536))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
@@ -517,5 +522,73 @@ async fn response_body_failures_and_oversized_bodies_get_json_errors() -> TestRe
     assert_eq!(refused.status, 413);
     assert_eq!(refused.json()["error"], "payload_too_large");
     assert_eq!(app.hits(), 2, "the oversized body never reached the upstream");
+    Ok(())
+}
+
+// ---- HTTP callouts ----
+
+/// `pairs` in the proxy-wasm map encoding, written as a WAT string (`\xx` escapes) with its byte length.
+fn wat_map(pairs: &[(&str, &str)]) -> (String, usize) {
+    let mut bytes = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        bytes.extend((k.len() as u32).to_le_bytes());
+        bytes.extend((v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        bytes.extend(k.as_bytes());
+        bytes.push(0);
+        bytes.extend(v.as_bytes());
+        bytes.push(0);
+    }
+    (bytes.iter().map(|b| format!("\\{b:02x}")).collect(), bytes.len())
+}
+
+#[tokio::test]
+async fn an_auth_plugin_pauses_on_a_callout_and_continues_or_refuses() -> TestResult {
+    let (app, auth) = (TestUpstream::start("app").await, TestUpstream::start("auth").await);
+    let dir = tempfile::tempdir()?;
+    let (map, map_len) = wat_map(&[(":method", "GET"), (":path", "/check"), (":authority", "auth")]);
+    // Request headers: ask the "auth" upstream group and PAUSE. Callout answer: 200 continues the request,
+    // anything else (or a failed call, with no headers) answers 401 "denied".
+    let module = wat_plugin(
+        &["auth", ":status", "200", "denied", &map],
+        &format!(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (call $http_call (i32.const 1024) (i32.const 4) (i32.const 1280) (i32.const {map_len}) (i32.const 0)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 5000) (i32.const 200))
+      (then unreachable))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (if (i32.and
+          (i32.eqz (call $get_hdr (i32.const 6) (i32.const 1088) (i32.const 7) (i32.const 100) (i32.const 104)))
+          (i32.and
+            (i32.eq (i32.load (i32.const 104)) (i32.const 3))
+            (i32.eq (i32.and (i32.load (i32.load (i32.const 100))) (i32.const 0xffffff))
+                    (i32.and (i32.load (i32.const 1152)) (i32.const 0xffffff)))))
+      (then (drop (call $continue (i32.const 0))))
+      (else (drop (call $local (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 1216) (i32.const 6)
+              (i32.const 0) (i32.const 0) (i32.const -1))))))"#
+        ),
+    );
+    let plugins = plugin_table(dir.path(), "authz", module, "")
+        + &format!("\n[[upstream]]\nname = \"auth\"\nendpoints = [\"{}\"]\n", auth.addr);
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"authz\"")).await;
+    let web = p.addr("web").await;
+
+    let allowed = get(web, "/resource").await?;
+    assert_eq!(allowed.status, 200, "{:?}", allowed.body);
+    assert_eq!(allowed.header("x-upstream"), "app");
+    assert_eq!((auth.hits(), app.hits()), (1, 1));
+
+    auth.set(Behavior::Status(403));
+    let denied = get(web, "/resource").await?;
+    assert_eq!(denied.status, 401);
+    assert_eq!(&denied.body[..], b"denied");
+    assert_eq!((auth.hits(), app.hits()), (2, 1), "a refused request never reaches the app");
+
+    auth.kill();
+    let unreachable = get(web, "/resource").await?;
+    assert_eq!(unreachable.status, 401, "a failed callout (no headers) is refused too");
+    assert_eq!(app.hits(), 1);
     Ok(())
 }
