@@ -592,3 +592,32 @@ async fn an_auth_plugin_pauses_on_a_callout_and_continues_or_refuses() -> TestRe
     assert_eq!(app.hits(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_trap_after_the_response_started_aborts_the_body_or_is_skipped() -> TestResult {
+    let app = TestUpstream::start_with("app", Behavior::Large(4 << 20)).await;
+    let dir = tempfile::tempdir()?;
+    // Passes chunks on as they come, then traps on the last one: by then the headers are out.
+    let late_trap = || {
+        wat_plugin(
+            &[],
+            r#"(func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+    (if (local.get 2) (then unreachable))
+    (i32.const 0))"#,
+        )
+    };
+    let plugins = plugin_table(dir.path(), "strict", late_trap(), "")
+        + &plugin_table(dir.path(), "lenient", late_trap(), "fail = \"open\"\n");
+    let config = plugin_config(&[&app], &plugins, "\"strict\"") + &listener_table("open", "\"lenient\"");
+    let p = Portico::start(&config).await;
+    let aborted = get(p.addr("web").await, "/big").await;
+    assert!(
+        aborted.is_err(),
+        "the client must see a broken body, not a clean short one: {:?}",
+        aborted.as_ref().map(|a| (a.status, a.body.len()))
+    );
+    let skipped = get(p.addr("open").await, "/big").await?;
+    assert_eq!(skipped.status, 200);
+    assert_eq!(skipped.body.len(), 4 << 20);
+    Ok(())
+}
