@@ -462,7 +462,7 @@ async fn a_trap_in_a_body_callback_fails_closed_or_open() -> TestResult {
 
 #[tokio::test]
 async fn large_responses_stream_past_header_only_and_continuing_body_plugins() -> TestResult {
-    let size = 4 << 20; // four times the plugins' body buffer limit
+    let size = 2 << 20; // twice the plugins' body buffer limit
     let app = TestUpstream::start_with("app", Behavior::Large(size)).await;
     let dir = tempfile::tempdir()?;
     // Lets every chunk through at once and appends "!" to the last one.
@@ -490,7 +490,7 @@ async fn large_responses_stream_past_header_only_and_continuing_body_plugins() -
     assert_eq!(filtered.header("x-wat"), "seen");
     assert_eq!(filtered.header("content-length"), "", "a streamed, filtered body has no length up front");
     assert_eq!(filtered.body.len(), size + 1);
-    assert!(filtered.body.ends_with(b"x!") && filtered.body.iter().filter(|b| **b == b'x').count() == size);
+    assert!(filtered.body.ends_with(b"x!") && filtered.body[..size].iter().all(|b| *b == b'x'));
     Ok(())
 }
 
@@ -595,7 +595,7 @@ async fn an_auth_plugin_pauses_on_a_callout_and_continues_or_refuses() -> TestRe
 
 #[tokio::test]
 async fn a_trap_after_the_response_started_aborts_the_body_or_is_skipped() -> TestResult {
-    let app = TestUpstream::start_with("app", Behavior::Large(4 << 20)).await;
+    let app = TestUpstream::start_with("app", Behavior::Large(2 << 20)).await;
     let dir = tempfile::tempdir()?;
     // Passes chunks on as they come, then traps on the last one: by then the headers are out.
     let late_trap = || {
@@ -618,6 +618,6 @@ async fn a_trap_after_the_response_started_aborts_the_body_or_is_skipped() -> Te
     );
     let skipped = get(p.addr("open").await, "/big").await?;
     assert_eq!(skipped.status, 200);
-    assert_eq!(skipped.body.len(), 4 << 20);
+    assert_eq!(skipped.body.len(), 2 << 20);
     Ok(())
 }
