@@ -351,6 +351,22 @@ pub struct Plugin {
     broken: AtomicBool,
     pending: Mutex<Vec<Pending>>,
     has_pending: AtomicBool,
+    body_callbacks: BodyCallbacks,
+}
+
+/// Which body callbacks the module exports, read once from its export section, so the proxy can keep bodies
+/// streaming untouched through plugins that only look at headers.
+#[derive(Debug, Clone, Copy, Default)]
+struct BodyCallbacks {
+    request: bool,
+    response: bool,
+}
+
+impl BodyCallbacks {
+    fn of(module: &wasmtime::Module) -> Self {
+        let exported = |name: &str| module.get_export(name).is_some_and(|e| e.func().is_some());
+        BodyCallbacks { request: exported("proxy_on_request_body"), response: exported("proxy_on_response_body") }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -465,6 +481,7 @@ impl Plugin {
             broken: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
+            body_callbacks: BodyCallbacks::of(&module.module),
         });
         for i in 0..n {
             let mut slot = plugin.slots[i].lock();
@@ -633,6 +650,17 @@ impl Plugin {
     /// with the known SDKs. Worth showing in the admin API next to the plugin.
     pub fn unknown_imports(&self) -> &[String] {
         &self.unknown_imports
+    }
+
+    /// Whether the module exports `proxy_on_request_body`. The proxy runs request bodies through
+    /// [`HttpStream::on_request_body`] only for such plugins; for the others the body streams untouched.
+    pub fn handles_request_body(&self) -> bool {
+        self.body_callbacks.request
+    }
+
+    /// Whether the module exports `proxy_on_response_body` (see [`Plugin::handles_request_body`]).
+    pub fn handles_response_body(&self) -> bool {
+        self.body_callbacks.response
     }
 
     /// Number of instances in the pool.
@@ -1129,6 +1157,17 @@ impl HttpStream {
     /// Current response headers as the plugin left them.
     pub fn response_headers(&mut self) -> Result<HeaderMap, PluginFailure> {
         self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.response_headers.clone()))
+    }
+
+    /// The request body as the plugin left it: re-read after a body callback that paused at end of stream was
+    /// resumed, since the plugin may have replaced it (`proxy_set_buffer_bytes`) from another callback.
+    pub fn request_body(&mut self) -> Result<Bytes, PluginFailure> {
+        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.request_body.clone()))
+    }
+
+    /// The response body as the plugin left it (see [`HttpStream::request_body`]).
+    pub fn response_body(&mut self) -> Result<Bytes, PluginFailure> {
+        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.response_body.clone()))
     }
 
     /// Request headers callback plus, on `Pause`, waiting for the resumption; returns Continue (with `headers`

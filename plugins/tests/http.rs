@@ -95,6 +95,8 @@ fn body_read_and_rewrite() {
         body,
     );
     let (p, _) = load(&e, spec("body", text)).unwrap();
+    assert!(p.handles_request_body(), "the export section names proxy_on_request_body");
+    assert!(!p.handles_response_body(), "no proxy_on_response_body export");
     let (info, mut h) = request("/");
     let mut s = p.new_stream(info).unwrap();
     s.on_request_headers(&mut h, false).unwrap();
@@ -103,6 +105,7 @@ fn body_read_and_rewrite() {
     let mut b = Bytes::from_static(b"hello world");
     assert_eq!(s.on_request_body(&mut b, true).unwrap(), FilterAction::Continue);
     assert_eq!(b, Bytes::from_static(b"HELLO world"));
+    assert_eq!(s.request_body().unwrap(), Bytes::from_static(b"HELLO world"), "the stream keeps the rewrite");
 }
 
 #[test]

@@ -57,6 +57,22 @@ pub trait BodyGuard: Send + Sync + 'static {
     fn finish(&mut self, ok: bool);
 }
 
+/// Why a response body was cut short after its headers were sent (a plugin failed or refused mid-body, or the
+/// upstream body broke while plugins filtered it). The client sees the stream reset, never a clean short body.
+#[derive(Debug)]
+pub struct BodyAborted(pub String);
+
+impl std::fmt::Display for BodyAborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "response body aborted: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyAborted {}
+
+/// The error of a [`ResponseBody`]: hyper's, or a [`BodyAborted`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What Portico sends to the client.
 pub enum ResponseBody {
     /// Streamed from the upstream, with whatever must be released when it ends.
@@ -65,6 +81,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// An open-ended local stream (server-sent events); ends when the sender is dropped.
     Channel(tokio::sync::mpsc::Receiver<Bytes>),
+    /// An upstream body after the plugins' body callbacks, fed by the task that runs them; an `Err` aborts it.
+    Filtered(tokio::sync::mpsc::Receiver<Result<Bytes, BodyAborted>>),
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -73,6 +91,7 @@ impl std::fmt::Debug for ResponseBody {
             ResponseBody::Upstream(..) => f.write_str("ResponseBody::Upstream"),
             ResponseBody::Full(b) => write!(f, "ResponseBody::Full({:?})", b.as_ref().map(Bytes::len)),
             ResponseBody::Channel(_) => f.write_str("ResponseBody::Channel"),
+            ResponseBody::Filtered(_) => f.write_str("ResponseBody::Filtered"),
         }
     }
 }
@@ -83,7 +102,7 @@ impl ResponseBody {
     pub fn guard_slot(&mut self) -> Option<&mut Option<Box<dyn BodyGuard>>> {
         match self {
             ResponseBody::Upstream(_, guard) => Some(guard),
-            ResponseBody::Full(_) | ResponseBody::Channel(_) => None,
+            ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(_) => None,
         }
     }
 
@@ -100,9 +119,9 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Upstream(incoming, guard) => {
                 let polled = Pin::new(&mut *incoming).poll_frame(cx);
@@ -112,12 +131,15 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(_))) if incoming.is_end_stream() => finish(guard, true),
                     _ => {}
                 }
-                polled
+                polled.map_err(BoxError::from)
             }
             ResponseBody::Full(bytes) => {
                 Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))
             }
             ResponseBody::Channel(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Filtered(rx) => {
+                rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data).map_err(BoxError::from)))
+            }
         }
     }
 
@@ -125,7 +147,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(incoming, _) => incoming.is_end_stream(),
             ResponseBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
-            ResponseBody::Channel(_) => false,
+            ResponseBody::Channel(_) | ResponseBody::Filtered(_) => false,
         }
     }
 
@@ -133,7 +155,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(incoming, _) => incoming.size_hint(),
             ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            ResponseBody::Channel(_) => SizeHint::default(),
+            ResponseBody::Channel(_) | ResponseBody::Filtered(_) => SizeHint::default(),
         }
     }
 }

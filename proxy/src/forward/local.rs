@@ -21,6 +21,10 @@ pub enum LocalError {
     UpstreamTimeout,
     /// 404: no route (no upstream for this request).
     NoRoute,
+    /// 413: the request body is larger than plugins may buffer.
+    PayloadTooLarge,
+    /// 408: the request body did not arrive in time while plugins needed all of it.
+    RequestTimeout,
 }
 
 impl LocalError {
@@ -33,6 +37,8 @@ impl LocalError {
             LocalError::NoHealthyUpstream | LocalError::PluginFailed => StatusCode::SERVICE_UNAVAILABLE,
             LocalError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             LocalError::NoRoute => StatusCode::NOT_FOUND,
+            LocalError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            LocalError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -46,6 +52,8 @@ impl LocalError {
             LocalError::PluginFailed => "plugin_failed",
             LocalError::UpstreamTimeout => "upstream_timeout",
             LocalError::NoRoute => "no_route",
+            LocalError::PayloadTooLarge => "payload_too_large",
+            LocalError::RequestTimeout => "request_timeout",
         }
     }
 }
@@ -65,7 +73,8 @@ pub fn error_response(error: LocalError, detail: &str, request_id: &str) -> Resp
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(super::headers::X_REQUEST_ID.clone(), v);
     }
-    if error == LocalError::BadRequest {
+    // The rest of an unread request body would be taken for the next request: close instead.
+    if matches!(error, LocalError::BadRequest | LocalError::PayloadTooLarge | LocalError::RequestTimeout) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response

@@ -1,5 +1,6 @@
 //! Reverse proxying: pick an endpoint, forward the request with its body streamed, retry idempotent bodiless
-//! requests on another endpoint within the retry budget, and feed passive outlier detection.
+//! requests on another endpoint within the retry budget, and feed passive outlier detection. Plugins with
+//! body callbacks see the bodies on the way (see [`crate::plugin::body`]).
 
 use super::headers::{self, ForwardedFor};
 use super::local::{error_response, LocalError};
@@ -7,6 +8,7 @@ use super::{tunnel, RequestMeta};
 use crate::body::{BodyGuard, RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
 use crate::metrics::status_class;
+use crate::plugin::body::{self, BodyPipe, Direction};
 use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
 use crate::server::Shared;
@@ -54,9 +56,23 @@ pub async fn handle(
         return logged(finish(shared, listener, "", answer, meta), chain);
     };
     drop(snapshot);
+    let timeout = upstream.request_timeout();
+    let body = match body::filter_request_body(&mut chain, &mut parts, body, timeout, &meta.request_id).await {
+        Ok(body) => body,
+        Err(answer) => return logged(finish(shared, listener, upstream.name(), answer, meta), chain),
+    };
     let response = proxy(shared, conn, &upstream, Request::from_parts(parts, body), meta, &mut chain).await;
     let response = chain.response_headers(response, &meta.request_id).await;
-    logged(finish(shared, listener, upstream.name(), response, meta), chain)
+    if http_body::Body::is_end_stream(response.body()) {
+        return logged(finish(shared, listener, upstream.name(), response, meta), chain);
+    }
+    match BodyPipe::new(&chain, Direction::Response, timeout) {
+        Some(pipe) => {
+            let response = body::filter_response_body(chain, pipe, response, &meta.request_id).await;
+            finish(shared, listener, upstream.name(), response, meta)
+        }
+        None => logged(finish(shared, listener, upstream.name(), response, meta), chain),
+    }
 }
 
 /// Runs the chain's `on_log` when the response body has been sent (or now, for a body already complete).
@@ -129,7 +145,7 @@ async fn proxy(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     upstream: &Arc<Upstream>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     meta: &RequestMeta,
     chain: &mut FilterChain,
 ) -> Response<ResponseBody> {
@@ -162,7 +178,7 @@ async fn proxy(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let bodiless = body.is_end_stream();
     let retryable = bodiless && is_idempotent(&parts.method) && !upgrade;
-    let mut body = Some(if bodiless { RequestBody::empty() } else { RequestBody::Stream(body) });
+    let mut body = Some(if bodiless { RequestBody::empty() } else { body });
     let version = match upstream.config.protocol {
         crate::config::UpstreamProtocol::H2 => Version::HTTP_2,
         crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,

@@ -21,9 +21,9 @@ use std::time::{Instant, SystemTime};
 pub type Refusal = Box<Response<crate::body::ResponseBody>>;
 
 /// One plugin's part in a request.
-struct Link {
-    slot: Arc<PluginSlot>,
-    stream: HttpStream,
+pub(super) struct Link {
+    pub(super) slot: Arc<PluginSlot>,
+    pub(super) stream: HttpStream,
 }
 
 /// What the request path does after a chain phase.
@@ -37,7 +37,7 @@ pub enum Verdict {
 /// The streams of one request, in filter order.
 #[derive(Default)]
 pub struct FilterChain {
-    links: Vec<Link>,
+    pub(super) links: Vec<Link>,
 }
 
 impl std::fmt::Debug for FilterChain {
@@ -251,7 +251,11 @@ impl crate::body::BodyGuard for FilterChain {
 }
 
 /// Applies the plugin's failure policy: `Some(503)` when it fails closed, `None` to skip it.
-fn failed(slot: &PluginSlot, failure: &PluginFailure, request_id: &str) -> Option<Response<crate::body::ResponseBody>> {
+pub(super) fn failed(
+    slot: &PluginSlot,
+    failure: &PluginFailure,
+    request_id: &str,
+) -> Option<Response<crate::body::ResponseBody>> {
     if slot.fail_closed() {
         tracing::warn!(plugin = %slot.config.name, kind = %failure.kind, error = %failure.message, request_id, "plugin failed; failing the request closed");
         Some(error_response(
@@ -265,14 +269,16 @@ fn failed(slot: &PluginSlot, failure: &PluginFailure, request_id: &str) -> Optio
     }
 }
 
-fn closed(slot: &PluginSlot, request_id: &str) -> Response<crate::body::ResponseBody> {
+/// The answer when a plugin closed the stream (`proxy_close_stream`): 503 and the connection closes.
+pub(super) fn closed(slot: &PluginSlot, request_id: &str) -> Response<crate::body::ResponseBody> {
     let mut answer =
         error_response(LocalError::PluginFailed, &format!("plugin {} closed the stream", slot.config.name), request_id);
     answer.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     answer
 }
 
-fn local_answer(local: LocalResponse, request_id: &str) -> Response<crate::body::ResponseBody> {
+/// A plugin's `proxy_send_local_response`, with the request id.
+pub(super) fn local_answer(local: LocalResponse, request_id: &str) -> Response<crate::body::ResponseBody> {
     let mut answer = Response::new(crate::body::ResponseBody::full(Bytes::clone(&local.body)));
     *answer.status_mut() = StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in &local.headers {

@@ -5,6 +5,7 @@
 //! version before it. A request takes the current version once, when its filter chain starts, so a swap never
 //! changes the plugin under an in-flight request; the old version is dropped when its last request ends.
 
+pub mod body;
 pub mod chain;
 pub mod services;
 

@@ -1,6 +1,8 @@
 //! WebAssembly filters through a real Portico: a C plugin built with zig, header rewrites both ways, local
 //! answers, fail-closed and fail-open traps, routing and endpoint choice by plugin, hot swap by upload, by
-//! file change and by reload, refusal of bad modules, and rollback.
+//! file change and by reload, refusal of bad modules, and rollback; body callbacks (rewrites both ways,
+//! buffering across chunks, body-based local answers, traps, streaming past the buffer limit); an auth plugin
+//! that pauses on an HTTP callout to another upstream group.
 
 use crate::support::*;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,14 @@ fn wat_plugin(strings: &[&str], body: &str) -> Vec<u8> {
         r#"(module
   (import "env" "proxy_set_property" (func $set_prop (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_add_header_map_value" (func $add_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get_buf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $set_buf (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_send_local_response"
+    (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_http_call"
+    (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 65536))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
@@ -263,5 +273,351 @@ async fn hot_swaps_under_concurrent_load_fail_no_request() -> TestResult {
         versions.extend(seen);
     }
     assert!(versions.contains("v0") && versions.contains("v6"), "served by {versions:?}");
+    Ok(())
+}
+
+// ---- body callbacks ----
+
+/// A module whose body callback (`proxy_on_request_body` or `proxy_on_response_body`) waits for the whole body
+/// (PAUSE until end of stream) and then replaces it with `replacement`.
+fn body_replacing_plugin(callback: &str, buffer: u32, replacement: &str) -> Vec<u8> {
+    wat_plugin(
+        &[replacement],
+        &format!(
+            r#"(func (export "{callback}") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (if (call $set_buf (i32.const {buffer}) (i32.const 0) (local.get $size) (i32.const 1024) (i32.const {len}))
+      (then unreachable))
+    (i32.const 0))"#,
+            len = replacement.len()
+        ),
+    )
+}
+
+/// Writes `module` into `dir` and returns a `[[plugin]]` table for it.
+fn plugin_table(dir: &Path, name: &str, module: Vec<u8>, extra: &str) -> String {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, module).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    format!("\n[[plugin]]\nname = \"{name}\"\nwasm = \"{}\"\n{extra}", path.display())
+}
+
+/// A second listener in front of `app` with its own filters.
+fn listener_table(name: &str, filters: &str) -> String {
+    format!("\n[[listener]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\nfilters = [{filters}]\n")
+}
+
+#[tokio::test]
+async fn a_request_body_rewrite_reaches_the_upstream_with_its_new_length() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let new_body = "a much longer body chosen by the plugin";
+    let plugins = plugin_table(dir.path(), "rewrite", body_replacing_plugin("proxy_on_request_body", 0, new_body), "");
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"rewrite\"")).await;
+    let answer = send(p.addr("web").await, "POST", "/upload", &[], "hello").await?;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let echo = answer.json();
+    assert_eq!(echo["body"], new_body);
+    assert_eq!(echo["body_len"], new_body.len());
+    assert_eq!(echo["headers"]["content-length"], new_body.len().to_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_response_body_rewrite_reaches_the_client_with_its_new_length() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let new_body = "short";
+    let plugins = plugin_table(dir.path(), "rewrite", body_replacing_plugin("proxy_on_response_body", 1, new_body), "");
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"rewrite\"")).await;
+    let answer = get(p.addr("web").await, "/").await?;
+    assert_eq!(answer.status, 200);
+    assert_eq!(&answer.body[..], new_body.as_bytes());
+    assert_eq!(answer.header("content-length"), new_body.len().to_string());
+    assert_eq!(app.hits(), 1);
+    Ok(())
+}
+
+/// POSTs `chunks` with chunked encoding, one write each with a pause between, on a fresh connection; returns
+/// the status and the body of the answer.
+async fn chunked_post(addr: std::net::SocketAddr, chunks: &[&str]) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let head = "POST /chunks HTTP/1.1\r\nhost: test.local\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    for chunk in chunks.iter().map(|c| format!("{:x}\r\n{c}\r\n", c.len())).chain(["0\r\n\r\n".to_string()]) {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        stream.write_all(chunk.as_bytes()).await.map_err(|e| e.to_string())?;
+    }
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no response head in {text:?}"))?;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad head {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+#[tokio::test]
+async fn a_pausing_plugin_sees_the_buffer_grow_chunk_by_chunk() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    // PAUSE until the end; every call before it must see a strictly larger buffer (else trap -> 503). At the
+    // end it prepends the number of calls it got, as a digit.
+    let module = wat_plugin(
+        &[],
+        r#"(global $calls (mut i32) (i32.const 0))
+  (global $last (mut i32) (i32.const 0))
+  (func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (if (i32.eqz (local.get $eos)) (then
+      (if (i32.le_s (local.get $size) (global.get $last)) (then unreachable))
+      (global.set $last (local.get $size))
+      (return (i32.const 1))))
+    (i32.store8 (i32.const 2000) (i32.add (i32.const 48) (global.get $calls)))
+    (if (call $set_buf (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 2000) (i32.const 1)) (then unreachable))
+    (global.set $calls (i32.const 0))
+    (global.set $last (i32.const 0))
+    (i32.const 0))"#,
+    );
+    let plugins = plugin_table(dir.path(), "buffer", module, "");
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"buffer\"")).await;
+    let (status, body) = chunked_post(p.addr("web").await, &["one-", "two-", "three"]).await?;
+    assert_eq!(status, 200, "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body)?;
+    let seen = echo["body"].as_str().unwrap_or_default();
+    assert!(seen.ends_with("one-two-three") && seen.len() == 14, "upstream saw {seen:?}");
+    let calls = seen.as_bytes()[0] - b'0';
+    assert!(calls >= 3, "the plugin was called {calls} times for three chunks");
+    assert_eq!(echo["headers"]["content-length"], "14");
+    assert!(echo["headers"]["transfer-encoding"].is_null(), "{echo}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_body_inspecting_plugin_answers_locally() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    // A tiny WAF: at the end of the body, a 403 "rejected" if the body contains "evil".
+    let module = wat_plugin(
+        &["evil", "rejected"],
+        r#"(func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (local $p i32) (local $n i32) (local $i i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (if (call $get_buf (i32.const 0) (i32.const 0) (local.get $size) (i32.const 100) (i32.const 104))
+      (then (return (i32.const 0))))
+    (local.set $p (i32.load (i32.const 100)))
+    (local.set $n (i32.load (i32.const 104)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.gt_u (i32.add (local.get $i) (i32.const 4)) (local.get $n)))
+        (if (i32.eq (i32.load (i32.add (local.get $p) (local.get $i))) (i32.load (i32.const 1024)))
+          (then
+            (drop (call $local (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 1088) (i32.const 8)
+              (i32.const 0) (i32.const 0) (i32.const -1)))
+            (return (i32.const 1))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (i32.const 0))"#,
+    );
+    let plugins = plugin_table(dir.path(), "waf", module, "");
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"waf\"")).await;
+    let web = p.addr("web").await;
+    let rejected = send(web, "POST", "/", &[], "some perfectly evil payload").await?;
+    assert_eq!(rejected.status, 403);
+    assert_eq!(&rejected.body[..], b"rejected");
+    assert_eq!(app.hits(), 0, "a rejected body never reaches the upstream");
+    let (status, _) = chunked_post(web, &["ev", "il"]).await?;
+    assert_eq!(status, 403, "split across chunks, the buffered body still matches");
+    let passed = send(web, "POST", "/", &[], "a good payload").await?;
+    assert_eq!(passed.status, 200);
+    assert_eq!(passed.json()["body"], "a good payload");
+    assert_eq!(app.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trap_in_a_body_callback_fails_closed_or_open() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let trap =
+        || wat_plugin(&[], r#"(func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) unreachable)"#);
+    let plugins = plugin_table(dir.path(), "strict", trap(), "")
+        + &plugin_table(dir.path(), "lenient", trap(), "fail = \"open\"\n");
+    let config = plugin_config(&[&app], &plugins, "\"strict\"") + &listener_table("open", "\"lenient\"");
+    let p = Portico::start(&config).await;
+    for _ in 0..3 {
+        let closed = send(p.addr("web").await, "POST", "/", &[], "original body").await?;
+        assert_eq!(closed.status, 503);
+        assert_eq!(closed.json()["error"], "plugin_failed");
+        assert!(closed.json()["detail"].as_str().unwrap_or("").contains("strict"), "{:?}", closed.body);
+        let open = send(p.addr("open").await, "POST", "/", &[], "original body").await?;
+        assert_eq!(open.status, 200, "fail = open skips the broken plugin");
+        assert_eq!(open.json()["body"], "original body");
+    }
+    assert_eq!(app.hits(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn large_responses_stream_past_header_only_and_continuing_body_plugins() -> TestResult {
+    let size = 2 << 20; // twice the plugins' body buffer limit
+    let app = TestUpstream::start_with("app", Behavior::Large(size)).await;
+    let dir = tempfile::tempdir()?;
+    // Lets every chunk through at once and appends "!" to the last one.
+    let appending = wat_plugin(
+        &["!"],
+        r#"(func (export "proxy_on_response_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (if (local.get $eos)
+      (then (if (call $set_buf (i32.const 1) (local.get $size) (i32.const 0) (i32.const 1024) (i32.const 1))
+        (then unreachable))))
+    (i32.const 0))"#,
+    );
+    let plugins = plugin_table(dir.path(), "mark", marking_plugin("seen"), "")
+        + &plugin_table(dir.path(), "append", appending, "");
+    let config = plugin_config(&[&app], &plugins, "\"mark\"") + &listener_table("bodies", "\"append\", \"mark\"");
+    let p = Portico::start(&config).await;
+
+    let plain = get(p.addr("web").await, "/big").await?;
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("x-wat"), "seen");
+    assert_eq!(plain.header("content-length"), size.to_string(), "a header-only plugin leaves the body alone");
+    assert_eq!(plain.body.len(), size);
+
+    let filtered = get(p.addr("bodies").await, "/big").await?;
+    assert_eq!(filtered.status, 200);
+    assert_eq!(filtered.header("x-wat"), "seen");
+    assert_eq!(filtered.header("content-length"), "", "a streamed, filtered body has no length up front");
+    assert_eq!(filtered.body.len(), size + 1);
+    assert!(filtered.body.ends_with(b"x!") && filtered.body[..size].iter().all(|b| *b == b'x'));
+    Ok(())
+}
+
+#[tokio::test]
+async fn response_body_failures_and_oversized_bodies_get_json_errors() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let trap =
+        wat_plugin(&[], r#"(func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) unreachable)"#);
+    // PAUSE until the end of the body: holds all of it.
+    let hoard = wat_plugin(
+        &[],
+        r#"(func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.eqz (local.get 2)))"#,
+    );
+    let plugins = plugin_table(dir.path(), "trap", trap, "") + &plugin_table(dir.path(), "hoard", hoard, "");
+    let config = plugin_config(&[&app], &plugins, "\"trap\"") + &listener_table("hoard", "\"hoard\"");
+    let p = Portico::start(&config).await;
+
+    let failed = get(p.addr("web").await, "/").await?;
+    assert_eq!(failed.status, 503, "a trap before the response started fails it closed");
+    assert_eq!(failed.json()["error"], "plugin_failed");
+    assert_eq!(failed.header("content-type"), "application/json");
+
+    let small = send(p.addr("hoard").await, "POST", "/", &[], "fits").await?;
+    assert_eq!(small.status, 200);
+    assert_eq!(small.json()["body"], "fits");
+    let big = "y".repeat((1 << 20) + 1024);
+    let refused = send(p.addr("hoard").await, "POST", "/", &[], &big).await?;
+    assert_eq!(refused.status, 413);
+    assert_eq!(refused.json()["error"], "payload_too_large");
+    assert_eq!(app.hits(), 2, "the oversized body never reached the upstream");
+    Ok(())
+}
+
+// ---- HTTP callouts ----
+
+/// `pairs` in the proxy-wasm map encoding, written as a WAT string (`\xx` escapes) with its byte length.
+fn wat_map(pairs: &[(&str, &str)]) -> (String, usize) {
+    let mut bytes = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        bytes.extend((k.len() as u32).to_le_bytes());
+        bytes.extend((v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        bytes.extend(k.as_bytes());
+        bytes.push(0);
+        bytes.extend(v.as_bytes());
+        bytes.push(0);
+    }
+    (bytes.iter().map(|b| format!("\\{b:02x}")).collect(), bytes.len())
+}
+
+#[tokio::test]
+async fn an_auth_plugin_pauses_on_a_callout_and_continues_or_refuses() -> TestResult {
+    let (app, auth) = (TestUpstream::start("app").await, TestUpstream::start("auth").await);
+    let dir = tempfile::tempdir()?;
+    let (map, map_len) = wat_map(&[(":method", "GET"), (":path", "/check"), (":authority", "auth")]);
+    // Request headers: ask the "auth" upstream group and PAUSE. Callout answer: 200 continues the request,
+    // anything else (or a failed call, with no headers) answers 401 "denied".
+    let module = wat_plugin(
+        &["auth", ":status", "200", "denied", &map],
+        &format!(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (call $http_call (i32.const 1024) (i32.const 4) (i32.const 1280) (i32.const {map_len}) (i32.const 0)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 5000) (i32.const 200))
+      (then unreachable))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (if (i32.and
+          (i32.eqz (call $get_hdr (i32.const 6) (i32.const 1088) (i32.const 7) (i32.const 100) (i32.const 104)))
+          (i32.and
+            (i32.eq (i32.load (i32.const 104)) (i32.const 3))
+            (i32.eq (i32.and (i32.load (i32.load (i32.const 100))) (i32.const 0xffffff))
+                    (i32.and (i32.load (i32.const 1152)) (i32.const 0xffffff)))))
+      (then (drop (call $continue (i32.const 0))))
+      (else (drop (call $local (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 1216) (i32.const 6)
+              (i32.const 0) (i32.const 0) (i32.const -1))))))"#
+        ),
+    );
+    let plugins = plugin_table(dir.path(), "authz", module, "")
+        + &format!("\n[[upstream]]\nname = \"auth\"\nendpoints = [\"{}\"]\n", auth.addr);
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"authz\"")).await;
+    let web = p.addr("web").await;
+
+    let allowed = get(web, "/resource").await?;
+    assert_eq!(allowed.status, 200, "{:?}", allowed.body);
+    assert_eq!(allowed.header("x-upstream"), "app");
+    assert_eq!((auth.hits(), app.hits()), (1, 1));
+
+    auth.set(Behavior::Status(403));
+    let denied = get(web, "/resource").await?;
+    assert_eq!(denied.status, 401);
+    assert_eq!(&denied.body[..], b"denied");
+    assert_eq!((auth.hits(), app.hits()), (2, 1), "a refused request never reaches the app");
+
+    auth.kill();
+    let unreachable = get(web, "/resource").await?;
+    assert_eq!(unreachable.status, 401, "a failed callout (no headers) is refused too");
+    assert_eq!(app.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trap_after_the_response_started_aborts_the_body_or_is_skipped() -> TestResult {
+    let app = TestUpstream::start_with("app", Behavior::Large(2 << 20)).await;
+    let dir = tempfile::tempdir()?;
+    // Passes chunks on as they come, then traps on the last one: by then the headers are out.
+    let late_trap = || {
+        wat_plugin(
+            &[],
+            r#"(func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+    (if (local.get 2) (then unreachable))
+    (i32.const 0))"#,
+        )
+    };
+    let plugins = plugin_table(dir.path(), "strict", late_trap(), "")
+        + &plugin_table(dir.path(), "lenient", late_trap(), "fail = \"open\"\n");
+    let config = plugin_config(&[&app], &plugins, "\"strict\"") + &listener_table("open", "\"lenient\"");
+    let p = Portico::start(&config).await;
+    let aborted = get(p.addr("web").await, "/big").await;
+    assert!(
+        aborted.is_err(),
+        "the client must see a broken body, not a clean short one: {:?}",
+        aborted.as_ref().map(|a| (a.status, a.body.len()))
+    );
+    let skipped = get(p.addr("open").await, "/big").await?;
+    assert_eq!(skipped.status, 200);
+    assert_eq!(skipped.body.len(), 2 << 20);
     Ok(())
 }

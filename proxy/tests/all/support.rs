@@ -31,6 +31,8 @@ pub enum Behavior {
     Delay(Duration),
     /// `/health` answers 503, everything else echoes.
     SickHealth,
+    /// 200 with this many bytes of `x` (and its content-length).
+    Large(usize),
 }
 
 /// A scripted upstream.
@@ -116,6 +118,12 @@ async fn answer(
         }
         _ => 200,
     };
+    if let (Behavior::Large(n), false) = (&behavior, is_health) {
+        return http::Response::builder()
+            .header("x-upstream", label)
+            .body(Full::new(Bytes::from(vec![b'x'; *n])))
+            .expect("valid response");
+    }
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let version = format!("{:?}", req.version());
@@ -127,7 +135,7 @@ async fn answer(
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let echo = serde_json::json!({
         "upstream": label, "method": method, "path": path, "version": version, "headers": headers,
-        "body_len": body.len(),
+        "body_len": body.len(), "body": String::from_utf8_lossy(&body),
     });
     http::Response::builder()
         .status(status)
