@@ -145,18 +145,24 @@ pub struct MemberStatus {
 
 /// The openraft configuration for these settings.
 ///
-/// openraft 0.9 draws a node's election timeout once and reuses it every term, so two survivors with close
-/// draws can split votes forever (fixed upstream only in 0.10). Each node therefore draws from its own slice:
-/// node `id` uses `[E + k·E/8, E + (k+1)·E/8)` with `k = id mod 8`, so no two nodes of up to eight tie.
+/// Two openraft 0.9 behaviours shape it:
+/// - A follower that knew a leader waits `election_timeout_max` (the leader lease) *plus* its drawn election
+///   timeout before it campaigns. Portico's `election_timeout` means what operators expect — how long a
+///   follower goes without hearing from the leader before it campaigns — so openraft gets about half of it.
+/// - openraft 0.9 draws a node's timeout once and reuses it every term, so two survivors with close draws can
+///   split votes forever (fixed upstream only in 0.10). Each node therefore draws from its own slice:
+///   `[E/2 + k·E/16, E/2 + (k+1)·E/16)` with `k = id mod 8`, so no two of up to eight nodes tie. Node `k`
+///   campaigns between `E·(1 + k/8)` and `E·(1 + (k+1)/8)` after the leader's last heartbeat, by which time
+///   every voter's lease (at most `E`) has expired and it grants its vote.
 pub fn raft_config(settings: &ClusterSettings) -> Result<openraft::Config, ClusterError> {
     let base = settings.election_timeout.as_millis() as u64;
-    let step = (base / 8).max(1);
+    let step = (base / 16).max(1);
     let k = settings.node_id % 8;
     let config = openraft::Config {
         cluster_name: "portico".into(),
         heartbeat_interval: settings.heartbeat_interval.as_millis() as u64,
-        election_timeout_min: base + k * step,
-        election_timeout_max: base + (k + 1) * step,
+        election_timeout_min: base / 2 + k * step,
+        election_timeout_max: base / 2 + (k + 1) * step,
         install_snapshot_timeout: base.max(1000),
         max_payload_entries: 16,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(500),

@@ -4,6 +4,7 @@
 mod admin;
 mod anomaly;
 mod builtin;
+mod cluster;
 mod forward;
 mod h2;
 mod metrics;

@@ -47,7 +47,7 @@ fn wat_plugin(strings: &[&str], body: &str) -> Vec<u8> {
 }
 
 /// Adds `x-wat: <value>` to responses.
-fn marking_plugin(value: &str) -> Vec<u8> {
+pub(crate) fn marking_plugin(value: &str) -> Vec<u8> {
     wat_plugin(
         &["x-wat", value],
         &format!(
@@ -214,7 +214,7 @@ async fn hot_swap_by_upload_file_change_and_reload_with_rollback() -> TestResult
 }
 
 /// PUT with a binary body.
-async fn reqwest_put(addr: std::net::SocketAddr, path: &str, body: Vec<u8>) -> Result<Answer, String> {
+pub(crate) async fn reqwest_put(addr: std::net::SocketAddr, path: &str, body: Vec<u8>) -> Result<Answer, String> {
     use http_body_util::{BodyExt, Full};
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) =

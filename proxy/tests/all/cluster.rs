@@ -1,0 +1,375 @@
+//! Three real `portico` processes forming a Raft cluster on 127.0.0.1 (each node's listeners on its own
+//! loopback address, 127.0.0.1–3, through `bind_address`): failover after `kill -9` of the leader under
+//! config writes and traffic, catch-up after restart, plugin replication and rollback, and a node cut off by the
+//! fault-injection switch.
+
+use crate::plugins::{marking_plugin, reqwest_put};
+use crate::support::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portico");
+const ELECTION: Duration = Duration::from_secs(1);
+
+fn free_port() -> Result<u16, std::io::Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Node {
+    id: u64,
+    config: PathBuf,
+    log: PathBuf,
+    admin: SocketAddr,
+    web: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Node {
+    fn spawn(&mut self) -> Result<(), std::io::Error> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(BIN)
+            .args(["--log-format", "json", "run", "--grace", "1s", "-c"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no drain, no goodbye to the peers.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn status(&self) -> Option<serde_json::Value> {
+        get(self.admin, "/cluster").await.ok().filter(|a| a.status == 200).map(|a| a.json())
+    }
+
+    async fn weight_of(&self, endpoint: &str) -> Option<u64> {
+        let answer = get(self.admin, "/upstreams").await.ok()?;
+        let list = answer.json();
+        let app = list.as_array()?.iter().find(|u| u["name"] == "app")?.clone();
+        app["endpoints"].as_array()?.iter().find(|e| e["address"] == endpoint)?["weight"].as_u64()
+    }
+
+    async fn plugin_sha(&self) -> Option<String> {
+        let answer = get(self.admin, "/plugins").await.ok()?;
+        answer.json().as_array()?.first()?["sha256"].as_str().map(str::to_string)
+    }
+
+    async fn marker(&self) -> Option<String> {
+        let answer = get(self.web, "/").await.ok().filter(|a| a.status == 200)?;
+        Some(answer.header("x-wat").to_string())
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Writes three node configs sharing one listener/upstream/plugin section, and starts the nodes.
+async fn start_cluster(
+    dir: &Path,
+    endpoints: &[String],
+    hook: bool,
+) -> Result<Vec<Node>, Box<dyn std::error::Error + Send + Sync>> {
+    std::fs::write(dir.join("mark.wasm"), marking_plugin("v1"))?;
+    let web = free_port()?;
+    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let admin = free_port()?;
+        let peers: Vec<String> = (1..=3u64)
+            .filter(|p| *p != id)
+            .map(|p| format!("{p} = \"127.0.0.1:{}\"", cluster_ports[(p - 1) as usize]))
+            .collect();
+        let hooks = if hook {
+            format!(
+                "on_become_leader = [\"sh\", \"-c\", \"echo become $PORTICO_NODE_ID >> {0}/leader.log\"]\non_lose_leadership = [\"sh\", \"-c\", \"echo lose $PORTICO_NODE_ID >> {0}/leader.log\"]\n",
+                dir.display()
+            )
+        } else {
+            String::new()
+        };
+        let config = format!(
+            r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[cluster]
+node_id = {id}
+listen = "127.0.0.1:{cport}"
+peers = {{ {peers} }}
+data_dir = "node{id}"
+heartbeat_interval = "100ms"
+election_timeout = "1s"
+token = "s3cret"
+bind_address = "127.0.0.{id}"
+fault_injection = true
+{hooks}
+[[listener]]
+name = "web"
+listen = "0.0.0.0:{web}"
+upstream = "app"
+filters = ["mark"]
+
+[[upstream]]
+name = "app"
+endpoints = [{endpoints}]
+
+[[plugin]]
+name = "mark"
+wasm = "mark.wasm"
+fail = "open"
+"#,
+            cport = cluster_ports[(id - 1) as usize],
+            peers = peers.join(", "),
+            endpoints = endpoints.join(", "),
+        );
+        let path = dir.join(format!("node{id}.toml"));
+        std::fs::write(&path, config)?;
+        let mut node = Node {
+            id,
+            config: path,
+            log: dir.join(format!("node{id}.log")),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            web: SocketAddr::from(([127, 0, 0, id as u8], web)),
+            child: None,
+        };
+        node.spawn()?;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        let mut up = false;
+        for _ in 0..400 {
+            if get(node.admin, "/healthz").await.is_ok_and(|a| a.status == 200) {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if !up {
+            return Err(format!("node {} did not come up: {}", node.id, node.logs()).into());
+        }
+    }
+    Ok(nodes)
+}
+
+/// The id of a node that reports itself leader confirmed by a quorum, among `nodes`.
+async fn confirmed_leader(nodes: &[&Node], within: Duration) -> Option<u64> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for node in nodes {
+            if node.status().await.is_some_and(|s| s["leader_confirmed"] == true) {
+                return Some(node.id);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+async fn eventually_async<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_writes_loses_no_acknowledged_write_and_no_request() -> TestResult {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let dir = tempfile::tempdir()?;
+    let endpoint_a = a.addr.to_string();
+    let mut nodes = start_cluster(dir.path(), &quoted(&[&a, &b]), true).await?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader = confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+    let (survivors, victim): (Vec<&Node>, Vec<&Node>) = all.iter().partition(|n| n.id != leader);
+    let victim_index = nodes.iter().position(|n| n.id == leader).ok_or("victim")?;
+    assert_eq!(victim.len(), 1);
+
+    // Traffic through the two survivors for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let webs: Vec<SocketAddr> = survivors.iter().map(|n| n.web).collect();
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for web in &webs {
+                    match get(*web, "/").await {
+                        Ok(answer) if answer.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }
+        })
+    };
+
+    // Config writes through a survivor: weight n for endpoint a, n = 1, 2, 3, …; remember what was acknowledged.
+    let writer_admin = survivors[0].admin;
+    let stop_writes = Arc::new(AtomicBool::new(false));
+    let acked: Arc<parking_lot::Mutex<Vec<(u64, u64, Instant)>>> = Arc::default();
+    let writer = {
+        let (stop_writes, acked, endpoint) = (stop_writes.clone(), acked.clone(), endpoint_a.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop_writes.load(Ordering::Relaxed) {
+                n += 1;
+                let path = format!("/upstreams/app/endpoints/{endpoint}/weight");
+                let body = format!("{{\"weight\": {n}}}");
+                if let Ok(answer) = send(writer_admin, "PUT", &path, &[], &body).await {
+                    if answer.status == 200 {
+                        let index = answer.json()["index"].as_u64().unwrap_or(0);
+                        acked.lock().push((n, index, Instant::now()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_kill = acked.lock().len();
+    assert!(before_kill > 5, "writes commit while the cluster is whole ({before_kill})");
+
+    nodes[victim_index].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let new_leader = confirmed_leader(&survivors, Duration::from_secs(10)).await.ok_or("no new leader")?;
+    let failover = killed_at.elapsed();
+    eprintln!("cluster failover: node {new_leader} confirmed leader {failover:?} after kill -9 of node {leader}");
+    assert_ne!(new_leader, leader);
+    assert!(failover < ELECTION * 2, "a new leader within 2 × election_timeout, took {failover:?}");
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop_writes.store(true, Ordering::Relaxed);
+    let attempted = writer.await?;
+    let acked = acked.lock().clone();
+    let (last_n, last_index, _) = *acked.last().ok_or("no write acknowledged")?;
+    assert!(acked.iter().any(|(_, _, at)| *at > killed_at + failover), "writes resume on the new leader");
+
+    // Every acknowledged write is on both survivors: the weights only grow, so the last acknowledged value
+    // (or a later one whose answer was cut off) must be there, with the log applied at least that far.
+    for node in &survivors {
+        let applied = eventually_async(Duration::from_secs(5), || async {
+            let weight = node.weight_of(&endpoint_a).await.unwrap_or(0);
+            let index = node.status().await.and_then(|s| s["applied_index"].as_u64()).unwrap_or(0);
+            weight >= last_n && weight <= attempted && index >= last_index
+        })
+        .await;
+        assert!(applied, "node {} holds every acknowledged write (last n={last_n} index={last_index})", node.id);
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await?;
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 50, "traffic flowed through the survivors ({ok})");
+    assert_eq!(failed, 0, "no request through a survivor failed ({ok} succeeded)");
+
+    // The old leader restarts from its data_dir and catches up.
+    let final_weight = survivors[0].weight_of(&endpoint_a).await.ok_or("weight")?;
+    drop(survivors);
+    nodes[victim_index].spawn()?;
+    let restarted = &nodes[victim_index];
+    let caught_up = eventually_async(Duration::from_secs(15), || async {
+        restarted.weight_of(&endpoint_a).await == Some(final_weight)
+    })
+    .await;
+    assert!(caught_up, "the restarted node catches up: {}", restarted.logs());
+
+    // Leader hooks fired on confirmed leadership: the first leader, then the new one.
+    let hooks = std::fs::read_to_string(dir.path().join("leader.log")).unwrap_or_default();
+    assert!(hooks.contains(&format!("become {leader}")), "hook log: {hooks}");
+    assert!(hooks.contains(&format!("become {new_leader}")), "hook log: {hooks}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an_uncommitted_config() -> TestResult {
+    let a = TestUpstream::start("a").await;
+    let dir = tempfile::tempdir()?;
+    let nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader = confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+
+    // The bootstrap config carried the module: every node runs v1.
+    for node in &nodes {
+        assert!(
+            eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("v1") }).await
+        );
+    }
+    let v1_sha = nodes[0].plugin_sha().await.ok_or("sha")?;
+
+    // An upload through a follower reaches every node.
+    let follower = nodes.iter().find(|n| n.id != leader).ok_or("follower")?;
+    let answer = reqwest_put(follower.admin, "/plugins/mark", marking_plugin("v2")).await?;
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    for node in &nodes {
+        let v2 =
+            eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("v2") }).await;
+        assert!(v2, "node {} runs the uploaded module", node.id);
+    }
+    // A module that does not start is refused before anything is proposed.
+    let refused = reqwest_put(follower.admin, "/plugins/mark", wat::parse_str("(module)")?).await?;
+    assert_eq!(refused.status, 422);
+
+    // Cut the leader off. It refuses writes; the majority elects a leader and rolls back to v1.
+    let cut = nodes.iter().find(|n| n.id == leader).ok_or("leader")?;
+    let answer = send(cut.admin, "POST", "/cluster/isolate", &[], r#"{"isolated": true}"#).await?;
+    assert_eq!(answer.status, 200);
+    let denied = reqwest_put(cut.admin, "/plugins/mark", marking_plugin("v3")).await?;
+    assert_eq!(denied.status, 503, "{}", String::from_utf8_lossy(&denied.body));
+    let majority: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let new_leader = confirmed_leader(&majority, Duration::from_secs(10)).await.ok_or("majority elects")?;
+    assert_ne!(new_leader, leader);
+    let rolled = send(majority[0].admin, "POST", "/plugins/mark/rollback", &[], "").await?;
+    assert_eq!(rolled.status, 200, "{}", String::from_utf8_lossy(&rolled.body));
+    for node in &majority {
+        let v1 =
+            eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("v1") }).await;
+        assert!(v1, "node {} rolled back", node.id);
+    }
+    // The cut-off node keeps serving the last state it saw committed: never v3 (refused), not yet the rollback.
+    for _ in 0..10 {
+        assert_eq!(cut.marker().await.as_deref(), Some("v2"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = cut.status().await.ok_or("status")?;
+    assert_eq!(status["leader_confirmed"], false, "{status}");
+
+    // Heal: it catches up with the rollback.
+    send(cut.admin, "POST", "/cluster/isolate", &[], r#"{"isolated": false}"#).await?;
+    let healed =
+        eventually_async(Duration::from_secs(10), || async { cut.marker().await.as_deref() == Some("v1") }).await;
+    assert!(healed, "the healed node catches up: {}", cut.logs());
+    assert_eq!(cut.plugin_sha().await.as_deref(), Some(v1_sha.as_str()));
+
+    // GET /cluster shows the three members and who leads.
+    let status = majority[0].status().await.ok_or("status")?;
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
+    assert!(status["leader"].as_u64().is_some(), "{status}");
+    Ok(())
+}
