@@ -2,6 +2,7 @@
 # Installs what Portico's tests, benchmarks and plugin builds need on a Debian machine, once:
 #   - promtool (Debian `prometheus`): the metrics test checks the exposition with it;
 #   - curl: remediation scripts and examples use it;
+#   - keepalived: the VIP failover test (network namespaces, run when root) drives the example configs;
 #   - nginx-light, haproxy, wrk, h2load (`nghttp2-client`): the benchmark peers and load generators;
 #   - zig from PyPI's `ziglang`, pinned: builds the bundled wasm plugins (there is no Rust wasm32 target here).
 # Safe to run again: it only installs what is missing.
@@ -11,6 +12,7 @@ ZIGLANG_VERSION=0.17.1
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
+command -v keepalived >/dev/null || need+=(keepalived)
 if [[ "${PORTICO_SETUP_BENCH:-0}" == 1 ]]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v haproxy >/dev/null || need+=(haproxy)

@@ -371,5 +371,20 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     let status = majority[0].status().await.ok_or("status")?;
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
     assert!(status["leader"].as_u64().is_some(), "{status}");
+
+    // Stop every node; one restarts alone, without a quorum: it serves the last committed state (its file
+    // still says v1 too, so make the file differ to tell them apart) and refuses writes.
+    let mut nodes = nodes;
+    for node in &mut nodes {
+        node.kill();
+    }
+    std::fs::write(dir.path().join("mark.wasm"), marking_plugin("file"))?;
+    let lone = &mut nodes[0];
+    lone.spawn()?;
+    let up = eventually_async(Duration::from_secs(10), || async { lone.marker().await.is_some() }).await;
+    assert!(up, "the lone node serves: {}", lone.logs());
+    assert_eq!(lone.marker().await.as_deref(), Some("v1"), "the last committed module, not the local file");
+    let denied = send(lone.admin, "POST", "/plugins/mark/rollback", &[], "").await?;
+    assert_eq!(denied.status, 503, "no quorum, no write: {}", String::from_utf8_lossy(&denied.body));
     Ok(())
 }

@@ -15,3 +15,4 @@ mod reverse;
 mod smuggling;
 mod support;
 mod tls;
+mod vip;
