@@ -32,6 +32,17 @@ pub struct ClusterLink {
     settings: config::ClusterConfig,
     /// Highest log index whose state this node's proxy has applied (or refused).
     applied: watch::Sender<u64>,
+    /// Cluster gauges in `/metrics`, registered when the server starts.
+    gauges: std::sync::OnceLock<ClusterGauges>,
+}
+
+/// `portico_cluster_*` gauges, refreshed at each scrape from the Raft metrics.
+#[derive(Debug)]
+struct ClusterGauges {
+    leader: prometheus::IntGauge,
+    term: prometheus::IntGauge,
+    applied: prometheus::IntGauge,
+    lag: prometheus::IntGaugeVec,
 }
 
 /// The configuration text with the node-local tables removed.
@@ -84,7 +95,51 @@ impl ClusterLink {
             path: local.path.clone(),
             settings,
             applied: watch::channel(0).0,
+            gauges: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Registers the `portico_cluster_*` gauges in the server's registry.
+    pub fn register(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<prometheus::IntGauge, prometheus::Error> {
+            let g = prometheus::IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let lag = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "portico_cluster_replication_lag_entries",
+                "On the leader: log entries each member is behind.",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
+        let gauges = ClusterGauges {
+            leader: gauge(
+                "portico_cluster_leader",
+                "1 when this node is the leader and a quorum confirmed it recently.",
+            )?,
+            term: gauge("portico_cluster_term", "Current Raft term.")?,
+            applied: gauge("portico_cluster_applied_index", "Last log index applied to this node's state.")?,
+            lag,
+        };
+        let _ = self.gauges.set(gauges);
+        Ok(())
+    }
+
+    /// Refreshes the cluster gauges before a scrape.
+    pub fn export_gauges(&self) {
+        let Some(g) = self.gauges.get() else { return };
+        let status = self.cluster.status();
+        g.leader.set(i64::from(status.leader_confirmed));
+        g.term.set(i64::try_from(status.term).unwrap_or(i64::MAX));
+        g.applied.set(status.applied_index.and_then(|i| i64::try_from(i).ok()).unwrap_or(0));
+        g.lag.reset();
+        for member in &status.members {
+            if let Some(lag) = member.lag {
+                g.lag.with_label_values(&[&member.node_id.to_string()]).set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Whether `POST /cluster/isolate` is allowed on this node.
@@ -246,6 +301,7 @@ pub async fn start_member(config: Config, text: &str, grace: Duration) -> Result
         }
     };
     let server = Server::start(initial, grace).await?;
+    link.register(&server.shared.metrics.registry)?;
     server.attach_cluster(link);
     Ok(server)
 }

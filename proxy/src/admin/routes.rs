@@ -68,6 +68,9 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
             if let Some(watch) = server.watch.lock().await.as_ref() {
                 watch.export_gauges(&server.shared.watch_metrics);
             }
+            if let Some(link) = server.cluster.get() {
+                link.export_gauges();
+            }
             text(StatusCode::OK, "text/plain; version=0.0.4", server.shared.metrics.encode())
         }
         (&Method::GET, ["config"]) => {

@@ -323,6 +323,34 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     }
     let v1_sha = nodes[0].plugin_sha().await.ok_or("sha")?;
 
+    // PUT /config on any node: a bad file is refused with nothing proposed; a good one reaches every node
+    // (here: the listener drops its filter, then gets it back).
+    let file = std::fs::read_to_string(&nodes[1].config)?;
+    let bad = send(
+        nodes[1].admin,
+        "PUT",
+        "/config",
+        &[],
+        &file.replace("upstream = \"app\"\nfilters", "upstream = \"nope\"\nfilters"),
+    )
+    .await?;
+    assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
+    let unfiltered =
+        send(nodes[1].admin, "PUT", "/config", &[], &file.replace("filters = [\"mark\"]", "filters = []")).await?;
+    assert_eq!(unfiltered.status, 200, "{}", String::from_utf8_lossy(&unfiltered.body));
+    for node in &nodes {
+        let plain =
+            eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("") }).await;
+        assert!(plain, "node {} applied the pushed config", node.id);
+    }
+    let restored = send(nodes[2].admin, "PUT", "/config", &[], &file).await?;
+    assert_eq!(restored.status, 200, "{}", String::from_utf8_lossy(&restored.body));
+    for node in &nodes {
+        assert!(
+            eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("v1") }).await
+        );
+    }
+
     // An upload through a follower reaches every node.
     let follower = nodes.iter().find(|n| n.id != leader).ok_or("follower")?;
     let answer = reqwest_put(follower.admin, "/plugins/mark", marking_plugin("v2")).await?;
@@ -366,6 +394,16 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
         eventually_async(Duration::from_secs(10), || async { cut.marker().await.as_deref() == Some("v1") }).await;
     assert!(healed, "the healed node catches up: {}", cut.logs());
     assert_eq!(cut.plugin_sha().await.as_deref(), Some(v1_sha.as_str()));
+
+    // /metrics carries the cluster gauges (promtool accepts them); exactly one node says it leads.
+    let mut leaders = 0;
+    for node in &nodes {
+        let text = String::from_utf8_lossy(&get(node.admin, "/metrics").await?.body).into_owned();
+        crate::metrics::check_with_promtool(&text)?;
+        assert!(text.contains("portico_cluster_term "), "{text}");
+        leaders += usize::from(text.lines().any(|l| l == "portico_cluster_leader 1"));
+    }
+    assert_eq!(leaders, 1, "one confirmed leader in /metrics");
 
     // GET /cluster shows the three members and who leads.
     let status = majority[0].status().await.ok_or("status")?;

@@ -177,10 +177,12 @@ async fn check_health_reports_exit_status_for_keepalived() -> TestResult {
 }
 
 #[test]
-fn the_shipped_example_configuration_validates() -> TestResult {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/portico.toml");
-    let out = Command::new(BIN).args(["check", "-c"]).arg(&example).output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+fn the_shipped_example_configurations_validate() -> TestResult {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for file in ["portico.toml", "cluster/node1.toml", "cluster/node2.toml", "cluster/node3.toml"] {
+        let out = Command::new(BIN).args(["check", "-c"]).arg(examples.join(file)).output()?;
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     Ok(())
 }
 
