@@ -42,6 +42,11 @@ pub struct ClusterSettings {
     pub on_lose_leadership: Vec<String>,
     /// Time limit for each leader hook.
     pub hook_timeout: Duration,
+    /// A node added to a running cluster: it never forms a cluster itself, it waits to be added
+    /// (`POST /cluster/members` on a member). Founding nodes leave it off.
+    pub join: bool,
+    /// Build a snapshot (and purge the log before it) every this many applied entries.
+    pub snapshot_every: u64,
 }
 
 /// A membership change requested through the admin API.
@@ -165,8 +170,8 @@ pub fn raft_config(settings: &ClusterSettings) -> Result<openraft::Config, Clust
         election_timeout_max: base / 2 + (k + 1) * step,
         install_snapshot_timeout: base.max(1000),
         max_payload_entries: 16,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: settings.snapshot_every.clamp(1, 100),
         ..Default::default()
     };
     config.validate().map_err(|e| ClusterError::Settings(e.to_string()))
@@ -229,7 +234,8 @@ impl Cluster {
             address,
         });
         cluster.tasks.lock().push(tokio::spawn(crate::rpc::serve(listener, Arc::downgrade(&cluster))));
-        if !cluster.raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))? {
+        let initialized = cluster.raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if !initialized && !cluster.settings.join {
             // Every founding node initialises with the same member set: safe in openraft, and the cluster forms
             // even when some founders are down at first boot.
             let mut members = BTreeMap::new();
@@ -322,7 +328,12 @@ impl Cluster {
         body: &T,
     ) -> Result<Applied, ClusterError> {
         let Some(node) = metrics.membership_config.membership().get_node(&leader).cloned() else {
-            return Err(ClusterError::NoLeader);
+            // A leader that was just removed from the membership: an election follows; retry until then.
+            return Err(ClusterError::Forward {
+                leader,
+                address: "-".into(),
+                message: "the known leader is no longer a member".into(),
+            });
         };
         let mut conn = None;
         let answer: Result<ForwardedAnswer, _> = self

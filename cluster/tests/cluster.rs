@@ -1,6 +1,6 @@
 //! Three in-process nodes on 127.0.0.1 with real sockets and real data directories.
 
-use portico_cluster::{Cluster, ClusterError, ClusterSettings, Command, EndpointChange};
+use portico_cluster::{Cluster, ClusterError, ClusterSettings, Command, EndpointChange, MembershipChange};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ fn settings(id: u64, ports: &BTreeMap<u64, u16>, dir: &std::path::Path) -> Clust
         on_become_leader: Vec::new(),
         on_lose_leadership: Vec::new(),
         hook_timeout: Duration::from_secs(2),
+        join: false,
+        snapshot_every: 5,
     }
 }
 
@@ -92,4 +94,76 @@ async fn writes_replicate_survive_partition_and_restart() {
     let refused = alone.write(weight("app", 10)).await;
     assert!(refused.is_err(), "no quorum, no write: {refused:?}");
     alone.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_catches_up_from_a_snapshot_and_members_can_be_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports: BTreeMap<u64, u16> = (1..=4).map(|id| (id, free_port())).collect();
+    let founders: BTreeMap<u64, u16> = ports.iter().filter(|(id, _)| **id <= 3).map(|(k, v)| (*k, *v)).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(Cluster::start(settings(id, &founders, dir.path()), None).await.expect("start"));
+    }
+    let refs: Vec<&Arc<Cluster>> = nodes.iter().collect();
+    confirmed_leader(&refs, Duration::from_secs(5)).await.expect("leader");
+    // Enough writes that the log is snapshotted and purged (every 5 entries here).
+    let mut last = None;
+    for w in 1..=20 {
+        last = Some(nodes[0].write(weight("app", w)).await.expect("write"));
+    }
+    let last = last.expect("writes");
+
+    // Node 4 joins: it does not form a cluster of its own; it is added through a member and catches up.
+    let mut joining = settings(4, &ports, dir.path());
+    joining.join = true;
+    joining.peers.clear();
+    let fourth = Cluster::start(joining, None).await.expect("start node 4");
+    assert_eq!(fourth.status().leader, None, "a joining node waits to be added");
+    let added = nodes[1]
+        .change_membership(MembershipChange::Add { node_id: 4, address: format!("127.0.0.1:{}", ports[&4]) })
+        .await
+        .expect("add node 4 through a member");
+    assert!(fourth.wait_applied(last.index, Duration::from_secs(5)).await, "node 4 catches up");
+    assert_eq!(fourth.state().endpoints["app/e"].weight, Some(20));
+    assert!(fourth.wait_applied(added.index, Duration::from_secs(5)).await);
+    let voters: Vec<bool> = nodes[0].status().members.iter().map(|m| m.voter).collect();
+    assert_eq!(voters, vec![true; 4], "node 4 votes");
+
+    // Remove node 3; the other three keep committing.
+    nodes[0].change_membership(MembershipChange::Remove { node_id: 3 }).await.expect("remove node 3");
+    let members: Vec<u64> = nodes[0].status().members.iter().map(|m| m.node_id).collect();
+    assert_eq!(members, vec![1, 2, 4]);
+    nodes[2].shutdown().await;
+    let applied = match fourth.write(weight("app", 21)).await {
+        Ok(a) => a,
+        Err(e) => {
+            for n in [&nodes[0], &nodes[1], &fourth] {
+                eprintln!("{:?}", n.status());
+            }
+            panic!("write after removal: {e}");
+        }
+    };
+    assert!(nodes[0].wait_applied(applied.index, Duration::from_secs(5)).await);
+
+    // A peer without the token is refused.
+    let (status, _) = raw_post(ports[&1], "/raft/vote", None).await;
+    assert_eq!(status, 401);
+    for n in nodes.iter().take(2).chain(std::iter::once(&fourth)) {
+        n.shutdown().await;
+    }
+}
+
+/// One POST to a cluster listener, optionally with the token; returns the status and body.
+async fn raw_post(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return (0, String::new()) };
+    let auth = token.map(|t| format!("x-portico-cluster-token: {t}\r\n")).unwrap_or_default();
+    let request =
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 2\r\nconnection: close\r\n\r\n{{}}");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, answer)
 }

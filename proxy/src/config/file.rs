@@ -72,6 +72,10 @@ pub struct ClusterFile {
     /// Time limit for each leader hook.
     #[serde(default = "default_hook_timeout")]
     pub hook_timeout: HumanDuration,
+    /// Set on a node added to a running cluster: it waits to be added through `POST /cluster/members` instead of
+    /// forming a cluster with `peers`.
+    #[serde(default)]
+    pub join: bool,
     /// Enables `POST /cluster/isolate`, which cuts this node off from its peers (for failure tests only).
     #[serde(default)]
     pub fault_injection: bool,

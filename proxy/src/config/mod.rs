@@ -315,6 +315,8 @@ impl Validator<'_> {
                 on_become_leader: c.on_become_leader.clone(),
                 on_lose_leadership: c.on_lose_leadership.clone(),
                 hook_timeout: c.hook_timeout.0,
+                join: c.join,
+                snapshot_every: 500,
             },
             bind_address: c.bind_address,
             fault_injection: c.fault_injection,
