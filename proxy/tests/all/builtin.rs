@@ -35,6 +35,9 @@ endpoints = [{}]
 name = "lb"
 wasm = "builtin:balancer"
 instances = 1
+# The tests check exact sequences: a generous deadline keeps a CPU-starved test machine from recreating the
+# instance (and its balancer state) mid-test.
+cpu_limit = "2s"
 config = {balancer}
 "#,
         endpoints(ups, weights)
@@ -186,6 +189,7 @@ filters = ["router"]
 [[plugin]]
 name = "router"
 wasm = "builtin:router"
+cpu_limit = "2s"
 "#
     .to_string();
     text.push_str(&format!("config = {{ routes = [{routes}] }}\n"));
