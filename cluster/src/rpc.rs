@@ -22,7 +22,15 @@ const MAX_BODY: usize = 256 << 20;
 /// Accepts peer connections until the cluster is dropped.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, cluster: Weak<Cluster>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "cluster listener accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let weak = cluster.clone();
         if weak.upgrade().is_none() {

@@ -311,7 +311,7 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write_and_no_requ
 async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an_uncommitted_config() -> TestResult {
     let a = TestUpstream::start("a").await;
     let dir = tempfile::tempdir()?;
-    let nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
+    let nodes = start_cluster(dir.path(), &quoted(&[&a]), true).await?;
     let all: Vec<&Node> = nodes.iter().collect();
     let leader = confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
 
@@ -387,6 +387,13 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     }
     let status = cut.status().await.ok_or("status")?;
     assert_eq!(status["leader_confirmed"], false, "{status}");
+    // Its leadership is no longer confirmed by a quorum: the lose-leadership hook ran.
+    let hook_log = dir.path().join("leader.log");
+    let lost = eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&hook_log).unwrap_or_default().contains(&format!("lose {leader}"))
+    })
+    .await;
+    assert!(lost, "hook log: {}", std::fs::read_to_string(&hook_log).unwrap_or_default());
 
     // Heal: it catches up with the rollback.
     send(cut.admin, "POST", "/cluster/isolate", &[], r#"{"isolated": false}"#).await?;
