@@ -433,3 +433,72 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     assert_eq!(denied.status, 503, "no quorum, no write: {}", String::from_utf8_lossy(&denied.body));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_through_the_admin_api_and_is_removed_again() -> TestResult {
+    let a = TestUpstream::start("a").await;
+    let dir = tempfile::tempdir()?;
+    let nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+
+    // Node 4: node 3's file with its own id, ports and address, and `join = true`.
+    let (admin, cluster_port) = (free_port()?, free_port()?);
+    let third = std::fs::read_to_string(&nodes[2].config)?;
+    let old_admin = format!("listen = \"{}\"", nodes[2].admin);
+    let text = third
+        .replace(&old_admin, &format!("listen = \"127.0.0.1:{admin}\""))
+        .replace("node_id = 3", "node_id = 4\njoin = true")
+        .replace("data_dir = \"node3\"", "data_dir = \"node4\"")
+        .replace("bind_address = \"127.0.0.3\"", "bind_address = \"127.0.0.4\"");
+    let text = with_cluster_port(&text, cluster_port);
+    let config = dir.path().join("node4.toml");
+    std::fs::write(&config, &text)?;
+    let mut fourth = Node {
+        id: 4,
+        config,
+        log: dir.path().join("node4.log"),
+        admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+        web: SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 4]), nodes[2].web.port()),
+        child: None,
+    };
+    fourth.spawn()?;
+    let up = eventually_async(Duration::from_secs(10), || async { fourth.status().await.is_some() }).await;
+    assert!(up, "node 4 starts: {}", fourth.logs());
+    assert_eq!(fourth.status().await.ok_or("status")?["leader"], serde_json::Value::Null, "it waits to be added");
+
+    let body = format!(r#"{{"node_id": 4, "address": "127.0.0.1:{cluster_port}"}}"#);
+    let added = send(nodes[1].admin, "POST", "/cluster/members", &[], &body).await?;
+    assert_eq!(added.status, 200, "{}", String::from_utf8_lossy(&added.body));
+    let serving =
+        eventually_async(Duration::from_secs(10), || async { fourth.marker().await.as_deref() == Some("v1") }).await;
+    assert!(serving, "node 4 caught up and serves the cluster's config: {}", fourth.logs());
+    let status = nodes[0].status().await.ok_or("status")?;
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(4), "{status}");
+
+    let removed = send(nodes[0].admin, "DELETE", "/cluster/members/4", &[], "").await?;
+    assert_eq!(removed.status, 200, "{}", String::from_utf8_lossy(&removed.body));
+    let status = nodes[0].status().await.ok_or("status")?;
+    let ids: Vec<u64> =
+        status["members"].as_array().ok_or("members")?.iter().filter_map(|m| m["node_id"].as_u64()).collect();
+    assert_eq!(ids, vec![1, 2, 3], "{status}");
+    Ok(())
+}
+
+/// Replaces the port of the `[cluster]` listen line (the one line with `listen = "127.0.0.1:` after `node_id`).
+fn with_cluster_port(text: &str, port: u16) -> String {
+    let mut out = String::new();
+    let mut in_cluster = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_cluster = line == "[cluster]";
+        }
+        if in_cluster && line.starts_with("listen = ") {
+            out.push_str(&format!("listen = \"127.0.0.1:{port}\"\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
