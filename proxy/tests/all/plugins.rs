@@ -621,3 +621,55 @@ async fn a_trap_after_the_response_started_aborts_the_body_or_is_skipped() -> Te
     assert_eq!(skipped.body.len(), 2 << 20);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_body_callback_paused_at_the_end_waits_for_a_callout_and_resumes() -> TestResult {
+    let (app, audit) = (TestUpstream::start("app").await, TestUpstream::start("audit").await);
+    let dir = tempfile::tempdir()?;
+    let (map, map_len) = wat_map(&[(":method", "POST"), (":path", "/audit"), (":authority", "audit")]);
+    // Buffers the whole request body; at its end, calls the "audit" group and pauses; the callout's answer
+    // (whatever it is) resumes the request with proxy_continue_stream.
+    let module = wat_plugin(
+        &["audit", &map],
+        &format!(
+            r#"(func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (if (call $http_call (i32.const 1024) (i32.const 5) (i32.const 1088) (i32.const {map_len}) (i32.const 0)
+          (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 5000) (i32.const 200))
+      (then unreachable))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (drop (call $continue (i32.const 0))))"#
+        ),
+    );
+    let plugins = plugin_table(dir.path(), "audit", module, "")
+        + &format!("\n[[upstream]]\nname = \"audit\"\nendpoints = [\"{}\"]\n", audit.addr);
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"audit\"")).await;
+    let (status, body) = chunked_post(p.addr("web").await, &["first half, ", "second half"]).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("first half, second half"), "the upstream got the whole body: {body}");
+    assert_eq!((audit.hits(), app.hits()), (1, 1), "the callout ran before the request went on");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_response_body_callback_can_replace_the_whole_answer() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    // At the end of the response body: answer 418 "teapot" instead.
+    let module = wat_plugin(
+        &["teapot"],
+        r#"(func (export "proxy_on_response_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (if (i32.eqz (local.get $eos)) (then (return (i32.const 1))))
+    (drop (call $local (i32.const 418) (i32.const 0) (i32.const 0) (i32.const 1024) (i32.const 6)
+      (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))"#,
+    );
+    let plugins = plugin_table(dir.path(), "teapot", module, "");
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"teapot\"")).await;
+    let answer = get(p.addr("web").await, "/").await?;
+    assert_eq!(answer.status, 418, "{:?}", answer.body);
+    assert_eq!(&answer.body[..], b"teapot");
+    assert_eq!(answer.header("content-length"), "6");
+    Ok(())
+}
