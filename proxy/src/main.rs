@@ -85,6 +85,9 @@ enum AnomalyCommand {
         /// Description of the data for the sidecar (default: the command line).
         #[arg(long)]
         description: Option<String>,
+        /// Steps per training segment; the last fifth of every series must hold at least one for validation.
+        #[arg(long, default_value_t = 256)]
+        segment: usize,
     },
     /// Record Portico's own series under scripted load with injected faults: Arrow IPC files per scenario plus
     /// labels.csv and summary.json, for training (`train-*`) and evaluation (`eval-*`).
@@ -149,10 +152,11 @@ enum AnomalyCommand {
 fn anomaly_command(command: AnomalyCommand) -> Result<()> {
     use std::io::Write;
     match command {
-        AnomalyCommand::Train { data, out, epochs, seed, description } => {
+        AnomalyCommand::Train { data, out, epochs, seed, description, segment } => {
             let options = portico_anomaly::TrainOptions {
                 epochs,
                 seed,
+                segment,
                 out: Some(out.clone()),
                 description: description.unwrap_or_else(|| {
                     format!("portico anomaly train --data {data:?} --epochs {epochs} --seed {seed}")

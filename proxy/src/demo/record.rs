@@ -187,7 +187,7 @@ pub async fn record(opts: &RecordOptions) -> Result<Vec<RecordedScenario>, Recor
     let mut labels = Vec::new();
     let mut done = Vec::new();
     for (i, (name, kind)) in list.iter().enumerate() {
-        let seed = opts.seed + i as u64;
+        let seed = opts.seed.wrapping_add(i as u64);
         println!("recording {name} ({kind}, seed {seed}, {}s)", opts.duration.as_secs());
         let (scenario, mut faults) = record_one(opts, name, kind, seed).await?;
         labels.append(&mut faults);
