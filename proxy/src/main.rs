@@ -133,6 +133,9 @@ enum AnomalyCommand {
         /// Store the metrics in the model's JSON sidecar (needs --model).
         #[arg(long, requires = "model")]
         write_metrics: bool,
+        /// Override the drift (CUSUM) centre h; 0 turns the drift component off, to measure what it adds.
+        #[arg(long)]
+        drift_h: Option<f64>,
     },
     /// Score one series (CSV with header `timestamp,value`) row by row with no look-ahead; the output repeats
     /// every row with an `anomaly_score` column in [0, 1].
@@ -194,14 +197,17 @@ fn anomaly_command(command: AnomalyCommand) -> Result<()> {
             println!("recorded {} scenarios into {}", done.len(), options.out.display());
             Ok(())
         }
-        AnomalyCommand::Evaluate { recording, prefix, model, json, write_metrics } => {
+        AnomalyCommand::Evaluate { recording, prefix, model, json, write_metrics, drift_h } => {
             let forecaster = match &model {
                 Some(path) => portico_anomaly::Forecaster::load(path)
                     .with_context(|| format!("loading model {}", path.display()))?,
                 None => portico_anomaly::Forecaster::bundled().context("loading the bundled model")?,
             };
             let scenarios = portico_anomaly::eval::load_recording(&recording, &prefix)?;
-            let options = portico_anomaly::EvalOptions::default();
+            let mut options = portico_anomaly::EvalOptions::default();
+            if let Some(h) = drift_h {
+                options.params.drift_h = h;
+            }
             let report = portico_anomaly::evaluate(&std::sync::Arc::new(forecaster.clone()), &scenarios, &options)?;
             for (kind, k) in &report.per_kind {
                 println!("  {kind:<15} {}/{}", k.detected, k.total);
