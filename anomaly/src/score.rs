@@ -5,9 +5,12 @@
 //!   threshold that learns that series' own error distribution online (EWMA mean/variance);
 //!   catches sudden changes such as spikes, bursts and drops;
 //! * **level**: how far the value sits from the series' slow, winsorised running mean; keeps a
-//!   sustained fault (which the forecaster soon learns to predict) anomalous while it lasts.
+//!   sustained fault (which the forecaster soon learns to predict) anomalous while it lasts;
+//! * **drift**: a two-sided CUSUM of that same signed deviation (each tick clipped to ±`drift_clip`,
+//!   minus an allowance `drift_k`); catches a slow drift, which the running mean follows closely enough
+//!   that neither surprise nor level ever looks large, but whose deviation stays on one side for minutes.
 //!
-//! Each is mapped through a logistic curve and the score is the larger of the two.
+//! Each is mapped through a logistic curve and the score is the largest of the three.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -35,11 +38,69 @@ pub struct ScoreParams {
     /// Errors are winsorised to mean + `winsor_k` std before updating the statistics, so one
     /// anomaly does not teach the threshold to ignore the next.
     pub winsor_k: f64,
+    /// CUSUM allowance: deviations (in std) up to this much per tick are treated as noise.
+    #[serde(default = "default_drift_k")]
+    pub drift_k: f64,
+    /// CUSUM value at which the drift score is 0.5; 0 disables the drift component.
+    #[serde(default = "default_drift_h")]
+    pub drift_h: f64,
+    /// Per-tick deviation is clipped to ±this before entering the CUSUM, so a short spike (which
+    /// surprise already scores) cannot build a drift alert on its own.
+    #[serde(default = "default_drift_clip")]
+    pub drift_clip: f64,
+    /// Ticks a series must have been seen before its CUSUM runs: a young baseline is too noisy.
+    #[serde(default = "default_drift_min_ticks")]
+    pub drift_min_ticks: u64,
+}
+
+fn default_drift_k() -> f64 {
+    ScoreParams::default().drift_k
+}
+fn default_drift_h() -> f64 {
+    ScoreParams::default().drift_h
+}
+fn default_drift_clip() -> f64 {
+    ScoreParams::default().drift_clip
+}
+fn default_drift_min_ticks() -> u64 {
+    ScoreParams::default().drift_min_ticks
 }
 
 impl Default for ScoreParams {
     fn default() -> Self {
-        ScoreParams { error_alpha: 0.01, surprise_center: 5.0, level_center: 6.0, width: 0.8, winsor_k: 4.0 }
+        ScoreParams {
+            error_alpha: 0.01,
+            surprise_center: 5.0,
+            level_center: 6.0,
+            width: 0.8,
+            winsor_k: 4.0,
+            drift_k: 1.0,
+            drift_h: 300.0,
+            drift_clip: 3.0,
+            drift_min_ticks: 300,
+        }
+    }
+}
+
+/// Two-sided CUSUM of a series' signed, standardised deviation from its running baseline.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cusum {
+    up: f64,
+    down: f64,
+}
+
+impl Cusum {
+    /// Fold in one deviation `z` (std units); both sides are capped at `cap` so the statistic
+    /// comes back down within `cap / k` ticks once the series settles.
+    pub fn update(&mut self, z: f64, k: f64, clip: f64, cap: f64) {
+        let z = z.clamp(-clip, clip);
+        self.up = (self.up + z - k).clamp(0.0, cap);
+        self.down = (self.down - z - k).clamp(0.0, cap);
+    }
+
+    /// The larger side.
+    pub fn value(&self) -> f64 {
+        self.up.max(self.down)
     }
 }
 
@@ -106,6 +167,9 @@ pub struct SeriesScore {
     pub surprise: f64,
     /// |z| of the value against the running baseline (diagnostic).
     pub level: f64,
+    /// CUSUM of the signed deviation from the baseline (diagnostic; 0 while too young).
+    #[serde(default)]
+    pub drift: f64,
 }
 
 #[derive(Debug)]
@@ -115,6 +179,7 @@ struct Track {
     /// Forecast for the next value: (normalised, raw).
     forecast: Option<(f64, f64)>,
     errors: AdaptiveThreshold,
+    cusum: Cusum,
     seen: u64,
 }
 
@@ -161,6 +226,7 @@ impl Scorer {
                 state: model.zero_state(),
                 forecast: None,
                 errors: AdaptiveThreshold::new(p.error_alpha, p.winsor_k),
+                cusum: Cusum::default(),
                 seen: 0,
             });
             let y = transform(value);
@@ -173,14 +239,25 @@ impl Scorer {
                 score: 0.0,
                 surprise: 0.0,
                 level: if tr.norm.count() > 1 { z.abs() } else { 0.0 },
+                drift: 0.0,
             };
+            if p.drift_h > 0.0 && tr.seen >= p.drift_min_ticks.max(self.warmup) {
+                tr.cusum.update(z, p.drift_k, p.drift_clip, 1.5 * p.drift_h);
+                s.drift = tr.cusum.value();
+            }
             if let Some((fz, _)) = tr.forecast {
                 let err = (z - fz).abs();
                 s.surprise = tr.errors.standardise(err);
                 if tr.seen >= self.warmup {
                     let surprise = logistic((s.surprise - p.surprise_center) / p.width);
                     let level = logistic((s.level - p.level_center) / p.width);
-                    s.score = surprise.max(level).clamp(0.0, 1.0);
+                    // Same steepness as the others relative to the centre: 0.5 at h, ~0.92 at 1.3 h.
+                    let drift = if p.drift_h > 0.0 {
+                        logistic((s.drift / p.drift_h - 1.0) * p.level_center / p.width)
+                    } else {
+                        0.0
+                    };
+                    s.score = surprise.max(level).max(drift).clamp(0.0, 1.0);
                 }
                 tr.errors.update(err);
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use portico_anomaly::alert::{AlertEngine, AlertState, Transition};
 use portico_anomaly::config::Thresholds;
 use portico_anomaly::model::SplitMix64;
-use portico_anomaly::score::Scorer;
+use portico_anomaly::score::{ScoreParams, Scorer};
 use portico_anomaly::{score_csv, Forecaster, SeriesScore, Severity, Tick};
 
 fn noise(seed: u64, n: usize, mean: f64, sd: f64) -> Vec<f64> {
@@ -40,6 +40,41 @@ fn low_on_steady_noise_high_on_spike() {
     assert!(scores[1000..1010].iter().all(|&s| s > 0.7), "sustained spike {:?}", &scores[1000..1010]);
 }
 
+/// Ticks at which alerts fired (default thresholds) for one series scored with `params`.
+fn fired(model: &Arc<Forecaster>, values: &[f64], params: ScoreParams) -> Vec<usize> {
+    let mut s = Scorer::with_params(model.clone(), 120, params);
+    let mut e = AlertEngine::new(Thresholds::default());
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        for sc in s.score_tick(&Tick::new(i as i64).with("upstream.app.latency_p50", *v)).unwrap() {
+            if e.update(&sc).is_some_and(|c| c.transition == Transition::Fired) {
+                out.push(i);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn slow_drift_is_caught_by_the_cusum_and_calm_noise_is_not() {
+    let model = Arc::new(Forecaster::bundled().unwrap());
+    // Latency with persistent (AR) noise, calm for 1500 ticks, then +60 % over 600 ticks, then held.
+    let mut r = SplitMix64::new(11);
+    let mut ar = 0.0;
+    let v: Vec<f64> = (0..2400)
+        .map(|i| {
+            ar = 0.9 * ar + 0.02 * r.normal();
+            let drift = 1.0 + 0.6 * ((i as f64 - 1500.0) / 600.0).clamp(0.0, 1.0);
+            20.0 * drift * (ar + 0.04 * r.normal()).exp()
+        })
+        .collect();
+    let with = fired(&model, &v, ScoreParams::default());
+    assert!(with.iter().all(|&t| t >= 1500), "no alert on the calm part: {with:?}");
+    assert!(with.iter().any(|&t| (1500..2160).contains(&t)), "the drift raises an alert: {with:?}");
+    let without = fired(&model, &v, ScoreParams { drift_h: 0.0, ..ScoreParams::default() });
+    assert!(without.is_empty(), "without the CUSUM the drift goes unnoticed: {without:?}");
+}
+
 #[test]
 fn no_look_ahead() {
     let model = Arc::new(Forecaster::bundled().unwrap());
@@ -62,6 +97,7 @@ fn sc(score: f64, t: i64) -> SeriesScore {
         score,
         surprise: 0.0,
         level: 0.0,
+        drift: 0.0,
     }
 }
 

@@ -4,6 +4,7 @@
 //! failed request.
 
 pub mod load;
+pub mod record;
 pub mod upstreams;
 
 use crate::config;

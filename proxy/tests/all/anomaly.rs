@@ -244,3 +244,54 @@ async fn a_missing_or_corrupt_model_turns_detection_off_and_portico_keeps_proxyi
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorder_drives_a_real_portico_and_writes_labelled_arrow_series() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let options = portico::demo::record::RecordOptions {
+        out: dir.path().to_path_buf(),
+        scenario: "error_burst".into(),
+        duration: Duration::from_secs(5),
+        interval: Duration::from_millis(100),
+        seed: 3,
+        rate: 150.0,
+        concurrency: 8,
+    };
+    let done = portico::demo::record::record(&options).await?;
+    assert_eq!(done.len(), 1);
+    assert!(done[0].requests > 200, "the load generator ran: {done:?}");
+
+    // The labels name the fault, its series and a tick range inside the recording.
+    let labels = portico_anomaly::eval::read_labels(&dir.path().join("labels.csv"))?;
+    assert_eq!(labels.len(), 1, "{labels:?}");
+    let fault = &labels[0];
+    assert_eq!((fault.scenario.as_str(), fault.kind.as_str()), ("error_burst", "error_burst"));
+    assert!(fault.series.iter().any(|s| s == "upstream.demo.error_ratio"), "{fault:?}");
+    assert!(fault.start_tick >= 10 && fault.start_tick + 5 < fault.end_tick, "{fault:?}");
+    assert!(fault.end_tick <= done[0].ticks, "{fault:?} {done:?}");
+
+    // The store's rotated Arrow IPC files load with the training loader, and the burst is in the series.
+    let files = portico_anomaly::eval::scenario_files(dir.path(), "error_burst")?;
+    assert!(!files.is_empty(), "no Arrow files written");
+    let series = portico_anomaly::train::load_series(&files)?;
+    assert!(series.iter().any(|(name, _)| name.ends_with(".upstream.demo.error_ratio")), "error ratio recorded");
+    assert!(series.iter().any(|(name, _)| name.ends_with(".process.cpu")), "CPU is sampled too");
+
+    // The evaluation's loader reads the same recording back with rows aligned to the label ticks (the
+    // training loader drops a series' empty first rows), and the burst is where the labels say.
+    let scenarios = portico_anomaly::eval::load_recording(dir.path(), "")?;
+    assert_eq!(scenarios.len(), 1);
+    assert_eq!(scenarios[0].table.timestamps.len(), done[0].ticks);
+    let errors: Vec<f64> = scenarios[0]
+        .table
+        .columns
+        .get("upstream.demo.error_ratio")
+        .ok_or("no error ratio column")?
+        .iter()
+        .map(|v| v.unwrap_or(0.0))
+        .collect();
+    let mean = |r: std::ops::Range<usize>| errors[r.clone()].iter().sum::<f64>() / r.len().max(1) as f64;
+    let (before, during) = (mean(2..fault.start_tick - 1), mean(fault.start_tick + 1..fault.end_tick - 1));
+    assert!(before < 0.01 && during > 0.03, "error ratio before {before}, during {during}: {errors:?}");
+    Ok(())
+}
