@@ -46,6 +46,10 @@ pub struct PluginSpec {
     pub instances: usize,
     /// Instance recreations allowed per minute before the plugin is marked broken.
     pub max_restarts_per_minute: usize,
+    /// How long a broken plugin rests before one instance is tried again; doubles each time it breaks again
+    /// (up to 5 minutes). A crash loop is rate-limited, not final: a plugin that only timed out while the
+    /// machine was starved of CPU comes back by itself.
+    pub broken_cooloff: Duration,
 }
 
 impl std::fmt::Debug for PluginSpec {
@@ -80,6 +84,7 @@ impl PluginSpec {
             cpu_limit: Duration::from_millis(50),
             instances: 0,
             max_restarts_per_minute: 10,
+            broken_cooloff: Duration::from_secs(10),
         }
     }
 }
@@ -349,6 +354,8 @@ pub struct Plugin {
     max_restarts: usize,
     restarts: Mutex<VecDeque<Instant>>,
     broken: AtomicBool,
+    /// While broken: when to try again, and the rest to take if it breaks again.
+    retry: Mutex<(Instant, Duration)>,
     pending: Mutex<Vec<Pending>>,
     has_pending: AtomicBool,
     body_callbacks: BodyCallbacks,
@@ -479,6 +486,7 @@ impl Plugin {
             max_restarts: spec.max_restarts_per_minute,
             restarts: Mutex::new(VecDeque::new()),
             broken: AtomicBool::new(false),
+            retry: Mutex::new((Instant::now(), spec.broken_cooloff)),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             body_callbacks: BodyCallbacks::of(&module.module),
@@ -641,7 +649,8 @@ impl Plugin {
         self.module.sha256_hex()
     }
 
-    /// True after a crash loop: every stream fails (apply the fail policy) until a new version is loaded.
+    /// True after a crash loop: every stream fails (apply the fail policy) until a new version is loaded or the
+    /// cool-off ends and a fresh instance starts cleanly.
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
     }
@@ -685,18 +694,30 @@ impl Plugin {
     /// Recreate a discarded instance, rate-limited; too many restarts mark the plugin broken.
     fn ensure_instance<'a>(&self, slot: &'a mut Slot, i: usize) -> Result<&'a mut Instance, PluginFailure> {
         if slot.instance.is_none() {
+            let now = Instant::now();
             if self.is_broken() {
-                return Err(self.core.failure(FailureKind::Unavailable, "plugin is broken after repeated failures"));
+                let mut retry = self.retry.lock();
+                if now < retry.0 {
+                    return Err(self
+                        .core
+                        .failure(FailureKind::Unavailable, "plugin is broken after repeated failures"));
+                }
+                // Half-open: one more try. Breaking again rests twice as long.
+                retry.1 = (retry.1 * 2).min(Duration::from_secs(300));
+                self.restarts.lock().clear();
+                self.broken.store(false, Ordering::Relaxed);
+                tracing::warn!(plugin = %self.core.name, "broken plugin: cool-off over, trying a fresh instance");
             }
             {
                 let mut r = self.restarts.lock();
-                let now = Instant::now();
                 while r.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
                     r.pop_front();
                 }
                 if r.len() >= self.max_restarts {
+                    let mut retry = self.retry.lock();
+                    retry.0 = now + retry.1;
                     self.broken.store(true, Ordering::Relaxed);
-                    tracing::error!(plugin = %self.core.name, restarts = r.len(), "plugin crash loop: marked broken until a new version is loaded");
+                    tracing::error!(plugin = %self.core.name, restarts = r.len(), rest = ?retry.1, "plugin crash loop: marked broken; a new version, or the end of the cool-off, brings it back");
                     return Err(self
                         .core
                         .failure(FailureKind::Unavailable, "plugin is broken after repeated failures"));

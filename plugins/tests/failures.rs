@@ -138,6 +138,32 @@ fn crash_loop_marks_plugin_broken() {
 }
 
 #[test]
+fn a_broken_plugin_is_tried_again_after_its_cool_off() {
+    let e = engine();
+    let mut sp = spec("crashy", wat(CHAOS));
+    sp.max_restarts_per_minute = 2;
+    sp.broken_cooloff = std::time::Duration::from_millis(200);
+    let (p, _) = load(&e, sp).unwrap();
+    for _ in 0..3 {
+        assert_eq!(run(&p, Some("x-trap")).unwrap_err().kind, FailureKind::Trap);
+    }
+    assert_eq!(run(&p, None).unwrap_err().kind, FailureKind::Unavailable);
+    assert!(p.is_broken());
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    // The cool-off is over: a fresh instance serves well-behaved requests again.
+    assert_recovers(&p);
+    assert!(!p.is_broken());
+    // Breaking again rests twice as long: 250 ms later it is still broken.
+    for _ in 0..3 {
+        let _ = run(&p, Some("x-trap"));
+    }
+    assert!(run(&p, None).is_err());
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(run(&p, None).unwrap_err().kind, FailureKind::Unavailable);
+    assert!(p.is_broken());
+}
+
+#[test]
 fn one_instance_timing_out_does_not_affect_process() {
     // Several instances: a loop in one does not block streams on others.
     let e = engine();
