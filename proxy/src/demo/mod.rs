@@ -254,10 +254,12 @@ listen = "{listen}"
 upstream = "demo"
 filters = ["router", "lb"]
 
-# Routing and balancing run as the bundled WebAssembly plugins.
+# Routing and balancing run as the bundled WebAssembly plugins. The demo shares the machine with its own load
+# generator, so the per-callback deadline (wall-clock) gets headroom over the 10 ms default.
 [[plugin]]
 name = "router"
 wasm = "builtin:router"
+cpu_limit = "100ms"
 config = {{ routes = [
   {{ match = {{ headers = {{ x-canary = "1" }} }}, upstream = "canary" }},
   {{ match = {{ path_prefix = "/" }}, upstream = "demo" }},
@@ -266,6 +268,7 @@ config = {{ routes = [
 [[plugin]]
 name = "lb"
 wasm = "builtin:balancer"
+cpu_limit = "100ms"
 config = {{ policy = "least_request" }}
 
 # Portico watches its own series with the bundled LSTM; the demo shortens the warm-up to fit its run.
