@@ -16,4 +16,7 @@ pub mod types;
 
 pub use error::ClusterError;
 pub use node::{raft_config, Cluster, ClusterSettings, ClusterStatus, MemberStatus, MembershipChange};
-pub use types::{Applied, ClusterState, Command, EndpointChange, EndpointOverride, Module, NodeId, PluginVersions};
+pub use types::{
+    Applied, ClusterState, Command, EndpointChange, EndpointOverride, Module, NodeId, PluginVersions, Proposal,
+    CHUNK_BYTES,
+};

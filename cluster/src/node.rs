@@ -6,7 +6,7 @@ use crate::hooks::LeaderHooks;
 use crate::log_store::LogStore;
 use crate::network::{Network, Transport};
 use crate::state_machine::StateMachine;
-use crate::types::{Applied, ClusterState, Command, NodeId, TypeConfig};
+use crate::types::{Applied, ClusterState, Command, NodeId, Proposal, TypeConfig};
 use crate::ClusterError;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState, SnapshotPolicy};
@@ -169,7 +169,9 @@ pub fn raft_config(settings: &ClusterSettings) -> Result<openraft::Config, Clust
         election_timeout_min: base / 2 + k * step,
         election_timeout_max: base / 2 + (k + 1) * step,
         install_snapshot_timeout: base.max(1000),
-        max_payload_entries: 16,
+        // Module pieces are 64 KiB: a few per RPC keeps each append well inside `heartbeat_interval`.
+        max_payload_entries: 4,
+        snapshot_max_chunk_size: 256 * 1024,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every.max(1)),
         max_in_snapshot_log_to_keep: settings.snapshot_every.clamp(1, 100),
         ..Default::default()
@@ -183,7 +185,7 @@ pub struct Cluster {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) transport: Transport,
     state: StateMachine,
-    bootstrap: parking_lot::Mutex<Option<Command>>,
+    bootstrap: parking_lot::Mutex<Option<Proposal>>,
     confirmed: std::sync::atomic::AtomicBool,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     address: std::net::SocketAddr,
@@ -199,7 +201,7 @@ impl Cluster {
     /// Opens `data_dir`, rebuilds the last known state from it (no quorum needed), binds the cluster listener,
     /// and joins or forms the cluster. `bootstrap` is proposed by the first confirmed leader if the cluster has
     /// no configuration yet.
-    pub async fn start(settings: ClusterSettings, bootstrap: Option<Command>) -> Result<Arc<Cluster>, ClusterError> {
+    pub async fn start(settings: ClusterSettings, bootstrap: Option<Proposal>) -> Result<Arc<Cluster>, ClusterError> {
         if settings.node_id == 0 {
             return Err(ClusterError::Settings("node_id must be at least 1".into()));
         }
@@ -311,6 +313,20 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Stages the modules a proposal names (those the state does not hold yet), piece by piece, then commits
+    /// its command. Returns the command's outcome.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Applied, ClusterError> {
+        for module in &proposal.modules {
+            if self.state().has_module(&module.sha256) {
+                continue;
+            }
+            for piece in Proposal::stage_commands(module) {
+                self.write(piece).await?;
+            }
+        }
+        self.write(proposal.command).await
     }
 
     /// Waits until this node's state has applied `index` (so an admin answer reflects the node it came from).
@@ -489,10 +505,10 @@ async fn watch_leadership(cluster: std::sync::Weak<Cluster>) {
             tracing::info!(term = m.current_term, "leadership confirmed by a quorum");
             hooks.fire(true, m.current_term);
             if cluster.state().config.is_none() {
-                if let Some(command) = cluster.bootstrap.lock().clone() {
+                if let Some(proposal) = cluster.bootstrap.lock().clone() {
                     let c = cluster.clone();
                     tokio::spawn(async move {
-                        match c.write_as_leader(command).await {
+                        match c.propose(proposal).await {
                             Ok(a) => tracing::info!(index = a.index, "bootstrap configuration committed"),
                             Err(e) => tracing::warn!(error = %e, "bootstrap configuration not committed"),
                         }

@@ -19,14 +19,14 @@ openraft::declare_raft_types!(
 pub type NodeId = u64;
 
 /// A WebAssembly module as replicated: its bytes (base64 in JSON) and their sha256, which nodes compare to
-/// decide whether anything changed.
+/// decide whether anything changed. The bytes are shared, so each published state does not copy megabytes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Module {
     /// Hex sha256 of `wasm`.
     pub sha256: String,
     /// The module bytes.
-    #[serde(with = "base64_bytes")]
-    pub wasm: Vec<u8>,
+    #[serde(with = "base64_shared")]
+    pub wasm: std::sync::Arc<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Module {
@@ -38,7 +38,7 @@ impl std::fmt::Debug for Module {
 impl Module {
     /// Wraps module bytes, computing their digest once.
     pub fn new(wasm: Vec<u8>) -> Module {
-        Module { sha256: sha256_hex(&wasm), wasm }
+        Module { sha256: sha256_hex(&wasm), wasm: std::sync::Arc::new(wasm) }
     }
 }
 
@@ -60,24 +60,41 @@ pub enum EndpointChange {
     Weight(u32),
 }
 
+/// Largest piece of a module in one log entry. openraft gives one append RPC `heartbeat_interval` to finish,
+/// so modules (often megabytes) travel as many small entries rather than one large one.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
 /// One change to the replicated state, as written in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Replace the shared configuration (TOML without the node-local `[admin]` and `[cluster]` tables) and the
-    /// modules of its file-sourced plugins. Plugins absent from `modules` use their builtin source.
+    /// modules of its file-sourced plugins, by sha256 (staged first, or already in the state). Plugins absent
+    /// from `modules` use their builtin source.
     SetConfig {
         /// The configuration text.
         config: String,
-        /// Module bytes by plugin name.
-        modules: BTreeMap<String, Module>,
+        /// Module sha256 by plugin name.
+        modules: BTreeMap<String, String>,
     },
-    /// Hot-swap one plugin's module (the admin `PUT /plugins/{name}`).
+    /// Hot-swap one plugin's module (the admin `PUT /plugins/{name}`), staged first.
     PutPlugin {
         /// Plugin name.
         name: String,
-        /// The new module.
-        module: Module,
+        /// The new module's sha256.
+        sha256: String,
+    },
+    /// One piece of a module on its way into the state; the command that names the module assembles it.
+    StageChunk {
+        /// The whole module's sha256.
+        sha256: String,
+        /// This piece's position.
+        index: u32,
+        /// How many pieces the module has.
+        total: u32,
+        /// The bytes.
+        #[serde(with = "base64_bytes")]
+        bytes: Vec<u8>,
     },
     /// Go back to a plugin's previous module.
     RollbackPlugin {
@@ -122,6 +139,24 @@ pub struct EndpointOverride {
     pub weight: Option<u32>,
 }
 
+/// A module arriving piece by piece.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    /// Pieces expected.
+    pub total: u32,
+    /// Pieces received, base64 in JSON.
+    pub chunks: BTreeMap<u32, Chunk>,
+    /// Log index of the first piece (the oldest staging is dropped first).
+    pub since: u64,
+}
+
+/// Bytes of one staged piece.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk(#[serde(with = "base64_bytes")] pub Vec<u8>);
+
+/// Modules being staged at once, at most; an abandoned upload (its proposer died) is dropped past this.
+const MAX_STAGED: usize = 8;
+
 /// The state every node converges on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -131,35 +166,105 @@ pub struct ClusterState {
     pub plugins: BTreeMap<String, PluginVersions>,
     /// Endpoint overrides keyed by `upstream/endpoint`.
     pub endpoints: BTreeMap<String, EndpointOverride>,
+    /// Modules arriving in pieces, by sha256.
+    #[serde(default)]
+    pub staged: BTreeMap<String, Staged>,
     /// Index of the last log entry applied.
     pub applied_index: u64,
 }
 
 impl ClusterState {
+    /// Whether a module with this digest is already in the state (so it need not be staged again).
+    pub fn has_module(&self, sha256: &str) -> bool {
+        self.plugins
+            .values()
+            .any(|v| v.current.sha256 == sha256 || v.previous.as_ref().is_some_and(|p| p.sha256 == sha256))
+    }
+
+    /// The module with this digest: from the state, or assembled from its staged pieces (checked against the
+    /// digest).
+    fn resolve(&self, sha256: &str) -> Result<Module, String> {
+        for v in self.plugins.values() {
+            for m in std::iter::once(&v.current).chain(v.previous.as_ref()) {
+                if m.sha256 == sha256 {
+                    return Ok(m.clone());
+                }
+            }
+        }
+        let staged = self.staged.get(sha256).ok_or_else(|| format!("module {sha256} was not staged"))?;
+        if staged.chunks.len() != staged.total as usize {
+            return Err(format!("module {sha256}: {} of {} pieces staged", staged.chunks.len(), staged.total));
+        }
+        let wasm: Vec<u8> = staged.chunks.values().flat_map(|c| c.0.iter().copied()).collect();
+        let module = Module::new(wasm);
+        if module.sha256 != sha256 {
+            return Err(format!("module {sha256}: the staged pieces do not match the digest"));
+        }
+        Ok(module)
+    }
+
+    fn stage(&mut self, sha256: &str, index: u32, total: u32, bytes: &[u8], at: u64) -> Option<String> {
+        if index >= total {
+            return Some(format!("piece {index} of a {total}-piece module"));
+        }
+        let entry =
+            self.staged.entry(sha256.to_string()).or_insert_with(|| Staged { total, since: at, ..Staged::default() });
+        entry.total = total;
+        entry.chunks.insert(index, Chunk(bytes.to_vec()));
+        while self.staged.len() > MAX_STAGED {
+            let oldest = self.staged.iter().min_by_key(|(_, s)| s.since).map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.staged.remove(&k),
+                None => break,
+            };
+        }
+        None
+    }
+
     /// Applies one command; the returned text says why it was refused, if it was.
     pub fn apply(&mut self, command: &Command) -> Option<String> {
         match command {
+            Command::StageChunk { sha256, index, total, bytes } => {
+                let at = self.applied_index;
+                self.stage(sha256, *index, *total, bytes, at)
+            }
             Command::SetConfig { config, modules } => {
+                let mut resolved = BTreeMap::new();
+                for (name, sha) in modules {
+                    match self.resolve(sha) {
+                        Ok(m) => resolved.insert(name.clone(), m),
+                        Err(e) => return Some(format!("plugin {name:?}: {e}")),
+                    };
+                }
+                for sha in modules.values() {
+                    self.staged.remove(sha);
+                }
+                let modules = resolved;
                 self.config = Some(config.clone());
                 let old = std::mem::take(&mut self.plugins);
                 for (name, module) in modules {
-                    let previous = old.get(name).and_then(|v| {
+                    let previous = old.get(&name).and_then(|v| {
                         if v.current.sha256 == module.sha256 {
                             v.previous.clone()
                         } else {
                             Some(v.current.clone())
                         }
                     });
-                    self.plugins.insert(name.clone(), PluginVersions { current: module.clone(), previous });
+                    self.plugins.insert(name, PluginVersions { current: module, previous });
                 }
                 None
             }
-            Command::PutPlugin { name, module } => {
+            Command::PutPlugin { name, sha256 } => {
+                let module = match self.resolve(sha256) {
+                    Ok(m) => m,
+                    Err(e) => return Some(e),
+                };
+                self.staged.remove(sha256);
                 let previous = self.plugins.get(name).map(|v| v.current.clone());
                 if previous.as_ref().is_some_and(|p| p.sha256 == module.sha256) {
                     return None;
                 }
-                self.plugins.insert(name.clone(), PluginVersions { current: module.clone(), previous });
+                self.plugins.insert(name.clone(), PluginVersions { current: module, previous });
                 None
             }
             Command::RollbackPlugin { name } => match self.plugins.get_mut(name) {
@@ -185,6 +290,19 @@ impl ClusterState {
     }
 }
 
+mod base64_shared {
+    use serde::{Deserializer, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(bytes: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        super::base64_bytes::serialize(bytes.as_slice(), s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<u8>>, D::Error> {
+        super::base64_bytes::deserialize(d).map(Arc::new)
+    }
+}
+
 mod base64_bytes {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -199,9 +317,49 @@ mod base64_bytes {
     }
 }
 
+/// A write together with the modules it names, staged in pieces before the write itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// The command.
+    pub command: Command,
+    /// Modules the command names by sha256.
+    pub modules: Vec<Module>,
+}
+
+impl Proposal {
+    /// A command that names no module.
+    pub fn plain(command: Command) -> Proposal {
+        Proposal { command, modules: Vec::new() }
+    }
+
+    /// The commands that stage `module` in pieces of at most [`CHUNK_BYTES`].
+    pub fn stage_commands(module: &Module) -> Vec<Command> {
+        let pieces: Vec<&[u8]> =
+            if module.wasm.is_empty() { vec![&[][..]] } else { module.wasm.chunks(CHUNK_BYTES).collect() };
+        let total = pieces.len() as u32;
+        pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| Command::StageChunk {
+                sha256: module.sha256.clone(),
+                index: i as u32,
+                total,
+                bytes: bytes.to_vec(),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put(state: &mut ClusterState, name: &str, module: &Module) -> Option<String> {
+        for c in Proposal::stage_commands(module) {
+            assert_eq!(state.apply(&c), None);
+        }
+        state.apply(&Command::PutPlugin { name: name.into(), sha256: module.sha256.clone() })
+    }
 
     #[test]
     fn rollback_swaps_current_and_previous_and_refuses_without_one() {
@@ -209,9 +367,9 @@ mod tests {
         let a = Module::new(b"a".to_vec());
         let b = Module::new(b"b".to_vec());
         assert!(state.apply(&Command::RollbackPlugin { name: "p".into() }).is_some());
-        state.apply(&Command::PutPlugin { name: "p".into(), module: a.clone() });
+        put(&mut state, "p", &a);
         assert!(state.apply(&Command::RollbackPlugin { name: "p".into() }).is_some());
-        state.apply(&Command::PutPlugin { name: "p".into(), module: b.clone() });
+        put(&mut state, "p", &b);
         assert_eq!(state.apply(&Command::RollbackPlugin { name: "p".into() }), None);
         assert_eq!(state.plugins["p"].current, a);
         assert_eq!(state.plugins["p"].previous, Some(b));
@@ -222,18 +380,51 @@ mod tests {
         let mut state = ClusterState::default();
         let a = Module::new(b"a".to_vec());
         let b = Module::new(b"b".to_vec());
-        let modules = BTreeMap::from([("p".to_string(), a.clone()), ("q".to_string(), a.clone())]);
-        state.apply(&Command::SetConfig { config: "x".into(), modules });
-        let modules = BTreeMap::from([("p".to_string(), b.clone())]);
-        state.apply(&Command::SetConfig { config: "y".into(), modules });
+        for c in Proposal::stage_commands(&a) {
+            state.apply(&c);
+        }
+        let modules = BTreeMap::from([("p".to_string(), a.sha256.clone()), ("q".to_string(), a.sha256.clone())]);
+        assert_eq!(state.apply(&Command::SetConfig { config: "x".into(), modules }), None);
+        for c in Proposal::stage_commands(&b) {
+            state.apply(&c);
+        }
+        let modules = BTreeMap::from([("p".to_string(), b.sha256.clone())]);
+        assert_eq!(state.apply(&Command::SetConfig { config: "y".into(), modules }), None);
         assert_eq!(state.plugins["p"].previous, Some(a));
         assert!(!state.plugins.contains_key("q"));
         assert_eq!(state.config.as_deref(), Some("y"));
+        assert!(state.staged.is_empty(), "staged pieces are dropped once used");
     }
 
     #[test]
-    fn commands_round_trip_through_json_with_base64_modules() {
-        let command = Command::PutPlugin { name: "p".into(), module: Module::new(vec![0, 1, 2, 255]) };
+    fn large_modules_are_assembled_from_pieces_and_checked_against_their_digest() {
+        let mut state = ClusterState::default();
+        let big = Module::new((0..(3 * CHUNK_BYTES + 17)).map(|i| (i % 251) as u8).collect());
+        let pieces = Proposal::stage_commands(&big);
+        assert_eq!(pieces.len(), 4);
+        // Missing a piece: refused, nothing changes.
+        for c in &pieces[..3] {
+            state.apply(c);
+        }
+        let put_big = Command::PutPlugin { name: "p".into(), sha256: big.sha256.clone() };
+        assert!(state.apply(&put_big).is_some_and(|e| e.contains("3 of 4")));
+        assert!(state.plugins.is_empty());
+        state.apply(&pieces[3]);
+        assert_eq!(state.apply(&put_big), None);
+        assert_eq!(state.plugins["p"].current, big);
+        // Pieces that do not add up to the digest are refused.
+        let liar = Command::StageChunk { sha256: "00".repeat(32), index: 0, total: 1, bytes: b"x".to_vec() };
+        state.apply(&liar);
+        let refused = state.apply(&Command::PutPlugin { name: "q".into(), sha256: "00".repeat(32) });
+        assert!(refused.is_some_and(|e| e.contains("do not match")));
+        // A module already in the state needs no staging.
+        assert!(state.has_module(&big.sha256));
+        assert_eq!(state.apply(&Command::PutPlugin { name: "r".into(), sha256: big.sha256.clone() }), None);
+    }
+
+    #[test]
+    fn commands_round_trip_through_json_with_base64_bytes() {
+        let command = Command::StageChunk { sha256: "ab".into(), index: 0, total: 1, bytes: vec![0, 1, 2, 255] };
         let text = serde_json::to_string(&command).unwrap_or_default();
         assert!(text.contains("\"AAEC/w==\""), "{text}");
         let back: Command = serde_json::from_str(&text).unwrap_or(Command::RollbackPlugin { name: String::new() });

@@ -1,6 +1,8 @@
 //! Three in-process nodes on 127.0.0.1 with real sockets and real data directories.
 
-use portico_cluster::{Cluster, ClusterError, ClusterSettings, Command, EndpointChange, MembershipChange};
+use portico_cluster::{
+    Cluster, ClusterError, ClusterSettings, Command, EndpointChange, MembershipChange, Module, Proposal,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +50,8 @@ async fn writes_replicate_survive_partition_and_restart() {
     let ports: BTreeMap<u64, u16> = (1..=3).map(|id| (id, free_port())).collect();
     let mut nodes = Vec::new();
     for id in 1..=3 {
-        let bootstrap = (id == 1).then(|| Command::SetConfig { config: "boot".into(), modules: BTreeMap::new() });
+        let bootstrap =
+            (id == 1).then(|| Proposal::plain(Command::SetConfig { config: "boot".into(), modules: BTreeMap::new() }));
         nodes.push(Cluster::start(settings(id, &ports, dir.path()), bootstrap).await.expect("start"));
     }
     let refs: Vec<&Arc<Cluster>> = nodes.iter().collect();
@@ -166,4 +169,34 @@ async fn raw_post(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     let _ = stream.read_to_string(&mut answer).await;
     let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_four_mib_module_replicates_in_pieces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports: BTreeMap<u64, u16> = (1..=3).map(|id| (id, free_port())).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let mut s = settings(id, &ports, dir.path());
+        // Production timing: one append RPC must finish within the heartbeat interval.
+        s.heartbeat_interval = Duration::from_millis(100);
+        s.election_timeout = Duration::from_secs(1);
+        s.write_timeout = Duration::from_secs(10);
+        s.snapshot_every = 500;
+        nodes.push(Cluster::start(s, None).await.expect("start"));
+    }
+    let refs: Vec<&Arc<Cluster>> = nodes.iter().collect();
+    confirmed_leader(&refs, Duration::from_secs(5)).await.expect("leader");
+    let wasm: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let module = Module::new(wasm);
+    let command = Command::PutPlugin { name: "big".into(), sha256: module.sha256.clone() };
+    let applied = nodes[1].propose(Proposal { command, modules: vec![module.clone()] }).await.expect("propose");
+    for n in &nodes {
+        assert!(n.wait_applied(applied.index, Duration::from_secs(10)).await, "node {} applied", n.node_id());
+        assert_eq!(n.state().plugins["big"].current, module);
+        assert!(n.state().staged.is_empty());
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
 }

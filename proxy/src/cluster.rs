@@ -8,7 +8,7 @@
 
 use crate::config::{self, Config, ConfigIssue, PluginSource};
 use crate::server::{Server, ServerError};
-use portico_cluster::{Applied, Cluster, ClusterError, ClusterState, Command, Module};
+use portico_cluster::{Applied, Cluster, ClusterError, ClusterState, Command, Module, Proposal};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,9 +78,15 @@ pub async fn modules_of(config: &Config) -> Result<BTreeMap<String, Module>, Vec
     Ok(modules)
 }
 
-/// The command that replaces the shared configuration with `config` (whose file text is `text`).
-pub async fn set_config_command(config: &Config, text: &str) -> Result<Command, Vec<ConfigIssue>> {
-    Ok(Command::SetConfig { config: shared_text(text)?, modules: modules_of(config).await? })
+/// The proposal that replaces the shared configuration with `config` (whose file text is `text`), with the
+/// modules of its file-sourced plugins.
+pub async fn set_config_proposal(config: &Config, text: &str) -> Result<Proposal, Vec<ConfigIssue>> {
+    let modules = modules_of(config).await?;
+    let command = Command::SetConfig {
+        config: shared_text(text)?,
+        modules: modules.iter().map(|(name, m)| (name.clone(), m.sha256.clone())).collect(),
+    };
+    Ok(Proposal { command, modules: modules.into_values().collect() })
 }
 
 impl ClusterLink {
@@ -186,8 +192,8 @@ impl ClusterLink {
 
     /// Commits `command` and waits (briefly) until this node's proxy has applied the result, so the caller
     /// sees its own write.
-    pub async fn write(&self, command: Command) -> Result<Applied, ClusterError> {
-        let applied = self.cluster.write(command).await?;
+    pub async fn write(&self, proposal: Proposal) -> Result<Applied, ClusterError> {
+        let applied = self.cluster.propose(proposal).await?;
         let mut rx = self.applied.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|i| *i >= applied.index)).await;
         Ok(applied)
@@ -200,8 +206,8 @@ impl ClusterLink {
         let mut config = self.compose_text(&shared, &ClusterState::default()).map_err(ServerError::Config)?;
         config.path = self.path.clone();
         server.check_plugins(&config).await?;
-        let command = set_config_command(&config, text).await.map_err(ServerError::Config)?;
-        self.write(command).await.map_err(ServerError::Cluster)
+        let proposal = set_config_proposal(&config, text).await.map_err(ServerError::Config)?;
+        self.write(proposal).await.map_err(ServerError::Cluster)
     }
 
     /// Proposes the local config file (`POST /config/reload` and SIGHUP on a cluster member).
@@ -278,7 +284,7 @@ fn apply_endpoint_overrides(server: &Server, state: &ClusterState) {
 /// known configuration (or the local file when the cluster has none yet), and keeps the two in step.
 pub async fn start_member(config: Config, text: &str, grace: Duration) -> Result<Arc<Server>, ServerError> {
     let settings = config.cluster.clone().ok_or(ServerError::NoFile)?;
-    let bootstrap = set_config_command(&config, text).await.map_err(ServerError::Config)?;
+    let bootstrap = set_config_proposal(&config, text).await.map_err(ServerError::Config)?;
     let cluster = Cluster::start(settings.settings.clone(), Some(bootstrap)).await?;
     let link = Arc::new(ClusterLink::new(cluster.clone(), text, &config).map_err(ServerError::Config)?);
     let local = || {

@@ -10,7 +10,7 @@ use crate::server::{Server, ServerError};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use portico_cluster::{ClusterError, Command, EndpointChange, MembershipChange, Module};
+use portico_cluster::{ClusterError, Command, EndpointChange, MembershipChange, Module, Proposal};
 use std::sync::Arc;
 
 /// The status a cluster failure maps to: 409 for a command the state refused, 503 for everything that means
@@ -128,7 +128,7 @@ pub async fn endpoint(
         Some(true) => {}
     }
     let command = Command::Endpoint { upstream: upstream.into(), endpoint: endpoint.into(), change };
-    match link.write(command).await {
+    match link.write(Proposal::plain(command)).await {
         Ok(a) => {
             let group = server.shared.snapshot.load().upstreams.get(upstream).map(|u| u.describe());
             committed(a.index, group.unwrap_or_default())
@@ -145,17 +145,18 @@ pub async fn upload(link: &ClusterLink, server: &Server, name: &str, bytes: Vec<
     if let Err(e) = server.shared.plugins.check(&slot.config, bytes.clone()).await {
         return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; nothing was proposed"));
     }
-    let command = Command::PutPlugin { name: name.into(), module: Module::new(bytes) };
-    plugin_write(link, server, name, command).await
+    let module = Module::new(bytes);
+    let command = Command::PutPlugin { name: name.into(), sha256: module.sha256.clone() };
+    plugin_write(link, server, name, Proposal { command, modules: vec![module] }).await
 }
 
 /// `POST /plugins/{name}/rollback` on a cluster member.
 pub async fn rollback(link: &ClusterLink, server: &Server, name: &str) -> Response<ResponseBody> {
-    plugin_write(link, server, name, Command::RollbackPlugin { name: name.into() }).await
+    plugin_write(link, server, name, Proposal::plain(Command::RollbackPlugin { name: name.into() })).await
 }
 
-async fn plugin_write(link: &ClusterLink, server: &Server, name: &str, command: Command) -> Response<ResponseBody> {
-    match link.write(command).await {
+async fn plugin_write(link: &ClusterLink, server: &Server, name: &str, proposal: Proposal) -> Response<ResponseBody> {
+    match link.write(proposal).await {
         Ok(a) => {
             let slot = server.shared.snapshot.load().plugins.get(name).cloned();
             committed(a.index, slot.map(|s| s.describe()).unwrap_or_default())

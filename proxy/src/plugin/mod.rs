@@ -280,7 +280,7 @@ async fn read_module(config: &PluginConfig) -> Result<(Vec<u8>, String, Option<S
             let bytes = tokio::fs::read(path).await.map_err(read)?;
             Ok((bytes, format!("file:{}", path.display()), modified))
         }
-        PluginSource::Replicated(module) => Ok((module.wasm.clone(), format!("cluster:{}", module.sha256), None)),
+        PluginSource::Replicated(module) => Ok((module.wasm.to_vec(), format!("cluster:{}", module.sha256), None)),
         PluginSource::Builtin(name) => match portico_plugins::builtin(name) {
             Some(bytes) => Ok((bytes.to_vec(), format!("builtin:{name}"), None)),
             None => Err(PluginLoadError::UnknownBuiltin {
