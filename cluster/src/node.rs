@@ -152,22 +152,23 @@ pub struct MemberStatus {
 ///
 /// Two openraft 0.9 behaviours shape it:
 /// - A follower that knew a leader waits `election_timeout_max` (the leader lease) *plus* its drawn election
-///   timeout before it campaigns. Portico's `election_timeout` means what operators expect — how long a
-///   follower goes without hearing from the leader before it campaigns — so openraft gets about half of it.
+///   timeout before it campaigns. Portico's `election_timeout` means what operators expect — a follower
+///   campaigns within about that long without hearing from the leader — so openraft gets about a third of it.
 /// - openraft 0.9 draws a node's timeout once and reuses it every term, so two survivors with close draws can
 ///   split votes forever (fixed upstream only in 0.10). Each node therefore draws from its own slice:
-///   `[E/2 + k·E/16, E/2 + (k+1)·E/16)` with `k = id mod 8`, so no two of up to eight nodes tie. Node `k`
-///   campaigns between `E·(1 + k/8)` and `E·(1 + (k+1)/8)` after the leader's last heartbeat, by which time
-///   every voter's lease (at most `E`) has expired and it grants its vote.
+///   `[E/3 + k·E/24, E/3 + (k+1)·E/24)` with `k = id mod 8`, so no two of up to eight nodes tie. Node `k`
+///   campaigns `2·E/3 + k·E/12` or a little later after the leader's last heartbeat; by then every voter's
+///   lease (at most `2·E/3`) has expired. If the first candidate's log is behind, the survivor with the longer
+///   log campaigns one drawn timeout (about `E/3`) later: a new leader within about `1.5·E` even then.
 pub fn raft_config(settings: &ClusterSettings) -> Result<openraft::Config, ClusterError> {
     let base = settings.election_timeout.as_millis() as u64;
-    let step = (base / 16).max(1);
+    let step = (base / 24).max(1);
     let k = settings.node_id % 8;
     let config = openraft::Config {
         cluster_name: "portico".into(),
         heartbeat_interval: settings.heartbeat_interval.as_millis() as u64,
-        election_timeout_min: base / 2 + k * step,
-        election_timeout_max: base / 2 + (k + 1) * step,
+        election_timeout_min: base / 3 + k * step,
+        election_timeout_max: base / 3 + (k + 1) * step,
         install_snapshot_timeout: base.max(1000),
         // Module pieces are 64 KiB: a few per RPC keeps each append well inside `heartbeat_interval`.
         max_payload_entries: 4,

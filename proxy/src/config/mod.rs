@@ -292,11 +292,11 @@ impl Validator<'_> {
         }
         let heartbeat = c.heartbeat_interval.0;
         let election = c.election_timeout.0;
-        if heartbeat.is_zero() || election < heartbeat * 3 {
+        if heartbeat.is_zero() || election < heartbeat * 5 {
             self.issue::<()>(
                 "cluster.election_timeout",
                 None,
-                format!("must be at least 3 × heartbeat_interval ({heartbeat:?}); 10 × is the usual rule"),
+                format!("must be at least 5 × heartbeat_interval ({heartbeat:?}); 10 × is the usual rule"),
             );
         }
         if c.token.as_deref() == Some("") {
