@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 const ELECTION: Duration = Duration::from_secs(1);
 
+/// The cluster tests run one at a time: each starts three or four processes, and timing (elections) is part of
+/// what they check, so they should not starve each other of CPU.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> Result<u16, std::io::Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -200,6 +204,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_under_writes_loses_no_acknowledged_write_and_no_request() -> TestResult {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
     let dir = tempfile::tempdir()?;
@@ -225,6 +230,8 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write_and_no_requ
                         _ => failed.fetch_add(1, Ordering::Relaxed),
                     };
                 }
+                // Steady traffic (about 150 requests/s per node), not a CPU hog competing with Raft's timers.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
@@ -309,6 +316,7 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write_and_no_requ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an_uncommitted_config() -> TestResult {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let a = TestUpstream::start("a").await;
     let dir = tempfile::tempdir()?;
     let nodes = start_cluster(dir.path(), &quoted(&[&a]), true).await?;
@@ -436,6 +444,7 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_joins_through_the_admin_api_and_is_removed_again() -> TestResult {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let a = TestUpstream::start("a").await;
     let dir = tempfile::tempdir()?;
     let nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
