@@ -42,10 +42,16 @@ fn request_headers() -> Vec<(String, String)> {
 }
 
 fn response_headers() -> Vec<(String, String)> {
-    [(":status", "200"), ("content-type", "application/json"), ("content-length", "512"), ("server", "app"), ("date", "Thu, 26 Nov 2026 12:00:00 GMT")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    [
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("content-length", "512"),
+        ("server", "app"),
+        ("date", "Thu, 26 Nov 2026 12:00:00 GMT"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -60,7 +66,8 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let (mut h, mut r) = (req.clone(), resp.clone());
-                let info = RequestInfo { path: "/api/v1/items?page=2".into(), method: "GET".into(), ..RequestInfo::default() };
+                let info =
+                    RequestInfo { path: "/api/v1/items?page=2".into(), method: "GET".into(), ..RequestInfo::default() };
                 let mut s = plugin.new_stream(info).unwrap();
                 s.on_request_headers(&mut h, false).unwrap();
                 s.on_response_headers(&mut r, false).unwrap();
