@@ -116,7 +116,8 @@ pub(crate) struct HostState {
     pub limiter: MemLimiter,
     pub core: Arc<PluginCore>,
     pub memory: Option<Memory>,
-    pub alloc: Option<TypedFunc<i32, i32>>,
+    /// The guest allocator, shared so a hostcall can call it without cloning the `TypedFunc`.
+    pub alloc: Option<Arc<TypedFunc<i32, i32>>>,
     pub slot: usize,
     pub generation: u64,
     pub root_context: u32,
