@@ -69,6 +69,9 @@ pub(crate) struct StreamState {
     pub request_trailers: HeaderMap,
     pub response_headers: HeaderMap,
     pub response_trailers: HeaderMap,
+    /// Bit `1 << map type` set when a hostcall changed that header map (cleared when a phase loads it), so a
+    /// phase copies the map back to the caller only when the plugin changed it.
+    pub modified: u8,
     pub request_body: Bytes,
     pub request_eos: bool,
     pub response_body: Bytes,
@@ -94,6 +97,7 @@ impl StreamState {
             request_trailers: Vec::new(),
             response_headers: Vec::new(),
             response_trailers: Vec::new(),
+            modified: 0,
             request_body: Bytes::new(),
             request_eos: false,
             response_body: Bytes::new(),
@@ -124,6 +128,9 @@ pub(crate) struct HostState {
     /// Context hostcalls act on (`proxy_set_effective_context` changes it).
     pub current: u32,
     pub streams: HashMap<u32, StreamState>,
+    /// Header maps of deleted streams, kept so the next streams' copies reuse their strings' buffers (see
+    /// [`copy_headers`]). Never visible to a guest: a map leaves this list only by being overwritten.
+    pub spare_maps: Vec<HeaderMap>,
     pub root_properties: HashMap<String, Vec<u8>>,
     /// Callout response while `proxy_on_http_call_response` runs.
     pub callout: Option<HttpCallResponse>,
@@ -154,9 +161,15 @@ impl HostState {
         })
     }
 
+    /// The map a hostcall is about to change; a stream's map is marked modified (see [`StreamState::modified`]).
     fn map_mut(&mut self, t: i32) -> Result<&mut HeaderMap, i32> {
         let current = self.current;
-        let s = self.streams.get_mut(&current);
+        let s = self.streams.get_mut(&current).map(|s| {
+            if (MAP_REQUEST_HEADERS..=MAP_RESPONSE_TRAILERS).contains(&t) {
+                s.modified |= 1 << t;
+            }
+            s
+        });
         match t {
             MAP_REQUEST_HEADERS => s.map(|s| &mut s.request_headers).ok_or(NOT_FOUND),
             MAP_REQUEST_TRAILERS => s.map(|s| &mut s.request_trailers).ok_or(NOT_FOUND),
@@ -186,6 +199,40 @@ impl HostState {
     fn plugin_name(&self) -> &str {
         &self.core.name
     }
+}
+
+/// How many spare header maps an instance keeps, and the most string capacity (bytes) one may hold: enough
+/// for the request and response maps of the streams a busy instance interleaves, without pinning the memory
+/// of an occasional huge header.
+const SPARE_MAPS: usize = 16;
+const SPARE_MAP_BYTES: usize = 16 << 10;
+
+impl HostState {
+    /// Remove a deleted stream's context, keeping its header maps as spares.
+    pub fn remove_stream(&mut self, ctx: u32) {
+        let Some(s) = self.streams.remove(&ctx) else { return };
+        for m in [s.request_headers, s.response_headers, s.request_trailers, s.response_trailers] {
+            if self.spare_maps.len() >= SPARE_MAPS {
+                break;
+            }
+            let bytes: usize = m.iter().map(|(k, v)| k.capacity() + v.capacity()).sum();
+            if m.capacity() > 0 && bytes <= SPARE_MAP_BYTES {
+                self.spare_maps.push(m);
+            }
+        }
+    }
+}
+
+/// Make `dst` equal to `src`, reusing the buffers of `dst`'s strings: copying a request's headers into a
+/// recycled map is then a few `memcpy`s instead of two allocations (and later two frees) per header.
+pub(crate) fn copy_headers(dst: &mut HeaderMap, src: &[(String, String)]) {
+    dst.truncate(src.len());
+    for ((dk, dv), (sk, sv)) in dst.iter_mut().zip(src) {
+        dk.clone_from(sk);
+        dv.clone_from(sv);
+    }
+    let n = dst.len();
+    dst.extend_from_slice(&src[n..]);
 }
 
 /// Reject header names/values that could smuggle extra headers or break framing (CR, LF, NUL).

@@ -14,7 +14,7 @@ use wasmtime::{InstancePre, Store, Trap, TypedFunc, WasmParams, WasmResults};
 use crate::codec;
 use crate::engine::{AbiVersion, CompiledModule, EngineShared, PluginEngine, EPOCH_TICK};
 use crate::error::{FailureKind, HostTrap, PluginError, PluginFailure};
-use crate::host::{HostState, MemLimiter, SelectInput, StreamSignal, StreamState};
+use crate::host::{copy_headers, HostState, MemLimiter, SelectInput, StreamSignal, StreamState};
 use crate::services::HostServices;
 use crate::types::abi;
 use crate::types::{Candidate, FailPolicy, FilterAction, HeaderMap, HttpCallResponse, RequestInfo, Resumption};
@@ -528,6 +528,7 @@ impl Plugin {
             root_context: 1,
             current: 1,
             streams: HashMap::new(),
+            spare_maps: Vec::new(),
             root_properties: HashMap::new(),
             callout: None,
             tick_period: None,
@@ -962,6 +963,25 @@ impl std::fmt::Debug for HttpStream {
     }
 }
 
+/// Load a phase's headers into the stream's copy (a spare map's buffers reused, no allocation once warm)
+/// and clear its modified bit. The caller keeps its own map: most plugins only read headers, and then
+/// [`unload_headers`] has nothing to do. Returns the number of headers (the callback's argument).
+fn load_headers(spare: &mut Vec<HeaderMap>, map: &mut HeaderMap, modified: &mut u8, t: i32, from: &HeaderMap) -> usize {
+    if map.capacity() == 0 {
+        *map = spare.pop().unwrap_or_default();
+    }
+    copy_headers(map, from);
+    *modified &= !(1 << t);
+    from.len()
+}
+
+/// Give the plugin's changes back to the caller, only if a hostcall changed the map during the callback.
+fn unload_headers(map: &HeaderMap, modified: u8, t: i32, to: &mut HeaderMap) {
+    if modified & (1 << t) != 0 {
+        copy_headers(to, map);
+    }
+}
+
 /// A phase's callback, borrowed from the instance's exports (see [`Instance::call`] for why not cloned).
 enum Cb<'a> {
     Three(&'a TypedFunc<(i32, i32, i32), i32>),
@@ -1016,14 +1036,17 @@ impl HttpStream {
         name: &'static str,
         data: &mut D,
         eos: bool,
-        load: impl FnOnce(&mut StreamState, &mut D) -> usize,
+        load: impl FnOnce(&mut Vec<HeaderMap>, &mut StreamState, &mut D) -> usize,
         unload: impl FnOnce(&mut StreamState, &mut D),
         pick: fn(&Exports) -> Option<Cb<'_>>,
     ) -> Result<FilterAction, PluginFailure> {
         self.signal.state.lock().take();
         self.with_instance(|inst, ctx| {
-            let s = inst.stream(ctx)?;
-            let n = load(s, data);
+            let HostState { streams, spare_maps, core, .. } = inst.store.data_mut();
+            let Some(s) = streams.get_mut(&ctx) else {
+                return Err(core.failure(FailureKind::Unavailable, "stream context is gone"));
+            };
+            let n = load(spare_maps, s, data);
             s.in_band = true;
             s.local_response = None;
             s.close = false;
@@ -1063,11 +1086,8 @@ impl HttpStream {
             "proxy_on_request_headers",
             headers,
             end_of_stream,
-            |s, h| {
-                s.request_headers = std::mem::take(h);
-                s.request_headers.len()
-            },
-            |s, h| h.clone_from(&s.request_headers),
+            |st, s, h| load_headers(st, &mut s.request_headers, &mut s.modified, abi::MAP_REQUEST_HEADERS, h),
+            |s, h| unload_headers(&s.request_headers, s.modified, abi::MAP_REQUEST_HEADERS, h),
             |f| f.on_request_headers.as_ref().map(Cb::Three),
         )
     }
@@ -1079,7 +1099,7 @@ impl HttpStream {
             "proxy_on_request_body",
             body,
             end_of_stream,
-            |s, b| {
+            |_, s, b| {
                 s.request_body = b.clone();
                 s.request_eos = end_of_stream;
                 b.len()
@@ -1095,11 +1115,8 @@ impl HttpStream {
             "proxy_on_request_trailers",
             trailers,
             true,
-            |s, t| {
-                s.request_trailers = std::mem::take(t);
-                s.request_trailers.len()
-            },
-            |s, t| t.clone_from(&s.request_trailers),
+            |st, s, t| load_headers(st, &mut s.request_trailers, &mut s.modified, abi::MAP_REQUEST_TRAILERS, t),
+            |s, t| unload_headers(&s.request_trailers, s.modified, abi::MAP_REQUEST_TRAILERS, t),
             |f| f.on_request_trailers.as_ref().map(Cb::Two),
         )
     }
@@ -1114,11 +1131,8 @@ impl HttpStream {
             "proxy_on_response_headers",
             headers,
             end_of_stream,
-            |s, h| {
-                s.response_headers = std::mem::take(h);
-                s.response_headers.len()
-            },
-            |s, h| h.clone_from(&s.response_headers),
+            |st, s, h| load_headers(st, &mut s.response_headers, &mut s.modified, abi::MAP_RESPONSE_HEADERS, h),
+            |s, h| unload_headers(&s.response_headers, s.modified, abi::MAP_RESPONSE_HEADERS, h),
             |f| f.on_response_headers.as_ref().map(Cb::Three),
         )
     }
@@ -1129,7 +1143,7 @@ impl HttpStream {
             "proxy_on_response_body",
             body,
             end_of_stream,
-            |s, b| {
+            |_, s, b| {
                 s.response_body = b.clone();
                 s.response_eos = end_of_stream;
                 b.len()
@@ -1145,11 +1159,8 @@ impl HttpStream {
             "proxy_on_response_trailers",
             trailers,
             true,
-            |s, t| {
-                s.response_trailers = std::mem::take(t);
-                s.response_trailers.len()
-            },
-            |s, t| t.clone_from(&s.response_trailers),
+            |st, s, t| load_headers(st, &mut s.response_trailers, &mut s.modified, abi::MAP_RESPONSE_TRAILERS, t),
+            |s, t| unload_headers(&s.response_trailers, s.modified, abi::MAP_RESPONSE_TRAILERS, t),
             |f| f.on_response_trailers.as_ref().map(Cb::Two),
         )
     }
@@ -1339,7 +1350,7 @@ impl Drop for HttpStream {
             r = inst.call("proxy_on_delete", |f| f.on_delete.as_ref(), ctx as i32).map(|_| ());
         }
         let st = inst.store.data_mut();
-        st.streams.remove(&ctx);
+        st.remove_stream(ctx);
         st.current = st.root_context;
         let (s, g) = (self.slot, self.generation);
         plugin.core.callouts.lock().retain(|_, o| !(o.slot == s && o.generation == g && o.context == ctx));
