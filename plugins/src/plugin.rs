@@ -319,7 +319,7 @@ fn invoke<P: WasmParams, R: WasmResults>(
     ticks: u64,
 ) -> Result<R, PluginFailure> {
     store.set_epoch_deadline(ticks);
-    let start = Instant::now();
+    let start = store.data_mut().sample_timing().then(Instant::now);
     IN_CALLBACK.with(|c| c.set(c.get() + 1));
     let r = f.call(&mut *store, args);
     IN_CALLBACK.with(|c| c.set(c.get().saturating_sub(1)));
@@ -328,7 +328,9 @@ fn invoke<P: WasmParams, R: WasmResults>(
     // worker thread running this plugin shares.
     let core = &st.core;
     core.m_callbacks.inc();
-    core.m_seconds.observe(start.elapsed().as_secs_f64());
+    if let Some(start) = start {
+        core.m_seconds.observe(start.elapsed().as_secs_f64());
+    }
     // Apply tick period changes made during the callback.
     match (st.tick_period, *tick) {
         (None, _) => *tick = None,
@@ -532,6 +534,8 @@ impl Plugin {
             root_properties: HashMap::new(),
             callout: None,
             tick_period: None,
+            // Any non-zero seed; per slot and generation so instances do not sample in lockstep.
+            timing_rng: 0x9E37_79B9_7F4A_7C15 ^ ((slot as u64) << 32) ^ generation,
             exit_code: None,
             last_error_log: None,
         };
