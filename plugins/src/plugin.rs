@@ -14,7 +14,7 @@ use wasmtime::{InstancePre, Store, Trap, TypedFunc, WasmParams, WasmResults};
 use crate::codec;
 use crate::engine::{AbiVersion, CompiledModule, EngineShared, PluginEngine, EPOCH_TICK};
 use crate::error::{FailureKind, HostTrap, PluginError, PluginFailure};
-use crate::host::{copy_headers, HostState, MemLimiter, SelectInput, StreamSignal, StreamState};
+use crate::host::{copy_headers, ContextMap, HostState, MemLimiter, SelectInput, StreamSignal, StreamState};
 use crate::services::HostServices;
 use crate::types::abi;
 use crate::types::{Candidate, FailPolicy, FilterAction, HeaderMap, HttpCallResponse, RequestInfo, Resumption};
@@ -529,7 +529,7 @@ impl Plugin {
             generation,
             root_context: 1,
             current: 1,
-            streams: HashMap::new(),
+            streams: ContextMap::default(),
             spare_maps: Vec::new(),
             root_properties: HashMap::new(),
             callout: None,
