@@ -768,9 +768,16 @@ impl Plugin {
         })();
         let generation = slot.generation;
         match result {
-            Ok((context, signal)) => {
-                Ok(HttpStream { plugin: self.clone(), slot: i, generation, context, signal, done: false, dead: false })
-            }
+            Ok((context, signal)) => Ok(HttpStream {
+                plugin: self.clone(),
+                slot: i,
+                generation,
+                context,
+                signal,
+                done: false,
+                dead: false,
+                changed: false,
+            }),
             Err(e) => {
                 if e.kind != FailureKind::Unavailable {
                     self.poison(&mut slot, &e);
@@ -959,6 +966,8 @@ pub struct HttpStream {
     signal: Arc<StreamSignal>,
     done: bool,
     dead: bool,
+    /// The last phase wrote the plugin's changes into the caller's data (see [`HttpStream::data_changed`]).
+    changed: bool,
 }
 
 impl std::fmt::Debug for HttpStream {
@@ -980,10 +989,13 @@ fn load_headers(spare: &mut Vec<HeaderMap>, map: &mut HeaderMap, modified: &mut 
 }
 
 /// Give the plugin's changes back to the caller, only if a hostcall changed the map during the callback.
-fn unload_headers(map: &HeaderMap, modified: u8, t: i32, to: &mut HeaderMap) {
-    if modified & (1 << t) != 0 {
+/// Returns whether it did.
+fn unload_headers(map: &HeaderMap, modified: u8, t: i32, to: &mut HeaderMap) -> bool {
+    let changed = modified & (1 << t) != 0;
+    if changed {
         copy_headers(to, map);
     }
+    changed
 }
 
 /// A phase's callback, borrowed from the instance's exports (see [`Instance::call`] for why not cloned).
@@ -1041,11 +1053,12 @@ impl HttpStream {
         data: &mut D,
         eos: bool,
         load: impl FnOnce(&mut Vec<HeaderMap>, &mut StreamState, &mut D) -> usize,
-        unload: impl FnOnce(&mut StreamState, &mut D),
+        unload: impl FnOnce(&mut StreamState, &mut D) -> bool,
         pick: fn(&Exports) -> Option<Cb<'_>>,
     ) -> Result<FilterAction, PluginFailure> {
         self.signal.state.lock().take();
-        self.with_instance(|inst, ctx| {
+        let mut changed = false;
+        let r = self.with_instance(|inst, ctx| {
             let HostState { streams, spare_maps, core, .. } = inst.store.data_mut();
             let Some(s) = streams.get_mut(&ctx) else {
                 return Err(core.failure(FailureKind::Unavailable, "stream context is gone"));
@@ -1065,7 +1078,7 @@ impl HttpStream {
             };
             let s = inst.stream(ctx)?;
             s.in_band = false;
-            unload(s, data);
+            changed = unload(s, data);
             let action = r?;
             Ok(if let Some(resp) = s.local_response.take() {
                 FilterAction::LocalResponse(resp)
@@ -1076,7 +1089,17 @@ impl HttpStream {
             } else {
                 FilterAction::Pause
             })
-        })
+        });
+        self.changed = changed;
+        r
+    }
+
+    /// Whether the last header, body or trailer phase wrote the plugin's changes into the caller's data (for
+    /// headers: a map hostcall changed them; `run_*_headers` also after a resumption re-read them). When no
+    /// plugin of a chain changed the headers, the proxy keeps its own request or response as it was instead
+    /// of rebuilding it from the list.
+    pub fn data_changed(&self) -> bool {
+        self.changed
     }
 
     /// `proxy_on_request_headers`. `headers` must include `:method`, `:path`, `:authority`, `:scheme`; the
@@ -1108,7 +1131,10 @@ impl HttpStream {
                 s.request_eos = end_of_stream;
                 b.len()
             },
-            |s, b| b.clone_from(&s.request_body),
+            |s, b| {
+                b.clone_from(&s.request_body);
+                true
+            },
             |f| f.on_request_body.as_ref().map(Cb::Three),
         )
     }
@@ -1152,7 +1178,10 @@ impl HttpStream {
                 s.response_eos = end_of_stream;
                 b.len()
             },
-            |s, b| b.clone_from(&s.response_body),
+            |s, b| {
+                b.clone_from(&s.response_body);
+                true
+            },
             |f| f.on_response_body.as_ref().map(Cb::Three),
         )
     }
@@ -1255,6 +1284,7 @@ impl HttpStream {
         match self.resumed().await {
             Resumption::Continue => {
                 *headers = if request { self.request_headers()? } else { self.response_headers()? };
+                self.changed = true;
                 Ok(FilterAction::Continue)
             }
             Resumption::LocalResponse(r) => Ok(FilterAction::LocalResponse(r)),
