@@ -209,12 +209,12 @@ impl HostState {
     /// The map a hostcall is about to change; a stream's map is marked modified (see [`StreamState::modified`]).
     fn map_mut(&mut self, t: i32) -> Result<&mut HeaderMap, i32> {
         let current = self.current;
-        let s = self.streams.get_mut(&current).map(|s| {
+        let mut s = self.streams.get_mut(&current);
+        if let Some(s) = s.as_deref_mut() {
             if (MAP_REQUEST_HEADERS..=MAP_RESPONSE_TRAILERS).contains(&t) {
                 s.modified |= 1 << t;
             }
-            s
-        });
+        }
         match t {
             MAP_REQUEST_HEADERS => s.map(|s| &mut s.request_headers).ok_or(NOT_FOUND),
             MAP_REQUEST_TRAILERS => s.map(|s| &mut s.request_trailers).ok_or(NOT_FOUND),
