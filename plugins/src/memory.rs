@@ -84,6 +84,7 @@ pub(crate) fn return_bytes(
         write_u32(c, ret_size, 0, what)?;
         return Ok(abi::OK);
     }
+    // An `Arc` clone: cloning the `TypedFunc` itself would clone its registered type (registry refcounts).
     let Some(alloc) = c.data().alloc.clone() else {
         return Ok(abi::INVALID_MEMORY_ACCESS);
     };

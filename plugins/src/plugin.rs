@@ -14,7 +14,7 @@ use wasmtime::{InstancePre, Store, Trap, TypedFunc, WasmParams, WasmResults};
 use crate::codec;
 use crate::engine::{AbiVersion, CompiledModule, EngineShared, PluginEngine, EPOCH_TICK};
 use crate::error::{FailureKind, HostTrap, PluginError, PluginFailure};
-use crate::host::{HostState, MemLimiter, SelectInput, StreamSignal, StreamState};
+use crate::host::{copy_headers, ContextMap, HostState, MemLimiter, SelectInput, StreamSignal, StreamState};
 use crate::services::HostServices;
 use crate::types::abi;
 use crate::types::{Candidate, FailPolicy, FilterAction, HeaderMap, HttpCallResponse, RequestInfo, Resumption};
@@ -279,14 +279,21 @@ impl Instance {
         self.store.data().root_context
     }
 
-    /// Run one callback under the CPU deadline, recording metrics and classifying failures.
+    /// Run the export `pick` selects under the per-callback CPU deadline; `Ok(None)` when the module does
+    /// not export it (nothing runs, nothing is counted). The export is borrowed, not cloned: cloning a
+    /// `TypedFunc` clones its registered type (atomic reference counts in wasmtime's type registry), which
+    /// showed up at ~6 % of a request in `perf`.
     fn call<P: WasmParams, R: WasmResults>(
         &mut self,
         name: &'static str,
-        f: &TypedFunc<P, R>,
+        pick: fn(&Exports) -> Option<&TypedFunc<P, R>>,
         args: P,
-    ) -> Result<R, PluginFailure> {
-        self.call_with_deadline(name, f, args, self.deadline_ticks)
+    ) -> Result<Option<R>, PluginFailure> {
+        let Instance { store, f, tick, deadline_ticks, .. } = self;
+        match pick(f) {
+            Some(func) => invoke(store, tick, name, func, args, *deadline_ticks).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn call_with_deadline<P: WasmParams, R: WasmResults>(
@@ -296,33 +303,50 @@ impl Instance {
         args: P,
         ticks: u64,
     ) -> Result<R, PluginFailure> {
-        self.store.set_epoch_deadline(ticks);
-        let core = self.store.data().core.clone();
-        let start = Instant::now();
-        IN_CALLBACK.with(|c| c.set(c.get() + 1));
-        let r = f.call(&mut self.store, args);
-        IN_CALLBACK.with(|c| c.set(c.get().saturating_sub(1)));
-        core.m_callbacks.inc();
-        core.m_seconds.observe(start.elapsed().as_secs_f64());
-        // Apply tick period changes made during the callback.
-        let period = self.store.data().tick_period;
-        match (period, self.tick) {
-            (None, _) => self.tick = None,
-            (Some(p), Some((old, _))) if old == p => {}
-            (Some(p), _) => self.tick = Some((p, Instant::now() + p)),
-        }
-        r.map_err(|e| {
-            let failure = core.classify(name, &e);
-            core.engine.metrics.failures.with_label_values(&[core.name.as_str(), failure.kind.as_str()]).inc();
-            failure
-        })
+        invoke(&mut self.store, &mut self.tick, name, f, args, ticks)
     }
 
     fn stream(&mut self, ctx: u32) -> Result<&mut StreamState, PluginFailure> {
-        let st = self.store.data_mut();
-        let core = st.core.clone();
-        st.streams.get_mut(&ctx).ok_or_else(|| core.failure(FailureKind::Unavailable, "stream context is gone"))
+        // Split borrow: the plugin core is only needed (and only touched) when the context is gone.
+        let HostState { streams, core, .. } = self.store.data_mut();
+        streams.get_mut(&ctx).ok_or_else(|| core.failure(FailureKind::Unavailable, "stream context is gone"))
     }
+}
+
+/// Run one callback under the CPU deadline, recording metrics and classifying failures. A free function over
+/// the instance's parts so the callee can be borrowed from the instance's exports while the store is mutated.
+fn invoke<P: WasmParams, R: WasmResults>(
+    store: &mut Store<HostState>,
+    tick: &mut Option<(Duration, Instant)>,
+    name: &'static str,
+    f: &TypedFunc<P, R>,
+    args: P,
+    ticks: u64,
+) -> Result<R, PluginFailure> {
+    store.set_epoch_deadline(ticks);
+    let start = store.data_mut().sample_timing().then(Instant::now);
+    IN_CALLBACK.with(|c| c.set(c.get() + 1));
+    let r = f.call(&mut *store, args);
+    IN_CALLBACK.with(|c| c.set(c.get().saturating_sub(1)));
+    let st = store.data();
+    // Borrowed, not cloned: an `Arc` clone per callback is two atomic operations on a cache line every
+    // worker thread running this plugin shares.
+    let core = &st.core;
+    core.m_callbacks.inc();
+    if let Some(start) = start {
+        core.m_seconds.observe(start.elapsed().as_secs_f64());
+    }
+    // Apply tick period changes made during the callback.
+    match (st.tick_period, *tick) {
+        (None, _) => *tick = None,
+        (Some(p), Some((old, _))) if old == p => {}
+        (Some(p), _) => *tick = Some((p, Instant::now() + p)),
+    }
+    r.map_err(|e| {
+        let failure = core.classify(name, &e);
+        core.engine.metrics.failures.with_label_values(&[core.name.as_str(), failure.kind.as_str()]).inc();
+        failure
+    })
 }
 
 struct Slot {
@@ -513,10 +537,13 @@ impl Plugin {
             generation,
             root_context: 1,
             current: 1,
-            streams: HashMap::new(),
+            streams: ContextMap::default(),
+            spare_maps: Vec::new(),
             root_properties: HashMap::new(),
             callout: None,
             tick_period: None,
+            // Any non-zero seed; per slot and generation so instances do not sample in lockstep.
+            timing_rng: 0x9E37_79B9_7F4A_7C15 ^ ((slot as u64) << 32) ^ generation,
             exit_code: None,
             last_error_log: None,
         };
@@ -557,7 +584,7 @@ impl Plugin {
                 "module exports neither proxy_on_memory_allocate nor malloc".into(),
             ));
         }
-        store.data_mut().alloc = alloc;
+        store.data_mut().alloc = alloc.map(Arc::new);
         let on_context_create = opt!("proxy_on_context_create")
             .ok_or_else(|| export_err("proxy_on_context_create", "required callback is missing".into()))?;
         let f = Exports {
@@ -757,15 +784,21 @@ impl Plugin {
             let st = inst.store.data_mut();
             st.streams.insert(ctx, StreamState::new(info, signal.clone()));
             st.current = ctx;
-            let f = inst.f.on_context_create.clone();
-            inst.call("proxy_on_context_create", &f, (ctx as i32, root as i32))?;
+            inst.call("proxy_on_context_create", |f| Some(&f.on_context_create), (ctx as i32, root as i32))?;
             Ok((ctx, signal))
         })();
         let generation = slot.generation;
         match result {
-            Ok((context, signal)) => {
-                Ok(HttpStream { plugin: self.clone(), slot: i, generation, context, signal, done: false, dead: false })
-            }
+            Ok((context, signal)) => Ok(HttpStream {
+                plugin: self.clone(),
+                slot: i,
+                generation,
+                context,
+                signal,
+                done: false,
+                dead: false,
+                changed: false,
+            }),
             Err(e) => {
                 if e.kind != FailureKind::Unavailable {
                     self.poison(&mut slot, &e);
@@ -799,13 +832,16 @@ impl Plugin {
         if owner.context != root && !inst.store.data().streams.contains_key(&owner.context) {
             return Ok(());
         }
-        let Some(f) = inst.f.on_http_call_response.clone() else { return Ok(()) };
+        if inst.f.on_http_call_response.is_none() {
+            return Ok(());
+        }
         let resp = response.unwrap_or_default();
         let (nh, nb, nt) = (resp.headers.len() as i32, resp.body.len() as i32, resp.trailers.len() as i32);
         let st = inst.store.data_mut();
         st.current = owner.context;
         st.callout = Some(resp);
-        let r = inst.call("proxy_on_http_call_response", &f, (owner.context as i32, token as i32, nh, nb, nt));
+        let args = (owner.context as i32, token as i32, nh, nb, nt);
+        let r = inst.call("proxy_on_http_call_response", |f| f.on_http_call_response.as_ref(), args).map(|_| ());
         inst.store.data_mut().callout = None;
         if let Err(e) = &r {
             self.poison(&mut slot, e);
@@ -825,7 +861,12 @@ impl Plugin {
     /// Run deferred work: `proxy_on_queue_ready` for enqueued items and callout results delivered while a
     /// callback was running. Called automatically after every stream callback and by [`Plugin::run_ticks`].
     pub fn dispatch_pending(&self) {
-        if IN_CALLBACK.with(Cell::get) > 0 || !self.has_pending.swap(false, Ordering::AcqRel) {
+        // Load before swap: the swap is a write, and this runs after every stream callback on every worker;
+        // writing the shared flag when there is nothing pending would bounce its cache line between cores.
+        if IN_CALLBACK.with(Cell::get) > 0
+            || !self.has_pending.load(Ordering::Acquire)
+            || !self.has_pending.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         let work = std::mem::take(&mut *self.pending.lock());
@@ -840,9 +881,12 @@ impl Plugin {
                         continue;
                     }
                     let Some(inst) = slot.instance.as_mut() else { continue };
-                    let Some(f) = inst.f.on_queue_ready.clone() else { continue };
+                    if inst.f.on_queue_ready.is_none() {
+                        continue;
+                    }
                     inst.store.data_mut().current = root;
-                    if let Err(e) = inst.call("proxy_on_queue_ready", &f, (root as i32, queue as i32)) {
+                    let args = (root as i32, queue as i32);
+                    if let Err(e) = inst.call("proxy_on_queue_ready", |f| f.on_queue_ready.as_ref(), args) {
                         self.poison(&mut slot, &e);
                     }
                 }
@@ -873,11 +917,13 @@ impl Plugin {
             }
             let next = (at + period).max(now);
             inst.tick = Some((period, next));
-            let Some(f) = inst.f.on_tick.clone() else { continue };
+            if inst.f.on_tick.is_none() {
+                continue;
+            }
             let root = inst.root();
             inst.store.data_mut().current = root;
             ran += 1;
-            if let Err(e) = inst.call("proxy_on_tick", &f, root as i32) {
+            if let Err(e) = inst.call("proxy_on_tick", |f| f.on_tick.as_ref(), root as i32) {
                 self.poison(&mut slot, &e);
             }
         }
@@ -941,6 +987,8 @@ pub struct HttpStream {
     signal: Arc<StreamSignal>,
     done: bool,
     dead: bool,
+    /// The last phase wrote the plugin's changes into the caller's data (see [`HttpStream::data_changed`]).
+    changed: bool,
 }
 
 impl std::fmt::Debug for HttpStream {
@@ -949,9 +997,32 @@ impl std::fmt::Debug for HttpStream {
     }
 }
 
-enum Cb {
-    Three(TypedFunc<(i32, i32, i32), i32>),
-    Two(TypedFunc<(i32, i32), i32>),
+/// Load a phase's headers into the stream's copy (a spare map's buffers reused, no allocation once warm)
+/// and clear its modified bit. The caller keeps its own map: most plugins only read headers, and then
+/// [`unload_headers`] has nothing to do. Returns the number of headers (the callback's argument).
+fn load_headers(spare: &mut Vec<HeaderMap>, map: &mut HeaderMap, modified: &mut u8, t: i32, from: &HeaderMap) -> usize {
+    if map.capacity() == 0 {
+        *map = spare.pop().unwrap_or_default();
+    }
+    copy_headers(map, from);
+    *modified &= !(1 << t);
+    from.len()
+}
+
+/// Give the plugin's changes back to the caller, only if a hostcall changed the map during the callback.
+/// Returns whether it did.
+fn unload_headers(map: &HeaderMap, modified: u8, t: i32, to: &mut HeaderMap) -> bool {
+    let changed = modified & (1 << t) != 0;
+    if changed {
+        copy_headers(to, map);
+    }
+    changed
+}
+
+/// A phase's callback, borrowed from the instance's exports (see [`Instance::call`] for why not cloned).
+enum Cb<'a> {
+    Three(&'a TypedFunc<(i32, i32, i32), i32>),
+    Two(&'a TypedFunc<(i32, i32), i32>),
 }
 
 impl HttpStream {
@@ -972,7 +1043,8 @@ impl HttpStream {
         if self.dead {
             return Err(self.plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance failed earlier"));
         }
-        let plugin = self.plugin.clone();
+        // Borrowed, not cloned (an `Arc` clone is a contended atomic on the plugin shared by every worker).
+        let plugin = &self.plugin;
         let mut slot = plugin.lock_slot(self.slot);
         let same_generation = slot.generation == self.generation;
         let r = match slot.instance.as_mut() {
@@ -983,13 +1055,15 @@ impl HttpStream {
             _ => Err(plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance was recreated")),
         };
         if let Err(e) = &r {
-            self.dead = true;
             if e.kind != FailureKind::Unavailable {
                 plugin.poison(&mut slot, e);
             }
         }
         drop(slot);
         plugin.dispatch_pending();
+        if r.is_err() {
+            self.dead = true;
+        }
         r
     }
 
@@ -999,26 +1073,33 @@ impl HttpStream {
         name: &'static str,
         data: &mut D,
         eos: bool,
-        load: impl FnOnce(&mut StreamState, &mut D) -> usize,
-        unload: impl FnOnce(&mut StreamState, &mut D),
-        pick: impl FnOnce(&Exports) -> Option<Cb>,
+        load: impl FnOnce(&mut Vec<HeaderMap>, &mut StreamState, &mut D) -> usize,
+        unload: impl FnOnce(&mut StreamState, &mut D) -> bool,
+        pick: fn(&Exports) -> Option<Cb<'_>>,
     ) -> Result<FilterAction, PluginFailure> {
         self.signal.state.lock().take();
-        self.with_instance(|inst, ctx| {
-            let s = inst.stream(ctx)?;
-            let n = load(s, data);
+        let mut changed = false;
+        let r = self.with_instance(|inst, ctx| {
+            let HostState { streams, spare_maps, core, .. } = inst.store.data_mut();
+            let Some(s) = streams.get_mut(&ctx) else {
+                return Err(core.failure(FailureKind::Unavailable, "stream context is gone"));
+            };
+            let n = load(spare_maps, s, data);
             s.in_band = true;
             s.local_response = None;
             s.close = false;
             s.continued = false;
-            let r = match pick(&inst.f) {
-                Some(Cb::Three(f)) => inst.call(name, &f, (ctx as i32, n as i32, i32::from(eos))),
-                Some(Cb::Two(f)) => inst.call(name, &f, (ctx as i32, n as i32)),
+            let Instance { store, f, tick, deadline_ticks, .. } = &mut *inst;
+            let r = match pick(f) {
+                Some(Cb::Three(f)) => {
+                    invoke(store, tick, name, f, (ctx as i32, n as i32, i32::from(eos)), *deadline_ticks)
+                }
+                Some(Cb::Two(f)) => invoke(store, tick, name, f, (ctx as i32, n as i32), *deadline_ticks),
                 None => Ok(abi::ACTION_CONTINUE),
             };
             let s = inst.stream(ctx)?;
             s.in_band = false;
-            unload(s, data);
+            changed = unload(s, data);
             let action = r?;
             Ok(if let Some(resp) = s.local_response.take() {
                 FilterAction::LocalResponse(resp)
@@ -1029,7 +1110,17 @@ impl HttpStream {
             } else {
                 FilterAction::Pause
             })
-        })
+        });
+        self.changed = changed;
+        r
+    }
+
+    /// Whether the last header, body or trailer phase wrote the plugin's changes into the caller's data (for
+    /// headers: a map hostcall changed them; `run_*_headers` also after a resumption re-read them). When no
+    /// plugin of a chain changed the headers, the proxy keeps its own request or response as it was instead
+    /// of rebuilding it from the list.
+    pub fn data_changed(&self) -> bool {
+        self.changed
     }
 
     /// `proxy_on_request_headers`. `headers` must include `:method`, `:path`, `:authority`, `:scheme`; the
@@ -1043,12 +1134,9 @@ impl HttpStream {
             "proxy_on_request_headers",
             headers,
             end_of_stream,
-            |s, h| {
-                s.request_headers = std::mem::take(h);
-                s.request_headers.len()
-            },
-            |s, h| h.clone_from(&s.request_headers),
-            |f| f.on_request_headers.clone().map(Cb::Three),
+            |st, s, h| load_headers(st, &mut s.request_headers, &mut s.modified, abi::MAP_REQUEST_HEADERS, h),
+            |s, h| unload_headers(&s.request_headers, s.modified, abi::MAP_REQUEST_HEADERS, h),
+            |f| f.on_request_headers.as_ref().map(Cb::Three),
         )
     }
 
@@ -1059,13 +1147,16 @@ impl HttpStream {
             "proxy_on_request_body",
             body,
             end_of_stream,
-            |s, b| {
+            |_, s, b| {
                 s.request_body = b.clone();
                 s.request_eos = end_of_stream;
                 b.len()
             },
-            |s, b| b.clone_from(&s.request_body),
-            |f| f.on_request_body.clone().map(Cb::Three),
+            |s, b| {
+                b.clone_from(&s.request_body);
+                true
+            },
+            |f| f.on_request_body.as_ref().map(Cb::Three),
         )
     }
 
@@ -1075,12 +1166,9 @@ impl HttpStream {
             "proxy_on_request_trailers",
             trailers,
             true,
-            |s, t| {
-                s.request_trailers = std::mem::take(t);
-                s.request_trailers.len()
-            },
-            |s, t| t.clone_from(&s.request_trailers),
-            |f| f.on_request_trailers.clone().map(Cb::Two),
+            |st, s, t| load_headers(st, &mut s.request_trailers, &mut s.modified, abi::MAP_REQUEST_TRAILERS, t),
+            |s, t| unload_headers(&s.request_trailers, s.modified, abi::MAP_REQUEST_TRAILERS, t),
+            |f| f.on_request_trailers.as_ref().map(Cb::Two),
         )
     }
 
@@ -1094,12 +1182,9 @@ impl HttpStream {
             "proxy_on_response_headers",
             headers,
             end_of_stream,
-            |s, h| {
-                s.response_headers = std::mem::take(h);
-                s.response_headers.len()
-            },
-            |s, h| h.clone_from(&s.response_headers),
-            |f| f.on_response_headers.clone().map(Cb::Three),
+            |st, s, h| load_headers(st, &mut s.response_headers, &mut s.modified, abi::MAP_RESPONSE_HEADERS, h),
+            |s, h| unload_headers(&s.response_headers, s.modified, abi::MAP_RESPONSE_HEADERS, h),
+            |f| f.on_response_headers.as_ref().map(Cb::Three),
         )
     }
 
@@ -1109,13 +1194,16 @@ impl HttpStream {
             "proxy_on_response_body",
             body,
             end_of_stream,
-            |s, b| {
+            |_, s, b| {
                 s.response_body = b.clone();
                 s.response_eos = end_of_stream;
                 b.len()
             },
-            |s, b| b.clone_from(&s.response_body),
-            |f| f.on_response_body.clone().map(Cb::Three),
+            |s, b| {
+                b.clone_from(&s.response_body);
+                true
+            },
+            |f| f.on_response_body.as_ref().map(Cb::Three),
         )
     }
 
@@ -1125,12 +1213,9 @@ impl HttpStream {
             "proxy_on_response_trailers",
             trailers,
             true,
-            |s, t| {
-                s.response_trailers = std::mem::take(t);
-                s.response_trailers.len()
-            },
-            |s, t| t.clone_from(&s.response_trailers),
-            |f| f.on_response_trailers.clone().map(Cb::Two),
+            |st, s, t| load_headers(st, &mut s.response_trailers, &mut s.modified, abi::MAP_RESPONSE_TRAILERS, t),
+            |s, t| unload_headers(&s.response_trailers, s.modified, abi::MAP_RESPONSE_TRAILERS, t),
+            |f| f.on_response_trailers.as_ref().map(Cb::Two),
         )
     }
 
@@ -1142,12 +1227,8 @@ impl HttpStream {
         }
         self.done = true;
         self.with_instance(|inst, ctx| {
-            if let Some(f) = inst.f.on_done.clone() {
-                inst.call("proxy_on_done", &f, ctx as i32)?;
-            }
-            if let Some(f) = inst.f.on_log.clone() {
-                inst.call("proxy_on_log", &f, ctx as i32)?;
-            }
+            inst.call("proxy_on_done", |f| f.on_done.as_ref(), ctx as i32)?;
+            inst.call("proxy_on_log", |f| f.on_log.as_ref(), ctx as i32)?;
             Ok(())
         })
     }
@@ -1224,6 +1305,7 @@ impl HttpStream {
         match self.resumed().await {
             Resumption::Continue => {
                 *headers = if request { self.request_headers()? } else { self.response_headers()? };
+                self.changed = true;
                 Ok(FilterAction::Continue)
             }
             Resumption::LocalResponse(r) => Ok(FilterAction::LocalResponse(r)),
@@ -1274,14 +1356,14 @@ impl HttpStream {
             });
             let preselected = if attempt == 0 { s.selected_upstream.take() } else { None };
             s.selected_upstream = None;
-            let r = match inst.f.on_upstream_select.clone() {
-                Some(f) => {
-                    inst.stream(ctx)?.in_band = true;
-                    let r = inst.call("portico_on_upstream_select", &f, (ctx as i32, attempt as i32));
-                    inst.stream(ctx)?.in_band = false;
-                    r.map(|_| ())
-                }
-                None => Ok(()),
+            let r = if inst.f.on_upstream_select.is_some() {
+                inst.stream(ctx)?.in_band = true;
+                let args = (ctx as i32, attempt as i32);
+                let r = inst.call("portico_on_upstream_select", |f| f.on_upstream_select.as_ref(), args);
+                inst.stream(ctx)?.in_band = false;
+                r.map(|_| ())
+            } else {
+                Ok(())
             };
             let s = inst.stream(ctx)?;
             s.select = None;
@@ -1306,7 +1388,8 @@ impl Drop for HttpStream {
         if self.dead {
             return;
         }
-        let plugin = self.plugin.clone();
+        // Borrowed, not cloned (an `Arc` clone is a contended atomic on the plugin shared by every worker).
+        let plugin = &self.plugin;
         let mut slot = plugin.lock_slot(self.slot);
         if slot.generation != self.generation {
             return;
@@ -1316,17 +1399,13 @@ impl Drop for HttpStream {
         inst.store.data_mut().current = ctx;
         let mut r = Ok(());
         if !self.done {
-            if let Some(f) = inst.f.on_done.clone() {
-                r = inst.call("proxy_on_done", &f, ctx as i32).map(|_| ());
-            }
+            r = inst.call("proxy_on_done", |f| f.on_done.as_ref(), ctx as i32).map(|_| ());
         }
         if r.is_ok() {
-            if let Some(f) = inst.f.on_delete.clone() {
-                r = inst.call("proxy_on_delete", &f, ctx as i32);
-            }
+            r = inst.call("proxy_on_delete", |f| f.on_delete.as_ref(), ctx as i32).map(|_| ());
         }
         let st = inst.store.data_mut();
-        st.streams.remove(&ctx);
+        st.remove_stream(ctx);
         st.current = st.root_context;
         let (s, g) = (self.slot, self.generation);
         plugin.core.callouts.lock().retain(|_, o| !(o.slot == s && o.generation == g && o.context == ctx));

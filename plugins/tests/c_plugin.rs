@@ -43,6 +43,35 @@ fn c_plugin_adds_headers_logs_and_counts() {
     assert!(metrics_text(&e).contains(r#"portico_plugin_counter{name="requests",plugin="c-add-header"} 1"#));
 }
 
+/// The host copies headers into header maps recycled from earlier streams and back only when the plugin
+/// changed them: every copy must be exact (no header of an earlier, longer request left over).
+#[test]
+fn c_plugin_header_copies_are_exact_across_recycled_maps() {
+    let (_e, p, _) = load_c("v1");
+    for i in 0..8 {
+        let (info, mut h) = request(&format!("/r/{i}"));
+        if i % 2 == 0 {
+            h.push(("cookie".into(), "secret=1".into()));
+            h.push(("x-long".into(), "a".repeat(300)));
+        }
+        let sent = h.clone();
+        let mut s = p.new_stream(info).unwrap();
+        assert_eq!(s.on_request_headers(&mut h, true).unwrap(), FilterAction::Continue);
+        assert!(s.data_changed());
+        assert_eq!(h.len(), sent.len() + 1, "{h:?}");
+        assert_eq!(&h[..sent.len()], &sent[..]);
+        assert_eq!(header(&h, "x-portico-seen"), Some(format!("/r/{i}").as_str()));
+        assert_eq!(s.request_headers().unwrap(), h);
+        let mut resp = vec![(":status".to_string(), "200".to_string())];
+        assert_eq!(s.on_response_headers(&mut resp, true).unwrap(), FilterAction::Continue);
+        assert!(s.data_changed());
+        assert_eq!(resp, vec![(":status".into(), "200".into()), ("x-portico-plugin".into(), "v1".into())]);
+        assert_eq!(s.response_headers().unwrap(), resp);
+        // The request map is still readable from the response phase.
+        assert_eq!(s.request_headers().unwrap(), h);
+    }
+}
+
 #[test]
 fn c_plugin_blocks_with_local_json_response() {
     let (_e, p, _) = load_c("v2");

@@ -73,9 +73,14 @@ impl FilterChain {
             direction: TrafficDirection::Inbound,
             properties: Vec::new(),
         };
-        for name in filters {
+        // Cloned for all but the last plugin, which gets it: seven strings fewer per request and plugin chain.
+        let last = filters.iter().rposition(|name| plugins.contains_key(name));
+        let mut info = Some(info);
+        for (k, name) in filters.iter().enumerate() {
             let Some(slot) = plugins.get(name) else { continue };
-            match slot.current().new_stream(info.clone()) {
+            let this = if Some(k) == last { info.take() } else { info.clone() };
+            let Some(this) = this else { continue };
+            match slot.current().new_stream(this) {
                 Ok(stream) => chain.links.push(Link { slot: slot.clone(), stream }),
                 Err(failure) => {
                     if let Some(answer) = failed(slot, &failure, request_id) {
@@ -103,10 +108,15 @@ impl FilterChain {
             return Verdict::Continue;
         }
         let mut headers = request_to_abi(parts);
+        // Whether any plugin changed the list; if none did, `parts` stays as it is (rebuilding the header map
+        // parses and validates every header again).
+        let mut changed = false;
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
-            match link.stream.run_request_headers(&mut headers, end_of_stream).await {
+            let result = link.stream.run_request_headers(&mut headers, end_of_stream).await;
+            changed |= link.stream.data_changed();
+            match result {
                 Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
                 Ok(FilterAction::LocalResponse(local)) => return Verdict::Respond(local_answer(local, request_id)),
                 Ok(FilterAction::Close) => return Verdict::Respond(closed(&link.slot, request_id)),
@@ -118,7 +128,9 @@ impl FilterChain {
                 },
             }
         }
-        apply_request(parts, &headers);
+        if changed {
+            apply_request(parts, &headers);
+        }
         Verdict::Continue
     }
 
@@ -213,11 +225,14 @@ impl FilterChain {
         let (mut parts, body) = response.into_parts();
         let end_of_stream = http_body::Body::is_end_stream(&body);
         let mut headers = response_to_abi(&parts);
+        let mut changed = false;
         let mut i = self.links.len();
         while i > 0 {
             i -= 1;
             let link = &mut self.links[i];
-            match link.stream.run_response_headers(&mut headers, end_of_stream).await {
+            let result = link.stream.run_response_headers(&mut headers, end_of_stream).await;
+            changed |= link.stream.data_changed();
+            match result {
                 Ok(FilterAction::Continue | FilterAction::Pause) => {}
                 Ok(FilterAction::LocalResponse(local)) => return local_answer(local, request_id),
                 Ok(FilterAction::Close) => return closed(&link.slot, request_id),
@@ -229,7 +244,9 @@ impl FilterChain {
                 }
             }
         }
-        apply_response(&mut parts, &headers);
+        if changed {
+            apply_response(&mut parts, &headers);
+        }
         Response::from_parts(parts, body)
     }
 
