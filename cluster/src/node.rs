@@ -306,7 +306,6 @@ impl Cluster {
                         other => return other,
                     }
                 }
-                None if Instant::now() >= deadline => return Err(ClusterError::NoLeader),
                 None => {}
             }
             if Instant::now() >= deadline {

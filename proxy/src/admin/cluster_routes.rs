@@ -11,7 +11,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portico_cluster::{ClusterError, Command, EndpointChange, MembershipChange, Module, Proposal};
-use std::sync::Arc;
 
 /// The status a cluster failure maps to: 409 for a command the state refused, 503 for everything that means
 /// "not now" (no leader, no quorum, not committed in time), 502 when the leader could not be reached.
@@ -163,9 +162,4 @@ async fn plugin_write(link: &ClusterLink, server: &Server, name: &str, proposal:
         }
         Err(e) => failure(&e),
     }
-}
-
-/// Whether this server is a cluster member (admin writes take the cluster path).
-pub fn link(server: &Arc<Server>) -> Option<&Arc<ClusterLink>> {
-    server.cluster.get()
 }

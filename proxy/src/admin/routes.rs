@@ -106,7 +106,7 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
             Err(e) => error(StatusCode::BAD_REQUEST, format!("{e}; the running configuration keeps serving")),
         },
         (&Method::POST, ["upstreams", upstream, "endpoints", endpoint, action @ ("drain" | "undrain")]) => {
-            if let Some(link) = cluster_routes::link(&server) {
+            if let Some(link) = server.cluster.get() {
                 let change = if *action == "drain" { EndpointChange::Drain } else { EndpointChange::Undrain };
                 return Ok(cluster_routes::endpoint(link, &server, upstream, &percent_decode(endpoint), change).await);
             }
@@ -120,7 +120,7 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .and_then(|v| v.get("weight").and_then(|w| w.as_u64()));
             match weight.and_then(|w| u32::try_from(w).ok()).filter(|w| (1..=1000).contains(w)) {
-                Some(w) => match cluster_routes::link(&server) {
+                Some(w) => match server.cluster.get() {
                     Some(link) => {
                         let endpoint = percent_decode(&endpoint);
                         cluster_routes::endpoint(link, &server, &upstream, &endpoint, EndpointChange::Weight(w)).await
@@ -148,13 +148,12 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
                 return Ok(error(StatusCode::NOT_FOUND, format!("no plugin named {name:?} in the configuration")));
             };
             let limited = http_body_util::Limited::new(req.into_body(), MAX_PLUGIN_BYTES);
-            match limited.collect().await {
-                Err(e) => error(StatusCode::PAYLOAD_TOO_LARGE, format!("module upload failed or exceeds 64 MiB: {e}")),
-                Ok(body) if cluster_routes::link(&server).is_some() => match cluster_routes::link(&server) {
-                    Some(link) => cluster_routes::upload(link, &server, &name, body.to_bytes().to_vec()).await,
-                    None => error(StatusCode::INTERNAL_SERVER_ERROR, "cluster link vanished"),
-                },
-                Ok(body) => match server.shared.plugins.upload(&slot, body.to_bytes().to_vec()).await {
+            match (limited.collect().await, server.cluster.get()) {
+                (Err(e), _) => {
+                    error(StatusCode::PAYLOAD_TOO_LARGE, format!("module upload failed or exceeds 64 MiB: {e}"))
+                }
+                (Ok(body), Some(link)) => cluster_routes::upload(link, &server, &name, body.to_bytes().to_vec()).await,
+                (Ok(body), None) => match server.shared.plugins.upload(&slot, body.to_bytes().to_vec()).await {
                     Ok(()) => json(StatusCode::OK, slot.describe()),
                     Err(e) => {
                         error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; the running version keeps serving"))
@@ -164,13 +163,10 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
         }
         (&Method::POST, ["plugins", name, "rollback"]) => {
             let slot = server.shared.snapshot.load().plugins.get(*name).cloned();
-            match slot {
-                None => error(StatusCode::NOT_FOUND, format!("no plugin named {name:?} in the configuration")),
-                Some(_) if cluster_routes::link(&server).is_some() => match cluster_routes::link(&server) {
-                    Some(link) => cluster_routes::rollback(link, &server, name).await,
-                    None => error(StatusCode::INTERNAL_SERVER_ERROR, "cluster link vanished"),
-                },
-                Some(slot) => match server.shared.plugins.rollback(&slot).await {
+            match (slot, server.cluster.get()) {
+                (None, _) => error(StatusCode::NOT_FOUND, format!("no plugin named {name:?} in the configuration")),
+                (Some(_), Some(link)) => cluster_routes::rollback(link, &server, name).await,
+                (Some(slot), None) => match server.shared.plugins.rollback(&slot).await {
                     Ok(()) => json(StatusCode::OK, slot.describe()),
                     Err(e) => error(StatusCode::CONFLICT, e.to_string()),
                 },
