@@ -574,22 +574,16 @@ bool key_extract(const key_spec_t *spec, char **out, size_t *len) {
   return false;
 }
 
-/* ---------------- ABI boilerplate shared by the bundled plugins ---------------- */
+/* ---------------- ABI boilerplate shared by the bundled plugins ----------------
+ * Only callbacks that do something are exported: every exported per-request callback is a wasm call per
+ * request, and the host skips the ones a module does not export (proxy_on_context_create, proxy_on_done and
+ * proxy_on_delete had nothing to do here, and the router and balancer keep no per-request state). */
 
 PW_EXPORT(proxy_abi_version_0_2_1) void proxy_abi_version_0_2_1(void) {}
 PW_EXPORT(proxy_on_memory_allocate) void *proxy_on_memory_allocate(size_t size) { return malloc(size); }
-PW_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t context_id, uint32_t parent_id) {
-  (void)context_id;
-  (void)parent_id;
-}
 PW_EXPORT(proxy_on_vm_start) uint32_t proxy_on_vm_start(uint32_t root_id, size_t vm_config_size) {
   (void)root_id;
   (void)vm_config_size;
   rng_seed();
   return 1;
 }
-PW_EXPORT(proxy_on_done) uint32_t proxy_on_done(uint32_t context_id) {
-  (void)context_id;
-  return 1;
-}
-PW_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t context_id) { (void)context_id; }

@@ -242,7 +242,7 @@ type CalloutCb = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// Exports of one instance, resolved once.
 struct Exports {
-    on_context_create: TypedFunc<(i32, i32), ()>,
+    on_context_create: Option<TypedFunc<(i32, i32), ()>>,
     on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
     on_configure: Option<TypedFunc<(i32, i32), i32>>,
     on_tick: Option<TypedFunc<i32, ()>>,
@@ -382,21 +382,40 @@ pub struct Plugin {
     retry: Mutex<(Instant, Duration)>,
     pending: Mutex<Vec<Pending>>,
     has_pending: AtomicBool,
-    body_callbacks: BodyCallbacks,
+    callbacks: Callbacks,
 }
 
-/// Which body callbacks the module exports, read once from its export section, so the proxy can keep bodies
-/// streaming untouched through plugins that only look at headers.
+/// Which per-request callbacks the module exports, read once from its export section. The proxy skips what a
+/// module cannot observe: bodies stream untouched through plugins that only look at headers, and a plugin with
+/// no response-side callback costs nothing once its upstream is chosen. Each skipped callback is a wasm call,
+/// a lock and a header copy fewer per request.
 #[derive(Debug, Clone, Copy, Default)]
-struct BodyCallbacks {
-    request: bool,
-    response: bool,
+struct Callbacks {
+    request_body: bool,
+    response_body: bool,
+    /// Any callback that runs once the response has begun and may read response headers or properties such
+    /// as `upstream.address`: response headers, body or trailers, `proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete`.
+    response_side: bool,
+    upstream_select: bool,
+    done_or_log: bool,
 }
 
-impl BodyCallbacks {
+impl Callbacks {
     fn of(module: &wasmtime::Module) -> Self {
         let exported = |name: &str| module.get_export(name).is_some_and(|e| e.func().is_some());
-        BodyCallbacks { request: exported("proxy_on_request_body"), response: exported("proxy_on_response_body") }
+        let done_or_log = exported("proxy_on_done") || exported("proxy_on_log");
+        Callbacks {
+            request_body: exported("proxy_on_request_body"),
+            response_body: exported("proxy_on_response_body"),
+            response_side: done_or_log
+                || exported("proxy_on_delete")
+                || exported("proxy_on_response_headers")
+                || exported("proxy_on_response_body")
+                || exported("proxy_on_response_trailers"),
+            upstream_select: exported("portico_on_upstream_select"),
+            done_or_log,
+        }
     }
 }
 
@@ -513,7 +532,7 @@ impl Plugin {
             retry: Mutex::new((Instant::now(), spec.broken_cooloff)),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
-            body_callbacks: BodyCallbacks::of(&module.module),
+            callbacks: Callbacks::of(&module.module),
         });
         for i in 0..n {
             let mut slot = plugin.slots[i].lock();
@@ -585,10 +604,8 @@ impl Plugin {
             ));
         }
         store.data_mut().alloc = alloc.map(Arc::new);
-        let on_context_create = opt!("proxy_on_context_create")
-            .ok_or_else(|| export_err("proxy_on_context_create", "required callback is missing".into()))?;
         let f = Exports {
-            on_context_create,
+            on_context_create: opt!("proxy_on_context_create"),
             on_vm_start: opt!("proxy_on_vm_start"),
             on_configure: opt!("proxy_on_configure"),
             on_tick: opt!("proxy_on_tick"),
@@ -627,8 +644,9 @@ impl Plugin {
             inst.call_with_deadline("main", &main, (0, 0), ticks).map_err(start_err)?;
         }
         let root = inst.root() as i32;
-        let occ = inst.f.on_context_create.clone();
-        inst.call_with_deadline("proxy_on_context_create", &occ, (root, 0), ticks).map_err(start_err)?;
+        if let Some(occ) = inst.f.on_context_create.clone() {
+            inst.call_with_deadline("proxy_on_context_create", &occ, (root, 0), ticks).map_err(start_err)?;
+        }
         if let Some(f) = inst.f.on_vm_start.clone() {
             let ok = inst
                 .call_with_deadline("proxy_on_vm_start", &f, (root, core.vm_config.len() as i32), ticks)
@@ -691,12 +709,19 @@ impl Plugin {
     /// Whether the module exports `proxy_on_request_body`. The proxy runs request bodies through
     /// [`HttpStream::on_request_body`] only for such plugins; for the others the body streams untouched.
     pub fn handles_request_body(&self) -> bool {
-        self.body_callbacks.request
+        self.callbacks.request_body
     }
 
     /// Whether the module exports `proxy_on_response_body` (see [`Plugin::handles_request_body`]).
     pub fn handles_response_body(&self) -> bool {
-        self.body_callbacks.response
+        self.callbacks.response_body
+    }
+
+    /// Whether the module exports any callback that runs after the upstream is chosen (response headers,
+    /// body or trailers, `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`). When it does not, the proxy
+    /// skips the response phases for it and does not tell it `upstream.address`: nothing could read them.
+    pub fn handles_response(&self) -> bool {
+        self.callbacks.response_side
     }
 
     /// Number of instances in the pool.
@@ -784,7 +809,7 @@ impl Plugin {
             let st = inst.store.data_mut();
             st.streams.insert(ctx, StreamState::new(info, signal.clone()));
             st.current = ctx;
-            inst.call("proxy_on_context_create", |f| Some(&f.on_context_create), (ctx as i32, root as i32))?;
+            inst.call("proxy_on_context_create", |f| f.on_context_create.as_ref(), (ctx as i32, root as i32))?;
             Ok((ctx, signal))
         })();
         let generation = slot.generation;
@@ -1226,6 +1251,9 @@ impl HttpStream {
             return Ok(());
         }
         self.done = true;
+        if !self.plugin.callbacks.done_or_log {
+            return Ok(());
+        }
         self.with_instance(|inst, ctx| {
             inst.call("proxy_on_done", |f| f.on_done.as_ref(), ctx as i32)?;
             inst.call("proxy_on_log", |f| f.on_log.as_ref(), ctx as i32)?;
@@ -1347,16 +1375,21 @@ impl HttpStream {
         attempt: u32,
         failed: Option<&str>,
     ) -> Result<Option<String>, PluginFailure> {
+        let selects = self.plugin.callbacks.upstream_select;
         self.with_instance(|inst, ctx| {
             let s = inst.stream(ctx)?;
-            s.select = Some(SelectInput {
-                group: group.to_string(),
-                candidates: codec::encode_candidates(candidates),
-                failed: failed.map(str::to_string),
-            });
+            // The candidate list is only readable during `portico_on_upstream_select`: a module without it
+            // can only have chosen in its request headers callback, so nothing is encoded for it.
+            if selects {
+                s.select = Some(SelectInput {
+                    group: group.to_string(),
+                    candidates: codec::encode_candidates(candidates),
+                    failed: failed.map(str::to_string),
+                });
+            }
             let preselected = if attempt == 0 { s.selected_upstream.take() } else { None };
             s.selected_upstream = None;
-            let r = if inst.f.on_upstream_select.is_some() {
+            let r = if selects {
                 inst.stream(ctx)?.in_band = true;
                 let args = (ctx as i32, attempt as i32);
                 let r = inst.call("portico_on_upstream_select", |f| f.on_upstream_select.as_ref(), args);

@@ -206,10 +206,13 @@ impl FilterChain {
         Ok(None)
     }
 
-    /// Tells the plugins which endpoint the request went to (`upstream.address`).
+    /// Tells the plugins which endpoint the request went to (`upstream.address`). Only plugins with a
+    /// response-side callback could read it, so only they are told.
     pub fn set_upstream_address(&mut self, address: &str) {
         for link in &mut self.links {
-            let _ = link.stream.set_property("upstream.address", address.as_bytes().to_vec());
+            if link.stream.plugin().handles_response() {
+                let _ = link.stream.set_property("upstream.address", address.as_bytes().to_vec());
+            }
         }
     }
 
@@ -219,7 +222,9 @@ impl FilterChain {
         response: Response<crate::body::ResponseBody>,
         request_id: &str,
     ) -> Response<crate::body::ResponseBody> {
-        if self.links.is_empty() {
+        // A plugin with no response-side callback (the bundled router and balancer) never sees the response:
+        // no header list is built for it, no lock taken.
+        if !self.links.iter().any(|l| l.stream.plugin().handles_response()) {
             return response;
         }
         let (mut parts, body) = response.into_parts();
@@ -230,6 +235,9 @@ impl FilterChain {
         while i > 0 {
             i -= 1;
             let link = &mut self.links[i];
+            if !link.stream.plugin().handles_response() {
+                continue;
+            }
             let result = link.stream.run_response_headers(&mut headers, end_of_stream).await;
             changed |= link.stream.data_changed();
             match result {

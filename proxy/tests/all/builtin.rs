@@ -262,3 +262,63 @@ async fn a_router_naming_an_unknown_upstream_is_refused_at_load() -> TestResult 
     assert!(refused.contains("weights"), "{refused}");
     Ok(())
 }
+
+/// The sum of `portico_plugin_callbacks_total{plugin=NAME}` in a scrape.
+fn callbacks(scrape: &str, plugin: &str) -> u64 {
+    let label = format!("plugin=\"{plugin}\"");
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("portico_plugin_callbacks_total") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_router_and_balancer_cost_one_wasm_call_each_per_request() -> TestResult {
+    // Every exported per-request callback is a wasm call on every request; the bundled plugins export only
+    // the one each needs (request headers for the router, the pick for the balancer), and the host skips
+    // what a module does not export, including the response phases and `upstream.address`.
+    let (a, b) = (TestUpstream::start("a").await, TestUpstream::start("b").await);
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+upstream = "app"
+filters = ["router", "lb"]
+
+[[upstream]]
+name = "app"
+endpoints = [{}]
+
+[[plugin]]
+name = "router"
+wasm = "builtin:router"
+cpu_limit = "2s"
+config = {{ routes = [{{ match = {{ path_prefix = "/" }}, upstream = "app" }}] }}
+
+[[plugin]]
+name = "lb"
+wasm = "builtin:balancer"
+cpu_limit = "2s"
+config = {{ policy = "round_robin" }}
+"#,
+        endpoints(&[&a, &b], &[1, 1])
+    );
+    let p = Portico::start(&text).await;
+    let web = p.addr("web").await;
+    get(web, "/").await?;
+    let before = String::from_utf8(get(p.admin, "/metrics").await?.body.to_vec())?;
+    for _ in 0..50 {
+        assert_eq!(get(web, "/").await?.status, 200);
+    }
+    let after = String::from_utf8(get(p.admin, "/metrics").await?.body.to_vec())?;
+    assert_eq!(callbacks(&after, "router") - callbacks(&before, "router"), 50, "{after}");
+    assert_eq!(callbacks(&after, "lb") - callbacks(&before, "lb"), 50, "{after}");
+    assert_eq!(a.hits() + b.hits(), 51);
+    assert_eq!(a.hits().abs_diff(b.hits()), 1, "round robin alternates");
+    Ok(())
+}
