@@ -101,7 +101,7 @@ name = "origin"
 endpoints = ["$ORIGIN"]
 pool = { max_idle = 256 }
 CONF
-TOKIO_WORKER_THREADS=$WORKERS "$BIN" --log-level warn run -c "$OUT/portico.toml" >"$OUT/portico.log" 2>&1 &
+"$BIN" --log-level warn run --workers "$WORKERS" -c "$OUT/portico.toml" >"$OUT/portico.log" 2>&1 &
 echo $! > "$OUT/portico.pid"
 
 # The same Portico with the bundled router and balancer plugins in the path (one route, round robin).
@@ -131,7 +131,7 @@ name = "lb"
 wasm = "builtin:balancer"
 config = { policy = "round_robin" }
 CONF
-TOKIO_WORKER_THREADS=$WORKERS "$BIN" --log-level warn run -c "$OUT/portico-plugins.toml" >"$OUT/portico-plugins.log" 2>&1 &
+"$BIN" --log-level warn run --workers "$WORKERS" -c "$OUT/portico-plugins.toml" >"$OUT/portico-plugins.log" 2>&1 &
 echo $! > "$OUT/portico-plugins.pid"
 
 for addr in $ORIGIN $PORTICO $PLUGGED $NGINX; do

@@ -282,7 +282,12 @@ fn apply_endpoint_overrides(server: &Server, state: &ClusterState) {
 
 /// Starts the cluster member described by `config` (read from `text`), then the proxy on the cluster's last
 /// known configuration (or the local file when the cluster has none yet), and keeps the two in step.
-pub async fn start_member(config: Config, text: &str, grace: Duration) -> Result<Arc<Server>, ServerError> {
+pub async fn start_member(
+    config: Config,
+    text: &str,
+    grace: Duration,
+    workers: usize,
+) -> Result<Arc<Server>, ServerError> {
     let settings = config.cluster.clone().ok_or(ServerError::NoFile)?;
     let bootstrap = set_config_proposal(&config, text).await.map_err(ServerError::Config)?;
     let cluster = Cluster::start(settings.settings.clone(), Some(bootstrap)).await?;
@@ -306,7 +311,7 @@ pub async fn start_member(config: Config, text: &str, grace: Duration) -> Result
             local()
         }
     };
-    let server = Server::start(initial, grace).await?;
+    let server = Server::start_with_workers(initial, grace, workers).await?;
     link.register(&server.shared.metrics.registry)?;
     server.attach_cluster(link);
     Ok(server)

@@ -38,6 +38,10 @@ enum Command {
         /// How long in-flight requests may take to finish on shutdown.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace: Duration,
+        /// Data-path worker threads, each serving its share of client connections on its own runtime with
+        /// its own upstream pools (default: one per core; 0 serves them on the control-plane runtime).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Validate a configuration file without serving (exit 1 with the reasons), or probe a running Portico's
     /// health URL (exit 0 when healthy), e.g. for keepalived's `vrrp_script`.
@@ -292,7 +296,7 @@ fn main() -> Result<()> {
             runtime()?.block_on(portico::demo::probe_health(&url)).map_err(anyhow::Error::msg)
         }
         Command::Check { config: None, health: None } => Err(anyhow::anyhow!("give --config FILE or --health URL")),
-        Command::Run { config: path, grace } => {
+        Command::Run { config: path, grace, workers } => {
             let config = portico::config::load(&path).map_err(|issues| {
                 anyhow::anyhow!(
                     "invalid configuration:\n{}",
@@ -300,7 +304,8 @@ fn main() -> Result<()> {
                 )
             })?;
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            runtime()?.block_on(run(config, &text, grace))
+            let workers = workers.unwrap_or_else(portico::listen::workers::default_count);
+            runtime()?.block_on(run(config, &text, grace, workers))
         }
         Command::Anomaly { command } => anomaly_command(command),
         Command::Demo { duration, concurrency } => {
@@ -341,12 +346,12 @@ fn check_config(path: &std::path::Path) -> Result<()> {
     }
 }
 
-async fn run(config: portico::config::Config, text: &str, grace: Duration) -> Result<()> {
+async fn run(config: portico::config::Config, text: &str, grace: Duration, workers: usize) -> Result<()> {
     let admin = config.admin.clone();
     let server = if config.cluster.is_some() {
-        portico::cluster::start_member(config, text, grace).await.context("joining the cluster")?
+        portico::cluster::start_member(config, text, grace, workers).await.context("joining the cluster")?
     } else {
-        portico::Server::start(config, grace).await?
+        portico::Server::start_with_workers(config, grace, workers).await?
     };
     let admin_addr = portico::admin::serve_tcp(server.clone(), admin.listen)
         .await

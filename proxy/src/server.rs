@@ -5,6 +5,7 @@
 use crate::body::RequestBody;
 use crate::config::{self, Config, ConfigIssue};
 use crate::health;
+use crate::listen::workers::{self, Workers};
 use crate::listen::{self, ListenerHandle, ListenerRuntime};
 use crate::metrics::Metrics;
 use crate::plugin::services::ProxyServices;
@@ -61,6 +62,9 @@ pub enum ServerError {
     /// The cluster refused or could not commit a change.
     #[error("{0}")]
     Cluster(#[from] portico_cluster::ClusterError),
+    /// The data-path worker threads could not be started.
+    #[error("starting worker threads: {0}")]
+    Workers(std::io::Error),
     /// No config file to reload from.
     #[error("no configuration file to reload (started from an embedded configuration)")]
     NoFile,
@@ -92,6 +96,16 @@ pub struct Shared {
     pub plugins: PluginSet,
     /// Gauges for anomaly scores (registered once, whether or not detection is on).
     pub watch_metrics: WatchMetrics,
+    /// The data-path worker threads client connections are served on; `None` serves them on the runtime
+    /// that started the server.
+    pub workers: Option<Workers>,
+}
+
+impl Shared {
+    /// Upstream pool lanes: one per worker, plus lane 0 for everything else.
+    pub fn lanes(&self) -> usize {
+        self.workers.as_ref().map_or(0, Workers::count) + 1
+    }
 }
 
 /// The proxy with its listeners.
@@ -113,10 +127,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener and starts health checks. Fails without side effects on any error.
+    /// Binds every listener and starts health checks, serving on one worker thread per core. Fails without
+    /// side effects on any error.
     pub async fn start(config: Config, grace: Duration) -> Result<Arc<Server>, ServerError> {
+        Self::start_with_workers(config, grace, workers::default_count()).await
+    }
+
+    /// [`Server::start`] with `workers` data-path threads (see [`crate::listen::workers`]); 0 serves client
+    /// connections on the calling runtime instead.
+    pub async fn start_with_workers(
+        config: Config,
+        grace: Duration,
+        workers: usize,
+    ) -> Result<Arc<Server>, ServerError> {
         let metrics = Metrics::new()?;
-        let upstreams = build_upstreams(&config, None)?;
+        let workers = match workers {
+            0 => None,
+            n => Some(Workers::start(n).map_err(ServerError::Workers)?),
+        };
+        let lanes = workers.as_ref().map_or(0, Workers::count) + 1;
+        let upstreams = build_upstreams(&config, None, lanes)?;
         let forward_client = {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
@@ -140,6 +170,7 @@ impl Server {
             draining: AtomicBool::new(false),
             plugins,
             watch_metrics,
+            workers,
         });
         services.attach(Arc::downgrade(&shared));
         let plugin_slots = shared.plugins.build(&config.plugins, &HashMap::new()).await?;
@@ -202,7 +233,7 @@ impl Server {
     /// Swaps in a new validated configuration; the running one keeps serving if anything fails.
     pub async fn reload(&self, config: Config) -> Result<(), ServerError> {
         let previous = self.shared.snapshot.load_full();
-        let upstreams = match build_upstreams(&config, Some(&previous.upstreams)) {
+        let upstreams = match build_upstreams(&config, Some(&previous.upstreams), self.shared.lanes()) {
             Ok(u) => u,
             Err(e) => return Err(self.refused(e)),
         };
@@ -377,13 +408,14 @@ fn existing(
 fn build_upstreams(
     config: &Config,
     previous: Option<&HashMap<String, Arc<Upstream>>>,
+    lanes: usize,
 ) -> Result<HashMap<String, Arc<Upstream>>, ServerError> {
     config
         .upstreams
         .iter()
         .map(|u| {
             let old = previous.and_then(|p| p.get(&u.name)).map(|a| a.as_ref());
-            Upstream::new(u.clone(), old)
+            Upstream::new(u.clone(), old, lanes)
                 .map(|up| (u.name.clone(), Arc::new(up)))
                 .map_err(|_| ServerError::Endpoint(u.name.clone()))
         })

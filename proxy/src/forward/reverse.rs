@@ -237,7 +237,7 @@ async fn proxy(
             std::mem::take(&mut parts.headers)
         };
         let sent_at = std::time::Instant::now();
-        let outcome = tokio::time::timeout(upstream.request_timeout(), upstream.client.request(request)).await;
+        let outcome = tokio::time::timeout(upstream.request_timeout(), upstream.client().request(request)).await;
         match outcome {
             Err(_elapsed) => {
                 upstream.report_failure(index, &shared.metrics);

@@ -3,6 +3,7 @@
 //! that a reload swaps, so a reload changes behaviour without closing the socket or open connections.
 
 pub mod guard;
+pub mod workers;
 
 use crate::config::ListenerConfig;
 use crate::forward;
@@ -136,17 +137,33 @@ async fn accept_loop(
         let name = runtime.config.name.clone();
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(runtime.config.listen);
-        let shared = shared.clone();
+        let conn_shared = shared.clone();
         let watcher = graceful.watcher();
         let slot = slot.clone();
-        tokio::spawn(async move {
+        let serve = move |stream: TcpStream| async move {
+            let shared = conn_shared;
             let active = shared.metrics.active_connections.with_label_values(&[&name]);
             shared.metrics.connections.with_label_values(&[&name]).inc();
             active.inc();
             serve_connection(shared, stream, peer, local, slot, runtime, watcher).await;
             active.dec();
             drop(permit);
-        });
+        };
+        match &shared.workers {
+            // The socket moves to the worker as a plain fd and is registered with that worker's reactor there.
+            Some(workers) => match stream.into_std() {
+                Ok(stream) => workers.spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => serve(stream).await,
+                        Err(e) => tracing::warn!(error = %e, %peer, "cannot register connection with its worker"),
+                    }
+                }),
+                Err(e) => tracing::warn!(error = %e, %peer, "cannot hand connection to a worker"),
+            },
+            None => {
+                tokio::spawn(serve(stream));
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {

@@ -55,7 +55,7 @@ impl HostServices for ProxyServices {
                 }
                 let uri = format!("http://{}{}", endpoint.authority, path);
                 let request = builder.method(method).uri(uri).body(RequestBody::Full(Some(body))).ok()?;
-                let answer = tokio::time::timeout(timeout, upstream.client.request(request)).await.ok()?.ok()?;
+                let answer = tokio::time::timeout(timeout, upstream.client().request(request)).await.ok()?.ok()?;
                 let (parts, body) = answer.into_parts();
                 let body: Bytes = tokio::time::timeout(timeout, body.collect()).await.ok()?.ok()?.to_bytes();
                 let mut headers = vec![(":status".to_string(), parts.status.as_str().to_string())];

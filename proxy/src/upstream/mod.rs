@@ -23,8 +23,8 @@ pub struct Upstream {
     /// Endpoints, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
     permits: Vec<Arc<Semaphore>>,
-    /// The pooled HTTP client.
-    pub client: UpstreamClient,
+    /// The pooled HTTP clients, one per pool lane (see [`Upstream::client`]).
+    clients: Arc<[UpstreamClient]>,
     client_settings: ClientSettings,
     balancer: Box<dyn Balancer>,
     budget: RetryBudget,
@@ -35,9 +35,14 @@ pub struct Upstream {
 pub struct PoolExhausted;
 
 impl Upstream {
-    /// Builds the group, reusing endpoint state and the pool from `previous` (the same group before a reload)
-    /// so health history, ejections and warm connections survive.
-    pub fn new(config: UpstreamConfig, previous: Option<&Upstream>) -> Result<Self, http::uri::InvalidUri> {
+    /// Builds the group, reusing endpoint state and the pools from `previous` (the same group before a reload)
+    /// so health history, ejections and warm connections survive. `lanes` is the number of connection pools:
+    /// one per data-path worker plus one for the control plane.
+    pub fn new(
+        config: UpstreamConfig,
+        previous: Option<&Upstream>,
+        lanes: usize,
+    ) -> Result<Self, http::uri::InvalidUri> {
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
             let reused =
@@ -61,20 +66,29 @@ impl Upstream {
             })
             .collect();
         let client_settings = ClientSettings::of(&config);
-        let client = match previous {
-            Some(p) if p.client_settings == client_settings => p.client.clone(),
-            _ => client_settings.build(),
+        let lanes = lanes.max(1);
+        let clients = match previous {
+            Some(p) if p.client_settings == client_settings && p.clients.len() == lanes => p.clients.clone(),
+            _ => (0..lanes).map(|_| client_settings.build()).collect(),
         };
         let budget = RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second);
         Ok(Upstream {
             config,
             endpoints,
             permits,
-            client,
+            clients,
             client_settings,
             balancer: Box::new(SmoothWeightedRoundRobin::default()),
             budget,
         })
+    }
+
+    /// The pooled client for the calling thread's lane. Each data-path worker has its own pool, so a
+    /// connection is only ever reused by the worker whose runtime drives it (see [`crate::listen::workers`]);
+    /// the pool caps (`max_idle`) therefore apply per worker.
+    pub fn client(&self) -> &UpstreamClient {
+        let lanes = &self.clients;
+        &lanes[crate::listen::workers::lane() % lanes.len()]
     }
 
     /// The group's name.

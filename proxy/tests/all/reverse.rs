@@ -227,3 +227,28 @@ async fn ejection_never_exceeds_max_ejection_percent() -> TestResult {
     assert_eq!(ejected, 2, "{upstreams}");
     Ok(())
 }
+
+/// Each data-path worker keeps its own upstream pool: sequential requests on fresh client connections, which
+/// the listener hands to the workers in turn, open one upstream connection per worker and then reuse them.
+/// Served on the caller's runtime (`--workers 0`) there is one shared pool.
+#[tokio::test]
+async fn each_worker_reuses_its_own_upstream_connections() -> TestResult {
+    for (workers, least, most) in [(2, 2, 3), (3, 3, 4), (0, 1, 2)] {
+        let app = TestUpstream::start("app").await;
+        let p = Portico::start_with_workers(&reverse_config(&quoted(&[&app]), ""), workers).await;
+        let web = p.addr("web").await;
+        for i in 0..40 {
+            let answer = get(web, &format!("/{i}")).await?;
+            assert_eq!(answer.status, 200);
+            assert_eq!(answer.json()["path"], format!("/{i}"));
+        }
+        let opened = app.connections();
+        // At least one per worker (requests alternate between workers); at most one more, for a request that
+        // arrives while its worker's only connection is still being handed back to the pool.
+        assert!(
+            (least..=most).contains(&opened),
+            "{workers} workers: {opened} upstream connections for 40 sequential requests"
+        );
+    }
+    Ok(())
+}

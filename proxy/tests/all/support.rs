@@ -79,6 +79,11 @@ impl TestUpstream {
         self.hits.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.lock().len()
+    }
+
     pub fn set(&self, behavior: Behavior) {
         *self.behavior.lock() = behavior;
     }
@@ -155,12 +160,17 @@ pub struct Portico {
 
 impl Portico {
     pub async fn start(config: &str) -> Portico {
+        Self::start_with_workers(config, portico::listen::workers::default_count()).await
+    }
+
+    /// With `workers` data-path threads (0: connections are served on the test's runtime).
+    pub async fn start_with_workers(config: &str, workers: usize) -> Portico {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("portico.toml");
         std::fs::write(&config_path, config).expect("write config");
         let parsed = portico::config::load(&config_path).unwrap_or_else(|e| panic!("config: {e:?}"));
         let admin_addr = parsed.admin.listen;
-        let server = Server::start(parsed, Duration::from_secs(5)).await.expect("start portico");
+        let server = Server::start_with_workers(parsed, Duration::from_secs(5), workers).await.expect("start portico");
         let admin = portico::admin::serve_tcp(server.clone(), admin_addr).await.expect("admin");
         Portico { server, admin, dir, config_path }
     }
