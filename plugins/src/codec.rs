@@ -1,7 +1,5 @@
 //! Wire encodings: proxy-wasm header-map serialization and Portico's upstream candidate list.
 
-use std::fmt::Write as _;
-
 use crate::types::abi::{PAIRS_MAX_BYTES, PAIRS_MAX_COUNT};
 use crate::types::{Candidate, HeaderMap};
 
@@ -69,20 +67,35 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
 /// Encode candidates for the `portico.upstream.candidates` property: one line per endpoint,
 /// `<address> <weight> <active_requests> <latency_ms> <ejected:0|1>\n`, decimal integers, single spaces.
 pub fn encode_candidates(candidates: &[Candidate]) -> Vec<u8> {
-    let mut s = String::with_capacity(candidates.len() * 40);
+    // Built for every pick: digits are written by hand rather than through `fmt`, which showed in profiles.
+    let mut out = Vec::with_capacity(candidates.len() * 40);
     for c in candidates {
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            s,
-            "{} {} {} {} {}",
-            c.address,
-            c.weight,
-            c.active_requests,
-            c.latency.as_millis(),
-            u8::from(c.ejected)
-        );
+        out.extend_from_slice(c.address.as_bytes());
+        out.push(b' ');
+        push_decimal(&mut out, u64::from(c.weight));
+        out.push(b' ');
+        push_decimal(&mut out, u64::from(c.active_requests));
+        out.push(b' ');
+        push_decimal(&mut out, u64::try_from(c.latency.as_millis()).unwrap_or(u64::MAX));
+        out.push(b' ');
+        out.push(if c.ejected { b'1' } else { b'0' });
+        out.push(b'\n');
     }
-    s.into_bytes()
+    out
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]
@@ -121,5 +134,16 @@ mod tests {
             ejected: false,
         }];
         assert_eq!(encode_candidates(&c), b"10.0.0.1:80 3 7 12 0\n".to_vec());
+        let many = [
+            Candidate {
+                weight: 0,
+                active_requests: 4_000_000_000,
+                latency: Duration::ZERO,
+                ejected: true,
+                ..c[0].clone()
+            },
+            Candidate { address: "[::1]:8080".into(), weight: 1000, latency: Duration::from_secs(90), ..c[0].clone() },
+        ];
+        assert_eq!(encode_candidates(&many), b"10.0.0.1:80 0 4000000000 0 1\n[::1]:8080 1000 7 90000 0\n".to_vec());
     }
 }

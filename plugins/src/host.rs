@@ -113,6 +113,9 @@ pub(crate) struct StreamState {
     pub routed_upstream: Option<String>,
     pub select: Option<SelectInput>,
     pub signal: Arc<StreamSignal>,
+    /// Set by `proxy_http_call` made in this context: only then does deleting the stream have callouts to
+    /// forget (the callout table is shared by every worker, so it is not locked for nothing).
+    pub called_out: bool,
 }
 
 impl StreamState {
@@ -137,6 +140,7 @@ impl StreamState {
             routed_upstream: None,
             select: None,
             signal,
+            called_out: false,
         }
     }
 }
@@ -877,6 +881,9 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
         let token = core.next_token();
         let owner = CalloutOwner { slot: st.slot, generation: st.generation, context: st.current };
         core.callouts.lock().insert(token, owner);
+        if let Some(s) = c.data_mut().streams.get_mut(&owner.context) {
+            s.called_out = true;
+        }
         let request = HttpCallRequest {
             plugin: core.name.clone(),
             token,

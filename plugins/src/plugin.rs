@@ -263,6 +263,16 @@ struct Exports {
 thread_local! {
     /// Non-zero while this thread runs a plugin callback: re-entrant deliveries are deferred.
     static IN_CALLBACK: Cell<u32> = const { Cell::new(0) };
+    /// The instance this thread tries first for a new stream (see [`prefer_instance`]).
+    static PREFERRED_INSTANCE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Makes streams started on the calling thread try instance `index` (modulo the pool size) first, instead of
+/// the next one round robin. A proxy that serves each connection on one worker thread calls this once per
+/// worker: with as many instances as workers (the default), each worker then runs its own VM, so instance
+/// locks are never contended and a VM's memory stays in one core's cache.
+pub fn prefer_instance(index: usize) {
+    PREFERRED_INSTANCE.with(|p| p.set(Some(index)));
 }
 
 /// One VM: a Store with its instance, root context and stream contexts.
@@ -793,7 +803,7 @@ impl Plugin {
     /// `proxy_on_context_create(ctx, root)`. An `Err` means "apply [`Plugin::fail_policy`]".
     pub fn new_stream(self: &Arc<Self>, info: RequestInfo) -> Result<HttpStream, PluginFailure> {
         let n = self.slots.len();
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let start = PREFERRED_INSTANCE.with(Cell::get).unwrap_or_else(|| self.rr.fetch_add(1, Ordering::Relaxed));
         let (i, mut slot) = (0..n)
             .find_map(|k| {
                 let i = (start + k) % n;
@@ -1438,10 +1448,13 @@ impl Drop for HttpStream {
             r = inst.call("proxy_on_delete", |f| f.on_delete.as_ref(), ctx as i32).map(|_| ());
         }
         let st = inst.store.data_mut();
+        let called_out = st.streams.get(&ctx).is_some_and(|s| s.called_out);
         st.remove_stream(ctx);
         st.current = st.root_context;
-        let (s, g) = (self.slot, self.generation);
-        plugin.core.callouts.lock().retain(|_, o| !(o.slot == s && o.generation == g && o.context == ctx));
+        if called_out {
+            let (s, g) = (self.slot, self.generation);
+            plugin.core.callouts.lock().retain(|_, o| !(o.slot == s && o.generation == g && o.context == ctx));
+        }
         if let Err(e) = r {
             plugin.poison(&mut slot, &e);
         }

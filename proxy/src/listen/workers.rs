@@ -52,6 +52,8 @@ impl Workers {
             stops.push(stop);
             std::thread::Builder::new().name(format!("portico-worker-{index}")).spawn(move || {
                 LANE.with(|lane| lane.set(index + 1));
+                // With one plugin instance per core (the default) each worker gets a VM of its own.
+                portico_plugins::prefer_instance(index);
                 // Runs the worker's tasks until the `Workers` is dropped (the sender goes away).
                 runtime.block_on(async move {
                     let _ = stopped.await;
