@@ -107,7 +107,8 @@ impl FilterChain {
         if self.links.is_empty() {
             return Verdict::Continue;
         }
-        let mut headers = request_to_abi(parts);
+        let mut headers = take_spare_list();
+        request_to_abi(parts, &mut headers);
         // Whether any plugin changed the list; if none did, `parts` stays as it is (rebuilding the header map
         // parses and validates every header again).
         let mut changed = false;
@@ -131,6 +132,7 @@ impl FilterChain {
         if changed {
             apply_request(parts, &headers);
         }
+        return_spare_list(headers);
         Verdict::Continue
     }
 
@@ -229,7 +231,8 @@ impl FilterChain {
         }
         let (mut parts, body) = response.into_parts();
         let end_of_stream = http_body::Body::is_end_stream(&body);
-        let mut headers = response_to_abi(&parts);
+        let mut headers = take_spare_list();
+        response_to_abi(&parts, &mut headers);
         let mut changed = false;
         let mut i = self.links.len();
         while i > 0 {
@@ -255,6 +258,7 @@ impl FilterChain {
         if changed {
             apply_response(&mut parts, &headers);
         }
+        return_spare_list(headers);
         Response::from_parts(parts, body)
     }
 
@@ -326,27 +330,70 @@ fn authority(parts: &http::request::Parts) -> String {
         .unwrap_or_default()
 }
 
-fn request_to_abi(parts: &http::request::Parts) -> Vec<(String, String)> {
-    let mut out = Vec::with_capacity(parts.headers.len() + 4);
-    out.push((":method".into(), parts.method.to_string()));
-    out.push((":path".into(), parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string()));
-    out.push((":authority".into(), authority(parts)));
-    out.push((":scheme".into(), parts.uri.scheme_str().unwrap_or("http").to_string()));
-    for (name, value) in &parts.headers {
-        if name != http::header::HOST {
-            out.push((name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
-        }
-    }
-    out
+thread_local! {
+    /// A header list kept between requests on this worker thread, so that building the plugin-visible list
+    /// reuses its strings' buffers instead of allocating two strings per header per phase.
+    static SPARE_LIST: std::cell::RefCell<Vec<(String, String)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn response_to_abi(parts: &http::response::Parts) -> Vec<(String, String)> {
-    let mut out = Vec::with_capacity(parts.headers.len() + 1);
-    out.push((":status".into(), parts.status.as_str().to_string()));
-    for (name, value) in &parts.headers {
-        out.push((name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
+/// Bigger lists are dropped rather than kept for the next request.
+const SPARE_LIST_MAX_BYTES: usize = 16 * 1024;
+
+fn take_spare_list() -> Vec<(String, String)> {
+    SPARE_LIST.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default())
+}
+
+fn return_spare_list(list: Vec<(String, String)>) {
+    let bytes: usize = list.iter().map(|(n, v)| n.capacity() + v.capacity()).sum();
+    if bytes <= SPARE_LIST_MAX_BYTES {
+        SPARE_LIST.with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                *s = list;
+            }
+        });
     }
-    out
+}
+
+/// Sets entry `i` of `out` to `name: value`, reusing the entry's buffers.
+fn put(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &[u8]) {
+    if i == out.len() {
+        out.push((String::new(), String::new()));
+    }
+    let (n, v) = &mut out[i];
+    n.clear();
+    n.push_str(name);
+    v.clear();
+    match std::str::from_utf8(value) {
+        Ok(text) => v.push_str(text),
+        Err(_) => v.push_str(&String::from_utf8_lossy(value)),
+    }
+}
+
+fn request_to_abi(parts: &http::request::Parts, out: &mut Vec<(String, String)>) {
+    let host = parts.headers.get(http::header::HOST).map(HeaderValue::as_bytes);
+    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes()).or(host).unwrap_or_default();
+    put(out, 0, ":method", parts.method.as_str().as_bytes());
+    put(out, 1, ":path", parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    put(out, 2, ":authority", authority);
+    put(out, 3, ":scheme", parts.uri.scheme_str().unwrap_or("http").as_bytes());
+    let mut i = 4;
+    for (name, value) in &parts.headers {
+        if name != http::header::HOST {
+            put(out, i, name.as_str(), value.as_bytes());
+            i += 1;
+        }
+    }
+    out.truncate(i);
+}
+
+fn response_to_abi(parts: &http::response::Parts, out: &mut Vec<(String, String)>) {
+    put(out, 0, ":status", parts.status.as_str().as_bytes());
+    let mut i = 1;
+    for (name, value) in &parts.headers {
+        put(out, i, name.as_str(), value.as_bytes());
+        i += 1;
+    }
+    out.truncate(i);
 }
 
 /// Writes the plugin-visible header list back: pseudo-headers become method, path and host.
