@@ -90,7 +90,8 @@ pub(crate) type ContextMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<Co
 
 /// Per-stream (HTTP context) state visible to hostcalls.
 pub(crate) struct StreamState {
-    pub info: RequestInfo,
+    /// Shared by every plugin of the request's chain.
+    pub info: Arc<RequestInfo>,
     pub request_headers: HeaderMap,
     pub request_trailers: HeaderMap,
     pub response_headers: HeaderMap,
@@ -119,7 +120,7 @@ pub(crate) struct StreamState {
 }
 
 impl StreamState {
-    pub fn new(info: RequestInfo, signal: Arc<StreamSignal>) -> Self {
+    pub fn new(info: Arc<RequestInfo>, signal: Arc<StreamSignal>) -> Self {
         StreamState {
             info,
             request_headers: Vec::new(),

@@ -799,9 +799,13 @@ impl Plugin {
         slot.instance.as_mut().ok_or_else(|| self.core.failure(FailureKind::Unavailable, "no instance"))
     }
 
-    /// Start a request: pick an instance (round robin, preferring an idle one), create a stream context and run
+    /// Start a request: pick an instance (this thread's preferred one, see [`prefer_instance`], else round
+    /// robin; an idle one over a busy one), create a stream context and run
     /// `proxy_on_context_create(ctx, root)`. An `Err` means "apply [`Plugin::fail_policy`]".
-    pub fn new_stream(self: &Arc<Self>, info: RequestInfo) -> Result<HttpStream, PluginFailure> {
+    ///
+    /// `info` may be shared (`Arc`) by every plugin of a request's chain: it is never changed.
+    pub fn new_stream(self: &Arc<Self>, info: impl Into<Arc<RequestInfo>>) -> Result<HttpStream, PluginFailure> {
+        let info = info.into();
         let n = self.slots.len();
         let start = PREFERRED_INSTANCE.with(Cell::get).unwrap_or_else(|| self.rr.fetch_add(1, Ordering::Relaxed));
         let (i, mut slot) = (0..n)
