@@ -40,6 +40,18 @@ async fn confirmed_leader(nodes: &[&Arc<Cluster>], within: Duration) -> Option<u
     None
 }
 
+/// Polls `read` for up to 5 s until it returns `expected`; returns the last value read.
+async fn eventually<T: PartialEq>(read: impl Fn() -> T, expected: T) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = read();
+        if value == expected || Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn weight(upstream: &str, w: u32) -> Command {
     Command::Endpoint { upstream: upstream.into(), endpoint: "e".into(), change: EndpointChange::Weight(w) }
 }
@@ -50,12 +62,19 @@ async fn writes_replicate_survive_partition_and_restart() {
     let ports: BTreeMap<u64, u16> = (1..=3).map(|id| (id, free_port())).collect();
     let mut nodes = Vec::new();
     for id in 1..=3 {
-        let bootstrap =
-            (id == 1).then(|| Proposal::plain(Command::SetConfig { config: "boot".into(), modules: BTreeMap::new() }));
-        nodes.push(Cluster::start(settings(id, &ports, dir.path()), bootstrap).await.expect("start"));
+        // Every node brings the same bootstrap, as every Portico node brings its file: whichever is confirmed
+        // leader first proposes it (with only node 1 holding one, a run where another node led first never
+        // got a configuration).
+        let bootstrap = Proposal::plain(Command::SetConfig { config: "boot".into(), modules: BTreeMap::new() });
+        nodes.push(Cluster::start(settings(id, &ports, dir.path()), Some(bootstrap)).await.expect("start"));
     }
     let refs: Vec<&Arc<Cluster>> = nodes.iter().collect();
     let leader = confirmed_leader(&refs, Duration::from_secs(5)).await.expect("a leader is elected");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes.iter().any(|n| n.state().config.as_deref() != Some("boot")) {
+        assert!(Instant::now() < deadline, "the bootstrap configuration reaches every node");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A write through a follower is forwarded, committed, and applied everywhere.
     let follower = nodes.iter().find(|n| n.node_id() != leader).expect("follower");
@@ -130,13 +149,15 @@ async fn a_joining_node_catches_up_from_a_snapshot_and_members_can_be_removed() 
     assert!(fourth.wait_applied(last.index, Duration::from_secs(5)).await, "node 4 catches up");
     assert_eq!(fourth.state().endpoints["app/e"].weight, Some(20));
     assert!(fourth.wait_applied(added.index, Duration::from_secs(5)).await);
-    let voters: Vec<bool> = nodes[0].status().members.iter().map(|m| m.voter).collect();
-    assert_eq!(voters, vec![true; 4], "node 4 votes");
+    // Node 1 may not be the leader: it sees a membership change once the change reaches its log.
+    let voters = eventually(|| nodes[0].status().members.iter().map(|m| m.voter).collect::<Vec<bool>>(), vec![true; 4]);
+    assert_eq!(voters.await, vec![true; 4], "node 4 votes");
 
     // Remove node 3; the other three keep committing.
     nodes[0].change_membership(MembershipChange::Remove { node_id: 3 }).await.expect("remove node 3");
-    let members: Vec<u64> = nodes[0].status().members.iter().map(|m| m.node_id).collect();
-    assert_eq!(members, vec![1, 2, 4]);
+    let members =
+        eventually(|| nodes[0].status().members.iter().map(|m| m.node_id).collect::<Vec<u64>>(), vec![1, 2, 4]);
+    assert_eq!(members.await, vec![1, 2, 4]);
     nodes[2].shutdown().await;
     let applied = match fourth.write(weight("app", 21)).await {
         Ok(a) => a,
