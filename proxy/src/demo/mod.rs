@@ -54,7 +54,7 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
     for u in &upstreams {
         println!("  upstream {:<6} {}", u.name, u.address);
     }
-    println!("Plugins: router (builtin:router), lb (builtin:balancer, least_request); anomaly detection: bundled LSTM, warm-up {warmup}s.");
+    println!("Plugins: router (builtin:router), lb (builtin:balancer, round_robin); anomaly detection: bundled LSTM, warm-up {warmup}s.");
     match &hook {
         Some(_) => println!("Remediation: the example drain-slowest.sh hook runs on critical upstream latency alerts."),
         None => println!("Remediation: skipped (the example hook needs sh, curl and python3 on PATH)."),
@@ -265,11 +265,14 @@ config = {{ routes = [
   {{ match = {{ path_prefix = "/" }}, upstream = "demo" }},
 ] }}
 
+# Round robin keeps giving gamma its share when it turns slow, so the slowdown shows in latency and the
+# remediation hook has something to fix. least_request would steer around gamma by itself (it gets well under
+# 1 % of requests once slow), and the detector would rightly see nothing.
 [[plugin]]
 name = "lb"
 wasm = "builtin:balancer"
 cpu_limit = "100ms"
-config = {{ policy = "least_request" }}
+config = {{ policy = "round_robin" }}
 
 # Portico watches its own series with the bundled LSTM; the demo shortens the warm-up to fit its run.
 # The demo's series are young and noisy (everything shares one machine), so its thresholds are lower than
