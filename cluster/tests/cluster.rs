@@ -70,11 +70,8 @@ async fn writes_replicate_survive_partition_and_restart() {
     }
     let refs: Vec<&Arc<Cluster>> = nodes.iter().collect();
     let leader = confirmed_leader(&refs, Duration::from_secs(5)).await.expect("a leader is elected");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nodes.iter().any(|n| n.state().config.as_deref() != Some("boot")) {
-        assert!(Instant::now() < deadline, "the bootstrap configuration reaches every node");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let booted = eventually(|| nodes.iter().all(|n| n.state().config.as_deref() == Some("boot")), true);
+    assert!(booted.await, "the bootstrap configuration reaches every node");
 
     // A write through a follower is forwarded, committed, and applied everywhere.
     let follower = nodes.iter().find(|n| n.node_id() != leader).expect("follower");

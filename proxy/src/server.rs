@@ -104,7 +104,7 @@ pub struct Shared {
 impl Shared {
     /// Upstream pool lanes: one per worker, plus lane 0 for everything else.
     pub fn lanes(&self) -> usize {
-        self.workers.as_ref().map_or(0, Workers::count) + 1
+        workers::lanes(self.workers.as_ref())
     }
 }
 
@@ -145,8 +145,7 @@ impl Server {
             0 => None,
             n => Some(Workers::start(n).map_err(ServerError::Workers)?),
         };
-        let lanes = workers.as_ref().map_or(0, Workers::count) + 1;
-        let upstreams = build_upstreams(&config, None, lanes)?;
+        let upstreams = build_upstreams(&config, None, workers::lanes(workers.as_ref()))?;
         let forward_client = {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);

@@ -26,6 +26,11 @@ pub fn lane() -> usize {
     LANE.with(Cell::get)
 }
 
+/// How many connection-pool lanes a server with these workers needs: one per worker, plus lane 0.
+pub fn lanes(workers: Option<&Workers>) -> usize {
+    workers.map_or(0, Workers::count) + 1
+}
+
 /// How many data-path workers to run when nothing says otherwise: one per core the process may use.
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

@@ -63,7 +63,7 @@ impl FilterChain {
         let info = RequestInfo {
             method: parts.method.to_string(),
             path: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-            authority: authority(parts),
+            authority: authority(parts).to_string(),
             scheme: if conn.tls { "https" } else { "http" }.to_string(),
             protocol: format!("{:?}", parts.version),
             request_id: request_id.to_string(),
@@ -318,36 +318,33 @@ pub(super) fn local_answer(local: LocalResponse, request_id: &str) -> Response<c
     answer
 }
 
-fn authority(parts: &http::request::Parts) -> String {
+/// The request's authority: from the URI (HTTP/2, absolute form), else the `Host` header.
+fn authority(parts: &http::request::Parts) -> &str {
     parts
         .uri
         .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default()
 }
 
 thread_local! {
     /// A header list kept between requests on this worker thread, so that building the plugin-visible list
     /// reuses its strings' buffers instead of allocating two strings per header per phase.
-    static SPARE_LIST: std::cell::RefCell<Vec<(String, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_LIST: std::cell::Cell<Vec<(String, String)>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Bigger lists are dropped rather than kept for the next request.
 const SPARE_LIST_MAX_BYTES: usize = 16 * 1024;
 
 fn take_spare_list() -> Vec<(String, String)> {
-    SPARE_LIST.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default())
+    SPARE_LIST.take()
 }
 
 fn return_spare_list(list: Vec<(String, String)>) {
     let bytes: usize = list.iter().map(|(n, v)| n.capacity() + v.capacity()).sum();
     if bytes <= SPARE_LIST_MAX_BYTES {
-        SPARE_LIST.with(|s| {
-            if let Ok(mut s) = s.try_borrow_mut() {
-                *s = list;
-            }
-        });
+        SPARE_LIST.set(list);
     }
 }
 
@@ -367,11 +364,9 @@ fn put(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &[u8]) {
 }
 
 fn request_to_abi(parts: &http::request::Parts, out: &mut Vec<(String, String)>) {
-    let host = parts.headers.get(http::header::HOST).map(HeaderValue::as_bytes);
-    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes()).or(host).unwrap_or_default();
     put(out, 0, ":method", parts.method.as_str().as_bytes());
     put(out, 1, ":path", parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    put(out, 2, ":authority", authority);
+    put(out, 2, ":authority", authority(parts).as_bytes());
     put(out, 3, ":scheme", parts.uri.scheme_str().unwrap_or("http").as_bytes());
     let mut i = 4;
     for (name, value) in &parts.headers {

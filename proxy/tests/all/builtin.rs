@@ -279,35 +279,16 @@ async fn the_router_and_balancer_cost_one_wasm_call_each_per_request() -> TestRe
     // the one each needs (request headers for the router, the pick for the balancer), and the host skips
     // what a module does not export, including the response phases and `upstream.address`.
     let (a, b) = (TestUpstream::start("a").await, TestUpstream::start("b").await);
-    let text = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-upstream = "app"
-filters = ["router", "lb"]
-
-[[upstream]]
-name = "app"
-endpoints = [{}]
-
+    // The balancer-only configuration, with the router put in front of the balancer.
+    let text = balanced(&[&a, &b], &[1, 1], r#"{ policy = "round_robin" }"#, "")
+        .replace(r#"filters = ["lb"]"#, r#"filters = ["router", "lb"]"#)
+        + r#"
 [[plugin]]
 name = "router"
 wasm = "builtin:router"
 cpu_limit = "2s"
-config = {{ routes = [{{ match = {{ path_prefix = "/" }}, upstream = "app" }}] }}
-
-[[plugin]]
-name = "lb"
-wasm = "builtin:balancer"
-cpu_limit = "2s"
-config = {{ policy = "round_robin" }}
-"#,
-        endpoints(&[&a, &b], &[1, 1])
-    );
+config = { routes = [{ match = { path_prefix = "/" }, upstream = "app" }] }
+"#;
     let p = Portico::start(&text).await;
     let web = p.addr("web").await;
     get(web, "/").await?;
