@@ -187,6 +187,7 @@ impl Server {
         let admin_url = format!("http://{}", config.admin.listen);
         server.apply(config, upstreams, plugin_slots).await?;
         server.watch_plugin_files();
+        server.sweep_idle_connections();
         server.rewatch(anomaly, admin_url).await;
         Ok(server)
     }
@@ -347,6 +348,24 @@ impl Server {
         }
         health.extend(upstreams.values().filter_map(|u| health::spawn(u.clone())));
         Ok(())
+    }
+
+    /// Closes idle upstream connections past their pool's `idle_timeout`, every second, so they go away even
+    /// when no request comes to find them stale.
+    fn sweep_idle_connections(&self) {
+        let shared = Arc::downgrade(&self.shared);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else { return };
+                for upstream in shared.snapshot.load().upstreams.values() {
+                    upstream.sweep_idle_connections();
+                }
+            }
+        });
+        self.background.lock().push(task);
     }
 
     /// Polls file-sourced plugins for changes (every 2 s) and hot-swaps a changed module that starts cleanly.

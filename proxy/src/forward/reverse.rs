@@ -13,6 +13,7 @@ use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
 use crate::server::Shared;
 use crate::upstream::endpoint::ActiveRequest;
+use crate::upstream::pool::{ConnectionChoice, PooledConnection, SendError};
 use crate::upstream::Upstream;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
@@ -135,10 +136,16 @@ fn is_idempotent(method: &Method) -> bool {
 struct EndpointRelease {
     _permit: OwnedSemaphorePermit,
     _active: ActiveRequest,
+    connection: Option<PooledConnection>,
 }
 
 impl BodyGuard for EndpointRelease {
-    fn finish(&mut self, _ok: bool) {}
+    /// A body that ended cleanly leaves its HTTP/1 connection reusable; one cut short closes it.
+    fn finish(&mut self, ok: bool) {
+        if let Some(connection) = self.connection.take().filter(|_| ok) {
+            connection.release();
+        }
+    }
 }
 
 async fn proxy(
@@ -220,24 +227,31 @@ async fn proxy(
         };
         let active = endpoint.begin_request();
         chain.set_upstream_address(&endpoint.name);
-        let uri =
-            Uri::builder().scheme("http").authority(endpoint.authority.clone()).path_and_query(path.as_str()).build();
-        let Ok(uri) = uri else {
+        let Ok(uri) = Uri::try_from(path.as_str()) else {
             return error_response(LocalError::BadRequest, "request target cannot be forwarded", &meta.request_id);
         };
-        let this_body = if retryable { RequestBody::empty() } else { body.take().unwrap_or_else(RequestBody::empty) };
-        let mut request = Request::new(this_body);
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.version_mut() = version;
-        // Only a request that may be retried keeps a copy of its headers for the next attempt.
-        *request.headers_mut() = if retryable && attempt + 1 < max_attempts {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
         let sent_at = std::time::Instant::now();
-        let outcome = tokio::time::timeout(upstream.request_timeout(), upstream.client().request(request)).await;
+        let mut choice = ConnectionChoice::Pooled;
+        let outcome = loop {
+            let this_body =
+                if retryable { RequestBody::empty() } else { body.take().unwrap_or_else(RequestBody::empty) };
+            let mut request = Request::new(this_body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri.clone();
+            *request.version_mut() = version;
+            // Only a request that may be sent again keeps a copy of its headers.
+            *request.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+            match tokio::time::timeout(upstream.request_timeout(), upstream.send(index, request, choice)).await {
+                // The upstream closed the pooled connection as the request went out (its keep-alive timer
+                // won the race). Not the endpoint's fault: an idempotent request goes again, once, on a new
+                // connection, as nginx does. It costs neither an attempt nor the retry budget.
+                Ok(Err(SendError::ReusedConnectionLost(e))) if retryable && choice == ConnectionChoice::Pooled => {
+                    tracing::debug!(endpoint = %endpoint.name, error = %error_chain(&e), "pooled connection lost, sending again on a new one");
+                    choice = ConnectionChoice::New;
+                }
+                outcome => break outcome,
+            }
+        };
         match outcome {
             Err(_elapsed) => {
                 upstream.report_failure(index, &shared.metrics);
@@ -256,7 +270,7 @@ async fn proxy(
                 last_error = (LocalError::UpstreamFailed, format!("endpoint {}: {}", endpoint.name, error_chain(&e)));
                 continue;
             }
-            Ok(Ok(mut response)) => {
+            Ok(Ok((mut response, connection))) => {
                 endpoint.record_latency(sent_at.elapsed());
                 let status = response.status();
                 if status.is_server_error() {
@@ -276,7 +290,7 @@ async fn proxy(
                         return tunnel::splice_upgrade(shared, response, client_upgrade, parts.version);
                     }
                 }
-                let release = EndpointRelease { _permit: permit, _active: active };
+                let release = EndpointRelease { _permit: permit, _active: active, connection };
                 headers::strip_hop_by_hop(response.headers_mut(), false);
                 let upstream_version = response.version();
                 headers::append_via(response.headers_mut(), upstream_version);

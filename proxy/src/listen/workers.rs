@@ -1,7 +1,7 @@
 //! Thread-per-core serving. Each data-path worker is an OS thread running its own single-threaded tokio
 //! runtime. A client connection is handed to one worker when it is accepted, and from then on it, the tasks
 //! hyper spawns for it and the upstream connections its requests use (each worker has its own pool lane, see
-//! [`crate::upstream::Upstream::client`]) all live on that thread: a proxied request never has to wake
+//! [`crate::upstream::Upstream::send`]) all live on that thread: a proxied request never has to wake
 //! another thread. This is the model of nginx's worker processes and of Pingora; tokio's work-stealing
 //! runtime instead hands a request between threads (the client connection, the pooled upstream connection's
 //! task and the response channel can each sit on a different worker) and pays a cross-thread wake-up for it.

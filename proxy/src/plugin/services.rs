@@ -3,6 +3,7 @@
 
 use crate::body::RequestBody;
 use crate::server::Shared;
+use crate::upstream::pool::ConnectionChoice;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use portico_plugins::{HostServices, HttpCallRejected, HttpCallRequest, HttpCallResponse};
@@ -40,7 +41,6 @@ impl HostServices for ProxyServices {
             let HttpCallRequest { headers, body, timeout, responder, .. } = request;
             let response = async {
                 let index = upstream.pick(&[])?;
-                let endpoint = &upstream.endpoints[index];
                 let mut method = http::Method::GET;
                 let mut path = "/".to_string();
                 let mut builder = http::Request::builder();
@@ -53,11 +53,17 @@ impl HostServices for ProxyServices {
                         n => builder = builder.header(n, value.as_str()),
                     }
                 }
-                let uri = format!("http://{}{}", endpoint.authority, path);
-                let request = builder.method(method).uri(uri).body(RequestBody::Full(Some(body))).ok()?;
-                let answer = tokio::time::timeout(timeout, upstream.client().request(request)).await.ok()?.ok()?;
+                let request = builder.method(method).uri(path).body(RequestBody::Full(Some(body))).ok()?;
+                let (answer, connection) =
+                    tokio::time::timeout(timeout, upstream.send(index, request, ConnectionChoice::Pooled))
+                        .await
+                        .ok()?
+                        .ok()?;
                 let (parts, body) = answer.into_parts();
                 let body: Bytes = tokio::time::timeout(timeout, body.collect()).await.ok()?.ok()?.to_bytes();
+                if let Some(connection) = connection {
+                    connection.release();
+                }
                 let mut headers = vec![(":status".to_string(), parts.status.as_str().to_string())];
                 headers.extend(
                     parts

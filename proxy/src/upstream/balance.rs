@@ -67,7 +67,7 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .filter_map(|(i, w)| Endpoint::new(format!("e{i}"), ([127, 0, 0, 1], 1000 + i as u16).into(), *w).ok())
+            .filter_map(|(i, w)| Endpoint::new(format!("e{i}"), ([127, 0, 0, 1], 1000 + i as u16).into(), *w, 1).ok())
             .map(Arc::new)
             .collect()
     }

@@ -36,6 +36,8 @@ pub struct Endpoint {
     latency_ewma_us: AtomicU64,
     outlier: Mutex<OutlierState>,
     probe: Mutex<ProbeState>,
+    /// Idle HTTP/1 connections to it, per worker lane.
+    pub idle: super::pool::IdleConnections,
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +55,8 @@ struct ProbeState {
 
 impl Endpoint {
     /// A new endpoint starts healthy, as nginx and HAProxy do, so traffic flows before the first probe.
-    pub fn new(name: String, address: SocketAddr, weight: u32) -> Result<Self, http::uri::InvalidUri> {
+    /// `lanes` is the number of connection-pool lanes (see [`crate::listen::workers::lanes`]).
+    pub fn new(name: String, address: SocketAddr, weight: u32, lanes: usize) -> Result<Self, http::uri::InvalidUri> {
         let authority = address.to_string().parse()?;
         Ok(Endpoint {
             name,
@@ -66,6 +69,7 @@ impl Endpoint {
             latency_ewma_us: AtomicU64::new(0),
             outlier: Mutex::new(OutlierState::default()),
             probe: Mutex::new(ProbeState::default()),
+            idle: super::pool::IdleConnections::new(lanes),
         })
     }
 

@@ -5,11 +5,11 @@ pub mod endpoint;
 pub mod pool;
 pub mod retry;
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::metrics::Metrics;
 use balance::{Balancer, SmoothWeightedRoundRobin};
 use endpoint::{Endpoint, EndpointStatus};
-use pool::{ClientSettings, UpstreamClient};
+use pool::{ClientSettings, ConnectionChoice, PooledConnection, SendError, UpstreamClient};
 use retry::RetryBudget;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +23,9 @@ pub struct Upstream {
     /// Endpoints, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
     permits: Vec<Arc<Semaphore>>,
-    /// The pooled HTTP clients, one per pool lane (see [`Upstream::client`]).
-    clients: Arc<[UpstreamClient]>,
+    /// For HTTP/2 upstreams, the pooled clients, one per pool lane; empty for HTTP/1, whose idle connections
+    /// live in each endpoint (see [`pool`]).
+    h2_clients: Arc<[UpstreamClient]>,
     client_settings: ClientSettings,
     balancer: Box<dyn Balancer>,
     budget: RetryBudget,
@@ -43,6 +44,7 @@ impl Upstream {
         previous: Option<&Upstream>,
         lanes: usize,
     ) -> Result<Self, http::uri::InvalidUri> {
+        let lanes = lanes.max(1);
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
             let reused =
@@ -52,7 +54,7 @@ impl Upstream {
                     e.set_weight(ep.weight);
                     e.clone()
                 }
-                None => Arc::new(Endpoint::new(ep.name.clone(), ep.address, ep.weight)?),
+                None => Arc::new(Endpoint::new(ep.name.clone(), ep.address, ep.weight, lanes)?),
             };
             endpoints.push(endpoint);
         }
@@ -66,29 +68,58 @@ impl Upstream {
             })
             .collect();
         let client_settings = ClientSettings::of(&config);
-        let lanes = lanes.max(1);
-        let clients = match previous {
-            Some(p) if p.client_settings == client_settings && p.clients.len() == lanes => p.clients.clone(),
-            _ => (0..lanes).map(|_| client_settings.build()).collect(),
+        let h2_clients = match previous {
+            _ if client_settings.protocol != UpstreamProtocol::H2 => Arc::from([]),
+            Some(p) if p.client_settings == client_settings && p.h2_clients.len() == lanes => p.h2_clients.clone(),
+            _ => (0..lanes).map(|_| client_settings.build_h2()).collect(),
         };
         let budget = RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second);
         Ok(Upstream {
             config,
             endpoints,
             permits,
-            clients,
+            h2_clients,
             client_settings,
             balancer: Box::new(SmoothWeightedRoundRobin::default()),
             budget,
         })
     }
 
-    /// The pooled client for the calling thread's lane. Each data-path worker has its own pool, so a
-    /// connection is only ever reused by the worker whose runtime drives it (see [`crate::listen::workers`]);
-    /// the pool caps (`max_idle`) therefore apply per worker.
-    pub fn client(&self) -> &UpstreamClient {
-        let lanes = &self.clients;
-        &lanes[crate::listen::workers::lane() % lanes.len()]
+    /// Sends one request to endpoint `index` and returns the response head. The request's URI is origin-form
+    /// (path and query). An HTTP/1 response comes with its connection, to [`PooledConnection::release`] when the
+    /// body has ended cleanly; HTTP/2 connections are shared, so there is none to give back.
+    ///
+    /// Connections are pooled per lane: a worker only reuses connections its own runtime drives (see
+    /// [`crate::listen::workers`]), so the pool caps (`max_idle`) apply per worker.
+    pub async fn send(
+        &self,
+        index: usize,
+        mut request: http::Request<crate::body::RequestBody>,
+        choice: ConnectionChoice,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Option<PooledConnection>), SendError> {
+        let endpoint = &self.endpoints[index];
+        if self.client_settings.protocol == UpstreamProtocol::Http1 {
+            let (response, connection) = pool::send_http1(endpoint, &self.client_settings, request, choice).await?;
+            return Ok((response, Some(connection)));
+        }
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = request.uri().path_and_query().cloned();
+        if let Ok(absolute) = http::Uri::from_parts(uri) {
+            *request.uri_mut() = absolute;
+        }
+        let lanes = &self.h2_clients;
+        let client = &lanes[crate::listen::workers::lane() % lanes.len()];
+        Ok((client.request(request).await?, None))
+    }
+
+    /// Closes the idle HTTP/1 connections older than the pool's `idle_timeout` (run every second or so by the
+    /// server, so idle connections do not outlive the timeout by much when no request comes to reuse them).
+    pub fn sweep_idle_connections(&self) {
+        for e in &self.endpoints {
+            e.idle.sweep(self.client_settings.idle_timeout);
+        }
     }
 
     /// The group's name.

@@ -1,7 +1,10 @@
 //! Reverse proxying: spread, failover, retries, errors, headers, passive and active health.
 
 use crate::support::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn weighted_round_robin_spreads_exactly() -> TestResult {
@@ -250,5 +253,103 @@ async fn each_worker_reuses_its_own_upstream_connections() -> TestResult {
             "{workers} workers: {opened} upstream connections for 40 sequential requests"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_pool_idle_timeout() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let extra = r#"pool = { idle_timeout = "1s" }"#;
+    let p = Portico::start(&reverse_config(&quoted(&[&app]), extra)).await;
+    let web = p.addr("web").await;
+    for i in 0..6 {
+        assert_eq!(get(web, &format!("/{i}")).await?.status, 200);
+    }
+    assert!(app.open_connections() >= 1, "the pool keeps a connection after the requests");
+    // Nothing comes to reuse them: the sweeper closes them once they are a second old.
+    assert!(
+        eventually(Duration::from_secs(5), || app.open_connections() == 0).await,
+        "{} upstream connections still open after the idle timeout",
+        app.open_connections()
+    );
+    // And the next request opens a fresh one.
+    assert_eq!(get(web, "/again").await?.status, 200);
+    Ok(())
+}
+
+/// How [`one_answer_per_connection_upstream`] ends a connection after its one answer.
+#[derive(Clone, Copy)]
+enum AfterAnswer {
+    /// Closes it 30 ms later, while it sits idle in the proxy's pool.
+    CloseWhenIdle,
+    /// Waits for the next request and closes without answering: the race of a keep-alive timer firing just
+    /// as the proxy reuses the connection.
+    DropNextRequest,
+}
+
+/// An upstream that answers one request per connection and then closes it without saying so (no
+/// `Connection: close`), as a server with a short keep-alive timeout does.
+async fn one_answer_per_connection_upstream(
+    after: AfterAnswer,
+) -> Result<(std::net::SocketAddr, Arc<AtomicUsize>), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                match after {
+                    AfterAnswer::CloseWhenIdle => tokio::time::sleep(Duration::from_millis(30)).await,
+                    AfterAnswer::DropNextRequest => {
+                        let _ = stream.read(&mut buf).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, accepted))
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_upstream_is_not_an_error() -> TestResult {
+    let (addr, accepted) = one_answer_per_connection_upstream(AfterAnswer::CloseWhenIdle).await?;
+    let p = Portico::start(&reverse_config(&[format!("\"{addr}\"")], "")).await;
+    let web = p.addr("web").await;
+    for i in 0..20 {
+        let answer = get(web, &format!("/{i}")).await?;
+        assert_eq!(answer.status, 200, "request {i}: {:?}", answer.body);
+        // Let the upstream close the connection the proxy has just pooled.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 20, "each request needed a new connection");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idempotent_request_whose_pooled_connection_is_lost_goes_again_on_a_new_one() -> TestResult {
+    let (addr, accepted) = one_answer_per_connection_upstream(AfterAnswer::DropNextRequest).await?;
+    // No retries: the replay after a lost pooled connection is not a retry.
+    let p = Portico::start(&reverse_config(&[format!("\"{addr}\"")], "retries = 0")).await;
+    let web = p.addr("web").await;
+    for i in 0..10 {
+        let answer = get(web, &format!("/{i}")).await?;
+        assert_eq!(answer.status, 200, "GET {i}: {:?}", answer.body);
+    }
+    // The first request opened a connection; each later one lost its pooled connection and opened another.
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
+    // A request with a body is not idempotent and is not sent twice: the client gets the 502.
+    let answer = send(web, "POST", "/order", &[], "one order").await?;
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
     Ok(())
 }

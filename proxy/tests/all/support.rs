@@ -84,6 +84,11 @@ impl TestUpstream {
         self.conns.lock().len()
     }
 
+    /// Connections accepted and not yet closed.
+    pub fn open_connections(&self) -> usize {
+        self.conns.lock().iter().filter(|c| !c.is_finished()).count()
+    }
+
     pub fn set(&self, behavior: Behavior) {
         *self.behavior.lock() = behavior;
     }
