@@ -1,5 +1,7 @@
 //! Cost of one endpoint pick per request through the wasm host, per `builtin:balancer` policy and endpoint
 //! count: new_stream + on_request_headers + select_endpoint (+ drop, which runs proxy_on_done/on_delete).
+//! The candidates come from one `CandidateList` per set, as the proxy offers its endpoints: fingerprinted once,
+//! the list built only when the plugin reads it.
 //!
 //! `CARGO_TARGET_DIR=/work/target-plugins nice -n 10 cargo bench -p portico-plugins --bench pick -- \
 //!    --warm-up-time 1 --measurement-time 2`
@@ -9,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use portico_plugins::{builtin, Candidate, DefaultHostServices, Plugin, PluginEngine, PluginSpec, RequestInfo};
+use portico_plugins::{
+    builtin, Candidate, CandidateList, CandidateSource, DefaultHostServices, Plugin, PluginEngine, PluginSpec,
+    RequestInfo,
+};
 
 const POLICIES: &[(&str, &str)] = &[
     ("round_robin", r#"{"policy": "round_robin"}"#),
@@ -68,13 +73,13 @@ fn bench(c: &mut Criterion) {
         spec.instances = 1;
         let plugin = Plugin::load(&engine, spec, Arc::new(DefaultHostServices)).unwrap();
         for n in [3usize, 100, 1000] {
-            let cands = candidates(n);
+            let cands: Arc<dyn CandidateSource> = Arc::new(CandidateList::new(candidates(n)));
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {
                     let mut h = vec![(":path".to_string(), "/".to_string())];
                     let mut s = plugin.new_stream(RequestInfo::default()).unwrap();
                     s.on_request_headers(&mut h, true).unwrap();
-                    s.select_endpoint("backend", &cands, 0, None).unwrap()
+                    s.select_endpoint_from("backend", &cands, 0, None).unwrap()
                 })
             });
         }
@@ -88,7 +93,7 @@ fn bench(c: &mut Criterion) {
         spec.instances = 1;
         let plugin = Plugin::load(&engine, spec, Arc::new(DefaultHostServices)).unwrap();
         for n in [3usize, 100, 1000] {
-            let cands = candidates(n);
+            let cands: Arc<dyn CandidateSource> = Arc::new(CandidateList::new(candidates(n)));
             let mut k = 0u64;
             group.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
                 b.iter(|| {
@@ -101,7 +106,7 @@ fn bench(c: &mut Criterion) {
                     ];
                     let mut s = plugin.new_stream(RequestInfo::default()).unwrap();
                     s.on_request_headers(&mut h, true).unwrap();
-                    s.select_endpoint("backend", &cands, 0, None).unwrap().unwrap()
+                    s.select_endpoint_from("backend", &cands, 0, None).unwrap().unwrap()
                 })
             });
         }
@@ -116,8 +121,9 @@ fn bench(c: &mut Criterion) {
         spec.instances = 1;
         let plugin = Plugin::load(&engine, spec, Arc::new(DefaultHostServices)).unwrap();
         for n in [3usize, 100, 1000] {
-            let full = candidates(n);
-            let fewer = full[1..].to_vec();
+            let all = candidates(n);
+            let full: Arc<dyn CandidateSource> = Arc::new(CandidateList::new(all.clone()));
+            let fewer: Arc<dyn CandidateSource> = Arc::new(CandidateList::new(all[1..].to_vec()));
             let mut k = 0u64;
             group.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
                 b.iter(|| {
@@ -126,7 +132,7 @@ fn bench(c: &mut Criterion) {
                     let mut s = plugin.new_stream(RequestInfo::default()).unwrap();
                     s.on_request_headers(&mut h, true).unwrap();
                     let cands = if k & 1 == 0 { &full } else { &fewer };
-                    s.select_endpoint("backend", cands, 0, None).unwrap().unwrap()
+                    s.select_endpoint_from("backend", cands, 0, None).unwrap().unwrap()
                 })
             });
         }

@@ -58,7 +58,8 @@ impl StreamSignal {
 /// Inputs for the upstream selection callback.
 pub(crate) struct SelectInput {
     pub group: String,
-    pub candidates: Vec<u8>,
+    /// Where the candidates come from; encoded only if the plugin reads them.
+    pub source: std::sync::Arc<dyn crate::types::CandidateSource>,
     pub failed: Option<String>,
 }
 
@@ -365,7 +366,12 @@ fn get_property(st: &HostState, path: &str) -> Option<Vec<u8>> {
                 header_get(&s.response_headers, ":status").and_then(|c| c.parse::<i64>().ok()).map(int_prop)
             }
             "portico.upstream" => s.select.as_ref().map(|x| x.group.clone().into_bytes()),
-            "portico.upstream.candidates" => s.select.as_ref().map(|x| x.candidates.clone()),
+            "portico.upstream.candidates" => {
+                s.select.as_ref().map(|x| crate::codec::encode_candidates(&x.source.candidates()))
+            }
+            "portico.upstream.candidates_version" => {
+                s.select.as_ref().map(|x| x.source.version().to_le_bytes().to_vec())
+            }
             "portico.upstream.failed" => s.select.as_ref().and_then(|x| x.failed.clone()).map(String::into_bytes),
             "portico.upstream.selected" => s.selected_upstream.clone().map(String::into_bytes),
             "portico.route.upstream" => s.routed_upstream.clone().map(String::into_bytes),

@@ -28,6 +28,7 @@ pub use error::{FailureKind, PluginError, PluginFailure};
 pub use plugin::{prefer_instance, CalloutResponder, HttpStream, Plugin, PluginSpec};
 pub use services::{DefaultHostServices, HostServices};
 pub use types::{
-    Candidate, FailPolicy, FilterAction, HeaderMap, HttpCallRejected, HttpCallRequest, HttpCallResponse, LocalResponse,
-    LogLevel, RequestInfo, Resumption, TrafficDirection,
+    address_hash, candidate_fingerprint, candidates_version, Candidate, CandidateList, CandidateSource, FailPolicy,
+    FilterAction, HeaderMap, HttpCallRejected, HttpCallRequest, HttpCallResponse, LocalResponse, LogLevel, RequestInfo,
+    Resumption, TrafficDirection,
 };

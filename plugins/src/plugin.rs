@@ -11,13 +11,15 @@ use parking_lot::{Mutex, MutexGuard};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use wasmtime::{InstancePre, Store, Trap, TypedFunc, WasmParams, WasmResults};
 
-use crate::codec;
 use crate::engine::{AbiVersion, CompiledModule, EngineShared, PluginEngine, EPOCH_TICK};
 use crate::error::{FailureKind, HostTrap, PluginError, PluginFailure};
 use crate::host::{copy_headers, ContextMap, HostState, MemLimiter, SelectInput, StreamSignal, StreamState};
 use crate::services::HostServices;
 use crate::types::abi;
-use crate::types::{Candidate, FailPolicy, FilterAction, HeaderMap, HttpCallResponse, RequestInfo, Resumption};
+use crate::types::{
+    Candidate, CandidateList, CandidateSource, FailPolicy, FilterAction, HeaderMap, HttpCallResponse, RequestInfo,
+    Resumption,
+};
 
 /// Everything needed to load one plugin version.
 #[derive(Clone)]
@@ -1389,15 +1391,28 @@ impl HttpStream {
         attempt: u32,
         failed: Option<&str>,
     ) -> Result<Option<String>, PluginFailure> {
+        let source: Arc<dyn CandidateSource> = Arc::new(CandidateList::new(candidates.to_vec()));
+        self.select_endpoint_from(group, &source, attempt, failed)
+    }
+
+    /// [`HttpStream::select_endpoint`] with candidates produced on demand: the list is built and encoded only
+    /// if the plugin reads `portico.upstream.candidates` (see [`CandidateSource`]).
+    pub fn select_endpoint_from(
+        &mut self,
+        group: &str,
+        candidates: &Arc<dyn CandidateSource>,
+        attempt: u32,
+        failed: Option<&str>,
+    ) -> Result<Option<String>, PluginFailure> {
         let selects = self.plugin.callbacks.upstream_select;
         self.with_instance(|inst, ctx| {
             let s = inst.stream(ctx)?;
-            // The candidate list is only readable during `portico_on_upstream_select`: a module without it
-            // can only have chosen in its request headers callback, so nothing is encoded for it.
+            // The candidates are only readable during `portico_on_upstream_select`: a module without it can
+            // only have chosen in its request headers callback.
             if selects {
                 s.select = Some(SelectInput {
                     group: group.to_string(),
-                    candidates: codec::encode_candidates(candidates),
+                    source: candidates.clone(),
                     failed: failed.map(str::to_string),
                 });
             }
@@ -1418,7 +1433,7 @@ impl HttpStream {
             let chosen = s.selected_upstream.clone().or(preselected);
             s.selected_upstream.clone_from(&chosen);
             Ok(match chosen {
-                Some(addr) if candidates.iter().any(|c| c.address == addr) => Some(addr),
+                Some(addr) if candidates.contains(&addr) => Some(addr),
                 Some(addr) => {
                     let core = &inst.store.data().core;
                     tracing::warn!(plugin = %core.name, address = %addr, group, "plugin selected an address that is not a candidate; ignoring");

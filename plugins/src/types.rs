@@ -133,6 +133,72 @@ pub struct Candidate {
     pub ejected: bool,
 }
 
+/// The endpoints offered to one `portico_on_upstream_select` call, produced on demand. A balancer whose
+/// decision depends only on the set (round robin, ring hash, Maglev) reads `portico.upstream.candidates_version`
+/// and, when it has not changed, never asks for the list: with 1,000 endpoints, building, encoding and parsing
+/// the list is most of a pick.
+pub trait CandidateSource: Send + Sync {
+    /// A fingerprint of the set: the addresses and weights of the candidates, in any order. Equal fingerprints
+    /// mean the same set (up to a 64-bit hash collision).
+    fn version(&self) -> u64;
+    /// The candidates, with their current load; called only when a plugin reads `portico.upstream.candidates`.
+    fn candidates(&self) -> Vec<Candidate>;
+    /// Whether `address` is one of the candidates (a plugin's choice is checked against it).
+    fn contains(&self, address: &str) -> bool;
+}
+
+/// One candidate's share of a [`CandidateSource::version`] (see [`candidates_version`]): a host can keep the
+/// address hash precomputed per endpoint.
+pub fn candidate_fingerprint(address_hash: u64, weight: u32) -> u64 {
+    // splitmix64 finaliser over the address hash and the weight
+    let mut z = address_hash ^ u64::from(weight).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The [`CandidateSource::version`] of a set, from its candidates' [`candidate_fingerprint`]s in any order.
+pub fn candidates_version(fingerprints: impl IntoIterator<Item = u64>) -> u64 {
+    let (sum, count) = fingerprints.into_iter().fold((0u64, 0u64), |(sum, n), f| (sum.wrapping_add(f), n + 1));
+    sum ^ count
+}
+
+/// A stable 64-bit hash of an endpoint address (FNV-1a), the `address_hash` of [`candidate_fingerprint`].
+pub fn address_hash(address: &str) -> u64 {
+    address.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3))
+}
+
+/// A fixed list of candidates, for callers that already hold one (tests, benchmarks, embedders). Its version
+/// is computed once, when it is made.
+#[derive(Debug, Clone)]
+pub struct CandidateList {
+    candidates: Vec<Candidate>,
+    version: u64,
+}
+
+impl CandidateList {
+    /// Wraps the list and fingerprints it.
+    pub fn new(candidates: Vec<Candidate>) -> Self {
+        let version =
+            candidates_version(candidates.iter().map(|c| candidate_fingerprint(address_hash(&c.address), c.weight)));
+        CandidateList { candidates, version }
+    }
+}
+
+impl CandidateSource for CandidateList {
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.candidates.clone()
+    }
+
+    fn contains(&self, address: &str) -> bool {
+        self.candidates.iter().any(|c| c.address == address)
+    }
+}
+
 /// Log levels of the proxy-wasm ABI (`proxy_log_level_t`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {

@@ -5,11 +5,14 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestServices;
-use portico_plugins::{builtin, Candidate, Plugin, PluginEngine, PluginError, PluginSpec, RequestInfo};
+use portico_plugins::{
+    builtin, Candidate, CandidateList, CandidateSource, Plugin, PluginEngine, PluginError, PluginSpec, RequestInfo,
+};
 
 fn load(engine: &PluginEngine, config: &str, instances: usize) -> Result<Arc<Plugin>, PluginError> {
     let mut spec = PluginSpec::new("balancer", builtin("balancer").unwrap());
@@ -307,4 +310,87 @@ fn bad_configurations_are_refused_with_the_reason() {
         assert!(matches!(err, PluginError::Configure { .. }), "{config}: {err}");
         assert!(err.to_string().contains(needle), "{config}: {err}");
     }
+}
+
+/// Candidates that count how often the list is asked for.
+struct Counted {
+    list: CandidateList,
+    reads: AtomicUsize,
+}
+
+impl CandidateSource for Counted {
+    fn version(&self) -> u64 {
+        self.list.version()
+    }
+    fn candidates(&self) -> Vec<Candidate> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.list.candidates()
+    }
+    fn contains(&self, address: &str) -> bool {
+        self.list.contains(address)
+    }
+}
+
+/// Picks `requests` times from `cands` (attempt 0, and attempt 1 after it when `retry`); returns the picks
+/// and how many times the plugin read the candidate list.
+fn counted_picks(p: &Arc<Plugin>, cands: Vec<Candidate>, requests: usize, retry: bool) -> (Vec<String>, usize) {
+    let counted = Arc::new(Counted { list: CandidateList::new(cands), reads: AtomicUsize::new(0) });
+    let source: Arc<dyn CandidateSource> = counted.clone();
+    let mut picks = Vec::new();
+    for i in 0..requests {
+        let mut s = p.new_stream(RequestInfo::default()).unwrap();
+        let user = format!("user-{i}");
+        s.on_request_headers(&mut headers(&[("x-user", user.as_str())]), true).unwrap();
+        let first = s.select_endpoint_from("backend", &source, 0, None).unwrap().unwrap();
+        if retry {
+            let second = s.select_endpoint_from("backend", &source, 1, Some(&first)).unwrap().unwrap();
+            assert_ne!(first, second, "a retry gets another endpoint");
+        }
+        picks.push(first);
+    }
+    (picks, counted.reads.load(Ordering::SeqCst))
+}
+
+#[test]
+fn set_only_policies_read_the_candidates_only_when_the_set_changes() {
+    for config in [
+        r#"{"policy": "round_robin"}"#,
+        r#"{"policy": "weighted_round_robin"}"#,
+        r#"{"policy": "ring_hash", "hash_on": "header:x-user"}"#,
+        r#"{"policy": "maglev", "hash_on": "header:x-user", "table_size": 251}"#,
+    ] {
+        let p = balancer(config);
+        let (picks, reads) = counted_picks(&p, endpoints(100), 50, true);
+        assert_eq!(reads, 1, "{config}: the list is read once, to build the tables");
+        assert!(picks.len() == 50 && counts(picks).len() > 1, "{config}: picks spread");
+        // Another set (one endpoint fewer, as after an ejection): read once more, then not again.
+        let (picks, reads) = counted_picks(&p, endpoints(99), 20, false);
+        assert_eq!(reads, 1, "{config}: a new set is read once");
+        assert!(!picks.contains(&"10.0.0.100:80".to_string()), "{config}: the removed endpoint is not picked");
+        // A weight change is a new set too.
+        let mut weighted = endpoints(99);
+        weighted[0].weight = 50;
+        let (_, reads) = counted_picks(&p, weighted, 5, false);
+        assert_eq!(reads, 1, "{config}: a weight change is read");
+    }
+    // Policies that need the current load read the list on every pick.
+    for config in [r#"{"policy": "least_request"}"#, r#"{"policy": "random"}"#] {
+        let (_, reads) = counted_picks(&balancer(config), endpoints(10), 10, false);
+        assert_eq!(reads, 10, "{config}");
+    }
+}
+
+#[test]
+fn the_set_version_ignores_order_and_load_but_not_addresses_or_weights() {
+    let a = endpoints(5);
+    let mut reordered = a.clone();
+    reordered.reverse();
+    reordered[0].active_requests = 40;
+    reordered[1].latency = Duration::from_secs(1);
+    assert_eq!(CandidateList::new(a.clone()).version(), CandidateList::new(reordered).version());
+    let mut reweighted = a.clone();
+    reweighted[2].weight = 2;
+    assert_ne!(CandidateList::new(a.clone()).version(), CandidateList::new(reweighted).version());
+    assert_ne!(CandidateList::new(a.clone()).version(), CandidateList::new(a[1..].to_vec()).version());
+    assert_ne!(CandidateList::new(a.clone()).version(), CandidateList::new(endpoints(6)[1..].to_vec()).version());
 }

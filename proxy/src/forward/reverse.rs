@@ -182,7 +182,8 @@ async fn proxy(
     if upgrade {
         parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    // Origin-form for the upstream; sharing the client's bytes, not copying them.
+    let uri = parts.uri.path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from);
     let bodiless = body.is_end_stream();
     let retryable = bodiless && is_idempotent(&parts.method) && !upgrade;
     let mut body = Some(if bodiless { RequestBody::empty() } else { body });
@@ -227,9 +228,6 @@ async fn proxy(
         };
         let active = endpoint.begin_request();
         chain.set_upstream_address(&endpoint.name);
-        let Ok(uri) = Uri::try_from(path.as_str()) else {
-            return error_response(LocalError::BadRequest, "request target cannot be forwarded", &meta.request_id);
-        };
         let sent_at = std::time::Instant::now();
         let mut choice = ConnectionChoice::Pooled;
         let outcome = loop {

@@ -11,10 +11,11 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use portico_plugins::{
-    Candidate, FilterAction, HttpStream, LocalResponse, PluginFailure, RequestInfo, TrafficDirection,
+    candidate_fingerprint, candidates_version, Candidate, CandidateSource, FilterAction, HttpStream, LocalResponse,
+    PluginFailure, RequestInfo, TrafficDirection,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 /// A response a plugin phase answers with instead of going on (boxed: it is the rare path).
@@ -160,39 +161,23 @@ impl FilterChain {
     /// `Ok(None)` means no plugin decided and native balancing applies.
     pub fn select_endpoint(
         &mut self,
-        upstream: &Upstream,
+        upstream: &Arc<Upstream>,
         tried: &[usize],
         attempt: u32,
         request_id: &str,
     ) -> Result<Option<usize>, Refusal> {
-        if self.links.is_empty() {
+        if self.links.is_empty() || !upstream.any_available() {
             return Ok(None);
         }
-        let now = Instant::now();
-        let failed_index = tried.last().copied();
-        // Built once per attempt and shared by every plugin in the chain; the chosen address maps back to
-        // its endpoint by name, so no second copy of the candidates is kept.
-        let offered: Vec<Candidate> = upstream
-            .endpoints
-            .iter()
-            .filter(|e| e.is_available(now))
-            .map(|e| Candidate {
-                address: e.name.clone(),
-                weight: e.weight(),
-                active_requests: e.active_requests(),
-                latency: std::time::Duration::from_micros(e.latency_ewma_us()),
-                ejected: false,
-            })
-            .collect();
-        if offered.is_empty() {
-            return Ok(None);
-        }
-        let failed_address = failed_index.map(|i| upstream.endpoints[i].name.as_str());
+        // Shared by every plugin in the chain; the list itself is built only if a plugin reads it.
+        let offered: Arc<dyn CandidateSource> =
+            Arc::new(OfferedEndpoints { upstream: upstream.clone(), now: Instant::now(), version: OnceLock::new() });
+        let failed_address = tried.last().map(|&i| upstream.endpoints[i].name.as_str());
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
-            match link.stream.select_endpoint(upstream.name(), &offered, attempt, failed_address) {
-                Ok(Some(address)) => return Ok(upstream.endpoints.iter().position(|e| e.name == address)),
+            match link.stream.select_endpoint_from(upstream.name(), &offered, attempt, failed_address) {
+                Ok(Some(address)) => return Ok(upstream.index_of(&address)),
                 Ok(None) => i += 1,
                 Err(failure) => {
                     if let Some(answer) = failed(&link.slot, &failure, request_id) {
@@ -443,5 +428,44 @@ fn append(map: &mut http::HeaderMap, name: &str, value: &str) {
             map.append(n, v);
         }
         _ => tracing::debug!(header = name, "plugin left a header that is not valid HTTP; dropped"),
+    }
+}
+
+/// The endpoints of an upstream group that may take this request (healthy, not ejected, not drained), as
+/// offered to balancing plugins. The version is a sum over those endpoints of a per-endpoint fingerprint, so it
+/// is cheap; the list, with names copied and loads read, is built only for a plugin that asks for it.
+struct OfferedEndpoints {
+    upstream: Arc<Upstream>,
+    now: Instant,
+    version: OnceLock<u64>,
+}
+
+impl OfferedEndpoints {
+    fn available(&self) -> impl Iterator<Item = &Arc<crate::upstream::endpoint::Endpoint>> {
+        self.upstream.endpoints.iter().filter(|e| e.is_available(self.now))
+    }
+}
+
+impl CandidateSource for OfferedEndpoints {
+    fn version(&self) -> u64 {
+        *self.version.get_or_init(|| {
+            candidates_version(self.available().map(|e| candidate_fingerprint(e.address_hash, e.weight())))
+        })
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.available()
+            .map(|e| Candidate {
+                address: e.name.clone(),
+                weight: e.weight(),
+                active_requests: e.active_requests(),
+                latency: std::time::Duration::from_micros(e.latency_ewma_us()),
+                ejected: false,
+            })
+            .collect()
+    }
+
+    fn contains(&self, address: &str) -> bool {
+        self.upstream.index_of(address).is_some_and(|i| self.upstream.endpoints[i].is_available(self.now))
     }
 }

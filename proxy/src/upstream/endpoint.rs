@@ -35,7 +35,13 @@ pub struct Endpoint {
     active: AtomicU32,
     latency_ewma_us: AtomicU64,
     outlier: Mutex<OutlierState>,
+    /// End of the current ejection, in nanoseconds after [`epoch`] (0: never ejected). An atomic, not part of
+    /// `outlier`, because every pick reads it for every endpoint.
+    ejected_until: AtomicU64,
     probe: Mutex<ProbeState>,
+    /// This endpoint's share of the candidate-set version offered to balancing plugins (address hash; the
+    /// weight is mixed in when the version is computed, since the admin API can change it).
+    pub address_hash: u64,
     /// Idle HTTP/1 connections to it, per worker lane.
     pub idle: super::pool::IdleConnections,
 }
@@ -44,7 +50,6 @@ pub struct Endpoint {
 struct OutlierState {
     consecutive_failures: u32,
     times_ejected: u32,
-    ejected_until: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +63,7 @@ impl Endpoint {
     /// `lanes` is the number of connection-pool lanes (see [`crate::listen::workers::lanes`]).
     pub fn new(name: String, address: SocketAddr, weight: u32, lanes: usize) -> Result<Self, http::uri::InvalidUri> {
         let authority = address.to_string().parse()?;
+        let address_hash = portico_plugins::address_hash(&name);
         Ok(Endpoint {
             name,
             address,
@@ -68,6 +74,8 @@ impl Endpoint {
             active: AtomicU32::new(0),
             latency_ewma_us: AtomicU64::new(0),
             outlier: Mutex::new(OutlierState::default()),
+            ejected_until: AtomicU64::new(0),
+            address_hash,
             probe: Mutex::new(ProbeState::default()),
             idle: super::pool::IdleConnections::new(lanes),
         })
@@ -99,7 +107,7 @@ impl Endpoint {
             EndpointStatus::Drained
         } else if !self.healthy.load(Ordering::Relaxed) {
             EndpointStatus::Unhealthy
-        } else if self.outlier.lock().ejected_until.is_some_and(|until| until > now) {
+        } else if self.is_ejected(now) {
             EndpointStatus::Ejected
         } else {
             EndpointStatus::Healthy
@@ -173,13 +181,13 @@ impl Endpoint {
         outlier.times_ejected = outlier.times_ejected.saturating_add(1);
         outlier.consecutive_failures = 0;
         let duration = base.saturating_mul(outlier.times_ejected).min(max);
-        outlier.ejected_until = Some(now + duration);
+        self.ejected_until.store(since_epoch(now + duration), Ordering::Relaxed);
         duration
     }
 
     /// Whether an ejection is in force.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.outlier.lock().ejected_until.is_some_and(|until| until > now)
+        self.ejected_until.load(Ordering::Relaxed) > since_epoch(now)
     }
 }
 
@@ -193,4 +201,15 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A fixed instant early in the process, so instants fit in an atomic as nanoseconds after it.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds from [`epoch`] to `at` (at least 1, so 0 can mean "never").
+fn since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX).max(1)
 }

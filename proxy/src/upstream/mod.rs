@@ -23,6 +23,8 @@ pub struct Upstream {
     /// Endpoints, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
     permits: Vec<Arc<Semaphore>>,
+    /// Endpoint index by configured address, for mapping a plugin's choice back to its endpoint.
+    by_name: std::collections::HashMap<String, usize>,
     /// For HTTP/2 upstreams, the pooled clients, one per pool lane; empty for HTTP/1, whose idle connections
     /// live in each endpoint (see [`pool`]).
     h2_clients: Arc<[UpstreamClient]>,
@@ -73,11 +75,13 @@ impl Upstream {
             Some(p) if p.client_settings == client_settings && p.h2_clients.len() == lanes => p.h2_clients.clone(),
             _ => (0..lanes).map(|_| client_settings.build_h2()).collect(),
         };
+        let by_name = endpoints.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
         let budget = RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second);
         Ok(Upstream {
             config,
             endpoints,
             permits,
+            by_name,
             h2_clients,
             client_settings,
             balancer: Box::new(SmoothWeightedRoundRobin::default()),
@@ -223,7 +227,12 @@ impl Upstream {
 
     /// Finds an endpoint by its configured address.
     pub fn endpoint(&self, name: &str) -> Option<&Arc<Endpoint>> {
-        self.endpoints.iter().find(|e| e.name == name)
+        self.index_of(name).map(|i| &self.endpoints[i])
+    }
+
+    /// The index of the endpoint with this configured address.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
     }
 
     /// The per-attempt deadline for the response head.
