@@ -75,7 +75,11 @@ impl Upstream {
             Some(p) if p.client_settings == client_settings && p.h2_clients.len() == lanes => p.h2_clients.clone(),
             _ => (0..lanes).map(|_| client_settings.build_h2()).collect(),
         };
-        let by_name = endpoints.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
+        // An address listed twice maps to its first entry, as a scan would find it.
+        let mut by_name = std::collections::HashMap::with_capacity(endpoints.len());
+        for (i, e) in endpoints.iter().enumerate() {
+            by_name.entry(e.name.clone()).or_insert(i);
+        }
         let budget = RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second);
         Ok(Upstream {
             config,

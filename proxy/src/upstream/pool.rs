@@ -172,20 +172,12 @@ impl IdleConnections {
         }
     }
 
-    /// Closes the connections idle for longer than `idle_timeout`, and those the upstream closed.
+    /// Closes the connections idle for longer than `idle_timeout`, and those the upstream closed. (Dropping a
+    /// connection only wakes its task, so it is done under the lane's lock.)
     pub fn sweep(&self, idle_timeout: Duration) {
+        let now = Instant::now();
         for lane in self.lanes.iter() {
-            let expired: Vec<Idle>;
-            {
-                let mut idle = lane.lock();
-                let now = Instant::now();
-                let (keep, old): (Vec<Idle>, Vec<Idle>) =
-                    idle.drain(..).partition(|c| !c.sender.is_closed() && now.duration_since(c.since) <= idle_timeout);
-                *idle = keep;
-                expired = old;
-            }
-            // Dropped outside the lock: each drop wakes the connection's task to close it.
-            drop(expired);
+            lane.lock().retain(|c| !c.sender.is_closed() && now.duration_since(c.since) <= idle_timeout);
         }
     }
 
