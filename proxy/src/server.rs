@@ -353,32 +353,36 @@ impl Server {
     /// Closes idle upstream connections past their pool's `idle_timeout`, every second, so they go away even
     /// when no request comes to find them stale.
     fn sweep_idle_connections(&self) {
-        let shared = Arc::downgrade(&self.shared);
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(shared) = shared.upgrade() else { return };
-                for upstream in shared.snapshot.load().upstreams.values() {
-                    upstream.sweep_idle_connections();
-                }
+        self.every(Duration::from_secs(1), |shared| async move {
+            for upstream in shared.snapshot.load().upstreams.values() {
+                upstream.sweep_idle_connections();
             }
         });
-        self.background.lock().push(task);
     }
 
     /// Polls file-sourced plugins for changes (every 2 s) and hot-swaps a changed module that starts cleanly.
     fn watch_plugin_files(&self) {
+        self.every(Duration::from_secs(2), |shared| async move {
+            let slots = shared.snapshot.load().plugins.clone();
+            shared.plugins.reload_changed_files(&slots).await;
+        });
+    }
+
+    /// Runs `job` every `period` on the control runtime (a late tick is delayed, not bunched up) until the
+    /// server is dropped.
+    fn every<F, Fut>(&self, period: Duration, job: F)
+    where
+        F: Fn(Arc<Shared>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let shared = Arc::downgrade(&self.shared);
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(shared) = shared.upgrade() else { return };
-                let slots = shared.snapshot.load().plugins.clone();
-                shared.plugins.reload_changed_files(&slots).await;
+                job(shared).await;
             }
         });
         self.background.lock().push(task);
