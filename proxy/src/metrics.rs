@@ -26,6 +26,11 @@ pub struct Metrics {
     pub endpoint_available: IntGaugeVec,
     /// `portico_upstream_endpoint_active_requests{upstream,endpoint}`.
     pub endpoint_active: IntGaugeVec,
+    /// `portico_upstream_endpoint_idle_connections{upstream,endpoint}`: pooled HTTP/1 connections, all workers.
+    pub endpoint_idle: IntGaugeVec,
+    /// `portico_upstream_pooled_connection_replays_total{upstream}`: idempotent requests sent again on a new
+    /// connection because the upstream closed their pooled one (its keep-alive timeout is shorter than ours).
+    pub pool_replays: IntCounterVec,
     /// `portico_config_reloads_total{result}`.
     pub reloads: IntCounterVec,
     /// `portico_tunnels_total{listener}`: CONNECT tunnels and protocol upgrades established.
@@ -81,6 +86,16 @@ impl Metrics {
                 "portico_upstream_endpoint_active_requests",
                 "Requests in flight to the endpoint.",
                 &["upstream", "endpoint"],
+            )?,
+            endpoint_idle: gauge(
+                "portico_upstream_endpoint_idle_connections",
+                "Idle pooled HTTP/1 connections to the endpoint, over all workers.",
+                &["upstream", "endpoint"],
+            )?,
+            pool_replays: counter(
+                "portico_upstream_pooled_connection_replays_total",
+                "Idempotent requests sent again on a new connection after the upstream closed their pooled one.",
+                &["upstream"],
             )?,
             reloads: counter("portico_config_reloads_total", "Configuration reloads by result.", &["result"])?,
             tunnels: counter("portico_tunnels_total", "CONNECT tunnels and upgrades established.", &["listener"])?,

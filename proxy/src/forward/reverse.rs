@@ -245,6 +245,7 @@ async fn proxy(
                 // connection, as nginx does. It costs neither an attempt nor the retry budget.
                 Ok(Err(SendError::ReusedConnectionLost(e))) if retryable && choice == ConnectionChoice::Pooled => {
                     tracing::debug!(endpoint = %endpoint.name, error = %error_chain(&e), "pooled connection lost, sending again on a new one");
+                    shared.metrics.pool_replays.with_label_values(&[upstream.name()]).inc();
                     choice = ConnectionChoice::New;
                 }
                 outcome => break outcome,

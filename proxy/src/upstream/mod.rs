@@ -226,6 +226,8 @@ impl Upstream {
             let available = i64::from(e.status(now) == EndpointStatus::Healthy);
             metrics.endpoint_available.with_label_values(&[self.name(), &e.name]).set(available);
             metrics.endpoint_active.with_label_values(&[self.name(), &e.name]).set(i64::from(e.active_requests()));
+            let idle = i64::try_from(e.idle.count()).unwrap_or(i64::MAX);
+            metrics.endpoint_idle.with_label_values(&[self.name(), &e.name]).set(idle);
         }
     }
 

@@ -266,6 +266,9 @@ async fn idle_upstream_connections_close_after_the_pool_idle_timeout() -> TestRe
         assert_eq!(get(web, &format!("/{i}")).await?.status, 200);
     }
     assert!(app.open_connections() >= 1, "the pool keeps a connection after the requests");
+    let metrics = String::from_utf8(get(p.admin, "/metrics").await?.body.to_vec())?;
+    let idle = format!("portico_upstream_endpoint_idle_connections{{endpoint=\"{}\",upstream=\"app\"}} 0\n", app.addr);
+    assert!(metrics.contains("portico_upstream_endpoint_idle_connections{") && !metrics.contains(&idle), "{metrics}");
     // Nothing comes to reuse them: the sweeper closes them once they are a second old.
     assert!(
         eventually(Duration::from_secs(5), || app.open_connections() == 0).await,
@@ -339,8 +342,9 @@ async fn a_pooled_connection_closed_by_the_upstream_is_not_an_error() -> TestRes
 #[tokio::test]
 async fn an_idempotent_request_whose_pooled_connection_is_lost_goes_again_on_a_new_one() -> TestResult {
     let (addr, accepted) = one_answer_per_connection_upstream(AfterAnswer::DropNextRequest).await?;
-    // No retries: the replay after a lost pooled connection is not a retry.
-    let p = Portico::start(&reverse_config(&[format!("\"{addr}\"")], "retries = 0")).await;
+    // No retries: the replay after a lost pooled connection is not a retry. Two workers, so exactly two
+    // requests find no pooled connection.
+    let p = Portico::start_with_workers(&reverse_config(&[format!("\"{addr}\"")], "retries = 0"), 2).await;
     let web = p.addr("web").await;
     for i in 0..10 {
         let answer = get(web, &format!("/{i}")).await?;
@@ -348,6 +352,10 @@ async fn an_idempotent_request_whose_pooled_connection_is_lost_goes_again_on_a_n
     }
     // The first request opened a connection; each later one lost its pooled connection and opened another.
     assert_eq!(accepted.load(Ordering::SeqCst), 10);
+    // The first request on each of the two workers found no pooled connection; the other 8 were replayed.
+    let metrics = String::from_utf8(get(p.admin, "/metrics").await?.body.to_vec())?;
+    let replays = r#"portico_upstream_pooled_connection_replays_total{upstream="app"} 8"#;
+    assert!(metrics.contains(replays), "missing {replays} in\n{metrics}");
     // A request with a body is not idempotent and is not sent twice: the client gets the 502.
     let answer = send(web, "POST", "/order", &[], "one order").await?;
     assert_eq!(answer.status, 502, "{:?}", answer.body);
