@@ -1,4 +1,4 @@
-//! Configuration: the file as written ([`file`]), then validated once into the typed [`Config`] the rest of
+//! Configuration: the file as written ([`file`](mod@file)), then validated once into the typed [`Config`] the rest of
 //! Portico reads. Nothing downstream re-parses strings.
 
 pub mod duration;
