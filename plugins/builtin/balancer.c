@@ -380,6 +380,19 @@ static group_t *find_group(const char *name, size_t nlen) {
   return g;
 }
 
+/* The one group whose tables were built from the set with this version; NULL when none was, or when two
+ * groups hold the same set (then only the group's name tells them apart). Saves reading the name, a hostcall
+ * and an allocation, on every pick of an unchanged set. */
+static group_t *group_by_version(uint64_t version) {
+  group_t *found = NULL;
+  for (group_t *g = g_groups; g; g = g->next) {
+    if (!(g->built && g->versioned && g->version == version)) continue;
+    if (found) return NULL;
+    found = g;
+  }
+  return found;
+}
+
 static group_t *group_for(const char *name, size_t nlen, const cand_t *c, size_t n) {
   group_t *g = find_group(name, nlen);
   if (!g) {
@@ -539,10 +552,13 @@ PW_EXPORT(portico_on_upstream_select) int32_t portico_on_upstream_select(uint32_
   uint64_t version = 0;
   bool have_version = false;
   if (set_only) {
-    get_property_dotted("portico.upstream", &gname, &glen);
     have_version = candidates_version(&version);
-    g = find_group(gname ? gname : "", gname ? glen : 0);
-    if (g && !(have_version && g->built && g->versioned && g->version == version)) g = NULL;
+    if (have_version) g = group_by_version(version);
+    if (!g) {
+      get_property_dotted("portico.upstream", &gname, &glen);
+      g = find_group(gname ? gname : "", gname ? glen : 0);
+      if (g && !(have_version && g->built && g->versioned && g->version == version)) g = NULL;
+    }
   }
 
   if (!g) {

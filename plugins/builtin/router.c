@@ -40,6 +40,9 @@ typedef struct {
 
 static route_t *g_routes;
 static size_t g_nroutes;
+/* Which request parts some route looks at, worked out once per configuration: each part read is a hostcall
+ * plus a guest allocation, so a request is only asked for what a route can match on. */
+static bool g_need_host, g_need_path, g_need_method;
 
 /* The ABI marker, allocator and lifecycle callbacks both bundled plugins share are in common.c. */
 
@@ -84,6 +87,16 @@ static void free_routes(void) {
   free(g_routes);
   g_routes = NULL;
   g_nroutes = 0;
+  g_need_host = g_need_path = g_need_method = false;
+}
+
+static void note_needs(void) {
+  for (size_t i = 0; i < g_nroutes; i++) {
+    const route_t *r = &g_routes[i];
+    g_need_host |= r->host != NULL;
+    g_need_method |= r->method != NULL;
+    g_need_path |= r->path != NULL || r->path_prefix != NULL || r->nquery > 0 || r->strip_prefix;
+  }
 }
 
 #define FAIL(...)                                 \
@@ -257,7 +270,10 @@ PW_EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root_id, size
   char *text = read_plugin_config(config_size, &len);
   bool ok = configure(text, len);
   free(text);
-  if (!ok) free_routes();
+  if (ok)
+    note_needs();
+  else
+    free_routes();
   return ok;
 }
 
@@ -346,13 +362,13 @@ uint32_t proxy_on_request_headers(uint32_t context_id, uint32_t num_headers, uin
   (void)num_headers;
   (void)end_of_stream;
   req_t q = {0};
-  if (!get_request_header(":authority", &q.host, &q.host_len) || q.host_len == 0) {
+  if (g_need_host && (!get_request_header(":authority", &q.host, &q.host_len) || q.host_len == 0)) {
     free(q.host);
     q.host = NULL;
     get_request_header("host", &q.host, &q.host_len);
   }
-  get_request_header(":path", &q.path, &q.path_len);
-  get_request_header(":method", &q.method, &q.method_len);
+  if (g_need_path) get_request_header(":path", &q.path, &q.path_len);
+  if (g_need_method) get_request_header(":method", &q.method, &q.method_len);
   q.host_noport = strip_port(q.host ? q.host : "", q.host ? q.host_len : 0);
   const char *path = q.path ? q.path : "";
   size_t plen = q.path ? q.path_len : 0;

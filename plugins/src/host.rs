@@ -171,6 +171,12 @@ pub(crate) struct HostState {
     pub timing_rng: u64,
     /// Set by WASI `proc_exit`: `_start` ending in `proc_exit(0)` is a normal exit for WASI commands.
     pub exit_code: Option<i32>,
+    /// Buffers the hot hostcalls reuse instead of allocating per call: the key or property path a guest
+    /// passes in, a value it passes in, and the answer handed back (see [`crate::memory::return_scratch`]).
+    /// Taken out of the state for the length of one hostcall and put back.
+    pub scratch_key: String,
+    pub scratch_value: Vec<u8>,
+    pub scratch_out: Vec<u8>,
     /// Last message the guest logged at error level or above: quoted in load errors so a refused
     /// configuration says why (plugins explain with `proxy_log` before returning false).
     pub last_error_log: Option<String>,
@@ -313,98 +319,104 @@ pub(crate) fn header_replace(map: &mut HeaderMap, key: &str, value: &str) {
     }
 }
 
-fn int_prop(v: i64) -> Vec<u8> {
-    v.to_le_bytes().to_vec()
+/// A routing or balancing choice a plugin set (`portico.route.upstream`, `portico.upstream.selected`): the
+/// value trimmed; empty clears it. The string's buffer is reused when the choice is already set.
+fn set_choice(choice: &mut Option<String>, value: &[u8]) {
+    let text = String::from_utf8_lossy(value);
+    let text = text.trim();
+    match choice {
+        _ if text.is_empty() => *choice = None,
+        Some(current) => {
+            current.clear();
+            current.push_str(text);
+        }
+        None => *choice = Some(text.to_string()),
+    }
 }
 
-/// Resolve a property path (segments already joined with '.').
-fn get_property(st: &HostState, path: &str) -> Option<Vec<u8>> {
+/// What a plugin reads as `portico.upstream.candidates_version`: the set's version mixed with the group's
+/// name, so that two groups offering the same endpoints still differ and a balancer can find its tables by
+/// the version alone, without reading the group's name too (one hostcall and one allocation fewer per pick).
+fn group_version(group: &str, set_version: u64) -> u64 {
+    crate::types::candidate_fingerprint(crate::types::address_hash(group), 0) ^ set_version
+}
+
+/// Resolve a property path (segments already joined with '.') into `out`; false when there is no such
+/// property.
+fn get_property(st: &HostState, path: &str, out: &mut Vec<u8>) -> bool {
+    // Appends a value and says it was found.
+    let mut put = |bytes: &[u8]| {
+        out.extend_from_slice(bytes);
+        true
+    };
+    let int = |v: i64| v.to_le_bytes();
     let core = &st.core;
     match path {
-        "plugin_name" => return Some(core.name.clone().into_bytes()),
-        "plugin_root_id" => return Some(core.root_id.clone().into_bytes()),
-        "plugin_vm_id" => return Some(core.vm_id.clone().into_bytes()),
-        "node.id" => return Some(core.services.node_id().into_bytes()),
+        "plugin_name" => return put(core.name.as_bytes()),
+        "plugin_root_id" => return put(core.root_id.as_bytes()),
+        "plugin_vm_id" => return put(core.vm_id.as_bytes()),
+        "node.id" => return put(core.services.node_id().as_bytes()),
         _ => {}
     }
-    if let Some(s) = st.streams.get(&st.current) {
-        let info = &s.info;
-        let path_value = header_get(&s.request_headers, ":path").unwrap_or(&info.path);
-        let v: Option<Vec<u8>> = match path {
-            "request.path" => Some(path_value.as_bytes().to_vec()),
-            "request.url_path" => Some(path_value.split('?').next().unwrap_or("").as_bytes().to_vec()),
-            "request.query" => Some(path_value.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes().to_vec()),
-            "request.method" => {
-                Some(header_get(&s.request_headers, ":method").unwrap_or(&info.method).as_bytes().to_vec())
-            }
-            "request.host" => {
-                Some(header_get(&s.request_headers, ":authority").unwrap_or(&info.authority).as_bytes().to_vec())
-            }
-            "request.scheme" => {
-                Some(header_get(&s.request_headers, ":scheme").unwrap_or(&info.scheme).as_bytes().to_vec())
-            }
-            "request.protocol" => Some(info.protocol.as_bytes().to_vec()),
-            "request.id" => {
-                let id = if info.request_id.is_empty() {
-                    header_get(&s.request_headers, "x-request-id").unwrap_or("")
-                } else {
-                    &info.request_id
-                };
-                (!id.is_empty()).then(|| id.as_bytes().to_vec())
-            }
-            "request.time" => info
-                .start_time
-                .duration_since(UNIX_EPOCH)
-                .ok()
-                .map(|d| int_prop(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))),
-            "source.address" => info.source_address.map(|a| a.to_string().into_bytes()),
-            "source.port" => info.source_address.map(|a| int_prop(i64::from(a.port()))),
-            "destination.address" => info.destination_address.map(|a| a.to_string().into_bytes()),
-            "destination.port" => info.destination_address.map(|a| int_prop(i64::from(a.port()))),
-            "listener_direction" => Some(int_prop(info.direction as i64)),
-            "response.code" => {
-                header_get(&s.response_headers, ":status").and_then(|c| c.parse::<i64>().ok()).map(int_prop)
-            }
-            "portico.upstream" => s.select.as_ref().map(|x| x.group.clone().into_bytes()),
-            "portico.upstream.candidates" => {
-                s.select.as_ref().map(|x| crate::codec::encode_candidates(&x.source.candidates()))
-            }
-            "portico.upstream.candidates_version" => {
-                s.select.as_ref().map(|x| x.source.version().to_le_bytes().to_vec())
-            }
-            "portico.upstream.failed" => s.select.as_ref().and_then(|x| x.failed.clone()).map(String::into_bytes),
-            "portico.upstream.selected" => s.selected_upstream.clone().map(String::into_bytes),
-            "portico.route.upstream" => s.routed_upstream.clone().map(String::into_bytes),
-            _ => {
-                if let Some(name) = path.strip_prefix("request.headers.") {
-                    header_get(&s.request_headers, name).map(|v| v.as_bytes().to_vec())
-                } else if let Some(name) = path.strip_prefix("response.headers.") {
-                    header_get(&s.response_headers, name).map(|v| v.as_bytes().to_vec())
-                } else if let Some(name) = path.strip_prefix("response.trailers.") {
-                    header_get(&s.response_trailers, name).map(|v| v.as_bytes().to_vec())
-                } else {
-                    None
-                }
-            }
-        };
-        if v.is_some() {
-            return v;
+    let Some(s) = st.streams.get(&st.current) else {
+        return st.root_properties.get(path).is_some_and(|v| put(v));
+    };
+    let info = &s.info;
+    let request = |name: &str| header_get(&s.request_headers, name);
+    let path_value = || request(":path").unwrap_or(&info.path);
+    let found = match path {
+        "request.path" => put(path_value().as_bytes()),
+        "request.url_path" => put(path_value().split('?').next().unwrap_or("").as_bytes()),
+        "request.query" => put(path_value().split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes()),
+        "request.method" => put(request(":method").unwrap_or(&info.method).as_bytes()),
+        "request.host" => put(request(":authority").unwrap_or(&info.authority).as_bytes()),
+        "request.scheme" => put(request(":scheme").unwrap_or(&info.scheme).as_bytes()),
+        "request.protocol" => put(info.protocol.as_bytes()),
+        "request.id" => {
+            let id = if info.request_id.is_empty() { request("x-request-id").unwrap_or("") } else { &info.request_id };
+            !id.is_empty() && put(id.as_bytes())
         }
-        if let Some(v) = s.properties.get(path) {
-            return Some(v.clone());
+        "request.time" => info
+            .start_time
+            .duration_since(UNIX_EPOCH)
+            .is_ok_and(|d| put(&int(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))),
+        "source.address" => info.source_address.is_some_and(|a| put(a.to_string().as_bytes())),
+        "source.port" => info.source_address.is_some_and(|a| put(&int(i64::from(a.port())))),
+        "destination.address" => info.destination_address.is_some_and(|a| put(a.to_string().as_bytes())),
+        "destination.port" => info.destination_address.is_some_and(|a| put(&int(i64::from(a.port())))),
+        "listener_direction" => put(&int(info.direction as i64)),
+        "response.code" => {
+            header_get(&s.response_headers, ":status").and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| put(&int(c)))
         }
-        if let Some((_, v)) = info.properties.iter().find(|(k, _)| k == path) {
-            return Some(v.clone());
+        "portico.upstream" => s.select.as_ref().is_some_and(|x| put(x.group.as_bytes())),
+        "portico.upstream.candidates" => {
+            s.select.as_ref().is_some_and(|x| put(&crate::codec::encode_candidates(&x.source.candidates())))
         }
-    }
-    st.root_properties.get(path).cloned()
-}
-
-/// Join a serialized property path (`a\0b\0c`, trailing NUL optional) into `a.b.c`.
-fn property_path(raw: &[u8]) -> String {
-    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-    let joined: Vec<u8> = raw.iter().map(|&b| if b == 0 { b'.' } else { b }).collect();
-    String::from_utf8_lossy(&joined).into_owned()
+        "portico.upstream.candidates_version" => {
+            s.select.as_ref().is_some_and(|x| put(&group_version(&x.group, x.source.version()).to_le_bytes()))
+        }
+        "portico.upstream.failed" => {
+            s.select.as_ref().and_then(|x| x.failed.as_deref()).is_some_and(|v| put(v.as_bytes()))
+        }
+        "portico.upstream.selected" => s.selected_upstream.as_deref().is_some_and(|v| put(v.as_bytes())),
+        "portico.route.upstream" => s.routed_upstream.as_deref().is_some_and(|v| put(v.as_bytes())),
+        _ => {
+            let map = if path.starts_with("request.headers.") {
+                Some((&s.request_headers, "request.headers.".len()))
+            } else if path.starts_with("response.headers.") {
+                Some((&s.response_headers, "response.headers.".len()))
+            } else if path.starts_with("response.trailers.") {
+                Some((&s.response_trailers, "response.trailers.".len()))
+            } else {
+                None
+            };
+            map.and_then(|(map, prefix)| header_get(map, &path[prefix..])).is_some_and(|v| put(v.as_bytes()))
+        }
+    };
+    found
+        || s.properties.get(path).is_some_and(|v| put(v))
+        || info.properties.iter().find(|(k, _)| k == path).is_some_and(|(_, v)| put(v))
+        || st.root_properties.get(path).is_some_and(|v| put(v))
 }
 
 fn monotonic_nanos() -> u64 {
@@ -603,16 +615,16 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
                                                rp: i32,
                                                rs: i32|
      -> Result<i32> {
-        let key = mem::read_str(&mut c, kp, kn, "proxy_get_header_map_value")?;
-        let value = match c.data().map(t) {
-            Ok(Some(m)) => header_get(m, &key).map(str::to_string),
-            Ok(None) => None,
-            Err(s) => return Ok(s),
-        };
-        match value {
-            Some(v) => mem::return_bytes(&mut c, v.as_bytes(), rp, rs, "proxy_get_header_map_value"),
-            None => Ok(NOT_FOUND),
-        }
+        const WHAT: &str = "proxy_get_header_map_value";
+        let mut key = std::mem::take(&mut c.data_mut().scratch_key);
+        mem::read_str_into(&c, kp, kn, WHAT, &mut key)?;
+        let r = mem::return_scratch(&mut c, rp, rs, WHAT, |st, out| {
+            let value = st.map(t)?.and_then(|m| header_get(m, &key)).ok_or(NOT_FOUND)?;
+            out.extend_from_slice(value.as_bytes());
+            Ok(())
+        });
+        c.data_mut().scratch_key = key;
+        r
     });
     wrap!(l, E, "proxy_add_header_map_value", |mut c: Ctx<'_>,
                                                t: i32,
@@ -649,30 +661,38 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
 
     // ---- properties ----
     wrap!(l, E, "proxy_get_property", |mut c: Ctx<'_>, pp: i32, pn: i32, rp: i32, rs: i32| -> Result<i32> {
-        let raw = mem::read(&mut c, pp, pn, "proxy_get_property")?;
-        let path = property_path(&raw);
-        match get_property(c.data(), &path) {
-            Some(v) => mem::return_bytes(&mut c, &v, rp, rs, "proxy_get_property"),
-            None => Ok(NOT_FOUND),
-        }
+        const WHAT: &str = "proxy_get_property";
+        let mut path = std::mem::take(&mut c.data_mut().scratch_key);
+        mem::read_property_path(&c, pp, pn, WHAT, &mut path)?;
+        let r = mem::return_scratch(&mut c, rp, rs, WHAT, |st, out| {
+            if get_property(st, &path, out) {
+                Ok(())
+            } else {
+                Err(NOT_FOUND)
+            }
+        });
+        c.data_mut().scratch_key = path;
+        r
     });
     wrap!(l, E, "proxy_set_property", |mut c: Ctx<'_>, pp: i32, pn: i32, vp: i32, vn: i32| -> Result<i32> {
-        let raw = mem::read(&mut c, pp, pn, "proxy_set_property")?;
-        let value = mem::read(&mut c, vp, vn, "proxy_set_property")?;
-        let path = property_path(&raw);
+        const WHAT: &str = "proxy_set_property";
+        let st = c.data_mut();
+        let (mut path, mut value) = (std::mem::take(&mut st.scratch_key), std::mem::take(&mut st.scratch_value));
+        mem::read_property_path(&c, pp, pn, WHAT, &mut path)?;
+        mem::read_into(&c, vp, vn, WHAT, &mut value)?;
         let st = c.data_mut();
         if let Some(s) = st.streams.get_mut(&st.current) {
-            let text = || String::from_utf8_lossy(&value).trim().to_string();
             match path.as_str() {
-                "portico.upstream.selected" => s.selected_upstream = Some(text()).filter(|v| !v.is_empty()),
-                "portico.route.upstream" => s.routed_upstream = Some(text()).filter(|v| !v.is_empty()),
+                "portico.upstream.selected" => set_choice(&mut s.selected_upstream, &value),
+                "portico.route.upstream" => set_choice(&mut s.routed_upstream, &value),
                 _ => {
-                    s.properties.insert(path, value);
+                    s.properties.insert(path.clone(), value.clone());
                 }
             }
         } else {
-            st.root_properties.insert(path, value);
+            st.root_properties.insert(path.clone(), value.clone());
         }
+        (st.scratch_key, st.scratch_value) = (path, value);
         Ok(OK)
     });
 

@@ -35,6 +35,54 @@ pub(crate) fn read_str(c: &mut Ctx<'_>, ptr: i32, len: i32, what: &'static str) 
     })
 }
 
+/// The guest bytes at `ptr`, borrowed: for a hostcall that only looks at them. Same checks as [`read`].
+fn view<'c>(c: &'c Ctx<'_>, ptr: i32, len: i32, what: &'static str) -> Result<&'c [u8]> {
+    let len = len as u32 as usize;
+    if len == 0 {
+        return Ok(&[]);
+    }
+    let mem = c.data().memory.ok_or(HostTrap::BadPointer(what))?;
+    let r = range(ptr, len).ok_or(HostTrap::BadPointer(what))?;
+    Ok(mem.data(c).get(r).ok_or(HostTrap::BadPointer(what))?)
+}
+
+/// Appends `bytes` to `out` as text, invalid UTF-8 replaced (as [`read_str`] does).
+fn push_text(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// [`read_str`] into a buffer the caller reuses: the hot hostcalls (a header value, a property) read their
+/// key this way instead of allocating a `String` per call.
+pub(crate) fn read_str_into(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out: &mut String) -> Result<()> {
+    out.clear();
+    push_text(out, view(c, ptr, len, what)?);
+    Ok(())
+}
+
+/// [`read`] into a buffer the caller reuses.
+pub(crate) fn read_into(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    out.extend_from_slice(view(c, ptr, len, what)?);
+    Ok(())
+}
+
+/// A serialized property path (`a\0b\0c`, trailing NUL optional) read as `a.b.c` into a reused buffer.
+pub(crate) fn read_property_path(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out: &mut String) -> Result<()> {
+    out.clear();
+    let raw = view(c, ptr, len, what)?;
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    for (i, segment) in raw.split(|&b| b == 0).enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_text(out, segment);
+    }
+    Ok(())
+}
+
 /// Write bytes at `ptr`, trapping on out-of-bounds.
 pub(crate) fn write(c: &mut Ctx<'_>, ptr: i32, bytes: &[u8], what: &'static str) -> Result<()> {
     if bytes.is_empty() {
@@ -95,9 +143,37 @@ pub(crate) fn return_bytes(
     if ptr == 0 {
         return Ok(abi::INVALID_MEMORY_ACCESS);
     }
-    // The allocator may have grown memory: `write` re-fetches the memory view.
-    write(c, ptr, data, what)?;
-    write_u32(c, ret_ptr, ptr as u32, what)?;
-    write_u32(c, ret_size, len as u32, what)?;
+    // The allocator may have grown memory: the view is fetched after it ran. One view for the three writes.
+    let mem = c.data().memory.ok_or(HostTrap::BadPointer(what))?;
+    let memory = mem.data_mut(&mut *c);
+    let mut put = |at: i32, bytes: &[u8]| -> Result<()> {
+        let r = range(at, bytes.len()).ok_or(HostTrap::BadPointer(what))?;
+        memory.get_mut(r).ok_or(HostTrap::BadPointer(what))?.copy_from_slice(bytes);
+        Ok(())
+    };
+    put(ptr, data)?;
+    put(ret_ptr, &(ptr as u32).to_le_bytes())?;
+    put(ret_size, &(len as u32).to_le_bytes())?;
     Ok(abi::OK)
+}
+
+/// [`return_bytes`] for a hostcall whose answer is built in the instance's reused output buffer
+/// ([`crate::host::HostState::scratch_out`]): `fill` writes the answer into it, or returns `None` for "not
+/// found). `fill` returns the status to answer with instead (`NOT_FOUND`, `BAD_ARGUMENT`) when there is
+/// nothing to return. No allocation on the host once the buffer has grown.
+pub(crate) fn return_scratch(
+    c: &mut Ctx<'_>,
+    ret_ptr: i32,
+    ret_size: i32,
+    what: &'static str,
+    fill: impl FnOnce(&crate::host::HostState, &mut Vec<u8>) -> Result<(), i32>,
+) -> Result<i32> {
+    let mut out = std::mem::take(&mut c.data_mut().scratch_out);
+    out.clear();
+    let r = match fill(c.data(), &mut out) {
+        Ok(()) => return_bytes(c, &out, ret_ptr, ret_size, what),
+        Err(status) => Ok(status),
+    };
+    c.data_mut().scratch_out = out;
+    r
 }

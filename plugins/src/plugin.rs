@@ -576,6 +576,9 @@ impl Plugin {
             // Any non-zero seed; per slot and generation so instances do not sample in lockstep.
             timing_rng: 0x9E37_79B9_7F4A_7C15 ^ ((slot as u64) << 32) ^ generation,
             exit_code: None,
+            scratch_key: String::new(),
+            scratch_value: Vec::new(),
+            scratch_out: Vec::new(),
             last_error_log: None,
         };
         let mut store = Store::new(&core.engine.engine, state);

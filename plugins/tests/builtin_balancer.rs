@@ -292,6 +292,32 @@ fn groups_keep_separate_state() {
     assert!(x1.starts_with("10.0.") && y1.starts_with("10.1."));
 }
 
+/// The balancer finds a group's tables by `portico.upstream.candidates_version` alone (no read of the group's
+/// name) while the set is unchanged. Two groups offering the very same endpoints must still keep their own
+/// state: the host mixes the group into the version.
+#[test]
+fn groups_with_the_same_endpoints_keep_separate_state() {
+    let same = vec![cand("10.2.0.1:80", 5, 0), cand("10.2.0.2:80", 1, 0), cand("10.2.0.3:80", 1, 0)];
+    for config in [r#"{"policy": "round_robin"}"#, r#"{"policy": "weighted_round_robin"}"#] {
+        let p = balancer(config);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        // Interleaved: a shared counter or weight vector would hand each group every other pick.
+        for _ in 0..14 {
+            for (group, picks) in [("a", &mut a), ("b", &mut b)] {
+                let mut s = p.new_stream(RequestInfo::default()).unwrap();
+                s.on_request_headers(&mut headers(&[]), true).unwrap();
+                picks.push(s.select_endpoint(group, &same, 0, None).unwrap().unwrap());
+            }
+        }
+        assert_eq!(a, b, "{config}: each group runs its own sequence");
+        let expect = if config.contains("weighted") { [10, 2, 2] } else { [5, 5, 4] };
+        let got = counts(a);
+        for (c, n) in same.iter().zip(expect) {
+            assert_eq!(got.get(&c.address), Some(&n), "{config}: {got:?}");
+        }
+    }
+}
+
 #[test]
 fn bad_configurations_are_refused_with_the_reason() {
     let e = common::engine();
