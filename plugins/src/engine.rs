@@ -69,8 +69,12 @@ pub(crate) struct EngineMetrics {
 impl EngineMetrics {
     fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let callbacks = IntCounterVec::new(
-            Opts::new("portico_plugin_callbacks_total", "proxy-wasm callbacks run per plugin"),
-            &["plugin"],
+            Opts::new(
+                "portico_plugin_callbacks_total",
+                "proxy-wasm callbacks run per plugin and instance (one counter per instance, so that workers do \
+                 not share one atomic: sum by plugin for the plugin's total)",
+            ),
+            &["plugin", "instance"],
         )?;
         let failures = IntCounterVec::new(
             Opts::new("portico_plugin_failures_total", "plugin callback failures by kind (trap, timeout, ...)"),

@@ -171,6 +171,8 @@ pub(crate) struct HostState {
     pub timing_rng: u64,
     /// Set by WASI `proc_exit`: `_start` ending in `proc_exit(0)` is a normal exit for WASI commands.
     pub exit_code: Option<i32>,
+    /// `portico_plugin_callbacks_total` for this instance (see [`crate::engine`]: a counter per instance).
+    pub callbacks: prometheus::IntCounter,
     /// Buffers the hot hostcalls reuse instead of allocating per call: the key or property path a guest
     /// passes in, a value it passes in, and the answer handed back (see [`crate::memory::return_scratch`]).
     /// Taken out of the state for the length of one hostcall and put back.

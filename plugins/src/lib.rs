@@ -25,7 +25,7 @@ pub use builtin::{builtin, router_upstreams, BUILTIN_NAMES};
 pub use codec::{deserialize_map, encode_candidates, serialize_map};
 pub use engine::{AbiVersion, CompiledModule, PluginEngine};
 pub use error::{FailureKind, PluginError, PluginFailure};
-pub use plugin::{prefer_instance, CalloutResponder, HttpStream, Plugin, PluginSpec};
+pub use plugin::{prefer_instance, CalloutResponder, HttpStream, Plugin, PluginHandle, PluginSpec};
 pub use services::{DefaultHostServices, HostServices};
 pub use types::{
     address_hash, candidate_fingerprint, candidates_version, Candidate, CandidateList, CandidateSource, FailPolicy,

@@ -124,7 +124,6 @@ pub(crate) struct PluginCore {
     pub callouts: Mutex<HashMap<u32, CalloutOwner>>,
     next_token: AtomicU32,
     guest_metrics: Mutex<GuestMetrics>,
-    m_callbacks: IntCounter,
     m_seconds: Histogram,
     m_restarts: IntCounter,
 }
@@ -344,7 +343,7 @@ fn invoke<P: WasmParams, R: WasmResults>(
     // Borrowed, not cloned: an `Arc` clone per callback is two atomic operations on a cache line every
     // worker thread running this plugin shares.
     let core = &st.core;
-    core.m_callbacks.inc();
+    st.callbacks.inc();
     if let Some(start) = start {
         core.m_seconds.observe(start.elapsed().as_secs_f64());
     }
@@ -359,6 +358,17 @@ fn invoke<P: WasmParams, R: WasmResults>(
         core.engine.metrics.failures.with_label_values(&[core.name.as_str(), failure.kind.as_str()]).inc();
         failure
     })
+}
+
+/// A value alone on its cache lines (128 bytes: two lines, for CPUs that fetch lines in pairs).
+#[repr(align(128))]
+struct CacheAligned<T>(T);
+
+impl<T> std::ops::Deref for CacheAligned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 struct Slot {
@@ -381,7 +391,9 @@ pub struct Plugin {
     module: CompiledModule,
     pre: InstancePre<HostState>,
     unknown_imports: Vec<String>,
-    slots: Vec<Mutex<Slot>>,
+    /// One per instance, each on cache lines of its own: workers lock their own instance on every callback,
+    /// and a lock word sharing a line with a neighbour's would bounce between their cores.
+    slots: Vec<CacheAligned<Mutex<Slot>>>,
     rr: AtomicUsize,
     fail: FailPolicy,
     memory_limit: usize,
@@ -505,11 +517,8 @@ impl Plugin {
         };
         let labels = [spec.name.as_str()];
         let m = &shared.metrics;
-        let (m_callbacks, m_seconds, m_restarts) = (
-            m.callbacks.with_label_values(&labels),
-            m.callback_seconds.with_label_values(&labels),
-            m.restarts.with_label_values(&labels),
-        );
+        let (m_seconds, m_restarts) =
+            (m.callback_seconds.with_label_values(&labels), m.restarts.with_label_values(&labels));
         let root_id = if spec.root_id.is_empty() { spec.name.clone() } else { spec.root_id.clone() };
         let vm_id = if spec.vm_id.is_empty() { spec.name.clone() } else { spec.vm_id.clone() };
         let plugin = Arc::new_cyclic(|weak| Plugin {
@@ -525,14 +534,13 @@ impl Plugin {
                 callouts: Mutex::new(HashMap::new()),
                 next_token: AtomicU32::new(0),
                 guest_metrics: Mutex::new(GuestMetrics::default()),
-                m_callbacks,
                 m_seconds,
                 m_restarts,
             }),
             module: module.clone(),
             pre,
             unknown_imports: unknown,
-            slots: (0..n).map(|_| Mutex::new(Slot { instance: None, generation: 0 })).collect(),
+            slots: (0..n).map(|_| CacheAligned(Mutex::new(Slot { instance: None, generation: 0 }))).collect(),
             rr: AtomicUsize::new(0),
             fail: spec.fail,
             memory_limit: spec.memory_limit,
@@ -576,6 +584,7 @@ impl Plugin {
             // Any non-zero seed; per slot and generation so instances do not sample in lockstep.
             timing_rng: 0x9E37_79B9_7F4A_7C15 ^ ((slot as u64) << 32) ^ generation,
             exit_code: None,
+            callbacks: core.engine.metrics.callbacks.with_label_values(&[core.name.as_str(), &slot.to_string()]),
             scratch_key: String::new(),
             scratch_value: Vec::new(),
             scratch_out: Vec::new(),
@@ -810,7 +819,15 @@ impl Plugin {
     ///
     /// `info` may be shared (`Arc`) by every plugin of a request's chain: it is never changed.
     pub fn new_stream(self: &Arc<Self>, info: impl Into<Arc<RequestInfo>>) -> Result<HttpStream, PluginFailure> {
-        let info = info.into();
+        self.handle().new_stream(info)
+    }
+
+    /// A new [`PluginHandle`] on this version, for one worker thread to open its streams through.
+    pub fn handle(self: &Arc<Self>) -> Arc<PluginHandle> {
+        Arc::new(PluginHandle { plugin: self.clone() })
+    }
+
+    fn open_stream(&self, handle: &Arc<PluginHandle>, info: Arc<RequestInfo>) -> Result<HttpStream, PluginFailure> {
         let n = self.slots.len();
         let start = PREFERRED_INSTANCE.with(Cell::get).unwrap_or_else(|| self.rr.fetch_add(1, Ordering::Relaxed));
         let (i, mut slot) = (0..n)
@@ -834,7 +851,7 @@ impl Plugin {
         let generation = slot.generation;
         match result {
             Ok((context, signal)) => Ok(HttpStream {
-                plugin: self.clone(),
+                handle: handle.clone(),
                 slot: i,
                 generation,
                 context,
@@ -1019,12 +1036,35 @@ impl Drop for CalloutResponder {
     }
 }
 
+/// A reference to one plugin version that a single worker thread keeps for itself. Every stream holds a
+/// reference to its plugin for as long as it lives; if those were references to the [`Plugin`] itself, every
+/// request on every worker would increment and decrement the one reference count they all share, an atomic
+/// operation on a cache line that moves between cores on each request. Streams opened through a handle count
+/// on the handle instead, whose count only its own worker touches. The proxy keeps one handle per worker and
+/// plugin version.
+#[derive(Debug)]
+pub struct PluginHandle {
+    plugin: Arc<Plugin>,
+}
+
+impl PluginHandle {
+    /// The plugin version this handle refers to.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// [`Plugin::new_stream`], counted on this handle.
+    pub fn new_stream(self: &Arc<Self>, info: impl Into<Arc<RequestInfo>>) -> Result<HttpStream, PluginFailure> {
+        self.plugin.open_stream(self, info.into())
+    }
+}
+
 /// One request flowing through one plugin: a stream context in one instance.
 ///
 /// Each method runs a single callback synchronously under the instance lock. Drop runs `proxy_on_done`
 /// (unless [`HttpStream::on_log`] did) and `proxy_on_delete`.
 pub struct HttpStream {
-    plugin: Arc<Plugin>,
+    handle: Arc<PluginHandle>,
     slot: usize,
     generation: u64,
     context: u32,
@@ -1037,7 +1077,10 @@ pub struct HttpStream {
 
 impl std::fmt::Debug for HttpStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpStream").field("plugin", &self.plugin.core.name).field("context", &self.context).finish()
+        f.debug_struct("HttpStream")
+            .field("plugin", &self.handle.plugin.core.name)
+            .field("context", &self.context)
+            .finish()
     }
 }
 
@@ -1072,7 +1115,7 @@ enum Cb<'a> {
 impl HttpStream {
     /// The plugin this stream runs in.
     pub fn plugin(&self) -> &Arc<Plugin> {
-        &self.plugin
+        &self.handle.plugin
     }
 
     /// Context id given to the guest (unique within its instance).
@@ -1085,10 +1128,14 @@ impl HttpStream {
         f: impl FnOnce(&mut Instance, u32) -> Result<T, PluginFailure>,
     ) -> Result<T, PluginFailure> {
         if self.dead {
-            return Err(self.plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance failed earlier"));
+            return Err(self
+                .handle
+                .plugin
+                .core
+                .failure(FailureKind::Unavailable, "stream's plugin instance failed earlier"));
         }
         // Borrowed, not cloned (an `Arc` clone is a contended atomic on the plugin shared by every worker).
-        let plugin = &self.plugin;
+        let plugin = &self.handle.plugin;
         let mut slot = plugin.lock_slot(self.slot);
         let same_generation = slot.generation == self.generation;
         let r = match slot.instance.as_mut() {
@@ -1270,7 +1317,7 @@ impl HttpStream {
             return Ok(());
         }
         self.done = true;
-        if !self.plugin.callbacks.done_or_log {
+        if !self.handle.plugin.callbacks.done_or_log {
             return Ok(());
         }
         self.with_instance(|inst, ctx| {
@@ -1407,7 +1454,7 @@ impl HttpStream {
         attempt: u32,
         failed: Option<&str>,
     ) -> Result<Option<String>, PluginFailure> {
-        let selects = self.plugin.callbacks.upstream_select;
+        let selects = self.handle.plugin.callbacks.upstream_select;
         self.with_instance(|inst, ctx| {
             let s = inst.stream(ctx)?;
             // The candidates are only readable during `portico_on_upstream_select`: a module without it can
@@ -1433,9 +1480,10 @@ impl HttpStream {
             let s = inst.stream(ctx)?;
             s.select = None;
             r?;
-            let chosen = s.selected_upstream.clone().or(preselected);
-            s.selected_upstream.clone_from(&chosen);
-            Ok(match chosen {
+            if s.selected_upstream.is_none() {
+                s.selected_upstream = preselected;
+            }
+            Ok(match s.selected_upstream.clone() {
                 Some(addr) if candidates.contains(&addr) => Some(addr),
                 Some(addr) => {
                     let core = &inst.store.data().core;
@@ -1454,7 +1502,7 @@ impl Drop for HttpStream {
             return;
         }
         // Borrowed, not cloned (an `Arc` clone is a contended atomic on the plugin shared by every worker).
-        let plugin = &self.plugin;
+        let plugin = &self.handle.plugin;
         let mut slot = plugin.lock_slot(self.slot);
         if slot.generation != self.generation {
             return;

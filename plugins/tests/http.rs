@@ -205,7 +205,11 @@ fn guest_counter_visible_in_registry() {
     }
     let text = metrics_text(&e);
     assert!(text.contains(r#"portico_plugin_counter{name="hits",plugin="metered"} 3"#), "{text}");
-    assert!(text.contains(r#"portico_plugin_callbacks_total{plugin="metered"}"#), "{text}");
+    // One callbacks counter per instance (workers never share one); both instances ran streams.
+    for instance in 0..2 {
+        let line = format!(r#"portico_plugin_callbacks_total{{instance="{instance}",plugin="metered"}}"#);
+        assert!(text.contains(&line), "{text}");
+    }
     assert!(text.contains(r#"portico_plugin_callback_seconds_count{plugin="metered"}"#), "{text}");
 }
 

@@ -136,8 +136,10 @@ impl BodyPipe {
                 Ok(FilterAction::LocalResponse(local)) => {
                     return Err(BodyStop::Respond(local_answer(local, request_id)));
                 }
-                Ok(FilterAction::Close) => return Err(BodyStop::Respond(closed(&chain.links[link].slot, request_id))),
-                Err(failure) => match failed(&chain.links[link].slot, &failure, request_id) {
+                Ok(FilterAction::Close) => {
+                    return Err(BodyStop::Respond(closed(chain.links[link].plugin(), request_id)))
+                }
+                Err(failure) => match failed(chain.links[link].plugin(), &failure, request_id) {
                     Some(answer) => return Err(BodyStop::Respond(answer)),
                     None => {
                         // Fail open: the plugin is skipped for the rest of the request and its input passes on.

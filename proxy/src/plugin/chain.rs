@@ -11,8 +11,8 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use portico_plugins::{
-    candidate_fingerprint, candidates_version, Candidate, CandidateSource, FilterAction, HttpStream, LocalResponse,
-    PluginFailure, RequestInfo, TrafficDirection,
+    candidate_fingerprint, candidates_version, Candidate, CandidateSource, FailPolicy, FilterAction, HttpStream,
+    LocalResponse, Plugin, PluginFailure, RequestInfo, TrafficDirection,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -21,10 +21,17 @@ use std::time::{Instant, SystemTime};
 /// A response a plugin phase answers with instead of going on (boxed: it is the rare path).
 pub type Refusal = Box<Response<crate::body::ResponseBody>>;
 
-/// One plugin's part in a request.
+/// One plugin's part in a request: its stream, which also names the plugin version and its failure policy.
+/// (The stream counts its reference on the worker's own [`portico_plugins::PluginHandle`]; a link holds no
+/// other shared reference, so opening a chain touches no reference count another worker also touches.)
 pub(super) struct Link {
-    pub(super) slot: Arc<PluginSlot>,
     pub(super) stream: HttpStream,
+}
+
+impl Link {
+    pub(super) fn plugin(&self) -> &Plugin {
+        self.stream.plugin()
+    }
 }
 
 /// What the request path does after a chain phase.
@@ -43,7 +50,7 @@ pub struct FilterChain {
 
 impl std::fmt::Debug for FilterChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.links.iter().map(|l| &l.slot.config.name)).finish()
+        f.debug_list().entries(self.links.iter().map(|l| l.plugin().name())).finish()
     }
 }
 
@@ -78,10 +85,11 @@ impl FilterChain {
         let info = Arc::new(info);
         for name in filters {
             let Some(slot) = plugins.get(name) else { continue };
-            match slot.current().new_stream(info.clone()) {
-                Ok(stream) => chain.links.push(Link { slot: slot.clone(), stream }),
+            let handle = slot.handle();
+            match handle.new_stream(info.clone()) {
+                Ok(stream) => chain.links.push(Link { stream }),
                 Err(failure) => {
-                    if let Some(answer) = failed(slot, &failure, request_id) {
+                    if let Some(answer) = failed(handle.plugin(), &failure, request_id) {
                         return Err(Box::new(answer));
                     }
                 }
@@ -118,8 +126,8 @@ impl FilterChain {
             match result {
                 Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
                 Ok(FilterAction::LocalResponse(local)) => return Verdict::Respond(local_answer(local, request_id)),
-                Ok(FilterAction::Close) => return Verdict::Respond(closed(&link.slot, request_id)),
-                Err(failure) => match failed(&link.slot, &failure, request_id) {
+                Ok(FilterAction::Close) => return Verdict::Respond(closed(link.plugin(), request_id)),
+                Err(failure) => match failed(link.plugin(), &failure, request_id) {
                     Some(answer) => return Verdict::Respond(answer),
                     None => {
                         self.links.remove(i);
@@ -147,7 +155,7 @@ impl FilterChain {
                 }
                 Ok(None) => i += 1,
                 Err(failure) => {
-                    if let Some(answer) = failed(&link.slot, &failure, request_id) {
+                    if let Some(answer) = failed(link.plugin(), &failure, request_id) {
                         return Err(Box::new(answer));
                     }
                     self.links.remove(i);
@@ -180,7 +188,7 @@ impl FilterChain {
                 Ok(Some(address)) => return Ok(upstream.index_of(&address)),
                 Ok(None) => i += 1,
                 Err(failure) => {
-                    if let Some(answer) = failed(&link.slot, &failure, request_id) {
+                    if let Some(answer) = failed(link.plugin(), &failure, request_id) {
                         return Err(Box::new(answer));
                     }
                     self.links.remove(i);
@@ -228,9 +236,9 @@ impl FilterChain {
             match result {
                 Ok(FilterAction::Continue | FilterAction::Pause) => {}
                 Ok(FilterAction::LocalResponse(local)) => return local_answer(local, request_id),
-                Ok(FilterAction::Close) => return closed(&link.slot, request_id),
+                Ok(FilterAction::Close) => return closed(link.plugin(), request_id),
                 Err(failure) => {
-                    if let Some(answer) = failed(&link.slot, &failure, request_id) {
+                    if let Some(answer) = failed(link.plugin(), &failure, request_id) {
                         return answer;
                     }
                     self.links.remove(i);
@@ -263,27 +271,24 @@ impl crate::body::BodyGuard for FilterChain {
 
 /// Applies the plugin's failure policy: `Some(503)` when it fails closed, `None` to skip it.
 pub(super) fn failed(
-    slot: &PluginSlot,
+    plugin: &Plugin,
     failure: &PluginFailure,
     request_id: &str,
 ) -> Option<Response<crate::body::ResponseBody>> {
-    if slot.fail_closed() {
-        tracing::warn!(plugin = %slot.config.name, kind = %failure.kind, error = %failure.message, request_id, "plugin failed; failing the request closed");
-        Some(error_response(
-            LocalError::PluginFailed,
-            &format!("plugin {} failed ({})", slot.config.name, failure.kind),
-            request_id,
-        ))
+    let name = plugin.name();
+    if plugin.fail_policy() == FailPolicy::Closed {
+        tracing::warn!(plugin = %name, kind = %failure.kind, error = %failure.message, request_id, "plugin failed; failing the request closed");
+        Some(error_response(LocalError::PluginFailed, &format!("plugin {name} failed ({})", failure.kind), request_id))
     } else {
-        tracing::warn!(plugin = %slot.config.name, kind = %failure.kind, error = %failure.message, request_id, "plugin failed; skipping it (fail open)");
+        tracing::warn!(plugin = %name, kind = %failure.kind, error = %failure.message, request_id, "plugin failed; skipping it (fail open)");
         None
     }
 }
 
 /// The answer when a plugin closed the stream (`proxy_close_stream`): 503 and the connection closes.
-pub(super) fn closed(slot: &PluginSlot, request_id: &str) -> Response<crate::body::ResponseBody> {
+pub(super) fn closed(plugin: &Plugin, request_id: &str) -> Response<crate::body::ResponseBody> {
     let mut answer =
-        error_response(LocalError::PluginFailed, &format!("plugin {} closed the stream", slot.config.name), request_id);
+        error_response(LocalError::PluginFailed, &format!("plugin {} closed the stream", plugin.name()), request_id);
     answer.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     answer
 }
