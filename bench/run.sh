@@ -6,6 +6,7 @@
 #
 #   bench/run.sh                 # 3 rounds of 10 s, 64 connections
 #   ROUNDS=5 DURATION=20s CONNECTIONS=128 bench/run.sh
+#   PORTICO_BIN=/path/to/portico bench/run.sh   # an already built binary (e.g. one with line tables for perf)
 #
 # The origin is an nginx answering a fixed 13-byte body, so the proxies are what is measured. Every proxy gets
 # the same worker count (WORKERS, default: the number of cores) and keeps upstream connections alive.
@@ -29,8 +30,12 @@ OUT=bench/out
 mkdir -p "$OUT"
 rm -f "$OUT"/*.pid
 
-cargo build --release -p portico --locked
-BIN=target/release/portico
+if [ -n "${PORTICO_BIN:-}" ]; then
+  BIN=$PORTICO_BIN
+else
+  cargo build --release -p portico --locked
+  BIN=target/release/portico
+fi
 
 cleanup() {
   for f in "$OUT"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done

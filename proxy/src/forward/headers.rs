@@ -23,23 +23,46 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers. `te: trailers` survives because gRPC needs it end to end; `upgrade` is kept
 /// only when the caller is proxying an upgrade.
+///
+/// Runs on every request and every response, which mostly carry no hop-by-hop header but `connection`: one pass
+/// over the names finds which are there, and only those are looked up and removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    const UPGRADE_BIT: u16 = 1 << HOP_BY_HOP.len();
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == UPGRADE {
+            present |= UPGRADE_BIT;
+        }
+    }
+    if present == 0 {
+        return;
+    }
     let keeps_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // Names the `connection` header lists (RFC 9110 §7.6.1: even `close`, should a header bear that name),
+    // other than the ones removed anyway.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == UPGRADE))
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case(UPGRADE.as_str())
+                && !HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(&name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    if !keep_upgrade {
+    if !keep_upgrade && present & UPGRADE_BIT != 0 {
         headers.remove(UPGRADE);
     }
     if keeps_trailers {
@@ -74,12 +97,15 @@ pub struct ForwardedFor<'a> {
 
 /// Sets the forwarding headers on a request going upstream.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
-    let ip = f.client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    use std::io::Write;
+    // Built in one buffer: no `String` for the address and another for the joined value.
+    let mut xff = Vec::with_capacity(64);
+    if let Some(existing) = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes).filter(|v| !v.is_empty()) {
+        xff.extend_from_slice(existing);
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{}", f.client_ip);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.tls { "https" } else { "http" }));
@@ -100,10 +126,11 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
         _ => "1.1 portico",
     };
     let value = match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {hop}"),
-        _ => hop.to_string(),
+        Some(existing) if !existing.is_empty() => HeaderValue::from_str(&format!("{existing}, {hop}")).ok(),
+        // The usual case: a first hop, a static value.
+        _ => Some(HeaderValue::from_static(hop)),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(http::header::VIA, v);
     }
 }
@@ -140,6 +167,34 @@ mod tests {
         assert!(h.get("proxy-authorization").is_none());
         assert_eq!(h.get(TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
         assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn connection_tokens_remove_what_they_name_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("close, Upgrade"));
+        h.append(CONNECTION, HeaderValue::from_static("X-Hop , keep-alive"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("close", HeaderValue::from_static("a header named like a connection option goes too"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        let mut upgrading = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-hop").is_none() && h.get(UPGRADE).is_none() && h.get(CONNECTION).is_none());
+        assert!(h.get("x-keep").is_some() && h.get("close").is_none());
+        strip_hop_by_hop(&mut upgrading, true);
+        assert_eq!(upgrading.get(UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert!(upgrading.get("x-hop").is_none() && upgrading.get(CONNECTION).is_none());
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        h.insert(HOST, HeaderValue::from_static("example.com"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl FilterChain {
             path: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
             authority: authority(parts).to_string(),
             scheme: if conn.tls { "https" } else { "http" }.to_string(),
-            protocol: format!("{:?}", parts.version),
+            protocol: protocol_name(parts.version).to_owned(),
             request_id: request_id.to_string(),
             source_address: Some(conn.peer),
             destination_address: Some(conn.local),
@@ -306,6 +306,17 @@ pub(super) fn local_answer(local: LocalResponse, request_id: &str) -> Response<c
         answer.headers_mut().insert(crate::forward::headers::X_REQUEST_ID.clone(), v);
     }
     answer
+}
+
+/// `request.protocol` as Envoy spells it (`HTTP/1.1`), without the formatting machinery `{:?}` runs per request.
+fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// The request's authority: from the URI (HTTP/2, absolute form), else the `Host` header.
