@@ -160,6 +160,9 @@ PY
 
 targets=(portico:$PORTICO plugins:$PLUGGED nginx:$NGINX)
 ((have_haproxy)) && targets+=(haproxy:$HAPROXY)
+# A short unmeasured run against each first: every proxy opens its upstream connections and touches its memory
+# before round 1, so the first proxy measured after start-up is not the only one paying for that.
+for t in "${targets[@]}"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://${t#*:}/" >/dev/null 2>&1; done
 declare -A rps_sum p99_sum
 for t in "${targets[@]}"; do rps_sum[${t%%:*}]=0; p99_sum[${t%%:*}]=0; done
 for round in $(seq "$ROUNDS"); do
