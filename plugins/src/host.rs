@@ -402,18 +402,14 @@ fn get_property(st: &HostState, path: &str, out: &mut Vec<u8>) -> bool {
         }
         "portico.upstream.selected" => s.selected_upstream.as_deref().is_some_and(|v| put(v.as_bytes())),
         "portico.route.upstream" => s.routed_upstream.as_deref().is_some_and(|v| put(v.as_bytes())),
-        _ => {
-            let map = if path.starts_with("request.headers.") {
-                Some((&s.request_headers, "request.headers.".len()))
-            } else if path.starts_with("response.headers.") {
-                Some((&s.response_headers, "response.headers.".len()))
-            } else if path.starts_with("response.trailers.") {
-                Some((&s.response_trailers, "response.trailers.".len()))
-            } else {
-                None
-            };
-            map.and_then(|(map, prefix)| header_get(map, &path[prefix..])).is_some_and(|v| put(v.as_bytes()))
-        }
+        _ => [
+            ("request.headers.", &s.request_headers),
+            ("response.headers.", &s.response_headers),
+            ("response.trailers.", &s.response_trailers),
+        ]
+        .into_iter()
+        .find_map(|(prefix, map)| header_get(map, path.strip_prefix(prefix)?))
+        .is_some_and(|v| put(v.as_bytes())),
     };
     found
         || s.properties.get(path).is_some_and(|v| put(v))

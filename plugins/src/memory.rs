@@ -158,9 +158,9 @@ pub(crate) fn return_bytes(
 }
 
 /// [`return_bytes`] for a hostcall whose answer is built in the instance's reused output buffer
-/// ([`crate::host::HostState::scratch_out`]): `fill` writes the answer into it, or returns `None` for "not
-/// found). `fill` returns the status to answer with instead (`NOT_FOUND`, `BAD_ARGUMENT`) when there is
-/// nothing to return. No allocation on the host once the buffer has grown.
+/// ([`crate::host::HostState::scratch_out`]): `fill` writes the answer into it, or returns the status to
+/// answer with instead (`NOT_FOUND`, `BAD_ARGUMENT`) when there is nothing to return. No allocation on the
+/// host once the buffer has grown.
 pub(crate) fn return_scratch(
     c: &mut Ctx<'_>,
     ret_ptr: i32,
