@@ -7,8 +7,9 @@
  *                  "table_size": 65537,      (maglev only, prime)
  *                  "ring_points": 100 }      (ring_hash only: ring points per unit of weight)
  *
- * Per-group state (round-robin counters, smooth-WRR current weights, rings, Maglev tables) lives in this
- * instance's globals, rebuilt only when the candidate set (addresses + weights) changes. Each instance of the
+ * Per-group state (round-robin counters, smooth-WRR current weights, cumulative weights, rings, Maglev tables)
+ * lives in this instance's globals, rebuilt only when the candidate set (addresses + weights) changes. No
+ * policy reads the candidate list while the set is unchanged: least_request reads the two loads it compares. Each instance of the
  * plugin keeps its own state: see "Bundled plugins" in plugins/README.md for why. */
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,7 @@ typedef struct group {
   size_t n;
   ep_t *eps;
   uint64_t rr;
+  uint64_t *cum; /* cum[i] = weights of eps[0..=i], for weighted random */
   point_t *ring;
   size_t nring;
   uint16_t *table;
@@ -88,6 +90,7 @@ static bool is_prime(uint32_t n) {
 static void free_group(group_t *g) {
   for (size_t i = 0; i < g->n; i++) free(g->eps[i].addr);
   free(g->eps);
+  free(g->cum);
   free(g->ring);
   free(g->table);
   free(g->name);
@@ -358,9 +361,11 @@ static bool build_maglev(group_t *g) {
 static void clear_tables(group_t *g) {
   for (size_t i = 0; i < g->n; i++) free(g->eps[i].addr);
   free(g->eps);
+  free(g->cum);
   free(g->ring);
   free(g->table);
   g->eps = NULL;
+  g->cum = NULL;
   g->ring = NULL;
   g->table = NULL;
   g->n = g->nring = 0;
@@ -426,9 +431,11 @@ static group_t *group_for(const char *name, size_t nlen, const cand_t *c, size_t
   }
   g->n = n;
   qsort(g->eps, n, sizeof *g->eps, ep_cmp);
-  bool ok = true;
-  if (g_cfg.policy == P_RING_HASH) ok = build_ring(g);
-  if (g_cfg.policy == P_MAGLEV) ok = build_maglev(g);
+  g->cum = malloc(n * sizeof *g->cum);
+  bool ok = g->cum != NULL;
+  for (size_t i = 0; ok && i < n; i++) g->cum[i] = (i ? g->cum[i - 1] : 0) + g->eps[i].weight;
+  if (ok && g_cfg.policy == P_RING_HASH) ok = build_ring(g);
+  if (ok && g_cfg.policy == P_MAGLEV) ok = build_maglev(g);
   if (!ok) {
     logf_level(PW_LOG_ERROR, "balancer: cannot build the %s table for %zu endpoints of %.*s",
                POLICY_NAMES[g_cfg.policy], n, (int)nlen, name);
@@ -459,20 +466,61 @@ static size_t pick_random(const cand_t *c, size_t n, size_t skip) {
   return skip;
 }
 
-/* Power of two choices: two distinct random candidates, the lower active/weight wins. */
-static size_t pick_least_request(const cand_t *c, size_t n, size_t skip) {
-  size_t m = n - (skip < n);
+/* Weighted random over a group's endpoints, skipping index `skip` (SIZE_MAX = none): a binary search of the
+ * cumulative weights, so 1,000 endpoints cost ten steps. */
+static size_t table_random(const group_t *g, size_t skip) {
+  uint64_t total = g->cum[g->n - 1], before = 0, w = 0;
+  if (skip < g->n) {
+    before = skip ? g->cum[skip - 1] : 0;
+    w = g->eps[skip].weight;
+  }
+  if (total == w) return skip;
+  uint64_t r = rng_below(total - w);
+  if (skip < g->n && r >= before) r += w; /* step over the skipped endpoint's share */
+  size_t lo = 0, hi = g->n - 1;        /* the first i with cum[i] > r */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (g->cum[mid] > r)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+/* An endpoint's requests in flight (`portico.upstream.active_requests.<address>`); UINT32_MAX when the host
+ * does not say, so that an endpoint with a known load is preferred. */
+static uint64_t active_requests(const ep_t *e) {
+  static const char prefix[] = "portico.upstream.active_requests.";
+  char path[sizeof prefix + 256];
+  if (e->alen > 256) return UINT32_MAX;
+  memcpy(path, prefix, sizeof prefix - 1);
+  memcpy(path + sizeof prefix - 1, e->addr, e->alen);
+  path[sizeof prefix - 1 + e->alen] = 0;
+  char *v = NULL;
+  size_t vlen = 0;
+  uint64_t active = UINT32_MAX;
+  if (get_property_dotted(path, &v, &vlen) && vlen == sizeof active) memcpy(&active, v, sizeof active);
+  free(v);
+  return active;
+}
+
+/* Power of two choices: two distinct random endpoints, the lower active/weight wins. Reads two loads, not the
+ * list, however many endpoints the group has. */
+static size_t table_least_request(const group_t *g, size_t skip) {
+  size_t n = g->n, m = n - (skip < n);
   if (m == 0) return skip;
   size_t a = (size_t)rng_below(m), b = a;
   if (m > 1) {
     b = (size_t)rng_below(m - 1);
     if (b >= a) b++;
   }
-  if (skip < n) { /* map [0, m) onto the candidates without `skip` */
+  if (skip < n) { /* map [0, m) onto the endpoints without `skip` */
     if (a >= skip) a++;
     if (b >= skip) b++;
   }
-  uint64_t la = (uint64_t)c[a].active * c[b].weight, lb = (uint64_t)c[b].active * c[a].weight;
+  if (a == b) return a;
+  uint64_t la = active_requests(&g->eps[a]) * g->eps[b].weight, lb = active_requests(&g->eps[b]) * g->eps[a].weight;
   return lb < la ? b : a;
 }
 
@@ -534,10 +582,9 @@ static bool candidates_version(uint64_t *version) {
   return ok;
 }
 
-/* Round robin, smooth WRR and keyed hashing depend only on the set of candidates. When the host's version of
- * the set is the one this group's tables were built from, the pick needs neither the candidate list nor its
- * parsing: with 1,000 endpoints that is most of the cost. Random, least request and a hash policy without a
- * key on this request read the list. */
+/* Every policy keeps its tables per set of candidates. When the host's version of the set is the one this
+ * group's tables were built from, the pick needs neither the candidate list nor its parsing: with 1,000
+ * endpoints that is most of the cost. Least request then reads the loads of the two endpoints it compares. */
 PW_EXPORT(portico_on_upstream_select) int32_t portico_on_upstream_select(uint32_t context_id, int32_t attempt) {
   (void)context_id;
   char *cbuf = NULL, *gname = NULL, *failed = NULL, *key = NULL;
@@ -545,20 +592,15 @@ PW_EXPORT(portico_on_upstream_select) int32_t portico_on_upstream_select(uint32_
   cand_t *c = NULL;
   bool hashing = g_cfg.policy == P_RING_HASH || g_cfg.policy == P_MAGLEV;
   bool keyed = hashing && key_extract(&g_cfg.key, &key, &klen);
-  bool set_only = g_cfg.policy == P_ROUND_ROBIN || g_cfg.policy == P_WRR || keyed;
   if (attempt > 0) get_property_dotted("portico.upstream.failed", &failed, &flen);
 
-  group_t *g = NULL;
   uint64_t version = 0;
-  bool have_version = false;
-  if (set_only) {
-    have_version = candidates_version(&version);
-    if (have_version) g = group_by_version(version);
-    if (!g) {
-      get_property_dotted("portico.upstream", &gname, &glen);
-      g = find_group(gname ? gname : "", gname ? glen : 0);
-      if (g && !(have_version && g->built && g->versioned && g->version == version)) g = NULL;
-    }
+  bool have_version = candidates_version(&version);
+  group_t *g = have_version ? group_by_version(version) : NULL;
+  if (!g) {
+    get_property_dotted("portico.upstream", &gname, &glen);
+    g = find_group(gname ? gname : "", gname ? glen : 0);
+    if (g && !(have_version && g->built && g->versioned && g->version == version)) g = NULL;
   }
 
   if (!g) {
@@ -570,12 +612,6 @@ PW_EXPORT(portico_on_upstream_select) int32_t portico_on_upstream_select(uint32_
       for (size_t i = 0; i < n; i++)
         if (addr_eq(c[i].addr, c[i].alen, failed, flen)) skip = i;
     if (n == 1) skip = SIZE_MAX; /* the only candidate: retry it rather than nothing */
-    if (!set_only) {
-      /* random, least request, or hashing without a key on this request (weighted random, like Envoy) */
-      size_t i = g_cfg.policy == P_LEAST_REQUEST ? pick_least_request(c, n, skip) : pick_random(c, n, skip);
-      if (i < n) select_addr(c[i].addr, c[i].alen);
-      goto out;
-    }
     for (size_t i = 0; i < n; i++) c[i].h = hash64(c[i].addr, c[i].alen);
     g = group_for(gname ? gname : "", gname ? glen : 0, c, n);
     if (!g) {
@@ -601,12 +637,19 @@ PW_EXPORT(portico_on_upstream_select) int32_t portico_on_upstream_select(uint32_
       for (size_t k = 0; pick == gskip && k < g->n; k++) pick = (pick + 1) % g->n;
       break;
     case P_RING_HASH:
-    case P_MAGLEV: {
-      uint64_t kh = hash64(key, klen);
-      pick = g_cfg.policy == P_RING_HASH ? ring_lookup(g, kh, gskip) : maglev_lookup(g, kh, gskip);
+    case P_MAGLEV:
+      if (keyed) {
+        uint64_t kh = hash64(key, klen);
+        pick = g_cfg.policy == P_RING_HASH ? ring_lookup(g, kh, gskip) : maglev_lookup(g, kh, gskip);
+      } else {
+        pick = table_random(g, gskip); /* no key on this request: weighted random, like Envoy */
+      }
       break;
-    }
-    default:
+    case P_LEAST_REQUEST:
+      pick = table_least_request(g, gskip);
+      break;
+    case P_RANDOM:
+      pick = table_random(g, gskip);
       break;
   }
   if (pick < g->n) select_addr(g->eps[pick].addr, g->eps[pick].alen);

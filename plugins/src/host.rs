@@ -343,6 +343,23 @@ fn group_version(group: &str, set_version: u64) -> u64 {
     crate::types::candidate_fingerprint(crate::types::address_hash(group), 0) ^ set_version
 }
 
+/// Where the per-candidate load properties start: `portico.upstream.active_requests.<address>` and
+/// `portico.upstream.latency_us.<address>`.
+const LOAD_PREFIX: &str = "portico.upstream.";
+
+/// `portico.upstream.active_requests.<address>` or `portico.upstream.latency_us.<address>` during an upstream
+/// selection, when the address is a candidate. A balancer that compares a few endpoints' loads (power of two
+/// choices) reads two of these instead of the whole candidate list.
+fn candidate_load(s: &StreamState, path: &str) -> Option<i64> {
+    let select = s.select.as_ref()?;
+    let rest = path.strip_prefix(LOAD_PREFIX)?;
+    if let Some(address) = rest.strip_prefix("active_requests.") {
+        return select.source.load(address).map(|l| i64::from(l.active_requests));
+    }
+    let address = rest.strip_prefix("latency_us.")?;
+    select.source.load(address).map(|l| i64::try_from(l.latency.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// Resolve a property path (segments already joined with '.') into `out`; false when there is no such
 /// property.
 fn get_property(st: &HostState, path: &str, out: &mut Vec<u8>) -> bool {
@@ -402,6 +419,7 @@ fn get_property(st: &HostState, path: &str, out: &mut Vec<u8>) -> bool {
         }
         "portico.upstream.selected" => s.selected_upstream.as_deref().is_some_and(|v| put(v.as_bytes())),
         "portico.route.upstream" => s.routed_upstream.as_deref().is_some_and(|v| put(v.as_bytes())),
+        _ if path.starts_with(LOAD_PREFIX) => candidate_load(s, path).is_some_and(|v| put(&int(v))),
         _ => [
             ("request.headers.", &s.request_headers),
             ("response.headers.", &s.response_headers),

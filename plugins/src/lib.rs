@@ -28,7 +28,7 @@ pub use error::{FailureKind, PluginError, PluginFailure};
 pub use plugin::{prefer_instance, CalloutResponder, HttpStream, Plugin, PluginHandle, PluginSpec};
 pub use services::{DefaultHostServices, HostServices};
 pub use types::{
-    address_hash, candidate_fingerprint, candidates_version, Candidate, CandidateList, CandidateSource, FailPolicy,
-    FilterAction, HeaderMap, HttpCallRejected, HttpCallRequest, HttpCallResponse, LocalResponse, LogLevel, RequestInfo,
-    Resumption, TrafficDirection,
+    address_hash, candidate_fingerprint, candidates_version, Candidate, CandidateList, CandidateLoad, CandidateSource,
+    FailPolicy, FilterAction, HeaderMap, HttpCallRejected, HttpCallRequest, HttpCallResponse, LocalResponse, LogLevel,
+    RequestInfo, Resumption, TrafficDirection,
 };

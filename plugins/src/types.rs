@@ -145,6 +145,28 @@ pub trait CandidateSource: Send + Sync {
     fn candidates(&self) -> Vec<Candidate>;
     /// Whether `address` is one of the candidates (a plugin's choice is checked against it).
     fn contains(&self, address: &str) -> bool;
+    /// The current load of one candidate, `None` when `address` is not one: what a balancer that keeps its
+    /// tables per set reads (`portico.upstream.active_requests.<address>`) to compare two endpoints without
+    /// the whole list. The default searches [`CandidateSource::candidates`]; a host should answer directly.
+    fn load(&self, address: &str) -> Option<CandidateLoad> {
+        self.candidates().into_iter().find(|c| c.address == address).map(|c| CandidateLoad::of(&c))
+    }
+}
+
+/// What changes between picks about one candidate (its address and weight are part of the set's version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidateLoad {
+    /// Requests in flight to the endpoint.
+    pub active_requests: u32,
+    /// Its smoothed latency.
+    pub latency: Duration,
+}
+
+impl CandidateLoad {
+    /// The load part of a candidate.
+    pub fn of(candidate: &Candidate) -> Self {
+        CandidateLoad { active_requests: candidate.active_requests, latency: candidate.latency }
+    }
 }
 
 /// One candidate's share of a [`CandidateSource::version`] (see [`candidates_version`]): a host can keep the
@@ -173,6 +195,7 @@ pub fn address_hash(address: &str) -> u64 {
 #[derive(Debug, Clone)]
 pub struct CandidateList {
     candidates: Vec<Candidate>,
+    by_address: std::collections::HashMap<String, usize>,
     version: u64,
 }
 
@@ -181,7 +204,8 @@ impl CandidateList {
     pub fn new(candidates: Vec<Candidate>) -> Self {
         let version =
             candidates_version(candidates.iter().map(|c| candidate_fingerprint(address_hash(&c.address), c.weight)));
-        CandidateList { candidates, version }
+        let by_address = candidates.iter().enumerate().map(|(i, c)| (c.address.clone(), i)).collect();
+        CandidateList { candidates, by_address, version }
     }
 }
 
@@ -195,7 +219,11 @@ impl CandidateSource for CandidateList {
     }
 
     fn contains(&self, address: &str) -> bool {
-        self.candidates.iter().any(|c| c.address == address)
+        self.by_address.contains_key(address)
+    }
+
+    fn load(&self, address: &str) -> Option<CandidateLoad> {
+        self.by_address.get(address).map(|&i| CandidateLoad::of(&self.candidates[i]))
     }
 }
 

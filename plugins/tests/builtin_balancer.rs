@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::TestServices;
 use portico_plugins::{
-    builtin, Candidate, CandidateList, CandidateSource, Plugin, PluginEngine, PluginError, PluginSpec, RequestInfo,
+    builtin, Candidate, CandidateList, CandidateLoad, CandidateSource, Plugin, PluginEngine, PluginError, PluginSpec,
+    RequestInfo,
 };
 
 fn load(engine: &PluginEngine, config: &str, instances: usize) -> Result<Arc<Plugin>, PluginError> {
@@ -355,6 +356,9 @@ impl CandidateSource for Counted {
     fn contains(&self, address: &str) -> bool {
         self.list.contains(address)
     }
+    fn load(&self, address: &str) -> Option<CandidateLoad> {
+        self.list.load(address)
+    }
 }
 
 /// Picks `requests` times from `cands` (attempt 0, and attempt 1 after it when `retry`); returns the picks
@@ -378,13 +382,8 @@ fn counted_picks(p: &Arc<Plugin>, cands: Vec<Candidate>, requests: usize, retry:
 }
 
 #[test]
-fn set_only_policies_read_the_candidates_only_when_the_set_changes() {
-    for config in [
-        r#"{"policy": "round_robin"}"#,
-        r#"{"policy": "weighted_round_robin"}"#,
-        r#"{"policy": "ring_hash", "hash_on": "header:x-user"}"#,
-        r#"{"policy": "maglev", "hash_on": "header:x-user", "table_size": 251}"#,
-    ] {
+fn policies_read_the_candidates_only_when_the_set_changes() {
+    for config in ALL_POLICIES {
         let p = balancer(config);
         let (picks, reads) = counted_picks(&p, endpoints(100), 50, true);
         assert_eq!(reads, 1, "{config}: the list is read once, to build the tables");
@@ -399,11 +398,51 @@ fn set_only_policies_read_the_candidates_only_when_the_set_changes() {
         let (_, reads) = counted_picks(&p, weighted, 5, false);
         assert_eq!(reads, 1, "{config}: a weight change is read");
     }
-    // Policies that need the current load read the list on every pick.
-    for config in [r#"{"policy": "least_request"}"#, r#"{"policy": "random"}"#] {
-        let (_, reads) = counted_picks(&balancer(config), endpoints(10), 10, false);
-        assert_eq!(reads, 10, "{config}");
+}
+
+/// Two endpoints whose loads change between picks while the set does not; counts reads of the whole list.
+struct ShiftingLoad {
+    list: CandidateList,
+    busy: std::sync::Mutex<String>,
+    reads: AtomicUsize,
+}
+
+impl CandidateSource for ShiftingLoad {
+    fn version(&self) -> u64 {
+        self.list.version()
     }
+    fn candidates(&self) -> Vec<Candidate> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.list.candidates()
+    }
+    fn contains(&self, address: &str) -> bool {
+        self.list.contains(address)
+    }
+    fn load(&self, address: &str) -> Option<CandidateLoad> {
+        let busy = *self.busy.lock().unwrap() == address;
+        self.list.load(address).map(|l| CandidateLoad { active_requests: if busy { 40 } else { 0 }, ..l })
+    }
+}
+
+#[test]
+fn least_request_follows_the_loads_without_reading_the_list() {
+    let p = balancer(r#"{"policy": "least_request"}"#);
+    let shifting = Arc::new(ShiftingLoad {
+        list: CandidateList::new(endpoints(2)),
+        busy: std::sync::Mutex::new("10.0.0.1:80".to_string()),
+        reads: AtomicUsize::new(0),
+    });
+    let source: Arc<dyn CandidateSource> = shifting.clone();
+    let pick = || {
+        let mut s = p.new_stream(RequestInfo::default()).unwrap();
+        s.on_request_headers(&mut headers(&[]), true).unwrap();
+        s.select_endpoint_from("backend", &source, 0, None).unwrap().unwrap()
+    };
+    // With two endpoints both are compared on every pick, so the idle one always wins.
+    assert!((0..50).all(|_| pick() == "10.0.0.2:80"));
+    *shifting.busy.lock().unwrap() = "10.0.0.2:80".to_string();
+    assert!((0..50).all(|_| pick() == "10.0.0.1:80"), "a load change is seen on the next pick");
+    assert_eq!(shifting.reads.load(Ordering::SeqCst), 1, "the list is read once, to build the table");
 }
 
 #[test]

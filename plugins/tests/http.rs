@@ -264,6 +264,51 @@ fn upstream_selection_and_routing() {
     assert_eq!(s.select_endpoint("blue", &retry, 2, Some("10.0.0.3:80")).unwrap(), None);
 }
 
+#[test]
+fn candidate_loads_are_properties_by_address() {
+    let e = engine();
+    // Selects 10.0.0.2:80 only if 10.0.0.1:80's latency reads 3000 µs, 10.0.0.2:80's load reads 7 and a
+    // non-candidate's load is not found; anything else selects 10.0.0.1:80.
+    let body = r#"
+      (data (i32.const 1024) "portico\00upstream\00latency_us\0010.0.0.1:80")
+      (data (i32.const 1088) "portico\00upstream\00active_requests\0010.0.0.2:80")
+      (data (i32.const 1152) "portico\00upstream\00active_requests\0010.0.0.9:80")
+      (data (i32.const 1216) "portico\00upstream\00selected")
+      (data (i32.const 1248) "10.0.0.1:80")
+      (data (i32.const 1264) "10.0.0.2:80")
+      (func $int (param $path i32) (param $len i32) (result i64)
+        (if (call $get_prop (local.get $path) (local.get $len) (i32.const 100) (i32.const 104))
+          (then (return (i64.const -1))))
+        (if (i32.ne (call $ret_len) (i32.const 8)) (then (return (i64.const -2))))
+        (i64.load (call $ret_ptr)))
+      (func (export "portico_on_upstream_select") (param i32 i32) (result i32)
+        (local $pick i32)
+        (local.set $pick (i32.const 1248))
+        (if (i32.and
+              (i32.and (i64.eq (call $int (i32.const 1024) (i32.const 39)) (i64.const 3000))
+                       (i64.eq (call $int (i32.const 1088) (i32.const 44)) (i64.const 7)))
+              (i64.eq (call $int (i32.const 1152) (i32.const 44)) (i64.const -1)))
+          (then (local.set $pick (i32.const 1264))))
+        (drop (call $set_prop (i32.const 1216) (i32.const 25) (local.get $pick) (i32.const 11)))
+        (i32.const 0))
+    "#;
+    let (p, _) = load(&e, spec("loads", wat(body))).unwrap();
+    let cand = |a: &str, active: u32, latency_ms: u64| Candidate {
+        address: a.into(),
+        weight: 1,
+        active_requests: active,
+        latency: Duration::from_millis(latency_ms),
+        ejected: false,
+    };
+    let (info, mut h) = request("/");
+    let mut s = p.new_stream(info).unwrap();
+    s.on_request_headers(&mut h, true).unwrap();
+    let all = [cand("10.0.0.1:80", 0, 3), cand("10.0.0.2:80", 7, 1)];
+    assert_eq!(s.select_endpoint("g", &all, 0, None).unwrap().as_deref(), Some("10.0.0.2:80"));
+    let other = [cand("10.0.0.1:80", 0, 4), cand("10.0.0.2:80", 7, 1)];
+    assert_eq!(s.select_endpoint("g", &other, 0, None).unwrap().as_deref(), Some("10.0.0.1:80"), "loads are read");
+}
+
 const CALLOUT: &str = r#"
   (data (i32.const 1024) "auth")
   (data (i32.const 1100) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\06\00\00\00\0a\00\00\00\04\00\00\00:method\00GET\00:path\00/check\00:authority\00auth\00")

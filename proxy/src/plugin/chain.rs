@@ -11,8 +11,8 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use portico_plugins::{
-    candidate_fingerprint, candidates_version, Candidate, CandidateSource, FailPolicy, FilterAction, HttpStream,
-    LocalResponse, Plugin, PluginFailure, RequestInfo, TrafficDirection,
+    candidate_fingerprint, candidates_version, Candidate, CandidateLoad, CandidateSource, FailPolicy, FilterAction,
+    HttpStream, LocalResponse, Plugin, PluginFailure, RequestInfo, TrafficDirection,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -457,6 +457,12 @@ struct OfferedEndpoints {
 }
 
 impl OfferedEndpoints {
+    /// The offered endpoint with this address.
+    fn endpoint(&self, address: &str) -> Option<&Arc<crate::upstream::endpoint::Endpoint>> {
+        let endpoint = self.upstream.endpoints.get(self.upstream.index_of(address)?)?;
+        endpoint.is_available(self.now).then_some(endpoint)
+    }
+
     fn available(&self) -> impl Iterator<Item = &Arc<crate::upstream::endpoint::Endpoint>> {
         self.upstream.endpoints.iter().filter(|e| e.is_available(self.now))
     }
@@ -482,6 +488,13 @@ impl CandidateSource for OfferedEndpoints {
     }
 
     fn contains(&self, address: &str) -> bool {
-        self.upstream.index_of(address).is_some_and(|i| self.upstream.endpoints[i].is_available(self.now))
+        self.endpoint(address).is_some()
+    }
+
+    fn load(&self, address: &str) -> Option<CandidateLoad> {
+        self.endpoint(address).map(|e| CandidateLoad {
+            active_requests: e.active_requests(),
+            latency: std::time::Duration::from_micros(e.latency_ewma_us()),
+        })
     }
 }
