@@ -182,6 +182,8 @@ pub(crate) struct HostState {
     /// Last message the guest logged at error level or above: quoted in load errors so a refused
     /// configuration says why (plugins explain with `proxy_log` before returning false).
     pub last_error_log: Option<String>,
+    /// The running callback's CPU budget (see [`crate::plugin::CpuBudget`]).
+    pub cpu_budget: crate::plugin::CpuBudget,
 }
 
 /// One callback in this many (on average) is timed for `portico_plugin_callback_seconds`. A power of two.

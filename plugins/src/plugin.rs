@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use prometheus::{Histogram, IntCounter, IntGauge};
-use wasmtime::{InstancePre, Store, Trap, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{InstancePre, Store, Trap, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
 
 use crate::engine::{AbiVersion, CompiledModule, EngineShared, PluginEngine, EPOCH_TICK};
 use crate::error::{FailureKind, HostTrap, PluginError, PluginFailure};
@@ -42,7 +42,8 @@ pub struct PluginSpec {
     pub fail: FailPolicy,
     /// Linear memory cap per instance, bytes.
     pub memory_limit: usize,
-    /// Wall-clock budget of one callback (enforced with epoch interruption, ~1 ms granularity).
+    /// CPU time one callback may use (enforced with epoch interruption and the thread's CPU clock, ~1 ms
+    /// granularity; see `CpuBudget` in this module).
     pub cpu_limit: Duration,
     /// Instances (VMs) in the pool; 0 = number of CPUs. Each serves one callback at a time.
     pub instances: usize,
@@ -281,7 +282,7 @@ struct Instance {
     store: Store<HostState>,
     f: Exports,
     next_context: u32,
-    deadline_ticks: u64,
+    cpu_limit: Duration,
     tick: Option<(Duration, Instant)>,
 }
 
@@ -300,9 +301,9 @@ impl Instance {
         pick: fn(&Exports) -> Option<&TypedFunc<P, R>>,
         args: P,
     ) -> Result<Option<R>, PluginFailure> {
-        let Instance { store, f, tick, deadline_ticks, .. } = self;
+        let Instance { store, f, tick, cpu_limit, .. } = self;
         match pick(f) {
-            Some(func) => invoke(store, tick, name, func, args, *deadline_ticks).map(Some),
+            Some(func) => invoke(store, tick, name, func, args, *cpu_limit).map(Some),
             None => Ok(None),
         }
     }
@@ -312,9 +313,9 @@ impl Instance {
         name: &'static str,
         f: &TypedFunc<P, R>,
         args: P,
-        ticks: u64,
+        limit: Duration,
     ) -> Result<R, PluginFailure> {
-        invoke(&mut self.store, &mut self.tick, name, f, args, ticks)
+        invoke(&mut self.store, &mut self.tick, name, f, args, limit)
     }
 
     fn stream(&mut self, ctx: u32) -> Result<&mut StreamState, PluginFailure> {
@@ -332,9 +333,9 @@ fn invoke<P: WasmParams, R: WasmResults>(
     name: &'static str,
     f: &TypedFunc<P, R>,
     args: P,
-    ticks: u64,
+    limit: Duration,
 ) -> Result<R, PluginFailure> {
-    store.set_epoch_deadline(ticks);
+    CpuBudget::start(store, limit);
     let start = store.data_mut().sample_timing().then(Instant::now);
     IN_CALLBACK.with(|c| c.set(c.get() + 1));
     let r = f.call(&mut *store, args);
@@ -397,8 +398,8 @@ pub struct Plugin {
     rr: AtomicUsize,
     fail: FailPolicy,
     memory_limit: usize,
-    deadline_ticks: u64,
-    start_deadline_ticks: u64,
+    cpu_limit: Duration,
+    start_cpu_limit: Duration,
     max_restarts: usize,
     restarts: Mutex<VecDeque<Instant>>,
     broken: AtomicBool,
@@ -451,6 +452,52 @@ impl std::fmt::Debug for Plugin {
             .field("instances", &self.slots.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The CPU budget of the callback running in a store, and how it is enforced. Wasmtime's epoch deadline counts
+/// wall-clock ticks: alone it would interrupt a callback whose thread was starved of CPU by other processes, or
+/// that waited in a blocking hostcall, having itself used little CPU. So the epoch deadline is first set one
+/// tick ahead. A callback shorter than that (nearly all) never hears of it; when it fires, the thread's CPU
+/// clock is read, and from then on each time the deadline fires the CPU the callback used since that reading
+/// is compared with its budget: it is interrupted once the budget is spent, else the deadline moves to the
+/// earliest time the rest could be. The CPU spent before the first reading (under one tick) is not counted:
+/// the budget is kept to within a tick, as the epoch's granularity allows.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuBudget {
+    limit: Duration,
+    /// The thread's CPU clock when counting began; `None` until the first deadline of the callback.
+    counted_from: Option<Duration>,
+}
+
+impl CpuBudget {
+    /// Arms the budget for the next callback run in `store`.
+    fn start(store: &mut Store<HostState>, limit: Duration) {
+        store.data_mut().cpu_budget = CpuBudget { limit, counted_from: None };
+        store.set_epoch_deadline(1);
+    }
+
+    /// Wasmtime's epoch-deadline callback: interrupt (a [`Trap::Interrupt`], classified as a timeout) once the
+    /// budget is spent, else extend the deadline.
+    fn on_epoch_deadline(mut store: wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+        let budget = &mut store.data_mut().cpu_budget;
+        let now = thread_cpu_time();
+        let Some(from) = budget.counted_from else {
+            budget.counted_from = Some(now);
+            return Ok(UpdateDeadline::Continue(ticks_for(budget.limit)));
+        };
+        let used = now.saturating_sub(from);
+        if used >= budget.limit {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::Continue(ticks_for(budget.limit - used)))
+    }
+}
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`; a system call, so only read when an
+/// epoch deadline fires).
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 fn ticks_for(d: Duration) -> u64 {
@@ -544,8 +591,8 @@ impl Plugin {
             rr: AtomicUsize::new(0),
             fail: spec.fail,
             memory_limit: spec.memory_limit,
-            deadline_ticks: ticks_for(spec.cpu_limit),
-            start_deadline_ticks: ticks_for(spec.cpu_limit.max(Duration::from_secs(1))),
+            cpu_limit: spec.cpu_limit,
+            start_cpu_limit: spec.cpu_limit.max(Duration::from_secs(1)),
             max_restarts: spec.max_restarts_per_minute,
             restarts: Mutex::new(VecDeque::new()),
             broken: AtomicBool::new(false),
@@ -589,10 +636,12 @@ impl Plugin {
             scratch_value: Vec::new(),
             scratch_out: Vec::new(),
             last_error_log: None,
+            cpu_budget: CpuBudget::default(),
         };
         let mut store = Store::new(&core.engine.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.start_deadline_ticks);
+        store.epoch_deadline_callback(CpuBudget::on_epoch_deadline);
+        CpuBudget::start(&mut store, self.start_cpu_limit);
         let instance = self.pre.instantiate(&mut store).map_err(|e| PluginError::Instantiate {
             plugin: plugin(),
             message: match e.downcast_ref::<HostTrap>() {
@@ -653,8 +702,8 @@ impl Plugin {
             Some(f) => Some(f),
             None => opt!("_start"),
         };
-        let mut inst = Instance { store, f, next_context: 2, deadline_ticks: self.deadline_ticks, tick: None };
-        let ticks = self.start_deadline_ticks;
+        let mut inst = Instance { store, f, next_context: 2, cpu_limit: self.cpu_limit, tick: None };
+        let ticks = self.start_cpu_limit;
         let start_err = |f: PluginFailure| PluginError::Start { plugin: plugin(), message: f.message };
         if let Some(start) = start {
             if let Err(e) = inst.call_with_deadline("_initialize/_start", &start, (), ticks) {
@@ -1180,12 +1229,10 @@ impl HttpStream {
             s.local_response = None;
             s.close = false;
             s.continued = false;
-            let Instance { store, f, tick, deadline_ticks, .. } = &mut *inst;
+            let Instance { store, f, tick, cpu_limit, .. } = &mut *inst;
             let r = match pick(f) {
-                Some(Cb::Three(f)) => {
-                    invoke(store, tick, name, f, (ctx as i32, n as i32, i32::from(eos)), *deadline_ticks)
-                }
-                Some(Cb::Two(f)) => invoke(store, tick, name, f, (ctx as i32, n as i32), *deadline_ticks),
+                Some(Cb::Three(f)) => invoke(store, tick, name, f, (ctx as i32, n as i32, i32::from(eos)), *cpu_limit),
+                Some(Cb::Two(f)) => invoke(store, tick, name, f, (ctx as i32, n as i32), *cpu_limit),
                 None => Ok(abi::ACTION_CONTINUE),
             };
             let s = inst.stream(ctx)?;

@@ -189,3 +189,44 @@ fn one_instance_timing_out_does_not_affect_process() {
         t.join().unwrap();
     }
 }
+
+/// Services whose `proxy_log` sleeps: the callback's thread is off the CPU for a while, as when a machine is
+/// starved of CPU by other processes.
+struct Stalling(Duration);
+
+impl portico_plugins::HostServices for Stalling {
+    fn log(&self, _plugin: &str, _level: portico_plugins::LogLevel, _message: &str) {
+        std::thread::sleep(self.0);
+    }
+}
+
+#[test]
+fn the_deadline_counts_cpu_time_not_time_off_the_cpu() {
+    // Logs (the host stalls 80 ms), spins a little, then adds `x-ok: 1`; with `x-loop` it then loops forever.
+    let body = r#"
+      (data (i32.const 1024) "stall")
+      (data (i32.const 1040) "x-ok")
+      (data (i32.const 1056) "1")
+      (data (i32.const 1072) "x-loop")
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (local $i i32)
+        (drop (call $log (i32.const 2) (i32.const 1024) (i32.const 5)))
+        (loop $spin
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $spin (i32.lt_u (local.get $i) (i32.const 100000))))
+        (drop (call $add_hdr (i32.const 0) (i32.const 1040) (i32.const 4) (i32.const 1056) (i32.const 1)))
+        (if (i32.eqz (call $get_hdr (i32.const 0) (i32.const 1072) (i32.const 6) (i32.const 100) (i32.const 104)))
+          (then (loop $l (br $l))))
+        (i32.const 0))
+    "#;
+    let mut sp = spec("stall", wat(body));
+    sp.cpu_limit = Duration::from_millis(20);
+    let p = Plugin::load(&engine(), sp, std::sync::Arc::new(Stalling(Duration::from_millis(80)))).unwrap();
+    // 80 ms off the CPU inside a 20 ms budget: the callback completes.
+    let h = run(&p, None).unwrap();
+    assert_eq!(header(&h, "x-ok"), Some("1"));
+    // Spinning on the CPU still runs out of budget.
+    let start = Instant::now();
+    assert_eq!(run(&p, Some("x-loop")).unwrap_err().kind, FailureKind::Timeout);
+    assert!(start.elapsed() >= Duration::from_millis(95), "the stall did not count: {:?}", start.elapsed());
+}
