@@ -339,10 +339,12 @@ fn bad_configurations_are_refused_with_the_reason() {
     }
 }
 
-/// Candidates that count how often the list is asked for.
+/// Candidates that count how often the list is asked for. When `busy` names an endpoint, it has 40 requests in
+/// flight and the others none: loads that change between picks while the set does not.
 struct Counted {
     list: CandidateList,
     reads: AtomicUsize,
+    busy: std::sync::Mutex<Option<String>>,
 }
 
 impl CandidateSource for Counted {
@@ -357,14 +359,19 @@ impl CandidateSource for Counted {
         self.list.contains(address)
     }
     fn load(&self, address: &str) -> Option<CandidateLoad> {
-        self.list.load(address)
+        let load = self.list.load(address)?;
+        Some(match &*self.busy.lock().unwrap() {
+            Some(busy) => CandidateLoad { active_requests: if busy == address { 40 } else { 0 }, ..load },
+            None => load,
+        })
     }
 }
 
 /// Picks `requests` times from `cands` (attempt 0, and attempt 1 after it when `retry`); returns the picks
 /// and how many times the plugin read the candidate list.
 fn counted_picks(p: &Arc<Plugin>, cands: Vec<Candidate>, requests: usize, retry: bool) -> (Vec<String>, usize) {
-    let counted = Arc::new(Counted { list: CandidateList::new(cands), reads: AtomicUsize::new(0) });
+    let counted =
+        Arc::new(Counted { list: CandidateList::new(cands), reads: AtomicUsize::new(0), busy: Default::default() });
     let source: Arc<dyn CandidateSource> = counted.clone();
     let mut picks = Vec::new();
     for i in 0..requests {
@@ -400,37 +407,13 @@ fn policies_read_the_candidates_only_when_the_set_changes() {
     }
 }
 
-/// Two endpoints whose loads change between picks while the set does not; counts reads of the whole list.
-struct ShiftingLoad {
-    list: CandidateList,
-    busy: std::sync::Mutex<String>,
-    reads: AtomicUsize,
-}
-
-impl CandidateSource for ShiftingLoad {
-    fn version(&self) -> u64 {
-        self.list.version()
-    }
-    fn candidates(&self) -> Vec<Candidate> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.list.candidates()
-    }
-    fn contains(&self, address: &str) -> bool {
-        self.list.contains(address)
-    }
-    fn load(&self, address: &str) -> Option<CandidateLoad> {
-        let busy = *self.busy.lock().unwrap() == address;
-        self.list.load(address).map(|l| CandidateLoad { active_requests: if busy { 40 } else { 0 }, ..l })
-    }
-}
-
 #[test]
 fn least_request_follows_the_loads_without_reading_the_list() {
     let p = balancer(r#"{"policy": "least_request"}"#);
-    let shifting = Arc::new(ShiftingLoad {
+    let shifting = Arc::new(Counted {
         list: CandidateList::new(endpoints(2)),
-        busy: std::sync::Mutex::new("10.0.0.1:80".to_string()),
         reads: AtomicUsize::new(0),
+        busy: std::sync::Mutex::new(Some("10.0.0.1:80".to_string())),
     });
     let source: Arc<dyn CandidateSource> = shifting.clone();
     let pick = || {
@@ -440,7 +423,7 @@ fn least_request_follows_the_loads_without_reading_the_list() {
     };
     // With two endpoints both are compared on every pick, so the idle one always wins.
     assert!((0..50).all(|_| pick() == "10.0.0.2:80"));
-    *shifting.busy.lock().unwrap() = "10.0.0.2:80".to_string();
+    *shifting.busy.lock().unwrap() = Some("10.0.0.2:80".to_string());
     assert!((0..50).all(|_| pick() == "10.0.0.1:80"), "a load change is seen on the next pick");
     assert_eq!(shifting.reads.load(Ordering::SeqCst), 1, "the list is read once, to build the table");
 }
