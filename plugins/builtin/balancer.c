@@ -9,8 +9,8 @@
  *
  * Per-group state (round-robin counters, smooth-WRR current weights, cumulative weights, rings, Maglev tables)
  * lives in this instance's globals, rebuilt only when the candidate set (addresses + weights) changes. No
- * policy reads the candidate list while the set is unchanged: least_request reads the two loads it compares. Each instance of the
- * plugin keeps its own state: see "Bundled plugins" in plugins/README.md for why. */
+ * policy reads the candidate list while the set is unchanged: least_request reads the two loads it compares.
+ * Each instance of the plugin keeps its own state: see "Bundled plugins" in plugins/README.md for why. */
 #include <stdlib.h>
 #include <string.h>
 
