@@ -397,19 +397,35 @@ impl Cluster {
         }
     }
 
-    /// Adds or removes a node, through the leader.
+    /// Adds or removes a node, through the leader. Like [`Cluster::write`], it waits out an election (no leader
+    /// known, or the leader stepped down while asked) for up to the write timeout instead of failing at once:
+    /// an operator's call that lands mid-election would otherwise be refused for no reason they can act on.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Applied, ClusterError> {
-        let metrics = self.metrics();
-        match metrics.current_leader {
-            Some(leader) if leader == self.settings.node_id => self.change_membership_as_leader(change).await,
-            Some(leader) => self.forward(leader, &metrics, "/cluster/membership", &change).await,
-            None => Err(ClusterError::NoLeader),
+        let deadline = Instant::now() + self.settings.write_timeout;
+        loop {
+            let metrics = self.metrics();
+            let answer = match metrics.current_leader {
+                Some(leader) if leader == self.settings.node_id => {
+                    self.change_membership_as_leader(change.clone()).await
+                }
+                Some(leader) => self.forward(leader, &metrics, "/cluster/membership", &change).await,
+                None => Err(ClusterError::NoLeader),
+            };
+            match answer {
+                Err(ClusterError::NoLeader | ClusterError::Forward { .. }) if Instant::now() < deadline => {}
+                other => return other,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub(crate) async fn change_membership_as_leader(&self, change: MembershipChange) -> Result<Applied, ClusterError> {
         self.ensure_quorum().await?;
-        let raft_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| ClusterError::Raft(e.to_string());
+        // Leadership lost between the check and the change: an election is under way, and the caller waits it out.
+        let raft_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NoLeader,
+            e => ClusterError::Raft(e.to_string()),
+        };
         let resp = match change {
             MembershipChange::Add { node_id, address } => {
                 self.raft.add_learner(node_id, BasicNode::new(address), true).await.map_err(raft_err)?;

@@ -494,6 +494,33 @@ async fn a_node_joins_through_the_admin_api_and_is_removed_again() -> TestResult
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_the_lost_leader_waits_out_the_election() -> TestResult {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let a = TestUpstream::start("a").await;
+    let dir = tempfile::tempdir()?;
+    let mut nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader = confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+    let leader_index = nodes.iter().position(|n| n.id == leader).ok_or("leader")?;
+
+    // The operator removes the node they just lost, at once: the survivors still name it as their leader
+    // for up to an election timeout, so the call first finds no leader to forward to. It waits the
+    // election out (within the write timeout) and commits on the new leader.
+    nodes[leader_index].kill();
+    let survivor = nodes.iter().find(|n| n.id != leader).ok_or("survivor")?;
+    let asked = Instant::now();
+    let removed = send(survivor.admin, "DELETE", &format!("/cluster/members/{leader}"), &[], "").await?;
+    assert_eq!(removed.status, 200, "{}", String::from_utf8_lossy(&removed.body));
+    eprintln!("membership change during an election answered after {:?}", asked.elapsed());
+    let status = survivor.status().await.ok_or("status")?;
+    let ids: Vec<u64> =
+        status["members"].as_array().ok_or("members")?.iter().filter_map(|m| m["node_id"].as_u64()).collect();
+    let expected: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    assert_eq!(ids, expected, "{status}");
+    Ok(())
+}
+
 /// Replaces the port of the `[cluster]` listen line (the one line with `listen = "127.0.0.1:` after `node_id`).
 fn with_cluster_port(text: &str, port: u16) -> String {
     let mut out = String::new();
