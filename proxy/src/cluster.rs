@@ -32,8 +32,22 @@ pub struct ClusterLink {
     settings: config::ClusterConfig,
     /// Highest log index whose state this node's proxy has applied (or refused).
     applied: watch::Sender<u64>,
+    /// The cluster configuration this node could not run, while it still runs an older one.
+    refused: parking_lot::Mutex<Option<Refusal>>,
     /// Cluster gauges in `/metrics`, registered when the server starts.
     gauges: std::sync::OnceLock<ClusterGauges>,
+}
+
+/// A committed configuration this node refused (a port taken here, a certificate missing here): the rest of
+/// the cluster runs it, this node keeps serving its previous one. Shown by `GET /cluster` and
+/// `portico_cluster_config_refused`, because a node that silently runs an older configuration than its peers
+/// is what an operator most needs to hear about.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    /// The log index of the state that carried the configuration.
+    pub index: u64,
+    /// Why this node could not run it.
+    pub reason: String,
 }
 
 /// `portico_cluster_*` gauges, refreshed at each scrape from the Raft metrics.
@@ -42,6 +56,7 @@ struct ClusterGauges {
     leader: prometheus::IntGauge,
     term: prometheus::IntGauge,
     applied: prometheus::IntGauge,
+    refused: prometheus::IntGauge,
     lag: prometheus::IntGaugeVec,
 }
 
@@ -101,6 +116,7 @@ impl ClusterLink {
             path: local.path.clone(),
             settings,
             applied: watch::channel(0).0,
+            refused: parking_lot::Mutex::new(None),
             gauges: std::sync::OnceLock::new(),
         })
     }
@@ -127,6 +143,10 @@ impl ClusterLink {
             )?,
             term: gauge("portico_cluster_term", "Current Raft term.")?,
             applied: gauge("portico_cluster_applied_index", "Last log index applied to this node's state.")?,
+            refused: gauge(
+                "portico_cluster_config_refused",
+                "1 while this node could not run the cluster's configuration and serves an older one.",
+            )?,
             lag,
         };
         let _ = self.gauges.set(gauges);
@@ -140,12 +160,22 @@ impl ClusterLink {
         g.leader.set(i64::from(status.leader_confirmed));
         g.term.set(i64::try_from(status.term).unwrap_or(i64::MAX));
         g.applied.set(status.applied_index.and_then(|i| i64::try_from(i).ok()).unwrap_or(0));
+        g.refused.set(i64::from(self.refused.lock().is_some()));
         g.lag.reset();
         for member in &status.members {
             if let Some(lag) = member.lag {
                 g.lag.with_label_values(&[&member.node_id.to_string()]).set(i64::try_from(lag).unwrap_or(i64::MAX));
             }
         }
+    }
+
+    /// The cluster configuration this node refused, while it runs an older one.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refused.lock().clone()
+    }
+
+    fn record(&self, index: u64, outcome: Result<(), String>) {
+        *self.refused.lock() = outcome.err().map(|reason| Refusal { index, reason });
     }
 
     /// Whether `POST /cluster/isolate` is allowed on this node.
@@ -251,16 +281,23 @@ async fn apply(server: &Server, link: &ClusterLink, state: &ClusterState, last: 
         modules: state.plugins.iter().map(|(k, v)| (k.clone(), v.current.sha256.clone())).collect(),
     };
     if shape != *last && shape.config.is_some() {
+        let index = state.applied_index;
         match link.compose(state) {
             Ok(Some(config)) => match server.reload(config).await {
-                Ok(()) => tracing::info!(index = state.applied_index, "cluster configuration applied"),
+                Ok(()) => {
+                    tracing::info!(index, "cluster configuration applied");
+                    link.record(index, Ok(()));
+                }
                 Err(e) => {
-                    tracing::error!(index = state.applied_index, error = %e, "cluster configuration refused on this node; the running one keeps serving")
+                    tracing::error!(index, error = %e, "cluster configuration refused on this node; the running one keeps serving");
+                    link.record(index, Err(e.to_string()));
                 }
             },
             Ok(None) => {}
             Err(issues) => {
-                tracing::error!(index = state.applied_index, issues = ?issues, "cluster configuration does not validate on this node")
+                tracing::error!(index, issues = ?issues, "cluster configuration does not validate on this node");
+                let reason = issues.iter().map(|i| format!("{}: {}", i.key, i.message)).collect::<Vec<_>>().join("; ");
+                link.record(index, Err(reason));
             }
         }
         *last = shape;

@@ -31,7 +31,13 @@ fn committed(index: u64, extra: serde_json::Value) -> Response<ResponseBody> {
 /// `GET /cluster`.
 pub fn status(server: &Server) -> Response<ResponseBody> {
     match server.cluster.get() {
-        Some(link) => json(StatusCode::OK, serde_json::to_value(link.cluster.status()).unwrap_or_default()),
+        Some(link) => {
+            let mut status = serde_json::to_value(link.cluster.status()).unwrap_or_default();
+            if let Some(fields) = status.as_object_mut() {
+                fields.insert("config_refused".into(), serde_json::to_value(link.refusal()).unwrap_or_default());
+            }
+            json(StatusCode::OK, status)
+        }
         None => error(StatusCode::NOT_FOUND, "this node is not in a cluster (no [cluster] table)"),
     }
 }

@@ -521,6 +521,62 @@ async fn removing_the_lost_leader_waits_out_the_election() -> TestResult {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_cannot_run_the_clusters_config_says_so() -> TestResult {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let a = TestUpstream::start("a").await;
+    let dir = tempfile::tempdir()?;
+    let nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+
+    // A second listener on a port that is taken on node 2's address only (each node binds its own 127.0.0.N).
+    let port = free_port()?;
+    let taken = std::net::TcpListener::bind(("127.0.0.2", port))?;
+    let file = std::fs::read_to_string(&nodes[0].config)?;
+    let extra = |name: &str| {
+        format!("{file}\n[[listener]]\nname = \"{name}\"\nlisten = \"0.0.0.0:{port}\"\nupstream = \"app\"\n")
+    };
+    let pushed = send(nodes[0].admin, "PUT", "/config", &[], &extra("extra")).await?;
+    assert_eq!(pushed.status, 200, "{}", String::from_utf8_lossy(&pushed.body));
+    let index = pushed.json()["index"].as_u64().ok_or("index")?;
+
+    let refused = |node: &Node| {
+        let admin = node.admin;
+        async move { get(admin, "/cluster").await.ok().map(|a| a.json()["config_refused"].clone()) }
+    };
+    let said = eventually_async(Duration::from_secs(10), || async {
+        refused(&nodes[1]).await.is_some_and(|r| r["index"].as_u64() == Some(index))
+    })
+    .await;
+    let on_node2 = refused(&nodes[1]).await.ok_or("status")?;
+    assert!(said, "node 2 reports the refusal: {on_node2} {}", nodes[1].logs());
+    let reason = on_node2["reason"].as_str().unwrap_or("");
+    assert!(reason.contains(&format!("127.0.0.2:{port}")), "the reason names the address: {reason}");
+    for node in [&nodes[0], &nodes[2]] {
+        assert_eq!(refused(node).await, Some(serde_json::Value::Null), "node {} runs it", node.id);
+    }
+    let gauge =
+        |text: &str| text.lines().find(|l| l.starts_with("portico_cluster_config_refused ")).map(str::to_string);
+    let metrics = String::from_utf8_lossy(&get(nodes[1].admin, "/metrics").await?.body).into_owned();
+    assert_eq!(gauge(&metrics).as_deref(), Some("portico_cluster_config_refused 1"));
+    // Node 2 kept serving its previous configuration.
+    assert_eq!(nodes[1].marker().await.as_deref(), Some("v1"));
+
+    // Once the port is free, the next change applies there too and the refusal is gone.
+    drop(taken);
+    let pushed = send(nodes[0].admin, "PUT", "/config", &[], &extra("extra2")).await?;
+    assert_eq!(pushed.status, 200, "{}", String::from_utf8_lossy(&pushed.body));
+    let cleared = eventually_async(Duration::from_secs(10), || async {
+        refused(&nodes[1]).await == Some(serde_json::Value::Null)
+    })
+    .await;
+    assert!(cleared, "node 2 applied the next configuration: {}", nodes[1].logs());
+    let metrics = String::from_utf8_lossy(&get(nodes[1].admin, "/metrics").await?.body).into_owned();
+    assert_eq!(gauge(&metrics).as_deref(), Some("portico_cluster_config_refused 0"));
+    Ok(())
+}
+
 /// Replaces the port of the `[cluster]` listen line (the one line with `listen = "127.0.0.1:` after `node_id`).
 fn with_cluster_port(text: &str, port: u16) -> String {
     let mut out = String::new();
