@@ -257,9 +257,14 @@ struct AppliedShape {
     modules: BTreeMap<String, String>,
 }
 
+/// How often a node that refused the cluster's configuration tries it again: the cause is usually local and
+/// fixed by hand (a port freed, a certificate put in place), and the node should then catch up by itself.
+const RETRY_REFUSED: Duration = Duration::from_secs(5);
+
 /// Follows the cluster state for the life of the server and applies each change through the hot-reload path.
-/// A state this node cannot run (a certificate missing here, a port taken) is logged and the running
-/// configuration keeps serving; the next change tries again.
+/// A state this node cannot run (a certificate missing here, a port taken) is logged and recorded (see
+/// [`Refusal`]), the running configuration keeps serving, and it is tried again every [`RETRY_REFUSED`] and on
+/// the next change.
 pub async fn follow(server: Weak<Server>, link: Arc<ClusterLink>) {
     let mut rx = link.cluster.subscribe();
     let mut last = AppliedShape::default();
@@ -269,8 +274,14 @@ pub async fn follow(server: Weak<Server>, link: Arc<ClusterLink>) {
         apply(&server, &link, &state, &mut last).await;
         link.applied.send_replace(state.applied_index);
         drop(server);
-        if rx.changed().await.is_err() {
-            return;
+        let refused = link.refusal().is_some();
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(RETRY_REFUSED), if refused => last = AppliedShape::default(),
         }
     }
 }
