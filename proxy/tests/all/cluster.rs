@@ -173,6 +173,26 @@ fail = "open"
     Ok(nodes)
 }
 
+/// Three nodes in front of one upstream, with a leader a quorum confirmed. Holds the one-cluster-at-a-time turn
+/// until dropped; fields drop in order, so the nodes are killed before the turn passes on.
+struct ThreeNodes {
+    nodes: Vec<Node>,
+    leader: u64,
+    dir: tempfile::TempDir,
+    _upstream: TestUpstream,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn three_nodes(hooks: bool) -> Result<ThreeNodes, Box<dyn std::error::Error + Send + Sync>> {
+    let turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let upstream = TestUpstream::start("a").await;
+    let dir = tempfile::tempdir()?;
+    let nodes = start_cluster(dir.path(), &quoted(&[&upstream]), hooks).await?;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader = confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+    Ok(ThreeNodes { nodes, leader, dir, _upstream: upstream, _turn: turn })
+}
+
 /// The id of a node that reports itself leader confirmed by a quorum, among `nodes`.
 async fn confirmed_leader(nodes: &[&Node], within: Duration) -> Option<u64> {
     let deadline = Instant::now() + within;
@@ -316,15 +336,11 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write_and_no_requ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an_uncommitted_config() -> TestResult {
-    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let a = TestUpstream::start("a").await;
-    let dir = tempfile::tempdir()?;
-    let nodes = start_cluster(dir.path(), &quoted(&[&a]), true).await?;
-    let all: Vec<&Node> = nodes.iter().collect();
-    let leader = confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+    let mut cluster = three_nodes(true).await?;
+    let (nodes, leader, dir) = (&cluster.nodes, cluster.leader, &cluster.dir);
 
     // The bootstrap config carried the module: every node runs v1.
-    for node in &nodes {
+    for node in nodes {
         assert!(
             eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("v1") }).await
         );
@@ -346,14 +362,14 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     let unfiltered =
         send(nodes[1].admin, "PUT", "/config", &[], &file.replace("filters = [\"mark\"]", "filters = []")).await?;
     assert_eq!(unfiltered.status, 200, "{}", String::from_utf8_lossy(&unfiltered.body));
-    for node in &nodes {
+    for node in nodes {
         let plain =
             eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("") }).await;
         assert!(plain, "node {} applied the pushed config", node.id);
     }
     let restored = send(nodes[2].admin, "PUT", "/config", &[], &file).await?;
     assert_eq!(restored.status, 200, "{}", String::from_utf8_lossy(&restored.body));
-    for node in &nodes {
+    for node in nodes {
         assert!(
             eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("v1") }).await
         );
@@ -363,7 +379,7 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     let follower = nodes.iter().find(|n| n.id != leader).ok_or("follower")?;
     let answer = reqwest_put(follower.admin, "/plugins/mark", marking_plugin("v2")).await?;
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
-    for node in &nodes {
+    for node in nodes {
         let v2 =
             eventually_async(Duration::from_secs(5), || async { node.marker().await.as_deref() == Some("v2") }).await;
         assert!(v2, "node {} runs the uploaded module", node.id);
@@ -412,7 +428,7 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
 
     // /metrics carries the cluster gauges (promtool accepts them); exactly one node says it leads.
     let mut leaders = 0;
-    for node in &nodes {
+    for node in nodes {
         let text = String::from_utf8_lossy(&get(node.admin, "/metrics").await?.body).into_owned();
         crate::metrics::check_with_promtool(&text)?;
         assert!(text.contains("portico_cluster_term "), "{text}");
@@ -427,8 +443,8 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
 
     // Stop every node; one restarts alone, without a quorum: it serves the last committed state (its file
     // still says v1 too, so make the file differ to tell them apart) and refuses writes.
-    let mut nodes = nodes;
-    for node in &mut nodes {
+    let nodes = &mut cluster.nodes;
+    for node in nodes.iter_mut() {
         node.kill();
     }
     std::fs::write(dir.path().join("mark.wasm"), marking_plugin("file"))?;
@@ -444,12 +460,8 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_joins_through_the_admin_api_and_is_removed_again() -> TestResult {
-    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let a = TestUpstream::start("a").await;
-    let dir = tempfile::tempdir()?;
-    let nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
-    let all: Vec<&Node> = nodes.iter().collect();
-    confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+    let cluster = three_nodes(false).await?;
+    let (nodes, dir) = (&cluster.nodes, &cluster.dir);
 
     // Node 4: node 3's file with its own id, ports and address, and `join = true`.
     let (admin, cluster_port) = (free_port()?, free_port()?);
@@ -496,12 +508,8 @@ async fn a_node_joins_through_the_admin_api_and_is_removed_again() -> TestResult
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removing_the_lost_leader_waits_out_the_election() -> TestResult {
-    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let a = TestUpstream::start("a").await;
-    let dir = tempfile::tempdir()?;
-    let mut nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
-    let all: Vec<&Node> = nodes.iter().collect();
-    let leader = confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+    let mut cluster = three_nodes(false).await?;
+    let (nodes, leader) = (&mut cluster.nodes, cluster.leader);
     let leader_index = nodes.iter().position(|n| n.id == leader).ok_or("leader")?;
 
     // The operator removes the node they just lost, at once: the survivors still name it as their leader
@@ -523,12 +531,8 @@ async fn removing_the_lost_leader_waits_out_the_election() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_that_cannot_run_the_clusters_config_says_so() -> TestResult {
-    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let a = TestUpstream::start("a").await;
-    let dir = tempfile::tempdir()?;
-    let nodes = start_cluster(dir.path(), &quoted(&[&a]), false).await?;
-    let all: Vec<&Node> = nodes.iter().collect();
-    confirmed_leader(&all, Duration::from_secs(15)).await.ok_or("no leader elected")?;
+    let cluster = three_nodes(false).await?;
+    let nodes = &cluster.nodes;
 
     // A second listener on a port that is taken on node 2's address only (each node binds its own 127.0.0.N).
     let port = free_port()?;
