@@ -263,7 +263,7 @@ const RETRY_REFUSED: Duration = Duration::from_secs(5);
 
 /// Follows the cluster state for the life of the server and applies each change through the hot-reload path.
 /// A state this node cannot run (a certificate missing here, a port taken) is logged and recorded (see
-/// [`Refusal`]), the running configuration keeps serving, and it is tried again every [`RETRY_REFUSED`] and on
+/// [`Refusal`]), the running configuration keeps serving, and it is tried again every 5 s (`RETRY_REFUSED`) and on
 /// the next change.
 pub async fn follow(server: Weak<Server>, link: Arc<ClusterLink>) {
     let mut rx = link.cluster.subscribe();
