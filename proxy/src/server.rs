@@ -99,6 +99,8 @@ pub struct Shared {
     /// The data-path worker threads client connections are served on; `None` serves them on the runtime
     /// that started the server.
     pub workers: Option<Workers>,
+    /// Addresses Portico itself serves on (admin, listeners, as bound): forward listeners refuse them.
+    pub own_addrs: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
 }
 
 impl Shared {
@@ -170,6 +172,7 @@ impl Server {
             plugins,
             watch_metrics,
             workers,
+            own_addrs: parking_lot::RwLock::new(Vec::new()),
         });
         services.attach(Arc::downgrade(&shared));
         let plugin_slots = shared.plugins.build(&config.plugins, &HashMap::new()).await?;
@@ -331,6 +334,7 @@ impl Server {
                     .map_err(|source| ServerError::Bind { listener: String::new(), address: addr, source })?;
                 tracing::info!(address = %handle.bound, "listening");
                 keep.insert(handle.bound);
+                self.shared.own_addrs.write().push(handle.bound);
                 listeners.insert(handle.bound, handle);
             }
         }

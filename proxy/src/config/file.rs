@@ -200,6 +200,9 @@ pub struct ListenerFile {
     /// Ports CONNECT may reach in forward mode.
     #[serde(default = "default_connect_ports")]
     pub connect_ports: Vec<u16>,
+    /// Forward mode: loopback/link-local destinations (`ip:port`, `ip/prefix`, `ip`) that are permitted anyway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Spanned<String>>,
     /// TLS termination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFile>,
@@ -209,6 +212,9 @@ pub struct ListenerFile {
     /// Time a client has to send a complete request head (slowloris guard).
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout: HumanDuration,
+    /// A connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
     /// Largest request head accepted; larger gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,

@@ -1,6 +1,7 @@
 //! Configuration: the file as written ([`file`](mod@file)), then validated once into the typed [`Config`] the rest of
 //! Portico reads. Nothing downstream re-parses strings.
 
+pub mod allow;
 pub mod duration;
 pub mod file;
 
@@ -89,12 +90,16 @@ pub struct ListenerConfig {
     pub mode: ListenerMode,
     /// Ports CONNECT may reach.
     pub connect_ports: Vec<u16>,
+    /// Destinations a forward listener may reach although refused by default.
+    pub allow: Vec<allow::AllowEntry>,
     /// TLS files, if terminating TLS.
     pub tls: Option<TlsFile>,
     /// Connection cap.
     pub max_connections: usize,
     /// Request-head deadline.
     pub header_read_timeout: Duration,
+    /// Closes a connection with no request in flight for this long.
+    pub idle_timeout: Duration,
     /// Request-head size cap.
     pub max_header_bytes: usize,
     /// Plugin names in request order.
@@ -537,6 +542,19 @@ impl Validator<'_> {
             if l.mode == ListenerMode::Forward && l.tls.is_some() {
                 self.issue(format!("{key}.tls"), Some(&l.name), "TLS on a forward-proxy listener is not supported");
             }
+            let mut allow = Vec::new();
+            if l.mode != ListenerMode::Forward && !l.allow.is_empty() {
+                self.issue(format!("{key}.allow"), l.allow.first(), "allow is only for mode = \"forward\" listeners");
+            }
+            for entry in &l.allow {
+                match allow::AllowEntry::parse(entry.get_ref()) {
+                    Ok(a) => allow.push(a),
+                    Err(message) => self.issue(format!("{key}.allow"), Some(entry), message),
+                }
+            }
+            if l.idle_timeout.0.is_zero() {
+                self.issue(format!("{key}.idle_timeout"), Some(&l.name), "must be more than zero");
+            }
             if l.max_connections == 0 {
                 self.issue(format!("{key}.max_connections"), Some(&l.name), "must be at least 1");
             }
@@ -556,9 +574,11 @@ impl Validator<'_> {
                     upstream: l.upstream.as_ref().map(|u| u.get_ref().clone()),
                     mode: l.mode,
                     connect_ports: l.connect_ports.clone(),
+                    allow,
                     tls: l.tls.clone(),
                     max_connections: l.max_connections,
                     header_read_timeout: l.header_read_timeout.0,
+                    idle_timeout: l.idle_timeout.0,
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                 });

@@ -1,6 +1,7 @@
 //! Forward proxying: absolute-form `http://` requests are sent where they point, and CONNECT opens a TCP
 //! tunnel, but only to ports listed in the listener's `connect_ports`.
 
+use super::destination::{self, Refusal};
 use super::headers;
 use super::local::{error_response, LocalError};
 use super::RequestMeta;
@@ -29,7 +30,7 @@ pub async fn handle(
     let response = if req.method() == Method::CONNECT {
         connect(shared, listener, req, meta).await
     } else {
-        absolute(shared, conn, req, meta).await
+        absolute(shared, conn, listener, req, meta).await
     };
     let class = status_class(response.status().as_u16());
     shared.metrics.requests.with_label_values(&[&listener.config.name, "", class]).inc();
@@ -55,7 +56,11 @@ async fn connect(
             &meta.request_id,
         );
     }
-    let target = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority.as_str())).await {
+    let addr = match permitted(shared, listener, authority.host(), port, meta).await {
+        Ok(addr) => addr,
+        Err(response) => return response,
+    };
+    let target = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             return error_response(
@@ -88,9 +93,24 @@ async fn connect(
     response
 }
 
+/// Resolves and checks a destination; the error is the answer to send.
+async fn permitted(
+    shared: &Shared,
+    listener: &ListenerRuntime,
+    host: &str,
+    port: u16,
+    meta: &RequestMeta,
+) -> Result<std::net::SocketAddr, Response<ResponseBody>> {
+    destination::resolve_permitted(shared, &listener.config.allow, host, port).await.map_err(|refusal| match refusal {
+        Refusal::Forbidden(detail) => error_response(LocalError::ForbiddenDestination, &detail, &meta.request_id),
+        Refusal::Unresolved(detail) => error_response(LocalError::UpstreamFailed, &detail, &meta.request_id),
+    })
+}
+
 async fn absolute(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
+    listener: &ListenerRuntime,
     req: Request<Incoming>,
     meta: &RequestMeta,
 ) -> Response<ResponseBody> {
@@ -112,8 +132,25 @@ async fn absolute(
             )
         }
     }
+    let Some(authority) = parts.uri.authority().cloned() else {
+        return error_response(
+            LocalError::BadRequest,
+            "a forward proxy needs an absolute-form target",
+            &meta.request_id,
+        );
+    };
+    let addr = match permitted(shared, listener, authority.host(), authority.port_u16().unwrap_or(80), meta).await {
+        Ok(addr) => addr,
+        Err(response) => return response,
+    };
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    headers::ensure_host(&mut parts.headers, parts.uri.authority());
+    headers::ensure_host(&mut parts.headers, Some(&authority));
+    // Connect to the address that was checked, not to a name the client could make resolve elsewhere.
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match format!("http://{addr}{path}").parse() {
+        Ok(uri) => uri,
+        Err(_) => return error_response(LocalError::BadRequest, "bad request target", &meta.request_id),
+    };
     headers::add_forwarding(
         &mut parts.headers,
         &headers::ForwardedFor {

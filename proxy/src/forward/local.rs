@@ -11,6 +11,9 @@ pub enum LocalError {
     BadRequest,
     /// 403: a forward-proxy CONNECT to a port not in `connect_ports`.
     ForbiddenPort,
+    /// 403: a forward-proxy destination that is Portico itself, or loopback/link-local/unspecified and not in
+    /// the listener's `allow`.
+    ForbiddenDestination,
     /// 502: the upstream failed (connect error, reset, bad response).
     UpstreamFailed,
     /// 503: no endpoint is available, or the pool is exhausted.
@@ -32,7 +35,7 @@ impl LocalError {
     pub fn status(self) -> StatusCode {
         match self {
             LocalError::BadRequest => StatusCode::BAD_REQUEST,
-            LocalError::ForbiddenPort => StatusCode::FORBIDDEN,
+            LocalError::ForbiddenPort | LocalError::ForbiddenDestination => StatusCode::FORBIDDEN,
             LocalError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             LocalError::NoHealthyUpstream | LocalError::PluginFailed => StatusCode::SERVICE_UNAVAILABLE,
             LocalError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -47,6 +50,7 @@ impl LocalError {
         match self {
             LocalError::BadRequest => "bad_request",
             LocalError::ForbiddenPort => "connect_port_forbidden",
+            LocalError::ForbiddenDestination => "destination_forbidden",
             LocalError::UpstreamFailed => "upstream_failed",
             LocalError::NoHealthyUpstream => "no_healthy_upstream",
             LocalError::PluginFailed => "plugin_failed",

@@ -2,6 +2,7 @@
 //! forward proxying (absolute-form and CONNECT) in [`forward_proxy`], protocol upgrades and tunnels in
 //! [`tunnel`]; header rewriting in [`headers`]; locally made answers in [`local`].
 
+pub mod destination;
 pub mod forward_proxy;
 pub mod headers;
 pub mod local;
@@ -41,6 +42,7 @@ pub async fn handle(
         trace: TraceContext::from_traceparent(req.headers().get("traceparent").map(|v| v.as_bytes())),
         request_id: request_id(req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes())),
     };
+    let in_flight = conn.activity.begin();
     let listener = conn.listener.load_full();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
         tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request with both Content-Length and Transfer-Encoding");
@@ -52,9 +54,10 @@ pub async fn handle(
         shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
         return Ok(response);
     }
-    let response = match listener.config.mode {
+    let mut response = match listener.config.mode {
         ListenerMode::Forward => forward_proxy::handle(&shared, &conn, &listener, req, &meta).await,
         ListenerMode::Reverse => reverse::handle(&shared, &conn, &listener, req, &meta).await,
     };
+    in_flight.attach(response.body_mut());
     Ok(response)
 }

@@ -4,7 +4,7 @@
 //! connection, follows message framing (length, chunked, tunnels), and records the ordinal of the first
 //! ambiguous request head; the request path answers that request and any after it with 400.
 //!
-//! It gives up (and stays out of the way) on HTTP/2, tunnels, and anything it cannot frame — hyper's own
+//! It gives up (and stays out of the way) on HTTP/2 and anything it cannot frame — hyper's own
 //! parser still rejects malformed input there.
 
 use std::io;
@@ -73,13 +73,23 @@ impl<S> SmuggleGuard<S> {
                             return;
                         }
                     }
-                    let start = buf.len().saturating_sub(3);
+                    let start = buf.len().saturating_sub(2);
                     buf.extend_from_slice(bytes);
-                    let Some(end) = find_head_end(&buf[start..]).map(|i| start + i) else {
-                        if buf.len() > MAX_HEAD {
-                            self.state = State::Off;
+                    // The head ends where hyper's parser (httparse) says it does, bare-LF line ends included:
+                    // framing by CRLF alone took a bare-LF head and the request after it for one head.
+                    let end = if has_blank_line(&buf[start..]) { head_len(buf) } else { Ok(None) };
+                    let end = match end {
+                        Ok(Some(end)) => end,
+                        Ok(None) => {
+                            if buf.len() > MAX_HEAD {
+                                self.state = State::Off;
+                            }
+                            return;
                         }
-                        return;
+                        Err(()) => {
+                            self.state = State::Off;
+                            return;
+                        }
                     };
                     let rest_offset = bytes.len() - (buf.len() - end);
                     let head = std::mem::take(buf);
@@ -178,7 +188,6 @@ impl<S> SmuggleGuard<S> {
         let mut content_length: Option<u64> = None;
         let mut chunked = false;
         let mut te = false;
-        let mut upgrade = req.method == Some("CONNECT");
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 let parsed = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
@@ -194,17 +203,15 @@ impl<S> SmuggleGuard<S> {
                     .rsplit(|b| *b == b',')
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
             }
         }
         if te && content_length.is_some() {
             let _ = self.flag.bad_request.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
             return State::Off;
         }
-        if upgrade {
-            State::Off
-        } else if te {
+        // An `Upgrade` or CONNECT request is framed like any other: hyper keeps parsing requests on the
+        // connection unless the upgrade is accepted, and once it is, no request path looks at this guard again.
+        if te {
             if chunked {
                 State::ChunkSize { value: 0, digits: 0, in_ext: false, seen_cr: false }
             } else {
@@ -219,8 +226,22 @@ impl<S> SmuggleGuard<S> {
     }
 }
 
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// Whether the bytes hold an empty line (`\n\n` or `\n\r\n`), the only place a head can end.
+fn has_blank_line(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// The length of the complete head at the start of `buf`, `None` if incomplete, `Err` if it is no head.
+fn head_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    if buf.starts_with(b"PRI * HTTP/2.0") {
+        return Ok(buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    match httparse::Request::new(&mut headers).parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(()),
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for SmuggleGuard<S> {
@@ -286,6 +307,17 @@ mod tests {
         assert_eq!(run(&[bad]).1, 1);
         let bad2 = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n";
         assert_eq!(run(&[bad2]).1, 2);
+    }
+
+    #[test]
+    fn upgrade_and_bare_lf_requests_do_not_stop_the_guard() {
+        let cl_te = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let upgrade = [&b"GET /first HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\n\r\n"[..], &cl_te[..]].concat();
+        assert_eq!(run(&[&upgrade]).1, 2);
+        let lf = [&b"GET /lf1 HTTP/1.1\nHost: a\n\n"[..], &cl_te[..]].concat();
+        assert_eq!(run(&[&lf]).1, 2);
+        let split: Vec<&[u8]> = lf.chunks(1).collect();
+        assert_eq!(run(&split).1, 2);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! that a reload swaps, so a reload changes behaviour without closing the socket or open connections.
 
 pub mod guard;
+pub mod idle;
 pub mod workers;
 
 use crate::config::ListenerConfig;
@@ -47,6 +48,8 @@ pub struct ConnInfo {
     pub listener: Arc<ArcSwap<ListenerRuntime>>,
     /// Set when the smuggling guard refused a request head on this connection.
     pub guard: Arc<guard::GuardFlag>,
+    /// Requests in flight, for the first-request and idle deadlines.
+    pub activity: Arc<idle::Activity>,
 }
 
 /// A running listener.
@@ -181,22 +184,48 @@ async fn serve_connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let flag = Arc::new(guard::GuardFlag::default());
-    let info = Arc::new(ConnInfo { peer, local, tls: runtime.tls.is_some(), listener: slot, guard: flag.clone() });
+    let activity = Arc::new(idle::Activity::default());
+    let info = Arc::new(ConnInfo {
+        peer,
+        local,
+        tls: runtime.tls.is_some(),
+        listener: slot,
+        guard: flag.clone(),
+        activity: activity.clone(),
+    });
     let builder = connection_builder(&runtime.config);
     let service = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
+    let config = &runtime.config;
+    // Counts from accept: the TLS handshake, version detection and the first request head share one deadline.
+    let expired = activity.expired(config.header_read_timeout, config.idle_timeout);
+    tokio::pin!(expired);
     match &runtime.tls {
         None => {
             let io = TokioIo::new(guard::SmuggleGuard::new(stream, flag));
-            let _ = watcher.watch(builder.serve_connection_with_upgrades(io, service)).await;
+            let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
+            tokio::select! {
+                _ = conn => {}
+                () = &mut expired => tracing::debug!(%peer, "connection closed: no request in time"),
+            }
         }
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(runtime.config.header_read_timeout, acceptor.accept(stream)).await;
-            let Ok(Ok(tls)) = handshake else {
-                tracing::debug!(%peer, "TLS handshake failed or timed out");
+            let tls = tokio::select! {
+                tls = acceptor.accept(stream) => tls,
+                () = &mut expired => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let Ok(tls) = tls else {
+                tracing::debug!(%peer, "TLS handshake failed");
                 return;
             };
             let io = TokioIo::new(guard::SmuggleGuard::new(tls, flag));
-            let _ = watcher.watch(builder.serve_connection_with_upgrades(io, service)).await;
+            let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
+            tokio::select! {
+                _ = conn => {}
+                () = &mut expired => tracing::debug!(%peer, "connection closed: no request in time"),
+            }
         }
     }
 }

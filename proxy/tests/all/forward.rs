@@ -16,6 +16,8 @@ name = "egress"
 listen = "127.0.0.1:0"
 mode = "forward"
 connect_ports = [{allowed_port}]
+# The test targets run on loopback, refused unless allowed.
+allow = ["127.0.0.0/8"]
 "#
     )
 }

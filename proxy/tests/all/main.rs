@@ -7,6 +7,7 @@ mod builtin;
 mod cluster;
 mod forward;
 mod h2;
+mod hardening;
 mod metrics;
 mod plugins;
 mod process;

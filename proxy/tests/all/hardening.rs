@@ -1,0 +1,185 @@
+//! Issue 15: a forward listener cannot reach Portico itself or loopback, connections that send no request are
+//! closed, and the CL+TE guard checks every request on a connection.
+
+use crate::support::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn forward_config(connect_port: u16, allow: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "egress"
+listen = "127.0.0.1:0"
+mode = "forward"
+connect_ports = [{connect_port}]
+{allow}
+"#
+    )
+}
+
+/// Writes `raw`, then reads until the server closes (or `limit` passes); returns what was read.
+async fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(raw).await?;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut reply)).await;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// Reads until the server closes the connection; false if it is still open after `limit`.
+async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.is_ok()
+}
+
+#[tokio::test]
+async fn forward_listener_refuses_portico_itself_and_loopback() -> TestResult {
+    let target = TestUpstream::start("inside").await;
+    let p = Portico::start(&forward_config(443, "")).await;
+    let egress = p.addr("egress").await;
+    let admin = p.admin;
+
+    let reply = exchange(
+        egress,
+        format!("GET http://{admin}/config HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    assert!(reply.contains("destination_forbidden"), "{reply}");
+    assert!(!reply.contains("listener"), "the config must not leak: {reply}");
+
+    // A name is resolved before the check: localhost is loopback too.
+    let port = target.addr.port();
+    let reply = exchange(
+        egress,
+        format!("GET http://localhost:{port}/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    assert_eq!(target.hits(), 0);
+    Ok(())
+}
+
+/// CONNECT is checked the same way, even to a port listed in `connect_ports`.
+#[tokio::test]
+async fn forward_connect_to_the_admin_port_is_refused() -> TestResult {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let admin_port = probe.local_addr()?.port();
+    drop(probe);
+    let config = forward_config(admin_port, r#"allow = ["127.0.0.0/8"]"#).replace(
+        "listen = \"127.0.0.1:0\"\n\n[[listener]]",
+        &format!("listen = \"127.0.0.1:{admin_port}\"\n\n[[listener]]"),
+    );
+    let p = Portico::start(&config).await;
+    let egress = p.addr("egress").await;
+    let target = p.admin;
+    let reply = exchange(
+        egress,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await?;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    Ok(())
+}
+
+/// `allow` opens loopback for an operator, but Portico's own listeners stay refused unless listed exactly.
+#[tokio::test]
+async fn forward_allow_permits_loopback_but_not_portico_itself() -> TestResult {
+    let target = TestUpstream::start("inside").await;
+    let p = Portico::start(&forward_config(443, r#"allow = ["127.0.0.0/8"]"#)).await;
+    let egress = p.addr("egress").await;
+    let t = target.addr;
+    let reply = exchange(
+        egress,
+        format!("GET http://{t}/ok HTTP/1.1\r\nHost: {t}\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    for own in [p.admin, egress] {
+        let reply = exchange(
+            egress,
+            format!("GET http://{own}/config HTTP/1.1\r\nHost: {own}\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(10),
+        )
+        .await?;
+        assert!(reply.starts_with("HTTP/1.1 403"), "{own}: {reply}");
+    }
+    Ok(())
+}
+
+fn short_timeouts(endpoints: &[String]) -> String {
+    reverse_config(endpoints, "").replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nheader_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"\n",
+    )
+}
+
+#[tokio::test]
+async fn connections_without_a_request_are_closed() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&short_timeouts(&quoted(&[&upstream]))).await;
+    let web = p.addr("web").await;
+    for sent in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n"] {
+        let mut stream = TcpStream::connect(web).await?;
+        stream.write_all(sent).await?;
+        assert!(closed_by_server(&mut stream, Duration::from_secs(10)).await, "still open after {sent:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&short_timeouts(&quoted(&[&upstream]))).await;
+    let web = p.addr("web").await;
+    let mut stream = TcpStream::connect(web).await?;
+    stream.write_all(b"GET /once HTTP/1.1\r\nHost: a\r\n\r\n").await?;
+    assert!(closed_by_server(&mut stream, Duration::from_secs(10)).await, "idle connection still open");
+    assert_eq!(upstream.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_connection_with_a_partial_head_is_closed() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let mut stream = TcpStream::connect(p.admin).await?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n").await?;
+    // The admin header-read timeout is 10 s.
+    assert!(closed_by_server(&mut stream, Duration::from_secs(30)).await, "admin connection still open");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_request_on_a_connection_gets_the_cl_te_check() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let web = p.addr("web").await;
+    let cl_te = "POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    for first in ["GET /first HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\n\r\n", "GET /lf1 HTTP/1.1\nHost: a\n\n"] {
+        let before = upstream.hits();
+        let reply = exchange(web, format!("{first}{cl_te}").as_bytes(), Duration::from_secs(10)).await?;
+        assert!(reply.contains("HTTP/1.1 400"), "after {first:?}: {reply}");
+        assert!(!reply.contains("/second"), "after {first:?}: {reply}");
+        assert_eq!(upstream.hits(), before + 1, "only the first request may be forwarded, after {first:?}");
+    }
+    Ok(())
+}
