@@ -667,6 +667,19 @@ outlier_detection = { consecutive_5xx = 5, base_ejection_time = "30s", max_eject
     }
 
     #[test]
+    fn allow_entries_are_checked_with_key_and_line() {
+        let forward =
+            GOOD.replace("upstream = \"app\"\n", "mode = \"forward\"\nallow = [\"127.0.0.1:8080\", \"10.0.0.0/40\"]\n");
+        let issues = parse(&forward).err().unwrap_or_default();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "listener[0].allow");
+        assert_eq!(issues[0].line, Some(9));
+        let reverse = GOOD.replace("upstream = \"app\"\n", "upstream = \"app\"\nallow = [\"127.0.0.1\"]\n");
+        let issues = parse(&reverse).err().unwrap_or_default();
+        assert!(issues.iter().any(|i| i.key == "listener[0].allow" && i.message.contains("forward")), "{issues:?}");
+    }
+
+    #[test]
     fn public_admin_needs_token() {
         let issues =
             parse(&GOOD.replace("listen = \"127.0.0.1:0\"\n\n[[listener]]", "listen = \"0.0.0.0:0\"\n\n[[listener]]"))

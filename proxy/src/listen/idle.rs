@@ -19,6 +19,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Activity {
     state: Mutex<State>,
+    /// Wakes the watcher when a request begins or ends, so it recomputes its deadline.
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -30,7 +32,10 @@ struct State {
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity { state: Mutex::new(State { requests: 0, in_flight: 0, last_change: Instant::now() }) }
+        Activity {
+            state: Mutex::new(State { requests: 0, in_flight: 0, last_change: Instant::now() }),
+            changed: tokio::sync::Notify::new(),
+        }
     }
 }
 
@@ -41,6 +46,7 @@ impl Activity {
         s.requests += 1;
         s.in_flight += 1;
         s.last_change = Instant::now();
+        self.changed.notify_one();
         InFlight { activity: Some(self.clone()), next: None }
     }
 
@@ -48,6 +54,7 @@ impl Activity {
         let mut s = self.state.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
         s.last_change = Instant::now();
+        self.changed.notify_one();
     }
 
     /// Resolves when the connection has waited too long for its first request head, or has been idle too long.
@@ -70,7 +77,10 @@ impl Activity {
                 }
                 continue;
             }
-            tokio::time::sleep_until(wake).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = self.changed.notified() => continue,
+            }
             let s = self.state.lock();
             let limit = if s.requests == 0 { header_read_timeout } else { idle_timeout };
             if s.in_flight == 0 && s.last_change.elapsed() >= limit {

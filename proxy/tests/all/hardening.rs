@@ -125,11 +125,15 @@ async fn forward_allow_permits_loopback_but_not_portico_itself() -> TestResult {
     Ok(())
 }
 
-fn short_timeouts(endpoints: &[String]) -> String {
+fn timeouts(endpoints: &[String], header_read: &str, idle: &str) -> String {
     reverse_config(endpoints, "").replace(
         "upstream = \"app\"\n",
-        "upstream = \"app\"\nheader_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"\n",
+        &format!("upstream = \"app\"\nheader_read_timeout = \"{header_read}\"\nidle_timeout = \"{idle}\"\n"),
     )
+}
+
+fn short_timeouts(endpoints: &[String]) -> String {
+    timeouts(endpoints, "300ms", "300ms")
 }
 
 #[tokio::test]
@@ -148,12 +152,31 @@ async fn connections_without_a_request_are_closed() -> TestResult {
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() -> TestResult {
     let upstream = TestUpstream::start("app").await;
-    let p = Portico::start(&short_timeouts(&quoted(&[&upstream]))).await;
+    // A long header-read timeout, so that it is `idle_timeout` that closes the connection.
+    let p = Portico::start(&timeouts(&quoted(&[&upstream]), "60s", "300ms")).await;
     let web = p.addr("web").await;
     let mut stream = TcpStream::connect(web).await?;
     stream.write_all(b"GET /once HTTP/1.1\r\nHost: a\r\n\r\n").await?;
     assert!(closed_by_server(&mut stream, Duration::from_secs(10)).await, "idle connection still open");
     assert_eq!(upstream.hits(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_h2_connections_are_closed() -> TestResult {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&timeouts(&quoted(&[&upstream]), "60s", "300ms")).await;
+    let tcp = TcpStream::connect(p.addr("web").await).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    let conn = tokio::spawn(conn);
+    let request = http::Request::builder().uri("http://a/h2").body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await?;
+    // The client connection task ends when the server closes the connection.
+    assert!(tokio::time::timeout(Duration::from_secs(10), conn).await.is_ok(), "idle h2 connection still open");
     Ok(())
 }
 
