@@ -206,3 +206,34 @@ async fn every_request_on_a_connection_gets_the_cl_te_check() -> TestResult {
     }
     Ok(())
 }
+
+/// A client that completes the TLS handshake and then sends nothing is closed by the header-read timeout.
+#[tokio::test]
+async fn tls_connection_without_a_request_is_closed() -> TestResult {
+    use tokio::io::AsyncReadExt as _;
+    let upstream = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let certs = crate::tls::tls_setup(dir.path(), upstream.addr)?;
+    let config = certs.config.replace("upstream = \"app\"\n", "upstream = \"app\"\nheader_read_timeout = \"300ms\"\n");
+    let p = Portico::start(&config).await;
+    let mut tls = crate::tls::handshake(
+        p.addr("web").await,
+        "default.test",
+        &[certs.default_der.clone()],
+        &rustls::version::TLS13,
+        &[b"http/1.1"],
+    )
+    .await?;
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "TLS connection without a request still open");
+    Ok(())
+}

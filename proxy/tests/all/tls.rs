@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Certs {
-    default_der: CertificateDer<'static>,
+pub(crate) struct Certs {
+    pub(crate) default_der: CertificateDer<'static>,
     other_der: CertificateDer<'static>,
-    config: String,
+    pub(crate) config: String,
 }
 
 fn write_pair(dir: &Path, name: &str) -> Result<CertificateDer<'static>, Box<dyn std::error::Error + Send + Sync>> {
@@ -23,7 +23,7 @@ fn write_pair(dir: &Path, name: &str) -> Result<CertificateDer<'static>, Box<dyn
     Ok(certified.cert.der().clone())
 }
 
-fn tls_setup(dir: &Path, upstream: SocketAddr) -> Result<Certs, Box<dyn std::error::Error + Send + Sync>> {
+pub(crate) fn tls_setup(dir: &Path, upstream: SocketAddr) -> Result<Certs, Box<dyn std::error::Error + Send + Sync>> {
     let default_der = write_pair(dir, "default.test")?;
     let other_der = write_pair(dir, "other.test")?;
     let d = dir.display();
@@ -46,7 +46,7 @@ endpoints = ["{upstream}"]
     Ok(Certs { default_der, other_der, config })
 }
 
-async fn handshake(
+pub(crate) async fn handshake(
     addr: SocketAddr,
     sni: &str,
     roots: &[CertificateDer<'static>],
