@@ -219,7 +219,7 @@ async fn tls_connection_without_a_request_is_closed() -> TestResult {
     let mut tls = crate::tls::handshake(
         p.addr("web").await,
         "default.test",
-        &[certs.default_der.clone()],
+        std::slice::from_ref(&certs.default_der),
         &rustls::version::TLS13,
         &[b"http/1.1"],
     )
