@@ -6,7 +6,9 @@
 //! So the connection is watched from outside hyper, the same way for both versions, by counting requests:
 //! until the first request head arrives the connection has `header_read_timeout` from accept; afterwards,
 //! whenever no request is in flight (a request is in flight from its head until its response body ends, or
-//! until the response head for bodies Portico makes itself) for `idle_timeout`, the connection is closed.
+//! until the response head for complete bodies Portico makes itself) for `idle_timeout`, the connection is
+//! closed. Streamed bodies without an end hook (local streams, plugin-filtered bodies) keep the connection
+//! from ever idling out, so they are never cut off.
 //! Counting requests rather than bytes means pings and other frames do not keep an idle connection open.
 
 use crate::body::{BodyGuard, ResponseBody};
@@ -103,6 +105,10 @@ impl InFlight {
         if let Some(slot) = body.guard_slot() {
             self.next = slot.take();
             *slot = Some(Box::new(self));
+        } else if matches!(body, ResponseBody::Channel(_) | ResponseBody::Filtered(_)) {
+            // A local stream or a plugin-filtered body has no end hook: rather than cut it off mid-body, the
+            // request stays in flight, and this connection is not idle-timed out any more.
+            self.activity = None;
         }
     }
 }
