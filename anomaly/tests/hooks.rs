@@ -96,7 +96,8 @@ async fn timeout_kills_the_whole_process_group() {
     let t0 = Instant::now();
     let recs = runner.run(&alert("x", Severity::Warning)).await;
     assert_eq!(recs[0].outcome, Outcome::Timeout);
-    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    // The script would run 30 s; only a kill ends it sooner. The bound is loose so a busy machine cannot trip it.
+    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}", t0.elapsed());
     let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
     let gone = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(50));

@@ -61,7 +61,9 @@ fn endless_loop_times_out_and_instance_is_recreated() {
     let err = run(&p, Some("x-loop")).unwrap_err();
     let took = start.elapsed();
     assert_eq!(err.kind, FailureKind::Timeout, "{err}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    // The loop is endless: any end is the deadline's. The budget counts CPU time, so on a busy machine the
+    // wall-clock time can be several times the budget; the bound only catches a deadline that never fires.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(took >= Duration::from_millis(15), "took {took:?}");
     assert_recovers(&p);
     let text = metrics_text(&e);

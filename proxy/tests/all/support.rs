@@ -272,3 +272,24 @@ endpoints = [{}]
 pub fn quoted(upstreams: &[&TestUpstream]) -> Vec<String> {
     upstreams.iter().map(|u| format!("\"{}\"", u.addr)).collect()
 }
+
+/// Whether, within 30 s, the admin API reports every endpoint of every upstream group unhealthy. Tests wait on
+/// this instead of sleeping for a few health-check intervals, which a busy machine can outlast.
+pub async fn eventually_async_admin_all_unhealthy(admin: std::net::SocketAddr) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(answer) = get(admin, "/upstreams").await {
+            let groups = answer.json();
+            let all = groups.as_array().is_some_and(|groups| {
+                groups
+                    .iter()
+                    .all(|g| g["endpoints"].as_array().is_some_and(|e| e.iter().all(|e| e["status"] == "unhealthy")))
+            });
+            if all {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
