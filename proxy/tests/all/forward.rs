@@ -5,22 +5,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn forward_config(allowed_port: u16) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "egress"
-listen = "127.0.0.1:0"
-mode = "forward"
-connect_ports = [{allowed_port}]
-# The test targets run on loopback, refused unless allowed.
-allow = ["127.0.0.0/8"]
-"#
-    )
-}
+/// The test targets run on loopback, which a forward listener refuses unless allowed.
+const ALLOW_LOOPBACK: &str = r#"allow = ["127.0.0.0/8"]"#;
 
 /// Reads until the end of a response head, returning it.
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
@@ -45,7 +31,7 @@ async fn connect_through(proxy: SocketAddr, target: &str) -> std::io::Result<(Tc
 #[tokio::test]
 async fn connect_tunnels_bytes_both_ways() -> TestResult {
     let target = TestUpstream::start("inside").await;
-    let p = Portico::start(&forward_config(target.addr.port())).await;
+    let p = Portico::start(&forward_config(target.addr.port(), ALLOW_LOOPBACK)).await;
     let (mut tunnel, head) = connect_through(p.addr("egress").await, &target.addr.to_string()).await?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // Speak HTTP to the target through the tunnel.
@@ -61,7 +47,7 @@ async fn connect_tunnels_bytes_both_ways() -> TestResult {
 #[tokio::test]
 async fn connect_to_a_port_not_listed_is_forbidden() -> TestResult {
     let target = TestUpstream::start("inside").await;
-    let p = Portico::start(&forward_config(443)).await;
+    let p = Portico::start(&forward_config(443, ALLOW_LOOPBACK)).await;
     let (_, head) = connect_through(p.addr("egress").await, &target.addr.to_string()).await?;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert_eq!(target.hits(), 0);
@@ -71,7 +57,7 @@ async fn connect_to_a_port_not_listed_is_forbidden() -> TestResult {
 #[tokio::test]
 async fn absolute_form_requests_are_forwarded() -> TestResult {
     let target = TestUpstream::start("origin").await;
-    let p = Portico::start(&forward_config(443)).await;
+    let p = Portico::start(&forward_config(443, ALLOW_LOOPBACK)).await;
     let mut stream = TcpStream::connect(p.addr("egress").await).await?;
     let request = format!(
         "GET http://{0}/abs?q=1 HTTP/1.1\r\nHost: {0}\r\nProxy-Connection: keep-alive\r\nConnection: close\r\n\r\n",

@@ -7,22 +7,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn forward_config(connect_port: u16, allow: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "egress"
-listen = "127.0.0.1:0"
-mode = "forward"
-connect_ports = [{connect_port}]
-{allow}
-"#
-    )
-}
-
 /// Writes `raw`, then reads until the server closes (or `limit` passes); returns what was read.
 async fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;

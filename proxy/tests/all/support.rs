@@ -293,3 +293,20 @@ pub async fn eventually_async_admin_all_unhealthy(admin: std::net::SocketAddr) -
     }
     false
 }
+
+/// A forward-mode listener config: CONNECT limited to `connect_port`; `allow` is the listener's `allow` line (or "").
+pub fn forward_config(connect_port: u16, allow: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "egress"
+listen = "127.0.0.1:0"
+mode = "forward"
+connect_ports = [{connect_port}]
+{allow}
+"#
+    )
+}
