@@ -130,8 +130,10 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests() -> TestResult {
 
     // SIGTERM while a request is in flight: it completes, then the process exits 0.
     let web_addr = running.web;
+    let before = slow.hits();
     let in_flight = tokio::spawn(get(web_addr, "/in-flight"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The request is in flight once the upstream has it (not after a guessed sleep).
+    assert!(eventually(Duration::from_secs(30), || slow.hits() > before).await, "the request reached the upstream");
     signal(&running.child, libc::SIGTERM);
     let answer = in_flight.await??;
     assert_eq!(answer.status, 200);

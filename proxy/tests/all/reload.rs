@@ -12,7 +12,8 @@ async fn good_reload_swaps_and_in_flight_requests_finish() -> TestResult {
     let web = p.addr("web").await;
 
     let in_flight = tokio::spawn(get(web, "/slow"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is in flight once the old upstream has it (not after a guessed sleep).
+    assert!(eventually(Duration::from_secs(30), || slow.hits() == 1).await, "the request reached the old upstream");
     p.rewrite(&reverse_config(&quoted(&[&new]), ""));
     let reload = send(p.admin, "POST", "/config/reload", &[], "").await?;
     assert_eq!(reload.status, 200, "{:?}", reload.body);
