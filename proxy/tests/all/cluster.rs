@@ -457,6 +457,11 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     }
     std::fs::write(dir.path().join("mark.wasm"), marking_plugin("file"))?;
     let lone = &mut nodes[0];
+    // Without a leader a write waits out the write timeout before it is refused: shorten it for the lone
+    // node, so the refusal comes in seconds rather than the 30 s the busy-machine setting allows.
+    let file = std::fs::read_to_string(&lone.config)?;
+    assert!(file.contains("write_timeout = \"30s\""), "{file}");
+    std::fs::write(&lone.config, file.replace("write_timeout = \"30s\"", "write_timeout = \"2s\""))?;
     lone.spawn()?;
     let up = eventually_async(Duration::from_secs(10), || async { lone.marker().await.is_some() }).await;
     assert!(up, "the lone node serves: {}", lone.logs());

@@ -223,9 +223,10 @@ pub async fn send(
         builder = builder.header(*k, *v);
     }
     let request = builder.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(20), sender.send_request(request))
+    // Longer than any wait the server may take on purpose (the cluster tests' write timeout is 30 s).
+    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
         .await
-        .map_err(|_| "timed out".to_string())?
+        .map_err(|_| format!("{method} {path} on {addr}: no answer within 60 s"))?
         .map_err(|e| e.to_string())?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
