@@ -37,6 +37,6 @@ pub use eval::{evaluate, EvalOptions, EvalReport, FaultLabel, LabelledScenario};
 pub use hook::{ActionRecord, HookRunner, Outcome};
 pub use model::{Forecaster, ModelMeta};
 pub use sample::{LatencyWindow, Quantiles, Tick};
-pub use score::{score_csv, ScoreSummary, Scorer, SeriesScore};
+pub use score::{score_csv, score_series, ScoreSummary, Scorer, SeriesScore};
 pub use store::{SeriesStore, StoreOptions};
 pub use train::{train, train_series, TrainOptions, TrainProgress, TrainReport};

@@ -285,6 +285,24 @@ impl Scorer {
     }
 }
 
+/// Score one series given as values in row order (`None` = missing or unreadable, scored 0), exactly as
+/// [`score_csv`] scores the rows of a file: the same scorer, warmup and tuning, no look-ahead. Evaluation
+/// harnesses call this, so what they rate is what `portico anomaly score` writes.
+pub fn score_series(model: &Arc<Forecaster>, values: &[Option<f64>]) -> Result<Vec<f64>> {
+    let mut scorer = Scorer::with_params(model.clone(), CSV_WARMUP, ScoreParams::default());
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v.filter(|v| v.is_finite()) {
+            Some(v) => Ok(scorer.score_tick(&Tick::new(i as i64).with("value", v))?.first().map_or(0.0, |s| s.score)),
+            None => Ok(0.0),
+        })
+        .collect()
+}
+
+/// Warmup (rows scored 0) of [`score_csv`] and [`score_series`].
+pub const CSV_WARMUP: u32 = 60;
+
 /// Result of [`score_csv`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreSummary {
@@ -306,7 +324,7 @@ pub struct ScoreSummary {
 /// Rows are processed one at a time; the score of row *t* never depends on later rows. The first
 /// rows (warmup) score 0. Fields are split on commas (no quoting), matching what Portico exports.
 pub fn score_csv(input: &Path, output: &Path, model: &Forecaster) -> Result<ScoreSummary> {
-    score_csv_with(input, output, model, 60, ScoreParams::default())
+    score_csv_with(input, output, model, CSV_WARMUP, ScoreParams::default())
 }
 
 /// [`score_csv`] with explicit warmup and tuning.
