@@ -11,7 +11,8 @@ trap 'rm -rf "$tmp"' EXIT
 "$root/plugins/guest/build.sh" "$tmp" >/dev/null
 status=0
 for f in "$here/out/router.wasm" "$here/out/balancer.wasm" "$root/examples/plugins/out/latency_balancer.wasm" \
-  "$root/examples/plugins/out/latency_balancer_zig.wasm" "$root/plugins/tests/data/add_header.wasm"; do
+  "$root/examples/plugins/out/latency_balancer_zig.wasm" "$root/plugins/tests/data/add_header.wasm" \
+  "$root/plugins/tests/data/cpp_sdk_protocol.wasm"; do
   rebuilt="$tmp/$(basename "$f")"
   if [ ! -f "$f" ]; then
     echo "MISSING: ${f#$root/} is not checked in (run plugins/builtin/build.sh)" >&2

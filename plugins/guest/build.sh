@@ -10,10 +10,13 @@ if ! python3 -c "import ziglang" 2>/dev/null || [ "$(python3 -m pip show ziglang
   python3 -m pip install --quiet "ziglang==$ZIG_VERSION"
 fi
 cd "$here"
-for src in add_header.c; do
+# cpp_sdk_protocol exports its allocator as `malloc` only, as C++ SDK builds do.
+for src in add_header.c cpp_sdk_protocol.c; do
   name="${src%.c}"
+  extra=()
+  [ "$name" = cpp_sdk_protocol ] && extra=(-Wl,--export=malloc)
   python3 -m ziglang cc --target=wasm32-wasi -mexec-model=reactor -O2 -s \
-    -fno-ident -ffile-prefix-map="$here"=. \
+    -fno-ident -ffile-prefix-map="$here"=. "${extra[@]}" \
     -o "$out/$name.wasm" "$src"
   echo "built $out/$name.wasm ($(wc -c < "$out/$name.wasm") bytes, sha256 $(sha256sum "$out/$name.wasm" | cut -d' ' -f1))"
 done

@@ -58,6 +58,11 @@ PW_IMPORT(proxy_send_local_response) pw_status_t proxy_send_local_response(uint3
                                                                             size_t body_len, const char *headers,
                                                                             size_t headers_len, int32_t grpc_status);
 PW_IMPORT(proxy_continue_stream) pw_status_t proxy_continue_stream(uint32_t stream_type);
+PW_IMPORT(proxy_set_effective_context) pw_status_t proxy_set_effective_context(uint32_t context_id);
+PW_IMPORT(proxy_http_call) pw_status_t proxy_http_call(const char *upstream, size_t upstream_len, const char *headers,
+                                                        size_t headers_len, const char *body, size_t body_len,
+                                                        const char *trailers, size_t trailers_len,
+                                                        uint32_t timeout_ms, uint32_t *ret_token);
 PW_IMPORT(proxy_define_metric) pw_status_t proxy_define_metric(uint32_t type, const char *name, size_t name_len,
                                                                 uint32_t *ret_id);
 PW_IMPORT(proxy_increment_metric) pw_status_t proxy_increment_metric(uint32_t id, int64_t delta);

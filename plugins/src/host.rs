@@ -879,9 +879,15 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
         if !(100..=999).contains(&status) {
             return Ok(BAD_ARGUMENT);
         }
+        // Pseudo-headers are not response headers: the status is the `code` argument. Plugins built for Envoy
+        // pass `:status` among the extra headers (Google's Service Extensions local-reply sample does).
         let resp = LocalResponse {
             status,
-            headers: headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+            headers: headers
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with(':'))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
             body: Bytes::from(body),
             grpc_status: (grpc >= 0).then_some(grpc),
             details,

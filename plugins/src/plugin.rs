@@ -32,7 +32,9 @@ pub struct PluginSpec {
     pub wasm: Vec<u8>,
     /// Plugin configuration (JSON or plain), readable as PLUGIN_CONFIGURATION and passed to `proxy_on_configure`.
     pub config: String,
-    /// Root context id (SDKs register root contexts by this); empty = `name`.
+    /// Root context id, answered verbatim as the `plugin_root_id` property: SDKs register their root context
+    /// factories under it (the C++ SDK under `""` unless told otherwise) and build the root context the id
+    /// names, so an empty id stays empty. [`PluginSpec::new`] sets it to the plugin's name.
     pub root_id: String,
     /// VM id: scope of shared data and queues; empty = `name`.
     pub vm_id: String,
@@ -72,14 +74,16 @@ impl std::fmt::Debug for PluginSpec {
 }
 
 impl PluginSpec {
-    /// A spec with Portico's defaults: fail closed, 64 MiB memory, 50 ms per callback, one instance per CPU.
+    /// A spec with Portico's defaults: root id = name, fail closed, 64 MiB memory, 50 ms per callback, one
+    /// instance per CPU.
     pub fn new(name: impl Into<String>, wasm: impl Into<Vec<u8>>) -> Self {
+        let name = name.into();
         PluginSpec {
-            name: name.into(),
+            root_id: name.clone(),
+            name,
             source: String::new(),
             wasm: wasm.into(),
             config: String::new(),
-            root_id: String::new(),
             vm_id: String::new(),
             vm_config: String::new(),
             fail: FailPolicy::Closed,
@@ -566,12 +570,11 @@ impl Plugin {
         let m = &shared.metrics;
         let (m_seconds, m_restarts) =
             (m.callback_seconds.with_label_values(&labels), m.restarts.with_label_values(&labels));
-        let root_id = if spec.root_id.is_empty() { spec.name.clone() } else { spec.root_id.clone() };
         let vm_id = if spec.vm_id.is_empty() { spec.name.clone() } else { spec.vm_id.clone() };
         let plugin = Arc::new_cyclic(|weak| Plugin {
             core: Arc::new(PluginCore {
                 name: spec.name.clone(),
-                root_id,
+                root_id: spec.root_id.clone(),
                 vm_id,
                 config: Bytes::from(spec.config.clone().into_bytes()),
                 vm_config: Bytes::from(spec.vm_config.clone().into_bytes()),
@@ -919,8 +922,8 @@ impl Plugin {
     }
 
     /// Deliver an HTTP callout result (`None` = failed/timed out: the guest sees 0 headers) by running
-    /// `proxy_on_http_call_response` in the context that made the call. Usually called through
-    /// [`CalloutResponder::complete`]. Unknown tokens (stream already gone) are ignored.
+    /// `proxy_on_http_call_response(root context, token, ...)` with the context that made the call effective.
+    /// Usually called through [`CalloutResponder::complete`]. Unknown tokens (stream already gone) are ignored.
     pub fn on_http_call_response(&self, token: u32, response: Option<HttpCallResponse>) -> Result<(), PluginFailure> {
         if IN_CALLBACK.with(Cell::get) > 0 {
             self.defer(Pending::Callout { token, response });
@@ -948,9 +951,13 @@ impl Plugin {
         let resp = response.unwrap_or_default();
         let (nh, nb, nt) = (resp.headers.len() as i32, resp.body.len() as i32, resp.trailers.len() as i32);
         let st = inst.store.data_mut();
+        // Hostcalls act on the context that made the call (SDKs also switch to it themselves with
+        // `proxy_set_effective_context`), but the callback is addressed to the root context, as proxy-wasm's
+        // C++ host and Envoy do: the C++, Go and AssemblyScript SDKs look the token up on the root context
+        // whose id they are given and abort on a stream context's id; the Rust SDK ignores the id.
         st.current = owner.context;
         st.callout = Some(resp);
-        let args = (owner.context as i32, token as i32, nh, nb, nt);
+        let args = (root as i32, token as i32, nh, nb, nt);
         let r = inst.call("proxy_on_http_call_response", |f| f.on_http_call_response.as_ref(), args).map(|_| ());
         inst.store.data_mut().callout = None;
         if let Err(e) = &r {
@@ -1155,6 +1162,16 @@ fn unload_headers(map: &HeaderMap, modified: u8, t: i32, to: &mut HeaderMap) -> 
     changed
 }
 
+/// The callback a phase runs and how its return value reads.
+struct PhaseCallback {
+    /// The export's name, for failures.
+    name: &'static str,
+    /// The export, if the module has it.
+    pick: fn(&Exports) -> Option<Cb<'_>>,
+    /// Whether a returned value lets the stream go on: [`abi::headers_continue`] or [`abi::data_continue`].
+    continues: fn(i32) -> bool,
+}
+
 /// A phase's callback, borrowed from the instance's exports (see [`Instance::call`] for why not cloned).
 enum Cb<'a> {
     Three(&'a TypedFunc<(i32, i32, i32), i32>),
@@ -1210,13 +1227,13 @@ impl HttpStream {
     /// Common path for header/body/trailer callbacks: load caller data into the context, run, copy back.
     fn phase<D>(
         &mut self,
-        name: &'static str,
+        callback: PhaseCallback,
         data: &mut D,
         eos: bool,
         load: impl FnOnce(&mut Vec<HeaderMap>, &mut StreamState, &mut D) -> usize,
         unload: impl FnOnce(&mut StreamState, &mut D) -> bool,
-        pick: fn(&Exports) -> Option<Cb<'_>>,
     ) -> Result<FilterAction, PluginFailure> {
+        let PhaseCallback { name, pick, continues } = callback;
         self.signal.state.lock().take();
         let mut changed = false;
         let r = self.with_instance(|inst, ctx| {
@@ -1243,7 +1260,7 @@ impl HttpStream {
                 FilterAction::LocalResponse(resp)
             } else if s.close {
                 FilterAction::Close
-            } else if action == abi::ACTION_CONTINUE || s.continued {
+            } else if continues(action) || s.continued {
                 FilterAction::Continue
             } else {
                 FilterAction::Pause
@@ -1269,12 +1286,15 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         self.phase(
-            "proxy_on_request_headers",
+            PhaseCallback {
+                name: "proxy_on_request_headers",
+                pick: |f| f.on_request_headers.as_ref().map(Cb::Three),
+                continues: abi::headers_continue,
+            },
             headers,
             end_of_stream,
             |st, s, h| load_headers(st, &mut s.request_headers, &mut s.modified, abi::MAP_REQUEST_HEADERS, h),
             |s, h| unload_headers(&s.request_headers, s.modified, abi::MAP_REQUEST_HEADERS, h),
-            |f| f.on_request_headers.as_ref().map(Cb::Three),
         )
     }
 
@@ -1282,7 +1302,11 @@ impl HttpStream {
     /// call again; modifications (`proxy_set_buffer_bytes`) are written back into `body`.
     pub fn on_request_body(&mut self, body: &mut Bytes, end_of_stream: bool) -> Result<FilterAction, PluginFailure> {
         self.phase(
-            "proxy_on_request_body",
+            PhaseCallback {
+                name: "proxy_on_request_body",
+                pick: |f| f.on_request_body.as_ref().map(Cb::Three),
+                continues: abi::data_continue,
+            },
             body,
             end_of_stream,
             |_, s, b| {
@@ -1294,19 +1318,21 @@ impl HttpStream {
                 b.clone_from(&s.request_body);
                 true
             },
-            |f| f.on_request_body.as_ref().map(Cb::Three),
         )
     }
 
     /// `proxy_on_request_trailers`.
     pub fn on_request_trailers(&mut self, trailers: &mut HeaderMap) -> Result<FilterAction, PluginFailure> {
         self.phase(
-            "proxy_on_request_trailers",
+            PhaseCallback {
+                name: "proxy_on_request_trailers",
+                pick: |f| f.on_request_trailers.as_ref().map(Cb::Two),
+                continues: abi::data_continue,
+            },
             trailers,
             true,
             |st, s, t| load_headers(st, &mut s.request_trailers, &mut s.modified, abi::MAP_REQUEST_TRAILERS, t),
             |s, t| unload_headers(&s.request_trailers, s.modified, abi::MAP_REQUEST_TRAILERS, t),
-            |f| f.on_request_trailers.as_ref().map(Cb::Two),
         )
     }
 
@@ -1317,19 +1343,26 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         self.phase(
-            "proxy_on_response_headers",
+            PhaseCallback {
+                name: "proxy_on_response_headers",
+                pick: |f| f.on_response_headers.as_ref().map(Cb::Three),
+                continues: abi::headers_continue,
+            },
             headers,
             end_of_stream,
             |st, s, h| load_headers(st, &mut s.response_headers, &mut s.modified, abi::MAP_RESPONSE_HEADERS, h),
             |s, h| unload_headers(&s.response_headers, s.modified, abi::MAP_RESPONSE_HEADERS, h),
-            |f| f.on_response_headers.as_ref().map(Cb::Three),
         )
     }
 
     /// `proxy_on_response_body` with the body buffered so far (see [`HttpStream::on_request_body`]).
     pub fn on_response_body(&mut self, body: &mut Bytes, end_of_stream: bool) -> Result<FilterAction, PluginFailure> {
         self.phase(
-            "proxy_on_response_body",
+            PhaseCallback {
+                name: "proxy_on_response_body",
+                pick: |f| f.on_response_body.as_ref().map(Cb::Three),
+                continues: abi::data_continue,
+            },
             body,
             end_of_stream,
             |_, s, b| {
@@ -1341,19 +1374,21 @@ impl HttpStream {
                 b.clone_from(&s.response_body);
                 true
             },
-            |f| f.on_response_body.as_ref().map(Cb::Three),
         )
     }
 
     /// `proxy_on_response_trailers`.
     pub fn on_response_trailers(&mut self, trailers: &mut HeaderMap) -> Result<FilterAction, PluginFailure> {
         self.phase(
-            "proxy_on_response_trailers",
+            PhaseCallback {
+                name: "proxy_on_response_trailers",
+                pick: |f| f.on_response_trailers.as_ref().map(Cb::Two),
+                continues: abi::data_continue,
+            },
             trailers,
             true,
             |st, s, t| load_headers(st, &mut s.response_trailers, &mut s.modified, abi::MAP_RESPONSE_TRAILERS, t),
             |s, t| unload_headers(&s.response_trailers, s.modified, abi::MAP_RESPONSE_TRAILERS, t),
-            |f| f.on_response_trailers.as_ref().map(Cb::Two),
         )
     }
 

@@ -317,6 +317,25 @@ pub(crate) mod abi {
     pub const INTERNAL_FAILURE: i32 = 10;
 
     pub const ACTION_CONTINUE: i32 = 0;
+    /// Envoy's `FilterHeadersStatus::ContinueAndEndStream`, which C++ SDK plugins may return from header
+    /// callbacks.
+    pub const HEADERS_CONTINUE_AND_END_STREAM: i32 = 2;
+
+    /// Whether a header callback's return value lets the stream go on. The ABI defines Continue = 0 and
+    /// Pause = 1; C++ SDK plugins return Envoy's `FilterHeadersStatus`, whose ContinueAndEndStream = 2 goes on
+    /// too (Portico still forwards a body that follows), while StopIteration = 1, StopAllIterationAndBuffer = 3,
+    /// StopAllIterationAndWatermark = 4 and anything larger (proxy-wasm's C++ host clamps it to 4) stop until
+    /// `proxy_continue_stream`. A local reply sent during the callback wins over any of them.
+    pub fn headers_continue(action: i32) -> bool {
+        matches!(action, ACTION_CONTINUE | HEADERS_CONTINUE_AND_END_STREAM)
+    }
+
+    /// Whether a body or trailer callback's return value lets the stream go on: only Continue = 0. Envoy's
+    /// `FilterDataStatus` values 1-3 (StopIterationAndBuffer, ...AndWatermark, ...NoBuffer) and larger ones
+    /// (clamped by the C++ host) all keep buffering.
+    pub fn data_continue(action: i32) -> bool {
+        action == ACTION_CONTINUE
+    }
 
     pub const BUF_REQUEST_BODY: i32 = 0;
     pub const BUF_RESPONSE_BODY: i32 = 1;

@@ -1,5 +1,6 @@
-//! A real C plugin (plugins/guest/add_header.c, built by plugins/guest/build.sh with pinned Zig + wasi-libc)
-//! driven through a request and a response.
+//! Real C plugins (plugins/guest/*.c, built by plugins/guest/build.sh with pinned Zig + wasi-libc) driven
+//! through requests and responses: `add_header.c`, and `cpp_sdk_protocol.c`, which talks to the host as plugins
+//! built with the proxy-wasm C++ SDK do (factories under a root id, `plugin_root_id`, root-addressed callouts).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -7,9 +8,28 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use portico_plugins::{FilterAction, LogLevel, Plugin, PluginSpec};
+use portico_plugins::{FilterAction, HttpCallResponse, LogLevel, Plugin, PluginSpec, Resumption};
 
 const WASM: &[u8] = include_bytes!("data/add_header.wasm");
+const CPP_PROTOCOL: &[u8] = include_bytes!("data/cpp_sdk_protocol.wasm");
+
+/// The C++-SDK-protocol guest as the plugin `name` with this root id and configuration.
+fn load_cpp(name: &str, root_id: &str, config: &str) -> (Arc<Plugin>, Arc<TestServices>) {
+    let mut sp = PluginSpec::new(name, CPP_PROTOCOL.to_vec());
+    sp.root_id = root_id.to_string();
+    sp.config = config.to_string();
+    sp.instances = 1;
+    let services = Arc::new(TestServices::default());
+    let p = Plugin::load(&engine(), sp, services.clone()).unwrap();
+    assert!(p.unknown_imports().is_empty(), "{:?}", p.unknown_imports());
+    (p, services)
+}
+
+fn request_with(path: &str, extra: &[(&str, &str)]) -> (portico_plugins::RequestInfo, Vec<(String, String)>) {
+    let (info, mut h) = request(path);
+    h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    (info, h)
+}
 
 fn load_c(config: &str) -> (portico_plugins::PluginEngine, Arc<Plugin>, Arc<TestServices>) {
     let e = engine();
@@ -117,4 +137,76 @@ fn c_plugin_many_requests_across_instances() {
         t.join().unwrap();
     }
     assert!(metrics_text(&e).contains(r#"portico_plugin_counter{name="requests",plugin="c-add-header"} 200"#));
+}
+
+/// Registered under the empty root id, as C++ SDK plugins register by default: the host answers
+/// `plugin_root_id` with Ok and an empty value, and the plugin's own root and stream contexts run. A local
+/// reply followed by 4 (StopAllIterationAndWatermark) is a local reply.
+#[test]
+fn a_cpp_sdk_style_plugin_registered_under_the_empty_root_id_acts() {
+    let (p, _) = load_cpp("deny", "", "bad-token  other\n");
+    let (info, mut h) = request("/");
+    let mut s = p.new_stream(info).unwrap();
+    match s.on_request_headers(&mut h, true).unwrap() {
+        FilterAction::LocalResponse(r) => {
+            assert_eq!(r.status, 403);
+            assert_eq!(&r.body[..], b"Access forbidden - token missing.\n");
+            assert!(r.headers.is_empty(), "{:?}", r.headers);
+        }
+        other => panic!("expected the denylist's local reply, got {other:?}"),
+    }
+    let (info, mut h) = request_with("/", &[("user-token", "other")]);
+    let mut s = p.new_stream(info).unwrap();
+    assert!(matches!(s.on_request_headers(&mut h, true).unwrap(), FilterAction::LocalResponse(r) if r.status == 403));
+    let (info, mut h) = request_with("/", &[("user-token", "good")]);
+    let mut s = p.new_stream(info).unwrap();
+    assert_eq!(s.on_request_headers(&mut h, true).unwrap(), FilterAction::Continue);
+    let mut resp = vec![(":status".to_string(), "200".to_string())];
+    assert_eq!(s.on_response_headers(&mut resp, true).unwrap(), FilterAction::Continue);
+    assert_eq!(header(&resp, "x-cpp-root"), Some(""), "the stream came from the factory registered under \"\"");
+}
+
+/// A root id no factory is registered under gets the SDK's idle root: the plugin loads and does nothing, which
+/// is what happened to every C++ plugin while the host answered `plugin_root_id` with the plugin's name.
+#[test]
+fn a_cpp_sdk_style_plugin_with_an_unregistered_root_id_does_nothing() {
+    let (p, _) = load_cpp("deny", "deny", "");
+    let (info, mut h) = request("/");
+    let mut s = p.new_stream(info).unwrap();
+    assert_eq!(s.on_request_headers(&mut h, true).unwrap(), FilterAction::Continue);
+    let mut resp = vec![(":status".to_string(), "200".to_string())];
+    s.on_response_headers(&mut resp, true).unwrap();
+    assert_eq!(header(&resp, "x-cpp-root"), None);
+}
+
+/// The local-reply sample's `:status` pair among the extra headers is not a response header.
+#[test]
+fn a_local_reply_drops_pseudo_headers_from_its_extra_headers() {
+    let (p, _) = load_cpp("reply", "reply", "");
+    let (info, mut h) = request("/");
+    let mut s = p.new_stream(info).unwrap();
+    match s.on_request_headers(&mut h, true).unwrap() {
+        FilterAction::LocalResponse(r) => {
+            assert_eq!((r.status, &r.body[..]), (200, &b"Hello World"[..]));
+            assert_eq!(r.headers, vec![("content-type".to_string(), "text/plain".to_string())]);
+        }
+        other => panic!("expected a local reply, got {other:?}"),
+    }
+}
+
+/// A callout made from a stream is answered on the root context (the guest aborts on any other id, as the C++
+/// SDK does), with the stream effective once the guest asks for it.
+#[tokio::test]
+async fn a_callout_answer_is_addressed_to_the_root_context() {
+    let (p, services) = load_cpp("authz", "auth", "");
+    let (info, mut h) = request("/private");
+    let mut s = p.new_stream(info).unwrap();
+    assert_eq!(s.on_request_headers(&mut h, true).unwrap(), FilterAction::Pause, "4 pauses");
+    let call = services.calls.lock().pop().unwrap();
+    assert_eq!(header(&call.headers, ":path"), Some("/check"));
+    let answer = HttpCallResponse { headers: vec![(":status".into(), "204".into())], ..Default::default() };
+    call.responder.complete(Some(answer)).unwrap();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), s.resumed()).await.unwrap();
+    assert!(matches!(r, Resumption::Continue), "{r:?}");
+    assert_eq!(header(&s.request_headers().unwrap(), "x-auth-status"), Some("204"));
 }

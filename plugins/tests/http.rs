@@ -309,6 +309,37 @@ fn candidate_loads_are_properties_by_address() {
     assert_eq!(s.select_endpoint("g", &other, 0, None).unwrap().as_deref(), Some("10.0.0.1:80"), "loads are read");
 }
 
+/// Header callbacks of C++ SDK plugins return Envoy's FilterHeadersStatus: 2 (ContinueAndEndStream) goes on,
+/// 3, 4 and anything larger stop like 1; body callbacks go on only with 0.
+#[test]
+fn envoy_filter_status_values_continue_or_pause_as_envoy_reads_them() {
+    let e = engine();
+    // Both callbacks return the first byte of the request path after the slash, as a number ('0' = 0).
+    let body = r#"
+      (data (i32.const 1024) "request\00path")
+      (func $digit (result i32)
+        (if (call $get_prop (i32.const 1024) (i32.const 12) (i32.const 100) (i32.const 104)) (then unreachable))
+        (i32.sub (i32.load8_u (i32.add (call $ret_ptr) (i32.const 1))) (i32.const 48)))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (call $digit))
+      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (call $digit))
+    "#;
+    let (p, _) = load(&e, spec("status", wat(body))).unwrap();
+    for (path, headers, body) in [
+        ("/0", FilterAction::Continue, FilterAction::Continue),
+        ("/1", FilterAction::Pause, FilterAction::Pause),
+        ("/2", FilterAction::Continue, FilterAction::Pause),
+        ("/3", FilterAction::Pause, FilterAction::Pause),
+        ("/4", FilterAction::Pause, FilterAction::Pause),
+        ("/9", FilterAction::Pause, FilterAction::Pause),
+    ] {
+        let (info, mut h) = request(path);
+        let mut s = p.new_stream(info).unwrap();
+        assert_eq!(s.on_request_headers(&mut h, false).unwrap(), headers, "headers returning {path}");
+        let mut chunk = Bytes::from_static(b"x");
+        assert_eq!(s.on_request_body(&mut chunk, true).unwrap(), body, "body returning {path}");
+    }
+}
+
 const CALLOUT: &str = r#"
   (data (i32.const 1024) "auth")
   (data (i32.const 1100) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\06\00\00\00\0a\00\00\00\04\00\00\00:method\00GET\00:path\00/check\00:authority\00auth\00")
