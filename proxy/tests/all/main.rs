@@ -5,6 +5,7 @@ mod admin;
 mod anomaly;
 mod builtin;
 mod cluster;
+mod cpp_sdk;
 mod forward;
 mod h2;
 mod hardening;
