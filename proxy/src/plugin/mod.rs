@@ -63,8 +63,6 @@ pub struct VersionInfo {
     pub sha256: String,
     /// When it started serving.
     pub since: SystemTime,
-    /// The file's modification time when it was read (file sources only), to notice changes.
-    pub file_modified: Option<SystemTime>,
 }
 
 /// One configured plugin: the running version and the one before it.
@@ -77,6 +75,11 @@ pub struct PluginSlot {
     handles: Box<[LaneHandle]>,
     info: Mutex<VersionInfo>,
     previous: Mutex<Option<(Arc<Plugin>, VersionInfo)>>,
+    /// The modification time of the configured file when the watcher last looked (file sources only). It
+    /// belongs to the file, not to the running version: an upload or a rollback changes the version but not
+    /// the file, so neither touches it, and the watcher swaps the file's module in only once the file itself
+    /// changes again.
+    file_seen: Mutex<Option<SystemTime>>,
 }
 
 /// Lanes (`crate::listen::workers::lane`) that get a handle of their own; more workers than this share
@@ -191,13 +194,14 @@ impl PluginSet {
                 }
             }
             let plugin = self.load(config, bytes).await?;
-            let info = VersionInfo { origin, sha256: sha, since: SystemTime::now(), file_modified: modified };
+            let info = VersionInfo { origin, sha256: sha, since: SystemTime::now() };
             let slot = Arc::new(PluginSlot {
                 config: config.clone(),
                 current: ArcSwap::new(plugin.clone()),
                 handles: lane_handles(),
                 info: Mutex::new(info),
                 previous: Mutex::new(previous.get(&config.name).map(|old| (old.current(), old.info.lock().clone()))),
+                file_seen: Mutex::new(modified),
             });
             spawn_ticker(&plugin);
             tracing::info!(plugin = %config.name, "plugin loaded");
@@ -217,10 +221,7 @@ impl PluginSet {
         let _guard = self.changing.lock().await;
         let sha = sha256_hex(&bytes);
         let plugin = self.load(&slot.config, bytes).await?;
-        slot.swap(
-            plugin,
-            VersionInfo { origin: "upload".into(), sha256: sha, since: SystemTime::now(), file_modified: None },
-        );
+        slot.swap(plugin, VersionInfo { origin: "upload".into(), sha256: sha, since: SystemTime::now() });
         Ok(())
     }
 
@@ -234,12 +235,13 @@ impl PluginSet {
         Ok(())
     }
 
-    /// Reloads file-sourced plugins whose file changed on disk; a module that fails to start is logged and the
-    /// running version keeps serving.
+    /// Reloads file-sourced plugins whose file changed on disk (its modification time moved since the watcher
+    /// last looked): the file's module replaces whatever runs, an upload included, unless it is that very
+    /// module. A module that fails to start is logged and the running version keeps serving.
     pub async fn reload_changed_files(&self, slots: &HashMap<String, Arc<PluginSlot>>) {
         for slot in slots.values() {
             let PluginSource::File(path) = &slot.config.source else { continue };
-            let seen = slot.info.lock().file_modified;
+            let seen = *slot.file_seen.lock();
             let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified()).ok();
             if modified.is_none() || modified == seen {
                 continue;
@@ -247,22 +249,19 @@ impl PluginSet {
             let _guard = self.changing.lock().await;
             let outcome = async {
                 let (bytes, origin, modified) = read_module(&slot.config).await?;
+                *slot.file_seen.lock() = modified;
                 let sha = sha256_hex(&bytes);
                 if slot.info.lock().sha256 == sha {
-                    slot.info.lock().file_modified = modified;
                     return Ok(());
                 }
                 let plugin = self.load(&slot.config, bytes).await?;
-                slot.swap(
-                    plugin,
-                    VersionInfo { origin, sha256: sha, since: SystemTime::now(), file_modified: modified },
-                );
+                slot.swap(plugin, VersionInfo { origin, sha256: sha, since: SystemTime::now() });
                 Ok::<(), PluginLoadError>(())
             }
             .await;
             if let Err(e) = outcome {
                 // Remember the bad file's time so it is not retried every poll; a new write retries.
-                slot.info.lock().file_modified = modified;
+                *slot.file_seen.lock() = modified;
                 tracing::error!(plugin = %slot.config.name, error = %e, "changed plugin file refused; the running version keeps serving");
             }
         }

@@ -10,6 +10,7 @@ mod forward;
 mod h2;
 mod hardening;
 mod metrics;
+mod plugin_upload;
 mod plugins;
 mod process;
 mod reload;
