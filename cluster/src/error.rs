@@ -2,16 +2,17 @@
 
 use std::path::PathBuf;
 
-/// Why a cluster operation failed.
+/// Why a cluster operation failed. Each message is complete on its own and includes its cause, so the cause
+/// is not also returned by `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// A file under `data_dir` could not be read or written.
-    #[error("cluster data {path}: {source}")]
+    #[error("cluster data {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file under `data_dir` is not what Portico wrote.
     #[error("cluster data {path} is corrupt: {message}")]
@@ -22,12 +23,12 @@ pub enum ClusterError {
         message: String,
     },
     /// The Raft listener could not be bound.
-    #[error("cluster listener {address}: {source}")]
+    #[error("cluster listener {address}: {error}")]
     Bind {
         /// The address.
         address: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The settings are inconsistent (checked before anything starts).
     #[error("cluster settings: {0}")]
@@ -60,7 +61,7 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> ClusterError {
-        ClusterError::Io { path: path.into(), source }
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> ClusterError {
+        ClusterError::Io { path: path.into(), error }
     }
 }

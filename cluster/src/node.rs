@@ -218,9 +218,9 @@ impl Cluster {
         .map_err(|e| ClusterError::Raft(e.to_string()))??;
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
-            .map_err(|source| ClusterError::Bind { address: settings.listen.clone(), source })?;
+            .map_err(|error| ClusterError::Bind { address: settings.listen.clone(), error })?;
         let address =
-            listener.local_addr().map_err(|source| ClusterError::Bind { address: settings.listen.clone(), source })?;
+            listener.local_addr().map_err(|error| ClusterError::Bind { address: settings.listen.clone(), error })?;
         let transport = Transport::new(settings.token.clone());
         let network = Network { transport: transport.clone() };
         let raft = Raft::new(settings.node_id, config, network, log, state.clone())

@@ -287,10 +287,22 @@ fn init_logging(format: LogFormat, level: &str) {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> Result<()> {
+/// Prints a failure as one line per problem: each cause once (the error types keep a cause either in their
+/// message or as their source, never both), and never a backtrace, whatever `RUST_BACKTRACE` says.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
-    match cli.command {
+    match execute(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<()> {
+    match command {
         Command::Check { config: Some(path), health: None } => check_config(&path),
         Command::Check { health: Some(url), .. } => {
             runtime()?.block_on(portico::demo::probe_health(&url)).map_err(anyhow::Error::msg)

@@ -24,43 +24,47 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a start or reload was refused.
+///
+/// Each message is complete on its own (logs and the admin API print it alone), so a cause folded into a
+/// message is not also returned by `source()`, and a variant that only forwards another error is transparent:
+/// printed with its chain, as `portico run` does, every cause appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The file did not validate.
     #[error("invalid configuration:\n{}", .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
     Config(Vec<ConfigIssue>),
     /// A certificate or key could not be used.
-    #[error("listener {listener}: {source}")]
+    #[error("listener {listener}: {error}")]
     Tls {
         /// The listener.
         listener: String,
         /// The TLS problem.
-        source: tls::TlsError,
+        error: tls::TlsError,
     },
     /// A socket could not be bound.
-    #[error("listener {listener}: cannot listen on {address}: {source}")]
+    #[error("listener {listener}: cannot listen on {address}: {error}")]
     Bind {
         /// The listener.
         listener: String,
         /// The address.
         address: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An endpoint address could not be turned into a URI authority.
     #[error("upstream {0}: invalid endpoint address")]
     Endpoint(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
     /// A plugin could not be started; nothing was changed.
-    #[error("{0}")]
+    #[error(transparent)]
     Plugin(#[from] PluginLoadError),
     /// The wasm engine could not be created.
     #[error("plugin engine: {0}")]
-    Engine(#[from] portico_plugins::PluginError),
+    Engine(portico_plugins::PluginError),
     /// The cluster refused or could not commit a change.
-    #[error("{0}")]
+    #[error(transparent)]
     Cluster(#[from] portico_cluster::ClusterError),
     /// The data-path worker threads could not be started.
     #[error("starting worker threads: {0}")]
@@ -68,6 +72,18 @@ pub enum ServerError {
     /// No config file to reload from.
     #[error("no configuration file to reload (started from an embedded configuration)")]
     NoFile,
+}
+
+impl From<prometheus::Error> for ServerError {
+    fn from(error: prometheus::Error) -> Self {
+        ServerError::Metrics(error)
+    }
+}
+
+impl From<portico_plugins::PluginError> for ServerError {
+    fn from(error: portico_plugins::PluginError) -> Self {
+        ServerError::Engine(error)
+    }
 }
 
 /// Everything a request reads; replaced whole on reload.
@@ -299,7 +315,7 @@ impl Server {
         for l in &config.listeners {
             let acceptor = match &l.tls {
                 Some(t) => {
-                    Some(tls::acceptor(t).map_err(|source| ServerError::Tls { listener: l.name.clone(), source })?)
+                    Some(tls::acceptor(t).map_err(|error| ServerError::Tls { listener: l.name.clone(), error })?)
                 }
                 None => None,
             };
@@ -313,8 +329,8 @@ impl Server {
             }
             match listen::bind(addr) {
                 Ok(socket) => fresh.push((addr, socket)),
-                Err(source) => {
-                    return Err(ServerError::Bind { listener: runtime.config.name.clone(), address: addr, source })
+                Err(error) => {
+                    return Err(ServerError::Bind { listener: runtime.config.name.clone(), address: addr, error })
                 }
             }
         }
@@ -331,7 +347,7 @@ impl Server {
             } else if let Some(pos) = fresh.iter().position(|(a, _)| *a == addr) {
                 let (_, socket) = fresh.swap_remove(pos);
                 let handle = listen::spawn(self.shared.clone(), socket, runtime, self.grace)
-                    .map_err(|source| ServerError::Bind { listener: String::new(), address: addr, source })?;
+                    .map_err(|error| ServerError::Bind { listener: String::new(), address: addr, error })?;
                 tracing::info!(address = %handle.bound, "listening");
                 keep.insert(handle.bound);
                 self.shared.own_addrs.write().push(handle.bound);

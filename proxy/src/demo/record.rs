@@ -34,20 +34,26 @@ pub enum RecordError {
     #[error("unknown scenario {0:?}: use one of {SCENARIOS:?} or all")]
     UnknownScenario(String),
     /// Writing or reading the output failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Starting the demo upstreams or the proxy failed.
     #[error("starting the recording setup: {0}")]
     Setup(String),
     /// The recorded series could not be read back.
     #[error("reading the recorded series: {0}")]
-    Series(#[from] portico_anomaly::AnomalyError),
+    Series(portico_anomaly::AnomalyError),
+}
+
+// By hand rather than `#[from]`: the message already says the cause, so it is not returned as a source too.
+impl From<portico_anomaly::AnomalyError> for RecordError {
+    fn from(error: portico_anomaly::AnomalyError) -> Self {
+        RecordError::Series(error)
+    }
 }
 
 /// Scenario names: `calm` has no fault, `mixed` one of each kind in seeded order, the others one fault.
@@ -181,7 +187,7 @@ pub async fn record(opts: &RecordOptions) -> Result<Vec<RecordedScenario>, Recor
     };
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| RecordError::Io { path, source }
+        move |error| RecordError::Io { path, error }
     };
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let mut labels = Vec::new();
@@ -215,7 +221,7 @@ async fn record_one(
 ) -> Result<(RecordedScenario, Vec<FaultLabel>), RecordError> {
     let dir = opts.out.join(name);
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|source| RecordError::Io { path: dir.clone(), source })?;
+        std::fs::remove_dir_all(&dir).map_err(|error| RecordError::Io { path: dir.clone(), error })?;
     }
     let mut rng = SplitMix64::new(seed);
     let schedule = plan(kind, opts.duration.as_secs_f64(), &mut rng);

@@ -17,18 +17,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-/// Why a plugin version could not be started. The running version, if any, keeps serving.
+/// Why a plugin version could not be started. The running version, if any, keeps serving. Messages are
+/// complete on their own: a cause in a message is not also returned by `source()` (see `ServerError`).
 #[derive(Debug, thiserror::Error)]
 pub enum PluginLoadError {
     /// The `.wasm` file could not be read.
-    #[error("plugin {plugin}: cannot read {path}: {source}")]
+    #[error("plugin {plugin}: cannot read {path}: {error}")]
     Read {
         /// The plugin.
         plugin: String,
         /// The file.
         path: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `builtin:NAME` names no bundled module.
     #[error("plugin {plugin}: no bundled module named {name:?} (bundled: {available})")]
@@ -41,7 +42,7 @@ pub enum PluginLoadError {
         available: String,
     },
     /// Compilation, the ABI check, start-up or `proxy_on_configure` failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Host(#[from] PluginError),
     /// The loader thread died.
     #[error("plugin {0}: the loader thread failed")]

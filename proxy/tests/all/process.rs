@@ -1,5 +1,6 @@
-//! The real `portico` binary: `check` exit codes, `run` with SIGHUP reload, SIGTERM graceful drain, JSON logs
-//! carrying the trace id, and `check --health` for keepalived.
+//! The real `portico` binary: `check` exit codes, start-up errors printed once,
+//! `run` with SIGHUP reload, SIGTERM graceful drain, JSON logs carrying the trace id, and `check --health` for
+//! keepalived.
 
 use crate::support::*;
 use std::net::SocketAddr;
@@ -96,6 +97,42 @@ fn check_exits_zero_for_a_good_file_and_one_with_reasons_for_a_bad_one() -> Test
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bogus"), "{stderr}");
     assert!(stderr.contains("line"), "{stderr}");
+    Ok(())
+}
+
+/// A module declaring proxy-wasm ABI 0.1.0, which `run` refuses.
+fn abi_0_1_0_module() -> Result<Vec<u8>, wat::Error> {
+    wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_1_0"))
+             (func (export "malloc") (param i32) (result i32) (i32.const 0)))"#,
+    )
+}
+
+/// `process_config` plus a `[[plugin]]` named `name` loading `wasm`, in front of the web listener.
+fn config_with_plugin(dir: &Path, name: &str, wasm: &[u8], extra: &str) -> Result<std::path::PathBuf, std::io::Error> {
+    let module = dir.join(format!("{name}.wasm"));
+    std::fs::write(&module, wasm)?;
+    let config = dir.join(format!("{name}.toml"));
+    let text = process_config(free_port()?, free_port()?, "127.0.0.1:9".parse().map_err(std::io::Error::other)?)
+        .replace("upstream = \"app\"\n", &format!("upstream = \"app\"\nfilters = [\"{name}\"]\n"))
+        + &format!("\n[[plugin]]\nname = \"{name}\"\nwasm = \"{}\"\n{extra}", module.display());
+    std::fs::write(&config, text)?;
+    Ok(config)
+}
+
+#[test]
+fn a_start_up_error_is_one_line_without_a_backtrace() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let old = config_with_plugin(dir.path(), "old", &abi_0_1_0_module()?, "")?;
+    let out = Command::new(BIN).args(["run", "-c"]).arg(&old).env("RUST_BACKTRACE", "1").output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("plugin old") && errors[0].contains("ABI 0.1.0"), "{stderr}");
+    assert_eq!(stderr.matches("ABI 0.1.0").count(), 1, "the reason is printed once: {stderr}");
+    assert!(!stderr.contains("Caused by"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
     Ok(())
 }
 
