@@ -341,11 +341,21 @@ fn check_config(path: &std::path::Path) -> Result<()> {
             if let Some(anomaly) = &config.anomaly {
                 portico_anomaly::load_model(anomaly).context("anomaly.model")?;
             }
+            // Every plugin is compiled, instantiated and configured as `run` would, so `check` refuses what
+            // `run` would refuse.
+            let refused = runtime()?.block_on(portico::plugin::check_all(&config.plugins))?;
+            if !refused.is_empty() {
+                for refusal in &refused {
+                    eprintln!("{}: {refusal}", path.display());
+                }
+                std::process::exit(1);
+            }
             println!(
-                "{}: ok ({} listeners, {} upstreams)",
+                "{}: ok ({} listeners, {} upstreams, {} plugins)",
                 path.display(),
                 config.listeners.len(),
-                config.upstreams.len()
+                config.upstreams.len(),
+                config.plugins.len()
             );
             Ok(())
         }

@@ -296,15 +296,29 @@ impl PluginSet {
     }
 }
 
+/// Loads every plugin of a configuration as `portico run` would (read, compile, check the ABI, instantiate,
+/// start, `proxy_on_configure`), one instance each, then drops them: what `portico check` does, as `nginx -t`
+/// loads its modules. Returns every plugin's refusal, not only the first; an `Err` means the engine itself
+/// could not start.
+pub async fn check_all(configs: &[PluginConfig]) -> Result<Vec<PluginLoadError>, PluginError> {
+    let set = PluginSet::new(prometheus::Registry::new(), Arc::new(services::ProxyServices::default()))?;
+    let mut refused = Vec::new();
+    for config in configs {
+        let one = PluginConfig { instances: 1, ..config.clone() };
+        let outcome = async { set.check(&one, read_module(&one).await?.0).await }.await;
+        if let Err(e) = outcome {
+            refused.push(e);
+        }
+    }
+    Ok(refused)
+}
+
 /// The module bytes of a plugin, where they came from, and the file's modification time.
 async fn read_module(config: &PluginConfig) -> Result<(Vec<u8>, String, Option<SystemTime>), PluginLoadError> {
     match &config.source {
         PluginSource::File(path) => {
-            let read = |source| PluginLoadError::Read {
-                plugin: config.name.clone(),
-                path: path.display().to_string(),
-                source,
-            };
+            let read =
+                |error| PluginLoadError::Read { plugin: config.name.clone(), path: path.display().to_string(), error };
             let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified()).ok();
             let bytes = tokio::fs::read(path).await.map_err(read)?;
             Ok((bytes, format!("file:{}", path.display()), modified))

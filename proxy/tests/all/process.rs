@@ -1,4 +1,4 @@
-//! The real `portico` binary: `check` exit codes, start-up errors printed once,
+//! The real `portico` binary: `check` exit codes (plugins included), start-up errors printed once,
 //! `run` with SIGHUP reload, SIGTERM graceful drain, JSON logs carrying the trace id, and `check --health` for
 //! keepalived.
 
@@ -118,6 +118,31 @@ fn config_with_plugin(dir: &Path, name: &str, wasm: &[u8], extra: &str) -> Resul
         + &format!("\n[[plugin]]\nname = \"{name}\"\nwasm = \"{}\"\n{extra}", module.display());
     std::fs::write(&config, text)?;
     Ok(config)
+}
+
+#[test]
+fn check_loads_every_plugin_and_refuses_what_run_refuses() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let c_plugin = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/tests/data/add_header.wasm"))?;
+    let good = config_with_plugin(dir.path(), "hdr", &c_plugin, "config = \"v1\"\n")?;
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&good).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 plugins"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // A module whose ABI `run` refuses.
+    let old = config_with_plugin(dir.path(), "old", &abi_0_1_0_module()?, "")?;
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&old).output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plugin old") && stderr.contains("ABI 0.1.0"), "{stderr}");
+
+    // A module that refuses its configuration in proxy_on_configure (the C plugin wants a non-empty one).
+    let unconfigured = config_with_plugin(dir.path(), "bare", &c_plugin, "")?;
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&unconfigured).output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plugin bare: configuration rejected"), "{stderr}");
+    Ok(())
 }
 
 #[test]
