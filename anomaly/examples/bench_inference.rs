@@ -16,7 +16,7 @@ fn main() {
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);
     let ticks = 5000;
     let model = Arc::new(Forecaster::bundled().unwrap());
-    let mut scorer = Scorer::new(model, 120);
+    let mut scorer = Scorer::new(model, 120).unwrap();
     let mut r = SplitMix64::new(1);
     let names: Vec<String> = (0..n).map(|i| format!("upstream.u{i}.latency_p99")).collect();
     let mut times = Vec::with_capacity(ticks);
