@@ -119,12 +119,38 @@ enum AnomalyCommand {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
-    /// Replay a labelled recording through the real scorer and alert rules; print precision, recall and
-    /// detection delay.
+    /// Write a labelled corpus of generated series (many shapes, noises, intervals and anomaly kinds), and
+    /// optionally Portico's own recorded series, for `evaluate --corpus`.
+    Corpus {
+        /// Output directory (CSV files plus corpus.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed: the same seed and count give the same corpus.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Generated series.
+        #[arg(long, default_value_t = 150)]
+        count: usize,
+        /// Also add every series of these recorded scenarios (a directory written by `record`).
+        #[arg(long)]
+        recording: Option<PathBuf>,
+        /// Only recorded scenarios whose name starts with this.
+        #[arg(long, default_value = "eval-")]
+        prefix: String,
+    },
+    /// Rate the detector. With `--corpus`: score every series as `anomaly score` does and print the three
+    /// window-based scores (standard, reward low FP, reward low FN). With `--recording`: replay recorded
+    /// scenarios through the live scorer and alert rules and print precision, recall and detection delay.
     Evaluate {
+        /// A corpus directory written by `anomaly corpus`.
+        #[arg(long, conflicts_with = "recording", required_unless_present = "recording")]
+        corpus: Option<PathBuf>,
+        /// Which detector to rate on the corpus: portico, no_lstm, no_seasonal, lstm_only or zscore.
+        #[arg(long, default_value = "portico")]
+        detector: String,
         /// A directory written by `portico anomaly record`.
         #[arg(long)]
-        recording: PathBuf,
+        recording: Option<PathBuf>,
         /// Only scenarios whose name starts with this (the held-back ones by default).
         #[arg(long, default_value = "eval-")]
         prefix: String,
@@ -137,9 +163,6 @@ enum AnomalyCommand {
         /// Store the metrics in the model's JSON sidecar (needs --model).
         #[arg(long, requires = "model")]
         write_metrics: bool,
-        /// Override the drift (CUSUM) centre h; 0 turns the drift component off, to measure what it adds.
-        #[arg(long)]
-        drift_h: Option<f64>,
     },
     /// Score one series (CSV with header `timestamp,value`) row by row with no look-ahead; the output repeats
     /// every row with an `anomaly_score` column in [0, 1].
@@ -201,17 +224,50 @@ fn anomaly_command(command: AnomalyCommand) -> Result<()> {
             println!("recorded {} scenarios into {}", done.len(), options.out.display());
             Ok(())
         }
-        AnomalyCommand::Evaluate { recording, prefix, model, json, write_metrics, drift_h } => {
+        AnomalyCommand::Corpus { out, seed, count, recording, prefix } => {
+            let mut series = portico_anomaly::corpus::generate(seed, count);
+            if let Some(dir) = &recording {
+                series.extend(portico_anomaly::corpus::from_recording(dir, &prefix)?);
+            }
+            let description = format!(
+                "portico anomaly corpus --seed {seed} --count {count}{}",
+                recording.as_ref().map_or(String::new(), |d| format!(" --recording {} --prefix {prefix}", d.display()))
+            );
+            portico_anomaly::corpus::write(&out, &description, &series)?;
+            let labels: usize = series.iter().map(|s| s.labels.len()).sum();
+            println!("wrote {} series with {labels} labelled anomalies to {}", series.len(), out.display());
+            Ok(())
+        }
+        AnomalyCommand::Evaluate { corpus: Some(dir), detector, model, json, .. } => {
+            use portico_anomaly::corpus::evaluate::{evaluate, render, Candidate};
+            let forecaster = match &model {
+                Some(path) => portico_anomaly::Forecaster::load(path)
+                    .with_context(|| format!("loading model {}", path.display()))?,
+                None => portico_anomaly::Forecaster::bundled().context("loading the bundled model")?,
+            };
+            let series = portico_anomaly::corpus::read(&dir)?;
+            let candidate = Candidate::parse(&detector)?;
+            let params = portico_anomaly::DetectorParams {
+                warmup: portico_anomaly::score::CSV_WARMUP,
+                ..portico_anomaly::DetectorParams::default()
+            };
+            let report = evaluate(&series, &std::sync::Arc::new(forecaster), candidate, params)?;
+            print!("{}", render(&report));
+            if let Some(path) = json {
+                std::fs::write(&path, format!("{:#}\n", serde_json::to_value(&report)?))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        AnomalyCommand::Evaluate { recording, prefix, model, json, write_metrics, .. } => {
+            let recording = recording.context("--corpus or --recording is required")?;
             let forecaster = match &model {
                 Some(path) => portico_anomaly::Forecaster::load(path)
                     .with_context(|| format!("loading model {}", path.display()))?,
                 None => portico_anomaly::Forecaster::bundled().context("loading the bundled model")?,
             };
             let scenarios = portico_anomaly::eval::load_recording(&recording, &prefix)?;
-            let mut options = portico_anomaly::EvalOptions::default();
-            if let Some(h) = drift_h {
-                options.params.drift_h = h;
-            }
+            let options = portico_anomaly::EvalOptions::default();
             let report = portico_anomaly::evaluate(&std::sync::Arc::new(forecaster.clone()), &scenarios, &options)?;
             for (kind, k) in &report.per_kind {
                 println!("  {kind:<15} {}/{}", k.detected, k.total);
@@ -253,7 +309,7 @@ fn anomaly_command(command: AnomalyCommand) -> Result<()> {
                     .with_context(|| format!("loading model {}", path.display()))?,
                 None => portico_anomaly::Forecaster::bundled().context("loading the bundled model")?,
             };
-            let summary = portico_anomaly::score_csv(&input, &output, &model)
+            let summary = portico_anomaly::score_csv(&input, &output, &std::sync::Arc::new(model))
                 .with_context(|| format!("scoring {}", input.display()))?;
             println!(
                 "{} rows scored ({} unreadable), highest score {:.3} at row {}; wrote {}",

@@ -181,7 +181,7 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
     Ok(response)
 }
 
-/// `GET /anomaly/{series,scores,alerts,actions,stats,events}`.
+/// `GET /anomaly/{series,scores,alerts,incidents,actions,stats,events}`.
 async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<ResponseBody> {
     let Some(detector) = server.watch.lock().await.as_ref().map(|w| w.detector.clone()) else {
         if let Some(reason) = server.watch_error.lock().clone() {
@@ -222,6 +222,7 @@ async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<Res
             StatusCode::OK,
             serde_json::json!({ "active": detector.active_alerts(), "history": detector.alert_history() }),
         ),
+        "incidents" => json(StatusCode::OK, serde_json::to_value(detector.incidents()).unwrap_or_default()),
         "actions" => json(StatusCode::OK, serde_json::to_value(detector.actions()).unwrap_or_default()),
         "stats" => {
             json(StatusCode::OK, serde_json::json!({ "detector": detector.stats(), "model": detector.model_meta() }))
@@ -242,6 +243,7 @@ async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<Res
                     let kind = match &event {
                         portico_anomaly::AnomalyEvent::Scores { .. } => "scores",
                         portico_anomaly::AnomalyEvent::Alert(_) => "alert",
+                        portico_anomaly::AnomalyEvent::Incident(_) => "incident",
                     };
                     let Ok(data) = serde_json::to_string(&event) else { continue };
                     let frame = format!("event: {kind}\ndata: {data}\n\n");
