@@ -279,6 +279,9 @@ impl Server {
     async fn rewatch(&self, anomaly: Option<portico_anomaly::AnomalyConfig>, admin_url: String) {
         let mut watch = self.watch.lock().await;
         if watch.as_ref().map(|w| &w.config) == anomaly.as_ref() {
+            if let Some(running) = watch.as_ref() {
+                running.detector.set_topology(crate::watch::topology(&self.shared.snapshot.load().config));
+            }
             return;
         }
         if let Some(old) = watch.take() {

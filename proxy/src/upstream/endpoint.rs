@@ -34,6 +34,10 @@ pub struct Endpoint {
     drained: AtomicBool,
     active: AtomicU32,
     latency_ewma_us: AtomicU64,
+    /// Attempts, failed attempts (5xx or no answer) and answered attempts' summed latency, cumulative: the
+    /// anomaly sampler differences them into this endpoint's own series, so an incident can name the one
+    /// endpoint at fault instead of its whole upstream.
+    traffic: Traffic,
     outlier: Mutex<OutlierState>,
     /// End of the current ejection, in nanoseconds after [`epoch`] (0: never ejected). An atomic, not part of
     /// `outlier`, because every pick reads it for every endpoint.
@@ -44,6 +48,14 @@ pub struct Endpoint {
     pub address_hash: u64,
     /// Idle HTTP/1 connections to it, per worker lane.
     pub idle: super::pool::IdleConnections,
+}
+
+#[derive(Debug, Default)]
+struct Traffic {
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    answers: AtomicU64,
+    latency_us: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +85,7 @@ impl Endpoint {
             drained: AtomicBool::new(false),
             active: AtomicU32::new(0),
             latency_ewma_us: AtomicU64::new(0),
+            traffic: Traffic::default(),
             outlier: Mutex::new(OutlierState::default()),
             ejected_until: AtomicU64::new(0),
             address_hash,
@@ -130,9 +143,26 @@ impl Endpoint {
         self.latency_ewma_us.load(Ordering::Relaxed)
     }
 
-    /// Folds one observed latency into the moving average (alpha 0.2).
+    /// Cumulative (attempts, failed attempts, answers, summed answer latency in µs).
+    pub fn traffic(&self) -> (u64, u64, u64, u64) {
+        let t = &self.traffic;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (load(&t.attempts), load(&t.failures), load(&t.answers), load(&t.latency_us))
+    }
+
+    /// Counts one attempt that ended with an answer (`failed` for a 5xx) or without one (`failed`).
+    pub fn count_attempt(&self, failed: bool) {
+        self.traffic.attempts.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.traffic.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Folds one observed latency into the moving average (alpha 0.2) and the cumulative sum.
     pub fn record_latency(&self, latency: Duration) {
         let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.traffic.answers.fetch_add(1, Ordering::Relaxed);
+        self.traffic.latency_us.fetch_add(sample, Ordering::Relaxed);
         let old = self.latency_ewma_us.load(Ordering::Relaxed);
         let new = if old == 0 { sample } else { (old * 4 + sample) / 5 };
         self.latency_ewma_us.store(new, Ordering::Relaxed);

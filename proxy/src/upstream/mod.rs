@@ -171,6 +171,7 @@ impl Upstream {
     /// Passive outlier detection: a non-5xx answer resets the endpoint's streak.
     pub fn report_success(&self, index: usize) {
         if let Some(e) = self.endpoints.get(index) {
+            e.count_attempt(false);
             e.record_success();
         }
     }
@@ -178,6 +179,9 @@ impl Upstream {
     /// Passive outlier detection: a 5xx or connect failure. Ejects after `consecutive_5xx` in a row, for
     /// `base_ejection_time × times ejected`, unless that would eject more than `max_ejection_percent`.
     pub fn report_failure(&self, index: usize, metrics: &Metrics) {
+        if let Some(e) = self.endpoints.get(index) {
+            e.count_attempt(true);
+        }
         let (Some(od), Some(endpoint)) = (&self.config.outlier_detection, self.endpoints.get(index)) else {
             return;
         };
