@@ -66,6 +66,12 @@ enum Command {
         /// Concurrent client connections.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// `full` (a crash, then a slow upstream) or `calm` (no fault: nothing should be reported).
+        #[arg(long, default_value = "full")]
+        scenario: portico::demo::Scenario,
+        /// Print Portico's own log lines in the terminal instead of writing them to a file.
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -328,13 +334,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     portico::config::duration::parse_duration(text)
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs go to stderr, or to `file` (the demo keeps its terminal for its own table).
+fn init_logging(format: LogFormat, level: &str, file: Option<std::fs::File>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = file.is_none();
+    let writer = match file {
+        Some(f) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(f)),
+        None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
     }
 }
 
@@ -347,8 +359,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// message or as their source, never both), and never a backtrace, whatever `RUST_BACKTRACE` says.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
-    match execute(cli.command) {
+    let mut log_file = None;
+    if let Command::Demo { verbose: false, .. } = cli.command {
+        let path = std::env::temp_dir().join(format!("portico-demo-{}.log", std::process::id()));
+        if let Ok(file) = std::fs::File::create(&path) {
+            log_file = Some((path, file));
+        }
+    }
+    let (log_path, file) = log_file.map_or((None, None), |(p, f)| (Some(p), Some(f)));
+    init_logging(cli.log_format, &cli.log_level, file);
+    match execute(cli.command, log_path) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
@@ -357,7 +377,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn execute(command: Command) -> Result<()> {
+fn execute(command: Command, log_file: Option<PathBuf>) -> Result<()> {
     match command {
         Command::Check { config: Some(path), health: None } => check_config(&path),
         Command::Check { health: Some(url), .. } => {
@@ -376,8 +396,9 @@ fn execute(command: Command) -> Result<()> {
             runtime()?.block_on(run(config, &text, grace, workers))
         }
         Command::Anomaly { command } => anomaly_command(command),
-        Command::Demo { duration, concurrency } => {
-            runtime()?.block_on(portico::demo::run(duration, concurrency)).map_err(anyhow::Error::msg)
+        Command::Demo { duration, concurrency, scenario, .. } => {
+            let options = portico::demo::DemoOptions { duration, concurrency, scenario, log_file };
+            runtime()?.block_on(portico::demo::run(options)).map_err(anyhow::Error::msg)
         }
     }
 }

@@ -1,6 +1,5 @@
 //! Turns Portico's own counters into per-tick series for the anomaly detector: requests/s, 5xx ratio and
-//! latency quantiles per listener and per upstream, the same per endpoint (mean latency) with its requests in
-//! flight, and open connections. It reads the in-process metric registry and the endpoints' own counters (never
+//! latency quantiles per listener and per upstream, the same per endpoint (mean latency), and open connections. It reads the in-process metric registry and the endpoints' own counters (never
 //! an HTTP scrape of itself) and differences them against the previous tick, so each value describes only the
 //! last interval. The endpoint series are what lets an incident name the one endpoint at fault.
 
@@ -99,7 +98,6 @@ impl SeriesSampler {
                 if answers > 0 {
                     out.insert(format!("{prefix}.latency"), latency_us as f64 / answers as f64 / 1000.0);
                 }
-                out.insert(format!("{prefix}.active_requests"), f64::from(endpoint.active_requests()));
                 seen.insert(key, now);
             }
         }

@@ -316,5 +316,14 @@ fn the_demo_runs_on_embedded_defaults_without_failed_requests() -> TestResult {
     let summary = stdout.lines().find(|l| l.starts_with("Summary:")).ok_or_else(|| format!("no summary:\n{stdout}"))?;
     assert!(summary.ends_with(" 0 failed."), "requests failed during the demo: {summary}");
     assert!(stdout.contains("Latency fault timeline:"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("incidents: ")), "the summary counts incidents: {stdout}");
+    // Portico's own log lines go to a file named at the start, not between the demo's table rows.
+    let log = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Portico's log: "))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| format!("no log file named:\n{stdout}"))?;
+    assert!(std::path::Path::new(log).exists(), "{log}");
+    assert!(!stdout.contains(" INFO ") && !stdout.contains(" WARN "), "{stdout}");
     Ok(())
 }
