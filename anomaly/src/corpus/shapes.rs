@@ -176,10 +176,12 @@ fn base(rng: &mut SplitMix64, family: &str, len: usize, period: usize) -> Draft 
             let clean = family == "daily_clean";
             let noise =
                 if clean { Noise::None } else { *rng.pick(&[Noise::Gaussian, Noise::Heavy, Noise::Multiplicative]) };
-            let sigma = if clean { 0.0 } else { amp * rng.log_uniform(0.03, 0.5) };
+            // Additive noise is in the series' units; multiplicative noise is a share of the value.
+            let relative = if clean { 0.0 } else { rng.log_uniform(0.03, 0.5) };
+            let sigma = if noise == Noise::Multiplicative { relative * amp / level } else { relative * amp };
             let mut d = draft(len, level, noise, sigma);
             d.seasonal = profile(rng, len, period).into_iter().map(|p| p * amp).collect();
-            d.unit = if clean { amp * 0.1 } else { sigma };
+            d.unit = if clean { amp * 0.1 } else { relative * amp };
             d.period = Some(period);
             if clean && rng.chance(0.3) {
                 d.quantum = Some(10f64.powi((amp.log10().floor() as i32) - 2));
