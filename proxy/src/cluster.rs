@@ -314,9 +314,38 @@ async fn apply(server: &Server, link: &ClusterLink, state: &ClusterState, last: 
         *last = shape;
     }
     apply_endpoint_overrides(server, state);
+    apply_registrations(server, state);
 }
 
-fn apply_endpoint_overrides(server: &Server, state: &ClusterState) {
+/// Hands the replicated registrations to discovery, which rebuilds the groups whose registrations changed.
+fn apply_registrations(server: &Server, state: &ClusterState) {
+    let discovery = &server.shared.discovery;
+    discovery.set_replicated();
+    let empty = BTreeMap::new();
+    for group in &server.shared.snapshot.load().config.upstreams {
+        let registered = state.registrations.get(&group.name).unwrap_or(&empty);
+        let list: Vec<_> = registered
+            .iter()
+            .filter_map(|(address, r)| {
+                let address = address.parse().ok()?;
+                Some((address, r.weight, r.ttl_ms.map(Duration::from_millis), r.serial))
+            })
+            .collect();
+        discovery.replace_registrations(&group.name, &list);
+    }
+}
+
+/// Applies the operators' drain and weight changes. Endpoints that appear later (discovery, registrations)
+/// get theirs when their group is rebuilt (see [`crate::server::Shared::refresh_upstream`]).
+pub fn apply_endpoint_overrides(server: &Server, state: &ClusterState) {
+    let remembered = state
+        .endpoints
+        .iter()
+        .filter_map(|(key, o)| {
+            key.split_once('/').map(|(u, e)| ((u.to_string(), e.to_string()), (o.drained, o.weight)))
+        })
+        .collect();
+    server.shared.discovery.set_overrides(remembered);
     let snapshot = server.shared.snapshot.load();
     for (key, o) in &state.endpoints {
         let Some((upstream, endpoint)) = key.split_once('/') else { continue };

@@ -8,6 +8,7 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod forward;
 pub mod health;
 pub mod listen;

@@ -4,6 +4,7 @@
 
 use crate::body::RequestBody;
 use crate::config::{self, Config, ConfigIssue};
+use crate::discovery::Discovery;
 use crate::health;
 use crate::listen::workers::{self, Workers};
 use crate::listen::{self, ListenerHandle, ListenerRuntime};
@@ -11,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::plugin::services::ProxyServices;
 use crate::plugin::{PluginLoadError, PluginSet, PluginSlot};
 use crate::tls;
-use crate::upstream::Upstream;
+use crate::upstream::{Rebuild, Upstream};
 use crate::watch::{Watch, WatchMetrics};
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -117,12 +118,58 @@ pub struct Shared {
     pub workers: Option<Workers>,
     /// Addresses Portico itself serves on (admin, listeners, as bound): forward listeners refuse them.
     pub own_addrs: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
+    /// Endpoints found by DNS and registered through the admin API.
+    pub discovery: Arc<Discovery>,
+    /// Held by whoever replaces the snapshot (a reload, a membership change), so neither loses the other's work.
+    snapshot_writer: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
     /// Upstream pool lanes: one per worker, plus lane 0 for everything else.
     pub fn lanes(&self) -> usize {
         workers::lanes(self.workers.as_ref())
+    }
+
+    /// Rebuilds group `name` from its current members (discovery and registrations changed them) when they
+    /// differ from the ones it runs with, and swaps it into the snapshot; requests already under way keep the
+    /// group they started with.
+    pub async fn refresh_upstream(&self, name: &str) {
+        let _writer = self.snapshot_writer.lock().await;
+        let snapshot = self.snapshot.load_full();
+        let Some(current) = snapshot.upstreams.get(name) else { return };
+        let Some(config) = snapshot.config.upstreams.iter().find(|u| u.name == name) else { return };
+        let members = self.discovery.members(config, Some(current));
+        if !crate::upstream::members::differ(&members, &current.members) {
+            return;
+        }
+        let rebuilt = match Upstream::new(config.clone(), members, Some(current), self.lanes(), Rebuild::Membership) {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
+                tracing::error!(upstream = name, error = %e, "membership change refused: an address is not a URI authority");
+                return;
+            }
+        };
+        self.discovery.apply_overrides(&rebuilt);
+        let mut upstreams = snapshot.upstreams.clone();
+        upstreams.insert(name.to_string(), rebuilt.clone());
+        self.snapshot.store(Arc::new(Snapshot {
+            config: snapshot.config.clone(),
+            upstreams,
+            plugins: snapshot.plugins.clone(),
+        }));
+        rebuilt.commit();
+        self.forget_endpoint_gauges(name, &rebuilt.departed_from(current));
+        tracing::info!(upstream = name, endpoints = rebuilt.endpoints.len(), "upstream members changed");
+    }
+
+    /// Drops the per-endpoint series of endpoints that left a group, so `/metrics` does not report them forever.
+    fn forget_endpoint_gauges(&self, group: &str, names: &[String]) {
+        let m = &self.metrics;
+        for name in names {
+            for gauge in [&m.endpoint_available, &m.endpoint_active, &m.endpoint_idle] {
+                let _ = gauge.remove_label_values(&[group, name]);
+            }
+        }
     }
 }
 
@@ -163,7 +210,8 @@ impl Server {
             0 => None,
             n => Some(Workers::start(n).map_err(ServerError::Workers)?),
         };
-        let upstreams = build_upstreams(&config, None, workers::lanes(workers.as_ref()))?;
+        let discovery = Arc::new(Discovery::new(&metrics.registry)?);
+        let upstreams = build_upstreams(&config, None, workers::lanes(workers.as_ref()), &discovery)?;
         let forward_client = {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
@@ -189,6 +237,8 @@ impl Server {
             watch_metrics,
             workers,
             own_addrs: parking_lot::RwLock::new(Vec::new()),
+            discovery,
+            snapshot_writer: tokio::sync::Mutex::new(()),
         });
         services.attach(Arc::downgrade(&shared));
         let plugin_slots = shared.plugins.build(&config.plugins, &HashMap::new()).await?;
@@ -207,6 +257,7 @@ impl Server {
         server.apply(config, upstreams, plugin_slots).await?;
         server.watch_plugin_files();
         server.sweep_idle_connections();
+        server.follow_membership_changes();
         server.rewatch(anomaly, admin_url).await;
         Ok(server)
     }
@@ -251,8 +302,10 @@ impl Server {
 
     /// Swaps in a new validated configuration; the running one keeps serving if anything fails.
     pub async fn reload(&self, config: Config) -> Result<(), ServerError> {
+        let _writer = self.shared.snapshot_writer.lock().await;
         let previous = self.shared.snapshot.load_full();
-        let upstreams = match build_upstreams(&config, Some(&previous.upstreams), self.shared.lanes()) {
+        let built = build_upstreams(&config, Some(&previous.upstreams), self.shared.lanes(), &self.shared.discovery);
+        let upstreams = match built {
             Ok(u) => u,
             Err(e) => return Err(self.refused(e)),
         };
@@ -334,8 +387,17 @@ impl Server {
                 }
             }
         }
-        // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers.
+        // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers,
+        // discovery.
+        let previous = self.shared.snapshot.load_full();
+        self.shared.discovery.start(&config).await;
         self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone(), plugins }));
+        for (name, upstream) in &upstreams {
+            upstream.commit();
+            if let Some(old) = previous.upstreams.get(name) {
+                self.shared.forget_endpoint_gauges(name, &upstream.departed_from(old));
+            }
+        }
         let mut keep = std::collections::HashSet::new();
         for runtime in runtimes {
             let addr = runtime.config.listen;
@@ -366,8 +428,42 @@ impl Server {
         for task in health.drain(..) {
             task.abort();
         }
-        health.extend(upstreams.values().filter_map(|u| health::spawn(u.clone())));
+        for (name, upstream) in &upstreams {
+            let Some(check) = upstream.config.health_check.clone() else { continue };
+            let (shared, group) = (Arc::downgrade(&self.shared), name.clone());
+            let current = move || shared.upgrade().and_then(|s| s.snapshot.load().upstreams.get(&group).cloned());
+            let (discovery, group) = (Arc::downgrade(&self.shared.discovery), name.clone());
+            let on_change = move || {
+                if let Some(d) = discovery.upgrade() {
+                    d.poke(&group);
+                }
+            };
+            health.extend(health::spawn(check, current, on_change));
+        }
         Ok(())
+    }
+
+    /// Rebuilds the groups discovery names (a DNS answer changed, a registration came or went, a newcomer
+    /// passed its first probe), and ends expired registrations every second.
+    fn follow_membership_changes(&self) {
+        if let Some(mut changes) = self.shared.discovery.take_changes() {
+            let shared = Arc::downgrade(&self.shared);
+            let task = tokio::spawn(async move {
+                while let Some(first) = changes.recv().await {
+                    // Several changes at once (every entry of a group resolving after a reload) rebuild once.
+                    let mut names = std::collections::BTreeSet::from([first]);
+                    while let Ok(more) = changes.try_recv() {
+                        names.insert(more);
+                    }
+                    let Some(shared) = shared.upgrade() else { return };
+                    for name in names {
+                        shared.refresh_upstream(&name).await;
+                    }
+                }
+            });
+            self.background.lock().push(task);
+        }
+        self.every(Duration::from_secs(1), |shared| async move { shared.discovery.sweep() });
     }
 
     /// Closes idle upstream connections past their pool's `idle_timeout`, every second, so they go away even
@@ -424,6 +520,7 @@ impl Server {
         for task in self.health.lock().drain(..).chain(self.background.lock().drain(..)) {
             task.abort();
         }
+        self.shared.discovery.stop();
         if let Some(watch) = self.watch.lock().await.take() {
             watch.stop().await;
         }
@@ -451,13 +548,15 @@ fn build_upstreams(
     config: &Config,
     previous: Option<&HashMap<String, Arc<Upstream>>>,
     lanes: usize,
+    discovery: &Discovery,
 ) -> Result<HashMap<String, Arc<Upstream>>, ServerError> {
     config
         .upstreams
         .iter()
         .map(|u| {
             let old = previous.and_then(|p| p.get(&u.name)).map(|a| a.as_ref());
-            Upstream::new(u.clone(), old, lanes)
+            let members = discovery.members(u, old);
+            Upstream::new(u.clone(), members, old, lanes, Rebuild::Load)
                 .map(|up| (u.name.clone(), Arc::new(up)))
                 .map_err(|_| ServerError::Endpoint(u.name.clone()))
         })
