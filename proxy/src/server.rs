@@ -211,6 +211,7 @@ impl Server {
             n => Some(Workers::start(n).map_err(ServerError::Workers)?),
         };
         let discovery = Arc::new(Discovery::new(&metrics.registry)?);
+        discovery.prime(&config).await;
         let upstreams = build_upstreams(&config, None, workers::lanes(workers.as_ref()), &discovery)?;
         let forward_client = {
             let mut connector = HttpConnector::new();
@@ -303,6 +304,7 @@ impl Server {
     /// Swaps in a new validated configuration; the running one keeps serving if anything fails.
     pub async fn reload(&self, config: Config) -> Result<(), ServerError> {
         let _writer = self.shared.snapshot_writer.lock().await;
+        self.shared.discovery.prime(&config).await;
         let previous = self.shared.snapshot.load_full();
         let built = build_upstreams(&config, Some(&previous.upstreams), self.shared.lanes(), &self.shared.discovery);
         let upstreams = match built {

@@ -46,7 +46,7 @@ pub fn spawn(
 }
 
 /// The error with its causes, as `GET /upstreams` shows it.
-fn error_text(e: &dyn std::error::Error) -> String {
+pub(super) fn error_text(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -72,6 +72,18 @@ struct EntryState {
     rediscover: Arc<Notify>,
 }
 
+impl EntryState {
+    fn new() -> EntryState {
+        EntryState {
+            addresses: Vec::new(),
+            error: None,
+            last_success: None,
+            resolutions: 0,
+            rediscover: Arc::new(Notify::new()),
+        }
+    }
+}
+
 /// `portico_discovery_*` and `portico_registrations_*` metrics.
 #[derive(Debug)]
 struct DiscoveryMetrics {
@@ -205,6 +217,44 @@ impl Discovery {
         out
     }
 
+    /// Resolves, once and concurrently, the DNS entries of `config` that have never resolved (a start, or a
+    /// reload that adds names), before the groups are built: a name then takes traffic from the first request
+    /// instead of after its loop's first answer. Bounded by `[dns] timeout`; a failure leaves the entry empty
+    /// until its loop succeeds. Only adds state, so a reload that is then refused loses nothing.
+    pub async fn prime(&self, config: &Config) {
+        let pending: Vec<(String, crate::config::DiscoveredEntry)> = {
+            let mut groups = self.groups.lock();
+            let mut pending = Vec::new();
+            for u in &config.upstreams {
+                let group = groups.entry(u.name.clone()).or_default();
+                for entry in &u.discovered {
+                    let state = group.dns.entry(entry.name.clone()).or_insert_with(EntryState::new);
+                    if state.last_success.is_none() {
+                        pending.push((u.name.clone(), entry.clone()));
+                    }
+                }
+            }
+            pending
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let resolver = self.resolver_for(&config.dns).await;
+        let lookups = pending.iter().map(|(group, entry)| {
+            let resolver = &resolver;
+            async move {
+                let result = match resolver {
+                    Ok(r) => r.lookup(&entry.name, entry.weight).await.map_err(|e| follow::error_text(&e)),
+                    Err(e) => Err(e.clone()),
+                };
+                (group, entry, result)
+            }
+        });
+        for (group, entry, result) in futures_util::future::join_all(lookups).await {
+            self.record(group, &entry.name, result);
+        }
+    }
+
     /// Follows `config`: keeps the state of groups and entries that stay, forgets the rest, and restarts one
     /// resolution loop per DNS entry (each resolves at once).
     pub async fn start(self: &Arc<Self>, config: &Config) {
@@ -218,13 +268,7 @@ impl Discovery {
                 let group = groups.entry(u.name.clone()).or_default();
                 group.dns.retain(|name, _| u.discovered.iter().any(|d| &d.name == name));
                 for entry in &u.discovered {
-                    let state = group.dns.entry(entry.name.clone()).or_insert_with(|| EntryState {
-                        addresses: Vec::new(),
-                        error: None,
-                        last_success: None,
-                        resolutions: 0,
-                        rediscover: Arc::new(Notify::new()),
-                    });
+                    let state = group.dns.entry(entry.name.clone()).or_insert_with(EntryState::new);
                     loops.push((u.name.clone(), entry.clone(), state.rediscover.clone()));
                 }
             }

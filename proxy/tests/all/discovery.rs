@@ -172,6 +172,7 @@ async fn a_resolver_that_stops_answering_keeps_the_last_known_addresses() -> Tes
     let config = dns_config(&dns, &format!(r#"{{ address = "app.test:{port}", resolve = "200ms" }}"#), "");
     let portico = Portico::start(&config).await;
     let (web, admin) = (portico.addr("web").await, portico.admin);
+    assert_eq!(get(web, "/").await?.status, 200, "the name was resolved before Portico served");
     let expected = vec![(upstreams[0].addr.to_string(), "healthy".to_string())];
     assert!(wait_for(|| async { endpoints(admin).await == expected }).await, "{}", group(admin).await);
 
@@ -195,13 +196,43 @@ async fn a_resolver_that_stops_answering_keeps_the_last_known_addresses() -> Tes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connect_failure_re_resolves_the_name_before_its_interval() -> TestResult {
+    let dns = DnsServer::start().await;
+    let (upstreams, port) = TestUpstream::on_one_port(&["a", "b"]).await;
+    let (a, b) = (&upstreams[0], &upstreams[1]);
+    dns.set_addresses("app.test", &[ip("127.0.0.2")]);
+    // Re-resolved hourly: only the connect failure can make Portico ask again within the test.
+    let config = dns_config(&dns, &format!(r#"{{ address = "app.test:{port}", resolve = "1h" }}"#), "");
+    let portico = Portico::start(&config).await;
+    let (web, admin) = (portico.addr("web").await, portico.admin);
+    assert!(wait_for(|| async { endpoints(admin).await.len() == 1 }).await, "{}", group(admin).await);
+    assert_eq!(get(web, "/").await?.header("x-upstream"), "a");
+
+    // The service moves: the name points at b, and a goes away.
+    dns.set_addresses("app.test", &[ip("127.0.0.3")]);
+    a.kill();
+    let asked = dns.queries();
+    let moved =
+        wait_for(|| async { get(web, "/").await.is_ok_and(|r| r.status == 200 && r.header("x-upstream") == "b") })
+            .await;
+    assert!(moved, "traffic reaches b after the connect failures: {}", group(admin).await);
+    assert!(dns.queries() > asked, "the name was asked again");
+    assert!(b.hits() > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn srv_records_give_ports_and_weights() -> TestResult {
     let dns = DnsServer::start().await;
-    let (a, b, backup) =
-        (TestUpstream::start("a").await, TestUpstream::start("b").await, TestUpstream::start("backup").await);
+    // b's target has only an AAAA record.
+    let (a, b, backup) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start_at("b", "[::1]:0").await,
+        TestUpstream::start("backup").await,
+    );
     let record = |priority, weight, port, target: &str| Srv { priority, weight, port, target: target.into() };
     dns.set_addresses("a.test", &[ip("127.0.0.1")]);
-    dns.set_addresses("b.test", &[ip("127.0.0.1")]);
+    dns.set_addresses("b.test", &[ip("::1")]);
     dns.set_srv(
         "_http._tcp.app.test",
         &[

@@ -56,6 +56,12 @@ impl TestUpstream {
         Self::serve(name, listener, behavior)
     }
 
+    /// An upstream on `addr` (e.g. `"[::1]:0"`).
+    pub async fn start_at(name: &str, addr: &str) -> TestUpstream {
+        let listener = TcpListener::bind(addr).await.expect("bind test upstream");
+        Self::serve(name, listener, Behavior::Echo)
+    }
+
     /// Upstreams on 127.0.0.2, 127.0.0.3, … sharing one port, as the addresses one DNS name stands for.
     pub async fn on_one_port(names: &[&str]) -> (Vec<TestUpstream>, u16) {
         for _ in 0..50 {
