@@ -5,15 +5,16 @@
 use crate::body::RequestBody;
 use crate::config::{self, Config, ConfigIssue};
 use crate::discovery::Discovery;
-use crate::health;
 use crate::listen::workers::{self, Workers};
 use crate::listen::{self, ListenerHandle, ListenerRuntime};
 use crate::metrics::Metrics;
 use crate::plugin::services::ProxyServices;
 use crate::plugin::{PluginLoadError, PluginSet, PluginSlot};
 use crate::tls;
-use crate::upstream::{Rebuild, Upstream};
+use crate::upstream::Upstream;
 use crate::watch::{Watch, WatchMetrics};
+
+mod groups;
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -129,48 +130,6 @@ impl Shared {
     pub fn lanes(&self) -> usize {
         workers::lanes(self.workers.as_ref())
     }
-
-    /// Rebuilds group `name` from its current members (discovery and registrations changed them) when they
-    /// differ from the ones it runs with, and swaps it into the snapshot; requests already under way keep the
-    /// group they started with.
-    pub async fn refresh_upstream(&self, name: &str) {
-        let _writer = self.snapshot_writer.lock().await;
-        let snapshot = self.snapshot.load_full();
-        let Some(current) = snapshot.upstreams.get(name) else { return };
-        let Some(config) = snapshot.config.upstreams.iter().find(|u| u.name == name) else { return };
-        let members = self.discovery.members(config, Some(current));
-        if !crate::upstream::members::differ(&members, &current.members) {
-            return;
-        }
-        let rebuilt = match Upstream::new(config.clone(), members, Some(current), self.lanes(), Rebuild::Membership) {
-            Ok(u) => Arc::new(u),
-            Err(e) => {
-                tracing::error!(upstream = name, error = %e, "membership change refused: an address is not a URI authority");
-                return;
-            }
-        };
-        self.discovery.apply_overrides(&rebuilt);
-        let mut upstreams = snapshot.upstreams.clone();
-        upstreams.insert(name.to_string(), rebuilt.clone());
-        self.snapshot.store(Arc::new(Snapshot {
-            config: snapshot.config.clone(),
-            upstreams,
-            plugins: snapshot.plugins.clone(),
-        }));
-        rebuilt.commit();
-        self.forget_endpoint_gauges(name, &rebuilt.departed_from(current));
-        tracing::info!(upstream = name, endpoints = rebuilt.endpoints.len(), "upstream members changed");
-    }
-
-    /// Drops the per-endpoint series of endpoints that left a group, so `/metrics` does not report them forever.
-    fn forget_endpoint_gauges(&self, group: &str, names: &[String]) {
-        let m = &self.metrics;
-        for name in names {
-            for gauge in [&m.endpoint_available, &m.endpoint_active, &m.endpoint_idle] {
-                let _ = gauge.remove_label_values(&[group, name]);
-            }
-        }
-    }
 }
 
 /// The proxy with its listeners.
@@ -212,7 +171,7 @@ impl Server {
         };
         let discovery = Arc::new(Discovery::new(&metrics.registry)?);
         discovery.prime(&config).await;
-        let upstreams = build_upstreams(&config, None, workers::lanes(workers.as_ref()), &discovery)?;
+        let upstreams = groups::build_upstreams(&config, None, workers::lanes(workers.as_ref()), &discovery)?;
         let forward_client = {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
@@ -306,7 +265,8 @@ impl Server {
         let _writer = self.shared.snapshot_writer.lock().await;
         self.shared.discovery.prime(&config).await;
         let previous = self.shared.snapshot.load_full();
-        let built = build_upstreams(&config, Some(&previous.upstreams), self.shared.lanes(), &self.shared.discovery);
+        let built =
+            groups::build_upstreams(&config, Some(&previous.upstreams), self.shared.lanes(), &self.shared.discovery);
         let upstreams = match built {
             Ok(u) => u,
             Err(e) => return Err(self.refused(e)),
@@ -430,18 +390,7 @@ impl Server {
         for task in health.drain(..) {
             task.abort();
         }
-        for (name, upstream) in &upstreams {
-            let Some(check) = upstream.config.health_check.clone() else { continue };
-            let (shared, group) = (Arc::downgrade(&self.shared), name.clone());
-            let current = move || shared.upgrade().and_then(|s| s.snapshot.load().upstreams.get(&group).cloned());
-            let (discovery, group) = (Arc::downgrade(&self.shared.discovery), name.clone());
-            let on_change = move || {
-                if let Some(d) = discovery.upgrade() {
-                    d.poke(&group);
-                }
-            };
-            health.extend(health::spawn(check, current, on_change));
-        }
+        health.extend(groups::spawn_health_checks(&self.shared, &upstreams));
         Ok(())
     }
 
@@ -544,23 +493,4 @@ fn existing(
             current.config.listen == config.listen && (config.listen.port() != 0 || current.config.name == config.name)
         })
         .map(|h| h.bound)
-}
-
-fn build_upstreams(
-    config: &Config,
-    previous: Option<&HashMap<String, Arc<Upstream>>>,
-    lanes: usize,
-    discovery: &Discovery,
-) -> Result<HashMap<String, Arc<Upstream>>, ServerError> {
-    config
-        .upstreams
-        .iter()
-        .map(|u| {
-            let old = previous.and_then(|p| p.get(&u.name)).map(|a| a.as_ref());
-            let members = discovery.members(u, old);
-            Upstream::new(u.clone(), members, old, lanes, Rebuild::Load)
-                .map(|up| (u.name.clone(), Arc::new(up)))
-                .map_err(|_| ServerError::Endpoint(u.name.clone()))
-        })
-        .collect()
 }
