@@ -285,7 +285,7 @@ async fn a_registered_endpoint_takes_traffic_until_its_ttl_passes_unrenewed() ->
     let (web, admin) = (portico.addr("web").await, portico.admin);
     let auth = [("authorization", "Bearer t0ken")];
     let register = |body: String| async move { send(admin, "POST", "/upstreams/app/endpoints", &auth, &body).await };
-    let body_b = format!(r#"{{"address": "{}", "ttl": "2s"}}"#, b.addr);
+    let body_b = format!(r#"{{"address": "{}", "ttl": "3s"}}"#, b.addr);
 
     // The admin token is needed; bad input is refused with the reason and changes nothing.
     let anonymous = send(admin, "POST", "/upstreams/app/endpoints", &[], &body_b).await?;
@@ -313,17 +313,17 @@ async fn a_registered_endpoint_takes_traffic_until_its_ttl_passes_unrenewed() ->
     assert_eq!(answer.json()["status"], "registered");
     let listed = answer.json()["upstream"]["endpoints"].as_array().cloned().unwrap_or_default();
     let entry = listed.iter().find(|e| e["address"] == b.addr.to_string()).cloned().unwrap_or_default();
-    assert_eq!((entry["source"].as_str(), entry["ttl"].as_str()), (Some("registered"), Some("2s")), "{entry}");
+    assert_eq!((entry["source"].as_str(), entry["ttl"].as_str()), (Some("registered"), Some("3s")), "{entry}");
     assert!(wait_for(|| async { get(web, "/").await.is_ok() && b.hits() > 5 }).await, "b takes traffic");
     let metrics = String::from_utf8_lossy(&get(admin, "/metrics").await?.body).into_owned();
     assert!(metrics.contains(&format!("endpoint=\"{}\"", b.addr)), "{metrics}");
-    let renewed_until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let renewed_until = tokio::time::Instant::now() + Duration::from_secs(6);
     while tokio::time::Instant::now() < renewed_until {
         let answer = register(body_b.clone()).await?;
         assert_eq!(answer.json()["status"], "renewed", "{}", String::from_utf8_lossy(&answer.body));
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    assert_eq!(endpoints(admin).await.len(), 2, "heartbeats kept it past its 2 s ttl");
+    assert_eq!(endpoints(admin).await.len(), 2, "heartbeats kept it past its 3 s ttl");
 
     // A registration without a TTL survives a reload of the unchanged upstream.
     let c = TestUpstream::start("c").await;
