@@ -24,6 +24,8 @@
 pub mod dns;
 mod follow;
 pub mod registry;
+#[cfg(test)]
+mod tests;
 
 use crate::config::duration::format_duration;
 use crate::config::{Config, DnsConfig, DnsName, UpstreamConfig};
@@ -292,9 +294,10 @@ impl Discovery {
     }
 
     async fn resolver_for(&self, config: &DnsConfig) -> Result<dns::Resolver, String> {
-        if let Some((built_for, resolver)) = self.resolver.lock().as_ref() {
+        // A resolver that could not be built (no /etc/resolv.conf yet) is tried again at the next reload.
+        if let Some((built_for, Ok(resolver))) = self.resolver.lock().as_ref() {
             if built_for == config {
-                return resolver.clone();
+                return Ok(resolver.clone());
             }
         }
         let wanted = config.clone();
