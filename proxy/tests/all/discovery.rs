@@ -392,3 +392,31 @@ config = { policy = "round_robin" }
     assert_eq!(b.hits(), 5, "the plugin no longer offers the deregistered endpoint");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deregistered_endpoint_finishes_its_in_flight_request() -> TestResult {
+    // A group that only registrations fill.
+    let portico = Portico::start(&reverse_config(&[], "")).await;
+    let (web, admin) = (portico.addr("web").await, portico.admin);
+    assert_eq!(get(web, "/").await?.status, 503, "nothing registered yet");
+
+    let slow = TestUpstream::start_with("slow", Behavior::Delay(Duration::from_secs(2))).await;
+    let body = format!(r#"{{"address": "{}"}}"#, slow.addr);
+    assert_eq!(send(admin, "POST", "/upstreams/app/endpoints", &[], &body).await?.status, 200);
+    let in_flight = tokio::spawn(async move { get(web, "/").await });
+    assert!(wait_for(|| async { slow.hits() == 1 }).await, "the request reached the endpoint");
+
+    let path = format!("/upstreams/app/endpoints/{}", slow.addr);
+    let answer = send(admin, "DELETE", &path, &[], "").await?;
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    let g = answer.json()["upstream"].clone();
+    assert_eq!(g["endpoints"].as_array().map(Vec::len), Some(0), "{g}");
+    assert_eq!(g["draining"][0]["address"], slow.addr.to_string(), "{g}");
+    assert_eq!(g["draining"][0]["active_requests"], 1, "{g}");
+    assert_eq!(get(web, "/").await?.status, 503, "no new request goes to it");
+
+    let finished = in_flight.await??;
+    assert_eq!((finished.status.as_u16(), finished.header("x-upstream")), (200, "slow"), "the in-flight one finished");
+    assert!(wait_for(|| async { group(admin).await["draining"].as_array().is_some_and(Vec::is_empty) }).await);
+    Ok(())
+}
