@@ -73,6 +73,12 @@ pub enum RegistrationChange {
     },
     /// Remove it.
     Deregister,
+    /// Remove it if its last renewal is still `serial` (the leader collecting a registration whose TTL ran
+    /// out; a renewal that got in first wins, and this changes nothing).
+    Expire {
+        /// The renewal the leader saw expire.
+        serial: u64,
+    },
 }
 
 /// An endpoint registered through the admin API, as replicated.
@@ -331,6 +337,17 @@ impl ClusterState {
                         let group = self.registrations.entry(upstream.clone()).or_default();
                         group.insert(address.clone(), RegisteredEndpoint { weight: *weight, ttl_ms: *ttl_ms, serial });
                     }
+                    RegistrationChange::Expire { serial } => {
+                        let group = self.registrations.get_mut(upstream);
+                        if let Some(group) = group {
+                            if group.get(address).is_some_and(|r| r.serial == *serial) {
+                                group.remove(address);
+                            }
+                            if group.is_empty() {
+                                self.registrations.remove(upstream);
+                            }
+                        }
+                    }
                     RegistrationChange::Deregister => {
                         let Some(group) = self.registrations.get_mut(upstream) else {
                             return Some(format!("{address} is not registered in {upstream:?}"));
@@ -498,6 +515,13 @@ mod tests {
         state.applied_index = 9;
         assert_eq!(state.apply(&register(None)), None);
         assert_eq!(state.registrations["app"]["127.0.0.1:80"].serial, 9, "a renewal is a new serial");
+        let expire = |serial| Command::Registration {
+            upstream: "app".into(),
+            address: "127.0.0.1:80".into(),
+            change: RegistrationChange::Expire { serial },
+        };
+        assert_eq!(state.apply(&expire(7)), None);
+        assert!(state.registrations["app"].contains_key("127.0.0.1:80"), "a renewal got in before the expiry");
         let deregister = Command::Registration {
             upstream: "app".into(),
             address: "127.0.0.1:80".into(),

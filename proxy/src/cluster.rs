@@ -317,6 +317,32 @@ async fn apply(server: &Server, link: &ClusterLink, state: &ClusterState, last: 
     apply_registrations(server, state);
 }
 
+/// How often the leader looks for registrations whose TTL ran out.
+const COLLECT_EXPIRED: Duration = Duration::from_secs(1);
+
+/// On the confirmed leader, removes from the replicated state the registrations whose TTL ran out (every node
+/// already stopped using them; this keeps the state from growing with services that left without a `DELETE`).
+/// Each removal names the renewal it saw expire, so a heartbeat that got in first wins.
+pub async fn collect_expired(server: Weak<Server>, link: Arc<ClusterLink>) {
+    let mut tick = tokio::time::interval(COLLECT_EXPIRED);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(server) = server.upgrade() else { return };
+        if !link.cluster.status().leader_confirmed {
+            continue;
+        }
+        for (upstream, address, serial) in server.shared.discovery.expired_replicated() {
+            let change = portico_cluster::RegistrationChange::Expire { serial };
+            let command = Command::Registration { upstream, address: address.to_string(), change };
+            if let Err(e) = link.cluster.propose(Proposal::plain(command)).await {
+                tracing::debug!(error = %e, "removing an expired registration failed; the next round tries again");
+                break;
+            }
+        }
+    }
+}
+
 /// Hands the replicated registrations to discovery, which rebuilds the groups whose registrations changed.
 fn apply_registrations(server: &Server, state: &ClusterState) {
     let discovery = &server.shared.discovery;

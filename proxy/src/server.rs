@@ -226,7 +226,9 @@ impl Server {
     /// state is applied here through [`Server::reload`].
     pub fn attach_cluster(self: &Arc<Self>, link: Arc<crate::cluster::ClusterLink>) {
         if self.cluster.set(link.clone()).is_ok() {
-            let task = tokio::spawn(crate::cluster::follow(Arc::downgrade(self), link));
+            let task = tokio::spawn(crate::cluster::follow(Arc::downgrade(self), link.clone()));
+            self.background.lock().push(task);
+            let task = tokio::spawn(crate::cluster::collect_expired(Arc::downgrade(self), link));
             self.background.lock().push(task);
         }
     }

@@ -35,6 +35,8 @@ pub fn status(server: &Server) -> Response<ResponseBody> {
             let mut status = serde_json::to_value(link.cluster.status()).unwrap_or_default();
             if let Some(fields) = status.as_object_mut() {
                 fields.insert("config_refused".into(), serde_json::to_value(link.refusal()).unwrap_or_default());
+                let registrations = serde_json::to_value(&link.cluster.state().registrations).unwrap_or_default();
+                fields.insert("registrations".into(), registrations);
             }
             json(StatusCode::OK, status)
         }

@@ -444,6 +444,17 @@ impl Discovery {
         }
     }
 
+    /// On a cluster member: the registrations whose TTL ran out here, as `(group, address, serial)`, for the
+    /// leader to remove from the replicated state (see [`crate::cluster::collect_expired`]).
+    pub fn expired_replicated(&self) -> Vec<(String, SocketAddr, u64)> {
+        let now = Instant::now();
+        let groups = self.groups.lock();
+        let expired = groups.iter().flat_map(|(name, state)| {
+            state.registered.values().filter(|r| r.expired(now)).map(|r| (name.clone(), r.address, r.serial))
+        });
+        expired.collect()
+    }
+
     /// `GET /upstreams` for one group: the group's own description plus what discovery knows (each DNS entry's
     /// last answer and error; each registration's TTL).
     pub fn describe(&self, upstream: &Upstream) -> serde_json::Value {

@@ -642,9 +642,19 @@ async fn registrations_replicate_to_every_node_and_expire_on_every_node() -> Tes
     let answer = send(follower.admin, "POST", "/upstreams/app/endpoints", &[], &body).await?;
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
     assert!(listed(follower).await, "the answer comes once this node applied it");
+    let replicated = follower.status().await.ok_or("status")?;
+    assert_eq!(replicated["registrations"]["app"][b.addr.to_string()]["ttl_ms"], 2000, "{replicated}");
     for node in nodes {
         let expired = eventually_async(Duration::from_secs(30), || async { !listed(node).await }).await;
         assert!(expired, "node {} let it expire", node.id);
+    }
+    // The leader removes it from the replicated state too (GET /cluster shows what is replicated).
+    for node in nodes {
+        let collected = eventually_async(Duration::from_secs(30), || async {
+            node.status().await.is_some_and(|s| s["registrations"] == serde_json::json!({}))
+        })
+        .await;
+        assert!(collected, "node {} no longer holds it: {:?}", node.id, node.status().await);
     }
     Ok(())
 }
