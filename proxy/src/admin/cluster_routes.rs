@@ -14,7 +14,7 @@ use portico_cluster::{ClusterError, Command, EndpointChange, MembershipChange, M
 
 /// The status a cluster failure maps to: 409 for a command the state refused, 503 for everything that means
 /// "not now" (no leader, no quorum, not committed in time), 502 when the leader could not be reached.
-fn failure(e: &ClusterError) -> Response<ResponseBody> {
+pub(super) fn failure(e: &ClusterError) -> Response<ResponseBody> {
     let status = match e {
         ClusterError::Rejected(_) => StatusCode::CONFLICT,
         ClusterError::Forward { .. } => StatusCode::BAD_GATEWAY,
@@ -35,6 +35,8 @@ pub fn status(server: &Server) -> Response<ResponseBody> {
             let mut status = serde_json::to_value(link.cluster.status()).unwrap_or_default();
             if let Some(fields) = status.as_object_mut() {
                 fields.insert("config_refused".into(), serde_json::to_value(link.refusal()).unwrap_or_default());
+                let registrations = serde_json::to_value(&link.cluster.state().registrations).unwrap_or_default();
+                fields.insert("registrations".into(), registrations);
             }
             json(StatusCode::OK, status)
         }

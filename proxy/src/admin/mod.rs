@@ -1,8 +1,9 @@
-//! The admin API: health, readiness, metrics, config, upstream state, reload, and the operator actions
-//! remediation scripts need (drain/undrain an endpoint, change its weight). Mutating calls need
+//! The admin API: health, readiness, metrics, config, upstream state, reload, the operator actions
+//! remediation scripts need (drain/undrain an endpoint, change its weight), and endpoint registration. Mutating calls need
 //! `Authorization: Bearer <token>` when `admin.token` is set.
 
 mod cluster_routes;
+mod endpoint_routes;
 mod routes;
 
 use crate::server::Server;

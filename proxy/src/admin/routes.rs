@@ -1,6 +1,6 @@
 //! Admin API routes. Answers are JSON except `/metrics` (Prometheus text) and `/healthz` (plain text).
 
-use super::cluster_routes;
+use super::{cluster_routes, endpoint_routes};
 use crate::body::ResponseBody;
 use crate::config;
 use crate::server::{Server, ServerError};
@@ -87,9 +87,16 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
                 .upstreams
                 .iter()
                 .filter_map(|u| snapshot.upstreams.get(&u.name))
-                .map(|u| u.describe())
+                .map(|u| server.shared.discovery.describe(u))
                 .collect();
             json(StatusCode::OK, serde_json::Value::Array(list))
+        }
+        (&Method::POST, ["upstreams", upstream, "endpoints"]) => {
+            let upstream = upstream.to_string();
+            endpoint_routes::register(&server, &upstream, req).await
+        }
+        (&Method::DELETE, ["upstreams", upstream, "endpoints", endpoint]) => {
+            endpoint_routes::deregister(&server, upstream, &percent_decode(endpoint)).await
         }
         (&Method::GET, ["cluster"]) => cluster_routes::status(&server),
         (_, ["cluster", ..]) => cluster_routes::route(&server, &method, &segments, req).await,

@@ -3,15 +3,17 @@
 
 pub mod allow;
 pub mod duration;
+pub mod endpoints;
 pub mod file;
 
-use file::{EndpointFile, FileConfig, ListenerMode, PluginFile};
+use file::{FileConfig, ListenerMode, PluginFile};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+pub use endpoints::{DiscoveredEntry, DnsConfig, DnsName};
 pub use file::{FailMode, HealthCheckFile, OutlierFile, PoolFile, RetryBudgetFile, TlsFile, UpstreamProtocol};
 
 /// A configuration problem with the place it was found, so an operator can fix it without guessing.
@@ -53,6 +55,8 @@ pub struct Config {
     pub source: FileConfig,
     /// Cluster membership, when the file has a `[cluster]` table.
     pub cluster: Option<ClusterConfig>,
+    /// The DNS servers endpoint discovery asks.
+    pub dns: DnsConfig,
 }
 
 /// Validated `[cluster]`.
@@ -154,8 +158,10 @@ impl PartialEq for TlsFile {
 pub struct UpstreamConfig {
     /// Unique name.
     pub name: String,
-    /// Endpoints with weights.
+    /// Endpoints with fixed addresses (literal, or resolved once at load), with weights.
     pub endpoints: Vec<EndpointConfig>,
+    /// Names followed at run time by [`crate::discovery`].
+    pub discovered: Vec<DiscoveredEntry>,
     /// Wire protocol to the endpoints.
     pub protocol: UpstreamProtocol,
     /// TCP connect deadline.
@@ -252,6 +258,13 @@ impl Validator<'_> {
         let listeners = self.listeners(&source, &upstream_names, &plugin_names);
         let anomaly = source.anomaly.clone().filter(|a| a.enabled);
         let cluster = source.cluster.as_ref().and_then(|c| self.cluster(c));
+        let dns = match source.dns.as_ref().map(endpoints::check_dns).transpose() {
+            Ok(dns) => dns.unwrap_or(DnsConfig { servers: Vec::new(), timeout: endpoints::DEFAULT_DNS_TIMEOUT }),
+            Err(message) => {
+                self.issue::<()>("dns", None, message);
+                DnsConfig::default()
+            }
+        };
         if let Some(a) = &anomaly {
             if let Err(e) = a.validate() {
                 self.issue::<()>("anomaly", None, e.to_string());
@@ -261,7 +274,9 @@ impl Validator<'_> {
             return Err(self.issues);
         }
         match admin {
-            Some(admin) => Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source, cluster }),
+            Some(admin) => {
+                Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source, cluster, dns })
+            }
             None => Err(self.issues),
         }
     }
@@ -355,20 +370,15 @@ impl Validator<'_> {
                     format!("duplicate upstream name {:?}", up.name.get_ref()),
                 );
             }
-            if up.endpoints.is_empty() {
-                self.issue(format!("{key}.endpoints"), Some(&up.name), "needs at least one endpoint");
-            }
+            // An empty list is a group that registrations fill (see the admin API).
             let mut endpoints = Vec::new();
+            let mut discovered = Vec::new();
             for (j, ep) in up.endpoints.iter().enumerate() {
-                let (address, weight) = match ep {
-                    EndpointFile::Address(a) => (a.clone(), 1),
-                    EndpointFile::Weighted { address, weight } => (address.clone(), *weight),
-                };
-                if !(1..=1000).contains(&weight) {
-                    self.issue(format!("{key}.endpoints[{j}].weight"), Some(&up.name), "weight must be 1..=1000");
-                }
-                match resolve(&address) {
-                    Ok(resolved) => endpoints.push(EndpointConfig { name: address, address: resolved, weight }),
+                match endpoints::check_entry(ep, resolve) {
+                    Ok(endpoints::Checked::Fixed { name, address, weight }) => {
+                        endpoints.push(EndpointConfig { name, address, weight })
+                    }
+                    Ok(endpoints::Checked::Discovered(entry)) => discovered.push(entry),
                     Err(message) => self.issue(format!("{key}.endpoints[{j}]"), Some(&up.name), message),
                 }
             }
@@ -409,6 +419,7 @@ impl Validator<'_> {
             out.push(UpstreamConfig {
                 name: up.name.get_ref().clone(),
                 endpoints,
+                discovered,
                 protocol: up.protocol,
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,

@@ -181,6 +181,13 @@ impl IdleConnections {
         }
     }
 
+    /// Closes every idle connection (the endpoint left its group).
+    pub fn clear(&self) {
+        for lane in self.lanes.iter() {
+            lane.lock().clear();
+        }
+    }
+
     /// Idle connections over all lanes.
     pub fn count(&self) -> usize {
         self.lanes.iter().map(|l| l.lock().len()).sum()
@@ -198,8 +205,12 @@ pub struct PooledConnection {
 }
 
 impl PooledConnection {
-    /// Returns the connection to its endpoint's idle list, in the lane of the runtime that drives it.
+    /// Returns the connection to its endpoint's idle list, in the lane of the runtime that drives it; one to an
+    /// endpoint that left its group is closed instead.
     pub fn release(self) {
+        if self.endpoint.is_retired() {
+            return;
+        }
         self.endpoint.idle.put(self.lane, self.sender, self.max_idle);
     }
 }

@@ -6,6 +6,7 @@ mod anomaly;
 mod builtin;
 mod cluster;
 mod cpp_sdk;
+mod discovery;
 mod forward;
 mod h2;
 mod hardening;
