@@ -100,6 +100,8 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// Closes a connection with no request in flight for this long.
     pub idle_timeout: Duration,
+    /// How long a response body may wait for the client to take more of it.
+    pub send_timeout: Duration,
     /// Request-head size cap.
     pub max_header_bytes: usize,
     /// Plugin names in request order.
@@ -579,6 +581,7 @@ impl Validator<'_> {
                     max_connections: l.max_connections,
                     header_read_timeout: l.header_read_timeout.0,
                     idle_timeout: l.idle_timeout.0,
+                    send_timeout: l.send_timeout.0,
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                 });

@@ -4,6 +4,7 @@
 
 pub mod guard;
 pub mod idle;
+mod send_timeout;
 pub mod workers;
 
 use crate::config::ListenerConfig;
@@ -197,7 +198,7 @@ async fn serve_connection(
     let service = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
     let config = &runtime.config;
     // Counts from accept: the TLS handshake, version detection and the first request head share one deadline.
-    let expired = activity.expired(config.header_read_timeout, config.idle_timeout);
+    let expired = activity.expired(config.header_read_timeout, config.idle_timeout, config.send_timeout);
     tokio::pin!(expired);
     match &runtime.tls {
         None => {

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Writes `raw`, then reads until the server closes (or `limit` passes); returns what was read.
-async fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> std::io::Result<String> {
+pub(crate) async fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(raw).await?;
     let mut reply = Vec::new();
