@@ -4,6 +4,7 @@
 pub mod allow;
 pub mod duration;
 pub mod file;
+pub mod keys;
 
 use file::{EndpointFile, FileConfig, ListenerMode, PluginFile};
 use std::collections::HashSet;
@@ -211,13 +212,49 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigIssue>> {
     Ok(config)
 }
 
-/// Parses and validates config text. All problems are returned together.
+/// Parses and validates config text. All problems are returned together, each with its key and line: a value
+/// serde refuses is blanked out (see [`keys`]) and the rest read again, then everything that parsed is validated.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigIssue>> {
-    let source: FileConfig = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|span| line_of(text, span.start));
-        vec![ConfigIssue { key: "file".into(), line, message: e.message().trim().to_string() }]
-    })?;
-    Validator { text, issues: Vec::new() }.validate(source)
+    let index = keys::KeyIndex::parse(text).unwrap_or_default();
+    let mut issues = Vec::new();
+    let mut blanked: Vec<String> = Vec::new();
+    let mut readable = text.to_string();
+    let source = loop {
+        let error = match toml::from_str::<FileConfig>(&readable) {
+            Ok(source) => break Some(source),
+            Err(error) => error,
+        };
+        let offset = error.span().map(|span| span.start);
+        let message = error.message().trim().to_string();
+        // A required key blanked for an earlier problem is missing now: that is the same problem.
+        if blanked.iter().any(|key| message.contains(&format!("missing field `{}`", last_segment(key)))) {
+            break None;
+        }
+        let key = offset.and_then(|o| index.name_at(o)).unwrap_or_else(|| "file".into());
+        issues.push(ConfigIssue { key, line: offset.map(|o| line_of(text, o)), message });
+        match offset.and_then(|o| index.key_at(o)) {
+            Some(entry) if !blanked.contains(&entry.path) => {
+                blanked.push(entry.path.clone());
+                keys::blank(&mut readable, entry);
+            }
+            _ => break None,
+        }
+    };
+    let validated = source.map(|source| Validator { text, index: &index, issues: Vec::new() }.validate(source));
+    match validated {
+        Some(Ok(config)) if issues.is_empty() => Ok(config),
+        Some(Ok(_)) | None => Err(issues),
+        Some(Err(more)) => {
+            // What validation says of a key that was blanked (a default stood in for it) is not news.
+            issues.extend(more.into_iter().filter(|i| !blanked.contains(&i.key)));
+            issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+            Err(issues)
+        }
+    }
+}
+
+fn last_segment(key: &str) -> &str {
+    key.rsplit('.').next().unwrap_or(key)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -226,13 +263,34 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 struct Validator<'a> {
     text: &'a str,
+    index: &'a keys::KeyIndex,
     issues: Vec<ConfigIssue>,
 }
 
 impl Validator<'_> {
+    /// Records a problem; its line is where the key is written, else the spanned value's (for a key that is
+    /// missing, the nearest thing that is there).
     fn issue<T>(&mut self, key: impl Into<String>, spanned: Option<&Spanned<T>>, message: impl Into<String>) {
-        let line = spanned.filter(|s| s.span().end > 0).map(|s| line_of(self.text, s.span().start));
-        self.issues.push(ConfigIssue { key: key.into(), line, message: message.into() });
+        let key = key.into();
+        let spanned = spanned.filter(|s| s.span().end > 0).map(|s| s.span().start);
+        let offset = self.index.offset_of(&key).or(spanned);
+        let line = offset.map(|o| line_of(self.text, o));
+        self.issues.push(ConfigIssue { key, line, message: message.into() });
+    }
+
+    /// TLS files must be readable: found here, the problem has its key and line (the PEM contents are checked
+    /// when the listener is built).
+    fn tls_files(&mut self, key: &str, tls: &TlsFile) {
+        let mut files = vec![(format!("{key}.tls.cert"), &tls.cert), (format!("{key}.tls.key"), &tls.key)];
+        for (j, pair) in tls.sni.iter().enumerate() {
+            files.push((format!("{key}.tls.sni[{j}].cert"), &pair.cert));
+            files.push((format!("{key}.tls.sni[{j}].key"), &pair.key));
+        }
+        for (file_key, path) in files {
+            if let Err(e) = std::fs::File::open(path) {
+                self.issue::<()>(file_key, None, format!("cannot read {}: {e}", path.display()));
+            }
+        }
     }
 
     fn address(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
@@ -542,7 +600,10 @@ impl Validator<'_> {
                 _ => {}
             }
             if l.mode == ListenerMode::Forward && l.tls.is_some() {
-                self.issue(format!("{key}.tls"), Some(&l.name), "TLS on a forward-proxy listener is not supported");
+                self.issue::<()>(format!("{key}.tls"), None, "TLS on a forward-proxy listener is not supported");
+            }
+            if let Some(tls) = &l.tls {
+                self.tls_files(&key, tls);
             }
             let mut allow = Vec::new();
             if l.mode != ListenerMode::Forward && !l.allow.is_empty() {
@@ -557,8 +618,22 @@ impl Validator<'_> {
             if l.idle_timeout.0.is_zero() {
                 self.issue(format!("{key}.idle_timeout"), Some(&l.name), "must be more than zero");
             }
+            if l.send_timeout.0.is_zero() {
+                self.issue(format!("{key}.send_timeout"), Some(&l.name), "must be more than zero");
+            }
             if l.max_connections == 0 {
                 self.issue(format!("{key}.max_connections"), Some(&l.name), "must be at least 1");
+            }
+            // Refused rather than half applied: on a forward listener a filter could see absolute-form requests
+            // but never what goes through a CONNECT tunnel (opaque bytes, usually TLS), so an auth or policy
+            // filter there would look enforced and be bypassed by any client that tunnels.
+            if l.mode == ListenerMode::Forward && !l.filters.is_empty() {
+                self.issue(
+                    format!("{key}.filters"),
+                    l.filters.first(),
+                    "filters run on reverse-proxy listeners only: a forward listener's CONNECT tunnels carry bytes \
+                     no filter sees, so its filters would not apply to them",
+                );
             }
             for filter in &l.filters {
                 if !plugins.contains(filter.get_ref().as_str()) {
@@ -659,6 +734,51 @@ outlier_detection = { consecutive_5xx = 5, base_ejection_time = "30s", max_eject
         let issues = parse(&GOOD.replace("\"250ms\"", "\"250\"")).err().unwrap_or_default();
         assert_eq!(issues[0].line, Some(13), "{issues:?}");
         assert!(issues[0].message.contains("no unit"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_and_line() {
+        let text = GOOD
+            .replace("upstream = \"app\"\n", "upstream = \"app\"\nheader_read_timeout = \"5\"\nbogus = 1\n")
+            .replace("\"250ms\"", "\"250\"")
+            .replace("endpoints = [", "retries = 50\nendpoints = [");
+        let issues = parse(&text).err().unwrap_or_default();
+        let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert!(
+            shown.contains(
+                &"line 9: listener[0].header_read_timeout: duration \"5\" has no unit (use ms, s, m or h)".into()
+            ),
+            "{shown:#?}"
+        );
+        assert!(shown.iter().any(|s| s.starts_with("line 10: listener[0].bogus: unknown field `bogus`")), "{shown:#?}");
+        assert!(shown.iter().any(|s| s.starts_with("line 16: upstream[0].connect_timeout: duration")), "{shown:#?}");
+        assert!(shown.iter().any(|s| s.starts_with("line 14: upstream[0].retries: at most 10")), "{shown:#?}");
+        assert_eq!(issues.len(), 4, "{shown:#?}");
+    }
+
+    #[test]
+    fn a_missing_certificate_names_its_key_and_line() {
+        let text = GOOD.replace(
+            "upstream = \"app\"\n",
+            "upstream = \"app\"\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
+        );
+        let issues = parse(&text).err().unwrap_or_default();
+        let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert!(
+            shown.iter().any(|s| s.starts_with("line 9: listener[0].tls.cert: cannot read /nonexistent/c.pem")),
+            "{shown:#?}"
+        );
+        assert!(shown.iter().any(|s| s.starts_with("line 9: listener[0].tls.key: cannot read")), "{shown:#?}");
+    }
+
+    #[test]
+    fn filters_on_a_forward_listener_are_refused() {
+        let text = GOOD.replace("upstream = \"app\"\n", "mode = \"forward\"\nfilters = [\"p\"]\n")
+            + "\n[[plugin]]\nname = \"p\"\nwasm = \"builtin:balancer\"\n";
+        let issues = parse(&text).err().unwrap_or_default();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "listener[0].filters");
+        assert!(issues[0].message.contains("reverse-proxy listeners only"), "{issues:?}");
     }
 
     #[test]

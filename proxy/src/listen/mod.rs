@@ -131,9 +131,7 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_failed(&e).await;
                 continue;
             }
         };
@@ -172,6 +170,20 @@ async fn accept_loop(
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("listener drain timed out; remaining connections are closed");
+    }
+}
+
+/// After a failed `accept`: out of file descriptors (`EMFILE`, `ENFILE`) or memory, the pending connection stays
+/// in the backlog and the next `accept` fails at once, so the loop backs off (and says so) instead of spinning
+/// at a full core. Other errors concern one connection the client already gave up (`ECONNABORTED`): go on.
+pub async fn accept_failed(e: &std::io::Error) {
+    let exhausted = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
+    if exhausted {
+        tracing::warn!(error = %e, "accept failed: out of file descriptors or memory; pausing accepts for 100ms");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        tracing::debug!(error = %e, "accept failed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

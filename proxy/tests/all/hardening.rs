@@ -17,7 +17,7 @@ pub(crate) async fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> s
 }
 
 /// Reads until the server closes the connection; false if it is still open after `limit`.
-async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
+pub(crate) async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 4096];
     let read_all = async {
         loop {
@@ -164,14 +164,40 @@ async fn idle_h2_connections_are_closed() -> TestResult {
     Ok(())
 }
 
+/// The admin API closes a connection that sends nothing, too little to tell its version, or a partial head.
 #[tokio::test]
-async fn admin_connection_with_a_partial_head_is_closed() -> TestResult {
+async fn admin_connections_without_a_request_are_closed() -> TestResult {
     let upstream = TestUpstream::start("app").await;
     let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
-    let mut stream = TcpStream::connect(p.admin).await?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n").await?;
-    // The admin header-read timeout is 10 s.
-    assert!(closed_by_server(&mut stream, Duration::from_secs(30)).await, "admin connection still open");
+    let held = [&b""[..], b"P", b"GET /healthz HTTP/1.1\r\nHost: a\r\n"].map(|sent| async move {
+        let mut stream = TcpStream::connect(p.admin).await?;
+        stream.write_all(sent).await?;
+        // The admin header-read timeout is 10 s, from accept.
+        Ok::<_, std::io::Error>((sent, closed_by_server(&mut stream, Duration::from_secs(30)).await))
+    });
+    for outcome in futures_util::future::join_all(held).await {
+        let (sent, closed) = outcome?;
+        assert!(closed, "admin connection still open after {sent:?}");
+    }
+    Ok(())
+}
+
+/// Idle connections at `max_connections` cannot lock other clients out: they are closed at the header-read
+/// timeout, and the clients waiting in the backlog are served.
+#[tokio::test]
+async fn idle_connections_at_the_connection_cap_do_not_lock_clients_out() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let config = short_timeouts(&quoted(&[&upstream]))
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nmax_connections = 20\n");
+    let p = Portico::start(&config).await;
+    let web = p.addr("web").await;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(web).await?);
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(60), get(web, "/waited")).await??;
+    assert_eq!(answer.status, 200);
+    drop(idle);
     Ok(())
 }
 

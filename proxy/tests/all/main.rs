@@ -8,6 +8,7 @@ mod cluster;
 mod forward;
 mod h2;
 mod hardening;
+mod hardening_limits;
 mod hardening_requests;
 mod metrics;
 mod plugins;
