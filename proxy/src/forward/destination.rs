@@ -94,3 +94,15 @@ fn is_own(shared: &Shared, addr: SocketAddr, this_host: bool) -> bool {
         .map(|o| canonical(*o))
         .any(|o| o == addr || (o.ip().is_unspecified() && o.port() == addr.port() && this_host))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_hosts_addresses_count_as_local() {
+        assert!(is_local_address(IpAddr::from([127, 0, 0, 1])));
+        // TEST-NET-1 (RFC 5737) is never assigned to a host; binding it fails without sending anything.
+        assert!(!is_local_address(IpAddr::from([192, 0, 2, 1])));
+    }
+}

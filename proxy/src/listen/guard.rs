@@ -26,6 +26,11 @@ pub struct GuardFlag {
 }
 
 impl GuardFlag {
+    /// The 1-based ordinal of the first request head refused on this connection, 0 if none.
+    pub fn first_refused(&self) -> u64 {
+        self.bad_request.load(Ordering::Relaxed)
+    }
+
     /// Called by the request path for each request; true when this request must be refused.
     pub fn next_request_is_refused(&self) -> bool {
         let ordinal = self.served.fetch_add(1, Ordering::Relaxed) + 1;
@@ -58,6 +63,16 @@ impl<S> SmuggleGuard<S> {
     /// Starts watching a fresh connection.
     pub fn new(inner: S, flag: Arc<GuardFlag>) -> Self {
         SmuggleGuard { inner, state: State::Head(Vec::new()), heads: 0, flag }
+    }
+
+    /// Follows bytes as if hyper had just read them (the fuzz target drives the guard this way).
+    pub fn observe(&mut self, bytes: &[u8]) {
+        self.scan(bytes);
+    }
+
+    /// Request heads framed so far.
+    pub fn heads(&self) -> u64 {
+        self.heads
     }
 
     fn scan(&mut self, mut bytes: &[u8]) {
