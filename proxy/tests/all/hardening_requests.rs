@@ -57,6 +57,20 @@ async fn a_broken_client_body_is_the_clients_fault() -> TestResult {
     Ok(())
 }
 
+/// Through a forward listener too, a broken body is answered 400, not 502.
+#[tokio::test]
+async fn a_broken_client_body_through_a_forward_listener_is_a_400() -> TestResult {
+    let origin = TestUpstream::start("origin").await;
+    let p = Portico::start(&forward_config(443, r#"allow = ["127.0.0.0/8"]"#)).await;
+    let o = origin.addr;
+    let raw = format!(
+        "POST http://{o}/zz HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+    );
+    let reply = exchange(p.addr("egress").await, raw.as_bytes(), Duration::from_secs(20)).await?;
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+    Ok(())
+}
+
 /// A client that sends part of its body and then nothing: the upstream waits on the client, so the request
 /// timeout is the client's (408), and the endpoint is not blamed.
 #[tokio::test]
