@@ -628,6 +628,13 @@ impl Validator<'_> {
             if l.max_connections == 0 {
                 self.issue(format!("{key}.max_connections"), Some(&l.name), "must be at least 1");
             }
+            if l.max_header_bytes.0 > crate::listen::guard::MAX_HEAD as u64 {
+                self.issue(
+                    format!("{key}.max_header_bytes"),
+                    Some(&l.name),
+                    "at most 128KiB: the smuggling guard checks request heads up to that size",
+                );
+            }
             // Refused rather than half applied: on a forward listener a filter could see absolute-form requests
             // but never what goes through a CONNECT tunnel (opaque bytes, usually TLS), so an auth or policy
             // filter there would look enforced and be bypassed by any client that tunnels.

@@ -46,10 +46,10 @@ pub async fn handle(
     let in_flight = conn.activity.begin();
     let listener = conn.listener.load_full();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
-        tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request with both Content-Length and Transfer-Encoding");
+        tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: both Content-Length and Transfer-Encoding, or a head too large to check");
         let response = local::error_response(
             local::LocalError::BadRequest,
-            "request has both Content-Length and Transfer-Encoding",
+            "request has both Content-Length and Transfer-Encoding (or a head too large to check)",
             &meta.request_id,
         );
         shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
