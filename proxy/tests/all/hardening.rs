@@ -60,6 +60,36 @@ async fn forward_listener_refuses_portico_itself_and_loopback() -> TestResult {
     Ok(())
 }
 
+/// With an admin token set, neither reads nor writes reach the admin API through a forward listener.
+#[tokio::test]
+async fn forward_listener_reaches_no_admin_route_with_a_token_set() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let config = forward_config(443, "").replace("[admin]\n", "[admin]\ntoken = \"secret\"\n")
+        + &format!("\n[[upstream]]\nname = \"app\"\nendpoints = [\"{}\"]\n", upstream.addr);
+    let p = Portico::start(&config).await;
+    let (egress, admin, ep) = (p.addr("egress").await, p.admin, upstream.addr);
+    for (method, path) in [
+        ("GET", "/config".to_string()),
+        ("GET", "/upstreams".to_string()),
+        ("GET", "/metrics".to_string()),
+        ("GET", "/plugins".to_string()),
+        ("POST", format!("/upstreams/app/endpoints/{ep}/drain")),
+        ("POST", "/config/reload".to_string()),
+    ] {
+        let raw = format!(
+            "{method} http://{admin}{path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let reply = exchange(egress, raw.as_bytes(), Duration::from_secs(10)).await?;
+        assert!(
+            reply.starts_with("HTTP/1.1 403") && reply.contains("destination_forbidden"),
+            "{method} {path}: {reply}"
+        );
+    }
+    let groups = get(admin, "/upstreams").await?.json();
+    assert_eq!(groups[0]["endpoints"][0]["status"], "healthy", "the endpoint was drained: {groups}");
+    Ok(())
+}
+
 /// CONNECT is checked the same way, even to a port listed in `connect_ports`.
 #[tokio::test]
 async fn forward_connect_to_the_admin_port_is_refused() -> TestResult {
@@ -130,6 +160,37 @@ async fn connections_without_a_request_are_closed() -> TestResult {
         stream.write_all(sent).await?;
         assert!(closed_by_server(&mut stream, Duration::from_secs(10)).await, "still open after {sent:?}");
     }
+    Ok(())
+}
+
+/// Two thousand connections that send nothing are all closed by the header-read timeout.
+#[tokio::test]
+async fn two_thousand_idle_connections_are_all_closed() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&short_timeouts(&quoted(&[&upstream]))).await;
+    let web = p.addr("web").await;
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(web).await?);
+    }
+    for (i, stream) in idle.iter_mut().enumerate() {
+        assert!(closed_by_server(stream, Duration::from_secs(30)).await, "connection {i} still open");
+    }
+    Ok(())
+}
+
+/// A TLS client that stops in the middle of its handshake is closed by the header-read timeout too.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let certs = crate::tls::tls_setup(dir.path(), upstream.addr)?;
+    let config = certs.config.replace("upstream = \"app\"\n", "upstream = \"app\"\nheader_read_timeout = \"300ms\"\n");
+    let p = Portico::start(&config).await;
+    let mut stream = TcpStream::connect(p.addr("web").await).await?;
+    // The first bytes of a TLS record carrying a ClientHello, and no more.
+    stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await?;
+    assert!(closed_by_server(&mut stream, Duration::from_secs(10)).await, "a half-done handshake is still open");
     Ok(())
 }
 
