@@ -12,6 +12,8 @@
 //! is closed, not pooled) once it has waited `send_timeout` since the last one. When the client reads again, the
 //! upstream body has gone and the stream is reset (HTTP/2) or the connection closed (HTTP/1). Meanwhile the
 //! request no longer counts as in flight, so `idle_timeout` closes a connection left with nothing else to do.
+//! (An HTTP/2 upstream connection is shared by many requests, so there only the pool slot is released; its
+//! stream ends when the client's side of the response is dropped.)
 
 use crate::body::{BodyGuard, ResponseBody};
 use parking_lot::Mutex;
