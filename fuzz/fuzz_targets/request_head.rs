@@ -43,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(!parts.headers.contains_key("http2-settings"));
         let upgrade = parts.headers.get_all(http::header::UPGRADE).iter();
-        assert!(!upgrade.flat_map(|v| v.as_bytes().split(|b| *b == b',')).any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c")));
+        assert!(!upgrade
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c")));
         assert_ne!(parts.method, http::Method::CONNECT);
     }
 });
