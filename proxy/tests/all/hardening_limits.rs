@@ -38,14 +38,14 @@ async fn admin_routes_refuse_large_bodies() -> TestResult {
     Ok(())
 }
 
-/// A plugin that fills a shared queue: the queue stops at its cap and the guest gets INTERNAL_FAILURE (10),
-/// which this module answers as status 400 + the status.
-#[tokio::test]
-async fn a_plugin_cannot_grow_a_shared_queue_without_bound() -> TestResult {
-    let module = wat::parse_str(
+/// A module whose `proxy_on_request_headers` runs `body` (which leaves an ABI status in `$s`) and answers with
+/// status 400 + that status, so the test sees what the host told the guest.
+fn status_plugin(body: &str) -> Result<Vec<u8>, wat::Error> {
+    wat::parse_str(format!(
         r#"(module
   (import "env" "proxy_register_shared_queue" (func $reg (param i32 i32 i32) (result i32)))
   (import "env" "proxy_enqueue_shared_queue" (func $enq (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_send_local_response" (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 65536))
@@ -60,30 +60,66 @@ async fn a_plugin_cannot_grow_a_shared_queue_without_bound() -> TestResult {
   (data (i32.const 1024) "q")
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (local $i i32) (local $s i32)
-    (local.set $s (call $reg (i32.const 1024) (i32.const 1) (i32.const 512)))
+    {body}
+    (drop (call $local (i32.add (i32.const 400) (local.get $s))
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1)))"#
+    ))
+}
+
+/// Portico with `module` as the filter of its listener; the answer to one request.
+async fn answer_through(module: Vec<u8>) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("caps.wasm");
+    std::fs::write(&wasm, module)?;
+    let config = reverse_config(&quoted(&[&up]), "")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"caps\"]\n")
+        + &format!(
+            "\n[[plugin]]\nname = \"caps\"\nwasm = \"{}\"\ncpu_limit = \"20s\"\ninstances = 1\n",
+            wasm.display()
+        );
+    let p = Portico::start(&config).await;
+    Ok(get(p.addr("web").await, "/caps").await?)
+}
+
+/// A plugin that fills a shared queue: the queue stops at its cap and the guest gets INTERNAL_FAILURE (10).
+#[tokio::test]
+async fn a_plugin_cannot_grow_a_shared_queue_without_bound() -> TestResult {
+    let module = status_plugin(
+        r#"(local.set $s (call $reg (i32.const 1024) (i32.const 1) (i32.const 512)))
     (if (i32.eqz (local.get $s)) (then
       (block $done (loop $next
         (local.set $s (call $enq (i32.load (i32.const 512)) (i32.const 1024) (i32.const 1)))
         (br_if $done (local.get $s))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br_if $next (i32.lt_u (local.get $i) (i32.const 20000)))))))
-    (drop (call $local (i32.add (i32.const 400) (local.get $s))
-      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
-    (i32.const 1)))"#,
+        (br_if $next (i32.lt_u (local.get $i) (i32.const 20000)))))))"#,
     )?;
-    let up = TestUpstream::start("app").await;
-    let dir = tempfile::tempdir()?;
-    let wasm = dir.path().join("fill.wasm");
-    std::fs::write(&wasm, module)?;
-    let config = reverse_config(&quoted(&[&up]), "")
-        .replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"fill\"]\n")
-        + &format!(
-            "\n[[plugin]]\nname = \"fill\"\nwasm = \"{}\"\ncpu_limit = \"20s\"\ninstances = 1\n",
-            wasm.display()
-        );
-    let p = Portico::start(&config).await;
-    let answer = get(p.addr("web").await, "/fill").await?;
+    let answer = answer_through(module).await?;
     assert_eq!(answer.status, 410, "the 10,001st entry must fail with INTERNAL_FAILURE: {answer:?}");
+    Ok(())
+}
+
+/// A guest metric name over 256 bytes is refused with BAD_ARGUMENT (2), and so is the 1,001st metric name
+/// (INTERNAL_FAILURE, 10): each would be a Prometheus series for the life of the process.
+#[tokio::test]
+async fn a_plugin_cannot_define_metrics_without_bound() -> TestResult {
+    let long_name =
+        status_plugin("(local.set $s (call $define (i32.const 0) (i32.const 2048) (i32.const 300) (i32.const 512)))")?;
+    assert_eq!(answer_through(long_name).await?.status, 402);
+    // Names "m" followed by three letters from the counter: distinct for 17,576 metrics.
+    let many = status_plugin(
+        r#"(i32.store8 (i32.const 2048) (i32.const 109))
+    (block $done (loop $next
+      (i32.store8 (i32.const 2049) (i32.add (i32.const 97) (i32.rem_u (local.get $i) (i32.const 26))))
+      (i32.store8 (i32.const 2050) (i32.add (i32.const 97) (i32.rem_u (i32.div_u (local.get $i) (i32.const 26)) (i32.const 26))))
+      (i32.store8 (i32.const 2051) (i32.add (i32.const 97) (i32.div_u (local.get $i) (i32.const 676))))
+      (local.set $s (call $define (i32.const 0) (i32.const 2048) (i32.const 4) (i32.const 512)))
+      (br_if $done (local.get $s))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $next (i32.lt_u (local.get $i) (i32.const 5000)))))"#,
+    )?;
+    assert_eq!(answer_through(many).await?.status, 410);
     Ok(())
 }
 
