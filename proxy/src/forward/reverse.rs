@@ -279,7 +279,7 @@ async fn proxy(
                     return error_response(error, detail, &meta.request_id);
                 }
                 upstream.report_failure(index, &shared.metrics);
-                tracing::warn!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, endpoint = %endpoint.name, "upstream did not answer in time");
+                tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, endpoint = %endpoint.name, "upstream did not answer in time");
                 return error_response(
                     LocalError::UpstreamTimeout,
                     &format!("upstream {:?} did not answer in time", upstream.name()),
@@ -295,7 +295,7 @@ async fn proxy(
                     shared.metrics.connect_errors.with_label_values(&[upstream.name()]).inc();
                 }
                 upstream.report_failure(index, &shared.metrics);
-                tracing::warn!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, endpoint = %endpoint.name, error = %error_chain(&e), "upstream attempt failed");
+                tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, endpoint = %endpoint.name, error = %error_chain(&e), "upstream attempt failed");
                 last_error = (LocalError::UpstreamFailed, format!("upstream {:?}: {}", upstream.name(), e.summary()));
                 continue;
             }
