@@ -747,11 +747,20 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
             crate::engine::SetShared::Ok => OK,
             crate::engine::SetShared::CasMismatch => CAS_MISMATCH,
             crate::engine::SetShared::TooLarge => {
-                tracing::warn!(%plugin, key_bytes = key.len(), value_bytes = len, "proxy_set_shared_data refused: key or value over its cap");
+                crate::limits::refused(
+                    plugin,
+                    format_args!(
+                        "proxy_set_shared_data refused: key ({} bytes) or value ({len} bytes) over its cap",
+                        key.len()
+                    ),
+                );
                 BAD_ARGUMENT
             }
             crate::engine::SetShared::Full => {
-                tracing::warn!(%plugin, "proxy_set_shared_data refused: shared data is full (keys or bytes)");
+                crate::limits::refused(
+                    plugin,
+                    format_args!("proxy_set_shared_data refused: shared data is full (keys or bytes)"),
+                );
                 INTERNAL_FAILURE
             }
         })
@@ -769,7 +778,13 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
             root_context: st.root_context,
         };
         let Some(id) = st.core.engine.register_queue(&st.core.vm_id, &name, owner) else {
-            tracing::warn!(plugin = %st.core.name, queue_name_bytes = name.len(), "proxy_register_shared_queue refused: name too long or too many queues");
+            crate::limits::refused(
+                &st.core.name,
+                format_args!(
+                    "proxy_register_shared_queue refused: name ({} bytes) too long or too many queues",
+                    name.len()
+                ),
+            );
             return Ok(if name.len() > crate::limits::MAX_QUEUE_NAME { BAD_ARGUMENT } else { INTERNAL_FAILURE });
         };
         mem::write_u32(&mut c, ret, id, "proxy_register_shared_queue")?;
@@ -801,11 +816,17 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
             crate::engine::Enqueue::Ok(owner) => owner,
             crate::engine::Enqueue::NotFound => return Ok(NOT_FOUND),
             crate::engine::Enqueue::TooLarge => {
-                tracing::warn!(plugin = %core.name, queue = id, "proxy_enqueue_shared_queue refused: entry over the queue's byte cap");
+                crate::limits::refused(
+                    &core.name,
+                    format_args!("proxy_enqueue_shared_queue refused: entry over queue {id}'s byte cap"),
+                );
                 return Ok(BAD_ARGUMENT);
             }
             crate::engine::Enqueue::Full => {
-                tracing::warn!(plugin = %core.name, queue = id, "proxy_enqueue_shared_queue refused: the queue is full (entries or bytes)");
+                crate::limits::refused(
+                    &core.name,
+                    format_args!("proxy_enqueue_shared_queue refused: queue {id} is full (entries or bytes)"),
+                );
                 return Ok(INTERNAL_FAILURE);
             }
         };

@@ -6,7 +6,21 @@
 //! `BAD_ARGUMENT` when the one item is too large by itself (a key, value, name or queue entry), and
 //! `INTERNAL_FAILURE` when the store it goes into is full (there is no "resource exhausted" status in the
 //! ABI). A callout answer over the cap is delivered as a failed callout (no headers, no body), as a connect
-//! failure would be.
+//! failure would be. Refusals are logged through [`refused`], which rate-limits the warnings.
+
+/// Logs a refusal: a warning at most once a second for the whole process (a guest looping on a full queue
+/// must not flood the log), debug lines otherwise.
+pub(crate) fn refused(plugin: &str, message: std::fmt::Arguments<'_>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now > last && LAST_WARNING.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        tracing::warn!(plugin, "{message} (further refusals within the second are logged at debug level)");
+    } else {
+        tracing::debug!(plugin, "{message}");
+    }
+}
 
 /// Largest callout (`proxy_http_call`) response body; the proxy stops reading there.
 pub const MAX_HTTP_CALL_RESPONSE_BODY: usize = 1024 * 1024;

@@ -144,11 +144,19 @@ impl PluginCore {
             return Ok(*id);
         }
         if name.len() > MAX_METRIC_NAME {
-            tracing::warn!(plugin = %self.name, name_bytes = name.len(), "proxy_define_metric refused: name over {MAX_METRIC_NAME} bytes");
+            crate::limits::refused(
+                &self.name,
+                format_args!("proxy_define_metric refused: name of {} bytes, over {MAX_METRIC_NAME}", name.len()),
+            );
             return Err(abi::BAD_ARGUMENT);
         }
         if gm.list.len() >= MAX_METRICS_PER_PLUGIN {
-            tracing::warn!(plugin = %self.name, "proxy_define_metric refused: the plugin already defined {MAX_METRICS_PER_PLUGIN} metrics");
+            crate::limits::refused(
+                &self.name,
+                format_args!(
+                    "proxy_define_metric refused: the plugin already defined {MAX_METRICS_PER_PLUGIN} metrics"
+                ),
+            );
             return Err(abi::INTERNAL_FAILURE);
         }
         let labels = [self.name.as_str(), name];
