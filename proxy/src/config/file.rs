@@ -219,6 +219,10 @@ pub struct ListenerFile {
     /// A connection with no request in flight for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// A response body the client takes nothing of for this long is cut off and its upstream connection
+    /// released (nginx's `send_timeout`: the time between two successive writes, not for the whole response).
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: HumanDuration,
     /// Largest request head accepted; larger gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
@@ -232,6 +236,9 @@ fn default_connect_ports() -> Vec<u16> {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+fn default_send_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
 }
 fn default_header_timeout() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(10))

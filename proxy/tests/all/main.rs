@@ -10,6 +10,8 @@ mod discovery;
 mod forward;
 mod h2;
 mod hardening;
+mod hardening_limits;
+mod hardening_requests;
 mod metrics;
 mod plugin_upload;
 mod plugins;

@@ -343,3 +343,15 @@ connect_ports = [{connect_port}]
 "#
     )
 }
+
+/// Waits (up to 30 s, a bound only a hang reaches) for a GET on `addr` to be answered 200.
+pub async fn eventually_served(addr: SocketAddr, path: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if get(addr, path).await.is_ok_and(|a| a.status == 200) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
