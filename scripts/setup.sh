@@ -3,6 +3,7 @@
 #   - promtool (Debian `prometheus`): the metrics test checks the exposition with it;
 #   - curl: remediation scripts and examples use it;
 #   - keepalived: the VIP failover test (network namespaces, run when root) drives the example configs;
+#   - chromium: the dashboard test renders the page in headless Chromium and reads its DOM;
 #   - nginx-light, haproxy, wrk, h2load (`nghttp2-client`): the benchmark peers and load generators;
 #   - zig from PyPI's `ziglang`, pinned: builds the bundled wasm plugins (there is no Rust wasm32 target here).
 # Safe to run again: it only installs what is missing.
@@ -13,6 +14,7 @@ need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
 command -v keepalived >/dev/null || need+=(keepalived)
+command -v chromium >/dev/null || need+=(chromium)
 if [[ "${PORTICO_SETUP_BENCH:-0}" == 1 ]]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v haproxy >/dev/null || need+=(haproxy)

@@ -16,6 +16,7 @@ pub mod observe;
 pub mod plugin;
 pub mod route;
 pub mod server;
+pub mod stats;
 pub mod tls;
 pub mod trace_context;
 pub mod upstream;

@@ -117,6 +117,8 @@ pub struct Shared {
     pub workers: Option<Workers>,
     /// Addresses Portico itself serves on (admin, listeners, as bound): forward listeners refuse them.
     pub own_addrs: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
+    /// The last minutes of traffic, for the dashboard (`GET /stats`).
+    pub stats: crate::stats::StatsHistory,
 }
 
 impl Shared {
@@ -189,6 +191,7 @@ impl Server {
             watch_metrics,
             workers,
             own_addrs: parking_lot::RwLock::new(Vec::new()),
+            stats: crate::stats::StatsHistory::default(),
         });
         services.attach(Arc::downgrade(&shared));
         let plugin_slots = shared.plugins.build(&config.plugins, &HashMap::new()).await?;
@@ -207,6 +210,7 @@ impl Server {
         server.apply(config, upstreams, plugin_slots).await?;
         server.watch_plugin_files();
         server.sweep_idle_connections();
+        server.record_stats();
         server.rewatch(anomaly, admin_url).await;
         Ok(server)
     }
@@ -380,6 +384,17 @@ impl Server {
             for upstream in shared.snapshot.load().upstreams.values() {
                 upstream.sweep_idle_connections();
             }
+        });
+    }
+
+    /// Takes a point of the dashboard's traffic history every [`crate::stats::PERIOD`], on a blocking thread.
+    fn record_stats(&self) {
+        self.every(crate::stats::PERIOD, |shared| async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                let upstreams = shared.snapshot.load().upstreams.clone();
+                shared.stats.sample(&shared.metrics, &upstreams);
+            })
+            .await;
         });
     }
 

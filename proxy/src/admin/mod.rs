@@ -3,6 +3,7 @@
 //! `Authorization: Bearer <token>` when `admin.token` is set.
 
 mod cluster_routes;
+mod dashboard;
 mod routes;
 
 use crate::server::Server;

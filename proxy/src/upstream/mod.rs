@@ -211,10 +211,14 @@ impl Upstream {
             .endpoints
             .iter()
             .map(|e| {
+                let (healthy, ejected, drained) = e.conditions(now);
                 serde_json::json!({
                     "address": e.name,
                     "weight": e.weight(),
                     "status": e.status(now),
+                    "healthy": healthy,
+                    "ejected": ejected,
+                    "drained": drained,
                     "active_requests": e.active_requests(),
                     "latency_ewma_ms": e.latency_ewma_us() as f64 / 1000.0,
                 })

@@ -3,9 +3,11 @@
 
 mod admin;
 mod anomaly;
+mod browser;
 mod builtin;
 mod cluster;
 mod cpp_sdk;
+mod dashboard;
 mod forward;
 mod h2;
 mod hardening;
