@@ -1,7 +1,8 @@
 //! Portico: an edge proxy. The modules follow a request's life: [`listen`] accepts (with [`tls`]),
 //! [`forward`] handles the request, [`route`] picks the upstream group, [`upstream`] picks the endpoint and
-//! holds the pool, [`health`] watches endpoints; [`admin`] and [`metrics`] are for operators; [`server`] holds
-//! it all together across reloads; [`config`] is read once and validated.
+//! holds the pool, [`health`] watches endpoints; [`admin`], [`metrics`], [`stats`] (the dashboard's history)
+//! and [`telemetry`] (OpenTelemetry traces) are for operators; [`server`] holds it all together across
+//! reloads; [`config`] is read once and validated.
 
 pub mod admin;
 pub mod body;
@@ -17,6 +18,7 @@ pub mod plugin;
 pub mod route;
 pub mod server;
 pub mod stats;
+pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
 pub mod upstream;

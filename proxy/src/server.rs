@@ -119,6 +119,8 @@ pub struct Shared {
     pub own_addrs: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
     /// The last minutes of traffic, for the dashboard (`GET /stats`).
     pub stats: crate::stats::StatsHistory,
+    /// Trace export (`[telemetry]`).
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Shared {
@@ -176,6 +178,7 @@ impl Server {
                 .build(connector)
         };
         let watch_metrics = WatchMetrics::register(&metrics.registry)?;
+        let telemetry = crate::telemetry::Telemetry::new(&metrics.registry)?;
         let services = Arc::new(ProxyServices::default());
         let plugins = PluginSet::new(metrics.registry.clone(), services.clone())?;
         let shared = Arc::new(Shared {
@@ -192,6 +195,7 @@ impl Server {
             workers,
             own_addrs: parking_lot::RwLock::new(Vec::new()),
             stats: crate::stats::StatsHistory::default(),
+            telemetry,
         });
         services.attach(Arc::downgrade(&shared));
         let plugin_slots = shared.plugins.build(&config.plugins, &HashMap::new()).await?;
@@ -342,6 +346,7 @@ impl Server {
             }
         }
         // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers.
+        self.shared.telemetry.configure(config.telemetry.as_ref(), self.shared.forward_client.clone());
         self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone(), plugins }));
         let mut keep = std::collections::HashSet::new();
         for runtime in runtimes {

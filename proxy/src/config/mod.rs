@@ -4,6 +4,7 @@
 pub mod allow;
 pub mod duration;
 pub mod file;
+pub mod telemetry;
 
 use file::{EndpointFile, FileConfig, ListenerMode, PluginFile};
 use std::collections::HashSet;
@@ -53,6 +54,8 @@ pub struct Config {
     pub source: FileConfig,
     /// Cluster membership, when the file has a `[cluster]` table.
     pub cluster: Option<ClusterConfig>,
+    /// Trace export, when the file has a `[telemetry]` table.
+    pub telemetry: Option<telemetry::TelemetryConfig>,
 }
 
 /// Validated `[cluster]`.
@@ -257,11 +260,16 @@ impl Validator<'_> {
                 self.issue::<()>("anomaly", None, e.to_string());
             }
         }
+        let telemetry = source.telemetry.as_ref().and_then(|t| {
+            t.validate().map_err(|issues| issues.into_iter().for_each(|(k, m)| self.issue::<()>(k, None, m))).ok()
+        });
         if !self.issues.is_empty() {
             return Err(self.issues);
         }
         match admin {
-            Some(admin) => Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source, cluster }),
+            Some(admin) => {
+                Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source, cluster, telemetry })
+            }
             None => Err(self.issues),
         }
     }

@@ -19,5 +19,6 @@ mod reload;
 mod reverse;
 mod smuggling;
 mod support;
+mod telemetry;
 mod tls;
 mod vip;
