@@ -323,6 +323,7 @@
       renderIncidents();
       renderAlerts();
       renderActions(actions);
+      renderTraffic(); // marks on the charts
       if (!state.events) connectEvents();
     } catch (e) {
       if (e.status === 404 || e.status === 503) anomalyOff(true);
@@ -502,8 +503,14 @@
     document.getElementById('cluster').classList.remove('hidden');
   }
 
-  function start() {
-    every(1000, refreshStats);
+  async function start() {
+    // The history first: the tables' sparklines and the charts' marks are drawn over it.
+    try {
+      await refreshStats();
+    } catch (e) {
+      setLive(false, String(e.message || e));
+    }
+    setTimeout(() => every(1000, refreshStats), 1000);
     every(2000, refreshUpstreams);
     every(5000, refreshAnomaly);
     every(5000, refreshPlugins);
