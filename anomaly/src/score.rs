@@ -154,9 +154,9 @@ pub struct ScoreSummary {
 /// Rows read before the detector starts, to learn the sampling interval from their timestamps.
 const INTERVAL_ROWS: usize = 16;
 
-/// Streams `input` (CSV with a header, a `value` column — else the second column — and a `timestamp` column —
+/// Streams `input` (`-` for standard input; CSV with a header, a `value` column — else the second column — and a `timestamp` column —
 /// else the first, when it reads as one) through the detector with no look-ahead and writes every row
-/// unchanged plus an `anomaly_score` column.
+/// unchanged plus an `anomaly_score` column to `output` (`-` for standard output).
 ///
 /// The score of row *t* never depends on later values. The first rows (warmup) score 0. Fields are split on
 /// commas (no quoting), matching what Portico and most monitoring exports write.
@@ -170,8 +170,12 @@ pub fn score_csv(input: &Path, output: &Path, model: &Arc<Forecaster>) -> Result
 
 /// [`score_csv`] with an explicit kit (members and tuning).
 pub fn score_csv_with(input: &Path, output: &Path, kit: &DetectorKit) -> Result<ScoreSummary> {
-    let f = std::fs::File::open(input).map_err(|e| AnomalyError::io(input, e))?;
-    let mut lines = BufReader::with_capacity(1 << 16, f).lines();
+    let reader: Box<dyn std::io::Read> = if input == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(input).map_err(|e| AnomalyError::io(input, e))?)
+    };
+    let mut lines = BufReader::with_capacity(1 << 16, reader).lines();
     let header = lines
         .next()
         .ok_or_else(|| AnomalyError::Data(format!("{}: empty file", input.display())))?
@@ -181,7 +185,11 @@ pub fn score_csv_with(input: &Path, output: &Path, kit: &DetectorKit) -> Result<
     let vcol = cols.iter().position(|c| *c == "value").or(if cols.len() >= 2 { Some(1) } else { None });
     let vcol = vcol.ok_or_else(|| AnomalyError::Data(format!("{}: need a `value` column", input.display())))?;
     let tcol = cols.iter().position(|c| c.eq_ignore_ascii_case("timestamp")).or((vcol != 0).then_some(0));
-    let out = std::fs::File::create(output).map_err(|e| AnomalyError::io(output, e))?;
+    let out: Box<dyn Write> = if output == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(output).map_err(|e| AnomalyError::io(output, e))?)
+    };
     let mut w = BufWriter::with_capacity(1 << 16, out);
     let werr = |e| AnomalyError::io(output, e);
     writeln!(w, "{header},anomaly_score").map_err(werr)?;

@@ -148,6 +148,8 @@ pub(crate) struct SharedQueue {
     pub vm_id: String,
     pub name: String,
     pub items: VecDeque<Vec<u8>>,
+    /// Bytes in `items`.
+    pub bytes: usize,
     pub owner: Option<QueueOwner>,
 }
 
@@ -159,7 +161,7 @@ pub(crate) struct EngineShared {
     pub registry: Registry,
     pub metrics: EngineMetrics,
     cache: Mutex<VecDeque<CompiledModule>>,
-    shared_data: Mutex<HashMap<(String, String), SharedValue>>,
+    shared_data: Mutex<SharedData>,
     next_cas: AtomicU32,
     pub queues: Mutex<HashMap<u32, SharedQueue>>,
     next_queue: AtomicU32,
@@ -180,37 +182,74 @@ impl Drop for EngineShared {
 pub(crate) enum SetShared {
     Ok,
     CasMismatch,
+    /// The key or value alone is over its cap.
+    TooLarge,
+    /// The store is full (keys or bytes).
+    Full,
+}
+
+/// Shared data with its size, kept under [`crate::limits`].
+#[derive(Default)]
+struct SharedData {
+    map: HashMap<(String, String), SharedValue>,
+    /// Key and value bytes held.
+    bytes: usize,
+}
+
+/// Result of a queue write.
+pub(crate) enum Enqueue {
+    /// Queued; the owner to notify, if any.
+    Ok(Option<QueueOwner>),
+    NotFound,
+    /// The entry alone is over the queue's byte cap.
+    TooLarge,
+    /// The queue holds its cap of entries or bytes.
+    Full,
 }
 
 impl EngineShared {
     pub fn get_shared(&self, vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
-        let map = self.shared_data.lock();
-        map.get(&(vm_id.to_string(), key.to_string())).map(|v| (v.value.clone(), v.cas))
+        let data = self.shared_data.lock();
+        data.map.get(&(vm_id.to_string(), key.to_string())).map(|v| (v.value.clone(), v.cas))
     }
 
     /// CAS write per the spec: `cas == 0` writes unconditionally, otherwise it must equal the stored token.
     pub fn set_shared(&self, vm_id: &str, key: &str, value: Vec<u8>, cas: u32) -> SetShared {
-        let mut map = self.shared_data.lock();
+        use crate::limits::{MAX_SHARED_DATA_BYTES, MAX_SHARED_DATA_KEY, MAX_SHARED_DATA_KEYS, MAX_SHARED_DATA_VALUE};
+        if key.len() > MAX_SHARED_DATA_KEY || value.len() > MAX_SHARED_DATA_VALUE {
+            return SetShared::TooLarge;
+        }
+        let mut data = self.shared_data.lock();
         let k = (vm_id.to_string(), key.to_string());
         if cas != 0 {
-            match map.get(&k) {
+            match data.map.get(&k) {
                 Some(existing) if existing.cas == cas => {}
                 _ => return SetShared::CasMismatch,
             }
         }
+        let old = data.map.get(&k).map(|v| k.1.len() + v.value.len());
+        let bytes = data.bytes - old.unwrap_or(0) + key.len() + value.len();
+        if (old.is_none() && data.map.len() >= MAX_SHARED_DATA_KEYS) || bytes > MAX_SHARED_DATA_BYTES {
+            return SetShared::Full;
+        }
+        data.bytes = bytes;
         let mut next = self.next_cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if next == 0 {
             next = self.next_cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         }
-        map.insert(k, SharedValue { value, cas: next });
+        data.map.insert(k, SharedValue { value, cas: next });
         SetShared::Ok
     }
 
-    pub fn register_queue(&self, vm_id: &str, name: &str, owner: QueueOwner) -> u32 {
+    /// The queue's id; `None` when the name is too long or there are [`crate::limits::MAX_QUEUES`] already.
+    pub fn register_queue(&self, vm_id: &str, name: &str, owner: QueueOwner) -> Option<u32> {
         let mut queues = self.queues.lock();
         if let Some((id, q)) = queues.iter_mut().find(|(_, q)| q.vm_id == vm_id && q.name == name) {
             q.owner = Some(owner);
-            return *id;
+            return Some(*id);
+        }
+        if name.len() > crate::limits::MAX_QUEUE_NAME || queues.len() >= crate::limits::MAX_QUEUES {
+            return None;
         }
         let id = self.next_queue.fetch_add(1, Ordering::Relaxed) + 1;
         queues.insert(
@@ -219,10 +258,38 @@ impl EngineShared {
                 vm_id: vm_id.to_string(),
                 name: name.to_string(),
                 items: VecDeque::new(),
+                bytes: 0,
                 owner: Some(owner),
             },
         );
-        id
+        Some(id)
+    }
+
+    /// Appends to a queue within its caps.
+    pub fn enqueue(&self, id: u32, value: Vec<u8>) -> Enqueue {
+        use crate::limits::{MAX_QUEUE_BYTES, MAX_QUEUE_ENTRIES};
+        let mut queues = self.queues.lock();
+        let Some(q) = queues.get_mut(&id) else { return Enqueue::NotFound };
+        if value.len() > MAX_QUEUE_BYTES {
+            return Enqueue::TooLarge;
+        }
+        if q.items.len() >= MAX_QUEUE_ENTRIES || q.bytes + value.len() > MAX_QUEUE_BYTES {
+            return Enqueue::Full;
+        }
+        q.bytes += value.len();
+        q.items.push_back(value);
+        Enqueue::Ok(q.owner.clone())
+    }
+
+    /// Takes the oldest entry of a queue: `Err(())` for an unknown queue, `Ok(None)` when it is empty.
+    pub fn dequeue(&self, id: u32) -> Result<Option<Vec<u8>>, ()> {
+        let mut queues = self.queues.lock();
+        let q = queues.get_mut(&id).ok_or(())?;
+        let item = q.items.pop_front();
+        if let Some(item) = &item {
+            q.bytes -= item.len();
+        }
+        Ok(item)
     }
 
     pub fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
@@ -283,7 +350,7 @@ impl PluginEngine {
                 registry,
                 metrics,
                 cache: Mutex::new(VecDeque::new()),
-                shared_data: Mutex::new(HashMap::new()),
+                shared_data: Mutex::new(SharedData::default()),
                 next_cas: AtomicU32::new(0),
                 queues: Mutex::new(HashMap::new()),
                 next_queue: AtomicU32::new(0),

@@ -742,9 +742,27 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
         let key = mem::read_str(&mut c, kp, kn, "proxy_set_shared_data")?;
         let value = mem::read(&mut c, vp, vn, "proxy_set_shared_data")?;
         let st = c.data();
+        let (len, plugin) = (value.len(), &st.core.name);
         Ok(match st.core.engine.set_shared(&st.core.vm_id, &key, value, cas as u32) {
             crate::engine::SetShared::Ok => OK,
             crate::engine::SetShared::CasMismatch => CAS_MISMATCH,
+            crate::engine::SetShared::TooLarge => {
+                crate::limits::refused(
+                    plugin,
+                    format_args!(
+                        "proxy_set_shared_data refused: key ({} bytes) or value ({len} bytes) over its cap",
+                        key.len()
+                    ),
+                );
+                BAD_ARGUMENT
+            }
+            crate::engine::SetShared::Full => {
+                crate::limits::refused(
+                    plugin,
+                    format_args!("proxy_set_shared_data refused: shared data is full (keys or bytes)"),
+                );
+                INTERNAL_FAILURE
+            }
         })
     });
 
@@ -759,7 +777,16 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
             generation: st.generation,
             root_context: st.root_context,
         };
-        let id = st.core.engine.register_queue(&st.core.vm_id, &name, owner);
+        let Some(id) = st.core.engine.register_queue(&st.core.vm_id, &name, owner) else {
+            crate::limits::refused(
+                &st.core.name,
+                format_args!(
+                    "proxy_register_shared_queue refused: name ({} bytes) too long or too many queues",
+                    name.len()
+                ),
+            );
+            return Ok(if name.len() > crate::limits::MAX_QUEUE_NAME { BAD_ARGUMENT } else { INTERNAL_FAILURE });
+        };
         mem::write_u32(&mut c, ret, id, "proxy_register_shared_queue")?;
         Ok(OK)
     });
@@ -784,11 +811,24 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
     });
     wrap!(l, E, "proxy_enqueue_shared_queue", |mut c: Ctx<'_>, id: i32, vp: i32, vn: i32| -> Result<i32> {
         let value = mem::read(&mut c, vp, vn, "proxy_enqueue_shared_queue")?;
-        let owner = {
-            let mut queues = c.data().core.engine.queues.lock();
-            let Some(q) = queues.get_mut(&(id as u32)) else { return Ok(NOT_FOUND) };
-            q.items.push_back(value);
-            q.owner.clone()
+        let core = &c.data().core;
+        let owner = match core.engine.enqueue(id as u32, value) {
+            crate::engine::Enqueue::Ok(owner) => owner,
+            crate::engine::Enqueue::NotFound => return Ok(NOT_FOUND),
+            crate::engine::Enqueue::TooLarge => {
+                crate::limits::refused(
+                    &core.name,
+                    format_args!("proxy_enqueue_shared_queue refused: entry over queue {id}'s byte cap"),
+                );
+                return Ok(BAD_ARGUMENT);
+            }
+            crate::engine::Enqueue::Full => {
+                crate::limits::refused(
+                    &core.name,
+                    format_args!("proxy_enqueue_shared_queue refused: queue {id} is full (entries or bytes)"),
+                );
+                return Ok(INTERNAL_FAILURE);
+            }
         };
         // proxy_on_queue_ready runs later on the owning root context (never re-entrantly into this store).
         if let Some(owner) = owner {
@@ -799,13 +839,10 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
         Ok(OK)
     });
     wrap!(l, E, "proxy_dequeue_shared_queue", |mut c: Ctx<'_>, id: i32, rp: i32, rs: i32| -> Result<i32> {
-        let item = {
-            let mut queues = c.data().core.engine.queues.lock();
-            let Some(q) = queues.get_mut(&(id as u32)) else { return Ok(NOT_FOUND) };
-            match q.items.pop_front() {
-                Some(v) => v,
-                None => return Ok(EMPTY),
-            }
+        let item = match c.data().core.engine.dequeue(id as u32) {
+            Ok(Some(item)) => item,
+            Ok(None) => return Ok(EMPTY),
+            Err(()) => return Ok(NOT_FOUND),
         };
         mem::return_bytes(&mut c, &item, rp, rs, "proxy_dequeue_shared_queue")
     });
@@ -1035,7 +1072,10 @@ fn link_proxy(l: &mut HostLinker) -> Result<()> {
     wrap!(l, E, "proxy_define_metric", |mut c: Ctx<'_>, t: i32, np: i32, nn: i32, ret: i32| -> Result<i32> {
         let name = mem::read_str(&mut c, np, nn, "proxy_define_metric")?;
         mem::check(&mut c, ret, 4, "proxy_define_metric")?;
-        let Some(id) = c.data().core.define_metric(t, &name) else { return Ok(BAD_ARGUMENT) };
+        let id = match c.data().core.define_metric(t, &name) {
+            Ok(id) => id,
+            Err(status) => return Ok(status),
+        };
         mem::write_u32(&mut c, ret, id, "proxy_define_metric")?;
         Ok(OK)
     });

@@ -16,6 +16,7 @@ mod codec;
 mod engine;
 mod error;
 mod host;
+pub mod limits;
 mod memory;
 mod plugin;
 mod services;

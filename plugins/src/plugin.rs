@@ -138,10 +138,30 @@ impl PluginCore {
         self.next_token.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1)
     }
 
-    pub fn define_metric(&self, t: i32, name: &str) -> Option<u32> {
+    /// The metric's id, or the ABI status to answer: `BAD_ARGUMENT` for an unknown type or a name over
+    /// [`crate::limits::MAX_METRIC_NAME`], `INTERNAL_FAILURE` once the plugin has defined
+    /// [`crate::limits::MAX_METRICS_PER_PLUGIN`] (each is a series that lives as long as the process).
+    pub fn define_metric(&self, t: i32, name: &str) -> Result<u32, i32> {
+        use crate::limits::{MAX_METRICS_PER_PLUGIN, MAX_METRIC_NAME};
         let mut gm = self.guest_metrics.lock();
         if let Some(id) = gm.by_name.get(&(t, name.to_string())) {
-            return Some(*id);
+            return Ok(*id);
+        }
+        if name.len() > MAX_METRIC_NAME {
+            crate::limits::refused(
+                &self.name,
+                format_args!("proxy_define_metric refused: name of {} bytes, over {MAX_METRIC_NAME}", name.len()),
+            );
+            return Err(abi::BAD_ARGUMENT);
+        }
+        if gm.list.len() >= MAX_METRICS_PER_PLUGIN {
+            crate::limits::refused(
+                &self.name,
+                format_args!(
+                    "proxy_define_metric refused: the plugin already defined {MAX_METRICS_PER_PLUGIN} metrics"
+                ),
+            );
+            return Err(abi::INTERNAL_FAILURE);
         }
         let labels = [self.name.as_str(), name];
         let m = &self.engine.metrics;
@@ -149,12 +169,12 @@ impl PluginCore {
             abi::METRIC_COUNTER => GuestMetric::Counter(m.guest_counter.with_label_values(&labels)),
             abi::METRIC_GAUGE => GuestMetric::Gauge(m.guest_gauge.with_label_values(&labels)),
             abi::METRIC_HISTOGRAM => GuestMetric::Histogram(m.guest_histogram.with_label_values(&labels)),
-            _ => return None,
+            _ => return Err(abi::BAD_ARGUMENT),
         };
         gm.list.push(metric);
-        let id = u32::try_from(gm.list.len()).ok()?;
+        let id = u32::try_from(gm.list.len()).map_err(|_| abi::INTERNAL_FAILURE)?;
         gm.by_name.insert((t, name.to_string()), id);
-        Some(id)
+        Ok(id)
     }
 
     pub fn increment_metric(&self, id: u32, delta: i64) -> i32 {
@@ -1070,8 +1090,21 @@ impl CalloutResponder {
 
     /// Feed the result into the plugin (`None` = failed). Runs the guest callback synchronously; call it from
     /// the task that performed the request, not from inside [`HostServices::http_call`].
+    /// A response body over [`crate::limits::MAX_HTTP_CALL_RESPONSE_BODY`] is delivered as a failed callout.
     pub fn complete(mut self, response: Option<HttpCallResponse>) -> Result<(), PluginFailure> {
         self.done = true;
+        let limit = crate::limits::MAX_HTTP_CALL_RESPONSE_BODY;
+        let response = match response {
+            Some(r) if r.body.len() > limit => {
+                tracing::warn!(
+                    token = self.token,
+                    body_bytes = r.body.len(),
+                    "callout response body over {limit} bytes: delivered as a failed callout"
+                );
+                None
+            }
+            other => other,
+        };
         match self.plugin.upgrade() {
             Some(p) => p.on_http_call_response(self.token, response),
             None => Ok(()),

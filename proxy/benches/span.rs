@@ -9,13 +9,16 @@
 //!   hand-off to the exporter's queue (drained by another thread, as the exporter task does).
 //! - `export/encode_512` is the exporter's protobuf encoding of a full batch.
 
+// criterion's macros make undocumented functions.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use portico::config::telemetry::TelemetryConfig;
 use portico::listen::ListenerRuntime;
 use portico::telemetry::span::RequestSpan;
 use portico::telemetry::{otlp, Tracer};
 use portico::trace_context::TraceContext;
-use portico::upstream::Upstream;
+use portico::upstream::{Member, Rebuild, Upstream};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,7 +31,12 @@ fn setup() -> (Arc<ListenerRuntime>, Arc<Upstream>) {
     )
     .unwrap_or_else(|e| panic!("bench config: {e:?}"));
     let listener = Arc::new(ListenerRuntime { config: config.listeners[0].clone(), tls: None });
-    let upstream = Arc::new(Upstream::new(config.upstreams[0].clone(), None, 1).unwrap_or_else(|e| panic!("{e}")));
+    let members = ["127.0.0.1:1", "127.0.0.1:2"]
+        .iter()
+        .map(|a| Member::fixed(a.to_string(), a.parse().unwrap_or_else(|e| panic!("{e}")), 1))
+        .collect();
+    let upstream = Upstream::new(config.upstreams[0].clone(), members, None, 1, Rebuild::Load);
+    let upstream = Arc::new(upstream.unwrap_or_else(|e| panic!("{e}")));
     (listener, upstream)
 }
 
@@ -96,7 +104,8 @@ fn encode(c: &mut Criterion) {
     let batch: Vec<Box<RequestSpan>> = (0..512)
         .map(|_| {
             let trace = TraceContext::from_traceparent(Some(CALLER));
-            let mut span = Box::new(RequestSpan::start(trace, Instant::now(), &req, addr, addr, false, listener.clone()));
+            let mut span =
+                Box::new(RequestSpan::start(trace, Instant::now(), &req, addr, addr, false, listener.clone()));
             span.upstream = Some(upstream.clone());
             span.begin_attempt(0);
             span.end_attempt(Some(200), None);

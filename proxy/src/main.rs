@@ -173,10 +173,10 @@ enum AnomalyCommand {
     /// Score one series (CSV with header `timestamp,value`) row by row with no look-ahead; the output repeats
     /// every row with an `anomaly_score` column in [0, 1].
     Score {
-        /// Input CSV.
+        /// Input CSV (`-`: standard input).
         #[arg(long)]
         input: PathBuf,
-        /// Output CSV.
+        /// Output CSV (`-`: standard output; the summary then goes to standard error).
         #[arg(long)]
         output: PathBuf,
         /// Model (default: the bundled one).
@@ -317,7 +317,7 @@ fn anomaly_command(command: AnomalyCommand) -> Result<()> {
             };
             let summary = portico_anomaly::score_csv(&input, &output, &std::sync::Arc::new(model))
                 .with_context(|| format!("scoring {}", input.display()))?;
-            println!(
+            let said = format!(
                 "{} rows scored ({} unreadable), highest score {:.3} at row {}; wrote {}",
                 summary.rows,
                 summary.skipped,
@@ -325,6 +325,11 @@ fn anomaly_command(command: AnomalyCommand) -> Result<()> {
                 summary.max_row,
                 output.display()
             );
+            if output == std::path::Path::new("-") {
+                eprintln!("{said}");
+            } else {
+                println!("{said}");
+            }
             Ok(())
         }
     }

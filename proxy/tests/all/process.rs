@@ -274,6 +274,21 @@ fn anomaly_score_writes_one_scored_row_per_input_row() -> TestResult {
     let before = scores[200..300].iter().cloned().fold(0.0, f64::max);
     let spike = scores[300..306].iter().cloned().fold(0.0, f64::max);
     assert!(spike > 0.9 && before < 0.5, "spike scored {spike}, the calm before {before}");
+    // The same through a pipe: `-` is standard input and output, and the summary moves to standard error.
+    let mut child = Command::new(BIN)
+        .args(["anomaly", "score", "--input", "-", "--output", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        child.stdin.take().ok_or("stdin")?.write_all(&std::fs::read(&input)?)?;
+    }
+    let piped = child.wait_with_output()?;
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    assert_eq!(String::from_utf8(piped.stdout)?, scored, "the pipe writes exactly what the file got");
+    assert!(String::from_utf8_lossy(&piped.stderr).contains("400 rows scored"));
     Ok(())
 }
 
