@@ -43,6 +43,7 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             "--disable-dev-shm-usage",
+            "--hide-scrollbars",
             "--remote-debugging-pipe",
         ]
         .join(" ");
@@ -157,6 +158,14 @@ impl Browser {
         }
     }
 
+    /// A PNG of the page as it is now, the size of the viewport given to [`Browser::open`].
+    pub async fn screenshot(&mut self) -> Result<Vec<u8>, String> {
+        let shot =
+            self.page("Page.captureScreenshot", json!({ "format": "png", "captureBeyondViewport": false })).await?;
+        let data = shot["data"].as_str().ok_or("no screenshot data")?;
+        base64_decode(data).ok_or_else(|| "the screenshot is not base64".to_string())
+    }
+
     /// Closes the browser and waits for it to exit.
     pub async fn close(mut self) {
         let _ = self.call(None, "Browser.close", json!({})).await;
@@ -164,4 +173,24 @@ impl Browser {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// Standard base64 (the DevTools protocol's encoding of binary results).
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect::<Option<_>>()?;
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, d)| n | u32::from(*d) << (18 - 6 * i));
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+    }
+    Some(out)
 }

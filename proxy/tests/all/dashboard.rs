@@ -111,6 +111,24 @@ thresholds = { warning = 0.7, critical = 0.9, for_ticks = 2, resolve_ticks = 3 }
     Ok(())
 }
 
+/// Makes `docs/dashboard.png` from a running demo (`portico demo`, then this while an incident is open):
+/// `DASHBOARD_URL=http://127.0.0.1:9901/dashboard cargo test -p portico --test all dashboard_screenshot -- --ignored`.
+#[tokio::test]
+#[ignore = "writes docs/dashboard.png from a demo run by hand; not a test"]
+async fn dashboard_screenshot() -> TestResult {
+    let url = std::env::var("DASHBOARD_URL").unwrap_or_else(|_| "http://127.0.0.1:9901/dashboard".into());
+    let mut browser = Browser::open(&url, 1400, 1000).await?;
+    let ready = r#"document.querySelectorAll('#incidents tr[data-incident]').length > 0
+        && document.querySelectorAll('#upstreams tr[data-endpoint]').length > 0
+        && document.querySelectorAll('#scores tr[data-series]').length > 0
+        && document.querySelectorAll('svg.chart .marker-incident').length > 0"#;
+    browser.wait_for("an incident, endpoints, scores and marked charts", ready, PAGE_WAIT).await?;
+    let png = browser.screenshot().await?;
+    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/dashboard.png"), png)?;
+    browser.close().await;
+    Ok(())
+}
+
 /// Polls an admin JSON route until `cond` holds on its answer, for at most `limit`.
 async fn eventually_json(
     admin: std::net::SocketAddr,

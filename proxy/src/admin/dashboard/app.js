@@ -91,6 +91,13 @@
     live.title = why || '';
   }
 
+  /** The charts' time span: the last five minutes, or less while the history is shorter (at least one). */
+  function windowMs() {
+    const ts = state.stats.timestamps;
+    const have = ts.length ? nowMs() - ts[0] : 0;
+    return Math.min(WINDOW_MS, Math.max(60 * 1000, have));
+  }
+
   function nowMs() {
     const ts = state.stats.timestamps;
     return ts.length ? Math.max(ts[ts.length - 1], Date.now() - 2000) : Date.now();
@@ -185,9 +192,10 @@
       const now = el('span', { class: 'now' });
       const title = el('div', { class: 'chart-title' }, el('span', {}, spec.title), now);
       const svg = svgEl('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none' });
-      const axis = el('div', { class: 'axis' }, el('span', {}, '−5 min'), el('span', {}, 'now'));
+      const since = el('span', {}, '−5 min');
+      const axis = el('div', { class: 'axis' }, since, el('span', {}, 'now'));
       grid.append(el('div', { class: 'chart-box' }, title, svg, axis));
-      return { spec, svg, now };
+      return { spec, svg, now, since };
     });
     root.append(grid);
     return { root, charts };
@@ -197,8 +205,10 @@
     const { spec, svg } = chart;
     const ts = state.stats.timestamps;
     const end = nowMs();
-    const start = end - WINDOW_MS;
-    const x = (t) => ((t - start) / WINDOW_MS) * W;
+    const span = windowMs();
+    const start = end - span;
+    const x = (t) => ((t - start) / span) * W;
+    chart.since.textContent = `−${Math.round(span / 60000)} min`;
     const names = spec.metrics.map((m) => `${scope.kind}.${scope.name}.${m}`);
     let max = spec.floor;
     for (const name of names) {
