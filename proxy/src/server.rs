@@ -119,6 +119,10 @@ pub struct Shared {
     pub workers: Option<Workers>,
     /// Addresses Portico itself serves on (admin, listeners, as bound): forward listeners refuse them.
     pub own_addrs: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
+    /// The last minutes of traffic, for the dashboard (`GET /stats`).
+    pub stats: crate::stats::StatsHistory,
+    /// Trace export (`[telemetry]`).
+    pub telemetry: crate::telemetry::Telemetry,
     /// Endpoints found by DNS and registered through the admin API.
     pub discovery: Arc<Discovery>,
     /// Held by whoever replaces the snapshot (a reload, a membership change), so neither loses the other's work.
@@ -182,6 +186,7 @@ impl Server {
                 .build(connector)
         };
         let watch_metrics = WatchMetrics::register(&metrics.registry)?;
+        let telemetry = crate::telemetry::Telemetry::new(&metrics.registry)?;
         let services = Arc::new(ProxyServices::default());
         let plugins = PluginSet::new(metrics.registry.clone(), services.clone())?;
         let shared = Arc::new(Shared {
@@ -197,6 +202,8 @@ impl Server {
             watch_metrics,
             workers,
             own_addrs: parking_lot::RwLock::new(Vec::new()),
+            stats: crate::stats::StatsHistory::default(),
+            telemetry,
             discovery,
             snapshot_writer: tokio::sync::Mutex::new(()),
         });
@@ -217,6 +224,7 @@ impl Server {
         server.apply(config, upstreams, plugin_slots).await?;
         server.watch_plugin_files();
         server.sweep_idle_connections();
+        server.record_stats();
         server.follow_membership_changes();
         server.rewatch(anomaly, admin_url).await;
         Ok(server)
@@ -358,6 +366,7 @@ impl Server {
         // discovery.
         let previous = self.shared.snapshot.load_full();
         self.shared.discovery.start(&config).await;
+        self.shared.telemetry.configure(config.telemetry.as_ref(), self.shared.forward_client.clone());
         self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone(), plugins }));
         for (name, upstream) in &upstreams {
             upstream.commit();
@@ -429,6 +438,17 @@ impl Server {
             for upstream in shared.snapshot.load().upstreams.values() {
                 upstream.sweep_idle_connections();
             }
+        });
+    }
+
+    /// Takes a point of the dashboard's traffic history every [`crate::stats::PERIOD`], on a blocking thread.
+    fn record_stats(&self) {
+        self.every(crate::stats::PERIOD, |shared| async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                let upstreams = shared.snapshot.load().upstreams.clone();
+                shared.stats.sample(&shared.metrics, &upstreams);
+            })
+            .await;
         });
     }
 

@@ -148,6 +148,22 @@ impl PluginSlot {
     }
 }
 
+/// Callback failures counted so far, by plugin and kind (`trap`, `timeout`, `memory`, …), as the engine counts
+/// them in `portico_plugin_failures_total`: `GET /plugins` shows them beside each version.
+pub fn failure_counts(registry: &prometheus::Registry) -> HashMap<String, serde_json::Map<String, serde_json::Value>> {
+    let mut counts: HashMap<String, serde_json::Map<String, serde_json::Value>> = HashMap::new();
+    let families = registry.gather();
+    let Some(family) = families.iter().find(|f| f.name() == "portico_plugin_failures_total") else { return counts };
+    for metric in family.get_metric() {
+        let label = |name: &str| metric.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string());
+        if let (Some(plugin), Some(kind)) = (label("plugin"), label("kind")) {
+            let count = metric.get_counter().get_value() as u64;
+            counts.entry(plugin).or_default().insert(kind, count.into());
+        }
+    }
+    counts
+}
+
 fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
