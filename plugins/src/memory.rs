@@ -2,9 +2,9 @@
 
 use wasmtime::{Caller, Result};
 
+use crate::abi;
 use crate::error::HostTrap;
-use crate::host::HostState;
-use crate::types::abi;
+use crate::store::HostState;
 
 pub(crate) type Ctx<'a> = Caller<'a, HostState>;
 
@@ -158,7 +158,7 @@ pub(crate) fn return_bytes(
 }
 
 /// [`return_bytes`] for a hostcall whose answer is built in the instance's reused output buffer
-/// ([`crate::host::HostState::scratch_out`]): `fill` writes the answer into it, or returns the status to
+/// ([`crate::store::HostState::scratch_out`]): `fill` writes the answer into it, or returns the status to
 /// answer with instead (`NOT_FOUND`, `BAD_ARGUMENT`) when there is nothing to return. No allocation on the
 /// host once the buffer has grown.
 pub(crate) fn return_scratch(
@@ -166,7 +166,7 @@ pub(crate) fn return_scratch(
     ret_ptr: i32,
     ret_size: i32,
     what: &'static str,
-    fill: impl FnOnce(&crate::host::HostState, &mut Vec<u8>) -> Result<(), i32>,
+    fill: impl FnOnce(&HostState, &mut Vec<u8>) -> Result<(), i32>,
 ) -> Result<i32> {
     let mut out = std::mem::take(&mut c.data_mut().scratch_out);
     out.clear();

@@ -2,14 +2,12 @@
 //! on_request_headers -> select_endpoint, as the proxy does per request.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServices;
+use crate::support::TestServices;
 use portico_plugins::{
     builtin, Candidate, CandidateList, CandidateLoad, CandidateSource, Plugin, PluginEngine, PluginError, PluginSpec,
     RequestInfo,
@@ -23,7 +21,7 @@ fn load(engine: &PluginEngine, config: &str, instances: usize) -> Result<Arc<Plu
 }
 
 fn balancer(config: &str) -> Arc<Plugin> {
-    load(&common::engine(), config, 1).unwrap()
+    load(&crate::support::engine(), config, 1).unwrap()
 }
 
 fn cand(address: &str, weight: u32, active: u32) -> Candidate {
@@ -109,7 +107,7 @@ fn smooth_weighted_round_robin_exact_sequence() {
 fn wrr_counts_stay_exact_with_several_instances() {
     // Each instance runs its own smooth WRR; the host spreads sequential streams round robin over instances, so
     // 700 picks over 4 instances are 4 x 175 = 4 x 25 full cycles.
-    let p = load(&common::engine(), r#"{"policy": "weighted_round_robin"}"#, 4).unwrap();
+    let p = load(&crate::support::engine(), r#"{"policy": "weighted_round_robin"}"#, 4).unwrap();
     assert_eq!(p.instance_count(), 4);
     let cands = [cand("10.0.0.1:80", 5, 0), cand("10.0.0.2:80", 1, 0), cand("10.0.0.3:80", 1, 0)];
     let c = counts((0..700).map(|_| pick(&p, &cands)));
@@ -321,7 +319,7 @@ fn groups_with_the_same_endpoints_keep_separate_state() {
 
 #[test]
 fn bad_configurations_are_refused_with_the_reason() {
-    let e = common::engine();
+    let e = crate::support::engine();
     for (config, needle) in [
         (r#"{"policy": "foo"}"#, r#"balancer: unknown policy "foo""#),
         (r#"{"policy": "ring_hash"}"#, r#"balancer: policy "ring_hash" needs hash_on"#),

@@ -1,5 +1,5 @@
 //! Shared test helpers: a WAT prelude implementing the guest side of the ABI by hand, and recording services.
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;

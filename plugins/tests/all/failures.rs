@@ -2,11 +2,9 @@
 //! instance is recreated, and crash loops mark the plugin broken.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use portico_plugins::{FailPolicy, FailureKind, FilterAction, Plugin};
 
 const CHAOS: &str = r#"

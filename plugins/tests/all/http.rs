@@ -2,12 +2,10 @@
 //! callouts with pause/resume, ticks, queues and the upstream selection extension.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use portico_plugins::{Candidate, FilterAction, HttpCallResponse, Resumption};
 
 #[test]

@@ -2,18 +2,16 @@
 //! examples/plugins/out/) steers traffic away from a slow endpoint.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServices;
+use crate::support::TestServices;
 use portico_plugins::{Candidate, Plugin, PluginError, PluginSpec, RequestInfo};
 
-const WASM: &[u8] = include_bytes!("../../examples/plugins/out/latency_balancer.wasm");
+const WASM: &[u8] = include_bytes!("../../../examples/plugins/out/latency_balancer.wasm");
 /// The same plugin in Zig (examples/plugins/latency_balancer.zig), also built by plugins/builtin/build.sh.
-const WASM_ZIG: &[u8] = include_bytes!("../../examples/plugins/out/latency_balancer_zig.wasm");
+const WASM_ZIG: &[u8] = include_bytes!("../../../examples/plugins/out/latency_balancer_zig.wasm");
 
 fn load(config: &str) -> Result<Arc<Plugin>, PluginError> {
     load_wasm(WASM, config)
@@ -23,7 +21,7 @@ fn load_wasm(wasm: &[u8], config: &str) -> Result<Arc<Plugin>, PluginError> {
     let mut spec = PluginSpec::new("latency", wasm.to_vec());
     spec.config = config.to_string();
     spec.instances = 1;
-    Plugin::load(&common::engine(), spec, Arc::new(TestServices::default()))
+    Plugin::load(&crate::support::engine(), spec, Arc::new(TestServices::default()))
 }
 
 fn cand(address: &str, latency_ms: u64) -> Candidate {

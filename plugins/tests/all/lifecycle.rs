@@ -1,9 +1,7 @@
 //! Load-time behaviour: ABI markers, refusals, configuration, start functions, unknown imports.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use portico_plugins::{AbiVersion, FailureKind, PluginError};
 
 const CONFIGURE_NEEDS_Y: &str = r#"

@@ -1,0 +1,182 @@
+//! A plain loop of requests through the plugin host, for counting instructions with callgrind: unlike
+//! criterion's wall-clock figures, the count does not depend on what else the machine runs.
+//!
+//! Scenarios, driven as the `chain` and `filter` benches drive them:
+//! * `chain`: a stream on `builtin:router` and one on `builtin:balancer`, request headers through both, the
+//!   routed group read, an endpoint picked (3 candidates, round robin), `on_log`, both streams closed;
+//! * `filter`: the C `add_header` test plugin, request and response headers, stream closed;
+//! * `noop`: a WAT module whose header callbacks return Continue, same calls as `filter`.
+//!
+//! Only the requests inside `measured_requests` are counted (after 2,000 unmeasured ones warm the instance):
+//!
+//! ```text
+//! CARGO_PROFILE_BENCH_LTO=false cargo bench -p portico-plugins --bench drive --no-run
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out --toggle-collect='*measured_requests*' \
+//!     target/release/deps/drive-<hash> chain 10000
+//! ```
+//! Instructions per request = the `Ir` total callgrind prints / 10,000.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use portico_plugins::{
+    builtin, Candidate, CandidateList, CandidateSource, DefaultHostServices, Plugin, PluginEngine, PluginSpec,
+    RequestInfo, TrafficDirection,
+};
+
+const ADD_HEADER: &[u8] = include_bytes!("../tests/data/add_header.wasm");
+
+const NOOP: &str = r#"(module
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (global.get $heap))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
+
+fn load(engine: &PluginEngine, name: &str, wasm: &[u8], config: &str) -> Arc<Plugin> {
+    let mut spec = PluginSpec::new(name, wasm.to_vec());
+    spec.config = config.to_string();
+    spec.instances = 1;
+    Plugin::load(engine, spec, Arc::new(DefaultHostServices)).unwrap()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn info(path: &str) -> Arc<RequestInfo> {
+    Arc::new(RequestInfo {
+        method: "GET".into(),
+        path: path.into(),
+        authority: "127.0.0.1:18084".into(),
+        scheme: "http".into(),
+        protocol: "HTTP/1.1".into(),
+        request_id: "b1f2c3d4e5f60718".into(),
+        source_address: Some(SocketAddr::from(([127, 0, 0, 1], 40000))),
+        destination_address: Some(SocketAddr::from(([127, 0, 0, 1], 18084))),
+        start_time: SystemTime::now(),
+        direction: TrafficDirection::Inbound,
+        properties: Vec::new(),
+    })
+}
+
+/// One request of a scenario; returns something derived from the answer so nothing is optimised away.
+type Request = Box<dyn FnMut() -> usize>;
+
+fn chain(engine: &PluginEngine) -> Request {
+    let router = load(
+        engine,
+        "router",
+        builtin("router").unwrap(),
+        r#"{"routes": [{"match": {"path_prefix": "/"}, "upstream": "origin"}]}"#,
+    );
+    let balancer = load(engine, "lb", builtin("balancer").unwrap(), r#"{"policy": "round_robin"}"#);
+    let candidates: Arc<dyn CandidateSource> = Arc::new(CandidateList::new(
+        (0..3)
+            .map(|i| Candidate {
+                address: format!("127.0.0.1:{}", 18080 + i),
+                weight: 1,
+                active_requests: 0,
+                latency: Duration::from_millis(1),
+                ejected: false,
+            })
+            .collect(),
+    ));
+    let template = pairs(&[
+        (":method", "GET"),
+        (":path", "/"),
+        (":authority", "127.0.0.1:18084"),
+        (":scheme", "http"),
+        ("user-agent", "wrk"),
+    ]);
+    let mut h = template.clone();
+    Box::new(move || {
+        h.clone_from(&template);
+        let info = info("/");
+        let mut streams = [router.new_stream(info.clone()).unwrap(), balancer.new_stream(info).unwrap()];
+        for s in &mut streams {
+            s.on_request_headers(&mut h, true).unwrap();
+        }
+        let group = streams[0].routed_upstream().unwrap().unwrap();
+        let chosen = streams[1].select_endpoint_from(&group, &candidates, 0, None).unwrap().unwrap();
+        for s in &mut streams {
+            s.on_log().unwrap();
+        }
+        chosen.len()
+    })
+}
+
+fn filter(engine: &PluginEngine, wasm: &[u8]) -> Request {
+    let plugin = load(engine, "filter", wasm, "bench");
+    let req = pairs(&[
+        (":method", "GET"),
+        (":path", "/api/v1/items?page=2"),
+        (":authority", "shop.example.com"),
+        (":scheme", "https"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("accept-language", "en-GB,en;q=0.9"),
+        ("cookie", "session=4f2a9c1e; theme=dark"),
+        ("x-request-id", "b1f2c3d4e5f60718"),
+    ]);
+    let resp = pairs(&[
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("content-length", "512"),
+        ("server", "app"),
+        ("date", "Thu, 26 Nov 2026 12:00:00 GMT"),
+    ]);
+    let (mut h, mut r) = (req.clone(), resp.clone());
+    Box::new(move || {
+        h.clone_from(&req);
+        r.clone_from(&resp);
+        let mut s = plugin.new_stream(info("/api/v1/items?page=2")).unwrap();
+        s.on_request_headers(&mut h, false).unwrap();
+        s.on_response_headers(&mut r, false).unwrap();
+        h.len() + r.len()
+    })
+}
+
+/// The requests callgrind counts (`--toggle-collect='*measured_requests*'`).
+#[inline(never)]
+fn measured_requests(request: &mut Request, n: u64) -> usize {
+    let mut sum = 0usize;
+    for _ in 0..n {
+        sum = sum.wrapping_add(request());
+    }
+    sum
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; flags are ignored.
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
+    let scenario = args.next().unwrap_or_else(|| "chain".to_string());
+    let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let engine = PluginEngine::new().unwrap();
+    let mut request = match scenario.as_str() {
+        "chain" => chain(&engine),
+        "filter" => filter(&engine, ADD_HEADER),
+        "noop" => filter(&engine, NOOP.as_bytes()),
+        other => panic!("unknown scenario {other}: chain, filter or noop"),
+    };
+    std::hint::black_box(warm_up(&mut request));
+    let start = std::time::Instant::now();
+    let sum = measured_requests(&mut request, n);
+    let per = start.elapsed() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    println!("{scenario}: {n} requests, {per:?} each (wall clock; count instructions with callgrind) [{sum}]");
+}
+
+/// Unmeasured requests first: the instance's buffers grow and the guest's tables fill.
+#[inline(never)]
+fn warm_up(request: &mut Request) -> usize {
+    let mut sum = 0usize;
+    for _ in 0..2_000 {
+        sum = sum.wrapping_add(request());
+    }
+    sum
+}
