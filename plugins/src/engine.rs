@@ -70,11 +70,10 @@ impl PluginEngine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.max_wasm_stack(1 << 20);
-        let engine = Engine::new(&config).map_err(|e| PluginError::InvalidSpec(format!("engine: {e}")))?;
-        let linker = linker::build_linker(&engine)
-            .map_err(|e| PluginError::InvalidSpec(format!("linking host functions: {e}")))?;
-        let metrics =
-            EngineMetrics::new(&registry).map_err(|e| PluginError::InvalidSpec(format!("registering metrics: {e}")))?;
+        let engine = Engine::new(&config).map_err(engine_error("creating the wasm engine"))?;
+        let linker = linker::build_linker(&engine).map_err(engine_error("linking host functions"))?;
+        let metrics = EngineMetrics::new(&registry)
+            .map_err(|e| PluginError::Engine { what: "registering plugin metrics", source: Box::new(e) })?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let engine = engine.clone();
@@ -87,7 +86,7 @@ impl PluginEngine {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| PluginError::InvalidSpec(format!("spawning epoch thread: {e}")))?
+                .map_err(|e| PluginError::Engine { what: "spawning the epoch thread", source: Box::new(e) })?
         };
         Ok(PluginEngine {
             shared: Arc::new(EngineShared {
@@ -120,7 +119,7 @@ impl PluginEngine {
             return Ok(hit.clone());
         }
         let module = Module::new(&self.shared.engine, bytes)
-            .map_err(|e| PluginError::Compile { plugin: plugin.to_string(), message: format!("{e:#}") })?;
+            .map_err(|e| PluginError::Compile { plugin: plugin.to_string(), source: e.into_boxed_dyn_error() })?;
         let abi = detect_abi(plugin, &module)?;
         let compiled = CompiledModule { module, sha256, abi };
         let mut cache = self.shared.cache.lock();
@@ -132,4 +131,9 @@ impl PluginEngine {
         }
         Ok(compiled)
     }
+}
+
+/// Maps a wasmtime error of an engine set-up step to [`PluginError::Engine`].
+fn engine_error(what: &'static str) -> impl FnOnce(wasmtime::Error) -> PluginError {
+    move |e| PluginError::Engine { what, source: e.into_boxed_dyn_error() }
 }

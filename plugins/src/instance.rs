@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{InstancePre, Store, TypedFunc, WasmParams, WasmResults};
 
 use crate::budget::CpuBudget;
-use crate::error::{FailureKind, HostTrap, PluginError, PluginFailure};
+use crate::error::{FailureKind, PluginError, PluginFailure};
 use crate::store::{ContextMap, HostState, MemLimiter, PluginCore, StreamState};
 
 /// The limits an instance runs under.
@@ -182,27 +182,24 @@ impl Instance {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut store| Ok(store.data_mut().cpu_budget.on_deadline()));
         arm_budget(&mut store, limits.start_cpu);
-        let instance = pre.instantiate(&mut store).map_err(|e| PluginError::Instantiate {
-            plugin: plugin(),
-            message: match e.downcast_ref::<HostTrap>() {
-                Some(t) => t.to_string(),
-                None => format!("{e}"),
-            },
-        })?;
-        let export_err = |export: &str, message: String| PluginError::Export {
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| PluginError::Instantiate { plugin: plugin(), source: e.into_boxed_dyn_error() })?;
+        let export_err = |export: &str, message: &str, source: Option<wasmtime::Error>| PluginError::Export {
             plugin: plugin(),
             export: export.to_string(),
-            message,
+            message: message.to_string(),
+            source: source.map(wasmtime::Error::into_boxed_dyn_error),
         };
         let memory = instance
             .get_memory(&mut store, "memory")
-            .ok_or_else(|| export_err("memory", "module must export its linear memory as \"memory\"".into()))?;
+            .ok_or_else(|| export_err("memory", "module must export its linear memory as \"memory\"", None))?;
         store.data_mut().memory = Some(memory);
         macro_rules! opt {
             ($name:expr) => {
                 match instance.get_func(&mut store, $name) {
                     None => None,
-                    Some(f) => Some(f.typed(&store).map_err(|e| export_err($name, format!("{e}")))?),
+                    Some(f) => Some(f.typed(&store).map_err(|e| export_err($name, "wrong signature", Some(e)))?),
                 }
             };
         }
@@ -213,7 +210,8 @@ impl Instance {
         if alloc.is_none() {
             return Err(export_err(
                 "proxy_on_memory_allocate",
-                "module exports neither proxy_on_memory_allocate nor malloc".into(),
+                "module exports neither proxy_on_memory_allocate nor malloc",
+                None,
             ));
         }
         store.data_mut().alloc = alloc.map(Arc::new);
@@ -244,7 +242,11 @@ impl Instance {
         };
         let mut inst = Instance { store, f, next_context: 2, cpu_limit: limits.cpu, tick: None };
         let ticks = limits.start_cpu;
-        let start_err = |f: PluginFailure| PluginError::Start { plugin: plugin(), message: f.message };
+        let start_err = |f: PluginFailure| PluginError::Start {
+            plugin: plugin(),
+            message: "a start-up callback failed".into(),
+            source: Some(Box::new(f)),
+        };
         if let Some(start) = start {
             if let Err(e) = inst.call_with_deadline("_initialize/_start", &start, (), ticks) {
                 // `proc_exit(0)` at the end of a WASI command's `_start` is a normal exit.
@@ -268,6 +270,7 @@ impl Instance {
                 return Err(PluginError::Start {
                     plugin: plugin(),
                     message: "proxy_on_vm_start returned false".into(),
+                    source: None,
                 });
             }
         }
@@ -275,13 +278,17 @@ impl Instance {
             inst.store.data_mut().last_error_log = None;
             let ok = inst
                 .call_with_deadline("proxy_on_configure", &f, (root, core.config.len() as i32), ticks)
-                .map_err(|e| PluginError::Configure { plugin: plugin(), message: e.message })?;
+                .map_err(|e| PluginError::Configure {
+                    plugin: plugin(),
+                    message: "proxy_on_configure failed".into(),
+                    source: Some(Box::new(e)),
+                })?;
             if ok == 0 {
                 let message = match inst.store.data_mut().last_error_log.take() {
                     Some(log) => format!("proxy_on_configure returned false: {log}"),
                     None => "proxy_on_configure returned false".into(),
                 };
-                return Err(PluginError::Configure { plugin: plugin(), message });
+                return Err(PluginError::Configure { plugin: plugin(), message, source: None });
             }
         }
         Ok(inst)

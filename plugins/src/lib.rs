@@ -48,7 +48,7 @@ pub use candidates::{
 };
 pub use codec::{deserialize_map, encode_candidates, serialize_map};
 pub use engine::PluginEngine;
-pub use error::{FailureKind, PluginError, PluginFailure};
+pub use error::{Cause, FailureKind, PluginError, PluginFailure};
 pub use module::{AbiVersion, CompiledModule};
 pub use pool::{prefer_instance, Plugin, PluginHandle};
 pub use services::{DefaultHostServices, HostServices};

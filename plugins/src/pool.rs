@@ -140,13 +140,13 @@ impl Plugin {
             Ok(pre) => pre,
             Err(e) => {
                 if unknown.is_empty() {
-                    return Err(PluginError::Instantiate { plugin: name, message: format!("{e}") });
+                    return Err(PluginError::Instantiate { plugin: name, source: e.into_boxed_dyn_error() });
                 }
                 tracing::warn!(plugin = %name, imports = ?unknown, "module imports functions Portico does not provide; they trap if called");
                 let mut l = shared.linker.linker.clone();
                 l.define_unknown_imports_as_traps(&module.module)
                     .and_then(|_| l.instantiate_pre(&module.module))
-                    .map_err(|e| PluginError::Instantiate { plugin: name.clone(), message: format!("{e}") })?
+                    .map_err(|e| PluginError::Instantiate { plugin: name.clone(), source: e.into_boxed_dyn_error() })?
             }
         };
         let n = if spec.instances == 0 {

@@ -61,7 +61,7 @@ pub enum ServerError {
     #[error(transparent)]
     Plugin(#[from] PluginLoadError),
     /// The wasm engine could not be created.
-    #[error("plugin engine: {0}")]
+    #[error("plugin engine: {}", crate::plugin::with_causes(.0))]
     Engine(portico_plugins::PluginError),
     /// The cluster refused or could not commit a change.
     #[error(transparent)]

@@ -132,3 +132,15 @@ pub fn metrics_text(engine: &PluginEngine) -> String {
 pub fn wat_imports(imports: &str, body: &str) -> String {
     wat(body).replacen("(module", &format!("(module\n{imports}"), 1)
 }
+
+/// An error and its causes, `: `-separated, as `anyhow` prints `{:#}`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

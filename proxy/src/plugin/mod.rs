@@ -41,9 +41,10 @@ pub enum PluginLoadError {
         /// What exists.
         available: String,
     },
-    /// Compilation, the ABI check, start-up or `proxy_on_configure` failed.
-    #[error(transparent)]
-    Host(#[from] PluginError),
+    /// Compilation, the ABI check, start-up or `proxy_on_configure` failed. The host's error keeps its causes
+    /// as sources; this message is complete on its own, so it carries them on one line instead.
+    #[error("{}", with_causes(.0))]
+    Host(PluginError),
     /// The loader thread died.
     #[error("plugin {0}: the loader thread failed")]
     Loader(String),
@@ -53,6 +54,27 @@ pub enum PluginLoadError {
     /// Rollback asked for with no previous version.
     #[error("plugin {0}: there is no previous version to roll back to")]
     NoPrevious(String),
+}
+
+// By hand rather than `#[from]`: the message already includes the causes, so they are not returned as a source.
+impl From<PluginError> for PluginLoadError {
+    fn from(error: PluginError) -> Self {
+        PluginLoadError::Host(error)
+    }
+}
+
+/// An error followed by its causes (`source()` chain), `: `-separated: for a message that must be complete on
+/// its own (logs, the admin API, configuration issues) built from an error that keeps its causes as sources,
+/// as `portico_plugins::PluginError` does.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Where a running version came from, for `GET /plugins` and the logs.
