@@ -92,6 +92,18 @@ pub enum PluginError {
     InvalidSpec(String),
 }
 
+/// An error followed by its causes, `: `-separated, for a log line that must say everything on its own.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Classification of a failure while running a plugin callback for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {

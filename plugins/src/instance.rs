@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use wasmtime::{InstancePre, Store, TypedFunc, WasmParams, WasmResults};
 
 use crate::budget::CpuBudget;
+use crate::context::{StreamState, Streams, ROOT_CONTEXT};
 use crate::error::{FailureKind, PluginError, PluginFailure};
-use crate::store::{ContextMap, HostState, MemLimiter, PluginCore, StreamState};
+use crate::store::{HostState, MemLimiter, PluginCore};
 
 /// The limits an instance runs under.
 #[derive(Debug, Clone, Copy)]
@@ -57,11 +58,18 @@ pub(crate) fn in_callback() -> bool {
     IN_CALLBACK.with(Cell::get) > 0
 }
 
+/// Where one instance of a pool lives, with its generation: bumped each time an instance is created there, so
+/// that anything holding (slot, generation) can tell its instance was replaced.
+#[derive(Default)]
+pub(crate) struct Slot {
+    pub instance: Option<Instance>,
+    pub generation: u64,
+}
+
 /// One VM: a Store with its instance, root context and stream contexts.
 pub(crate) struct Instance {
     pub store: Store<HostState>,
     pub f: Exports,
-    pub next_context: u32,
     pub cpu_limit: Duration,
     /// The root context's tick period and when it is next due.
     pub tick: Option<(Duration, Instant)>,
@@ -102,7 +110,7 @@ impl Instance {
     pub(crate) fn stream(&mut self, ctx: u32) -> Result<&mut StreamState, PluginFailure> {
         // Split borrow: the plugin core is only needed (and only touched) when the context is gone.
         let HostState { streams, core, .. } = self.store.data_mut();
-        streams.get_mut(&ctx).ok_or_else(|| core.failure(FailureKind::Unavailable, "stream context is gone"))
+        streams.get_mut(ctx).ok_or_else(|| core.failure(FailureKind::Unavailable, "stream context is gone"))
     }
 }
 
@@ -117,7 +125,12 @@ pub(crate) fn invoke<P: WasmParams, R: WasmResults>(
     limit: Duration,
 ) -> Result<R, PluginFailure> {
     arm_budget(store, limit);
-    let start = store.data_mut().sample_timing().then(Instant::now);
+    let st = store.data_mut();
+    if let Some(arena) = st.arena.as_mut() {
+        // Values returned into the arena live until the callback that asked for them returns.
+        arena.used = 0;
+    }
+    let start = st.sample_timing().then(Instant::now);
     IN_CALLBACK.with(|c| c.set(c.get() + 1));
     let r = f.call(&mut *store, args);
     IN_CALLBACK.with(|c| c.set(c.get().saturating_sub(1)));
@@ -161,10 +174,9 @@ impl Instance {
             alloc: None,
             slot,
             generation,
-            root_context: 1,
-            current: 1,
-            streams: ContextMap::default(),
-            spare_maps: Vec::new(),
+            root_context: ROOT_CONTEXT,
+            current: ROOT_CONTEXT,
+            streams: Streams::default(),
             root_properties: HashMap::new(),
             callout: None,
             tick_period: None,
@@ -173,10 +185,13 @@ impl Instance {
             exit_code: None,
             callbacks: core.metrics.callbacks.with_label_values(&[core.name.as_str(), &slot.to_string()]),
             scratch_key: String::new(),
+            scratch_path: Vec::new(),
             scratch_value: Vec::new(),
             scratch_out: Vec::new(),
             last_error_log: None,
             cpu_budget: CpuBudget::default(),
+            arena: None,
+            metric_handles: Vec::new(),
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -240,7 +255,7 @@ impl Instance {
             Some(f) => Some(f),
             None => opt!("_start"),
         };
-        let mut inst = Instance { store, f, next_context: 2, cpu_limit: limits.cpu, tick: None };
+        let mut inst = Instance { store, f, cpu_limit: limits.cpu, tick: None };
         let ticks = limits.start_cpu;
         let start_err = |f: PluginFailure| PluginError::Start {
             plugin: plugin(),

@@ -10,10 +10,12 @@
 //!
 //! The modules follow wasmtime's Engine / Module / Linker / Store split, and depend on each other one way:
 //! the data types at the bottom (`error`, `types`, `abi`, `candidates`, `codec`, `callout`, `services`,
-//! `budget`, `metrics`, `shared`), then `store` (an instance's host state), `memory` (guest memory access),
-//! `host` (one file per hostcall group), `linker`, `module`, `engine`, `instance` (one VM), `spec`, `pool` (a
-//! plugin version's instances) and `stream` (a request's phases). `LIFECYCLE.md` beside them tells how
-//! contexts, instance generations, failures, restarts and pauses fit together.
+//! `budget`, `metrics`, `shared`), then `context` (an instance's stream contexts) and `store` (its host state),
+//! `memory` (guest memory access), `host` (one file per hostcall group), `linker`, `module`, `engine`,
+//! `instance` (one VM), `spec`, `worker` (the instances a worker thread owns), `pool` (a plugin version's
+//! instances), `deliver` (work outside the phases: callouts, queues, ticks), `stream` (a request's phases),
+//! `pause` and `select`. `LIFECYCLE.md` beside them tells how contexts, instance generations, ownership,
+//! failures, restarts and pauses fit together.
 //!
 //! See `plugins/README.md` for the ABI coverage table and the upstream-selection extension. Bundled plugins
 //! (`builtin:router`, `builtin:balancer`) are available through [`builtin`].
@@ -24,6 +26,8 @@ mod builtin;
 mod callout;
 mod candidates;
 mod codec;
+mod context;
+mod deliver;
 mod engine;
 mod error;
 mod host;
@@ -32,6 +36,7 @@ mod linker;
 mod memory;
 mod metrics;
 mod module;
+mod pause;
 mod pool;
 mod select;
 mod services;
@@ -40,6 +45,7 @@ mod spec;
 mod store;
 mod stream;
 mod types;
+mod worker;
 
 pub use builtin::{builtin, router_upstreams, BUILTIN_NAMES};
 pub use callout::{CalloutResponder, HttpCallRejected, HttpCallRequest, HttpCallResponse};
@@ -50,10 +56,12 @@ pub use codec::{deserialize_map, encode_candidates, serialize_map};
 pub use engine::PluginEngine;
 pub use error::{Cause, FailureKind, PluginError, PluginFailure};
 pub use module::{AbiVersion, CompiledModule};
-pub use pool::{prefer_instance, Plugin, PluginHandle};
+pub use pool::{Plugin, PluginHandle};
 pub use services::{DefaultHostServices, HostServices};
 pub use spec::PluginSpec;
 pub use stream::HttpStream;
 pub use types::{
-    FailPolicy, FilterAction, HeaderMap, LocalResponse, LogLevel, RequestInfo, Resumption, TrafficDirection,
+    FailPolicy, FilterAction, HeaderMap, LocalResponse, LogLevel, RequestFacts, RequestInfo, Resumption,
+    TrafficDirection,
 };
+pub use worker::{enter_worker, forget_unloaded};

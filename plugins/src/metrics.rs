@@ -84,7 +84,9 @@ impl EngineMetrics {
     }
 }
 
-enum GuestMetric {
+/// One metric a plugin defined: a handle on its Prometheus series (cloning it is a reference count).
+#[derive(Clone)]
+pub(crate) enum GuestMetric {
     Counter(IntCounter),
     Gauge(IntGauge),
     Histogram(Histogram),
@@ -120,30 +122,35 @@ impl GuestMetrics {
         Some(id)
     }
 
-    pub fn increment(&self, id: u32, delta: i64) -> i32 {
-        let gm = self.0.lock();
-        match gm.list.get((id as usize).wrapping_sub(1)) {
-            None => abi::NOT_FOUND,
-            Some(GuestMetric::Counter(c)) => match u64::try_from(delta) {
+    /// The metric the guest got `id` for, to keep per instance (updates then take no lock).
+    pub fn handle(&self, id: u32) -> Option<GuestMetric> {
+        self.0.lock().list.get((id as usize).wrapping_sub(1)).cloned()
+    }
+}
+
+impl GuestMetric {
+    /// `proxy_increment_metric`: counters only go up.
+    pub fn increment(&self, delta: i64) -> i32 {
+        match self {
+            GuestMetric::Counter(c) => match u64::try_from(delta) {
                 Ok(d) => {
                     c.inc_by(d);
                     abi::OK
                 }
                 Err(_) => abi::BAD_ARGUMENT,
             },
-            Some(GuestMetric::Gauge(g)) => {
+            GuestMetric::Gauge(g) => {
                 g.add(delta);
                 abi::OK
             }
-            Some(GuestMetric::Histogram(_)) => abi::BAD_ARGUMENT,
+            GuestMetric::Histogram(_) => abi::BAD_ARGUMENT,
         }
     }
 
-    pub fn record(&self, id: u32, value: u64) -> i32 {
-        let gm = self.0.lock();
-        match gm.list.get((id as usize).wrapping_sub(1)) {
-            None => abi::NOT_FOUND,
-            Some(GuestMetric::Counter(c)) => {
+    /// `proxy_record_metric`: sets a gauge, observes a histogram sample, moves a counter up to `value`.
+    pub fn record(&self, value: u64) -> i32 {
+        match self {
+            GuestMetric::Counter(c) => {
                 // Counters only move forward: recording a lower value is refused.
                 match value.checked_sub(c.get()) {
                     Some(d) => {
@@ -153,24 +160,23 @@ impl GuestMetrics {
                     None => abi::BAD_ARGUMENT,
                 }
             }
-            Some(GuestMetric::Gauge(g)) => {
+            GuestMetric::Gauge(g) => {
                 g.set(i64::try_from(value).unwrap_or(i64::MAX));
                 abi::OK
             }
-            Some(GuestMetric::Histogram(h)) => {
+            GuestMetric::Histogram(h) => {
                 h.observe(value as f64);
                 abi::OK
             }
         }
     }
 
-    pub fn get(&self, id: u32) -> Result<u64, i32> {
-        let gm = self.0.lock();
-        match gm.list.get((id as usize).wrapping_sub(1)) {
-            None => Err(abi::NOT_FOUND),
-            Some(GuestMetric::Counter(c)) => Ok(c.get()),
-            Some(GuestMetric::Gauge(g)) => Ok(g.get() as u64),
-            Some(GuestMetric::Histogram(_)) => Err(abi::BAD_ARGUMENT),
+    /// `proxy_get_metric`.
+    pub fn get(&self) -> Result<u64, i32> {
+        match self {
+            GuestMetric::Counter(c) => Ok(c.get()),
+            GuestMetric::Gauge(g) => Ok(g.get() as u64),
+            GuestMetric::Histogram(_) => Err(abi::BAD_ARGUMENT),
         }
     }
 }

@@ -40,37 +40,70 @@ pub enum AbiVersion {
     V0_2_1,
 }
 
-/// Which per-request callbacks the module exports, read once from its export section. The proxy skips what a
-/// module cannot observe: bodies stream untouched through plugins that only look at headers, and a plugin with
-/// no response-side callback costs nothing once its upstream is chosen. Each skipped callback is a wasm call,
-/// a lock and a header copy fewer per request.
+/// Which per-request callbacks the module exports, read once from its export section. The host and the proxy
+/// skip what a module cannot observe: a phase whose callback is missing touches no instance, bodies stream
+/// untouched through plugins that only look at headers, a plugin with no response-side callback costs nothing
+/// once its upstream is chosen, and a header map is copied into a stream only when a later callback could
+/// read it.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Callbacks {
+    pub context_create: bool,
+    pub request_headers: bool,
     pub request_body: bool,
+    pub request_trailers: bool,
+    pub response_headers: bool,
     pub response_body: bool,
-    /// Any callback that runs once the response has begun and may read response headers or properties such
-    /// as `upstream.address`: response headers, body or trailers, `proxy_on_done`, `proxy_on_log`,
-    /// `proxy_on_delete`.
-    pub response_side: bool,
+    pub response_trailers: bool,
+    pub done: bool,
+    pub log: bool,
+    pub delete: bool,
     pub upstream_select: bool,
-    pub done_or_log: bool,
+    /// `proxy_on_http_call_response`, `proxy_on_tick` or `proxy_on_queue_ready`: a callback that runs outside
+    /// the stream's phases and may read any stream's maps (after `proxy_set_effective_context`).
+    pub out_of_band: bool,
 }
 
 impl Callbacks {
     pub(crate) fn of(module: &wasmtime::Module) -> Self {
         let exported = |name: &str| module.get_export(name).is_some_and(|e| e.func().is_some());
-        let done_or_log = exported("proxy_on_done") || exported("proxy_on_log");
         Callbacks {
+            context_create: exported("proxy_on_context_create"),
+            request_headers: exported("proxy_on_request_headers"),
             request_body: exported("proxy_on_request_body"),
+            request_trailers: exported("proxy_on_request_trailers"),
+            response_headers: exported("proxy_on_response_headers"),
             response_body: exported("proxy_on_response_body"),
-            response_side: done_or_log
-                || exported("proxy_on_delete")
-                || exported("proxy_on_response_headers")
-                || exported("proxy_on_response_body")
-                || exported("proxy_on_response_trailers"),
+            response_trailers: exported("proxy_on_response_trailers"),
+            done: exported("proxy_on_done"),
+            log: exported("proxy_on_log"),
+            delete: exported("proxy_on_delete"),
             upstream_select: exported("portico_on_upstream_select"),
-            done_or_log,
+            out_of_band: exported("proxy_on_http_call_response")
+                || exported("proxy_on_tick")
+                || exported("proxy_on_queue_ready"),
         }
+    }
+
+    pub(crate) fn done_or_log(&self) -> bool {
+        self.done || self.log
+    }
+
+    /// Any callback that runs once the response has begun and may read response headers or properties such
+    /// as `upstream.address`: response headers, body or trailers, `proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete`.
+    pub(crate) fn response_side(&self) -> bool {
+        self.response_headers || self.response_body || self.response_trailers || self.done_or_log() || self.delete
+    }
+
+    /// Whether a callback after the request headers (or trailers) phase could read that map: then the phase
+    /// keeps a copy in the stream. (The upstream selection gets the caller's request headers again.)
+    pub(crate) fn keeps_request_maps(&self) -> bool {
+        self.request_body || self.request_trailers || self.response_side() || self.out_of_band
+    }
+
+    /// The same for the response headers and trailers.
+    pub(crate) fn keeps_response_maps(&self) -> bool {
+        self.response_body || self.response_trailers || self.done_or_log() || self.delete || self.out_of_band
     }
 }
 

@@ -1,46 +1,38 @@
-//! [`Plugin`]: one loaded plugin version and its pool of instances (one per worker by default), with the
-//! failure policy around them: a failed instance is discarded and recreated on next use, a crash loop marks the
-//! plugin broken for a cool-off. Also the deliveries that arrive outside a stream's own callbacks: callout
-//! answers, queue notifications, ticks.
+//! [`Plugin`]: one loaded plugin version and its pool of instances, with the failure policy around them: a
+//! failed instance is discarded and recreated on next use, a crash loop marks the plugin broken for a
+//! cool-off.
+//!
+//! Each instance sits in a slot. A slot is either **owned** by one worker thread (see [`crate::worker`]): its
+//! instance lives in that thread's table and callbacks reach it without a lock; or **shared**: its instance
+//! stays in the slot's mutex and a callback locks it. Work for an owned instance that arrives on another
+//! thread waits in the slot's inbox for the owner (`deliver.rs`).
 
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use wasmtime::InstancePre;
 
-use crate::callout::{CalloutSink, HttpCallResponse};
+use crate::callout::HttpCallResponse;
 use crate::engine::{EngineShared, PluginEngine};
-use crate::error::{FailureKind, PluginError, PluginFailure};
-use crate::instance::{in_callback, Instance, Limits};
+use crate::error::{with_causes, FailureKind, PluginError, PluginFailure};
+use crate::instance::{Instance, Limits, Slot};
 use crate::metrics::GuestMetrics;
 use crate::module::{AbiVersion, Callbacks, CompiledModule};
 use crate::services::HostServices;
-use crate::shared::QueueSink;
 use crate::spec::PluginSpec;
 use crate::store::{HostState, PluginCore};
 use crate::types::{FailPolicy, Resumption};
+use crate::worker::{self, thread_token, SlotHome};
 
-thread_local! {
-    /// The instance this thread tries first for a new stream (see [`prefer_instance`]).
-    static PREFERRED_INSTANCE: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// Makes streams started on the calling thread try instance `index` (modulo the pool size) first, instead of
-/// the next one round robin. A proxy that serves each connection on one worker thread calls this once per
-/// worker: with as many instances as workers (the default), each worker then runs its own VM, so instance
-/// locks are never contended and a VM's memory stays in one core's cache.
-pub fn prefer_instance(index: usize) {
-    PREFERRED_INSTANCE.with(|p| p.set(Some(index)));
-}
+static NEXT_PLUGIN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A value alone on its cache lines (128 bytes: two lines, for CPUs that fetch lines in pairs).
 #[repr(align(128))]
-struct CacheAligned<T>(T);
+pub(crate) struct CacheAligned<T>(T);
 
 impl<T> std::ops::Deref for CacheAligned<T> {
     type Target = T;
@@ -49,31 +41,69 @@ impl<T> std::ops::Deref for CacheAligned<T> {
     }
 }
 
-pub(crate) struct Slot {
-    pub instance: Option<Instance>,
-    pub generation: u64,
+/// Work for an instance that runs outside the stream phases, on a thread that can reach it.
+pub(crate) enum Pending {
+    QueueReady {
+        generation: u64,
+        root: u32,
+        queue: u32,
+    },
+    Callout {
+        token: u32,
+        generation: u64,
+        context: u32,
+        response: Option<HttpCallResponse>,
+    },
+    /// A stream dropped on a thread that does not own its instance: its `proxy_on_done`/`proxy_on_delete`.
+    Delete {
+        generation: u64,
+        context: u32,
+        done: bool,
+    },
 }
 
-enum Pending {
-    QueueReady { slot: usize, generation: u64, root: u32, queue: u32 },
-    Callout { token: u32, response: Option<HttpCallResponse> },
+/// One instance slot. Each on cache lines of its own: its owner reads `owner` and `has_mail` on every
+/// callback, and a neighbour's writes would bounce those lines between cores.
+#[derive(Default)]
+pub(crate) struct SlotCell {
+    /// The instance while the slot is shared (and before its owner adopts it).
+    pub shared: Mutex<Slot>,
+    /// The token of the thread that owns the slot ([`thread_token`]), 0 while it is shared.
+    pub owner: AtomicU64,
+    /// Work waiting for a thread that can reach the instance (see `deliver.rs`).
+    pub inbox: Mutex<Vec<Pending>>,
+    pub has_mail: AtomicBool,
+    /// Woken when mail arrives, for streams of the instance waiting for a resumption.
+    pub mail: tokio::sync::Notify,
+}
+
+/// How the calling thread reaches a slot's instance.
+pub(crate) enum Reach {
+    /// This thread owns it.
+    Mine(std::rc::Rc<std::cell::RefCell<Slot>>),
+    /// It is shared: lock it.
+    Shared,
+    /// Another thread owns it.
+    Elsewhere,
 }
 
 /// A loaded plugin version: compiled module, N instances with configured root contexts, failure policy.
 ///
-/// Shared as `Arc<Plugin>` across tokio workers. All methods are synchronous and each runs at most one short
-/// wasm callback under one instance's lock; none may be held across an `.await` (the API makes that
-/// impossible). Swapping in a new version = loading a new `Plugin`; in-flight streams finish on the old one.
+/// Shared as `Arc<Plugin>` across threads. All methods are synchronous and each runs at most one short wasm
+/// callback; none may be held across an `.await` (the API makes that impossible). Swapping in a new version =
+/// loading a new `Plugin`; in-flight streams finish on the old one.
 pub struct Plugin {
     pub(crate) core: Arc<PluginCore>,
     /// Keeps the engine (and its epoch ticker) alive while the plugin is.
     _engine: Arc<EngineShared>,
+    /// Names this version in the workers' tables of owned instances.
+    pub(crate) id: u64,
+    me: Weak<Plugin>,
     module: CompiledModule,
     pre: InstancePre<HostState>,
     unknown_imports: Vec<String>,
-    /// One per instance, each on cache lines of its own: workers lock their own instance on every callback,
-    /// and a lock word sharing a line with a neighbour's would bounce between their cores.
-    slots: Vec<CacheAligned<Mutex<Slot>>>,
+    pub(crate) slots: Vec<CacheAligned<SlotCell>>,
+    instances: usize,
     rr: AtomicUsize,
     fail: FailPolicy,
     limits: Limits,
@@ -82,8 +112,6 @@ pub struct Plugin {
     broken: AtomicBool,
     /// While broken: when to try again, and the rest to take if it breaks again.
     retry: Mutex<(Instant, Duration)>,
-    pending: Mutex<Vec<Pending>>,
-    has_pending: AtomicBool,
     pub(crate) callbacks: Callbacks,
 }
 
@@ -92,7 +120,7 @@ impl std::fmt::Debug for Plugin {
         f.debug_struct("Plugin")
             .field("name", &self.core.name)
             .field("module", &self.module)
-            .field("instances", &self.slots.len())
+            .field("instances", &self.instances)
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +177,7 @@ impl Plugin {
                     .map_err(|e| PluginError::Instantiate { plugin: name.clone(), source: e.into_boxed_dyn_error() })?
             }
         };
-        let n = if spec.instances == 0 {
+        let instances = if spec.instances == 0 {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
             spec.instances
@@ -181,7 +209,11 @@ impl Plugin {
             module: module.clone(),
             pre,
             unknown_imports: unknown,
-            slots: (0..n).map(|_| CacheAligned(Mutex::new(Slot { instance: None, generation: 0 }))).collect(),
+            id: NEXT_PLUGIN_ID.fetch_add(1, Ordering::Relaxed),
+            me: weak.clone(),
+            // One more than asked: the last serves threads that are not workers when workers own the others.
+            slots: (0..=instances).map(|_| CacheAligned(SlotCell::default())).collect(),
+            instances,
             rr: AtomicUsize::new(0),
             fail: spec.fail,
             limits: Limits {
@@ -193,17 +225,14 @@ impl Plugin {
             restarts: Mutex::new(VecDeque::new()),
             broken: AtomicBool::new(false),
             retry: Mutex::new((Instant::now(), spec.broken_cooloff)),
-            pending: Mutex::new(Vec::new()),
-            has_pending: AtomicBool::new(false),
             callbacks: Callbacks::of(&module.module),
         });
-        for i in 0..n {
-            let mut slot = plugin.slots[i].lock();
+        for (i, cell) in plugin.slots.iter().take(instances).enumerate() {
+            let mut slot = cell.shared.lock();
             slot.generation += 1;
-            let inst = plugin.instantiate(i, slot.generation)?;
-            slot.instance = Some(inst);
+            slot.instance = Some(plugin.instantiate(i, slot.generation)?);
         }
-        tracing::info!(plugin = %plugin.core.name, source = %spec.source, sha256 = %module.sha256_hex(), abi = ?module.abi, instances = n, "plugin loaded");
+        tracing::info!(plugin = %plugin.core.name, source = %spec.source, sha256 = %module.sha256_hex(), abi = ?module.abi, instances, "plugin loaded");
         Ok(plugin)
     }
 
@@ -239,6 +268,20 @@ impl Plugin {
         &self.unknown_imports
     }
 
+    /// Whether the plugin takes part in the request headers phase: it exports `proxy_on_request_headers`, or a
+    /// later callback could read the request headers (the phase then keeps a copy). A proxy skips the phase,
+    /// and building the header list, for plugins that do not.
+    pub fn handles_request_headers(&self) -> bool {
+        self.callbacks.request_headers || self.callbacks.keeps_request_maps()
+    }
+
+    /// Whether the module exports `portico_on_upstream_select`: only such plugins (and ones that chose an
+    /// endpoint in their request headers callback, see [`HttpStream::preselected`]) take part in endpoint
+    /// selection.
+    pub fn selects_upstream(&self) -> bool {
+        self.callbacks.upstream_select
+    }
+
     /// Whether the module exports `proxy_on_request_body`. The proxy runs request bodies through
     /// [`HttpStream::on_request_body`] only for such plugins; for the others the body streams untouched.
     pub fn handles_request_body(&self) -> bool {
@@ -254,30 +297,105 @@ impl Plugin {
     /// body or trailers, `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`). When it does not, the proxy
     /// skips the response phases for it and does not tell it `upstream.address`: nothing could read them.
     pub fn handles_response(&self) -> bool {
-        self.callbacks.response_side
+        self.callbacks.response_side()
     }
 
     /// Number of instances in the pool.
     pub fn instance_count(&self) -> usize {
-        self.slots.len()
+        self.instances
     }
 
-    pub(crate) fn lock_slot(&self, i: usize) -> MutexGuard<'_, Slot> {
-        self.slots[i % self.slots.len()].lock()
+    /// How the calling thread reaches slot `i`.
+    pub(crate) fn reach(&self, i: usize) -> Reach {
+        match self.slots[i].owner.load(Ordering::Acquire) {
+            0 => Reach::Shared,
+            owner if owner == thread_token() => match worker::owned(self.id, i) {
+                Some(cell) => Reach::Mine(cell),
+                None => Reach::Elsewhere,
+            },
+            _ => Reach::Elsewhere,
+        }
+    }
+
+    /// Runs `f` on slot `i` from the calling thread: on the instance this thread owns, or under the slot's
+    /// lock when it is shared. `Err(arg)` gives `arg` back when the slot is owned by another thread (or this
+    /// thread is already inside it).
+    pub(crate) fn with_slot<A, T>(&self, i: usize, arg: A, f: impl FnOnce(&mut Slot, A) -> T) -> Result<T, A> {
+        match self.reach(i) {
+            Reach::Mine(cell) => match cell.try_borrow_mut() {
+                Ok(mut slot) => Ok(f(&mut slot, arg)),
+                Err(_) => Err(arg),
+            },
+            Reach::Shared => {
+                let cell = &self.slots[i];
+                let mut slot = cell.shared.lock();
+                // A worker may have adopted the slot between the check and the lock.
+                if cell.owner.load(Ordering::Acquire) != 0 {
+                    return Err(arg);
+                }
+                Ok(f(&mut slot, arg))
+            }
+            Reach::Elsewhere => Err(arg),
+        }
+    }
+
+    /// The slot a new stream on this thread goes to. A worker of `count` on a version with at least `count`
+    /// instances gets its own slot (adopted on its first stream); other threads pick a shared slot: their
+    /// preferred one (a worker's index), else the next round robin, an idle one over a busy one, and the spare
+    /// slot when workers own all the others.
+    pub(crate) fn slot_for_new_stream(&self) -> usize {
+        let worker = worker::worker();
+        if let Some((index, count)) = worker {
+            if count <= self.instances && index < self.instances {
+                match self.slots[index].owner.load(Ordering::Acquire) {
+                    owner if owner == thread_token() => return index,
+                    0 if self.adopt(index) => return index,
+                    _ => {}
+                }
+            }
+        }
+        let n = self.instances;
+        let start = worker.map_or_else(|| self.rr.fetch_add(1, Ordering::Relaxed), |(index, _)| index);
+        let shared = |i: &usize| self.slots[*i].owner.load(Ordering::Relaxed) == 0;
+        let candidates = || (0..n).map(|k| (start + k) % n).filter(shared);
+        candidates().find(|&i| self.slots[i].shared.try_lock().is_some()).or_else(|| candidates().next()).unwrap_or(n)
+    }
+
+    /// Makes this thread the owner of slot `i`, taking its instance into the thread's table; false when
+    /// another thread took it first.
+    fn adopt(&self, i: usize) -> bool {
+        let me = thread_token();
+        let cell = &self.slots[i];
+        worker::forget_unloaded();
+        let mut slot = cell.shared.lock();
+        if cell.owner.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let state = std::mem::take(&mut *slot);
+        cell.owner.store(me, Ordering::Release);
+        drop(slot);
+        let home: Weak<dyn SlotHome> = self.me.clone();
+        worker::adopt(self.id, home, i, state);
+        true
     }
 
     /// Drop a failed instance; wake streams paused on it so they fail instead of waiting forever.
     pub(crate) fn poison(&self, slot: &mut Slot, failure: &PluginFailure) {
         if let Some(inst) = slot.instance.take() {
             tracing::warn!(plugin = %self.core.name, kind = %failure.kind, error = %failure.message, "plugin instance failed; discarding it");
-            for s in inst.store.data().streams.values() {
-                s.signal.post(Resumption::Failed(failure.clone()));
+            for signal in inst.store.data().streams.signals() {
+                signal.post(Resumption::Failed(failure.clone()));
             }
         }
     }
 
     /// Recreate a discarded instance, rate-limited; too many restarts mark the plugin broken.
     pub(crate) fn ensure_instance<'a>(&self, slot: &'a mut Slot, i: usize) -> Result<&'a mut Instance, PluginFailure> {
+        if slot.instance.is_none() && slot.generation == 0 {
+            // The spare slot's first instance, made on first use: not a restart.
+            slot.generation = 1;
+            slot.instance = Some(self.instantiate(i, 1).map_err(|e| self.unavailable(&e))?);
+        }
         if slot.instance.is_none() {
             let now = Instant::now();
             if self.is_broken() {
@@ -313,10 +431,7 @@ impl Plugin {
             slot.generation += 1;
             match self.instantiate(i, slot.generation) {
                 Ok(inst) => slot.instance = Some(inst),
-                Err(e) => {
-                    tracing::warn!(plugin = %self.core.name, error = %e, "recreating plugin instance failed");
-                    return Err(self.core.failure(FailureKind::Unavailable, e.to_string()));
-                }
+                Err(e) => return Err(self.unavailable(&e)),
             }
         }
         slot.instance.as_mut().ok_or_else(|| self.core.failure(FailureKind::Unavailable, "no instance"))
@@ -331,151 +446,20 @@ impl Plugin {
         Instance::new(&self.pre, &self.core, self.limits, slot, generation)
     }
 
-    /// The instance slot a new stream goes to, locked: this thread's preferred one (see [`prefer_instance`]),
-    /// else the next round robin; an idle one over a busy one.
-    pub(crate) fn pick_slot(&self) -> (usize, MutexGuard<'_, Slot>) {
-        let n = self.slots.len();
-        let start = PREFERRED_INSTANCE.with(Cell::get).unwrap_or_else(|| self.rr.fetch_add(1, Ordering::Relaxed));
-        (0..n)
-            .find_map(|k| {
-                let i = (start + k) % n;
-                self.slots[i].try_lock().map(|g| (i, g))
-            })
-            .unwrap_or_else(|| (start % n, self.lock_slot(start)))
-    }
-
-    /// Deliver an HTTP callout result (`None` = failed/timed out: the guest sees 0 headers) by running
-    /// `proxy_on_http_call_response(root context, token, ...)` with the context that made the call effective.
-    /// Usually called through [`CalloutResponder::complete`]. Unknown tokens (stream already gone) are ignored.
-    pub fn on_http_call_response(&self, token: u32, response: Option<HttpCallResponse>) -> Result<(), PluginFailure> {
-        if in_callback() {
-            self.defer(Pending::Callout { token, response });
-            return Ok(());
-        }
-        let r = self.deliver_callout(token, response);
-        self.dispatch_pending();
-        r
-    }
-
-    fn deliver_callout(&self, token: u32, response: Option<HttpCallResponse>) -> Result<(), PluginFailure> {
-        let Some(owner) = self.core.callouts.lock().remove(&token) else { return Ok(()) };
-        let mut slot = self.lock_slot(owner.slot);
-        if slot.generation != owner.generation {
-            return Ok(());
-        }
-        let Some(inst) = slot.instance.as_mut() else { return Ok(()) };
-        let root = inst.root();
-        if owner.context != root && !inst.store.data().streams.contains_key(&owner.context) {
-            return Ok(());
-        }
-        if inst.f.on_http_call_response.is_none() {
-            return Ok(());
-        }
-        let resp = response.unwrap_or_default();
-        let (nh, nb, nt) = (resp.headers.len() as i32, resp.body.len() as i32, resp.trailers.len() as i32);
-        let st = inst.store.data_mut();
-        // Hostcalls act on the context that made the call (SDKs also switch to it themselves with
-        // `proxy_set_effective_context`), but the callback is addressed to the root context, as proxy-wasm's
-        // C++ host and Envoy do: the C++, Go and AssemblyScript SDKs look the token up on the root context
-        // whose id they are given and abort on a stream context's id; the Rust SDK ignores the id.
-        st.current = owner.context;
-        st.callout = Some(resp);
-        let args = (root as i32, token as i32, nh, nb, nt);
-        let r = inst.call("proxy_on_http_call_response", |f| f.on_http_call_response.as_ref(), args).map(|_| ());
-        inst.store.data_mut().callout = None;
-        if let Err(e) = &r {
-            self.poison(&mut slot, e);
-        }
-        r
-    }
-
-    fn defer(&self, p: Pending) {
-        self.pending.lock().push(p);
-        self.has_pending.store(true, Ordering::Release);
-    }
-
-    /// Run deferred work: `proxy_on_queue_ready` for enqueued items and callout results delivered while a
-    /// callback was running. Called automatically after every stream callback and by [`Plugin::run_ticks`].
-    pub fn dispatch_pending(&self) {
-        // Load before swap: the swap is a write, and this runs after every stream callback on every worker;
-        // writing the shared flag when there is nothing pending would bounce its cache line between cores.
-        if in_callback() || !self.has_pending.load(Ordering::Acquire) || !self.has_pending.swap(false, Ordering::AcqRel)
-        {
-            return;
-        }
-        let work = std::mem::take(&mut *self.pending.lock());
-        for p in work {
-            match p {
-                Pending::Callout { token, response } => {
-                    let _ = self.deliver_callout(token, response);
-                }
-                Pending::QueueReady { slot: i, generation, root, queue } => {
-                    let mut slot = self.lock_slot(i);
-                    if slot.generation != generation {
-                        continue;
-                    }
-                    let Some(inst) = slot.instance.as_mut() else { continue };
-                    if inst.f.on_queue_ready.is_none() {
-                        continue;
-                    }
-                    inst.store.data_mut().current = root;
-                    let args = (root as i32, queue as i32);
-                    if let Err(e) = inst.call("proxy_on_queue_ready", |f| f.on_queue_ready.as_ref(), args) {
-                        self.poison(&mut slot, &e);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Earliest time an instance wants `proxy_on_tick` (None = no timer set). Busy instances are skipped.
-    pub fn next_tick_deadline(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.try_lock().and_then(|s| s.instance.as_ref().and_then(|i| i.tick)).map(|(_, at)| at))
-            .min()
-    }
-
-    /// Run `proxy_on_tick` on every instance whose period elapsed, plus pending deferred work. Drive this from
-    /// one tokio task per plugin (sleep until [`Plugin::next_tick_deadline`], capped at e.g. 100 ms). Returns
-    /// how many ticks ran; failures discard the instance like request failures.
-    pub fn run_ticks(&self) -> usize {
-        let mut ran = 0;
-        let now = Instant::now();
-        for i in 0..self.slots.len() {
-            let mut slot = self.lock_slot(i);
-            let Some(inst) = slot.instance.as_mut() else { continue };
-            let Some((period, at)) = inst.tick else { continue };
-            if at > now {
-                continue;
-            }
-            let next = (at + period).max(now);
-            inst.tick = Some((period, next));
-            if inst.f.on_tick.is_none() {
-                continue;
-            }
-            let root = inst.root();
-            inst.store.data_mut().current = root;
-            ran += 1;
-            if let Err(e) = inst.call("proxy_on_tick", |f| f.on_tick.as_ref(), root as i32) {
-                self.poison(&mut slot, &e);
-            }
-        }
-        self.has_pending.store(true, Ordering::Release);
-        self.dispatch_pending();
-        ran
+    /// A failed (re)start as the stream's failure, logged with its causes.
+    fn unavailable(&self, e: &PluginError) -> PluginFailure {
+        let text = with_causes(e);
+        tracing::warn!(plugin = %self.core.name, error = %text, "recreating plugin instance failed");
+        self.core.failure(FailureKind::Unavailable, text)
     }
 }
 
-impl CalloutSink for Plugin {
-    fn on_http_call_response(&self, token: u32, response: Option<HttpCallResponse>) -> Result<(), PluginFailure> {
-        Plugin::on_http_call_response(self, token, response)
-    }
-}
-
-impl QueueSink for Plugin {
-    fn queue_ready(&self, slot: usize, generation: u64, root: u32, queue: u32) {
-        self.defer(Pending::QueueReady { slot, generation, root, queue });
+impl SlotHome for Plugin {
+    fn release(&self, slot: usize, state: Slot) {
+        let cell = &self.slots[slot];
+        let mut shared = cell.shared.lock();
+        *shared = state;
+        cell.owner.store(0, Ordering::Release);
     }
 }
 

@@ -14,12 +14,12 @@ use wasmtime::{Memory, ResourceLimiter, Result, Trap, TypedFunc};
 use crate::abi::*;
 use crate::budget::CpuBudget;
 use crate::callout::{CalloutSink, HttpCallResponse};
-use crate::candidates::CandidateSource;
+use crate::context::{StreamState, Streams};
 use crate::error::{FailureKind, HostTrap, PluginFailure};
-use crate::metrics::{EngineMetrics, GuestMetrics};
+use crate::metrics::{EngineMetrics, GuestMetric, GuestMetrics};
 use crate::services::HostServices;
 use crate::shared::{QueueSink, SharedState};
-use crate::types::{HeaderMap, LocalResponse, RequestInfo, Resumption};
+use crate::types::HeaderMap;
 
 /// Memory cap for one instance. Exceeding it traps with [`HostTrap::MemoryLimit`] so the failure is
 /// classified as `Memory` (instead of the guest seeing -1 and aborting with an unrelated trap).
@@ -40,117 +40,6 @@ impl ResourceLimiter for MemLimiter {
     }
 }
 
-/// Shared between an [`crate::HttpStream`] and its context inside the store: how a paused stream resumes.
-#[derive(Default)]
-pub(crate) struct StreamSignal {
-    pub state: Mutex<Option<Resumption>>,
-    pub notify: tokio::sync::Notify,
-}
-
-impl StreamSignal {
-    pub fn post(&self, r: Resumption) {
-        let mut s = self.state.lock();
-        // A local response or close wins over a plain continue.
-        if !matches!((&*s, &r), (Some(Resumption::LocalResponse(_) | Resumption::Close), Resumption::Continue)) {
-            *s = Some(r);
-        }
-        drop(s);
-        self.notify.notify_one();
-    }
-}
-
-/// Inputs for the upstream selection callback.
-pub(crate) struct SelectInput {
-    pub group: String,
-    /// Where the candidates come from; encoded only if the plugin reads them.
-    pub source: Arc<dyn CandidateSource>,
-    pub failed: Option<String>,
-}
-
-/// Hasher for context ids. They are assigned by the host (sequential per instance); a guest can only look
-/// one up (`proxy_set_effective_context`), never insert one, so the map needs no flood-resistant SipHash,
-/// which cost ~2 % of a request in `perf` (a phase and every stream hostcall look the context up).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct ContextIdHasher(u64);
-
-impl std::hash::Hasher for ContextIdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        // Fibonacci hashing: spreads sequential ids over the high bits hashbrown uses for its tags.
-        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Map keyed by context id (see [`ContextIdHasher`]).
-pub(crate) type ContextMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<ContextIdHasher>>;
-
-/// Per-stream (HTTP context) state visible to hostcalls.
-pub(crate) struct StreamState {
-    /// Shared by every plugin of the request's chain.
-    pub info: Arc<RequestInfo>,
-    pub request_headers: HeaderMap,
-    pub request_trailers: HeaderMap,
-    pub response_headers: HeaderMap,
-    pub response_trailers: HeaderMap,
-    /// Bit `1 << map type` set when a hostcall changed that header map (cleared when a phase loads it), so a
-    /// phase copies the map back to the caller only when the plugin changed it.
-    pub modified: u8,
-    pub request_body: Bytes,
-    pub request_eos: bool,
-    pub response_body: Bytes,
-    pub response_eos: bool,
-    pub properties: HashMap<String, Vec<u8>>,
-    /// True while an `HttpStream` method is running a callback for this context.
-    pub in_band: bool,
-    pub local_response: Option<LocalResponse>,
-    pub close: bool,
-    /// `proxy_continue_stream` called during the callback itself: a returned Pause is already resumed.
-    pub continued: bool,
-    pub selected_upstream: Option<String>,
-    pub routed_upstream: Option<String>,
-    pub select: Option<SelectInput>,
-    pub signal: Arc<StreamSignal>,
-    /// Set by `proxy_http_call` made in this context: only then does deleting the stream have callouts to
-    /// forget (the callout table is shared by every worker, so it is not locked for nothing).
-    pub called_out: bool,
-}
-
-impl StreamState {
-    pub fn new(info: Arc<RequestInfo>, signal: Arc<StreamSignal>) -> Self {
-        StreamState {
-            info,
-            request_headers: Vec::new(),
-            request_trailers: Vec::new(),
-            response_headers: Vec::new(),
-            response_trailers: Vec::new(),
-            modified: 0,
-            request_body: Bytes::new(),
-            request_eos: false,
-            response_body: Bytes::new(),
-            response_eos: false,
-            properties: HashMap::new(),
-            in_band: false,
-            local_response: None,
-            close: false,
-            continued: false,
-            selected_upstream: None,
-            routed_upstream: None,
-            select: None,
-            signal,
-            called_out: false,
-        }
-    }
-}
-
 /// The data of one wasmtime `Store`: one plugin instance (VM) with its root context and stream contexts.
 pub(crate) struct HostState {
     pub limiter: MemLimiter,
@@ -163,10 +52,7 @@ pub(crate) struct HostState {
     pub root_context: u32,
     /// Context hostcalls act on (`proxy_set_effective_context` changes it).
     pub current: u32,
-    pub streams: ContextMap<StreamState>,
-    /// Header maps of deleted streams, kept so the next streams' copies reuse their strings' buffers (see
-    /// [`copy_headers`]). Never visible to a guest: a map leaves this list only by being overwritten.
-    pub spare_maps: Vec<HeaderMap>,
+    pub streams: Streams,
     pub root_properties: HashMap<String, Vec<u8>>,
     /// Callout response while `proxy_on_http_call_response` runs.
     pub callout: Option<HttpCallResponse>,
@@ -181,6 +67,7 @@ pub(crate) struct HostState {
     /// passes in, a value it passes in, and the answer handed back (see [`crate::memory::return_scratch`]).
     /// Taken out of the state for the length of one hostcall and put back.
     pub scratch_key: String,
+    pub scratch_path: Vec<u8>,
     pub scratch_value: Vec<u8>,
     pub scratch_out: Vec<u8>,
     /// Last message the guest logged at error level or above: quoted in load errors so a refused
@@ -188,6 +75,37 @@ pub(crate) struct HostState {
     pub last_error_log: Option<String>,
     /// The running callback's CPU budget (see [`crate::budget`]).
     pub cpu_budget: CpuBudget,
+    /// Where returned values go without the guest allocator, if the guest registered one.
+    pub arena: Option<Arena>,
+    /// Handles on the metrics the plugin defined, by id - 1, fetched once per instance so that updating
+    /// one takes no lock.
+    pub metric_handles: Vec<Option<GuestMetric>>,
+}
+
+/// Portico's extension to the memory protocol: a region of guest memory the guest registered with
+/// `portico_set_return_arena(ptr, len)`, where hostcalls write the values they return instead of calling the
+/// guest's allocator for each (a re-entrant call into the guest, and a `free` the guest must make). Values are
+/// laid out from the start of the region within each callback and stay valid until the callback returns; one
+/// that does not fit is allocated as usual. SDK plugins never register one, and see the ABI unchanged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arena {
+    pub base: u32,
+    pub len: u32,
+    pub used: u32,
+}
+
+impl Arena {
+    /// Room for `n` bytes (8-aligned), or `None` when the rest of the region is too small.
+    pub fn take(&mut self, n: usize) -> Option<u32> {
+        let n = u32::try_from(n).ok()?;
+        let end = self.used.checked_add(n)?;
+        if end > self.len {
+            return None;
+        }
+        let at = self.base.checked_add(self.used)?;
+        self.used = end.checked_add(7).map_or(self.len, |e| e & !7).min(self.len);
+        Some(at)
+    }
 }
 
 /// One callback in this many (on average) is timed for `portico_plugin_callback_seconds`. A power of two.
@@ -209,16 +127,13 @@ impl HostState {
     }
 
     pub(crate) fn stream(&mut self) -> Option<&mut StreamState> {
-        self.streams.get_mut(&self.current)
+        self.streams.get_mut(self.current)
     }
 
+    /// The map a hostcall reads; `Ok(None)` reads as empty (the spec's advice for a map not available now).
     pub(crate) fn map(&self, t: i32) -> Result<Option<&HeaderMap>, i32> {
-        let s = self.streams.get(&self.current);
         Ok(match t {
-            MAP_REQUEST_HEADERS => s.map(|s| &s.request_headers),
-            MAP_REQUEST_TRAILERS => s.map(|s| &s.request_trailers),
-            MAP_RESPONSE_HEADERS => s.map(|s| &s.response_headers),
-            MAP_RESPONSE_TRAILERS => s.map(|s| &s.response_trailers),
+            MAP_REQUEST_HEADERS..=MAP_RESPONSE_TRAILERS => self.streams.get(self.current).and_then(|s| s.map(t)),
             MAP_GRPC_INITIAL_METADATA | MAP_GRPC_TRAILING_METADATA => None,
             MAP_HTTP_CALL_RESPONSE_HEADERS => self.callout.as_ref().map(|c| &c.headers),
             MAP_HTTP_CALL_RESPONSE_TRAILERS => self.callout.as_ref().map(|c| &c.trailers),
@@ -227,19 +142,21 @@ impl HostState {
     }
 
     /// The map a hostcall is about to change; a stream's map is marked modified (see [`StreamState::modified`]).
+    /// A map that was not present (a phase that had no copy of it) starts empty.
     pub(crate) fn map_mut(&mut self, t: i32) -> Result<&mut HeaderMap, i32> {
-        let current = self.current;
-        let mut s = self.streams.get_mut(&current);
-        if let Some(s) = s.as_deref_mut() {
-            if (MAP_REQUEST_HEADERS..=MAP_RESPONSE_TRAILERS).contains(&t) {
-                s.modified |= 1 << t;
-            }
-        }
         match t {
-            MAP_REQUEST_HEADERS => s.map(|s| &mut s.request_headers).ok_or(NOT_FOUND),
-            MAP_REQUEST_TRAILERS => s.map(|s| &mut s.request_trailers).ok_or(NOT_FOUND),
-            MAP_RESPONSE_HEADERS => s.map(|s| &mut s.response_headers).ok_or(NOT_FOUND),
-            MAP_RESPONSE_TRAILERS => s.map(|s| &mut s.response_trailers).ok_or(NOT_FOUND),
+            MAP_REQUEST_HEADERS..=MAP_RESPONSE_TRAILERS => {
+                let s = self.streams.get_mut(self.current).ok_or(NOT_FOUND)?;
+                let bit = 1 << t;
+                let present = s.present & bit != 0;
+                s.present |= bit;
+                s.modified |= bit;
+                let map = s.map_mut(t).ok_or(BAD_ARGUMENT)?;
+                if !present {
+                    map.clear();
+                }
+                Ok(map)
+            }
             MAP_HTTP_CALL_RESPONSE_HEADERS => self.callout.as_mut().map(|c| &mut c.headers).ok_or(NOT_FOUND),
             MAP_HTTP_CALL_RESPONSE_TRAILERS => self.callout.as_mut().map(|c| &mut c.trailers).ok_or(NOT_FOUND),
             MAP_GRPC_INITIAL_METADATA | MAP_GRPC_TRAILING_METADATA => Err(NOT_FOUND),
@@ -248,7 +165,7 @@ impl HostState {
     }
 
     pub(crate) fn buffer(&self, t: i32) -> Result<(Bytes, bool), i32> {
-        let s = self.streams.get(&self.current);
+        let s = self.streams.get(self.current);
         match t {
             BUF_REQUEST_BODY => s.map(|s| (s.request_body.clone(), s.request_eos)).ok_or(NOT_FOUND),
             BUF_RESPONSE_BODY => s.map(|s| (s.response_body.clone(), s.response_eos)).ok_or(NOT_FOUND),
@@ -266,38 +183,20 @@ impl HostState {
     }
 }
 
-/// How many spare header maps an instance keeps, and the most string capacity (bytes) one may hold: enough
-/// for the request and response maps of the streams a busy instance interleaves, without pinning the memory
-/// of an occasional huge header.
-const SPARE_MAPS: usize = 16;
-const SPARE_MAP_BYTES: usize = 16 << 10;
-
-impl HostState {
-    /// Remove a deleted stream's context, keeping its header maps as spares.
-    pub fn remove_stream(&mut self, ctx: u32) {
-        let Some(s) = self.streams.remove(&ctx) else { return };
-        for m in [s.request_headers, s.response_headers, s.request_trailers, s.response_trailers] {
-            if self.spare_maps.len() >= SPARE_MAPS {
-                break;
-            }
-            let bytes: usize = m.iter().map(|(k, v)| k.capacity() + v.capacity()).sum();
-            if m.capacity() > 0 && bytes <= SPARE_MAP_BYTES {
-                self.spare_maps.push(m);
-            }
-        }
-    }
-}
-
 /// Make `dst` equal to `src`, reusing the buffers of `dst`'s strings: copying a request's headers into a
 /// recycled map is then a few `memcpy`s instead of two allocations (and later two frees) per header.
-pub(crate) fn copy_headers(dst: &mut HeaderMap, src: &[(String, String)]) {
+/// Returns the bytes copied (names and values).
+pub(crate) fn copy_headers(dst: &mut HeaderMap, src: &[(String, String)]) -> usize {
     dst.truncate(src.len());
+    let mut bytes = 0;
     for ((dk, dv), (sk, sv)) in dst.iter_mut().zip(src) {
         dk.clone_from(sk);
         dv.clone_from(sv);
+        bytes += sk.len() + sv.len();
     }
     let n = dst.len();
     dst.extend_from_slice(&src[n..]);
+    bytes + src[n..].iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 /// Which context a callout belongs to.

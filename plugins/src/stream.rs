@@ -1,7 +1,13 @@
 //! [`HttpStream`]: one request flowing through one plugin, a stream context in one instance. The phases, in
-//! the order a request meets them: request headers, body, trailers; upstream selection; response headers,
-//! body, trailers; `on_log`; drop (`proxy_on_delete`). Each runs one callback synchronously; a Pause is
-//! resumed by another callback (a callout answer, a tick, a queue) through the stream's signal.
+//! the order a request meets them: request headers, body, trailers; upstream selection (`select.rs`); response
+//! headers, body, trailers; `on_log`; drop (`proxy_on_done`, `proxy_on_delete`). Each runs one callback
+//! synchronously; a Pause is resumed by another callback (a callout answer, a tick, a queue) through the
+//! stream's signal (`pause.rs`).
+//!
+//! A phase whose callback the module does not export returns Continue without touching the instance, unless a
+//! later callback could read what the phase would have stored. Header maps are not copied into the stream: the
+//! caller's map is swapped in for the callback and back out after it, and copied only for a plugin whose later
+//! callbacks may read it (see [`crate::module::Callbacks`]).
 
 use std::sync::Arc;
 
@@ -9,26 +15,34 @@ use bytes::Bytes;
 use wasmtime::TypedFunc;
 
 use crate::abi;
+use crate::context::{StreamSignal, StreamState, KEEP_MAP_BYTES};
 use crate::error::{FailureKind, PluginFailure};
 use crate::instance::{invoke, Exports, Instance};
-use crate::pool::{Plugin, PluginHandle};
-use crate::store::{copy_headers, HostState, StreamSignal, StreamState};
-use crate::types::{FilterAction, HeaderMap, RequestInfo, Resumption};
+use crate::pool::{Pending, Plugin, PluginHandle};
+use crate::store::copy_headers;
+use crate::types::{FilterAction, HeaderMap, RequestFacts};
 
 /// One request flowing through one plugin: a stream context in one instance.
 ///
-/// Each method runs a single callback synchronously under the instance lock. Drop runs `proxy_on_done`
-/// (unless [`HttpStream::on_log`] did) and `proxy_on_delete`.
+/// Each method runs at most one callback synchronously. Streams opened on a worker thread (see
+/// [`crate::enter_worker`]) must be used on it. Drop runs `proxy_on_done` (unless [`HttpStream::on_log`] did)
+/// and `proxy_on_delete`.
 pub struct HttpStream {
     pub(crate) handle: Arc<PluginHandle>,
     pub(crate) slot: usize,
     pub(crate) generation: u64,
     pub(crate) context: u32,
-    pub(crate) signal: Arc<StreamSignal>,
+    /// The stream's signal once it paused (or was asked for one): most streams never need it.
+    pub(crate) signal: Option<Arc<StreamSignal>>,
     pub(crate) done: bool,
     pub(crate) dead: bool,
     /// The last phase wrote the plugin's changes into the caller's data (see [`HttpStream::data_changed`]).
     pub(crate) changed: bool,
+    /// `portico.route.upstream` as the request headers phase (or a resumption) left it: read back without
+    /// touching the instance again.
+    pub(crate) routed: Option<String>,
+    /// The plugin set `portico.upstream.selected` in its request headers phase.
+    pub(crate) preselected: bool,
 }
 
 impl std::fmt::Debug for HttpStream {
@@ -41,82 +55,70 @@ impl std::fmt::Debug for HttpStream {
 }
 
 impl Plugin {
-    /// Start a request: pick an instance (this thread's preferred one, see [`prefer_instance`], else round
-    /// robin; an idle one over a busy one), create a stream context and run
-    /// `proxy_on_context_create(ctx, root)`. An `Err` means "apply [`Plugin::fail_policy`]".
+    /// Start a request: create a stream context in the instance this thread uses (its own on a worker, see
+    /// [`crate::enter_worker`]) and run `proxy_on_context_create(ctx, root)`. An `Err` means "apply
+    /// [`Plugin::fail_policy`]".
     ///
-    /// `info` may be shared (`Arc`) by every plugin of a request's chain: it is never changed.
-    pub fn new_stream(self: &Arc<Self>, info: impl Into<Arc<RequestInfo>>) -> Result<HttpStream, PluginFailure> {
-        self.handle().new_stream(info)
+    /// `facts` may be shared (`Arc`) by every plugin of a request's chain: the host reads them only when a
+    /// guest asks for a property that needs them.
+    pub fn new_stream(self: &Arc<Self>, facts: impl Into<Arc<dyn RequestFacts>>) -> Result<HttpStream, PluginFailure> {
+        self.handle().new_stream(facts)
     }
 
     pub(crate) fn open_stream(
         &self,
         handle: &Arc<PluginHandle>,
-        info: Arc<RequestInfo>,
+        facts: Arc<dyn RequestFacts>,
     ) -> Result<HttpStream, PluginFailure> {
-        let (i, mut slot) = self.pick_slot();
-        let result = (|| -> Result<(u32, Arc<StreamSignal>), PluginFailure> {
-            let inst = self.ensure_instance(&mut slot, i)?;
-            let ctx = inst.next_context;
-            inst.next_context = inst.next_context.checked_add(1).unwrap_or(2);
-            let signal = Arc::new(StreamSignal::default());
-            let root = inst.root();
-            let st = inst.store.data_mut();
-            st.streams.insert(ctx, StreamState::new(info, signal.clone()));
-            st.current = ctx;
-            inst.call("proxy_on_context_create", |f| f.on_context_create.as_ref(), (ctx as i32, root as i32))?;
-            Ok((ctx, signal))
-        })();
-        let generation = slot.generation;
-        match result {
-            Ok((context, signal)) => Ok(HttpStream {
-                handle: handle.clone(),
-                slot: i,
-                generation,
-                context,
-                signal,
-                done: false,
-                dead: false,
-                changed: false,
-            }),
-            Err(e) => {
-                if e.kind != FailureKind::Unavailable {
-                    self.poison(&mut slot, &e);
+        let i = self.slot_for_new_stream();
+        let opened = self.with_slot(i, facts, |slot, facts| {
+            let r = self.ensure_instance(slot, i).and_then(|inst| {
+                let st = inst.store.data_mut();
+                let Some(ctx) = st.streams.open(facts) else {
+                    return Err(st.core.failure(FailureKind::Unavailable, "too many streams on one instance"));
+                };
+                if self.callbacks.context_create {
+                    st.current = ctx;
+                    let root = st.root_context as i32;
+                    let args = (ctx as i32, root);
+                    inst.call("proxy_on_context_create", |f| f.on_context_create.as_ref(), args)?;
                 }
-                Err(e)
+                Ok(ctx)
+            });
+            if let Err(e) = &r {
+                if e.kind != FailureKind::Unavailable {
+                    self.poison(slot, e);
+                }
             }
-        }
+            (r, slot.generation)
+        });
+        let (context, generation) = match opened {
+            Ok((r, generation)) => {
+                self.dispatch_slot(i);
+                (r?, generation)
+            }
+            Err(_) => return Err(self.core.failure(FailureKind::Unavailable, "no instance this thread can use")),
+        };
+        Ok(HttpStream {
+            handle: handle.clone(),
+            slot: i,
+            generation,
+            context,
+            signal: None,
+            done: false,
+            dead: false,
+            changed: false,
+            routed: None,
+            preselected: false,
+        })
     }
 }
 
 impl PluginHandle {
     /// [`Plugin::new_stream`], counted on this handle.
-    pub fn new_stream(self: &Arc<Self>, info: impl Into<Arc<RequestInfo>>) -> Result<HttpStream, PluginFailure> {
-        self.plugin.open_stream(self, info.into())
+    pub fn new_stream(self: &Arc<Self>, facts: impl Into<Arc<dyn RequestFacts>>) -> Result<HttpStream, PluginFailure> {
+        self.plugin.open_stream(self, facts.into())
     }
-}
-
-/// Load a phase's headers into the stream's copy (a spare map's buffers reused, no allocation once warm)
-/// and clear its modified bit. The caller keeps its own map: most plugins only read headers, and then
-/// [`unload_headers`] has nothing to do. Returns the number of headers (the callback's argument).
-fn load_headers(spare: &mut Vec<HeaderMap>, map: &mut HeaderMap, modified: &mut u8, t: i32, from: &HeaderMap) -> usize {
-    if map.capacity() == 0 {
-        *map = spare.pop().unwrap_or_default();
-    }
-    copy_headers(map, from);
-    *modified &= !(1 << t);
-    from.len()
-}
-
-/// Give the plugin's changes back to the caller, only if a hostcall changed the map during the callback.
-/// Returns whether it did.
-fn unload_headers(map: &HeaderMap, modified: u8, t: i32, to: &mut HeaderMap) -> bool {
-    let changed = modified & (1 << t) != 0;
-    if changed {
-        copy_headers(to, map);
-    }
-    changed
 }
 
 /// The callback a phase runs and how its return value reads.
@@ -127,6 +129,8 @@ struct PhaseCallback {
     pick: fn(&Exports) -> Option<Cb<'_>>,
     /// Whether a returned value lets the stream go on: [`abi::headers_continue`] or [`abi::data_continue`].
     continues: fn(i32) -> bool,
+    /// The request headers phase: where a plugin routes and may choose an endpoint.
+    routes: bool,
 }
 
 /// A phase's callback, borrowed from the instance's exports (see [`Instance::call`] for why not cloned).
@@ -135,13 +139,81 @@ enum Cb<'a> {
     Two(&'a TypedFunc<(i32, i32), i32>),
 }
 
+/// What a phase does with the caller's data around its callback.
+trait PhaseData {
+    /// Put the data where hostcalls find it; returns the callback's size argument.
+    fn load(&mut self, s: &mut StreamState, eos: bool) -> usize;
+    /// Take it back after the callback; `pause` says whether the stream paused. Returns whether the caller's
+    /// data changed.
+    fn unload(&mut self, s: &mut StreamState, pause: bool) -> bool;
+}
+
+/// A header or trailer map: swapped in, swapped back; kept in the stream only when a later callback could
+/// read it (or the stream paused, since the callback that resumes it may change it).
+struct Headers<'a> {
+    map: &'a mut HeaderMap,
+    t: i32,
+    keep: bool,
+}
+
+impl PhaseData for Headers<'_> {
+    fn load(&mut self, s: &mut StreamState, _eos: bool) -> usize {
+        let bit = 1 << self.t;
+        let n = self.map.len();
+        if let Some(map) = s.map_mut(self.t) {
+            std::mem::swap(map, self.map);
+        }
+        s.present |= bit;
+        s.modified &= !bit;
+        n
+    }
+
+    fn unload(&mut self, s: &mut StreamState, pause: bool) -> bool {
+        let bit = 1 << self.t;
+        if let Some(map) = s.map_mut(self.t) {
+            std::mem::swap(map, self.map);
+            if (self.keep || pause) && copy_headers(map, self.map) > KEEP_MAP_BYTES {
+                s.oversized |= bit;
+            }
+        }
+        if !(self.keep || pause) {
+            s.present &= !bit;
+        }
+        s.modified & bit != 0
+    }
+}
+
+/// A body buffer: shared (`Bytes`), so loading and unloading are reference counts.
+struct Body<'a> {
+    body: &'a mut Bytes,
+    request: bool,
+}
+
+impl PhaseData for Body<'_> {
+    fn load(&mut self, s: &mut StreamState, eos: bool) -> usize {
+        let (buf, end) = if self.request {
+            (&mut s.request_body, &mut s.request_eos)
+        } else {
+            (&mut s.response_body, &mut s.response_eos)
+        };
+        buf.clone_from(self.body);
+        *end = eos;
+        self.body.len()
+    }
+
+    fn unload(&mut self, s: &mut StreamState, _pause: bool) -> bool {
+        self.body.clone_from(if self.request { &s.request_body } else { &s.response_body });
+        true
+    }
+}
+
 impl HttpStream {
     /// The plugin this stream runs in.
     pub fn plugin(&self) -> &Arc<Plugin> {
         &self.handle.plugin
     }
 
-    /// Context id given to the guest (unique within its instance).
+    /// Context id given to the guest (unique among the live contexts of its instance).
     pub fn context_id(&self) -> u32 {
         self.context
     }
@@ -150,55 +222,67 @@ impl HttpStream {
         &mut self,
         f: impl FnOnce(&mut Instance, u32) -> Result<T, PluginFailure>,
     ) -> Result<T, PluginFailure> {
-        if self.dead {
-            return Err(self
-                .handle
-                .plugin
-                .core
-                .failure(FailureKind::Unavailable, "stream's plugin instance failed earlier"));
-        }
         // Borrowed, not cloned (an `Arc` clone is a contended atomic on the plugin shared by every worker).
         let plugin = &self.handle.plugin;
-        let mut slot = plugin.lock_slot(self.slot);
-        let same_generation = slot.generation == self.generation;
-        let r = match slot.instance.as_mut() {
-            Some(inst) if same_generation => {
-                inst.store.data_mut().current = self.context;
-                f(inst, self.context)
-            }
-            _ => Err(plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance was recreated")),
-        };
-        if let Err(e) = &r {
-            if e.kind != FailureKind::Unavailable {
-                plugin.poison(&mut slot, e);
-            }
+        if self.dead {
+            return Err(plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance failed earlier"));
         }
-        drop(slot);
-        plugin.dispatch_pending();
-        if r.is_err() {
+        let (generation, ctx) = (self.generation, self.context);
+        let mut reached = true;
+        let r = plugin
+            .with_slot(self.slot, f, |slot, f| {
+                let r = match slot.instance.as_mut() {
+                    Some(inst) if slot.generation == generation => {
+                        inst.store.data_mut().current = ctx;
+                        f(inst, ctx)
+                    }
+                    _ => Err(plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance was recreated")),
+                };
+                if let Err(e) = &r {
+                    if e.kind != FailureKind::Unavailable {
+                        plugin.poison(slot, e);
+                    }
+                }
+                r
+            })
+            .unwrap_or_else(|_| {
+                reached = false;
+                let why = "stream used off the worker thread that owns its plugin instance";
+                Err(plugin.core.failure(FailureKind::Unavailable, why))
+            });
+        plugin.dispatch_slot(self.slot);
+        // Unreached, the instance and the context are fine: dropping the stream still deletes it, on its owner.
+        if r.is_err() && reached {
             self.dead = true;
         }
         r
     }
 
-    /// Common path for header/body/trailer callbacks: load caller data into the context, run, copy back.
-    fn phase<D>(
+    /// Common path for header/body/trailer callbacks: put the caller's data where hostcalls find it, run the
+    /// callback (if exported), take the data back. `needed`: whether the phase must touch the instance at all
+    /// (its callback is exported, or a later callback could read what it stores).
+    fn phase(
         &mut self,
         callback: PhaseCallback,
-        data: &mut D,
+        needed: bool,
+        mut data: impl PhaseData,
         eos: bool,
-        load: impl FnOnce(&mut Vec<HeaderMap>, &mut StreamState, &mut D) -> usize,
-        unload: impl FnOnce(&mut StreamState, &mut D) -> bool,
     ) -> Result<FilterAction, PluginFailure> {
-        let PhaseCallback { name, pick, continues } = callback;
-        self.signal.state.lock().take();
+        self.changed = false;
+        if !needed {
+            return Ok(FilterAction::Continue);
+        }
+        if let Some(signal) = &self.signal {
+            // A resumption posted before this phase is stale.
+            signal.state.lock().take();
+        }
+        let PhaseCallback { name, pick, continues, routes } = callback;
         let mut changed = false;
+        let mut flags = (None, false);
+        let mut signal = None;
         let r = self.with_instance(|inst, ctx| {
-            let HostState { streams, spare_maps, core, .. } = inst.store.data_mut();
-            let Some(s) = streams.get_mut(&ctx) else {
-                return Err(core.failure(FailureKind::Unavailable, "stream context is gone"));
-            };
-            let n = load(spare_maps, s, data);
+            let s = inst.stream(ctx)?;
+            let n = data.load(s, eos);
             s.in_band = true;
             s.local_response = None;
             s.close = false;
@@ -211,19 +295,36 @@ impl HttpStream {
             };
             let s = inst.stream(ctx)?;
             s.in_band = false;
-            changed = unload(s, data);
-            let action = r?;
+            let action = match &r {
+                Ok(_) if s.local_response.is_some() || s.close => None,
+                Ok(action) if continues(*action) || s.continued => None,
+                Ok(_) => Some(FilterAction::Pause),
+                Err(_) => None,
+            };
+            let pause = action.is_some();
+            changed = data.unload(s, pause);
+            if routes {
+                flags = (s.routed_upstream.get().map(str::to_string), s.selected_upstream.get().is_some());
+            }
+            r?;
+            if pause {
+                signal = Some(s.signal().clone());
+            }
             Ok(if let Some(resp) = s.local_response.take() {
                 FilterAction::LocalResponse(resp)
             } else if s.close {
                 FilterAction::Close
-            } else if continues(action) || s.continued {
-                FilterAction::Continue
             } else {
-                FilterAction::Pause
+                action.unwrap_or(FilterAction::Continue)
             })
         });
         self.changed = changed;
+        if routes {
+            (self.routed, self.preselected) = flags;
+        }
+        if signal.is_some() {
+            self.signal = signal;
+        }
         r
     }
 
@@ -242,16 +343,18 @@ impl HttpStream {
         headers: &mut HeaderMap,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
+        let cb = self.handle.plugin.callbacks;
+        let keep = cb.keeps_request_maps();
         self.phase(
             PhaseCallback {
                 name: "proxy_on_request_headers",
                 pick: |f| f.on_request_headers.as_ref().map(Cb::Three),
                 continues: abi::headers_continue,
+                routes: true,
             },
-            headers,
+            cb.request_headers || keep,
+            Headers { map: headers, t: abi::MAP_REQUEST_HEADERS, keep },
             end_of_stream,
-            |st, s, h| load_headers(st, &mut s.request_headers, &mut s.modified, abi::MAP_REQUEST_HEADERS, h),
-            |s, h| unload_headers(&s.request_headers, s.modified, abi::MAP_REQUEST_HEADERS, h),
         )
     }
 
@@ -263,33 +366,28 @@ impl HttpStream {
                 name: "proxy_on_request_body",
                 pick: |f| f.on_request_body.as_ref().map(Cb::Three),
                 continues: abi::data_continue,
+                routes: false,
             },
-            body,
+            self.handle.plugin.callbacks.request_body,
+            Body { body, request: true },
             end_of_stream,
-            |_, s, b| {
-                s.request_body = b.clone();
-                s.request_eos = end_of_stream;
-                b.len()
-            },
-            |s, b| {
-                b.clone_from(&s.request_body);
-                true
-            },
         )
     }
 
     /// `proxy_on_request_trailers`.
     pub fn on_request_trailers(&mut self, trailers: &mut HeaderMap) -> Result<FilterAction, PluginFailure> {
+        let cb = self.handle.plugin.callbacks;
+        let keep = cb.keeps_request_maps();
         self.phase(
             PhaseCallback {
                 name: "proxy_on_request_trailers",
                 pick: |f| f.on_request_trailers.as_ref().map(Cb::Two),
                 continues: abi::data_continue,
+                routes: false,
             },
-            trailers,
+            cb.request_trailers || keep,
+            Headers { map: trailers, t: abi::MAP_REQUEST_TRAILERS, keep },
             true,
-            |st, s, t| load_headers(st, &mut s.request_trailers, &mut s.modified, abi::MAP_REQUEST_TRAILERS, t),
-            |s, t| unload_headers(&s.request_trailers, s.modified, abi::MAP_REQUEST_TRAILERS, t),
         )
     }
 
@@ -299,16 +397,18 @@ impl HttpStream {
         headers: &mut HeaderMap,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
+        let cb = self.handle.plugin.callbacks;
+        let keep = cb.keeps_response_maps();
         self.phase(
             PhaseCallback {
                 name: "proxy_on_response_headers",
                 pick: |f| f.on_response_headers.as_ref().map(Cb::Three),
                 continues: abi::headers_continue,
+                routes: false,
             },
-            headers,
+            cb.response_headers || keep,
+            Headers { map: headers, t: abi::MAP_RESPONSE_HEADERS, keep },
             end_of_stream,
-            |st, s, h| load_headers(st, &mut s.response_headers, &mut s.modified, abi::MAP_RESPONSE_HEADERS, h),
-            |s, h| unload_headers(&s.response_headers, s.modified, abi::MAP_RESPONSE_HEADERS, h),
         )
     }
 
@@ -319,33 +419,28 @@ impl HttpStream {
                 name: "proxy_on_response_body",
                 pick: |f| f.on_response_body.as_ref().map(Cb::Three),
                 continues: abi::data_continue,
+                routes: false,
             },
-            body,
+            self.handle.plugin.callbacks.response_body,
+            Body { body, request: false },
             end_of_stream,
-            |_, s, b| {
-                s.response_body = b.clone();
-                s.response_eos = end_of_stream;
-                b.len()
-            },
-            |s, b| {
-                b.clone_from(&s.response_body);
-                true
-            },
         )
     }
 
     /// `proxy_on_response_trailers`.
     pub fn on_response_trailers(&mut self, trailers: &mut HeaderMap) -> Result<FilterAction, PluginFailure> {
+        let cb = self.handle.plugin.callbacks;
+        let keep = cb.keeps_response_maps();
         self.phase(
             PhaseCallback {
                 name: "proxy_on_response_trailers",
                 pick: |f| f.on_response_trailers.as_ref().map(Cb::Two),
                 continues: abi::data_continue,
+                routes: false,
             },
-            trailers,
+            cb.response_trailers || keep,
+            Headers { map: trailers, t: abi::MAP_RESPONSE_TRAILERS, keep },
             true,
-            |st, s, t| load_headers(st, &mut s.response_trailers, &mut s.modified, abi::MAP_RESPONSE_TRAILERS, t),
-            |s, t| unload_headers(&s.response_trailers, s.modified, abi::MAP_RESPONSE_TRAILERS, t),
         )
     }
 
@@ -356,7 +451,7 @@ impl HttpStream {
             return Ok(());
         }
         self.done = true;
-        if !self.handle.plugin.callbacks.done_or_log {
+        if !self.handle.plugin.callbacks.done_or_log() {
             return Ok(());
         }
         self.with_instance(|inst, ctx| {
@@ -365,109 +460,6 @@ impl HttpStream {
             Ok(())
         })
     }
-
-    /// Wait until a paused stream is resumed by an out-of-band callback (`proxy_continue_stream`,
-    /// `proxy_send_local_response`, `proxy_close_stream` from `on_http_call_response`, a tick or a queue).
-    /// Holds no lock; wrap it in `tokio::time::timeout` to bound the pause.
-    pub async fn resumed(&self) -> Resumption {
-        loop {
-            let notified = self.signal.notify.notified();
-            if let Some(r) = self.signal.state.lock().take() {
-                return r;
-            }
-            notified.await;
-        }
-    }
-
-    /// Non-blocking check for a resumption posted since the last callback.
-    pub fn try_resumed(&self) -> Option<Resumption> {
-        self.signal.state.lock().take()
-    }
-
-    /// Current request headers as the plugin left them (re-read after a resumption).
-    pub fn request_headers(&mut self) -> Result<HeaderMap, PluginFailure> {
-        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.request_headers.clone()))
-    }
-
-    /// Current response headers as the plugin left them.
-    pub fn response_headers(&mut self) -> Result<HeaderMap, PluginFailure> {
-        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.response_headers.clone()))
-    }
-
-    /// The request body as the plugin left it: re-read after a body callback that paused at end of stream was
-    /// resumed, since the plugin may have replaced it (`proxy_set_buffer_bytes`) from another callback.
-    pub fn request_body(&mut self) -> Result<Bytes, PluginFailure> {
-        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.request_body.clone()))
-    }
-
-    /// The response body as the plugin left it (see [`HttpStream::request_body`]).
-    pub fn response_body(&mut self) -> Result<Bytes, PluginFailure> {
-        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.response_body.clone()))
-    }
-
-    /// Request headers callback plus, on `Pause`, waiting for the resumption; returns Continue (with `headers`
-    /// refreshed), LocalResponse or Close — never Pause.
-    pub async fn run_request_headers(
-        &mut self,
-        headers: &mut HeaderMap,
-        end_of_stream: bool,
-    ) -> Result<FilterAction, PluginFailure> {
-        let action = self.on_request_headers(headers, end_of_stream)?;
-        self.finish_pause(action, headers, true).await
-    }
-
-    /// Response-side twin of [`HttpStream::run_request_headers`].
-    pub async fn run_response_headers(
-        &mut self,
-        headers: &mut HeaderMap,
-        end_of_stream: bool,
-    ) -> Result<FilterAction, PluginFailure> {
-        let action = self.on_response_headers(headers, end_of_stream)?;
-        self.finish_pause(action, headers, false).await
-    }
-
-    async fn finish_pause(
-        &mut self,
-        action: FilterAction,
-        headers: &mut HeaderMap,
-        request: bool,
-    ) -> Result<FilterAction, PluginFailure> {
-        if action != FilterAction::Pause {
-            return Ok(action);
-        }
-        match self.resumed().await {
-            Resumption::Continue => {
-                *headers = if request { self.request_headers()? } else { self.response_headers()? };
-                self.changed = true;
-                Ok(FilterAction::Continue)
-            }
-            Resumption::LocalResponse(r) => Ok(FilterAction::LocalResponse(r)),
-            Resumption::Close => Ok(FilterAction::Close),
-            Resumption::Failed(f) => Err(f),
-        }
-    }
-
-    /// Set a property for this stream (e.g. `upstream.address` once connected, or any custom name), readable by
-    /// the plugin through `proxy_get_property`. `name` is dotted (`upstream.address`).
-    pub fn set_property(&mut self, name: &str, value: impl Into<Vec<u8>>) -> Result<(), PluginFailure> {
-        let value = value.into();
-        self.with_instance(|inst, ctx| {
-            inst.stream(ctx)?.properties.insert(name.to_string(), value);
-            Ok(())
-        })
-    }
-
-    /// Read a custom property the plugin set on this stream with `proxy_set_property` (e.g. a value it wants
-    /// logged), or one the host set with [`HttpStream::set_property`]. Built-in attributes are not returned.
-    pub fn property(&mut self, name: &str) -> Result<Option<Vec<u8>>, PluginFailure> {
-        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.properties.get(name).cloned()))
-    }
-
-    /// Upstream group the plugin chose with `proxy_set_property("portico.route.upstream", group)`; call after
-    /// the request headers phase and before routing.
-    pub fn routed_upstream(&mut self) -> Result<Option<String>, PluginFailure> {
-        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.routed_upstream.clone()))
-    }
 }
 
 impl Drop for HttpStream {
@@ -475,32 +467,17 @@ impl Drop for HttpStream {
         if self.dead {
             return;
         }
-        // Borrowed, not cloned (an `Arc` clone is a contended atomic on the plugin shared by every worker).
         let plugin = &self.handle.plugin;
-        let mut slot = plugin.lock_slot(self.slot);
-        if slot.generation != self.generation {
-            return;
+        let i = self.slot;
+        let end = (self.generation, self.context, !self.done);
+        // On a thread that cannot reach the instance (the stream left its worker), its owner deletes it.
+        let deleted = plugin.with_slot(i, end, |slot, (generation, context, done)| {
+            // A failure discards the instance (and is logged there); the request has been answered.
+            let _ = plugin.delete_stream(i, slot, generation, context, done);
+        });
+        if let Err((generation, context, done)) = deleted {
+            plugin.post(i, Pending::Delete { generation, context, done });
         }
-        let Some(inst) = slot.instance.as_mut() else { return };
-        let ctx = self.context;
-        inst.store.data_mut().current = ctx;
-        let mut r = Ok(());
-        if !self.done {
-            r = inst.call("proxy_on_done", |f| f.on_done.as_ref(), ctx as i32).map(|_| ());
-        }
-        if r.is_ok() {
-            r = inst.call("proxy_on_delete", |f| f.on_delete.as_ref(), ctx as i32).map(|_| ());
-        }
-        let st = inst.store.data_mut();
-        let called_out = st.streams.get(&ctx).is_some_and(|s| s.called_out);
-        st.remove_stream(ctx);
-        st.current = st.root_context;
-        if called_out {
-            let (s, g) = (self.slot, self.generation);
-            plugin.core.callouts.lock().retain(|_, o| !(o.slot == s && o.generation == g && o.context == ctx));
-        }
-        if let Err(e) = r {
-            plugin.poison(&mut slot, &e);
-        }
+        plugin.dispatch_slot(i);
     }
 }

@@ -74,48 +74,94 @@ pub enum TrafficDirection {
     Outbound,
 }
 
-/// What the host knows about a request before any plugin runs; backs the Envoy-style properties.
-#[derive(Debug, Clone)]
+/// What the host knows about a request beyond its headers: the facts behind `request.id`, `request.protocol`,
+/// `request.time`, `source.*`, `destination.*`, `listener_direction` and host-defined properties.
+///
+/// They are read only when a guest asks for one of those properties, which most requests never do: the proxy
+/// implements this over what it already holds for the request, so opening a stream copies nothing.
+/// (`request.path`, `request.method`, `request.host`, `request.scheme` are the request's pseudo-headers.)
+pub trait RequestFacts: Send + Sync {
+    /// `request.id`.
+    fn request_id(&self) -> Option<&str> {
+        None
+    }
+    /// `request.protocol`, such as `HTTP/1.1` or `HTTP/2.0`.
+    fn protocol(&self) -> &str {
+        "HTTP/1.1"
+    }
+    /// `request.time`: when the request arrived.
+    fn start_time(&self) -> Option<SystemTime> {
+        None
+    }
+    /// `source.address`, `source.port`: the client.
+    fn source_address(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// `destination.address`, `destination.port`: the local address the client reached.
+    fn destination_address(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// `listener_direction`.
+    fn direction(&self) -> TrafficDirection {
+        TrafficDirection::Inbound
+    }
+    /// A host-defined property (dotted name), raw bytes.
+    fn property(&self, name: &str) -> Option<&[u8]> {
+        let _ = name;
+        None
+    }
+}
+
+/// [`RequestFacts`] held as values, for callers that have them at hand (tests, benchmarks, embedders).
+#[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
-    /// HTTP method (`request.method`).
-    pub method: String,
-    /// Path with query (`request.path`, `:path`).
-    pub path: String,
-    /// Host/authority (`request.host`, `:authority`).
-    pub authority: String,
-    /// `http` or `https` (`request.scheme`).
-    pub scheme: String,
-    /// Protocol string such as `HTTP/1.1` or `HTTP/2` (`request.protocol`).
-    pub protocol: String,
-    /// Request id (`request.id`).
+    /// `request.id` (empty: none; the `x-request-id` header is read instead).
     pub request_id: String,
-    /// Client address (`source.address`, `source.port`).
+    /// `request.protocol`; empty reads as `HTTP/1.1`.
+    pub protocol: &'static str,
+    /// `source.address`, `source.port`.
     pub source_address: Option<SocketAddr>,
-    /// Local listener address (`destination.address`, `destination.port`).
+    /// `destination.address`, `destination.port`.
     pub destination_address: Option<SocketAddr>,
-    /// When the request arrived (`request.time`).
-    pub start_time: SystemTime,
-    /// Listener direction (`listener_direction`).
+    /// `request.time`.
+    pub start_time: Option<SystemTime>,
+    /// `listener_direction`.
     pub direction: TrafficDirection,
     /// Extra host-defined properties (dotted name -> raw value), readable via `proxy_get_property`.
     pub properties: Vec<(String, Vec<u8>)>,
 }
 
-impl Default for RequestInfo {
-    fn default() -> Self {
-        RequestInfo {
-            method: "GET".to_string(),
-            path: "/".to_string(),
-            authority: String::new(),
-            scheme: "http".to_string(),
-            protocol: "HTTP/1.1".to_string(),
-            request_id: String::new(),
-            source_address: None,
-            destination_address: None,
-            start_time: SystemTime::now(),
-            direction: TrafficDirection::Inbound,
-            properties: Vec::new(),
+impl RequestFacts for RequestInfo {
+    fn request_id(&self) -> Option<&str> {
+        (!self.request_id.is_empty()).then_some(self.request_id.as_str())
+    }
+    fn protocol(&self) -> &str {
+        if self.protocol.is_empty() {
+            "HTTP/1.1"
+        } else {
+            self.protocol
         }
+    }
+    fn start_time(&self) -> Option<SystemTime> {
+        self.start_time
+    }
+    fn source_address(&self) -> Option<SocketAddr> {
+        self.source_address
+    }
+    fn destination_address(&self) -> Option<SocketAddr> {
+        self.destination_address
+    }
+    fn direction(&self) -> TrafficDirection {
+        self.direction
+    }
+    fn property(&self, name: &str) -> Option<&[u8]> {
+        self.properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+}
+
+impl From<RequestInfo> for std::sync::Arc<dyn RequestFacts> {
+    fn from(info: RequestInfo) -> Self {
+        std::sync::Arc::new(info)
     }
 }
 

@@ -175,7 +175,8 @@ impl Server {
         };
         let watch_metrics = WatchMetrics::register(&metrics.registry)?;
         let services = Arc::new(ProxyServices::default());
-        let plugins = PluginSet::new(metrics.registry.clone(), services.clone())?;
+        let worker_runtimes = workers.as_ref().map(|w| w.handles().to_vec()).unwrap_or_default();
+        let plugins = PluginSet::new(metrics.registry.clone(), services.clone(), worker_runtimes)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config: config.clone(),

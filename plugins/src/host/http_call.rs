@@ -47,7 +47,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         let token = core.next_token();
         let owner = CalloutOwner { slot: st.slot, generation: st.generation, context: st.current };
         core.callouts.lock().insert(token, owner);
-        if let Some(s) = c.data_mut().streams.get_mut(&owner.context) {
+        if let Some(s) = c.data_mut().streams.get_mut(owner.context) {
             s.called_out = true;
         }
         let request = HttpCallRequest {

@@ -12,6 +12,7 @@ use wasmtime::{IntoFunc, Linker, Result};
 use crate::abi::OK;
 use crate::store::HostState;
 
+mod arena;
 mod buffers;
 mod foreign;
 pub(crate) mod headers;
@@ -77,6 +78,7 @@ pub(crate) fn link_all(l: &mut Imports<'_>) -> Result<()> {
     http_call::link(l)?;
     foreign::link(l)?;
     metrics::link(l)?;
+    arena::link(l)?;
     for module in ["wasi_snapshot_preview1", "wasi_unstable"] {
         wasi::link(l, module)?;
     }

@@ -10,14 +10,16 @@ use super::headers::header_get;
 use super::{wrap, Imports, ENV};
 use crate::abi::*;
 use crate::candidates::{address_hash, candidate_fingerprint};
+use crate::context::StreamState;
 use crate::memory::{self as mem, Ctx};
-use crate::store::{HostState, StreamState};
+use crate::store::HostState;
+use crate::types::TrafficDirection;
 
 pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
     const E: &str = ENV;
     wrap!(l, E, "proxy_get_property", |mut c: Ctx<'_>, pp: i32, pn: i32, rp: i32, rs: i32| -> Result<i32> {
         const WHAT: &str = "proxy_get_property";
-        let mut path = std::mem::take(&mut c.data_mut().scratch_key);
+        let mut path = std::mem::take(&mut c.data_mut().scratch_path);
         mem::read_property_path(&c, pp, pn, WHAT, &mut path)?;
         let r = mem::return_scratch(&mut c, rp, rs, WHAT, |st, out| {
             if get_property(st, &path, out) {
@@ -26,46 +28,32 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
                 Err(NOT_FOUND)
             }
         });
-        c.data_mut().scratch_key = path;
+        c.data_mut().scratch_path = path;
         r
     });
     wrap!(l, E, "proxy_set_property", |mut c: Ctx<'_>, pp: i32, pn: i32, vp: i32, vn: i32| -> Result<i32> {
         const WHAT: &str = "proxy_set_property";
         let st = c.data_mut();
-        let (mut path, mut value) = (std::mem::take(&mut st.scratch_key), std::mem::take(&mut st.scratch_value));
+        let (mut path, mut value) = (std::mem::take(&mut st.scratch_path), std::mem::take(&mut st.scratch_value));
         mem::read_property_path(&c, pp, pn, WHAT, &mut path)?;
         mem::read_into(&c, vp, vn, WHAT, &mut value)?;
         let st = c.data_mut();
-        if let Some(s) = st.streams.get_mut(&st.current) {
-            match path.as_str() {
-                "portico.upstream.selected" => set_choice(&mut s.selected_upstream, &value),
-                "portico.route.upstream" => set_choice(&mut s.routed_upstream, &value),
+        let name = || String::from_utf8_lossy(&path).into_owned();
+        if let Some(s) = st.streams.get_mut(st.current) {
+            match path.as_slice() {
+                b"portico.upstream.selected" => s.selected_upstream.set(&value),
+                b"portico.route.upstream" => s.routed_upstream.set(&value),
                 _ => {
-                    s.properties.insert(path.clone(), value.clone());
+                    s.properties.insert(name(), value.clone());
                 }
             }
         } else {
-            st.root_properties.insert(path.clone(), value.clone());
+            st.root_properties.insert(name(), value.clone());
         }
-        (st.scratch_key, st.scratch_value) = (path, value);
+        (st.scratch_path, st.scratch_value) = (path, value);
         Ok(OK)
     });
     Ok(())
-}
-
-/// A routing or balancing choice a plugin set (`portico.route.upstream`, `portico.upstream.selected`): the
-/// value trimmed; empty clears it. The string's buffer is reused when the choice is already set.
-fn set_choice(choice: &mut Option<String>, value: &[u8]) {
-    let text = String::from_utf8_lossy(value);
-    let text = text.trim();
-    match choice {
-        _ if text.is_empty() => *choice = None,
-        Some(current) => {
-            current.clear();
-            current.push_str(text);
-        }
-        None => *choice = Some(text.to_string()),
-    }
 }
 
 /// What a plugin reads as `portico.upstream.candidates_version`: the set's version mixed with the group's
@@ -77,24 +65,25 @@ fn group_version(group: &str, set_version: u64) -> u64 {
 
 /// Where the per-candidate load properties start: `portico.upstream.active_requests.<address>` and
 /// `portico.upstream.latency_us.<address>`.
-const LOAD_PREFIX: &str = "portico.upstream.";
+const LOAD_PREFIX: &[u8] = b"portico.upstream.";
 
 /// `portico.upstream.active_requests.<address>` or `portico.upstream.latency_us.<address>` during an upstream
 /// selection, when the address is a candidate. A balancer that compares a few endpoints' loads (power of two
 /// choices) reads two of these instead of the whole candidate list.
-fn candidate_load(s: &StreamState, path: &str) -> Option<i64> {
-    let select = s.select.as_ref()?;
+fn candidate_load(s: &StreamState, path: &[u8]) -> Option<i64> {
+    let source = s.select.source.as_ref().filter(|_| s.select.active)?;
     let rest = path.strip_prefix(LOAD_PREFIX)?;
-    if let Some(address) = rest.strip_prefix("active_requests.") {
-        return select.source.load(address).map(|l| i64::from(l.active_requests));
+    if let Some(address) = rest.strip_prefix(b"active_requests.") {
+        return source.load(std::str::from_utf8(address).ok()?).map(|l| i64::from(l.active_requests));
     }
-    let address = rest.strip_prefix("latency_us.")?;
-    select.source.load(address).map(|l| i64::try_from(l.latency.as_micros()).unwrap_or(i64::MAX))
+    let address = std::str::from_utf8(rest.strip_prefix(b"latency_us.")?).ok()?;
+    source.load(address).map(|l| i64::try_from(l.latency.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Resolve a property path (segments already joined with '.') into `out`; false when there is no such
-/// property.
-fn get_property(st: &HostState, path: &str, out: &mut Vec<u8>) -> bool {
+/// property. The request's parts come from its pseudo-headers as the plugin sees them now, the rest from the
+/// request's facts, read only here.
+fn get_property(st: &HostState, path: &[u8], out: &mut Vec<u8>) -> bool {
     // Appends a value and says it was found.
     let mut put = |bytes: &[u8]| {
         out.extend_from_slice(bytes);
@@ -103,66 +92,80 @@ fn get_property(st: &HostState, path: &str, out: &mut Vec<u8>) -> bool {
     let int = |v: i64| v.to_le_bytes();
     let core = &st.core;
     match path {
-        "plugin_name" => return put(core.name.as_bytes()),
-        "plugin_root_id" => return put(core.root_id.as_bytes()),
-        "plugin_vm_id" => return put(core.vm_id.as_bytes()),
-        "node.id" => return put(core.services.node_id().as_bytes()),
+        b"plugin_name" => return put(core.name.as_bytes()),
+        b"plugin_root_id" => return put(core.root_id.as_bytes()),
+        b"plugin_vm_id" => return put(core.vm_id.as_bytes()),
+        b"node.id" => return put(core.services.node_id().as_bytes()),
         _ => {}
     }
-    let Some(s) = st.streams.get(&st.current) else {
-        return st.root_properties.get(path).is_some_and(|v| put(v));
+    let Some(s) = st.streams.get(st.current) else {
+        let root = std::str::from_utf8(path).ok().and_then(|p| st.root_properties.get(p));
+        return root.is_some_and(|v| put(v));
     };
-    let info = &s.info;
-    let request = |name: &str| header_get(&s.request_headers, name);
-    let path_value = || request(":path").unwrap_or(&info.path);
+    let facts = s.facts.as_deref();
+    let request = |name: &str| s.map(MAP_REQUEST_HEADERS).and_then(|m| header_get(m, name));
+    let select = &s.select;
+    let selecting = select.active;
     let found = match path {
-        "request.path" => put(path_value().as_bytes()),
-        "request.url_path" => put(path_value().split('?').next().unwrap_or("").as_bytes()),
-        "request.query" => put(path_value().split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes()),
-        "request.method" => put(request(":method").unwrap_or(&info.method).as_bytes()),
-        "request.host" => put(request(":authority").unwrap_or(&info.authority).as_bytes()),
-        "request.scheme" => put(request(":scheme").unwrap_or(&info.scheme).as_bytes()),
-        "request.protocol" => put(info.protocol.as_bytes()),
-        "request.id" => {
-            let id = if info.request_id.is_empty() { request("x-request-id").unwrap_or("") } else { &info.request_id };
-            !id.is_empty() && put(id.as_bytes())
+        b"request.path" => request(":path").is_some_and(|p| put(p.as_bytes())),
+        b"request.url_path" => request(":path").is_some_and(|p| put(p.split('?').next().unwrap_or("").as_bytes())),
+        b"request.query" => {
+            request(":path").is_some_and(|p| put(p.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes()))
         }
-        "request.time" => info
-            .start_time
-            .duration_since(UNIX_EPOCH)
-            .is_ok_and(|d| put(&int(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))),
-        "source.address" => info.source_address.is_some_and(|a| put(a.to_string().as_bytes())),
-        "source.port" => info.source_address.is_some_and(|a| put(&int(i64::from(a.port())))),
-        "destination.address" => info.destination_address.is_some_and(|a| put(a.to_string().as_bytes())),
-        "destination.port" => info.destination_address.is_some_and(|a| put(&int(i64::from(a.port())))),
-        "listener_direction" => put(&int(info.direction as i64)),
-        "response.code" => {
-            header_get(&s.response_headers, ":status").and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| put(&int(c)))
+        b"request.method" => request(":method").is_some_and(|v| put(v.as_bytes())),
+        b"request.host" => request(":authority").is_some_and(|v| put(v.as_bytes())),
+        b"request.scheme" => request(":scheme").is_some_and(|v| put(v.as_bytes())),
+        b"request.protocol" => facts.is_some_and(|f| put(f.protocol().as_bytes())),
+        b"request.id" => facts
+            .and_then(|f| f.request_id())
+            .or_else(|| request("x-request-id"))
+            .filter(|id| !id.is_empty())
+            .is_some_and(|id| put(id.as_bytes())),
+        b"request.time" => facts
+            .and_then(|f| f.start_time())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .is_some_and(|d| put(&int(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))),
+        b"source.address" => facts.and_then(|f| f.source_address()).is_some_and(|a| put(a.to_string().as_bytes())),
+        b"source.port" => facts.and_then(|f| f.source_address()).is_some_and(|a| put(&int(i64::from(a.port())))),
+        b"destination.address" => {
+            facts.and_then(|f| f.destination_address()).is_some_and(|a| put(a.to_string().as_bytes()))
         }
-        "portico.upstream" => s.select.as_ref().is_some_and(|x| put(x.group.as_bytes())),
-        "portico.upstream.candidates" => {
-            s.select.as_ref().is_some_and(|x| put(&crate::codec::encode_candidates(&x.source.candidates())))
+        b"destination.port" => {
+            facts.and_then(|f| f.destination_address()).is_some_and(|a| put(&int(i64::from(a.port()))))
         }
-        "portico.upstream.candidates_version" => {
-            s.select.as_ref().is_some_and(|x| put(&group_version(&x.group, x.source.version()).to_le_bytes()))
+        b"listener_direction" => put(&int(facts.map_or(TrafficDirection::Inbound, |f| f.direction()) as i64)),
+        b"response.code" => s
+            .map(MAP_RESPONSE_HEADERS)
+            .and_then(|m| header_get(m, ":status"))
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| put(&int(c))),
+        b"portico.upstream" => selecting && put(select.group.as_bytes()),
+        b"portico.upstream.candidates" => {
+            selecting && select.source.as_ref().is_some_and(|x| put(&crate::codec::encode_candidates(&x.candidates())))
         }
-        "portico.upstream.failed" => {
-            s.select.as_ref().and_then(|x| x.failed.as_deref()).is_some_and(|v| put(v.as_bytes()))
+        b"portico.upstream.candidates_version" => {
+            selecting
+                && select.source.as_ref().is_some_and(|x| put(&group_version(&select.group, x.version()).to_le_bytes()))
         }
-        "portico.upstream.selected" => s.selected_upstream.as_deref().is_some_and(|v| put(v.as_bytes())),
-        "portico.route.upstream" => s.routed_upstream.as_deref().is_some_and(|v| put(v.as_bytes())),
+        b"portico.upstream.failed" => selecting && select.failed.as_deref().is_some_and(|v| put(v.as_bytes())),
+        b"portico.upstream.selected" => s.selected_upstream.get().is_some_and(|v| put(v.as_bytes())),
+        b"portico.route.upstream" => s.routed_upstream.get().is_some_and(|v| put(v.as_bytes())),
         _ if path.starts_with(LOAD_PREFIX) => candidate_load(s, path).is_some_and(|v| put(&int(v))),
         _ => [
-            ("request.headers.", &s.request_headers),
-            ("response.headers.", &s.response_headers),
-            ("response.trailers.", &s.response_trailers),
+            (&b"request.headers."[..], MAP_REQUEST_HEADERS),
+            (b"response.headers.", MAP_RESPONSE_HEADERS),
+            (b"response.trailers.", MAP_RESPONSE_TRAILERS),
         ]
         .into_iter()
-        .find_map(|(prefix, map)| header_get(map, path.strip_prefix(prefix)?))
+        .find_map(|(prefix, t)| header_get(s.map(t)?, std::str::from_utf8(path.strip_prefix(prefix)?).ok()?))
         .is_some_and(|v| put(v.as_bytes())),
     };
-    found
-        || s.properties.get(path).is_some_and(|v| put(v))
-        || info.properties.iter().find(|(k, _)| k == path).is_some_and(|(_, v)| put(v))
+    if found {
+        return true;
+    }
+    // Names set by the plugin or the host: only these need the path as text.
+    let Ok(path) = std::str::from_utf8(path) else { return false };
+    s.properties.get(path).is_some_and(|v| put(v))
+        || facts.and_then(|f| f.property(path)).is_some_and(&mut put)
         || st.root_properties.get(path).is_some_and(|v| put(v))
 }

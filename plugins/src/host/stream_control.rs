@@ -22,7 +22,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
             if s.in_band {
                 s.continued = true;
             } else {
-                s.signal.post(Resumption::Continue);
+                s.post(Resumption::Continue);
             }
             OK
         } else {
@@ -33,7 +33,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         if let Some(s) = c.data_mut().stream() {
             s.close = true;
             if !s.in_band {
-                s.signal.post(Resumption::Close);
+                s.post(Resumption::Close);
             }
             OK
         } else {
@@ -60,7 +60,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
     wrap!(l, E, "proxy_set_effective_context", |mut c: Ctx<'_>, id: i32| -> i32 {
         let st = c.data_mut();
         let id = id as u32;
-        if id == st.root_context || st.streams.contains_key(&id) {
+        if id == st.root_context || st.streams.contains(id) {
             st.current = id;
             OK
         } else {
@@ -102,7 +102,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         if s.in_band {
             s.local_response = Some(resp);
         } else {
-            s.signal.post(Resumption::LocalResponse(resp));
+            s.post(Resumption::LocalResponse(resp));
         }
         Ok(OK)
     });

@@ -62,8 +62,8 @@ fn pick_with(
     let mut s = p.new_stream(info).unwrap();
     let mut h = headers(extra);
     s.on_request_headers(&mut h, true).unwrap();
-    let first = s.select_endpoint("backend", cands, 0, None).unwrap();
-    let second = if retry { s.select_endpoint("backend", cands, 1, first.as_deref()).unwrap() } else { None };
+    let first = s.select_endpoint(&mut h, "backend", cands, 0, None).unwrap();
+    let second = if retry { s.select_endpoint(&mut h, "backend", cands, 1, first.as_deref()).unwrap() } else { None };
     (first, second)
 }
 
@@ -282,10 +282,10 @@ fn groups_keep_separate_state() {
     let mut s = p.new_stream(RequestInfo::default()).unwrap();
     let mut h = headers(&[]);
     s.on_request_headers(&mut h, true).unwrap();
-    let x1 = s.select_endpoint("a", &a, 0, None).unwrap().unwrap();
-    let y1 = s.select_endpoint("b", &b, 0, None).unwrap().unwrap();
-    let x2 = s.select_endpoint("a", &a, 0, None).unwrap().unwrap();
-    let y2 = s.select_endpoint("b", &b, 0, None).unwrap().unwrap();
+    let x1 = s.select_endpoint(&mut h, "a", &a, 0, None).unwrap().unwrap();
+    let y1 = s.select_endpoint(&mut h, "b", &b, 0, None).unwrap().unwrap();
+    let x2 = s.select_endpoint(&mut h, "a", &a, 0, None).unwrap().unwrap();
+    let y2 = s.select_endpoint(&mut h, "b", &b, 0, None).unwrap().unwrap();
     assert_ne!(x1, x2);
     assert_ne!(y1, y2);
     assert!(x1.starts_with("10.0.") && y1.starts_with("10.1."));
@@ -304,8 +304,9 @@ fn groups_with_the_same_endpoints_keep_separate_state() {
         for _ in 0..14 {
             for (group, picks) in [("a", &mut a), ("b", &mut b)] {
                 let mut s = p.new_stream(RequestInfo::default()).unwrap();
-                s.on_request_headers(&mut headers(&[]), true).unwrap();
-                picks.push(s.select_endpoint(group, &same, 0, None).unwrap().unwrap());
+                let mut h = headers(&[]);
+                s.on_request_headers(&mut h, true).unwrap();
+                picks.push(s.select_endpoint(&mut h, group, &same, 0, None).unwrap().unwrap());
             }
         }
         assert_eq!(a, b, "{config}: each group runs its own sequence");
@@ -353,8 +354,8 @@ impl CandidateSource for Counted {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.list.candidates()
     }
-    fn contains(&self, address: &str) -> bool {
-        self.list.contains(address)
+    fn index_of(&self, address: &str) -> Option<usize> {
+        self.list.index_of(address)
     }
     fn load(&self, address: &str) -> Option<CandidateLoad> {
         let load = self.list.load(address)?;
@@ -368,6 +369,7 @@ impl CandidateSource for Counted {
 /// Picks `requests` times from `cands` (attempt 0, and attempt 1 after it when `retry`); returns the picks
 /// and how many times the plugin read the candidate list.
 fn counted_picks(p: &Arc<Plugin>, cands: Vec<Candidate>, requests: usize, retry: bool) -> (Vec<String>, usize) {
+    let addresses: Vec<String> = cands.iter().map(|c| c.address.clone()).collect();
     let counted =
         Arc::new(Counted { list: CandidateList::new(cands), reads: AtomicUsize::new(0), busy: Default::default() });
     let source: Arc<dyn CandidateSource> = counted.clone();
@@ -375,11 +377,13 @@ fn counted_picks(p: &Arc<Plugin>, cands: Vec<Candidate>, requests: usize, retry:
     for i in 0..requests {
         let mut s = p.new_stream(RequestInfo::default()).unwrap();
         let user = format!("user-{i}");
-        s.on_request_headers(&mut headers(&[("x-user", user.as_str())]), true).unwrap();
-        let first = s.select_endpoint_from("backend", &source, 0, None).unwrap().unwrap();
+        let mut h = headers(&[("x-user", user.as_str())]);
+        s.on_request_headers(&mut h, true).unwrap();
+        let first = addresses[s.select_endpoint_from(&mut h, "backend", &source, 0, None).unwrap().unwrap()].clone();
         if retry {
-            let second = s.select_endpoint_from("backend", &source, 1, Some(&first)).unwrap().unwrap();
-            assert_ne!(first, second, "a retry gets another endpoint");
+            let second = s.select_endpoint_from(&mut h, "backend", &source, 1, Some(&first)).unwrap().unwrap();
+            let second = &addresses[second];
+            assert_ne!(&first, second, "a retry gets another endpoint");
         }
         picks.push(first);
     }
@@ -416,8 +420,9 @@ fn least_request_follows_the_loads_without_reading_the_list() {
     let source: Arc<dyn CandidateSource> = shifting.clone();
     let pick = || {
         let mut s = p.new_stream(RequestInfo::default()).unwrap();
-        s.on_request_headers(&mut headers(&[]), true).unwrap();
-        s.select_endpoint_from("backend", &source, 0, None).unwrap().unwrap()
+        let mut h = headers(&[]);
+        s.on_request_headers(&mut h, true).unwrap();
+        ["10.0.0.1:80", "10.0.0.2:80"][s.select_endpoint_from(&mut h, "backend", &source, 0, None).unwrap().unwrap()]
     };
     // With two endpoints both are compared on every pick, so the idle one always wins.
     assert!((0..50).all(|_| pick() == "10.0.0.2:80"));

@@ -45,7 +45,7 @@ fn route(p: &Arc<Plugin>, r: &Req<'_>) -> (Option<String>, Vec<(String, String)>
             .collect();
     let mut s = p.new_stream(RequestInfo::default()).unwrap();
     assert_eq!(s.on_request_headers(&mut h, true).unwrap(), FilterAction::Continue);
-    (s.routed_upstream().unwrap(), h)
+    (s.routed_upstream().map(str::to_string), h)
 }
 
 fn upstream(p: &Arc<Plugin>, r: &Req<'_>) -> Option<String> {

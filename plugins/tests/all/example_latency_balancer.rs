@@ -51,7 +51,7 @@ fn avoids_slow(p: &Arc<Plugin>) {
     let mut c: HashMap<String, usize> = HashMap::new();
     for _ in 0..2000 {
         let mut s = p.new_stream(RequestInfo::default()).unwrap();
-        let addr = s.select_endpoint("backend", &cands, 0, None).unwrap().unwrap();
+        let addr = s.select_endpoint(&mut Vec::new(), "backend", &cands, 0, None).unwrap().unwrap();
         *c.entry(addr).or_default() += 1;
     }
     let slow = c.get("10.0.0.1:80").copied().unwrap_or(0);
@@ -61,8 +61,9 @@ fn avoids_slow(p: &Arc<Plugin>) {
 
     // Retries avoid the endpoint that just failed.
     let mut s = p.new_stream(RequestInfo::default()).unwrap();
-    let first = s.select_endpoint("backend", &cands, 0, None).unwrap().unwrap();
-    let second = s.select_endpoint("backend", &cands, 1, Some(&first)).unwrap().unwrap();
+    let mut h = Vec::new();
+    let first = s.select_endpoint(&mut h, "backend", &cands, 0, None).unwrap().unwrap();
+    let second = s.select_endpoint(&mut h, "backend", &cands, 1, Some(&first)).unwrap().unwrap();
     assert_ne!(first, second);
 }
 

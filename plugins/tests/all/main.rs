@@ -2,6 +2,7 @@
 //! file. Each module is named by the behaviour it covers; `support` holds the shared WAT prelude and services.
 #![allow(clippy::unwrap_used)]
 
+mod arena;
 mod builtin_balancer;
 mod builtin_router;
 mod c_plugin;
@@ -11,3 +12,4 @@ mod http;
 mod lifecycle;
 mod sdk_assemblyscript;
 mod support;
+mod workers;

@@ -103,14 +103,7 @@ pub fn load(engine: &PluginEngine, spec: PluginSpec) -> Result<(Arc<Plugin>, Arc
 }
 
 pub fn request(path: &str) -> (RequestInfo, Vec<(String, String)>) {
-    let info = RequestInfo {
-        method: "GET".into(),
-        path: path.into(),
-        authority: "example.com".into(),
-        scheme: "https".into(),
-        source_address: Some("192.0.2.7:40000".parse().unwrap()),
-        ..RequestInfo::default()
-    };
+    let info = RequestInfo { source_address: Some("192.0.2.7:40000".parse().unwrap()), ..RequestInfo::default() };
     let headers = vec![
         (":method".to_string(), "GET".to_string()),
         (":path".to_string(), path.to_string()),
