@@ -65,12 +65,13 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
                                                vp: i32,
                                                vn: i32|
      -> Result<i32> {
-        let key = mem::read_str(&mut c, kp, kn, "proxy_add_header_map_value")?;
+        let mut key = mem::read_str(&mut c, kp, kn, "proxy_add_header_map_value")?;
         let value = mem::read_str(&mut c, vp, vn, "proxy_add_header_map_value")?;
         if !valid_header(&key, &value) {
             return Ok(BAD_ARGUMENT);
         }
-        Ok(status(c.data_mut().map_mut(t).map(|m| m.push((key.to_ascii_lowercase(), value)))))
+        key.make_ascii_lowercase();
+        Ok(status(c.data_mut().map_mut(t).map(|m| m.push((key, value)))))
     });
     wrap!(l, E, "proxy_replace_header_map_value", |mut c: Ctx<'_>,
                                                    t: i32,
@@ -79,12 +80,17 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
                                                    vp: i32,
                                                    vn: i32|
      -> Result<i32> {
-        let key = mem::read_str(&mut c, kp, kn, "proxy_replace_header_map_value")?;
-        let value = mem::read_str(&mut c, vp, vn, "proxy_replace_header_map_value")?;
-        if !valid_header(&key, &value) {
-            return Ok(BAD_ARGUMENT);
-        }
-        Ok(status(c.data_mut().map_mut(t).map(|m| header_replace(m, &key, &value))))
+        const WHAT: &str = "proxy_replace_header_map_value";
+        let (mut key, mut value) = (std::mem::take(&mut c.data_mut().scratch_key), String::new());
+        mem::read_str_into(&c, kp, kn, WHAT, &mut key)?;
+        mem::read_str_into(&c, vp, vn, WHAT, &mut value)?;
+        let r = if valid_header(&key, &value) {
+            status(c.data_mut().map_mut(t).map(|m| header_replace(m, &key, &value)))
+        } else {
+            BAD_ARGUMENT
+        };
+        c.data_mut().scratch_key = key;
+        Ok(r)
     });
     wrap!(l, E, "proxy_remove_header_map_value", |mut c: Ctx<'_>, t: i32, kp: i32, kn: i32| -> Result<i32> {
         let key = mem::read_str(&mut c, kp, kn, "proxy_remove_header_map_value")?;
@@ -93,10 +99,11 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Reject header names/values that could smuggle extra headers or break framing (CR, LF, NUL).
+/// Reject header names/values that could smuggle extra headers or break framing (CR, LF, NUL). Checked as
+/// bytes: the three are ASCII, so no UTF-8 decoding is needed.
 pub(super) fn valid_header(key: &str, value: &str) -> bool {
-    let bad = |c: char| matches!(c, '\r' | '\n' | '\0');
-    !key.is_empty() && !key.contains(bad) && !value.contains(bad)
+    let bad = |s: &str| s.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0));
+    !key.is_empty() && !bad(key) && !bad(value)
 }
 
 pub(crate) fn header_get<'a>(map: &'a HeaderMap, key: &str) -> Option<&'a str> {
@@ -111,7 +118,8 @@ pub(crate) fn header_replace(map: &mut HeaderMap, key: &str, value: &str) {
                 return false;
             }
             found = true;
-            *v = value.to_string();
+            v.clear();
+            v.push_str(value);
         }
         true
     });
