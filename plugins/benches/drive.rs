@@ -9,14 +9,10 @@
 //! * `chain_native`, `filter_native`: the caller's own part (header list refilled, request facts made).
 //!
 //! The thread is a declared worker that owns its instances ([`portico_plugins::enter_worker`]), as the proxy's
-//! workers are by default. Only the requests inside `measured_requests` are counted (after 2,000 unmeasured ones warm the instance):
-//!
-//! ```text
-//! CARGO_PROFILE_BENCH_LTO=false cargo bench -p portico-plugins --bench drive --no-run
-//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out --toggle-collect='*measured_requests*' \
-//!     target/release/deps/drive-<hash> chain 10000
-//! ```
-//! Instructions per request = the `Ir` total callgrind prints / 10,000.
+//! workers are by default. Only the requests inside `measured_requests` are counted (after 2,000 unmeasured
+//! ones warm the instance). `bench/plugin_instructions.sh` builds this and runs it under callgrind:
+//! instructions per request = the `Ir` total / the number of requests. Run directly (`drive chain 100000`), it
+//! prints the CPU and wall time per request.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
