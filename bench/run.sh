@@ -33,8 +33,8 @@ rm -f "$OUT"/*.pid
 if [ -n "${PORTICO_BIN:-}" ]; then
   BIN=$PORTICO_BIN
 else
-  cargo build --release -p portico --locked
-  BIN=target/release/portico
+  cargo build --profile dist -p portico --locked
+  BIN=target/dist/portico
 fi
 
 cleanup() {

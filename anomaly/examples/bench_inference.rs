@@ -1,8 +1,8 @@
-//! Measure per-tick scoring cost (normalisation + one batched LSTM step + adaptive thresholds)
-//! for N series with the bundled model.
+//! The live detector's cost per tick: N series (a realistic mix of listener, upstream and per-endpoint series)
+//! scored together, as the detector thread does once per `interval`.
 //!
 //! ```text
-//! cargo run -p portico-anomaly --example bench_inference -- 20
+//! cargo run --release -p portico-anomaly --example bench_inference -- 60
 //! ```
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -13,17 +13,25 @@ use portico_anomaly::model::SplitMix64;
 use portico_anomaly::{Forecaster, Scorer, Tick};
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(60);
     let ticks = 5000;
     let model = Arc::new(Forecaster::bundled().unwrap());
-    let mut scorer = Scorer::new(model, 120);
+    let mut scorer = Scorer::new(model, 120).unwrap();
     let mut r = SplitMix64::new(1);
-    let names: Vec<String> = (0..n).map(|i| format!("upstream.u{i}.latency_p99")).collect();
+    let kinds = ["qps", "error_ratio", "latency"];
+    let names: Vec<String> = (0..n)
+        .map(|i| match i % 3 {
+            0 => format!("upstream.u{}.{}", i / 3, kinds[i % 3]),
+            1 => format!("endpoint.u{}.10.0.0.{}:80.{}", i / 9, i % 250, kinds[i % 3]),
+            _ => format!("listener.l{}.{}", i / 3, kinds[i % 3]),
+        })
+        .collect();
     let mut times = Vec::with_capacity(ticks);
     for t in 0..ticks {
         let mut tick = Tick::new(t as i64 * 1000);
         for (i, name) in names.iter().enumerate() {
-            tick.set(name.clone(), 10.0 * (i + 1) as f64 + r.normal());
+            let base = 10.0 * (i + 1) as f64;
+            tick.set(name.clone(), base + base * 0.05 * r.normal());
         }
         let t0 = Instant::now();
         let scores = scorer.score_tick(&tick).unwrap();
@@ -35,10 +43,13 @@ fn main() {
     let mean = steady.iter().sum::<f64>() / steady.len() as f64;
     let pct = |p: f64| steady[((steady.len() - 1) as f64 * p) as usize];
     println!(
-        "{n} series, {} ticks: mean {mean:.1} us/tick, p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        "{n} series, {} ticks: mean {mean:.1} us/tick ({:.2} us/series), p50 {:.1} us, p99 {:.1} us, max {:.1} us; \
+         at one tick per second that is {:.3} % of a core",
         steady.len(),
+        mean / n as f64,
         pct(0.5),
         pct(0.99),
-        pct(1.0)
+        pct(1.0),
+        mean / 1e4
     );
 }

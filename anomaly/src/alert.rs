@@ -1,11 +1,12 @@
-//! Alerts: the per-series state machine (fire after `for_ticks`, resolve after `resolve_ticks`)
-//! and the JSON shapes the proxy serves or posts (our own and Alertmanager's webhook format).
+//! Alerts: the per-series state machine over the detector's events (fire when an event lasts `for_ticks`,
+//! resolve after `resolve_ticks` outside one) and the JSON shapes the proxy serves or posts (our own and Alertmanager's webhook format).
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Thresholds;
+use crate::incident::Incident;
 use crate::score::SeriesScore;
 
 /// How bad an anomaly is; ordered so `Critical > Warning`.
@@ -86,13 +87,23 @@ pub struct AlertChange {
 
 #[derive(Debug, Default)]
 struct SeriesAlertState {
-    above_warn: u32,
-    above_crit: u32,
-    below: u32,
+    /// Consecutive ticks inside an event.
+    event_ticks: u32,
+    /// Unix ms of the event's first tick: when the series started to move.
+    onset: i64,
+    /// Highest strength of the current event.
+    peak: f64,
+    /// Consecutive ticks outside any event.
+    quiet: u32,
     active: Option<Alert>,
 }
 
-/// Per-series hysteresis state machine.
+/// Per-series state machine over the detector's events.
+///
+/// The detector decides when a series leaves its normal (an event) and how strongly (the strength); the
+/// engine decides when that is worth an alert: the event has lasted `for_ticks` ticks (a one-tick blip never
+/// alerts) and its strength reached `warning` (`critical` escalates). The alert resolves after `resolve_ticks`
+/// ticks outside any event — when the series came back, or when the detector accepted its new level as normal.
 #[derive(Debug)]
 pub struct AlertEngine {
     thresholds: Thresholds,
@@ -116,48 +127,61 @@ impl AlertEngine {
     pub fn update(&mut self, s: &SeriesScore) -> Option<AlertChange> {
         let th = &self.thresholds;
         let st = self.series.entry(s.series.clone()).or_default();
-        st.above_warn = if s.score >= th.warning { st.above_warn + 1 } else { 0 };
-        st.above_crit = if s.score >= th.critical { st.above_crit + 1 } else { 0 };
+        if s.in_event {
+            if st.event_ticks == 0 {
+                st.onset = s.timestamp_ms;
+                st.peak = 0.0;
+            }
+            st.event_ticks = st.event_ticks.saturating_add(1);
+            st.peak = st.peak.max(s.strength);
+            st.quiet = 0;
+        } else {
+            st.event_ticks = 0;
+            st.quiet = st.quiet.saturating_add(1);
+        }
+        let severity = |peak: f64| {
+            if peak >= th.critical {
+                Some(Severity::Critical)
+            } else if peak >= th.warning {
+                Some(Severity::Warning)
+            } else {
+                None
+            }
+        };
         match &mut st.active {
             None => {
-                let severity = if st.above_crit >= th.for_ticks {
-                    Severity::Critical
-                } else if st.above_warn >= th.for_ticks {
-                    Severity::Warning
-                } else {
+                if st.event_ticks < th.for_ticks {
                     return None;
-                };
-                st.below = 0;
+                }
+                let severity = severity(st.peak)?;
                 let alert = Alert {
-                    id: format!("{}@{}", s.series, s.timestamp_ms),
+                    id: format!("{}@{}", s.series, st.onset),
                     series: s.series.clone(),
                     severity,
                     state: AlertState::Firing,
-                    score: s.score,
-                    peak_score: s.score,
+                    score: s.strength,
+                    peak_score: st.peak,
                     value: s.value,
                     predicted: s.predicted,
-                    started_at: s.timestamp_ms,
+                    started_at: st.onset,
                     resolved_at: None,
                 };
                 st.active = Some(alert.clone());
                 Some(AlertChange { transition: Transition::Fired, alert })
             }
             Some(a) => {
-                a.score = s.score;
-                a.peak_score = a.peak_score.max(s.score);
+                a.score = s.strength;
+                a.peak_score = a.peak_score.max(st.peak);
                 a.value = s.value;
                 a.predicted = s.predicted;
-                st.below = if s.score < th.warning { st.below + 1 } else { 0 };
-                if st.below >= th.resolve_ticks {
+                if st.quiet >= th.resolve_ticks {
                     a.state = AlertState::Resolved;
                     a.resolved_at = Some(s.timestamp_ms);
                     let alert = a.clone();
                     st.active = None;
-                    st.below = 0;
                     return Some(AlertChange { transition: Transition::Resolved, alert });
                 }
-                if a.severity == Severity::Warning && st.above_crit >= th.for_ticks {
+                if a.severity == Severity::Warning && severity(a.peak_score) == Some(Severity::Critical) {
                     a.severity = Severity::Critical;
                     return Some(AlertChange { transition: Transition::Escalated, alert: a.clone() });
                 }
@@ -167,24 +191,7 @@ impl AlertEngine {
     }
 }
 
-/// Format unix milliseconds as RFC 3339 UTC (`2024-01-02T03:04:05.678Z`) without a date crate.
-pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
-}
+pub use crate::time::rfc3339;
 
 /// FNV-1a 64-bit, used for Alertmanager-style label fingerprints (stable across restarts).
 fn fnv1a(parts: &BTreeMap<String, String>) -> String {
@@ -207,64 +214,103 @@ pub const ALERT_NAME: &str = "PorticoAnomaly";
 /// bridges, PagerDuty adapters, an existing Alertmanager-driven workflow). `instance` identifies
 /// this proxy; `external_url` is its admin URL (used for `externalURL`/`generatorURL`).
 pub fn webhook_payload(alerts: &[Alert], receiver: &str, instance: &str, external_url: &str) -> serde_json::Value {
-    let firing = alerts.iter().any(|a| a.state == AlertState::Firing);
-    let items: Vec<serde_json::Value> = alerts
-        .iter()
-        .map(|a| {
-            let labels: BTreeMap<String, String> = BTreeMap::from([
-                ("alertname".into(), ALERT_NAME.into()),
-                ("series".into(), a.series.clone()),
-                ("severity".into(), a.severity.as_str().into()),
-                ("instance".into(), instance.into()),
-            ]);
-            let predicted = a.predicted.map(|p| format!("{p:.4}")).unwrap_or_else(|| "n/a".into());
-            serde_json::json!({
-                "status": match a.state { AlertState::Firing => "firing", AlertState::Resolved => "resolved" },
-                "labels": labels,
-                "annotations": {
-                    "summary": format!("Anomaly on {} ({})", a.series, a.severity.as_str()),
-                    "description": format!("{} = {:.4}, forecast {}, score {:.3} (peak {:.3})",
-                        a.series, a.value, predicted, a.score, a.peak_score),
-                    "score": format!("{:.4}", a.score),
-                    "value": format!("{}", a.value),
-                    "predicted": predicted,
-                    "alert_id": a.id,
-                },
-                "startsAt": rfc3339(a.started_at),
-                "endsAt": a.resolved_at.map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
-                "generatorURL": format!("{}/anomaly/alerts", external_url.trim_end_matches('/')),
-                "fingerprint": fnv1a(&labels),
-            })
-        })
-        .collect();
+    let items: Vec<serde_json::Value> = alerts.iter().map(|a| alert_item(a, instance, external_url, &[])).collect();
     let common_labels = if alerts.len() == 1 {
         items[0]["labels"].clone()
     } else {
         serde_json::json!({ "alertname": ALERT_NAME, "instance": instance })
     };
+    let group = Group {
+        key: format!("{{}}:{{alertname=\"{ALERT_NAME}\"}}"),
+        labels: serde_json::json!({ "alertname": ALERT_NAME }),
+        common_labels,
+        common_annotations: serde_json::json!({}),
+    };
+    envelope(alerts, items, receiver, external_url, group)
+}
+
+/// One Alertmanager group for one incident: every member alert, labelled with the incident and its role
+/// (`cause` or `symptom`), grouped by the incident id so a receiver sees one notification per fault.
+pub fn incident_payload(incident: &Incident, receiver: &str, instance: &str, external_url: &str) -> serde_json::Value {
+    let alerts = incident.alerts();
+    let items: Vec<serde_json::Value> = alerts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let role = if i == 0 { "cause" } else { "symptom" };
+            alert_item(a, instance, external_url, &[("incident", &incident.id), ("role", role)])
+        })
+        .collect();
+    let symptoms: Vec<&str> = incident.symptoms.iter().map(|m| m.alert.series.as_str()).collect();
+    let group = Group {
+        key: format!("{{}}:{{alertname=\"{ALERT_NAME}\",incident=\"{}\"}}", incident.id),
+        labels: serde_json::json!({ "alertname": ALERT_NAME, "incident": incident.id }),
+        common_labels: serde_json::json!({ "alertname": ALERT_NAME, "instance": instance, "incident": incident.id }),
+        common_annotations: serde_json::json!({
+            "summary": format!("Incident {}: probable cause {}", incident.id, incident.cause.alert.series),
+            "cause": incident.cause.alert.series,
+            "symptoms": symptoms.join(","),
+        }),
+    };
+    envelope(&alerts, items, receiver, external_url, group)
+}
+
+fn alert_item(a: &Alert, instance: &str, external_url: &str, extra: &[(&str, &str)]) -> serde_json::Value {
+    let mut labels: BTreeMap<String, String> = BTreeMap::from([
+        ("alertname".into(), ALERT_NAME.into()),
+        ("series".into(), a.series.clone()),
+        ("severity".into(), a.severity.as_str().into()),
+        ("instance".into(), instance.into()),
+    ]);
+    for (k, v) in extra {
+        labels.insert((*k).into(), (*v).into());
+    }
+    let predicted = a.predicted.map(|p| format!("{p:.4}")).unwrap_or_else(|| "n/a".into());
     serde_json::json!({
-        "version": "4",
-        "groupKey": format!("{{}}:{{alertname=\"{ALERT_NAME}\"}}"),
-        "truncatedAlerts": 0,
-        "status": if firing { "firing" } else { "resolved" },
-        "receiver": receiver,
-        "groupLabels": { "alertname": ALERT_NAME },
-        "commonLabels": common_labels,
-        "commonAnnotations": {},
-        "externalURL": external_url,
-        "alerts": items,
+        "status": match a.state { AlertState::Firing => "firing", AlertState::Resolved => "resolved" },
+        "labels": labels,
+        "annotations": {
+            "summary": format!("Anomaly on {} ({})", a.series, a.severity.as_str()),
+            "description": format!("{} = {:.4}, expected {}, strength {:.3} (peak {:.3})",
+                a.series, a.value, predicted, a.score, a.peak_score),
+            "score": format!("{:.4}", a.score),
+            "value": format!("{}", a.value),
+            "predicted": predicted,
+            "alert_id": a.id,
+        },
+        "startsAt": rfc3339(a.started_at),
+        "endsAt": a.resolved_at.map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+        "generatorURL": format!("{}/anomaly/alerts", external_url.trim_end_matches('/')),
+        "fingerprint": fnv1a(&labels),
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
+/// How a payload's alerts are grouped, in Alertmanager's terms.
+struct Group {
+    key: String,
+    labels: serde_json::Value,
+    common_labels: serde_json::Value,
+    common_annotations: serde_json::Value,
+}
 
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
-    }
+fn envelope(
+    alerts: &[Alert],
+    items: Vec<serde_json::Value>,
+    receiver: &str,
+    external_url: &str,
+    group: Group,
+) -> serde_json::Value {
+    let firing = alerts.iter().any(|a| a.state == AlertState::Firing);
+    serde_json::json!({
+        "version": "4",
+        "groupKey": group.key,
+        "truncatedAlerts": 0,
+        "status": if firing { "firing" } else { "resolved" },
+        "receiver": receiver,
+        "groupLabels": group.labels,
+        "commonLabels": group.common_labels,
+        "commonAnnotations": group.common_annotations,
+        "externalURL": external_url,
+        "alerts": items,
+    })
 }

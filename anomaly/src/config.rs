@@ -134,17 +134,17 @@ impl<'de> Deserialize<'de> for History {
     }
 }
 
-/// Score thresholds and hysteresis for turning per-tick scores into alerts.
+/// Strength thresholds and hysteresis for turning the detector's events into alerts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
-    /// Score above which a series counts towards a warning alert.
+    /// Strength an event must reach to alert as a warning (0.5 is where the detector opens an event).
     pub warning: f64,
-    /// Score above which a series counts towards a critical alert.
+    /// Strength that makes the alert critical.
     pub critical: f64,
-    /// Consecutive ticks above a threshold before an alert fires; filters one-tick blips.
+    /// Ticks an event must last before it alerts; filters one-tick blips.
     pub for_ticks: u32,
-    /// Consecutive ticks below `warning` before a firing alert resolves; avoids flapping.
+    /// Ticks outside any event before a firing alert resolves; avoids flapping.
     pub resolve_ticks: u32,
 }
 
@@ -154,7 +154,18 @@ impl Default for Thresholds {
     }
 }
 
-/// Which alerts a hook reacts to.
+/// Which member of an incident a hook's match is tried on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookRole {
+    /// Only the incident's probable cause (the default: act on the fault, not on its symptoms).
+    #[default]
+    Cause,
+    /// Any member: the hook runs (once per incident) when any alert of the incident matches.
+    Any,
+}
+
+/// Which incidents a hook reacts to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookMatch {
@@ -164,6 +175,25 @@ pub struct HookMatch {
     /// Glob over the series name where `*` matches any run of characters (including dots).
     #[serde(default)]
     pub series: Option<String>,
+    /// Whether the match is tried on the incident's cause only (default) or on any of its members.
+    #[serde(default)]
+    pub role: HookRole,
+}
+
+/// How alerts are grouped into incidents.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentConfig {
+    /// Alerts firing within this of an incident's latest member, in a related scope, join it.
+    pub window: HumanDuration,
+    /// After this long an incident's cause is decided and hooks and webhooks act on it.
+    pub settle: HumanDuration,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        IncidentConfig { window: HumanDuration(Duration::from_secs(10)), settle: HumanDuration(Duration::from_secs(3)) }
+    }
 }
 
 /// One `[[anomaly.hook]]` entry: a remediation command run when a matching alert fires.
@@ -215,6 +245,11 @@ pub struct AnomalyConfig {
     pub thresholds: Thresholds,
     /// Ticks per series before scores are trusted (normalisers and error statistics need data).
     pub warmup: u32,
+    /// How long a series may stay away from its old normal before its new level or spread becomes the normal
+    /// (the alert then resolves).
+    pub adapt: HumanDuration,
+    /// Grouping of alerts into incidents.
+    pub incidents: IncidentConfig,
     /// Alertmanager-compatible webhook receivers; the proxy posts [`crate::alert::webhook_payload`] to them.
     pub webhooks: Vec<String>,
     /// Remediation hooks.
@@ -237,6 +272,8 @@ impl Default for AnomalyConfig {
             store_max_bytes: 256 * 1024 * 1024,
             thresholds: Thresholds::default(),
             warmup: 120,
+            adapt: HumanDuration(Duration::from_secs(120)),
+            incidents: IncidentConfig::default(),
             webhooks: Vec::new(),
             hooks: Vec::new(),
             max_concurrent_hooks: 2,
@@ -261,6 +298,9 @@ impl AnomalyConfig {
         }
         if t.for_ticks == 0 || t.resolve_ticks == 0 {
             return bad("thresholds: for_ticks and resolve_ticks must be at least 1".into());
+        }
+        if self.adapt_ticks() < 2 {
+            return bad("adapt: must span at least two intervals".into());
         }
         if self.history_ticks() == 0 {
             return bad("history: must hold at least one tick".into());
@@ -292,6 +332,12 @@ impl AnomalyConfig {
             }
         }
         Ok(())
+    }
+
+    /// `adapt` in ticks.
+    pub fn adapt_ticks(&self) -> u32 {
+        let ticks = self.adapt.0.as_millis() / self.interval.0.as_millis().max(1);
+        u32::try_from(ticks).unwrap_or(u32::MAX)
     }
 
     /// Ring capacity in ticks, resolving a duration `history` against `interval`.

@@ -2,11 +2,12 @@
 //! maths never runs on (or stalls) the proxy's tokio workers.
 //!
 //! Data flow: proxy sampler --[`DetectorHandle::submit`], bounded, never blocks--> detector thread
-//! -> store (Arrow ring) -> scorer (LSTM + adaptive thresholds) -> alert engine -> published
-//! snapshots (scores, alerts, stats), a `tokio::sync::broadcast` of [`AnomalyEvent`]s (for SSE),
-//! and hook runs spawned on the tokio runtime handle given in [`DetectorOptions::runtime`].
-//! Webhook posting is left to the proxy (it owns the HTTP client): subscribe to events and post
-//! [`crate::alert::webhook_payload`] for `AnomalyEvent::Alert` changes.
+//! -> store (Arrow ring) -> scorer (forecaster ensemble, robust scoring) -> alert engine -> incident
+//! engine -> published snapshots (scores, alerts, incidents, stats), a `tokio::sync::broadcast` of
+//! [`AnomalyEvent`]s (for SSE), and hook runs — once per settled incident, for its cause — spawned on the
+//! tokio runtime handle given in [`DetectorOptions::runtime`]. Webhook posting is left to the proxy (it owns
+//! the HTTP client): subscribe to events and post [`crate::alert::incident_payload`] for settled and resolved
+//! incidents.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +21,15 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
-use crate::alert::{Alert, AlertChange, AlertEngine, Transition};
+use crate::alert::{Alert, AlertChange, AlertEngine};
 use crate::config::AnomalyConfig;
 use crate::error::{AnomalyError, Result};
 use crate::hook::{ActionRecord, HookRunner};
+use crate::incident::{Incident, IncidentChange, IncidentEngine, IncidentTransition, Topology};
 use crate::model::{Forecaster, ModelMeta};
 use crate::sample::Tick;
 use crate::score::{Scorer, SeriesScore};
+use crate::series::DetectorParams;
 use crate::store::{SeriesStore, StoreOptions};
 
 /// Everything the detector publishes on its broadcast channel.
@@ -42,6 +45,8 @@ pub enum AnomalyEvent {
     },
     /// An alert fired, escalated or resolved.
     Alert(AlertChange),
+    /// An incident opened, grew, settled (its cause decided) or resolved.
+    Incident(IncidentChange),
 }
 
 /// Counters and timings for the admin API.
@@ -74,6 +79,8 @@ pub struct DetectorOptions {
     pub history_limit: usize,
     /// Broadcast buffer; slow SSE subscribers lag (and skip) rather than block the detector.
     pub event_capacity: usize,
+    /// Which upstreams each listener routes to, for grouping alerts into incidents.
+    pub topology: Topology,
 }
 
 impl Default for DetectorOptions {
@@ -83,12 +90,14 @@ impl Default for DetectorOptions {
             admin_url: "http://127.0.0.1:9901".into(),
             history_limit: 1000,
             event_capacity: 1024,
+            topology: Topology::default(),
         }
     }
 }
 
 enum Msg {
     Tick(Box<Tick>),
+    Topology(Topology),
     Flush(mpsc::Sender<()>),
 }
 
@@ -96,6 +105,8 @@ struct Shared {
     scores: RwLock<BTreeMap<String, SeriesScore>>,
     active: RwLock<Vec<Alert>>,
     history: Mutex<VecDeque<Alert>>,
+    /// Open incidents, then recently resolved ones (bounded like the alert history).
+    incidents: RwLock<VecDeque<Incident>>,
     store: Mutex<SeriesStore>,
     stats: Mutex<DetectorStats>,
     dropped: AtomicU64,
@@ -134,6 +145,7 @@ impl Detector {
             scores: RwLock::new(BTreeMap::new()),
             active: RwLock::new(Vec::new()),
             history: Mutex::new(VecDeque::new()),
+            incidents: RwLock::new(VecDeque::new()),
             store: Mutex::new(store),
             stats: Mutex::new(DetectorStats::default()),
             dropped: AtomicU64::new(0),
@@ -144,8 +156,16 @@ impl Detector {
         let (tx, rx) = mpsc::sync_channel(config.queue);
         let worker = Worker {
             shared: shared.clone(),
-            scorer: Scorer::new(Arc::new(forecaster), config.warmup),
+            scorer: Scorer::with_params(
+                Arc::new(forecaster),
+                DetectorParams { warmup: config.warmup, adapt_rows: config.adapt_ticks(), ..DetectorParams::default() },
+            )?,
             alerts: AlertEngine::new(config.thresholds.clone()),
+            incidents: IncidentEngine::new(
+                i64::try_from(config.incidents.window.0.as_millis()).unwrap_or(i64::MAX),
+                i64::try_from(config.incidents.settle.0.as_millis()).unwrap_or(i64::MAX),
+                opts.topology.clone(),
+            ),
             runtime: opts.runtime,
             history_limit: opts.history_limit.max(1),
         };
@@ -161,11 +181,27 @@ struct Worker {
     shared: Arc<Shared>,
     scorer: Scorer,
     alerts: AlertEngine,
+    incidents: IncidentEngine,
     runtime: Option<Handle>,
     history_limit: usize,
 }
 
 impl Worker {
+    /// Open incidents first, then resolved ones newest last, at most `history_limit` resolved.
+    fn publish_incidents(&self, changes: &[IncidentChange]) {
+        let mut list = self.shared.incidents.write();
+        list.retain(|i| i.state == crate::incident::IncidentState::Resolved);
+        for ch in changes.iter().filter(|c| c.transition == IncidentTransition::Resolved) {
+            if list.len() >= self.history_limit {
+                list.pop_front();
+            }
+            list.push_back(ch.incident.clone());
+        }
+        for open in self.incidents.open().iter().rev() {
+            list.push_front(open.clone());
+        }
+    }
+
     fn run(mut self, rx: Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
             match msg {
@@ -175,6 +211,7 @@ impl Worker {
                         tracing::warn!(error = %e, "anomaly detector failed to process tick");
                     }
                 }
+                Msg::Topology(t) => self.incidents.set_topology(t),
                 Msg::Flush(ack) => {
                     let _ = ack.send(());
                 }
@@ -220,16 +257,36 @@ impl Worker {
                 }
             }
         }
+        let mut incident_changes = Vec::new();
+        for ch in &changes {
+            incident_changes.extend(self.incidents.on_alert(ch, tick.timestamp_ms));
+        }
+        incident_changes.extend(self.incidents.tick(tick.timestamp_ms));
+        if !incident_changes.is_empty() {
+            self.publish_incidents(&incident_changes);
+        }
         // Send errors only mean "no subscriber right now".
         let _ = self.shared.events.send(AnomalyEvent::Scores { timestamp_ms: tick.timestamp_ms, scores });
         for ch in changes {
-            tracing::info!(series = %ch.alert.series, severity = ?ch.alert.severity, transition = ?ch.transition, score = ch.alert.score, "anomaly alert");
-            if matches!(ch.transition, Transition::Fired | Transition::Escalated) {
-                if let Some(rt) = &self.runtime {
-                    self.shared.hooks.dispatch(rt, &ch.alert);
-                }
-            }
+            tracing::debug!(series = %ch.alert.series, severity = ?ch.alert.severity, transition = ?ch.transition, score = ch.alert.peak_score, "anomaly alert");
             let _ = self.shared.events.send(AnomalyEvent::Alert(ch));
+        }
+        for ch in incident_changes {
+            let inc = &ch.incident;
+            match ch.transition {
+                IncidentTransition::Settled => {
+                    let symptoms: Vec<&str> = inc.symptoms.iter().map(|m| m.alert.series.as_str()).collect();
+                    tracing::info!(incident = %inc.id, cause = %inc.cause.alert.series, symptoms = ?symptoms, severity = ?inc.severity, "anomaly incident");
+                    if let Some(rt) = &self.runtime {
+                        self.shared.hooks.dispatch_incident(rt, inc);
+                    }
+                }
+                IncidentTransition::Resolved => {
+                    tracing::info!(incident = %inc.id, cause = %inc.cause.alert.series, "anomaly incident resolved");
+                }
+                IncidentTransition::Opened | IncidentTransition::Grew => {}
+            }
+            let _ = self.shared.events.send(AnomalyEvent::Incident(ch));
         }
         stored
     }
@@ -280,6 +337,18 @@ impl DetectorHandle {
     /// Currently firing alerts.
     pub fn active_alerts(&self) -> Vec<Alert> {
         self.shared.active.read().clone()
+    }
+
+    /// Open incidents (oldest first), then recently resolved ones (oldest first).
+    pub fn incidents(&self) -> Vec<Incident> {
+        self.shared.incidents.read().iter().cloned().collect()
+    }
+
+    /// Tells the incident engine which upstreams each listener routes to (after a reload). Never blocks.
+    pub fn set_topology(&self, topology: Topology) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Msg::Topology(topology));
+        }
     }
 
     /// Recent alerts (firing and resolved), oldest first, bounded by `history_limit`.

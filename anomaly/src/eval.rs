@@ -22,7 +22,8 @@ use crate::config::Thresholds;
 use crate::error::{AnomalyError, Result};
 use crate::model::Forecaster;
 use crate::sample::Tick;
-use crate::score::{ScoreParams, Scorer};
+use crate::score::Scorer;
+use crate::series::DetectorParams;
 use crate::store::{batches_to_table, list_ipc_files, read_ipc_file, SeriesTable};
 
 /// Header of `labels.csv`; writer and reader share it so they cannot drift apart.
@@ -166,13 +167,13 @@ pub struct EvalOptions {
     pub warmup: u32,
     /// Ticks after a fault's end during which alerts still count as caused by it.
     pub grace: usize,
-    /// Score tuning.
-    pub params: ScoreParams,
+    /// Detector tuning (its `warmup` is replaced by the field above).
+    pub params: DetectorParams,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { thresholds: Thresholds::default(), warmup: 120, grace: 60, params: ScoreParams::default() }
+        EvalOptions { thresholds: Thresholds::default(), warmup: 120, grace: 60, params: DetectorParams::default() }
     }
 }
 
@@ -227,7 +228,7 @@ pub fn evaluate(model: &Arc<Forecaster>, scenarios: &[LabelledScenario], opts: &
     let mut delays = Vec::new();
     let mut gaps = Vec::new();
     for s in scenarios {
-        let mut scorer = Scorer::with_params(model.clone(), opts.warmup, opts.params);
+        let mut scorer = Scorer::with_params(model.clone(), DetectorParams { warmup: opts.warmup, ..opts.params })?;
         let mut engine = AlertEngine::new(opts.thresholds.clone());
         let mut starts: Vec<(usize, String)> = Vec::new();
         let ts = &s.table.timestamps;

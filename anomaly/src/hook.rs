@@ -21,7 +21,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::alert::Alert;
-use crate::config::HookConfig;
+use crate::config::{HookConfig, HookRole};
+use crate::incident::{Incident, Scope};
 use crate::sample::now_ms;
 
 /// Bytes of stdout/stderr kept per run in the audit log.
@@ -56,6 +57,18 @@ pub fn hook_matches(hook: &HookConfig, alert: &Alert) -> bool {
         && hook.on.series.as_deref().is_none_or(|g| glob_match(g, &alert.series))
 }
 
+/// The alert of `incident` that `hook` acts on: its cause when the cause matches, else (for `role = "any"`) the
+/// first member that does; `None` when the hook does not run for this incident.
+pub fn incident_match<'a>(hook: &HookConfig, incident: &'a Incident) -> Option<&'a Alert> {
+    if hook_matches(hook, &incident.cause.alert) {
+        return Some(&incident.cause.alert);
+    }
+    match hook.on.role {
+        HookRole::Cause => None,
+        HookRole::Any => incident.symptoms.iter().map(|m| &m.alert).find(|a| hook_matches(hook, a)),
+    }
+}
+
 /// How a hook invocation ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +96,9 @@ pub struct ActionRecord {
     pub hook: String,
     /// Alert that triggered it.
     pub alert_id: String,
+    /// The incident it acted on (`None` for a hook run by hand for a single alert).
+    #[serde(default)]
+    pub incident_id: Option<String>,
     /// Alert series (for quick reading).
     pub series: String,
     /// argv that was (or, for dry runs and skips, would have been) executed.
@@ -150,20 +166,40 @@ impl HookRunner {
         log.push_back(r);
     }
 
-    /// Decide synchronously which hooks run for `alert` (matching, cooldown, dry run) and spawn
-    /// the runs on `rt`. Callable from a non-async thread such as the detector's; returns the
-    /// spawned runs so callers may await them (the detector ignores them).
+    /// Decide synchronously which hooks run for a settled `incident` (matching, cooldown, dry run) and spawn
+    /// the runs on `rt`: each matching hook runs once, for the incident's cause (or, with `role = "any"`, the
+    /// member it matched). Callable from a non-async thread such as the detector's; returns the spawned runs
+    /// so callers may await them (the detector ignores them).
+    pub fn dispatch_incident(&self, rt: &Handle, incident: &Incident) -> Vec<JoinHandle<ActionRecord>> {
+        let runs: Vec<(&HookConfig, &Alert)> =
+            self.inner.hooks.iter().filter_map(|h| incident_match(h, incident).map(|a| (h, a))).collect();
+        self.start(rt, runs, Some(incident)).1
+    }
+
+    /// Decide which hooks run for one `alert` outside any incident and spawn them on `rt`.
     pub fn dispatch(&self, rt: &Handle, alert: &Alert) -> Vec<JoinHandle<ActionRecord>> {
         self.dispatch_inner(rt, alert).1
     }
 
     fn dispatch_inner(&self, rt: &Handle, alert: &Alert) -> (Vec<ActionRecord>, Vec<JoinHandle<ActionRecord>>) {
+        let runs: Vec<(&HookConfig, &Alert)> =
+            self.inner.hooks.iter().filter(|h| hook_matches(h, alert)).map(|h| (h, alert)).collect();
+        self.start(rt, runs, None)
+    }
+
+    fn start(
+        &self,
+        rt: &Handle,
+        runs: Vec<(&HookConfig, &Alert)>,
+        incident: Option<&Incident>,
+    ) -> (Vec<ActionRecord>, Vec<JoinHandle<ActionRecord>>) {
         let mut immediate = Vec::new();
         let mut handles = Vec::new();
-        for hook in self.inner.hooks.iter().filter(|h| hook_matches(h, alert)) {
+        for (hook, alert) in runs {
             let base = ActionRecord {
                 hook: hook.name.clone(),
                 alert_id: alert.id.clone(),
+                incident_id: incident.map(|i| i.id.clone()),
                 series: alert.series.clone(),
                 argv: hook.exec.clone(),
                 started_at: now_ms(),
@@ -193,8 +229,9 @@ impl HookRunner {
             let this = self.clone();
             let hook = hook.clone();
             let alert = alert.clone();
+            let incident = incident.cloned();
             handles.push(rt.spawn(async move {
-                let r = this.execute(&hook, &alert, base).await;
+                let r = this.execute(&hook, &alert, incident.as_ref(), base).await;
                 this.record(r.clone());
                 r
             }));
@@ -214,12 +251,23 @@ impl HookRunner {
         out
     }
 
-    async fn execute(&self, hook: &HookConfig, alert: &Alert, base: ActionRecord) -> ActionRecord {
+    async fn execute(
+        &self,
+        hook: &HookConfig,
+        alert: &Alert,
+        incident: Option<&Incident>,
+        base: ActionRecord,
+    ) -> ActionRecord {
         let permits = self.inner.permits.clone();
         let _permit = permits.acquire_owned().await;
         let t0 = Instant::now();
         let started_at = now_ms();
-        let json = serde_json::to_vec(alert).unwrap_or_default();
+        // The alert as stdin JSON, with the incident it belongs to (cause and symptoms) beside its own fields.
+        let mut doc = serde_json::to_value(alert).unwrap_or_default();
+        if let (Some(obj), Some(inc)) = (doc.as_object_mut(), incident) {
+            obj.insert("incident".into(), serde_json::to_value(inc).unwrap_or_default());
+        }
+        let json = serde_json::to_vec(&doc).unwrap_or_default();
         let mut cmd = tokio::process::Command::new(&hook.exec[0]);
         cmd.args(&hook.exec[1..])
             .stdin(Stdio::piped())
@@ -233,6 +281,24 @@ impl HookRunner {
             .env("PORTICO_ALERT_SCORE", format!("{:.4}", alert.score))
             .env("PORTICO_ALERT_VALUE", format!("{}", alert.value))
             .env("PORTICO_ADMIN_URL", &self.inner.admin_url);
+        match Scope::of(&alert.series) {
+            Scope::Endpoint { upstream, endpoint } => {
+                cmd.env("PORTICO_ALERT_UPSTREAM", upstream).env("PORTICO_ALERT_ENDPOINT", endpoint);
+            }
+            Scope::Upstream { upstream } => {
+                cmd.env("PORTICO_ALERT_UPSTREAM", upstream);
+            }
+            Scope::Listener { listener } => {
+                cmd.env("PORTICO_ALERT_LISTENER", listener);
+            }
+            Scope::Host => {}
+        }
+        if let Some(inc) = incident {
+            let symptoms: Vec<&str> = inc.symptoms.iter().map(|m| m.alert.series.as_str()).collect();
+            cmd.env("PORTICO_INCIDENT_ID", &inc.id)
+                .env("PORTICO_INCIDENT_CAUSE", &inc.cause.alert.series)
+                .env("PORTICO_INCIDENT_SYMPTOMS", symptoms.join(","));
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {

@@ -17,26 +17,36 @@
 
 pub mod alert;
 pub mod config;
+pub mod corpus;
 pub mod cpu;
 pub mod detector;
 pub mod error;
 pub mod eval;
+pub mod evidence;
+pub mod forecast;
 pub mod hook;
+pub mod incident;
 pub mod model;
+pub mod nab;
 pub mod sample;
 pub mod score;
+pub mod series;
+pub mod spread;
 pub mod store;
+pub mod time;
 pub mod train;
 
-pub use alert::{webhook_payload, Alert, AlertChange, AlertEngine, AlertState, Severity, Transition};
-pub use config::{AnomalyConfig, HookConfig, HookMatch, Thresholds};
+pub use alert::{incident_payload, webhook_payload, Alert, AlertChange, AlertEngine, AlertState, Severity, Transition};
+pub use config::{AnomalyConfig, HookConfig, HookMatch, HookRole, IncidentConfig, Thresholds};
 pub use cpu::{CpuSampler, CpuUsage};
 pub use detector::{load_model, AnomalyEvent, Detector, DetectorHandle, DetectorOptions, DetectorStats};
 pub use error::{AnomalyError, Result};
 pub use eval::{evaluate, EvalOptions, EvalReport, FaultLabel, LabelledScenario};
 pub use hook::{ActionRecord, HookRunner, Outcome};
+pub use incident::{Incident, IncidentChange, IncidentEngine, IncidentState, IncidentTransition, Scope, Topology};
 pub use model::{Forecaster, ModelMeta};
 pub use sample::{LatencyWindow, Quantiles, Tick};
 pub use score::{score_csv, score_series, ScoreSummary, Scorer, SeriesScore};
+pub use series::{DetectorKit, DetectorParams, SeriesDetector, Verdict};
 pub use store::{SeriesStore, StoreOptions};
 pub use train::{train, train_series, TrainOptions, TrainProgress, TrainReport};

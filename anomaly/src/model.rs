@@ -102,6 +102,14 @@ impl OnlineNorm {
         self.mean + z * self.std()
     }
 
+    /// Moves the mean to `y` and keeps the spread: after a regime change the new level is normal at once,
+    /// instead of after a whole normaliser window.
+    pub fn rebase(&mut self, y: f64) {
+        if self.n > 0 {
+            self.mean = y;
+        }
+    }
+
     /// Fold one transformed value into the statistics.
     pub fn update(&mut self, y: f64) {
         if self.n == 0 {

@@ -1,16 +1,5 @@
-//! From forecasts to anomaly scores in [0, 1].
-//!
-//! Each series gets two signals, both computed strictly from the past:
-//! * **surprise**: the absolute forecast error (normalised units) compared with an adaptive
-//!   threshold that learns that series' own error distribution online (EWMA mean/variance);
-//!   catches sudden changes such as spikes, bursts and drops;
-//! * **level**: how far the value sits from the series' slow, winsorised running mean; keeps a
-//!   sustained fault (which the forecaster soon learns to predict) anomalous while it lasts;
-//! * **drift**: a two-sided CUSUM of that same signed deviation (each tick clipped to ±`drift_clip`,
-//!   minus an allowance `drift_k`); catches a slow drift, which the running mean follows closely enough
-//!   that neither surprise nor level ever looks large, but whose deviation stays on one side for minutes.
-//!
-//! Each is mapped through a logistic curve and the score is the largest of the three.
+//! Scoring many series tick by tick (the live detector) and one series row by row (`portico anomaly score`),
+//! both with the same per-series detector ([`SeriesDetector`]), so what an evaluation rates is what runs.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -20,135 +9,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AnomalyError, Result};
-use crate::model::{inverse_transform, transform, Forecaster, LstmState, OnlineNorm};
+use crate::model::Forecaster;
 use crate::sample::Tick;
-
-/// Tuning of the score mapping. Defaults were chosen on the generated evaluation scenarios
-/// (see `models/portico-lstm.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ScoreParams {
-    /// EWMA weight for the error statistics (≈ 1 / memory in ticks).
-    pub error_alpha: f64,
-    /// Standardised surprise at which the surprise score is 0.5.
-    pub surprise_center: f64,
-    /// |z| of the value against its running baseline at which the level score is 0.5.
-    pub level_center: f64,
-    /// Logistic width (smaller = sharper transition).
-    pub width: f64,
-    /// Errors are winsorised to mean + `winsor_k` std before updating the statistics, so one
-    /// anomaly does not teach the threshold to ignore the next.
-    pub winsor_k: f64,
-    /// CUSUM allowance: deviations (in std) up to this much per tick are treated as noise.
-    #[serde(default = "default_drift_k")]
-    pub drift_k: f64,
-    /// CUSUM value at which the drift score is 0.5; 0 disables the drift component.
-    #[serde(default = "default_drift_h")]
-    pub drift_h: f64,
-    /// Per-tick deviation is clipped to ±this before entering the CUSUM, so a short spike (which
-    /// surprise already scores) cannot build a drift alert on its own.
-    #[serde(default = "default_drift_clip")]
-    pub drift_clip: f64,
-    /// Ticks a series must have been seen before its CUSUM runs: a young baseline is too noisy.
-    #[serde(default = "default_drift_min_ticks")]
-    pub drift_min_ticks: u64,
-}
-
-fn default_drift_k() -> f64 {
-    ScoreParams::default().drift_k
-}
-fn default_drift_h() -> f64 {
-    ScoreParams::default().drift_h
-}
-fn default_drift_clip() -> f64 {
-    ScoreParams::default().drift_clip
-}
-fn default_drift_min_ticks() -> u64 {
-    ScoreParams::default().drift_min_ticks
-}
-
-impl Default for ScoreParams {
-    fn default() -> Self {
-        ScoreParams {
-            error_alpha: 0.01,
-            surprise_center: 5.0,
-            level_center: 6.0,
-            width: 0.8,
-            winsor_k: 4.0,
-            drift_k: 1.0,
-            drift_h: 300.0,
-            drift_clip: 3.0,
-            drift_min_ticks: 300,
-        }
-    }
-}
-
-/// Two-sided CUSUM of a series' signed, standardised deviation from its running baseline.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Cusum {
-    up: f64,
-    down: f64,
-}
-
-impl Cusum {
-    /// Fold in one deviation `z` (std units); both sides are capped at `cap` so the statistic
-    /// comes back down within `cap / k` ticks once the series settles.
-    pub fn update(&mut self, z: f64, k: f64, clip: f64, cap: f64) {
-        let z = z.clamp(-clip, clip);
-        self.up = (self.up + z - k).clamp(0.0, cap);
-        self.down = (self.down - z - k).clamp(0.0, cap);
-    }
-
-    /// The larger side.
-    pub fn value(&self) -> f64 {
-        self.up.max(self.down)
-    }
-}
-
-fn logistic(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// Online distribution of one series' absolute forecast errors.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdaptiveThreshold {
-    n: u64,
-    mean: f64,
-    var: f64,
-    alpha: f64,
-    winsor_k: f64,
-}
-
-impl AdaptiveThreshold {
-    /// Empty statistics with EWMA weight `alpha`.
-    pub fn new(alpha: f64, winsor_k: f64) -> Self {
-        AdaptiveThreshold { n: 0, mean: 0.0, var: 0.0, alpha, winsor_k }
-    }
-
-    /// Errors folded in so far.
-    pub fn count(&self) -> u64 {
-        self.n
-    }
-
-    /// How many standard deviations `err` lies above the typical error.
-    pub fn standardise(&self, err: f64) -> f64 {
-        let std = self.var.sqrt().max(0.05 * self.mean.abs()).max(1e-3);
-        (err - self.mean) / std
-    }
-
-    /// Fold in one error (call *after* scoring it).
-    pub fn update(&mut self, err: f64) {
-        self.n += 1;
-        // Exact cumulative statistics until the EWMA window is reached, then exponential forgetting.
-        let alpha = (1.0 / self.n as f64).max(self.alpha);
-        let mut dev = err - self.mean;
-        if self.n > 20 {
-            let lim = self.winsor_k * self.var.sqrt().max(1e-3);
-            dev = dev.min(lim);
-        }
-        self.mean += alpha * dev;
-        self.var = (1.0 - alpha) * (self.var + alpha * dev * dev);
-    }
-}
+use crate::series::{DetectorKit, DetectorParams, SeriesDetector};
+use crate::time::parse_timestamp;
 
 /// One series' score for one tick.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,48 +23,52 @@ pub struct SeriesScore {
     pub timestamp_ms: i64,
     /// Observed value.
     pub value: f64,
-    /// What the model forecast for this tick (raw units), if it had a forecast.
+    /// What the series was expected to do (raw units), once forecasts exist.
     pub predicted: Option<f64>,
-    /// Anomaly score in [0, 1]; 0 during warmup.
+    /// Anomaly score in [0, 1); 0 during warmup. High where an anomaly starts, decaying while it lasts.
     pub score: f64,
-    /// Standardised forecast surprise (diagnostic).
-    pub surprise: f64,
-    /// |z| of the value against the running baseline (diagnostic).
-    pub level: f64,
-    /// CUSUM of the signed deviation from the baseline (diagnostic; 0 while too young).
+    /// The score without that decay: how strong the deviation is now (what alerts compare with thresholds).
     #[serde(default)]
-    pub drift: f64,
+    pub strength: f64,
+    /// Signed residual in usual errors (diagnostic).
+    pub residual: f64,
+    /// Residual over the series' own tail: what the score is made of (diagnostic).
+    pub evidence: f64,
+    /// Whether the value belongs to an anomalous event (the ensemble is not learning it).
+    #[serde(default)]
+    pub in_event: bool,
 }
 
-#[derive(Debug)]
-struct Track {
-    norm: OnlineNorm,
-    state: LstmState,
-    /// Forecast for the next value: (normalised, raw).
-    forecast: Option<(f64, f64)>,
-    errors: AdaptiveThreshold,
-    cusum: Cusum,
-    seen: u64,
+/// The smallest change that matters for a live series, by the kind its name ends with: an error ratio must
+/// move by a percentage point, a latency by a millisecond, a CPU share by a percentage point. Without it a
+/// series that is flat at zero would call its first single error an anomaly.
+pub fn kind_floor(series: &str) -> f64 {
+    let kind = series.rsplit('.').next().unwrap_or("");
+    match kind {
+        "error_ratio" => 0.01,
+        k if k.starts_with("latency") => 1.0,
+        "cpu" => 1.0,
+        "qps" | "active_connections" | "active_requests" => 1.0,
+        _ => 0.0,
+    }
 }
 
 /// Streaming scorer over any number of series; one [`Scorer::score_tick`] call per tick.
 #[derive(Debug)]
 pub struct Scorer {
-    model: Arc<Forecaster>,
-    params: ScoreParams,
-    warmup: u64,
-    tracks: HashMap<String, Track>,
+    kit: DetectorKit,
+    tracks: HashMap<String, SeriesDetector>,
 }
 
 impl Scorer {
-    /// Scorer with default [`ScoreParams`]; series score 0 for their first `warmup` ticks.
-    pub fn new(model: Arc<Forecaster>, warmup: u32) -> Self {
-        Self::with_params(model, warmup, ScoreParams::default())
+    /// Scorer with default tuning; series score 0 for their first `warmup` ticks.
+    pub fn new(model: Arc<Forecaster>, warmup: u32) -> Result<Self> {
+        Self::with_params(model, DetectorParams { warmup, ..DetectorParams::default() })
     }
 
     /// Scorer with explicit tuning.
-    pub fn with_params(model: Arc<Forecaster>, warmup: u32, params: ScoreParams) -> Self {
-        Scorer { model, params, warmup: u64::from(warmup), tracks: HashMap::new() }
+    pub fn with_params(model: Arc<Forecaster>, params: DetectorParams) -> Result<Self> {
+        Ok(Scorer { kit: DetectorKit::new(&model, params)?, tracks: HashMap::new() })
     }
 
     /// Number of series seen.
@@ -208,100 +76,63 @@ impl Scorer {
         self.tracks.len()
     }
 
-    /// Score every finite value of `tick`, then advance the model one step for those series.
-    ///
-    /// Scores at tick *t* depend only on ticks ≤ *t*: statistics are updated after use and the
-    /// forecast for *t* was made at *t − 1*.
+    /// Scores every finite value of `tick`. A score at tick *t* depends only on ticks ≤ *t*.
     pub fn score_tick(&mut self, tick: &Tick) -> Result<Vec<SeriesScore>> {
-        let p = self.params;
         let mut out = Vec::with_capacity(tick.values.len());
-        let mut inputs: Vec<(String, f32)> = Vec::with_capacity(tick.values.len());
         for (name, &value) in &tick.values {
             if !value.is_finite() {
                 continue;
             }
-            let model = &self.model;
-            let tr = self.tracks.entry(name.clone()).or_insert_with(|| Track {
-                norm: OnlineNorm::new(model.meta().normalisation),
-                state: model.zero_state(),
-                forecast: None,
-                errors: AdaptiveThreshold::new(p.error_alpha, p.winsor_k),
-                cusum: Cusum::default(),
-                seen: 0,
-            });
-            let y = transform(value);
-            let z = tr.norm.normalize(y);
-            let mut s = SeriesScore {
+            let detector = match self.tracks.get_mut(name) {
+                Some(d) => d,
+                None => self.tracks.entry(name.clone()).or_insert_with(|| self.kit.series(None, kind_floor(name))),
+            };
+            let v = detector.observe(value);
+            out.push(SeriesScore {
                 series: name.clone(),
                 timestamp_ms: tick.timestamp_ms,
                 value,
-                predicted: tr.forecast.map(|f| f.1),
-                score: 0.0,
-                surprise: 0.0,
-                level: if tr.norm.count() > 1 { z.abs() } else { 0.0 },
-                drift: 0.0,
-            };
-            if p.drift_h > 0.0 && tr.seen >= p.drift_min_ticks.max(self.warmup) {
-                tr.cusum.update(z, p.drift_k, p.drift_clip, 1.5 * p.drift_h);
-                s.drift = tr.cusum.value();
-            }
-            if let Some((fz, _)) = tr.forecast {
-                let err = (z - fz).abs();
-                s.surprise = tr.errors.standardise(err);
-                if tr.seen >= self.warmup {
-                    let surprise = logistic((s.surprise - p.surprise_center) / p.width);
-                    let level = logistic((s.level - p.level_center) / p.width);
-                    // Same steepness as the others relative to the centre: 0.5 at h, ~0.92 at 1.3 h.
-                    let drift = if p.drift_h > 0.0 {
-                        logistic((s.drift / p.drift_h - 1.0) * p.level_center / p.width)
-                    } else {
-                        0.0
-                    };
-                    s.score = surprise.max(level).max(drift).clamp(0.0, 1.0);
-                }
-                tr.errors.update(err);
-            }
-            tr.seen += 1;
-            tr.norm.update(y);
-            inputs.push((name.clone(), tr.norm.normalize(y) as f32));
-            out.push(s);
-        }
-        // One batched LSTM step for all series present in this tick.
-        let names: Vec<&String> = inputs.iter().map(|(n, _)| n).collect();
-        let mut states: Vec<(f32, LstmState)> = inputs
-            .iter()
-            .map(|(n, x)| (*x, self.tracks.get_mut(n).map(|t| std::mem::take(&mut t.state)).unwrap_or_default()))
-            .collect();
-        let mut batch: Vec<(f32, &mut LstmState)> = states.iter_mut().map(|(x, s)| (*x, s)).collect();
-        let preds = self.model.step(&mut batch)?;
-        for ((name, (_, st)), fz) in names.into_iter().zip(states).zip(preds) {
-            if let Some(tr) = self.tracks.get_mut(name) {
-                tr.state = st;
-                let fz = f64::from(fz);
-                tr.forecast = Some((fz, inverse_transform(tr.norm.denormalize(fz))));
-            }
+                predicted: v.expected,
+                score: v.score,
+                strength: v.strength,
+                residual: v.residual,
+                evidence: v.evidence,
+                in_event: v.in_event,
+            });
         }
         Ok(out)
     }
 }
 
-/// Score one series given as values in row order (`None` = missing or unreadable, scored 0), exactly as
-/// [`score_csv`] scores the rows of a file: the same scorer, warmup and tuning, no look-ahead. Evaluation
-/// harnesses call this, so what they rate is what `portico anomaly score` writes.
-pub fn score_series(model: &Arc<Forecaster>, values: &[Option<f64>]) -> Result<Vec<f64>> {
-    let mut scorer = Scorer::with_params(model.clone(), CSV_WARMUP, ScoreParams::default());
+/// Warmup (rows scored 0) of [`score_csv`] and [`score_series`].
+pub const CSV_WARMUP: u32 = 50;
+
+/// A day's length in rows for a series sampled every `interval_ms`, when it is a whole number of rows.
+pub fn day_rows(interval_ms: i64) -> Option<usize> {
+    (interval_ms > 0 && 86_400_000 % interval_ms == 0).then(|| (86_400_000 / interval_ms) as usize)
+}
+
+/// The median step of the first timestamps, unix ms.
+fn interval_of(timestamps: &[i64]) -> Option<i64> {
+    let mut steps: Vec<i64> = timestamps.windows(2).map(|w| w[1] - w[0]).filter(|d| *d > 0).collect();
+    steps.sort_unstable();
+    steps.get(steps.len() / 2).copied()
+}
+
+/// Scores one series given as values in row order (`None` = missing, scored 0), exactly as [`score_csv`]
+/// scores the rows of a file: the same detector, warmup and tuning, no look-ahead. `interval_ms` is the
+/// sampling interval when known. Evaluation harnesses call this, so what they rate is what
+/// `portico anomaly score` writes.
+pub fn score_series(kit: &DetectorKit, values: &[Option<f64>], interval_ms: Option<i64>) -> Vec<f64> {
+    let mut d = kit.series(interval_ms.and_then(day_rows), 0.0);
     values
         .iter()
-        .enumerate()
-        .map(|(i, v)| match v.filter(|v| v.is_finite()) {
-            Some(v) => Ok(scorer.score_tick(&Tick::new(i as i64).with("value", v))?.first().map_or(0.0, |s| s.score)),
-            None => Ok(0.0),
+        .map(|v| match v.filter(|v| v.is_finite()) {
+            Some(v) => d.observe(v).score,
+            None => d.skip().score,
         })
         .collect()
 }
-
-/// Warmup (rows scored 0) of [`score_csv`] and [`score_series`].
-pub const CSV_WARMUP: u32 = 60;
 
 /// Result of [`score_csv`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,29 +145,37 @@ pub struct ScoreSummary {
     pub max_score: f64,
     /// Row index (0-based, data rows) of the highest score.
     pub max_row: usize,
-    /// Rows scoring at or above 0.7 (the default warning threshold).
-    pub rows_above_warning: usize,
+    /// Rows scoring at or above 0.5, where the detector opens an event.
+    pub rows_in_events: usize,
+    /// The sampling interval read from the timestamps, ms (`None` without a timestamp column).
+    pub interval_ms: Option<i64>,
 }
 
-/// Stream `input` (CSV with a header and a `value` column, else the second column) through the
-/// model with no look-ahead and write every row unchanged plus an `anomaly_score` column.
+/// Rows read before the detector starts, to learn the sampling interval from their timestamps.
+const INTERVAL_ROWS: usize = 16;
+
+/// Streams `input` (`-` for standard input; CSV with a header, a `value` column — else the second column — and a `timestamp` column —
+/// else the first, when it reads as one) through the detector with no look-ahead and writes every row
+/// unchanged plus an `anomaly_score` column to `output` (`-` for standard output).
 ///
-/// Rows are processed one at a time; the score of row *t* never depends on later rows. The first
-/// rows (warmup) score 0. Fields are split on commas (no quoting), matching what Portico exports.
-pub fn score_csv(input: &Path, output: &Path, model: &Forecaster) -> Result<ScoreSummary> {
-    score_csv_with(input, output, model, CSV_WARMUP, ScoreParams::default())
+/// The score of row *t* never depends on later values. The first rows (warmup) score 0. Fields are split on
+/// commas (no quoting), matching what Portico and most monitoring exports write.
+pub fn score_csv(input: &Path, output: &Path, model: &Arc<Forecaster>) -> Result<ScoreSummary> {
+    score_csv_with(
+        input,
+        output,
+        &DetectorKit::new(model, DetectorParams { warmup: CSV_WARMUP, ..Default::default() })?,
+    )
 }
 
-/// [`score_csv`] with explicit warmup and tuning.
-pub fn score_csv_with(
-    input: &Path,
-    output: &Path,
-    model: &Forecaster,
-    warmup: u32,
-    params: ScoreParams,
-) -> Result<ScoreSummary> {
-    let f = std::fs::File::open(input).map_err(|e| AnomalyError::io(input, e))?;
-    let mut lines = BufReader::new(f).lines();
+/// [`score_csv`] with an explicit kit (members and tuning).
+pub fn score_csv_with(input: &Path, output: &Path, kit: &DetectorKit) -> Result<ScoreSummary> {
+    let reader: Box<dyn std::io::Read> = if input == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(input).map_err(|e| AnomalyError::io(input, e))?)
+    };
+    let mut lines = BufReader::with_capacity(1 << 16, reader).lines();
     let header = lines
         .next()
         .ok_or_else(|| AnomalyError::Data(format!("{}: empty file", input.display())))?
@@ -345,27 +184,26 @@ pub fn score_csv_with(
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
     let vcol = cols.iter().position(|c| *c == "value").or(if cols.len() >= 2 { Some(1) } else { None });
     let vcol = vcol.ok_or_else(|| AnomalyError::Data(format!("{}: need a `value` column", input.display())))?;
-    let out = std::fs::File::create(output).map_err(|e| AnomalyError::io(output, e))?;
-    let mut w = BufWriter::new(out);
+    let tcol = cols.iter().position(|c| c.eq_ignore_ascii_case("timestamp")).or((vcol != 0).then_some(0));
+    let out: Box<dyn Write> = if output == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(output).map_err(|e| AnomalyError::io(output, e))?)
+    };
+    let mut w = BufWriter::with_capacity(1 << 16, out);
     let werr = |e| AnomalyError::io(output, e);
     writeln!(w, "{header},anomaly_score").map_err(werr)?;
-    let mut scorer = Scorer::with_params(Arc::new(model.clone()), warmup, params);
-    let mut sum = ScoreSummary { rows: 0, skipped: 0, max_score: 0.0, max_row: 0, rows_above_warning: 0 };
-    for (i, line) in lines.enumerate() {
-        let line = line.map_err(|e| AnomalyError::io(input, e))?;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value = line.split(',').nth(vcol).and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite());
+    let mut sum =
+        ScoreSummary { rows: 0, skipped: 0, max_score: 0.0, max_row: 0, rows_in_events: 0, interval_ms: None };
+    let mut pending: Vec<(String, Option<f64>)> = Vec::with_capacity(INTERVAL_ROWS);
+    let mut stamps = Vec::with_capacity(INTERVAL_ROWS);
+    let mut detector: Option<SeriesDetector> = None;
+    let mut emit = |d: &mut SeriesDetector, line: &str, value: Option<f64>, sum: &mut ScoreSummary| -> Result<()> {
         let score = match value {
-            Some(v) => {
-                let t = Tick::new(i as i64).with("value", v);
-                scorer.score_tick(&t)?.first().map(|s| s.score).unwrap_or(0.0)
-            }
+            Some(v) => d.observe(v).score,
             None => {
                 sum.skipped += 1;
-                0.0
+                d.skip().score
             }
         };
         writeln!(w, "{line},{score:.6}").map_err(werr)?;
@@ -373,10 +211,42 @@ pub fn score_csv_with(
             sum.max_score = score;
             sum.max_row = sum.rows;
         }
-        if score >= 0.7 {
-            sum.rows_above_warning += 1;
-        }
+        sum.rows_in_events += usize::from(score >= 0.5);
         sum.rows += 1;
+        Ok(())
+    };
+    for line in lines {
+        let line = line.map_err(|e| AnomalyError::io(input, e))?;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = line.split(',');
+        let value = fields.clone().nth(vcol).and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite());
+        match &mut detector {
+            Some(d) => emit(d, line, value, &mut sum)?,
+            None => {
+                if let Some(t) = tcol.and_then(|c| fields.nth(c)).and_then(parse_timestamp) {
+                    stamps.push(t);
+                }
+                pending.push((line.to_string(), value));
+                if pending.len() == INTERVAL_ROWS {
+                    sum.interval_ms = interval_of(&stamps);
+                    let mut d = kit.series(sum.interval_ms.and_then(day_rows), 0.0);
+                    for (line, value) in pending.drain(..) {
+                        emit(&mut d, &line, value, &mut sum)?;
+                    }
+                    detector = Some(d);
+                }
+            }
+        }
+    }
+    if detector.is_none() {
+        sum.interval_ms = interval_of(&stamps);
+        let mut d = kit.series(sum.interval_ms.and_then(day_rows), 0.0);
+        for (line, value) in pending.drain(..) {
+            emit(&mut d, &line, value, &mut sum)?;
+        }
     }
     w.flush().map_err(werr)?;
     Ok(sum)
@@ -387,12 +257,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn adaptive_threshold_learns_scale() {
-        let mut t = AdaptiveThreshold::new(0.01, 4.0);
-        for i in 0..2000 {
-            t.update(if i % 2 == 0 { 0.5 } else { 1.5 });
-        }
-        assert!(t.standardise(1.0).abs() < 0.5);
-        assert!(t.standardise(6.0) > 4.0);
+    fn kinds_have_floors() {
+        assert_eq!(kind_floor("upstream.app.error_ratio"), 0.01);
+        assert_eq!(kind_floor("listener.web.latency_p99"), 1.0);
+        assert_eq!(kind_floor("process.cpu"), 1.0);
+        assert_eq!(kind_floor("value"), 0.0);
+        assert_eq!(day_rows(300_000), Some(288));
+        assert_eq!(day_rows(7_000), None);
     }
 }

@@ -18,5 +18,5 @@ pub use error::ClusterError;
 pub use node::{raft_config, Cluster, ClusterSettings, ClusterStatus, MemberStatus, MembershipChange};
 pub use types::{
     Applied, ClusterState, Command, EndpointChange, EndpointOverride, Module, NodeId, PluginVersions, Proposal,
-    CHUNK_BYTES,
+    RegisteredEndpoint, RegistrationChange, CHUNK_BYTES,
 };

@@ -60,6 +60,38 @@ pub enum EndpointChange {
     Weight(u32),
 }
 
+/// How an admin call changes one registered endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationChange {
+    /// Add it, or renew it (a heartbeat): its TTL restarts on every node.
+    Register {
+        /// Share of traffic.
+        weight: u32,
+        /// Ends unless renewed within this many milliseconds.
+        ttl_ms: Option<u64>,
+    },
+    /// Remove it.
+    Deregister,
+    /// Remove it if its last renewal is still `serial` (the leader collecting a registration whose TTL ran
+    /// out; a renewal that got in first wins, and this changes nothing).
+    Expire {
+        /// The renewal the leader saw expire.
+        serial: u64,
+    },
+}
+
+/// An endpoint registered through the admin API, as replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredEndpoint {
+    /// Share of traffic.
+    pub weight: u32,
+    /// Ends unless renewed within this many milliseconds (each node counts from when it applied `serial`).
+    pub ttl_ms: Option<u64>,
+    /// Log index of the last registration or renewal: a node restarts the TTL when this changes.
+    pub serial: u64,
+}
+
 /// Largest piece of a module in one log entry. openraft gives one append RPC `heartbeat_interval` to finish,
 /// so modules (often megabytes) travel as many small entries rather than one large one.
 pub const CHUNK_BYTES: usize = 64 * 1024;
@@ -109,6 +141,15 @@ pub enum Command {
         endpoint: String,
         /// What to do.
         change: EndpointChange,
+    },
+    /// Register, renew or deregister an endpoint of an upstream (the admin API's registration calls).
+    Registration {
+        /// Upstream group.
+        upstream: String,
+        /// `ip:port`.
+        address: String,
+        /// What to do.
+        change: RegistrationChange,
     },
 }
 
@@ -169,6 +210,9 @@ pub struct ClusterState {
     /// Modules arriving in pieces, by sha256.
     #[serde(default)]
     pub staged: BTreeMap<String, Staged>,
+    /// Registered endpoints by upstream group, then by address.
+    #[serde(default)]
+    pub registrations: BTreeMap<String, BTreeMap<String, RegisteredEndpoint>>,
     /// Index of the last log entry applied.
     pub applied_index: u64,
 }
@@ -283,6 +327,38 @@ impl ClusterState {
                     EndpointChange::Drain => entry.drained = true,
                     EndpointChange::Undrain => entry.drained = false,
                     EndpointChange::Weight(w) => entry.weight = Some(*w),
+                }
+                None
+            }
+            Command::Registration { upstream, address, change } => {
+                match change {
+                    RegistrationChange::Register { weight, ttl_ms } => {
+                        let serial = self.applied_index;
+                        let group = self.registrations.entry(upstream.clone()).or_default();
+                        group.insert(address.clone(), RegisteredEndpoint { weight: *weight, ttl_ms: *ttl_ms, serial });
+                    }
+                    RegistrationChange::Expire { serial } => {
+                        let group = self.registrations.get_mut(upstream);
+                        if let Some(group) = group {
+                            if group.get(address).is_some_and(|r| r.serial == *serial) {
+                                group.remove(address);
+                            }
+                            if group.is_empty() {
+                                self.registrations.remove(upstream);
+                            }
+                        }
+                    }
+                    RegistrationChange::Deregister => {
+                        let Some(group) = self.registrations.get_mut(upstream) else {
+                            return Some(format!("{address} is not registered in {upstream:?}"));
+                        };
+                        if group.remove(address).is_none() {
+                            return Some(format!("{address} is not registered in {upstream:?}"));
+                        }
+                        if group.is_empty() {
+                            self.registrations.remove(upstream);
+                        }
+                    }
                 }
                 None
             }
@@ -420,6 +496,40 @@ mod tests {
         // A module already in the state needs no staging.
         assert!(state.has_module(&big.sha256));
         assert_eq!(state.apply(&Command::PutPlugin { name: "r".into(), sha256: big.sha256.clone() }), None);
+    }
+
+    #[test]
+    fn registrations_record_their_renewal_index_and_deregistering_the_unknown_is_refused() {
+        let mut state = ClusterState::default();
+        let register = |ttl_ms| Command::Registration {
+            upstream: "app".into(),
+            address: "127.0.0.1:80".into(),
+            change: RegistrationChange::Register { weight: 2, ttl_ms },
+        };
+        state.applied_index = 7;
+        assert_eq!(state.apply(&register(Some(1000))), None);
+        assert_eq!(
+            state.registrations["app"]["127.0.0.1:80"],
+            RegisteredEndpoint { weight: 2, ttl_ms: Some(1000), serial: 7 }
+        );
+        state.applied_index = 9;
+        assert_eq!(state.apply(&register(None)), None);
+        assert_eq!(state.registrations["app"]["127.0.0.1:80"].serial, 9, "a renewal is a new serial");
+        let expire = |serial| Command::Registration {
+            upstream: "app".into(),
+            address: "127.0.0.1:80".into(),
+            change: RegistrationChange::Expire { serial },
+        };
+        assert_eq!(state.apply(&expire(7)), None);
+        assert!(state.registrations["app"].contains_key("127.0.0.1:80"), "a renewal got in before the expiry");
+        let deregister = Command::Registration {
+            upstream: "app".into(),
+            address: "127.0.0.1:80".into(),
+            change: RegistrationChange::Deregister,
+        };
+        assert_eq!(state.apply(&deregister), None);
+        assert!(state.registrations.is_empty());
+        assert!(state.apply(&deregister).is_some_and(|e| e.contains("not registered")));
     }
 
     #[test]

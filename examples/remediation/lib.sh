@@ -15,14 +15,34 @@ admin_curl() {
     fi
 }
 
-# Upstream name from a series like upstream.<name>.<metric>; empty if not an upstream series.
+# Upstream name of the alert: PORTICO_ALERT_UPSTREAM (set for upstream and endpoint series), else read from a
+# series like upstream.<name>.<metric>; empty if the series is about neither.
 alert_upstream() {
+    if [ -n "${PORTICO_ALERT_UPSTREAM:-}" ]; then
+        echo "$PORTICO_ALERT_UPSTREAM"
+        return
+    fi
     python3 -c '
 import sys
 s = sys.argv[1]
 if s.startswith("upstream.") and s.count(".") >= 2:
     print(s[len("upstream."):s.rindex(".")])
 ' "$PORTICO_ALERT_SERIES"
+}
+
+# Exit 0 if endpoint $2 of upstream $1 is serving and draining it leaves at least $3 serving, reading
+# GET /upstreams JSON on stdin.
+can_drain() {
+    python3 -c '
+import json, sys
+name, address, min_left = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for u in json.load(sys.stdin):
+    if u.get("name") != name:
+        continue
+    live = [e["address"] for e in u.get("endpoints", []) if e.get("status") in ("healthy", "unhealthy")]
+    sys.exit(0 if address in live and len(live) - 1 >= min_left else 1)
+sys.exit(1)
+' "$1" "$2" "$3"
 }
 
 # Print "<address> <weight>" of the endpoint with the highest latency in upstream $1 among

@@ -79,8 +79,21 @@ impl CalloutResponder {
 
     /// Feed the result into the plugin (`None` = failed). Runs the guest callback synchronously; call it from
     /// the task that performed the request, not from inside [`crate::HostServices::http_call`].
+    /// A response body over [`crate::limits::MAX_HTTP_CALL_RESPONSE_BODY`] is delivered as a failed callout.
     pub fn complete(mut self, response: Option<HttpCallResponse>) -> Result<(), PluginFailure> {
         self.done = true;
+        let limit = crate::limits::MAX_HTTP_CALL_RESPONSE_BODY;
+        let response = match response {
+            Some(r) if r.body.len() > limit => {
+                tracing::warn!(
+                    token = self.token,
+                    body_bytes = r.body.len(),
+                    "callout response body over {limit} bytes: delivered as a failed callout"
+                );
+                None
+            }
+            other => other,
+        };
         match self.sink.upgrade() {
             Some(p) => p.on_http_call_response(self.token, response),
             None => Ok(()),

@@ -9,12 +9,12 @@
 //! 4. One task per plugin calls [`Plugin::run_ticks`] for `proxy_on_tick` and deferred queue notifications.
 //!
 //! The modules follow wasmtime's Engine / Module / Linker / Store split, and depend on each other one way:
-//! the data types at the bottom (`error`, `types`, `abi`, `candidates`, `codec`, `callout`, `services`,
-//! `budget`, `metrics`, `shared`), then `context` (an instance's stream contexts) and `store` (its host state),
-//! `memory` (guest memory access), `host` (one file per hostcall group), `linker`, `module`, `engine`,
-//! `instance` (one VM), `spec`, `worker` (the instances a worker thread owns), `pool` (a plugin version's
-//! instances), `deliver` (work outside the phases: callouts, queues, ticks), `stream` (a request's phases),
-//! `pause` and `select`. `LIFECYCLE.md` beside them tells how contexts, instance generations, ownership,
+//! the data types at the bottom (`limits`, `error`, `types`, `abi`, `candidates`, `codec`, `callout`,
+//! `services`, `budget`, `metrics`, `shared`), then `context` (an instance's stream contexts) and `store` (its
+//! host state), `memory` (guest memory access), `host` (one file per hostcall group), `linker`, `module`,
+//! `engine`, `instance` (one VM), `spec`, `worker` (the instances a worker thread owns), `pool` (a plugin
+//! version's instances), `deliver` (work outside the phases: callouts, queues, ticks), `stream` (a request's
+//! phases), `pause` and `select`. `LIFECYCLE.md` beside them tells how contexts, instance generations, ownership,
 //! failures, restarts and pauses fit together.
 //!
 //! See `plugins/README.md` for the ABI coverage table and the upstream-selection extension. Bundled plugins
@@ -32,6 +32,7 @@ mod engine;
 mod error;
 mod host;
 mod instance;
+pub mod limits;
 mod linker;
 mod memory;
 mod metrics;

@@ -103,10 +103,30 @@ struct Defined {
 pub(crate) struct GuestMetrics(Mutex<Defined>);
 
 impl GuestMetrics {
-    pub fn define(&self, families: &EngineMetrics, plugin: &str, t: i32, name: &str) -> Option<u32> {
+    /// The metric's id, or the ABI status to answer: `BAD_ARGUMENT` for an unknown type or a name over
+    /// [`crate::limits::MAX_METRIC_NAME`], `INTERNAL_FAILURE` once the plugin has defined
+    /// [`crate::limits::MAX_METRICS_PER_PLUGIN`] (each is a series that lives as long as the process).
+    pub fn define(&self, families: &EngineMetrics, plugin: &str, t: i32, name: &str) -> Result<u32, i32> {
+        use crate::limits::{MAX_METRICS_PER_PLUGIN, MAX_METRIC_NAME};
         let mut gm = self.0.lock();
         if let Some(id) = gm.by_name.get(&(t, name.to_string())) {
-            return Some(*id);
+            return Ok(*id);
+        }
+        if name.len() > MAX_METRIC_NAME {
+            crate::limits::refused(
+                plugin,
+                format_args!("proxy_define_metric refused: name of {} bytes, over {MAX_METRIC_NAME}", name.len()),
+            );
+            return Err(abi::BAD_ARGUMENT);
+        }
+        if gm.list.len() >= MAX_METRICS_PER_PLUGIN {
+            crate::limits::refused(
+                plugin,
+                format_args!(
+                    "proxy_define_metric refused: the plugin already defined {MAX_METRICS_PER_PLUGIN} metrics"
+                ),
+            );
+            return Err(abi::INTERNAL_FAILURE);
         }
         let labels = [plugin, name];
         let m = families;
@@ -114,12 +134,12 @@ impl GuestMetrics {
             abi::METRIC_COUNTER => GuestMetric::Counter(m.guest_counter.with_label_values(&labels)),
             abi::METRIC_GAUGE => GuestMetric::Gauge(m.guest_gauge.with_label_values(&labels)),
             abi::METRIC_HISTOGRAM => GuestMetric::Histogram(m.guest_histogram.with_label_values(&labels)),
-            _ => return None,
+            _ => return Err(abi::BAD_ARGUMENT),
         };
         gm.list.push(metric);
-        let id = u32::try_from(gm.list.len()).ok()?;
+        let id = u32::try_from(gm.list.len()).map_err(|_| abi::INTERNAL_FAILURE)?;
         gm.by_name.insert((t, name.to_string()), id);
-        Some(id)
+        Ok(id)
     }
 
     /// The metric the guest got `id` for, to keep per instance (updates then take no lock).

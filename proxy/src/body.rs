@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// What Portico sends upstream: the client's body as it arrives, or bytes Portico already holds.
@@ -15,12 +17,59 @@ pub enum RequestBody {
     Stream(Incoming),
     /// Held in memory (empty for bodiless requests, so they can be retried).
     Full(Option<Bytes>),
+    /// Streamed from the client, watched so a failed exchange can be told apart from a failed upstream.
+    Watched(Incoming, Arc<ClientBodyWatch>),
 }
 
 impl RequestBody {
     /// A body with no bytes.
     pub fn empty() -> Self {
         RequestBody::Full(None)
+    }
+
+    /// The client's streamed body and a watch on it; other bodies as they are.
+    pub fn watched(self) -> (Self, Option<Arc<ClientBodyWatch>>) {
+        match self {
+            RequestBody::Stream(incoming) => {
+                let watch = Arc::new(ClientBodyWatch::default());
+                (RequestBody::Watched(incoming, watch.clone()), Some(watch))
+            }
+            other => (other, None),
+        }
+    }
+}
+
+/// What became of a client's request body on its way upstream. When the exchange with the upstream fails, this
+/// says whose fault it was: a body the client broke (an invalid chunk, a connection closed before the
+/// `Content-Length` was complete) or never finished sending is the client's, and must neither be answered 502
+/// nor count against the endpoint (outlier detection, retries).
+#[derive(Debug, Default)]
+pub struct ClientBodyWatch(AtomicU8);
+
+const READING: u8 = 0;
+const WAITING_ON_CLIENT: u8 = 1;
+const ENDED: u8 = 2;
+const CLIENT_FAILED: u8 = 3;
+
+impl ClientBodyWatch {
+    /// The client's body could not be read (malformed framing, connection closed early).
+    pub fn client_failed(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == CLIENT_FAILED
+    }
+
+    /// The upstream side was waiting for more of the client's body when last asked: a stall is the client's.
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == WAITING_ON_CLIENT
+    }
+
+    fn record<T>(&self, polled: &Poll<Option<Result<T, hyper::Error>>>) {
+        let state = match polled {
+            Poll::Pending => WAITING_ON_CLIENT,
+            Poll::Ready(Some(Ok(_))) => READING,
+            Poll::Ready(None) => ENDED,
+            Poll::Ready(Some(Err(_))) => CLIENT_FAILED,
+        };
+        self.0.store(state, Ordering::Relaxed);
     }
 }
 
@@ -32,19 +81,24 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Stream(incoming) => Pin::new(incoming).poll_frame(cx),
             RequestBody::Full(bytes) => Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            RequestBody::Watched(incoming, watch) => {
+                let polled = Pin::new(incoming).poll_frame(cx);
+                watch.record(&polled);
+                polled
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Stream(incoming) => incoming.is_end_stream(),
+            RequestBody::Stream(incoming) | RequestBody::Watched(incoming, _) => incoming.is_end_stream(),
             RequestBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Stream(incoming) => incoming.size_hint(),
+            RequestBody::Stream(incoming) | RequestBody::Watched(incoming, _) => incoming.size_hint(),
             RequestBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
@@ -55,6 +109,12 @@ impl Body for RequestBody {
 pub trait BodyGuard: Send + Sync + 'static {
     /// Called once when the body ends, with whether it ended cleanly.
     fn finish(&mut self, ok: bool);
+
+    /// Called each time the client's side asks for more of the body (for the send timeout): with `true` when
+    /// none is there yet (the body waits for the upstream), with `false` when a frame was handed over.
+    fn progress(&self, waiting_on_upstream: bool) {
+        let _ = waiting_on_upstream;
+    }
 }
 
 /// Why a response body was cut short after its headers were sent (a plugin failed or refused mid-body, or the
@@ -129,7 +189,11 @@ impl Body for ResponseBody {
                     Poll::Ready(None) => finish(guard, true),
                     Poll::Ready(Some(Err(_))) => finish(guard, false),
                     Poll::Ready(Some(Ok(_))) if incoming.is_end_stream() => finish(guard, true),
-                    _ => {}
+                    Poll::Ready(Some(Ok(_))) | Poll::Pending => {
+                        if let Some(g) = guard {
+                            g.progress(polled.is_pending());
+                        }
+                    }
                 }
                 polled.map_err(BoxError::from)
             }

@@ -314,9 +314,64 @@ async fn apply(server: &Server, link: &ClusterLink, state: &ClusterState, last: 
         *last = shape;
     }
     apply_endpoint_overrides(server, state);
+    apply_registrations(server, state);
 }
 
-fn apply_endpoint_overrides(server: &Server, state: &ClusterState) {
+/// How often the leader looks for registrations whose TTL ran out.
+const COLLECT_EXPIRED: Duration = Duration::from_secs(1);
+
+/// On the confirmed leader, removes from the replicated state the registrations whose TTL ran out (every node
+/// already stopped using them; this keeps the state from growing with services that left without a `DELETE`).
+/// Each removal names the renewal it saw expire, so a heartbeat that got in first wins.
+pub async fn collect_expired(server: Weak<Server>, link: Arc<ClusterLink>) {
+    let mut tick = tokio::time::interval(COLLECT_EXPIRED);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(server) = server.upgrade() else { return };
+        if !link.cluster.status().leader_confirmed {
+            continue;
+        }
+        for (upstream, address, serial) in server.shared.discovery.expired_replicated() {
+            let change = portico_cluster::RegistrationChange::Expire { serial };
+            let command = Command::Registration { upstream, address: address.to_string(), change };
+            if let Err(e) = link.cluster.propose(Proposal::plain(command)).await {
+                tracing::debug!(error = %e, "removing an expired registration failed; the next round tries again");
+                break;
+            }
+        }
+    }
+}
+
+/// Hands the replicated registrations to discovery, which rebuilds the groups whose registrations changed.
+fn apply_registrations(server: &Server, state: &ClusterState) {
+    let discovery = &server.shared.discovery;
+    discovery.set_replicated();
+    let empty = BTreeMap::new();
+    for group in &server.shared.snapshot.load().config.upstreams {
+        let registered = state.registrations.get(&group.name).unwrap_or(&empty);
+        let list: Vec<_> = registered
+            .iter()
+            .filter_map(|(address, r)| {
+                let address = address.parse().ok()?;
+                Some((address, r.weight, r.ttl_ms.map(Duration::from_millis), r.serial))
+            })
+            .collect();
+        discovery.replace_registrations(&group.name, &list);
+    }
+}
+
+/// Applies the operators' drain and weight changes. Endpoints that appear later (discovery, registrations)
+/// get theirs when their group is rebuilt (see [`crate::server::Shared::refresh_upstream`]).
+pub fn apply_endpoint_overrides(server: &Server, state: &ClusterState) {
+    let remembered = state
+        .endpoints
+        .iter()
+        .filter_map(|(key, o)| {
+            key.split_once('/').map(|(u, e)| ((u.to_string(), e.to_string()), (o.drained, o.weight)))
+        })
+        .collect();
+    server.shared.discovery.set_overrides(remembered);
     let snapshot = server.shared.snapshot.load();
     for (key, o) in &state.endpoints {
         let Some((upstream, endpoint)) = key.split_once('/') else { continue };

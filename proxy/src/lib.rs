@@ -1,6 +1,7 @@
 //! Portico: an edge proxy. The modules follow a request's life: [`listen`] accepts (with [`tls`]),
 //! [`forward`] handles the request, [`route`] picks the upstream group, [`upstream`] picks the endpoint and
-//! holds the pool, [`health`] watches endpoints; [`admin`] and [`metrics`] are for operators; [`server`] holds
+//! holds the pool, [`discovery`] keeps its endpoint list following DNS and registrations, [`health`] watches
+//! endpoints; [`admin`] and [`metrics`] are for operators; [`server`] holds
 //! it all together across reloads; [`config`] is read once and validated.
 
 pub mod admin;
@@ -8,6 +9,7 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod forward;
 pub mod health;
 pub mod listen;

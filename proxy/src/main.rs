@@ -66,6 +66,12 @@ enum Command {
         /// Concurrent client connections.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// `full` (a crash, then a slow upstream) or `calm` (no fault: nothing should be reported).
+        #[arg(long, default_value = "full")]
+        scenario: portico::demo::Scenario,
+        /// Print Portico's own log lines in the terminal instead of writing them to a file.
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -119,12 +125,38 @@ enum AnomalyCommand {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
-    /// Replay a labelled recording through the real scorer and alert rules; print precision, recall and
-    /// detection delay.
+    /// Write a labelled corpus of generated series (many shapes, noises, intervals and anomaly kinds), and
+    /// optionally Portico's own recorded series, for `evaluate --corpus`.
+    Corpus {
+        /// Output directory (CSV files plus corpus.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed: the same seed and count give the same corpus.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Generated series.
+        #[arg(long, default_value_t = 150)]
+        count: usize,
+        /// Also add every series of these recorded scenarios (a directory written by `record`).
+        #[arg(long)]
+        recording: Option<PathBuf>,
+        /// Only recorded scenarios whose name starts with this.
+        #[arg(long, default_value = "eval-")]
+        prefix: String,
+    },
+    /// Rate the detector. With `--corpus`: score every series as `anomaly score` does and print the three
+    /// window-based scores (standard, reward low FP, reward low FN). With `--recording`: replay recorded
+    /// scenarios through the live scorer and alert rules and print precision, recall and detection delay.
     Evaluate {
+        /// A corpus directory written by `anomaly corpus`.
+        #[arg(long, conflicts_with = "recording", required_unless_present = "recording")]
+        corpus: Option<PathBuf>,
+        /// Which detector to rate on the corpus: portico, no_lstm, no_seasonal, lstm_only or zscore.
+        #[arg(long, default_value = "portico")]
+        detector: String,
         /// A directory written by `portico anomaly record`.
         #[arg(long)]
-        recording: PathBuf,
+        recording: Option<PathBuf>,
         /// Only scenarios whose name starts with this (the held-back ones by default).
         #[arg(long, default_value = "eval-")]
         prefix: String,
@@ -137,17 +169,14 @@ enum AnomalyCommand {
         /// Store the metrics in the model's JSON sidecar (needs --model).
         #[arg(long, requires = "model")]
         write_metrics: bool,
-        /// Override the drift (CUSUM) centre h; 0 turns the drift component off, to measure what it adds.
-        #[arg(long)]
-        drift_h: Option<f64>,
     },
     /// Score one series (CSV with header `timestamp,value`) row by row with no look-ahead; the output repeats
     /// every row with an `anomaly_score` column in [0, 1].
     Score {
-        /// Input CSV.
+        /// Input CSV (`-`: standard input).
         #[arg(long)]
         input: PathBuf,
-        /// Output CSV.
+        /// Output CSV (`-`: standard output; the summary then goes to standard error).
         #[arg(long)]
         output: PathBuf,
         /// Model (default: the bundled one).
@@ -201,17 +230,50 @@ fn anomaly_command(command: AnomalyCommand) -> Result<()> {
             println!("recorded {} scenarios into {}", done.len(), options.out.display());
             Ok(())
         }
-        AnomalyCommand::Evaluate { recording, prefix, model, json, write_metrics, drift_h } => {
+        AnomalyCommand::Corpus { out, seed, count, recording, prefix } => {
+            let mut series = portico_anomaly::corpus::generate(seed, count);
+            if let Some(dir) = &recording {
+                series.extend(portico_anomaly::corpus::from_recording(dir, &prefix)?);
+            }
+            let description = format!(
+                "portico anomaly corpus --seed {seed} --count {count}{}",
+                recording.as_ref().map_or(String::new(), |d| format!(" --recording {} --prefix {prefix}", d.display()))
+            );
+            portico_anomaly::corpus::write(&out, &description, &series)?;
+            let labels: usize = series.iter().map(|s| s.labels.len()).sum();
+            println!("wrote {} series with {labels} labelled anomalies to {}", series.len(), out.display());
+            Ok(())
+        }
+        AnomalyCommand::Evaluate { corpus: Some(dir), detector, model, json, .. } => {
+            use portico_anomaly::corpus::evaluate::{evaluate, render, Candidate};
+            let forecaster = match &model {
+                Some(path) => portico_anomaly::Forecaster::load(path)
+                    .with_context(|| format!("loading model {}", path.display()))?,
+                None => portico_anomaly::Forecaster::bundled().context("loading the bundled model")?,
+            };
+            let series = portico_anomaly::corpus::read(&dir)?;
+            let candidate = Candidate::parse(&detector)?;
+            let params = portico_anomaly::DetectorParams {
+                warmup: portico_anomaly::score::CSV_WARMUP,
+                ..portico_anomaly::DetectorParams::default()
+            };
+            let report = evaluate(&series, &std::sync::Arc::new(forecaster), candidate, params)?;
+            print!("{}", render(&report));
+            if let Some(path) = json {
+                std::fs::write(&path, format!("{:#}\n", serde_json::to_value(&report)?))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        AnomalyCommand::Evaluate { recording, prefix, model, json, write_metrics, .. } => {
+            let recording = recording.context("--corpus or --recording is required")?;
             let forecaster = match &model {
                 Some(path) => portico_anomaly::Forecaster::load(path)
                     .with_context(|| format!("loading model {}", path.display()))?,
                 None => portico_anomaly::Forecaster::bundled().context("loading the bundled model")?,
             };
             let scenarios = portico_anomaly::eval::load_recording(&recording, &prefix)?;
-            let mut options = portico_anomaly::EvalOptions::default();
-            if let Some(h) = drift_h {
-                options.params.drift_h = h;
-            }
+            let options = portico_anomaly::EvalOptions::default();
             let report = portico_anomaly::evaluate(&std::sync::Arc::new(forecaster.clone()), &scenarios, &options)?;
             for (kind, k) in &report.per_kind {
                 println!("  {kind:<15} {}/{}", k.detected, k.total);
@@ -253,9 +315,9 @@ fn anomaly_command(command: AnomalyCommand) -> Result<()> {
                     .with_context(|| format!("loading model {}", path.display()))?,
                 None => portico_anomaly::Forecaster::bundled().context("loading the bundled model")?,
             };
-            let summary = portico_anomaly::score_csv(&input, &output, &model)
+            let summary = portico_anomaly::score_csv(&input, &output, &std::sync::Arc::new(model))
                 .with_context(|| format!("scoring {}", input.display()))?;
-            println!(
+            let said = format!(
                 "{} rows scored ({} unreadable), highest score {:.3} at row {}; wrote {}",
                 summary.rows,
                 summary.skipped,
@@ -263,6 +325,11 @@ fn anomaly_command(command: AnomalyCommand) -> Result<()> {
                 summary.max_row,
                 output.display()
             );
+            if output == std::path::Path::new("-") {
+                eprintln!("{said}");
+            } else {
+                println!("{said}");
+            }
             Ok(())
         }
     }
@@ -272,13 +339,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     portico::config::duration::parse_duration(text)
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs go to stderr, or to `file` (the demo keeps its terminal for its own table).
+fn init_logging(format: LogFormat, level: &str, file: Option<std::fs::File>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = file.is_none();
+    let writer = match file {
+        Some(f) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(f)),
+        None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
     }
 }
 
@@ -291,8 +364,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// message or as their source, never both), and never a backtrace, whatever `RUST_BACKTRACE` says.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
-    match execute(cli.command) {
+    let mut log_file = None;
+    if let Command::Demo { verbose: false, .. } = cli.command {
+        let path = std::env::temp_dir().join(format!("portico-demo-{}.log", std::process::id()));
+        if let Ok(file) = std::fs::File::create(&path) {
+            log_file = Some((path, file));
+        }
+    }
+    let (log_path, file) = log_file.map_or((None, None), |(p, f)| (Some(p), Some(f)));
+    init_logging(cli.log_format, &cli.log_level, file);
+    match execute(cli.command, log_path) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
@@ -301,7 +382,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn execute(command: Command) -> Result<()> {
+fn execute(command: Command, log_file: Option<PathBuf>) -> Result<()> {
     match command {
         Command::Check { config: Some(path), health: None } => check_config(&path),
         Command::Check { health: Some(url), .. } => {
@@ -320,8 +401,9 @@ fn execute(command: Command) -> Result<()> {
             runtime()?.block_on(run(config, &text, grace, workers))
         }
         Command::Anomaly { command } => anomaly_command(command),
-        Command::Demo { duration, concurrency } => {
-            runtime()?.block_on(portico::demo::run(duration, concurrency)).map_err(anyhow::Error::msg)
+        Command::Demo { duration, concurrency, scenario, .. } => {
+            let options = portico::demo::DemoOptions { duration, concurrency, scenario, log_file };
+            runtime()?.block_on(portico::demo::run(options)).map_err(anyhow::Error::msg)
         }
     }
 }

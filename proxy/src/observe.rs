@@ -1,11 +1,13 @@
 //! Turns Portico's own counters into per-tick series for the anomaly detector: requests/s, 5xx ratio and
-//! latency quantiles per listener and per upstream, and open connections. It reads the in-process metric
-//! registry (never an HTTP scrape of itself) and differences it against the previous tick, so each value
-//! describes only the last interval.
+//! latency quantiles per listener and per upstream, the same per endpoint (mean latency), and open connections. It reads the in-process metric registry and the endpoints' own counters (never
+//! an HTTP scrape of itself) and differences them against the previous tick, so each value describes only the
+//! last interval. The endpoint series are what lets an incident name the one endpoint at fault.
 
 use crate::metrics::Metrics;
+use crate::upstream::Upstream;
 use prometheus::proto::MetricFamily;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Series values for one tick, by dotted name (`listener.web.qps`, `upstream.app.latency_p99`, …).
@@ -24,6 +26,8 @@ struct Cumulative {
 #[derive(Debug, Default)]
 pub struct SeriesSampler {
     previous: HashMap<String, Cumulative>,
+    /// Per endpoint (`<upstream>.<address>`): attempts, failures, answers, summed latency µs.
+    endpoints: HashMap<String, (u64, u64, u64, u64)>,
 }
 
 impl SeriesSampler {
@@ -32,8 +36,13 @@ impl SeriesSampler {
         Self::default()
     }
 
-    /// Reads the registry and returns the series for the `elapsed` interval since the last call.
-    pub fn sample(&mut self, metrics: &Metrics, elapsed: Duration) -> TickValues {
+    /// Reads the registry and the endpoints and returns the series for the `elapsed` interval since the last call.
+    pub fn sample(
+        &mut self,
+        metrics: &Metrics,
+        upstreams: &HashMap<String, Arc<Upstream>>,
+        elapsed: Duration,
+    ) -> TickValues {
         let families = metrics.registry.gather();
         let mut current: HashMap<String, Cumulative> = HashMap::new();
         let mut out = TickValues::new();
@@ -64,7 +73,35 @@ impl SeriesSampler {
             }
         }
         self.previous = current;
+        self.sample_endpoints(upstreams, seconds, &mut out);
         out
+    }
+
+    fn sample_endpoints(&mut self, upstreams: &HashMap<String, Arc<Upstream>>, seconds: f64, out: &mut TickValues) {
+        let mut seen = HashMap::with_capacity(self.endpoints.len());
+        for (name, upstream) in upstreams {
+            for endpoint in &upstream.endpoints {
+                let key = format!("{name}.{}", endpoint.name);
+                let now = endpoint.traffic();
+                let (a0, f0, n0, l0) = self.endpoints.get(&key).copied().unwrap_or_default();
+                let attempts = now.0.saturating_sub(a0);
+                let failures = now.1.saturating_sub(f0);
+                let answers = now.2.saturating_sub(n0);
+                let latency_us = now.3.saturating_sub(l0);
+                let prefix = format!("endpoint.{key}");
+                out.insert(format!("{prefix}.qps"), attempts as f64 / seconds);
+                out.insert(
+                    format!("{prefix}.error_ratio"),
+                    if attempts == 0 { 0.0 } else { failures as f64 / attempts as f64 },
+                );
+                // No answer in the interval: no latency value, rather than a misleading zero.
+                if answers > 0 {
+                    out.insert(format!("{prefix}.latency"), latency_us as f64 / answers as f64 / 1000.0);
+                }
+                seen.insert(key, now);
+            }
+        }
+        self.endpoints = seen;
     }
 }
 
@@ -161,7 +198,7 @@ mod tests {
         let metrics = Metrics::new()?;
         let mut sampler = SeriesSampler::new();
         metrics.requests.with_label_values(&["web", "app", "2xx"]).inc_by(100);
-        sampler.sample(&metrics, Duration::from_secs(1));
+        sampler.sample(&metrics, &HashMap::new(), Duration::from_secs(1));
 
         metrics.requests.with_label_values(&["web", "app", "2xx"]).inc_by(90);
         metrics.requests.with_label_values(&["web", "app", "5xx"]).inc_by(10);
@@ -171,7 +208,7 @@ mod tests {
         for _ in 0..2 {
             metrics.request_duration.with_label_values(&["web", "app"]).observe(0.2);
         }
-        let tick = sampler.sample(&metrics, Duration::from_secs(2));
+        let tick = sampler.sample(&metrics, &HashMap::new(), Duration::from_secs(2));
         assert_eq!(tick["listener.web.qps"], 50.0);
         assert_eq!(tick["upstream.app.qps"], 50.0);
         assert!((tick["upstream.app.error_ratio"] - 0.1).abs() < 1e-9);
@@ -180,7 +217,7 @@ mod tests {
         let p99 = tick["listener.web.latency_p99"];
         assert!((100.0..=250.0).contains(&p99), "p99 {p99} ms lies in the 100–250 ms bucket");
 
-        let idle = sampler.sample(&metrics, Duration::from_secs(1));
+        let idle = sampler.sample(&metrics, &HashMap::new(), Duration::from_secs(1));
         assert_eq!(idle["listener.web.qps"], 0.0);
         assert_eq!(idle["listener.web.latency_p99"], 0.0);
         assert_eq!(idle["listener.web.error_ratio"], 0.0);

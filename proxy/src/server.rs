@@ -4,7 +4,7 @@
 
 use crate::body::RequestBody;
 use crate::config::{self, Config, ConfigIssue};
-use crate::health;
+use crate::discovery::Discovery;
 use crate::listen::workers::{self, Workers};
 use crate::listen::{self, ListenerHandle, ListenerRuntime};
 use crate::metrics::Metrics;
@@ -13,6 +13,8 @@ use crate::plugin::{PluginLoadError, PluginSet, PluginSlot};
 use crate::tls;
 use crate::upstream::Upstream;
 use crate::watch::{Watch, WatchMetrics};
+
+mod groups;
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -117,6 +119,10 @@ pub struct Shared {
     pub workers: Option<Workers>,
     /// Addresses Portico itself serves on (admin, listeners, as bound): forward listeners refuse them.
     pub own_addrs: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
+    /// Endpoints found by DNS and registered through the admin API.
+    pub discovery: Arc<Discovery>,
+    /// Held by whoever replaces the snapshot (a reload, a membership change), so neither loses the other's work.
+    snapshot_writer: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -163,7 +169,9 @@ impl Server {
             0 => None,
             n => Some(Workers::start(n).map_err(ServerError::Workers)?),
         };
-        let upstreams = build_upstreams(&config, None, workers::lanes(workers.as_ref()))?;
+        let discovery = Arc::new(Discovery::new(&metrics.registry)?);
+        discovery.prime(&config).await;
+        let upstreams = groups::build_upstreams(&config, None, workers::lanes(workers.as_ref()), &discovery)?;
         let forward_client = {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
@@ -190,6 +198,8 @@ impl Server {
             watch_metrics,
             workers,
             own_addrs: parking_lot::RwLock::new(Vec::new()),
+            discovery,
+            snapshot_writer: tokio::sync::Mutex::new(()),
         });
         services.attach(Arc::downgrade(&shared));
         let plugin_slots = shared.plugins.build(&config.plugins, &HashMap::new()).await?;
@@ -208,6 +218,7 @@ impl Server {
         server.apply(config, upstreams, plugin_slots).await?;
         server.watch_plugin_files();
         server.sweep_idle_connections();
+        server.follow_membership_changes();
         server.rewatch(anomaly, admin_url).await;
         Ok(server)
     }
@@ -216,7 +227,9 @@ impl Server {
     /// state is applied here through [`Server::reload`].
     pub fn attach_cluster(self: &Arc<Self>, link: Arc<crate::cluster::ClusterLink>) {
         if self.cluster.set(link.clone()).is_ok() {
-            let task = tokio::spawn(crate::cluster::follow(Arc::downgrade(self), link));
+            let task = tokio::spawn(crate::cluster::follow(Arc::downgrade(self), link.clone()));
+            self.background.lock().push(task);
+            let task = tokio::spawn(crate::cluster::collect_expired(Arc::downgrade(self), link));
             self.background.lock().push(task);
         }
     }
@@ -252,8 +265,12 @@ impl Server {
 
     /// Swaps in a new validated configuration; the running one keeps serving if anything fails.
     pub async fn reload(&self, config: Config) -> Result<(), ServerError> {
+        let _writer = self.shared.snapshot_writer.lock().await;
+        self.shared.discovery.prime(&config).await;
         let previous = self.shared.snapshot.load_full();
-        let upstreams = match build_upstreams(&config, Some(&previous.upstreams), self.shared.lanes()) {
+        let built =
+            groups::build_upstreams(&config, Some(&previous.upstreams), self.shared.lanes(), &self.shared.discovery);
+        let upstreams = match built {
             Ok(u) => u,
             Err(e) => return Err(self.refused(e)),
         };
@@ -280,6 +297,9 @@ impl Server {
     async fn rewatch(&self, anomaly: Option<portico_anomaly::AnomalyConfig>, admin_url: String) {
         let mut watch = self.watch.lock().await;
         if watch.as_ref().map(|w| &w.config) == anomaly.as_ref() {
+            if let Some(running) = watch.as_ref() {
+                running.detector.set_topology(crate::watch::topology(&self.shared.snapshot.load().config));
+            }
             return;
         }
         if let Some(old) = watch.take() {
@@ -335,8 +355,17 @@ impl Server {
                 }
             }
         }
-        // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers.
+        // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers,
+        // discovery.
+        let previous = self.shared.snapshot.load_full();
+        self.shared.discovery.start(&config).await;
         self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone(), plugins }));
+        for (name, upstream) in &upstreams {
+            upstream.commit();
+            if let Some(old) = previous.upstreams.get(name) {
+                self.shared.forget_endpoint_gauges(name, &upstream.departed_from(old));
+            }
+        }
         let mut keep = std::collections::HashSet::new();
         for runtime in runtimes {
             let addr = runtime.config.listen;
@@ -367,8 +396,31 @@ impl Server {
         for task in health.drain(..) {
             task.abort();
         }
-        health.extend(upstreams.values().filter_map(|u| health::spawn(u.clone())));
+        health.extend(groups::spawn_health_checks(&self.shared, &upstreams));
         Ok(())
+    }
+
+    /// Rebuilds the groups discovery names (a DNS answer changed, a registration came or went, a newcomer
+    /// passed its first probe), and ends expired registrations every second.
+    fn follow_membership_changes(&self) {
+        if let Some(mut changes) = self.shared.discovery.take_changes() {
+            let shared = Arc::downgrade(&self.shared);
+            let task = tokio::spawn(async move {
+                while let Some(first) = changes.recv().await {
+                    // Several changes at once (every entry of a group resolving after a reload) rebuild once.
+                    let mut names = std::collections::BTreeSet::from([first]);
+                    while let Ok(more) = changes.try_recv() {
+                        names.insert(more);
+                    }
+                    let Some(shared) = shared.upgrade() else { return };
+                    for name in names {
+                        shared.refresh_upstream(&name).await;
+                    }
+                }
+            });
+            self.background.lock().push(task);
+        }
+        self.every(Duration::from_secs(1), |shared| async move { shared.discovery.sweep() });
     }
 
     /// Closes idle upstream connections past their pool's `idle_timeout`, every second, so they go away even
@@ -425,6 +477,7 @@ impl Server {
         for task in self.health.lock().drain(..).chain(self.background.lock().drain(..)) {
             task.abort();
         }
+        self.shared.discovery.stop();
         if let Some(watch) = self.watch.lock().await.take() {
             watch.stop().await;
         }
@@ -446,21 +499,4 @@ fn existing(
             current.config.listen == config.listen && (config.listen.port() != 0 || current.config.name == config.name)
         })
         .map(|h| h.bound)
-}
-
-fn build_upstreams(
-    config: &Config,
-    previous: Option<&HashMap<String, Arc<Upstream>>>,
-    lanes: usize,
-) -> Result<HashMap<String, Arc<Upstream>>, ServerError> {
-    config
-        .upstreams
-        .iter()
-        .map(|u| {
-            let old = previous.and_then(|p| p.get(&u.name)).map(|a| a.as_ref());
-            Upstream::new(u.clone(), old, lanes)
-                .map(|up| (u.name.clone(), Arc::new(up)))
-                .map_err(|_| ServerError::Endpoint(u.name.clone()))
-        })
-        .collect()
 }

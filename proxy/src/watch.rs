@@ -1,13 +1,17 @@
 //! Portico watching itself: every `[anomaly] interval` it samples its own counters (requests/s, 5xx ratio,
 //! latency quantiles per listener and upstream, open connections, process and host CPU) into a tick for the
-//! anomaly detector, exports the scores as metrics, and posts alert changes to Alertmanager-style webhooks.
+//! anomaly detector, exports the scores as metrics, and posts incidents (one Alertmanager group each, when its
+//! cause is settled and when it resolves) to Alertmanager-style webhooks.
 //! The detector (model inference) runs on its own thread; sampling runs on a blocking thread; nothing here
 //! does real work on a tokio worker.
 
 use crate::body::RequestBody;
 use crate::observe::SeriesSampler;
 use crate::server::Shared;
-use portico_anomaly::{AnomalyConfig, AnomalyEvent, CpuSampler, Detector, DetectorHandle, DetectorOptions, Tick};
+use portico_anomaly::{
+    AnomalyConfig, AnomalyEvent, CpuSampler, Detector, DetectorHandle, DetectorOptions, IncidentTransition, Tick,
+    Topology,
+};
 use prometheus::{Gauge, GaugeVec, IntGauge, Opts};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -74,9 +78,10 @@ impl Watch {
     pub async fn start(shared: &Arc<Shared>, config: AnomalyConfig, admin_url: String) -> Result<Watch, WatchError> {
         let runtime = tokio::runtime::Handle::current();
         let starting = config.clone();
+        let topology = topology(&shared.snapshot.load().config);
         let detector = tokio::task::spawn_blocking(move || {
             let model = portico_anomaly::load_model(&starting)?;
-            let options = DetectorOptions { runtime: Some(runtime), admin_url, ..DetectorOptions::default() };
+            let options = DetectorOptions { runtime: Some(runtime), admin_url, topology, ..DetectorOptions::default() };
             Detector::spawn(&starting, model, options)
         })
         .await
@@ -116,6 +121,18 @@ impl Watch {
     }
 }
 
+/// Which upstream each listener sends to, for grouping alerts into incidents. A listener whose filters may
+/// route (plugins choose the upstream) is left out, which relates it to every upstream.
+pub fn topology(config: &crate::config::Config) -> Topology {
+    let mut t = Topology::default();
+    for l in &config.listeners {
+        if let (Some(upstream), true) = (&l.upstream, l.filters.is_empty()) {
+            t.routes.entry(l.name.clone()).or_default().insert(upstream.clone());
+        }
+    }
+    t
+}
+
 async fn sample_loop(shared: Weak<Shared>, detector: Arc<DetectorHandle>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,7 +148,8 @@ async fn sample_loop(shared: Weak<Shared>, detector: Arc<DetectorHandle>, interv
             let elapsed = last.elapsed();
             *last = Instant::now();
             let mut tick = Tick::new(portico_anomaly::sample::now_ms());
-            for (name, value) in series.sample(&metrics.metrics, elapsed) {
+            let upstreams = metrics.snapshot.load().upstreams.clone();
+            for (name, value) in series.sample(&metrics.metrics, &upstreams, elapsed) {
                 tick.set(name, value);
             }
             if let Ok(Some(usage)) = cpu.sample() {
@@ -146,7 +164,7 @@ async fn sample_loop(shared: Weak<Shared>, detector: Arc<DetectorHandle>, interv
     }
 }
 
-/// Posts every alert change, in Alertmanager's webhook format, to each configured receiver.
+/// Posts every settled or resolved incident, as one Alertmanager webhook group, to each configured receiver.
 async fn post_webhooks(shared: Arc<Shared>, detector: Arc<DetectorHandle>, urls: Vec<String>) {
     let mut events = detector.subscribe();
     let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "portico".into());
@@ -159,9 +177,12 @@ async fn post_webhooks(shared: Arc<Shared>, detector: Arc<DetectorHandle>, urls:
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        let AnomalyEvent::Alert(change) = event else { continue };
+        let AnomalyEvent::Incident(change) = event else { continue };
+        if !matches!(change.transition, IncidentTransition::Settled | IncidentTransition::Resolved) {
+            continue;
+        }
         let admin = format!("http://{}", shared.snapshot.load().config.admin.listen);
-        let payload = portico_anomaly::webhook_payload(&[change.alert], "portico", &instance, &admin).to_string();
+        let payload = portico_anomaly::incident_payload(&change.incident, "portico", &instance, &admin).to_string();
         for url in &urls {
             let request = http::Request::post(url.as_str())
                 .header(http::header::CONTENT_TYPE, "application/json")

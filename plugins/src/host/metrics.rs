@@ -15,7 +15,10 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         let name = mem::read_str(&mut c, np, nn, "proxy_define_metric")?;
         mem::check(&mut c, ret, 4, "proxy_define_metric")?;
         let core = &c.data().core;
-        let Some(id) = core.guest_metrics.define(&core.metrics, &core.name, t, &name) else { return Ok(BAD_ARGUMENT) };
+        let id = match core.guest_metrics.define(&core.metrics, &core.name, t, &name) {
+            Ok(id) => id,
+            Err(status) => return Ok(status),
+        };
         mem::write_u32(&mut c, ret, id, "proxy_define_metric")?;
         Ok(OK)
     });

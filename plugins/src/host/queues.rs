@@ -1,10 +1,13 @@
 //! Shared queues: `proxy_register/_resolve/_enqueue/_dequeue_shared_queue`. `proxy_on_queue_ready` runs later
-//! on the root context that registered the queue, never re-entrantly from `enqueue`.
+//! on the root context that registered the queue, never re-entrantly from `enqueue`. Registering and enqueueing
+//! stop at the caps of [`crate::limits`]: BAD_ARGUMENT when the name or entry alone is too large,
+//! INTERNAL_FAILURE when there are too many queues or the queue is full, with a rate-limited warning.
 
 use wasmtime::Result;
 
 use super::{wrap, Imports, ENV};
 use crate::abi::*;
+use crate::limits;
 use crate::memory::{self as mem, Ctx};
 use crate::shared::{Enqueue, QueueOwner};
 
@@ -20,7 +23,16 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
             generation: st.generation,
             root_context: st.root_context,
         };
-        let id = st.core.shared.register_queue(&st.core.vm_id, &name, owner);
+        let Some(id) = st.core.shared.register_queue(&st.core.vm_id, &name, owner) else {
+            limits::refused(
+                &st.core.name,
+                format_args!(
+                    "proxy_register_shared_queue refused: name ({} bytes) too long or too many queues",
+                    name.len()
+                ),
+            );
+            return Ok(if name.len() > limits::MAX_QUEUE_NAME { BAD_ARGUMENT } else { INTERNAL_FAILURE });
+        };
         mem::write_u32(&mut c, ret, id, "proxy_register_shared_queue")?;
         Ok(OK)
     });
@@ -45,9 +57,24 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
     });
     wrap!(l, E, "proxy_enqueue_shared_queue", |mut c: Ctx<'_>, id: i32, vp: i32, vn: i32| -> Result<i32> {
         let value = mem::read(&mut c, vp, vn, "proxy_enqueue_shared_queue")?;
-        let owner = match c.data().core.shared.enqueue(id as u32, value) {
+        let core = &c.data().core;
+        let owner = match core.shared.enqueue(id as u32, value) {
             Enqueue::Ok(owner) => owner,
             Enqueue::NotFound => return Ok(NOT_FOUND),
+            Enqueue::TooLarge => {
+                limits::refused(
+                    &core.name,
+                    format_args!("proxy_enqueue_shared_queue refused: entry over queue {id}'s byte cap"),
+                );
+                return Ok(BAD_ARGUMENT);
+            }
+            Enqueue::Full => {
+                limits::refused(
+                    &core.name,
+                    format_args!("proxy_enqueue_shared_queue refused: queue {id} is full (entries or bytes)"),
+                );
+                return Ok(INTERNAL_FAILURE);
+            }
         };
         // proxy_on_queue_ready runs later on the owning root context (never re-entrantly into this store).
         if let Some(owner) = owner {

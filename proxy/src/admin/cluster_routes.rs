@@ -8,13 +8,12 @@ use crate::body::ResponseBody;
 use crate::cluster::ClusterLink;
 use crate::server::{Server, ServerError};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portico_cluster::{ClusterError, Command, EndpointChange, MembershipChange, Module, Proposal};
 
 /// The status a cluster failure maps to: 409 for a command the state refused, 503 for everything that means
 /// "not now" (no leader, no quorum, not committed in time), 502 when the leader could not be reached.
-fn failure(e: &ClusterError) -> Response<ResponseBody> {
+pub(super) fn failure(e: &ClusterError) -> Response<ResponseBody> {
     let status = match e {
         ClusterError::Rejected(_) => StatusCode::CONFLICT,
         ClusterError::Forward { .. } => StatusCode::BAD_GATEWAY,
@@ -35,6 +34,8 @@ pub fn status(server: &Server) -> Response<ResponseBody> {
             let mut status = serde_json::to_value(link.cluster.status()).unwrap_or_default();
             if let Some(fields) = status.as_object_mut() {
                 fields.insert("config_refused".into(), serde_json::to_value(link.refusal()).unwrap_or_default());
+                let registrations = serde_json::to_value(&link.cluster.state().registrations).unwrap_or_default();
+                fields.insert("registrations".into(), registrations);
             }
             json(StatusCode::OK, status)
         }
@@ -54,7 +55,10 @@ pub async fn route(
     };
     match (method, segments) {
         (&Method::POST, ["cluster", "members"]) => {
-            let body = read_json(req).await;
+            let body = match read_json(req).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            };
             let id = body.get("node_id").and_then(|v| v.as_u64()).filter(|id| *id > 0);
             let address = body.get("address").and_then(|v| v.as_str()).map(str::to_string);
             let (Some(node_id), Some(address)) = (id, address) else {
@@ -76,7 +80,10 @@ pub async fn route(
             if !link.fault_injection() {
                 return error(StatusCode::FORBIDDEN, "fault injection is off; set cluster.fault_injection = true");
             }
-            let isolated = read_json(req).await.get("isolated").and_then(|v| v.as_bool()).unwrap_or(true);
+            let isolated = match read_json(req).await {
+                Ok(body) => body.get("isolated").and_then(|v| v.as_bool()).unwrap_or(true),
+                Err(answer) => return answer,
+            };
             link.cluster.set_isolated(isolated);
             json(StatusCode::OK, serde_json::json!({ "isolated": isolated }))
         }
@@ -84,9 +91,9 @@ pub async fn route(
     }
 }
 
-async fn read_json(req: Request<Incoming>) -> serde_json::Value {
-    let bytes = http_body_util::Limited::new(req.into_body(), 1 << 20).collect().await.map(|b| b.to_bytes());
-    bytes.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Response<ResponseBody>> {
+    let bytes = super::routes::read_body(req.into_body(), super::routes::MAX_BODY_BYTES).await?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
 /// `PUT /config`: propose configuration text (validated here, plugins started off to the side first).
@@ -97,9 +104,9 @@ pub async fn put_config(server: &Server, req: Request<Incoming>) -> Response<Res
             "PUT /config replicates a configuration to a cluster; a standalone node reloads its file with POST /config/reload",
         );
     };
-    let body = match http_body_util::Limited::new(req.into_body(), 16 << 20).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+    let body = match super::routes::read_body(req.into_body(), super::routes::MAX_CONFIG_BYTES).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the configuration must be UTF-8 TOML");

@@ -1,10 +1,12 @@
-//! The admin API: health, readiness, metrics, config, upstream state, reload, and the operator actions
-//! remediation scripts need (drain/undrain an endpoint, change its weight). Mutating calls need
+//! The admin API: health, readiness, metrics, config, upstream state, reload, the operator actions
+//! remediation scripts need (drain/undrain an endpoint, change its weight), and endpoint registration. Mutating calls need
 //! `Authorization: Bearer <token>` when `admin.token` is set.
 
 mod cluster_routes;
+mod endpoint_routes;
 mod routes;
 
+use crate::listen::idle::Activity;
 use crate::server::Server;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -12,10 +14,16 @@ use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Time an admin client has to send a complete request head, like a listener's default `header_read_timeout`.
-const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// It counts from accept (version detection included).
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An admin connection with no request in flight for this long is closed.
+const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A response the admin client takes nothing of for this long is abandoned.
+const ADMIN_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves the admin API on a bound TCP socket; returns the bound address.
 pub async fn serve_tcp(server: Arc<Server>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
@@ -24,15 +32,14 @@ pub async fn serve_tcp(server: Arc<Server>, addr: SocketAddr) -> std::io::Result
     server.shared.own_addrs.write().push(bound);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let server = server.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| routes::route(server.clone(), req));
-                // A client that never finishes its request head must not hold an admin connection forever.
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http1().timer(TokioTimer::new()).header_read_timeout(ADMIN_HEADER_READ_TIMEOUT);
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-            });
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    crate::listen::accept_failed(&e).await;
+                    continue;
+                }
+            };
+            tokio::spawn(serve_connection(server.clone(), stream));
         }
     });
     Ok(bound)
@@ -47,13 +54,42 @@ pub async fn serve_unix(server: Arc<Server>, path: &Path) -> std::io::Result<()>
     let listener = tokio::net::UnixListener::bind(path)?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let server = server.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| routes::route(server.clone(), req));
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
-            });
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    crate::listen::accept_failed(&e).await;
+                    continue;
+                }
+            };
+            tokio::spawn(serve_connection(server.clone(), stream));
         }
     });
     Ok(())
+}
+
+/// One admin connection, under the same deadlines as a listener's: a client that never sends a complete head
+/// (or nothing at all: the version detection waits for bytes too) or stays idle is closed.
+async fn serve_connection<S>(server: Arc<Server>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    let requests = activity.clone();
+    let service = service_fn(move |req| {
+        let (server, requests) = (server.clone(), requests.clone());
+        async move {
+            let in_flight = requests.begin();
+            let mut response = routes::route(server, req).await?;
+            in_flight.attach(response.body_mut());
+            requests.watch_send(response.body_mut());
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(ADMIN_HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = conn => {}
+        () = activity.expired(ADMIN_HEADER_READ_TIMEOUT, ADMIN_IDLE_TIMEOUT, ADMIN_SEND_TIMEOUT) => {}
+    }
 }

@@ -1,6 +1,6 @@
 //! Admin API routes. Answers are JSON except `/metrics` (Prometheus text) and `/healthz` (plain text).
 
-use super::cluster_routes;
+use super::{cluster_routes, endpoint_routes};
 use crate::body::ResponseBody;
 use crate::config;
 use crate::server::{Server, ServerError};
@@ -14,6 +14,30 @@ use std::sync::Arc;
 
 /// Largest module `PUT /plugins/{name}` accepts.
 const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
+/// Largest configuration `PUT /config` accepts.
+pub(super) const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
+/// Largest body any other admin route accepts: they take small JSON documents.
+pub(super) const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The body limit of a route: every route has one, so no request can make the admin API buffer without bound.
+fn body_limit(method: &Method, segments: &[&str]) -> usize {
+    match (method, segments) {
+        (&Method::PUT, ["plugins", _]) => MAX_PLUGIN_BYTES,
+        (&Method::PUT, ["config"]) => MAX_CONFIG_BYTES,
+        _ => MAX_BODY_BYTES,
+    }
+}
+
+/// Reads a request body of at most `limit` bytes; the error is the answer (413 past the limit).
+pub(super) async fn read_body(body: Incoming, limit: usize) -> Result<bytes::Bytes, Response<ResponseBody>> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes")))
+        }
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}"))),
+    }
+}
 
 pub(super) fn json(status: StatusCode, value: serde_json::Value) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(value.to_string()));
@@ -52,6 +76,14 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
     if method != Method::GET && method != Method::HEAD && !authorized(&server, &req) {
         return Ok(error(StatusCode::UNAUTHORIZED, "this call needs Authorization: Bearer <admin token>"));
     }
+    let limit = body_limit(&method, &segments);
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let mut answer = error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"));
+        // The body is not read: close rather than take it for the next request.
+        answer.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(answer);
+    }
     let response = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, ["readyz"]) => {
@@ -87,9 +119,16 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
                 .upstreams
                 .iter()
                 .filter_map(|u| snapshot.upstreams.get(&u.name))
-                .map(|u| u.describe())
+                .map(|u| server.shared.discovery.describe(u))
                 .collect();
             json(StatusCode::OK, serde_json::Value::Array(list))
+        }
+        (&Method::POST, ["upstreams", upstream, "endpoints"]) => {
+            let upstream = upstream.to_string();
+            endpoint_routes::register(&server, &upstream, req).await
+        }
+        (&Method::DELETE, ["upstreams", upstream, "endpoints", endpoint]) => {
+            endpoint_routes::deregister(&server, upstream, &percent_decode(endpoint)).await
         }
         (&Method::GET, ["cluster"]) => cluster_routes::status(&server),
         (_, ["cluster", ..]) => cluster_routes::route(&server, &method, &segments, req).await,
@@ -114,10 +153,12 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
         }
         (&Method::PUT | &Method::POST, ["upstreams", upstream, "endpoints", endpoint, "weight"]) => {
             let (upstream, endpoint) = (upstream.to_string(), endpoint.to_string());
-            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-            let weight = body
+            let body = match read_body(req.into_body(), MAX_BODY_BYTES).await {
+                Ok(body) => body,
+                Err(answer) => return Ok(answer),
+            };
+            let weight = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .and_then(|v| v.get("weight").and_then(|w| w.as_u64()));
             match weight.and_then(|w| u32::try_from(w).ok()).filter(|w| (1..=1000).contains(w)) {
                 Some(w) => match server.cluster.get() {
@@ -147,13 +188,10 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
             let Some(slot) = slot else {
                 return Ok(error(StatusCode::NOT_FOUND, format!("no plugin named {name:?} in the configuration")));
             };
-            let limited = http_body_util::Limited::new(req.into_body(), MAX_PLUGIN_BYTES);
-            match (limited.collect().await, server.cluster.get()) {
-                (Err(e), _) => {
-                    error(StatusCode::PAYLOAD_TOO_LARGE, format!("module upload failed or exceeds 64 MiB: {e}"))
-                }
-                (Ok(body), Some(link)) => cluster_routes::upload(link, &server, &name, body.to_bytes().to_vec()).await,
-                (Ok(body), None) => match server.shared.plugins.upload(&slot, body.to_bytes().to_vec()).await {
+            match (read_body(req.into_body(), MAX_PLUGIN_BYTES).await, server.cluster.get()) {
+                (Err(answer), _) => answer,
+                (Ok(body), Some(link)) => cluster_routes::upload(link, &server, &name, body.to_vec()).await,
+                (Ok(body), None) => match server.shared.plugins.upload(&slot, body.to_vec()).await {
                     Ok(()) => json(StatusCode::OK, slot.describe()),
                     Err(e) => {
                         error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; the running version keeps serving"))
@@ -181,7 +219,7 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
     Ok(response)
 }
 
-/// `GET /anomaly/{series,scores,alerts,actions,stats,events}`.
+/// `GET /anomaly/{series,scores,alerts,incidents,actions,stats,events}`.
 async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<ResponseBody> {
     let Some(detector) = server.watch.lock().await.as_ref().map(|w| w.detector.clone()) else {
         if let Some(reason) = server.watch_error.lock().clone() {
@@ -222,6 +260,7 @@ async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<Res
             StatusCode::OK,
             serde_json::json!({ "active": detector.active_alerts(), "history": detector.alert_history() }),
         ),
+        "incidents" => json(StatusCode::OK, serde_json::to_value(detector.incidents()).unwrap_or_default()),
         "actions" => json(StatusCode::OK, serde_json::to_value(detector.actions()).unwrap_or_default()),
         "stats" => {
             json(StatusCode::OK, serde_json::json!({ "detector": detector.stats(), "model": detector.model_meta() }))
@@ -242,6 +281,7 @@ async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<Res
                     let kind = match &event {
                         portico_anomaly::AnomalyEvent::Scores { .. } => "scores",
                         portico_anomaly::AnomalyEvent::Alert(_) => "alert",
+                        portico_anomaly::AnomalyEvent::Incident(_) => "incident",
                     };
                     let Ok(data) = serde_json::to_string(&event) else { continue };
                     let frame = format!("event: {kind}\ndata: {data}\n\n");

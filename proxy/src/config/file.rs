@@ -5,6 +5,7 @@
 //! `Spanned` so validation can name the line too.
 
 use super::duration::{ByteSize, HumanDuration};
+pub use super::endpoints::{DnsFile, EndpointEntryFile, EndpointFile};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use toml::Spanned;
@@ -28,6 +29,9 @@ pub struct FileConfig {
     /// Self-watching anomaly detection: sampling, model, thresholds, webhooks and remediation hooks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<portico_anomaly::AnomalyConfig>,
+    /// The DNS servers endpoint discovery asks (default: the system's resolver configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsFile>,
     /// Membership in a Raft cluster that shares configuration and plugins (node-local, never replicated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterFile>,
@@ -215,6 +219,10 @@ pub struct ListenerFile {
     /// A connection with no request in flight for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// A response body the client takes nothing of for this long is cut off and its upstream connection
+    /// released (nginx's `send_timeout`: the time between two successive writes, not for the whole response).
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: HumanDuration,
     /// Largest request head accepted; larger gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
@@ -228,6 +236,9 @@ fn default_connect_ports() -> Vec<u16> {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+fn default_send_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
 }
 fn default_header_timeout() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(10))
@@ -276,7 +287,8 @@ pub enum UpstreamProtocol {
 pub struct UpstreamFile {
     /// Unique name, referenced by listeners.
     pub name: Spanned<String>,
-    /// `"host:port"` or `{ address = "host:port", weight = 3 }`.
+    /// `"host:port"`, `{ address = "host:port", weight = 3 }`, `{ address = "name:port", resolve = "30s" }` or
+    /// `{ srv = "_http._tcp.name" }`; may be empty for a group filled by registrations.
     pub endpoints: Vec<EndpointFile>,
     /// http1 (default) or h2.
     #[serde(default)]
@@ -311,26 +323,6 @@ fn default_request_timeout() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(15))
 }
 fn default_retries() -> u32 {
-    1
-}
-
-/// An endpoint in either of its two spellings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum EndpointFile {
-    /// `"10.0.0.1:80"`, weight 1.
-    Address(String),
-    /// `{ address = "10.0.0.2:80", weight = 3 }`.
-    Weighted {
-        /// host:port.
-        address: String,
-        /// Relative share of traffic, 1..=1000.
-        #[serde(default = "default_weight")]
-        weight: u32,
-    },
-}
-
-fn default_weight() -> u32 {
     1
 }
 

@@ -3,15 +3,18 @@
 
 pub mod allow;
 pub mod duration;
+pub mod endpoints;
 pub mod file;
+pub mod keys;
 
-use file::{EndpointFile, FileConfig, ListenerMode, PluginFile};
+use file::{FileConfig, ListenerMode, PluginFile};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+pub use endpoints::{DiscoveredEntry, DnsConfig, DnsName};
 pub use file::{FailMode, HealthCheckFile, OutlierFile, PoolFile, RetryBudgetFile, TlsFile, UpstreamProtocol};
 
 /// A configuration problem with the place it was found, so an operator can fix it without guessing.
@@ -53,6 +56,8 @@ pub struct Config {
     pub source: FileConfig,
     /// Cluster membership, when the file has a `[cluster]` table.
     pub cluster: Option<ClusterConfig>,
+    /// The DNS servers endpoint discovery asks.
+    pub dns: DnsConfig,
 }
 
 /// Validated `[cluster]`.
@@ -100,6 +105,8 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// Closes a connection with no request in flight for this long.
     pub idle_timeout: Duration,
+    /// How long a response body may wait for the client to take more of it.
+    pub send_timeout: Duration,
     /// Request-head size cap.
     pub max_header_bytes: usize,
     /// Plugin names in request order.
@@ -154,8 +161,10 @@ impl PartialEq for TlsFile {
 pub struct UpstreamConfig {
     /// Unique name.
     pub name: String,
-    /// Endpoints with weights.
+    /// Endpoints with fixed addresses (literal, or resolved once at load), with weights.
     pub endpoints: Vec<EndpointConfig>,
+    /// Names followed at run time by [`crate::discovery`].
+    pub discovered: Vec<DiscoveredEntry>,
     /// Wire protocol to the endpoints.
     pub protocol: UpstreamProtocol,
     /// TCP connect deadline.
@@ -209,13 +218,49 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigIssue>> {
     Ok(config)
 }
 
-/// Parses and validates config text. All problems are returned together.
+/// Parses and validates config text. All problems are returned together, each with its key and line: a value
+/// serde refuses is blanked out (see [`keys`]) and the rest read again, then everything that parsed is validated.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigIssue>> {
-    let source: FileConfig = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|span| line_of(text, span.start));
-        vec![ConfigIssue { key: "file".into(), line, message: e.message().trim().to_string() }]
-    })?;
-    Validator { text, issues: Vec::new() }.validate(source)
+    let index = keys::KeyIndex::parse(text).unwrap_or_default();
+    let mut issues = Vec::new();
+    let mut blanked: Vec<String> = Vec::new();
+    let mut readable = text.to_string();
+    let source = loop {
+        let error = match toml::from_str::<FileConfig>(&readable) {
+            Ok(source) => break Some(source),
+            Err(error) => error,
+        };
+        let offset = error.span().map(|span| span.start);
+        let message = error.message().trim().to_string();
+        // A required key blanked for an earlier problem is missing now: that is the same problem.
+        if blanked.iter().any(|key| message.contains(&format!("missing field `{}`", last_segment(key)))) {
+            break None;
+        }
+        let key = offset.and_then(|o| index.name_at(o)).unwrap_or_else(|| "file".into());
+        issues.push(ConfigIssue { key, line: offset.map(|o| line_of(text, o)), message });
+        match offset.and_then(|o| index.key_at(o)) {
+            Some(entry) if !blanked.contains(&entry.path) => {
+                blanked.push(entry.path.clone());
+                keys::blank(&mut readable, entry);
+            }
+            _ => break None,
+        }
+    };
+    let validated = source.map(|source| Validator { text, index: &index, issues: Vec::new() }.validate(source));
+    match validated {
+        Some(Ok(config)) if issues.is_empty() => Ok(config),
+        Some(Ok(_)) | None => Err(issues),
+        Some(Err(more)) => {
+            // What validation says of a key that was blanked (a default stood in for it) is not news.
+            issues.extend(more.into_iter().filter(|i| !blanked.contains(&i.key)));
+            issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+            Err(issues)
+        }
+    }
+}
+
+fn last_segment(key: &str) -> &str {
+    key.rsplit('.').next().unwrap_or(key)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -224,13 +269,38 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 struct Validator<'a> {
     text: &'a str,
+    index: &'a keys::KeyIndex,
     issues: Vec<ConfigIssue>,
 }
 
 impl Validator<'_> {
+    /// Records a problem; its line is where the key is written, else the spanned value's (for a key that is
+    /// missing, the nearest thing that is there).
     fn issue<T>(&mut self, key: impl Into<String>, spanned: Option<&Spanned<T>>, message: impl Into<String>) {
-        let line = spanned.filter(|s| s.span().end > 0).map(|s| line_of(self.text, s.span().start));
-        self.issues.push(ConfigIssue { key: key.into(), line, message: message.into() });
+        let key = key.into();
+        let spanned = spanned.filter(|s| s.span().end > 0).map(|s| s.span().start);
+        let offset = self.index.offset_of(&key).or(spanned);
+        let line = offset.map(|o| line_of(self.text, o));
+        self.issues.push(ConfigIssue { key, line, message: message.into() });
+    }
+
+    /// TLS files must be readable: found here, the problem has its key and line (the PEM contents are checked
+    /// when the listener is built).
+    fn tls_files(&mut self, key: &str, tls: &TlsFile) {
+        let mut files = vec![(format!("{key}.tls.cert"), &tls.cert), (format!("{key}.tls.key"), &tls.key)];
+        for (j, pair) in tls.sni.iter().enumerate() {
+            files.push((format!("{key}.tls.sni[{j}].cert"), &pair.cert));
+            files.push((format!("{key}.tls.sni[{j}].key"), &pair.key));
+        }
+        // A fuzzed file must not make the parser open arbitrary paths (a FIFO would block it).
+        if cfg!(fuzzing) {
+            return;
+        }
+        for (file_key, path) in files {
+            if let Err(e) = std::fs::File::open(path) {
+                self.issue::<()>(file_key, None, format!("cannot read {}: {e}", path.display()));
+            }
+        }
     }
 
     fn address(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
@@ -252,6 +322,13 @@ impl Validator<'_> {
         let listeners = self.listeners(&source, &upstream_names, &plugin_names);
         let anomaly = source.anomaly.clone().filter(|a| a.enabled);
         let cluster = source.cluster.as_ref().and_then(|c| self.cluster(c));
+        let dns = match source.dns.as_ref().map(endpoints::check_dns).transpose() {
+            Ok(dns) => dns.unwrap_or(DnsConfig { servers: Vec::new(), timeout: endpoints::DEFAULT_DNS_TIMEOUT }),
+            Err(message) => {
+                self.issue::<()>("dns", None, message);
+                DnsConfig::default()
+            }
+        };
         if let Some(a) = &anomaly {
             if let Err(e) = a.validate() {
                 self.issue::<()>("anomaly", None, e.to_string());
@@ -261,7 +338,9 @@ impl Validator<'_> {
             return Err(self.issues);
         }
         match admin {
-            Some(admin) => Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source, cluster }),
+            Some(admin) => {
+                Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source, cluster, dns })
+            }
             None => Err(self.issues),
         }
     }
@@ -355,20 +434,15 @@ impl Validator<'_> {
                     format!("duplicate upstream name {:?}", up.name.get_ref()),
                 );
             }
-            if up.endpoints.is_empty() {
-                self.issue(format!("{key}.endpoints"), Some(&up.name), "needs at least one endpoint");
-            }
+            // An empty list is a group that registrations fill (see the admin API).
             let mut endpoints = Vec::new();
+            let mut discovered = Vec::new();
             for (j, ep) in up.endpoints.iter().enumerate() {
-                let (address, weight) = match ep {
-                    EndpointFile::Address(a) => (a.clone(), 1),
-                    EndpointFile::Weighted { address, weight } => (address.clone(), *weight),
-                };
-                if !(1..=1000).contains(&weight) {
-                    self.issue(format!("{key}.endpoints[{j}].weight"), Some(&up.name), "weight must be 1..=1000");
-                }
-                match resolve(&address) {
-                    Ok(resolved) => endpoints.push(EndpointConfig { name: address, address: resolved, weight }),
+                match endpoints::check_entry(ep, resolve) {
+                    Ok(endpoints::Checked::Fixed { name, address, weight }) => {
+                        endpoints.push(EndpointConfig { name, address, weight })
+                    }
+                    Ok(endpoints::Checked::Discovered(entry)) => discovered.push(entry),
                     Err(message) => self.issue(format!("{key}.endpoints[{j}]"), Some(&up.name), message),
                 }
             }
@@ -409,6 +483,7 @@ impl Validator<'_> {
             out.push(UpstreamConfig {
                 name: up.name.get_ref().clone(),
                 endpoints,
+                discovered,
                 protocol: up.protocol,
                 connect_timeout: up.connect_timeout.0,
                 request_timeout: up.request_timeout.0,
@@ -540,7 +615,10 @@ impl Validator<'_> {
                 _ => {}
             }
             if l.mode == ListenerMode::Forward && l.tls.is_some() {
-                self.issue(format!("{key}.tls"), Some(&l.name), "TLS on a forward-proxy listener is not supported");
+                self.issue::<()>(format!("{key}.tls"), None, "TLS on a forward-proxy listener is not supported");
+            }
+            if let Some(tls) = &l.tls {
+                self.tls_files(&key, tls);
             }
             let mut allow = Vec::new();
             if l.mode != ListenerMode::Forward && !l.allow.is_empty() {
@@ -555,8 +633,29 @@ impl Validator<'_> {
             if l.idle_timeout.0.is_zero() {
                 self.issue(format!("{key}.idle_timeout"), Some(&l.name), "must be more than zero");
             }
+            if l.send_timeout.0.is_zero() {
+                self.issue(format!("{key}.send_timeout"), Some(&l.name), "must be more than zero");
+            }
             if l.max_connections == 0 {
                 self.issue(format!("{key}.max_connections"), Some(&l.name), "must be at least 1");
+            }
+            if l.max_header_bytes.0 > crate::listen::guard::MAX_HEAD as u64 {
+                self.issue(
+                    format!("{key}.max_header_bytes"),
+                    Some(&l.name),
+                    "at most 128KiB: the smuggling guard checks request heads up to that size",
+                );
+            }
+            // Refused rather than half applied: on a forward listener a filter could see absolute-form requests
+            // but never what goes through a CONNECT tunnel (opaque bytes, usually TLS), so an auth or policy
+            // filter there would look enforced and be bypassed by any client that tunnels.
+            if l.mode == ListenerMode::Forward && !l.filters.is_empty() {
+                self.issue(
+                    format!("{key}.filters"),
+                    l.filters.first(),
+                    "filters run on reverse-proxy listeners only: a forward listener's CONNECT tunnels carry bytes \
+                     no filter sees, so its filters would not apply to them",
+                );
             }
             for filter in &l.filters {
                 if !plugins.contains(filter.get_ref().as_str()) {
@@ -579,6 +678,7 @@ impl Validator<'_> {
                     max_connections: l.max_connections,
                     header_read_timeout: l.header_read_timeout.0,
                     idle_timeout: l.idle_timeout.0,
+                    send_timeout: l.send_timeout.0,
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                 });
@@ -592,6 +692,10 @@ impl Validator<'_> {
 fn resolve(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
+    }
+    // Fuzzing sends no DNS queries: a name is simply not an address there.
+    if cfg!(fuzzing) {
+        return Err(format!("{text:?} is not an ip:port address (names are not resolved while fuzzing)"));
     }
     let mut addrs =
         text.to_socket_addrs().map_err(|e| format!("{text:?} is not a host:port address that resolves: {e}"))?;
@@ -613,126 +717,4 @@ pub fn redacted(source: &FileConfig) -> FileConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-upstream = "app"
-
-[[upstream]]
-name = "app"
-endpoints = ["127.0.0.1:1", { address = "127.0.0.1:2", weight = 3 }]
-connect_timeout = "250ms"
-health_check = { path = "/health", interval = "5s" }
-outlier_detection = { consecutive_5xx = 5, base_ejection_time = "30s", max_ejection_percent = 50 }
-"#;
-
-    #[test]
-    fn a_good_file_validates() -> Result<(), String> {
-        let config = parse(GOOD).map_err(|e| format!("{e:?}"))?;
-        assert_eq!(config.upstreams[0].endpoints[1].weight, 3);
-        assert_eq!(config.upstreams[0].connect_timeout, Duration::from_millis(250));
-        assert_eq!(config.listeners[0].upstream.as_deref(), Some("app"));
-        Ok(())
-    }
-
-    #[test]
-    fn unknown_keys_name_key_and_line() {
-        let text = GOOD.replace("connect_timeout", "conect_timeout");
-        let issues = parse(&text).err().unwrap_or_default();
-        assert_eq!(issues.len(), 1);
-        assert!(issues[0].message.contains("conect_timeout"), "{issues:?}");
-        assert_eq!(issues[0].line, Some(13));
-    }
-
-    #[test]
-    fn bad_duration_names_line() {
-        let issues = parse(&GOOD.replace("\"250ms\"", "\"250\"")).err().unwrap_or_default();
-        assert_eq!(issues[0].line, Some(13), "{issues:?}");
-        assert!(issues[0].message.contains("no unit"));
-    }
-
-    #[test]
-    fn unknown_upstream_reference_names_line() {
-        let issues = parse(&GOOD.replace("upstream = \"app\"", "upstream = \"nope\"")).err().unwrap_or_default();
-        assert_eq!(issues.len(), 1);
-        assert_eq!(issues[0].key, "listener[0].upstream");
-        assert_eq!(issues[0].line, Some(8));
-    }
-
-    #[test]
-    fn allow_entries_are_checked_with_key_and_line() {
-        let forward =
-            GOOD.replace("upstream = \"app\"\n", "mode = \"forward\"\nallow = [\"127.0.0.1:8080\", \"10.0.0.0/40\"]\n");
-        let issues = parse(&forward).err().unwrap_or_default();
-        assert_eq!(issues.len(), 1, "{issues:?}");
-        assert_eq!(issues[0].key, "listener[0].allow");
-        assert_eq!(issues[0].line, Some(9));
-        let reverse = GOOD.replace("upstream = \"app\"\n", "upstream = \"app\"\nallow = [\"127.0.0.1\"]\n");
-        let issues = parse(&reverse).err().unwrap_or_default();
-        assert!(issues.iter().any(|i| i.key == "listener[0].allow" && i.message.contains("forward")), "{issues:?}");
-    }
-
-    #[test]
-    fn public_admin_needs_token() {
-        let issues =
-            parse(&GOOD.replace("listen = \"127.0.0.1:0\"\n\n[[listener]]", "listen = \"0.0.0.0:0\"\n\n[[listener]]"))
-                .err()
-                .unwrap_or_default();
-        assert!(issues.iter().any(|i| i.key == "admin.listen"), "{issues:?}");
-    }
-
-    #[test]
-    fn plugins_hand_tables_over_as_json_and_filters_must_name_them() -> Result<(), String> {
-        let text = GOOD.replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"auth\", \"lb\"]\n")
-            + r#"
-[[plugin]]
-name = "auth"
-wasm = "plugins/auth.wasm"
-config = "plain text"
-fail = "open"
-
-[[plugin]]
-name = "lb"
-wasm = "builtin:balancer"
-config = { policy = "ring_hash", hash_on = "header:x-user" }
-cpu_limit = "5ms"
-"#;
-        let config = parse(&text).map_err(|e| format!("{e:?}"))?;
-        assert_eq!(config.listeners[0].filters, vec!["auth".to_string(), "lb".to_string()]);
-        let (auth, lb) = (&config.plugins[0], &config.plugins[1]);
-        assert_eq!(auth.source, PluginSource::File(PathBuf::from("plugins/auth.wasm")));
-        assert_eq!(auth.configuration, "plain text");
-        assert_eq!(auth.fail, FailMode::Open);
-        assert_eq!(auth.root_id, "auth");
-        assert_eq!(auth.memory_limit, 32 * 1024 * 1024);
-        assert_eq!(lb.source, PluginSource::Builtin("balancer".into()));
-        let json: serde_json::Value = serde_json::from_str(&lb.configuration).map_err(|e| e.to_string())?;
-        assert_eq!(json["policy"], "ring_hash");
-        assert_eq!(lb.cpu_limit, Duration::from_millis(5));
-
-        let issues = parse(&text.replace("\"auth\", \"lb\"", "\"auth\", \"nope\"")).err().unwrap_or_default();
-        assert_eq!(issues.len(), 1, "{issues:?}");
-        assert_eq!(issues[0].key, "listener[0].filters");
-        assert_eq!(issues[0].line, Some(9));
-        assert!(issues[0].message.contains("nope"));
-        Ok(())
-    }
-
-    #[test]
-    fn plugin_paths_are_relative_to_the_config_file() -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let path = dir.path().join("portico.toml");
-        std::fs::write(&path, format!("{GOOD}\n[[plugin]]\nname = \"p\"\nwasm = \"p.wasm\"\n"))
-            .map_err(|e| e.to_string())?;
-        let config = load(&path).map_err(|e| format!("{e:?}"))?;
-        assert_eq!(config.plugins[0].source, PluginSource::File(dir.path().join("p.wasm")));
-        Ok(())
-    }
-}
+mod tests;

@@ -1,48 +1,71 @@
 //! `portico demo`: a self-contained show of the data path on loopback. Three demo upstreams, Portico in
-//! front with health checks, retries and outlier detection, a load generator, and a line of live stats per
-//! second. A third of the way in, one upstream fails; two thirds in, it recovers — and the client sees no
-//! failed request.
+//! front with health checks, retries, outlier detection and anomaly detection, a load generator, and a line of
+//! live stats per second. In the full scenario one upstream crashes and comes back (no failed request), then
+//! another turns slow: the detector opens one incident with that endpoint as its cause, the example hook
+//! drains it, and latency recovers. The calm scenario runs the same setup with no fault, to check that nothing
+//! is reported.
 
 pub mod load;
 pub mod record;
+mod setup;
+mod story;
 pub mod upstreams;
 
 use crate::config;
 use crate::server::Server;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use story::Story;
 use upstreams::DemoUpstream;
 
-/// The example remediation scripts, embedded so the demo needs no checkout.
-const REMEDIATION_LIB: &str = include_str!("../../../examples/remediation/lib.sh");
-const DRAIN_SLOWEST: &str = include_str!("../../../examples/remediation/drain-slowest.sh");
-
-/// When things happened in the latency-fault act, for the closing timeline.
-#[derive(Debug, Default)]
-struct Timeline {
-    fault: Option<Duration>,
-    detected: Option<(Duration, String)>,
-    drained: Option<Duration>,
-    recovered: Option<Duration>,
+/// Which acts the demo plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// A calm start, beta crashes and recovers, gamma turns slow.
+    Full,
+    /// The same setup with no fault at all: the run should end with `incidents: 0`.
+    Calm,
 }
 
-/// Runs the demo for `duration` with `concurrency` client connections, printing to stdout.
-///
-/// Acts: calm (the detector warms up), beta crashes and comes back (failover, zero failed requests), then
-/// gamma turns slow: the detector flags the latency, the example hook drains gamma through the admin API, and
-/// latency recovers. The run ends with a summary and that timeline.
-pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Scenario::Full),
+            "calm" => Ok(Scenario::Calm),
+            other => Err(format!("unknown scenario {other:?} (full or calm)")),
+        }
+    }
+}
+
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// How long the load runs.
+    pub duration: Duration,
+    /// Client connections.
+    pub concurrency: usize,
+    /// Which acts.
+    pub scenario: Scenario,
+    /// Where Portico's own log lines go (printed at the start), `None` when they go to the terminal.
+    pub log_file: Option<std::path::PathBuf>,
+}
+
+/// Runs the demo, printing to stdout.
+pub async fn run(options: DemoOptions) -> Result<(), String> {
+    let DemoOptions { duration, concurrency, scenario, log_file } = options;
     let mut upstreams = Vec::new();
     for (i, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
         let latency = Duration::from_micros(200 + 100 * i as u64);
         upstreams.push(DemoUpstream::start(name, latency).await.map_err(|e| format!("demo upstream: {e}"))?);
     }
-    let listen = free_or_ephemeral("127.0.0.1:8080");
-    let admin = free_or_ephemeral("127.0.0.1:9901");
+    let listen = setup::free_or_ephemeral("127.0.0.1:8080");
+    let admin = setup::free_or_ephemeral("127.0.0.1:9901");
     let warmup = (duration.as_secs() / 4).clamp(5, 120);
-    let scripts = tempfile_dir().map_err(|e| format!("demo scripts: {e}"))?;
-    let hook = write_hook(&scripts).map_err(|e| format!("demo scripts: {e}"))?;
-    let text = demo_config(&listen, &admin, &upstreams, warmup, hook.as_deref());
+    let scripts = setup::scratch_dir().map_err(|e| format!("demo scripts: {e}"))?;
+    let hook = setup::write_hook(&scripts).map_err(|e| format!("demo scripts: {e}"))?;
+    let text = setup::config(&listen, &admin, &upstreams, warmup, hook.as_deref());
     let config = config::parse(&text).map_err(|issues| format!("demo config: {issues:?}"))?;
     let server = Server::start(config, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
     let admin_addr = crate::admin::serve_tcp(server.clone(), admin.parse().map_err(|_| "admin address")?)
@@ -50,44 +73,46 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
         .map_err(|e| format!("admin API: {e}"))?;
     let bound = server.bound_addresses().await;
     let web = *bound.get("web").ok_or("demo listener did not start")?;
-    println!("Portico demo: proxy on http://{web}, admin on http://{admin_addr} (try: curl http://{web}/ or curl http://{admin_addr}/upstreams)");
+    println!("Portico demo: proxy on http://{web}, admin on http://{admin_addr}");
+    println!("  live dashboard: http://{admin_addr}/dashboard   (or: curl http://{admin_addr}/anomaly/incidents)");
+    if let Some(path) = &log_file {
+        println!("  Portico's log: {} (--verbose prints it here instead)", path.display());
+    }
+    let names: BTreeMap<String, String> =
+        upstreams.iter().map(|u| (u.address.to_string(), u.name.to_string())).collect();
     for u in &upstreams {
         println!("  upstream {:<6} {}", u.name, u.address);
     }
-    println!("Plugins: router (builtin:router), lb (builtin:balancer, round_robin); anomaly detection: bundled LSTM, warm-up {warmup}s.");
+    println!("Plugins: router (builtin:router), lb (builtin:balancer, round_robin); anomaly detection warms up for {warmup}s.");
     match &hook {
-        Some(_) => println!("Remediation: the example drain-slowest.sh hook runs on critical upstream latency alerts."),
+        Some(_) => {
+            println!("Remediation: the example drain-endpoint.sh hook drains an endpoint an incident names as cause.")
+        }
         None => println!("Remediation: skipped (the example hook needs sh, curl and python3 on PATH)."),
     }
     let (fail_at, recover_at, slow_at) = (duration * 30 / 100, duration * 45 / 100, duration * 60 / 100);
-    println!(
-        "Acts over {}s, {concurrency} connections: beta fails at {}s and recovers at {}s; gamma turns slow (+200 ms) at {}s.\n",
-        duration.as_secs(),
-        fail_at.as_secs(),
-        recover_at.as_secs(),
-        slow_at.as_secs()
-    );
-    let start = Instant::now();
-    let timeline = Arc::new(parking_lot::Mutex::new(Timeline::default()));
+    match scenario {
+        Scenario::Full => println!(
+            "Acts over {}s, {concurrency} connections: beta fails at {}s and recovers at {}s; gamma turns slow (+200 ms) at {}s.\n",
+            duration.as_secs(),
+            fail_at.as_secs(),
+            recover_at.as_secs(),
+            slow_at.as_secs()
+        ),
+        Scenario::Calm => {
+            println!("Calm scenario over {}s, {concurrency} connections: no fault is injected.\n", duration.as_secs())
+        }
+    }
+    let story = Arc::new(Story::new(names));
     if let Some(watch) = server.watch.lock().await.as_ref() {
         let mut events = watch.detector.subscribe();
-        let timeline = timeline.clone();
+        let story = story.clone();
         tokio::spawn(async move {
-            while let Ok(event) = events.recv().await {
-                if let portico_anomaly::AnomalyEvent::Alert(change) = event {
-                    println!(
-                        "      !! anomaly {:?}: {} {} (score {:.2}, value {:.2}, expected {})",
-                        change.transition,
-                        change.alert.series,
-                        change.alert.severity.as_str(),
-                        change.alert.score,
-                        change.alert.value,
-                        change.alert.predicted.map_or("-".to_string(), |p| format!("{p:.2}"))
-                    );
-                    let mut t = timeline.lock();
-                    if t.fault.is_some() && t.detected.is_none() && change.alert.series.contains("latency") {
-                        t.detected = Some((start.elapsed(), change.alert.series.clone()));
-                    }
+            loop {
+                match events.recv().await {
+                    Ok(event) => story.on_event(&event),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
         });
@@ -95,17 +120,18 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
     println!("{:>5} {:>8} {:>9} {:>9} {:>7}  served by", "t(s)", "req/s", "p50(ms)", "p99(ms)", "errors");
 
     let recorder = Arc::new(load::Recorder::default());
-    let until = start + duration;
+    let until = Instant::now() + duration;
     let load = tokio::spawn(load::run(web, concurrency, until, recorder.clone()));
     let mut totals = load::Window::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let (mut failed, mut recovered, mut slowed) = (false, false, false);
+    let faults = scenario == Scenario::Full;
+    let (mut failed, mut recovered, mut slowed) = (!faults, !faults, !faults);
     let mut calm_p99: Vec<f64> = Vec::new();
     let gamma = upstreams[2].address.to_string();
     while Instant::now() < until {
         tick.tick().await;
-        let elapsed = start.elapsed();
+        let elapsed = story.elapsed();
         if !failed && elapsed >= fail_at {
             failed = true;
             upstreams[1].set_down(true);
@@ -119,7 +145,7 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
         if !slowed && elapsed >= slow_at {
             slowed = true;
             upstreams[2].extra_latency_us.store(200_000, std::sync::atomic::Ordering::Relaxed);
-            timeline.lock().fault = Some(elapsed);
+            story.fault();
             println!("      -- gamma turns slow (+200 ms) --");
         }
         let mut w = recorder.take();
@@ -135,28 +161,22 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
             errors,
             served.join(" ")
         );
-        if !failed {
+        if elapsed < fail_at || !faults {
             calm_p99.push(p99);
         }
-        {
-            let drained = server
-                .shared
-                .snapshot
-                .load()
-                .upstreams
-                .get("demo")
-                .and_then(|u| u.endpoint(&gamma).map(|e| e.status(std::time::Instant::now())))
-                == Some(crate::upstream::endpoint::EndpointStatus::Drained);
-            let mut t = timeline.lock();
-            if t.fault.is_some() && t.drained.is_none() && drained {
-                t.drained = Some(elapsed);
-                println!("      -- gamma drained by the remediation hook --");
-            }
-            let baseline = calm_p99.iter().cloned().fold(0.0, f64::max).max(1.0);
-            if t.drained.is_some() && t.recovered.is_none() && p99 <= 2.0 * baseline {
-                t.recovered = Some(elapsed);
-            }
+        let drained = server
+            .shared
+            .snapshot
+            .load()
+            .upstreams
+            .get("demo")
+            .and_then(|u| u.endpoint(&gamma).map(|e| e.status(Instant::now())))
+            == Some(crate::upstream::endpoint::EndpointStatus::Drained);
+        if drained && story.awaiting_drain() {
+            story.drained();
+            println!("      -- gamma drained by the remediation hook --");
         }
+        story.latency(p99, calm_p99.iter().cloned().fold(0.0, f64::max).max(1.0));
         totals.latencies_us.append(&mut w.latencies_us);
         for (k, v) in w.statuses {
             *totals.statuses.entry(k).or_default() += v;
@@ -164,6 +184,12 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
         totals.errors += w.errors;
     }
     let _ = load.await;
+    // Let the detector finish the last ticks so the summary holds every incident.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let actions = match server.watch.lock().await.as_ref() {
+        Some(watch) => watch.detector.actions(),
+        None => Vec::new(),
+    };
     let answered = totals.answered();
     let failed_requests =
         totals.errors + totals.statuses.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum::<u64>();
@@ -173,132 +199,11 @@ pub async fn run(duration: Duration, concurrency: usize) -> Result<(), String> {
         totals.percentile_ms(50.0),
         totals.percentile_ms(99.0)
     );
-    {
-        let t = timeline.lock();
-        let at = |d: Option<Duration>| d.map_or("—".to_string(), |d| format!("{:.0}s", d.as_secs_f64()));
-        println!("Latency fault timeline:");
-        println!("  fault injected   {}", at(t.fault));
-        match &t.detected {
-            Some((d, series)) => println!("  detected         {:.0}s  ({series})", d.as_secs_f64()),
-            None => println!("  detected         —  (not within this run; try --duration 90s)"),
-        }
-        println!("  endpoint drained {}", at(t.drained));
-        println!("  recovered        {}", at(t.recovered));
-    }
+    println!("Dashboard was at http://{admin_addr}/dashboard.");
+    story.summary(faults, &actions);
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&scripts);
     Ok(())
-}
-
-/// A private directory for the demo's hook scripts.
-fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("portico-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-/// Writes the example drain hook; `None` when the tools it uses are missing.
-fn write_hook(dir: &std::path::Path) -> std::io::Result<Option<std::path::PathBuf>> {
-    let have = |tool: &str| {
-        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
-    };
-    if !(have("sh") && have("curl") && have("python3")) {
-        return Ok(None);
-    }
-    std::fs::write(dir.join("lib.sh"), REMEDIATION_LIB)?;
-    let script = dir.join("drain-slowest.sh");
-    std::fs::write(&script, DRAIN_SLOWEST)?;
-    Ok(Some(script))
-}
-
-/// The preferred address if it is free, else a free port on loopback (a concrete one: the hook needs to
-/// know the admin port before the server starts).
-fn free_or_ephemeral(preferred: &str) -> String {
-    match std::net::TcpListener::bind(preferred) {
-        Ok(_) => preferred.to_string(),
-        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_or_else(|_| "127.0.0.1:0".to_string(), |a| a.to_string()),
-    }
-}
-
-fn demo_config(
-    listen: &str,
-    admin: &str,
-    upstreams: &[DemoUpstream],
-    warmup_ticks: u64,
-    hook: Option<&std::path::Path>,
-) -> String {
-    let hook = hook.map_or(String::new(), |path| {
-        format!(
-            r#"
-[[anomaly.hook]]
-name = "drain-slowest"
-on = {{ severity = "critical", series = "upstream.demo.latency_*" }}
-exec = ["/bin/sh", "{}"]
-timeout = "10s"
-cooldown = "1m"
-"#,
-            path.display()
-        )
-    });
-    let endpoints: Vec<String> = upstreams.iter().map(|u| format!("\"{}\"", u.address)).collect();
-    format!(
-        r#"
-[admin]
-listen = "{admin}"
-
-[[listener]]
-name = "web"
-listen = "{listen}"
-upstream = "demo"
-filters = ["router", "lb"]
-
-# Routing and balancing run as the bundled WebAssembly plugins. The demo shares the machine with its own load
-# generator, so the per-callback deadline (wall-clock) gets headroom over the 10 ms default.
-[[plugin]]
-name = "router"
-wasm = "builtin:router"
-cpu_limit = "100ms"
-config = {{ routes = [
-  {{ match = {{ headers = {{ x-canary = "1" }} }}, upstream = "canary" }},
-  {{ match = {{ path_prefix = "/" }}, upstream = "demo" }},
-] }}
-
-# Round robin keeps giving gamma its share when it turns slow, so the slowdown shows in latency and the
-# remediation hook has something to fix. least_request would steer around gamma by itself (it gets well under
-# 1 % of requests once slow), and the detector would rightly see nothing.
-[[plugin]]
-name = "lb"
-wasm = "builtin:balancer"
-cpu_limit = "100ms"
-config = {{ policy = "round_robin" }}
-
-# Portico watches its own series with the bundled LSTM; the demo shortens the warm-up to fit its run.
-# The demo's series are young and noisy (everything shares one machine), so its thresholds are lower than
-# the defaults (warning 0.7, critical 0.9, for 3 ticks).
-[anomaly]
-interval = "1s"
-warmup = {warmup_ticks}
-thresholds = {{ warning = 0.4, critical = 0.5, for_ticks = 2, resolve_ticks = 5 }}
-{hook}
-
-[[upstream]]
-name = "canary"
-endpoints = [{canary}]
-
-[[upstream]]
-name = "demo"
-endpoints = [{}]
-connect_timeout = "250ms"
-request_timeout = "2s"
-retries = 2
-health_check = {{ path = "/health", interval = "1s", timeout = "500ms", unhealthy_threshold = 2, healthy_threshold = 2 }}
-outlier_detection = {{ consecutive_5xx = 3, base_ejection_time = "2s", max_ejection_percent = 50 }}
-"#,
-        endpoints.join(", "),
-        canary = endpoints.last().cloned().unwrap_or_default(),
-    )
 }
 
 /// `portico check --health URL`: GET the URL, succeed on 2xx (for keepalived's `vrrp_script`).

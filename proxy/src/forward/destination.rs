@@ -1,7 +1,8 @@
 //! Where a forward listener may send a client. A forward proxy on an edge gateway must not become a way in
 //! to the gateway itself: Portico's own admin, listener and cluster addresses are refused (unless an `allow`
 //! entry names them exactly), and so are loopback, link-local and unspecified addresses unless `allow` covers
-//! them. The name is resolved here and the checked address is the one connected to, so a name that resolves
+//! them; so are this host's other addresses (an interface address reaches what loopback does). The name is
+//! resolved here and the checked address is the one connected to, so a name that resolves
 //! differently a second time (DNS rebinding) cannot slip past the check.
 
 use crate::config::allow::{canonical, AllowEntry};
@@ -44,18 +45,28 @@ pub enum Refusal {
 
 fn check(shared: &Shared, allow: &[AllowEntry], addr: SocketAddr) -> Result<(), Refusal> {
     let addr = canonical(addr);
-    if is_own(shared, addr) {
+    let ip = addr.ip();
+    let this_host = ip.is_loopback() || ip.is_unspecified() || is_local_address(ip);
+    if is_own(shared, addr, this_host) {
         if allow.iter().any(|a| a.is_exactly(addr)) {
             return Ok(());
         }
         return Err(Refusal::Forbidden(format!("{addr} is one of Portico's own addresses")));
     }
-    let ip = addr.ip();
-    let special = ip.is_loopback() || ip.is_unspecified() || is_link_local(ip);
+    let special = this_host || is_link_local(ip);
     if special && !allow.iter().any(|a| a.covers(addr)) {
-        return Err(Refusal::Forbidden(format!("{addr} is a loopback, link-local or unspecified address")));
+        return Err(Refusal::Forbidden(format!(
+            "{addr} is this host (loopback, unspecified or one of its own addresses) or link-local"
+        )));
     }
     Ok(())
+}
+
+/// Whether `ip` is one of this host's own addresses (a public or private interface address reaches the same
+/// services as loopback, including Portico's admin API when it listens on 0.0.0.0). Only a local address can be
+/// bound: the kernel says `EADDRNOTAVAIL` for any other, without sending anything.
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 fn is_link_local(ip: IpAddr) -> bool {
@@ -66,9 +77,9 @@ fn is_link_local(ip: IpAddr) -> bool {
 }
 
 /// Portico's admin and listener sockets as bound, and the configured cluster address. A socket bound to an
-/// unspecified address is reached through any local address, so there only the port is compared for
-/// loopback and unspecified targets.
-fn is_own(shared: &Shared, addr: SocketAddr) -> bool {
+/// unspecified address is reached through any of this host's addresses, so there only the port is compared
+/// for targets on this host.
+fn is_own(shared: &Shared, addr: SocketAddr, this_host: bool) -> bool {
     let snapshot = shared.snapshot.load();
     let config = &snapshot.config;
     let mut own: Vec<SocketAddr> = shared.own_addrs.read().clone();
@@ -79,10 +90,19 @@ fn is_own(shared: &Shared, addr: SocketAddr) -> bool {
             own.push(a);
         }
     }
-    own.iter().map(|o| canonical(*o)).any(|o| {
-        o == addr
-            || (o.ip().is_unspecified()
-                && o.port() == addr.port()
-                && (addr.ip().is_loopback() || addr.ip().is_unspecified()))
-    })
+    own.iter()
+        .map(|o| canonical(*o))
+        .any(|o| o == addr || (o.ip().is_unspecified() && o.port() == addr.port() && this_host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_hosts_addresses_count_as_local() {
+        assert!(is_local_address(IpAddr::from([127, 0, 0, 1])));
+        // TEST-NET-1 (RFC 5737) is never assigned to a host; binding it fails without sending anything.
+        assert!(!is_local_address(IpAddr::from([192, 0, 2, 1])));
+    }
 }

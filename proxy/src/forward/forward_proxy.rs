@@ -162,7 +162,8 @@ async fn absolute(
         },
     );
     parts.version = http::Version::HTTP_11;
-    let body = if body.is_end_stream() { RequestBody::empty() } else { RequestBody::Stream(body) };
+    let (body, client_body) =
+        if body.is_end_stream() { (RequestBody::empty(), None) } else { RequestBody::Stream(body).watched() };
     let request = Request::from_parts(parts, body);
     match tokio::time::timeout(Duration::from_secs(30), shared.forward_client.request(request)).await {
         Ok(Ok(mut response)) => {
@@ -171,6 +172,10 @@ async fn absolute(
             headers::append_via(response.headers_mut(), upstream_version);
             let (parts, body) = response.into_parts();
             Response::from_parts(parts, ResponseBody::Upstream(body, None))
+        }
+        // A body the client broke is the client's fault, not the origin's.
+        Ok(Err(_)) if client_body.as_ref().is_some_and(|w| w.client_failed()) => {
+            error_response(LocalError::BadRequest, "the request body could not be read", &meta.request_id)
         }
         Ok(Err(e)) => error_response(LocalError::UpstreamFailed, &e.to_string(), &meta.request_id),
         Err(_) => error_response(LocalError::UpstreamTimeout, "origin did not answer in time", &meta.request_id),

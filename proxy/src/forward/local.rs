@@ -9,6 +9,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 pub enum LocalError {
     /// 400: malformed or ambiguous request (e.g. Content-Length with Transfer-Encoding).
     BadRequest,
+    /// 405: a method the listener does not serve (CONNECT on a reverse listener).
+    MethodNotAllowed,
     /// 403: a forward-proxy CONNECT to a port not in `connect_ports`.
     ForbiddenPort,
     /// 403: a forward-proxy destination that is Portico itself, or loopback/link-local/unspecified and not in
@@ -36,6 +38,7 @@ impl LocalError {
         match self {
             LocalError::BadRequest => StatusCode::BAD_REQUEST,
             LocalError::ForbiddenPort | LocalError::ForbiddenDestination => StatusCode::FORBIDDEN,
+            LocalError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             LocalError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             LocalError::NoHealthyUpstream | LocalError::PluginFailed => StatusCode::SERVICE_UNAVAILABLE,
             LocalError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -49,6 +52,7 @@ impl LocalError {
     pub fn code(self) -> &'static str {
         match self {
             LocalError::BadRequest => "bad_request",
+            LocalError::MethodNotAllowed => "method_not_allowed",
             LocalError::ForbiddenPort => "connect_port_forbidden",
             LocalError::ForbiddenDestination => "destination_forbidden",
             LocalError::UpstreamFailed => "upstream_failed",
@@ -77,8 +81,18 @@ pub fn error_response(error: LocalError, detail: &str, request_id: &str) -> Resp
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(super::headers::X_REQUEST_ID.clone(), v);
     }
-    // The rest of an unread request body would be taken for the next request: close instead.
-    if matches!(error, LocalError::BadRequest | LocalError::PayloadTooLarge | LocalError::RequestTimeout) {
+    if error == LocalError::MethodNotAllowed {
+        headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+    }
+    // The rest of an unread request body (or a refused tunnel's bytes) would be taken for the next request:
+    // close instead.
+    if matches!(
+        error,
+        LocalError::BadRequest
+            | LocalError::PayloadTooLarge
+            | LocalError::RequestTimeout
+            | LocalError::MethodNotAllowed
+    ) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response

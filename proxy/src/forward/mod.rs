@@ -6,6 +6,7 @@ pub mod destination;
 pub mod forward_proxy;
 pub mod headers;
 pub mod local;
+pub mod request_head;
 pub mod reverse;
 pub mod tunnel;
 
@@ -45,10 +46,10 @@ pub async fn handle(
     let in_flight = conn.activity.begin();
     let listener = conn.listener.load_full();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
-        tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request with both Content-Length and Transfer-Encoding");
+        tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: both Content-Length and Transfer-Encoding, or a head too large to check");
         let response = local::error_response(
             local::LocalError::BadRequest,
-            "request has both Content-Length and Transfer-Encoding",
+            "request has both Content-Length and Transfer-Encoding (or a head too large to check)",
             &meta.request_id,
         );
         shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
@@ -56,8 +57,19 @@ pub async fn handle(
     }
     let mut response = match listener.config.mode {
         ListenerMode::Forward => forward_proxy::handle(&shared, &conn, &listener, req, &meta).await,
-        ListenerMode::Reverse => reverse::handle(&shared, &conn, &listener, req, &meta).await,
+        ListenerMode::Reverse => {
+            let (mut parts, body) = req.into_parts();
+            match request_head::check_reverse(&mut parts) {
+                Ok(()) => reverse::handle(&shared, &conn, &listener, Request::from_parts(parts, body), &meta).await,
+                Err(refused) => {
+                    tracing::debug!(trace_id = %meta.trace.trace_id, peer = %conn.peer, detail = refused.detail, "request head refused");
+                    shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
+                    local::error_response(refused.error, refused.detail, &meta.request_id)
+                }
+            }
+        }
     };
     in_flight.attach(response.body_mut());
+    conn.activity.watch_send(response.body_mut());
     Ok(response)
 }

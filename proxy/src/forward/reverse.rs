@@ -69,7 +69,8 @@ pub async fn handle(
     }
     match BodyPipe::new(&chain, Direction::Response, timeout) {
         Some(pipe) => {
-            let response = body::filter_response_body(chain, pipe, response, &meta.request_id).await;
+            let send_timeout = listener.config.send_timeout;
+            let response = body::filter_response_body(chain, pipe, response, &meta.request_id, send_timeout).await;
             finish(shared, listener, upstream.name(), response, meta)
         }
         None => logged(finish(shared, listener, upstream.name(), response, meta), chain),
@@ -140,10 +141,13 @@ struct EndpointRelease {
 }
 
 impl BodyGuard for EndpointRelease {
-    /// A body that ended cleanly leaves its HTTP/1 connection reusable; one cut short closes it.
+    /// A body that ended cleanly leaves its HTTP/1 connection reusable; one cut short (or abandoned by the send
+    /// timeout) closes it at once.
     fn finish(&mut self, ok: bool) {
-        if let Some(connection) = self.connection.take().filter(|_| ok) {
-            connection.release();
+        match self.connection.take() {
+            Some(connection) if ok => connection.release(),
+            Some(connection) => connection.close(),
+            None => {}
         }
     }
 }
@@ -186,7 +190,8 @@ async fn proxy(
     let uri = parts.uri.path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from);
     let bodiless = body.is_end_stream();
     let retryable = bodiless && is_idempotent(&parts.method) && !upgrade;
-    let mut body = Some(if bodiless { RequestBody::empty() } else { body });
+    let (body, client_body) = if bodiless { (RequestBody::empty(), None) } else { body.watched() };
+    let mut body = Some(body);
     let version = match upstream.config.protocol {
         crate::config::UpstreamProtocol::H2 => Version::HTTP_2,
         crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -223,7 +228,9 @@ async fn proxy(
         tried.push(index);
         let endpoint = &upstream.endpoints[index];
         let Ok(permit) = upstream.acquire(index).await else {
-            last_error = (LocalError::NoHealthyUpstream, format!("endpoint {} has no free connection", endpoint.name));
+            tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, "no free connection (pool.max_connections)");
+            last_error =
+                (LocalError::NoHealthyUpstream, format!("upstream {:?} has no free connection", upstream.name()));
             continue;
         };
         let active = endpoint.begin_request();
@@ -251,28 +258,51 @@ async fn proxy(
                 outcome => break outcome,
             }
         };
+        // Whose fault a failed exchange is: a client body that broke or stalled is the client's. It is answered
+        // as such, is not retried, and does not count against the endpoint.
+        let client_fault = |stalled: bool| {
+            client_body.as_ref().and_then(|w| {
+                if w.client_failed() {
+                    Some((LocalError::BadRequest, "the request body could not be read"))
+                } else if stalled && w.waiting_on_client() {
+                    Some((LocalError::RequestTimeout, "the request body did not arrive in time"))
+                } else {
+                    None
+                }
+            })
+        };
+        // Client-facing details name the upstream group, never an endpoint address: those stay in the log.
         match outcome {
             Err(_elapsed) => {
+                if let Some((error, detail)) = client_fault(true) {
+                    tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, detail, "client body stalled");
+                    return error_response(error, detail, &meta.request_id);
+                }
                 upstream.report_failure(index, &shared.metrics);
+                tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, endpoint = %endpoint.name, "upstream did not answer in time");
                 return error_response(
                     LocalError::UpstreamTimeout,
-                    &format!("endpoint {} did not answer in time", endpoint.name),
+                    &format!("upstream {:?} did not answer in time", upstream.name()),
                     &meta.request_id,
                 );
             }
             Ok(Err(e)) => {
+                if let Some((error, detail)) = client_fault(false) {
+                    tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, error = %error_chain(&e), "client body failed");
+                    return error_response(error, detail, &meta.request_id);
+                }
                 if e.is_connect() {
                     shared.metrics.connect_errors.with_label_values(&[upstream.name()]).inc();
                 }
                 upstream.report_failure(index, &shared.metrics);
-                tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, error = %e, "upstream attempt failed");
-                last_error = (LocalError::UpstreamFailed, format!("endpoint {}: {}", endpoint.name, error_chain(&e)));
+                tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, endpoint = %endpoint.name, error = %error_chain(&e), "upstream attempt failed");
+                last_error = (LocalError::UpstreamFailed, format!("upstream {:?}: {}", upstream.name(), e.summary()));
                 continue;
             }
             Ok(Ok((mut response, connection))) => {
                 endpoint.record_latency(sent_at.elapsed());
                 let status = response.status();
-                if status.is_server_error() {
+                if status.is_server_error() && client_fault(false).is_none() {
                     upstream.report_failure(index, &shared.metrics);
                 } else {
                     upstream.report_success(index);
@@ -281,7 +311,7 @@ async fn proxy(
                 if gateway_error && retryable && attempt + 1 < max_attempts && upstream.allow_retry() {
                     retry_paid = true;
                     last_error =
-                        (LocalError::UpstreamFailed, format!("endpoint {} answered {}", endpoint.name, status));
+                        (LocalError::UpstreamFailed, format!("upstream {:?} answered {}", upstream.name(), status));
                     continue;
                 }
                 if status == http::StatusCode::SWITCHING_PROTOCOLS {

@@ -10,28 +10,49 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-/// Starts the checker for one upstream group; abort the handle to stop it (done on reload).
-pub fn spawn(upstream: Arc<Upstream>) -> Option<JoinHandle<()>> {
-    let check = upstream.config.health_check.clone()?;
+/// Starts the checker for one upstream group; abort the handle to stop it (done on reload). `current` gives the
+/// group as it is now (discovery and registrations rebuild it between reloads); `on_change` is called after a
+/// round in which an endpoint's health flipped. Endpoints that join the group wait for their first probe only
+/// until the group's [`Upstream::membership`] wakes the checker, not a whole interval.
+pub fn spawn(
+    check: HealthCheckFile,
+    current: impl Fn() -> Option<Arc<Upstream>> + Send + 'static,
+    on_change: impl Fn() + Send + 'static,
+) -> Option<JoinHandle<()>> {
+    let first = current()?;
+    let membership = first.membership.clone();
+    drop(first);
     Some(tokio::spawn(async move {
+        let interval = || check.interval.0.mul_f64(1.0 + rand::thread_rng().gen_range(0.0..0.1));
+        let mut next_round = Instant::now() + interval();
         loop {
-            let jitter = rand::thread_rng().gen_range(0.0..0.1);
-            tokio::time::sleep(check.interval.0.mul_f64(1.0 + jitter)).await;
+            let full = tokio::select! {
+                () = tokio::time::sleep_until(next_round.into()) => true,
+                () = membership.notified() => false,
+            };
+            if full {
+                next_round = Instant::now() + interval();
+            }
+            let Some(upstream) = current() else { return };
             let name = upstream.name();
-            let probes = upstream.endpoints.iter().map(|endpoint| {
+            let probes = upstream.endpoints.iter().filter(|e| full || e.awaiting_first_check()).map(|endpoint| {
                 let check = &check;
                 async move {
                     let ok = probe(endpoint.address, check).await;
-                    if let Some(now_healthy) = endpoint.record_probe(ok, check.healthy_threshold, check.unhealthy_threshold) {
+                    let flipped = endpoint.record_probe(ok, check.healthy_threshold, check.unhealthy_threshold);
+                    if let Some(now_healthy) = flipped {
                         tracing::warn!(upstream = %name, endpoint = %endpoint.name, healthy = now_healthy, "health changed");
                     }
+                    flipped.is_some()
                 }
             });
-            futures_util::future::join_all(probes).await;
+            if futures_util::future::join_all(probes).await.into_iter().any(|flipped| flipped) {
+                on_change();
+            }
         }
     }))
 }

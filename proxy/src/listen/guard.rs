@@ -2,7 +2,8 @@
 //! `Transfer-Encoding` (it drops the length, hyper #3860/#4123); Portico instead refuses such a request outright
 //! so that nothing of it reaches an upstream. This wrapper watches the bytes hyper reads on an HTTP/1
 //! connection, follows message framing (length, chunked, tunnels), and records the ordinal of the first
-//! ambiguous request head; the request path answers that request and any after it with 400.
+//! ambiguous request head (or of a head too large for it to check); the request path answers that request and
+//! any after it with 400.
 //!
 //! It gives up (and stays out of the way) on HTTP/2 and anything it cannot frame — hyper's own
 //! parser still rejects malformed input there.
@@ -14,7 +15,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const MAX_HEAD: usize = 128 * 1024;
+/// The largest request head the guard follows; `max_header_bytes` cannot be set higher.
+pub const MAX_HEAD: usize = 128 * 1024;
 
 /// Shared between the guard and the request path of one connection.
 #[derive(Debug, Default)]
@@ -26,6 +28,11 @@ pub struct GuardFlag {
 }
 
 impl GuardFlag {
+    /// The 1-based ordinal of the first request head refused on this connection, 0 if none.
+    pub fn first_refused(&self) -> u64 {
+        self.bad_request.load(Ordering::Relaxed)
+    }
+
     /// Called by the request path for each request; true when this request must be refused.
     pub fn next_request_is_refused(&self) -> bool {
         let ordinal = self.served.fetch_add(1, Ordering::Relaxed) + 1;
@@ -60,6 +67,16 @@ impl<S> SmuggleGuard<S> {
         SmuggleGuard { inner, state: State::Head(Vec::new()), heads: 0, flag }
     }
 
+    /// Follows bytes as if hyper had just read them (the fuzz target drives the guard this way).
+    pub fn observe(&mut self, bytes: &[u8]) {
+        self.scan(bytes);
+    }
+
+    /// Request heads framed so far.
+    pub fn heads(&self) -> u64 {
+        self.heads
+    }
+
     fn scan(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match &mut self.state {
@@ -79,10 +96,19 @@ impl<S> SmuggleGuard<S> {
                     // framing by CRLF alone took a bare-LF head and the request after it for one head.
                     let end = if has_blank_line(&buf[start..]) { head_len(buf) } else { Ok(None) };
                     let end = match end {
+                        // A head larger than the guard follows is refused, never waved through: hyper takes one
+                        // as large as `max_header_bytes` allows, and an unchecked head would switch the guard
+                        // off for the rest of the connection. (The fuzz target's split-invariance property
+                        // pointed here: the limit used to apply only while a head was incomplete, so the same
+                        // bytes were framed differently depending on how the reads split them.)
+                        Ok(Some(end)) if end > MAX_HEAD => {
+                            self.refuse_next_head();
+                            return;
+                        }
                         Ok(Some(end)) => end,
                         Ok(None) => {
                             if buf.len() > MAX_HEAD {
-                                self.state = State::Off;
+                                self.refuse_next_head();
                             }
                             return;
                         }
@@ -173,6 +199,13 @@ impl<S> SmuggleGuard<S> {
                 }
             }
         }
+    }
+
+    /// Refuses the head being read (it is too large to check) and stops following the connection.
+    fn refuse_next_head(&mut self) {
+        self.heads += 1;
+        let _ = self.flag.bad_request.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
+        self.state = State::Off;
     }
 
     fn on_head(&mut self, head: &[u8]) -> State {
@@ -318,6 +351,15 @@ mod tests {
         assert_eq!(run(&[&lf]).1, 2);
         let split: Vec<&[u8]> = lf.chunks(1).collect();
         assert_eq!(run(&split).1, 2);
+    }
+
+    #[test]
+    fn a_head_too_large_to_check_is_refused_however_it_is_read() {
+        let head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let stream = [b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n".as_slice(), head.as_bytes()].concat();
+        assert_eq!(run(&[&stream]), (2, 2));
+        let split: Vec<&[u8]> = stream.chunks(8192).collect();
+        assert_eq!(run(&split), (2, 2));
     }
 
     #[test]

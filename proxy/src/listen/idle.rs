@@ -11,6 +11,7 @@
 //! from ever idling out, so they are never cut off.
 //! Counting requests rather than bytes means pings and other frames do not keep an idle connection open.
 
+use super::send_timeout::{self, Deadline, Sending};
 use crate::body::{BodyGuard, ResponseBody};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -23,6 +24,10 @@ pub struct Activity {
     state: Mutex<State>,
     /// Wakes the watcher when a request begins or ends, so it recomputes its deadline.
     changed: tokio::sync::Notify,
+    /// When the connection was accepted: the clock streamed bodies mark their progress on.
+    epoch: Instant,
+    /// Response bodies streaming to the client, for the send timeout.
+    sending: Mutex<Vec<Arc<Sending>>>,
 }
 
 #[derive(Debug)]
@@ -34,10 +39,19 @@ struct State {
 
 impl Default for Activity {
     fn default() -> Self {
+        let now = Instant::now();
         Activity {
-            state: Mutex::new(State { requests: 0, in_flight: 0, last_change: Instant::now() }),
+            state: Mutex::new(State { requests: 0, in_flight: 0, last_change: now }),
             changed: tokio::sync::Notify::new(),
+            epoch: now,
+            sending: Mutex::new(Vec::new()),
         }
+    }
+}
+
+impl std::fmt::Debug for Sending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sending")
     }
 }
 
@@ -59,36 +73,67 @@ impl Activity {
         self.changed.notify_one();
     }
 
+    /// Puts a response body streaming from an upstream under the send timeout (see [`super::send_timeout`]).
+    /// Call it last, once every guard that must end with the body is attached.
+    pub fn watch_send(&self, body: &mut ResponseBody) {
+        if let Some(sending) = send_timeout::watch(body, self.epoch) {
+            self.sending.lock().push(sending);
+            self.changed.notify_one();
+        }
+    }
+
     /// Resolves when the connection has waited too long for its first request head, or has been idle too long.
-    pub async fn expired(&self, header_read_timeout: Duration, idle_timeout: Duration) {
+    /// Meanwhile it abandons response bodies the client has taken nothing of for `send_timeout`.
+    pub async fn expired(&self, header_read_timeout: Duration, idle_timeout: Duration, send_timeout: Duration) {
         loop {
+            let now = Instant::now();
+            let next_stall = self.abandon_stalled(now, send_timeout);
             let wake = {
                 let s = self.state.lock();
-                if s.requests == 0 {
-                    s.last_change + header_read_timeout
-                } else if s.in_flight == 0 {
-                    s.last_change + idle_timeout
+                let limit = if s.requests == 0 { header_read_timeout } else { idle_timeout };
+                if s.in_flight == 0 {
+                    let at = s.last_change + limit;
+                    if at <= now {
+                        return;
+                    }
+                    at
                 } else {
-                    Instant::now() + idle_timeout
+                    now + idle_timeout
                 }
             };
-            if wake <= Instant::now() {
-                let s = self.state.lock();
-                if s.in_flight == 0 {
-                    return;
-                }
-                continue;
-            }
+            let wake = next_stall.map_or(wake, |stall| stall.min(wake));
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
-                () = self.changed.notified() => continue,
-            }
-            let s = self.state.lock();
-            let limit = if s.requests == 0 { header_read_timeout } else { idle_timeout };
-            if s.in_flight == 0 && s.last_change.elapsed() >= limit {
-                return;
+                () = self.changed.notified() => {}
             }
         }
+    }
+
+    /// Abandons the bodies past their send deadline and forgets ended ones; returns the next deadline.
+    fn abandon_stalled(&self, now: Instant, send_timeout: Duration) -> Option<Instant> {
+        let mut stalled = Vec::new();
+        let mut next: Option<Instant> = None;
+        self.sending.lock().retain(|sending| match sending.deadline(send_timeout) {
+            Deadline::Ended => false,
+            Deadline::WaitingOnUpstream => true,
+            Deadline::At(deadline) if deadline <= now => {
+                stalled.push(sending.clone());
+                false
+            }
+            Deadline::At(deadline) => {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                true
+            }
+        });
+        // Outside the list's lock: finishing a body's guards ends its request here.
+        for sending in stalled {
+            tracing::debug!(
+                ?send_timeout,
+                "send timeout: the client took nothing of a response body; its upstream connection is released"
+            );
+            sending.abandon();
+        }
+        next
     }
 }
 

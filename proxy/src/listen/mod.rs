@@ -4,6 +4,7 @@
 
 pub mod guard;
 pub mod idle;
+mod send_timeout;
 pub mod workers;
 
 use crate::config::ListenerConfig;
@@ -130,9 +131,7 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_failed(&e).await;
                 continue;
             }
         };
@@ -174,6 +173,20 @@ async fn accept_loop(
     }
 }
 
+/// After a failed `accept`: out of file descriptors (`EMFILE`, `ENFILE`) or memory, the pending connection stays
+/// in the backlog and the next `accept` fails at once, so the loop backs off (and says so) instead of spinning
+/// at a full core. Other errors concern one connection the client already gave up (`ECONNABORTED`): go on.
+pub async fn accept_failed(e: &std::io::Error) {
+    let exhausted = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
+    if exhausted {
+        tracing::warn!(error = %e, "accept failed: out of file descriptors or memory; pausing accepts for 100ms");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        tracing::debug!(error = %e, "accept failed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -197,7 +210,7 @@ async fn serve_connection(
     let service = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
     let config = &runtime.config;
     // Counts from accept: the TLS handshake, version detection and the first request head share one deadline.
-    let expired = activity.expired(config.header_read_timeout, config.idle_timeout);
+    let expired = activity.expired(config.header_read_timeout, config.idle_timeout, config.send_timeout);
     tokio::pin!(expired);
     match &runtime.tls {
         None => {

@@ -304,6 +304,7 @@ pub async fn filter_response_body(
     mut pipe: BodyPipe,
     response: Response<ResponseBody>,
     request_id: &str,
+    send_timeout: Duration,
 ) -> Response<ResponseBody> {
     let (mut parts, mut body) = response.into_parts();
     loop {
@@ -330,7 +331,7 @@ pub async fn filter_response_body(
         if !passed.is_empty() {
             // The headers go out now and later chunks may change size: let the transport frame the body.
             parts.headers.remove(header::CONTENT_LENGTH);
-            let rx = spawn_pump(chain, pipe, body, passed, request_id.to_string());
+            let rx = spawn_pump(chain, pipe, body, passed, request_id.to_string(), send_timeout);
             return Response::from_parts(parts, ResponseBody::Filtered(rx));
         }
     }
@@ -338,46 +339,77 @@ pub async fn filter_response_body(
 
 /// Filters the rest of a response body on its own task, feeding the client through a small channel (so a
 /// slow client slows the upstream read). Runs the chain's `on_log` at the end.
+///
+/// A client that takes nothing for `send_timeout` (the listener's) loses the body: the upstream body is dropped
+/// (its connection closed, its pool slot released) and the client is left an abort to find when it reads again.
 fn spawn_pump(
     mut chain: FilterChain,
     mut pipe: BodyPipe,
     mut body: ResponseBody,
     first: Bytes,
     request_id: String,
+    send_timeout: Duration,
 ) -> mpsc::Receiver<Result<Bytes, BodyAborted>> {
     let (tx, rx) = mpsc::channel(2);
     tokio::spawn(async move {
-        if tx.send(Ok(first)).await.is_ok() {
-            pump(&mut chain, &mut pipe, &mut body, &tx, &request_id).await;
+        let tx = SendTimeout { tx, timeout: send_timeout, timed_out: false };
+        let mut tx = tx;
+        if tx.send(Ok(first)).await {
+            pump(&mut chain, &mut pipe, &mut body, &mut tx, &request_id).await;
         }
         drop(body);
         chain.log();
+        if tx.timed_out {
+            tracing::debug!(request_id, ?send_timeout, "send timeout: the client took nothing of a filtered response body; its upstream connection is released");
+            // Only the channel is left: the client meets the abort when (if) it reads again.
+            let _ = tx.tx.send(Err(BodyAborted("send timeout".into()))).await;
+        }
     });
     rx
+}
+
+/// The pump's side of the channel, with the send timeout.
+struct SendTimeout {
+    tx: mpsc::Sender<Result<Bytes, BodyAborted>>,
+    timeout: Duration,
+    timed_out: bool,
+}
+
+impl SendTimeout {
+    /// False when the client went away or took nothing for the send timeout.
+    async fn send(&mut self, item: Result<Bytes, BodyAborted>) -> bool {
+        match tokio::time::timeout(self.timeout, self.tx.send(item)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_elapsed) => {
+                self.timed_out = true;
+                false
+            }
+        }
+    }
 }
 
 async fn pump(
     chain: &mut FilterChain,
     pipe: &mut BodyPipe,
     body: &mut ResponseBody,
-    tx: &mpsc::Sender<Result<Bytes, BodyAborted>>,
+    tx: &mut SendTimeout,
     request_id: &str,
 ) {
     loop {
         let next = tokio::select! {
-            _ = tx.closed() => return,
+            _ = tx.tx.closed() => return,
             next = next_chunk(body) => next,
         };
         let (chunk, eos) = match next {
             Ok(next) => next,
             Err(e) => {
-                let _ = tx.send(Err(BodyAborted(format!("upstream response body failed: {e}")))).await;
+                tx.send(Err(BodyAborted(format!("upstream response body failed: {e}")))).await;
                 return;
             }
         };
         match pipe.push(chain, chunk, eos, request_id).await {
             Ok(passed) => {
-                if !passed.is_empty() && tx.send(Ok(passed)).await.is_err() {
+                if !passed.is_empty() && !tx.send(Ok(passed)).await {
                     return;
                 }
             }
@@ -389,7 +421,7 @@ async fn pump(
                     BodyStop::TooLarge => format!("plugins buffered more than {BODY_BUFFER_LIMIT} bytes"),
                 };
                 tracing::warn!(request_id, reason = %why, "aborting the response body");
-                let _ = tx.send(Err(BodyAborted(why))).await;
+                tx.send(Err(BodyAborted(why))).await;
                 return;
             }
         }

@@ -60,7 +60,15 @@ impl HostServices for ProxyServices {
                         .ok()?
                         .ok()?;
                 let (parts, body) = answer.into_parts();
-                let body: Bytes = tokio::time::timeout(timeout, body.collect()).await.ok()?.ok()?.to_bytes();
+                // Read no more than a plugin may be handed: a larger answer is a failed callout.
+                let limited = http_body_util::Limited::new(body, portico_plugins::limits::MAX_HTTP_CALL_RESPONSE_BODY);
+                let body: Bytes = match tokio::time::timeout(timeout, limited.collect()).await.ok()? {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(e) => {
+                        tracing::warn!(upstream = %upstream.name(), error = %e, "plugin callout response refused");
+                        return None;
+                    }
+                };
                 if let Some(connection) = connection {
                     connection.release();
                 }

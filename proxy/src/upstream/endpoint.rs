@@ -4,7 +4,9 @@
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Why an endpoint is or is not receiving traffic, as shown by `GET /upstreams`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -31,9 +33,21 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     weight: AtomicU32,
     healthy: AtomicBool,
+    /// Discovered or registered while a health check is configured: unhealthy until its first probe passes,
+    /// which alone makes it healthy (as Envoy does for new hosts), so it takes traffic one probe after it appeared.
+    first_check_pending: AtomicBool,
+    /// Left the group (its address disappeared, its registration ended): takes no new request, and connections
+    /// it gives back are closed instead of pooled.
+    retired: AtomicBool,
+    /// Wakes the DNS entry it came from, so a connect failure re-resolves the name soon.
+    rediscover: OnceLock<Arc<Notify>>,
     drained: AtomicBool,
     active: AtomicU32,
     latency_ewma_us: AtomicU64,
+    /// Attempts, failed attempts (5xx or no answer) and answered attempts' summed latency, cumulative: the
+    /// anomaly sampler differences them into this endpoint's own series, so an incident can name the one
+    /// endpoint at fault instead of its whole upstream.
+    traffic: Traffic,
     outlier: Mutex<OutlierState>,
     /// End of the current ejection, in nanoseconds after [`epoch`] (0: never ejected). An atomic, not part of
     /// `outlier`, because every pick reads it for every endpoint.
@@ -44,6 +58,14 @@ pub struct Endpoint {
     pub address_hash: u64,
     /// Idle HTTP/1 connections to it, per worker lane.
     pub idle: super::pool::IdleConnections,
+}
+
+#[derive(Debug, Default)]
+struct Traffic {
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    answers: AtomicU64,
+    latency_us: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -70,15 +92,62 @@ impl Endpoint {
             authority,
             weight: AtomicU32::new(weight),
             healthy: AtomicBool::new(true),
+            first_check_pending: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            rediscover: OnceLock::new(),
             drained: AtomicBool::new(false),
             active: AtomicU32::new(0),
             latency_ewma_us: AtomicU64::new(0),
+            traffic: Traffic::default(),
             outlier: Mutex::new(OutlierState::default()),
             ejected_until: AtomicU64::new(0),
             address_hash,
             probe: Mutex::new(ProbeState::default()),
             idle: super::pool::IdleConnections::new(lanes),
         })
+    }
+
+    /// A discovered or registered endpoint in a group with a health check: it starts unhealthy, and its first
+    /// passing probe makes it healthy.
+    pub fn new_pending(
+        name: String,
+        address: SocketAddr,
+        weight: u32,
+        lanes: usize,
+    ) -> Result<Self, http::uri::InvalidUri> {
+        let endpoint = Endpoint::new(name, address, weight, lanes)?;
+        endpoint.healthy.store(false, Ordering::Relaxed);
+        endpoint.first_check_pending.store(true, Ordering::Relaxed);
+        Ok(endpoint)
+    }
+
+    /// Whether it still waits for its first passing probe.
+    pub fn awaiting_first_check(&self) -> bool {
+        self.first_check_pending.load(Ordering::Relaxed)
+    }
+
+    /// Ties it to the DNS entry that found it (see [`Endpoint::note_connect_failure`]).
+    pub fn set_rediscover(&self, notify: Arc<Notify>) {
+        let _ = self.rediscover.set(notify);
+    }
+
+    /// A connect to it failed: the name it came from may have moved, so ask for an early re-resolution (the
+    /// DNS entry rate-limits them).
+    pub fn note_connect_failure(&self) {
+        if let Some(notify) = self.rediscover.get() {
+            notify.notify_one();
+        }
+    }
+
+    /// Takes it out of the group for good: in-flight requests finish, idle connections close now.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.idle.clear();
+    }
+
+    /// Whether it left the group.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Current weight (the admin API may change it at run time).
@@ -120,7 +189,7 @@ impl Endpoint {
     }
 
     /// Marks a request as started; the guard ends it when dropped, however the request ends.
-    pub fn begin_request(self: &std::sync::Arc<Self>) -> ActiveRequest {
+    pub fn begin_request(self: &Arc<Self>) -> ActiveRequest {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveRequest { endpoint: self.clone() }
     }
@@ -130,9 +199,26 @@ impl Endpoint {
         self.latency_ewma_us.load(Ordering::Relaxed)
     }
 
-    /// Folds one observed latency into the moving average (alpha 0.2).
+    /// Cumulative (attempts, failed attempts, answers, summed answer latency in µs).
+    pub fn traffic(&self) -> (u64, u64, u64, u64) {
+        let t = &self.traffic;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (load(&t.attempts), load(&t.failures), load(&t.answers), load(&t.latency_us))
+    }
+
+    /// Counts one attempt that ended with an answer (`failed` for a 5xx) or without one (`failed`).
+    pub fn count_attempt(&self, failed: bool) {
+        self.traffic.attempts.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.traffic.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Folds one observed latency into the moving average (alpha 0.2) and the cumulative sum.
     pub fn record_latency(&self, latency: Duration) {
         let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.traffic.answers.fetch_add(1, Ordering::Relaxed);
+        self.traffic.latency_us.fetch_add(sample, Ordering::Relaxed);
         let old = self.latency_ewma_us.load(Ordering::Relaxed);
         let new = if old == 0 { sample } else { (old * 4 + sample) / 5 };
         self.latency_ewma_us.store(new, Ordering::Relaxed);
@@ -142,6 +228,12 @@ impl Endpoint {
     pub fn record_probe(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Option<bool> {
         let mut probe = self.probe.lock();
         let healthy = self.healthy.load(Ordering::Relaxed);
+        if ok && self.first_check_pending.swap(false, Ordering::Relaxed) {
+            probe.failures = 0;
+            probe.successes = 1;
+            self.healthy.store(true, Ordering::Relaxed);
+            return Some(true);
+        }
         if ok {
             probe.failures = 0;
             probe.successes = probe.successes.saturating_add(1);
@@ -194,7 +286,7 @@ impl Endpoint {
 /// Counts a request as active on its endpoint until dropped.
 #[derive(Debug)]
 pub struct ActiveRequest {
-    endpoint: std::sync::Arc<Endpoint>,
+    endpoint: Arc<Endpoint>,
 }
 
 impl Drop for ActiveRequest {

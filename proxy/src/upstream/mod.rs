@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod endpoint;
+pub mod members;
 pub mod pool;
 pub mod retry;
 
@@ -9,19 +10,29 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::metrics::Metrics;
 use balance::{Balancer, SmoothWeightedRoundRobin};
 use endpoint::{Endpoint, EndpointStatus};
+pub use members::{Member, Origin, Rebuild};
+use parking_lot::Mutex;
 use pool::{ClientSettings, ConnectionChoice, PooledConnection, SendError, UpstreamClient};
 use retry::RetryBudget;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// One upstream group at run time.
+/// One upstream group at run time. Its member list is fixed: a change (a reload, a DNS answer, a registration)
+/// builds a new group that reuses the endpoints that stay, and a request keeps the group it started with.
 #[derive(Debug)]
 pub struct Upstream {
     /// Its validated config.
     pub config: UpstreamConfig,
-    /// Endpoints, in config order.
+    /// Endpoints: the configuration's fixed ones in order, then discovered, then registered ones.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Where each endpoint comes from, in the same order.
+    pub members: Vec<Member>,
+    /// Endpoints that left the group while requests were in flight on them, shown until those finish.
+    departing: Mutex<Vec<Arc<Endpoint>>>,
+    /// Woken when the member list changed, so the health checker probes new members at once. The same one
+    /// across rebuilds of the group.
+    pub membership: Arc<Notify>,
     permits: Vec<Arc<Semaphore>>,
     /// Endpoint index by configured address, for mapping a plugin's choice back to its endpoint.
     by_name: std::collections::HashMap<String, usize>,
@@ -30,7 +41,7 @@ pub struct Upstream {
     h2_clients: Arc<[UpstreamClient]>,
     client_settings: ClientSettings,
     balancer: Box<dyn Balancer>,
-    budget: RetryBudget,
+    budget: Arc<RetryBudget>,
 }
 
 /// Why a request could not get a connection slot.
@@ -38,27 +49,24 @@ pub struct Upstream {
 pub struct PoolExhausted;
 
 impl Upstream {
-    /// Builds the group, reusing endpoint state and the pools from `previous` (the same group before a reload)
-    /// so health history, ejections and warm connections survive. `lanes` is the number of connection pools:
-    /// one per data-path worker plus one for the control plane.
+    /// Builds the group from `members`, reusing endpoint state and the pools from `previous` (the same group
+    /// before a reload or a membership change) so health history, ejections and warm connections survive.
+    /// `lanes` is the number of connection pools: one per data-path worker plus one for the control plane.
+    /// Endpoints of `previous` that are not reused depart: call [`Upstream::commit`] once this group serves.
     pub fn new(
         config: UpstreamConfig,
+        members: Vec<Member>,
         previous: Option<&Upstream>,
         lanes: usize,
+        rebuild: Rebuild,
     ) -> Result<Self, http::uri::InvalidUri> {
         let lanes = lanes.max(1);
-        let mut endpoints = Vec::with_capacity(config.endpoints.len());
-        for ep in &config.endpoints {
-            let reused =
-                previous.and_then(|p| p.endpoints.iter().find(|e| e.address == ep.address && e.name == ep.name));
-            let endpoint = match reused {
-                Some(e) => {
-                    e.set_weight(ep.weight);
-                    e.clone()
-                }
-                None => Arc::new(Endpoint::new(ep.name.clone(), ep.address, ep.weight, lanes)?),
-            };
-            endpoints.push(endpoint);
+        let before: Vec<(Arc<Endpoint>, Option<&Member>)> =
+            previous.map(|p| p.endpoints.iter().cloned().zip(p.members.iter().map(Some)).collect()).unwrap_or_default();
+        let pending = config.health_check.is_some();
+        let (endpoints, mut departing) = members::reconcile(&members, &before, pending, rebuild, lanes)?;
+        if let Some(p) = previous {
+            departing.extend(p.departing.lock().iter().filter(|e| e.active_requests() > 0).cloned());
         }
         let permits = endpoints
             .iter()
@@ -80,10 +88,19 @@ impl Upstream {
         for (i, e) in endpoints.iter().enumerate() {
             by_name.entry(e.name.clone()).or_insert(i);
         }
-        let budget = RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second);
+        let same_budget = |p: &&Upstream| {
+            p.config.retry_budget.percent == config.retry_budget.percent
+                && p.config.retry_budget.min_per_second == config.retry_budget.min_per_second
+        };
+        let budget = previous.filter(same_budget).map(|p| p.budget.clone()).unwrap_or_else(|| {
+            Arc::new(RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second))
+        });
         Ok(Upstream {
             config,
             endpoints,
+            members,
+            departing: Mutex::new(departing),
+            membership: previous.map(|p| p.membership.clone()).unwrap_or_default(),
             permits,
             by_name,
             h2_clients,
@@ -91,6 +108,25 @@ impl Upstream {
             balancer: Box::new(SmoothWeightedRoundRobin::default()),
             budget,
         })
+    }
+
+    /// Called once this group is the one requests get: retires the endpoints that left (their idle connections
+    /// close; in-flight requests finish), and wakes the health checker when new members wait for a first probe.
+    pub fn commit(&self) {
+        let mut departing = self.departing.lock();
+        for e in departing.iter() {
+            e.retire();
+        }
+        departing.retain(|e| e.active_requests() > 0);
+        if self.endpoints.iter().any(|e| e.awaiting_first_check()) {
+            self.membership.notify_one();
+        }
+    }
+
+    /// Addresses of the endpoints that left the group (for dropping their metrics).
+    pub fn departed_from(&self, previous: &Upstream) -> Vec<String> {
+        let names: std::collections::HashSet<&str> = self.endpoints.iter().map(|e| e.name.as_str()).collect();
+        previous.endpoints.iter().filter(|e| !names.contains(e.name.as_str())).map(|e| e.name.clone()).collect()
     }
 
     /// Sends one request to endpoint `index` and returns the response head. The request's URI is origin-form
@@ -102,10 +138,23 @@ impl Upstream {
     pub async fn send(
         &self,
         index: usize,
-        mut request: http::Request<crate::body::RequestBody>,
+        request: http::Request<crate::body::RequestBody>,
         choice: ConnectionChoice,
     ) -> Result<(http::Response<hyper::body::Incoming>, Option<PooledConnection>), SendError> {
         let endpoint = &self.endpoints[index];
+        let sent = self.send_to(endpoint, request, choice).await;
+        if sent.as_ref().is_err_and(SendError::is_connect) {
+            endpoint.note_connect_failure();
+        }
+        sent
+    }
+
+    async fn send_to(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut request: http::Request<crate::body::RequestBody>,
+        choice: ConnectionChoice,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Option<PooledConnection>), SendError> {
         if self.client_settings.protocol == UpstreamProtocol::Http1 {
             let (response, connection) = pool::send_http1(endpoint, &self.client_settings, request, choice).await?;
             return Ok((response, Some(connection)));
@@ -128,6 +177,7 @@ impl Upstream {
         for e in &self.endpoints {
             e.idle.sweep(self.client_settings.idle_timeout);
         }
+        self.departing.lock().retain(|e| e.active_requests() > 0);
     }
 
     /// The group's name.
@@ -171,6 +221,7 @@ impl Upstream {
     /// Passive outlier detection: a non-5xx answer resets the endpoint's streak.
     pub fn report_success(&self, index: usize) {
         if let Some(e) = self.endpoints.get(index) {
+            e.count_attempt(false);
             e.record_success();
         }
     }
@@ -178,6 +229,9 @@ impl Upstream {
     /// Passive outlier detection: a 5xx or connect failure. Ejects after `consecutive_5xx` in a row, for
     /// `base_ejection_time × times ejected`, unless that would eject more than `max_ejection_percent`.
     pub fn report_failure(&self, index: usize, metrics: &Metrics) {
+        if let Some(e) = self.endpoints.get(index) {
+            e.count_attempt(true);
+        }
         let (Some(od), Some(endpoint)) = (&self.config.outlier_detection, self.endpoints.get(index)) else {
             return;
         };
@@ -206,17 +260,34 @@ impl Upstream {
         let endpoints: Vec<_> = self
             .endpoints
             .iter()
-            .map(|e| {
-                serde_json::json!({
+            .zip(&self.members)
+            .map(|(e, m)| {
+                let mut v = serde_json::json!({
                     "address": e.name,
                     "weight": e.weight(),
                     "status": e.status(now),
                     "active_requests": e.active_requests(),
                     "latency_ewma_ms": e.latency_ewma_us() as f64 / 1000.0,
-                })
+                    "source": m.origin.kind(),
+                });
+                if let Origin::Dns(name) = &m.origin {
+                    v["name"] = serde_json::Value::from(name.as_str());
+                }
+                if m.leaving {
+                    v["leaving"] = serde_json::Value::Bool(true);
+                }
+                v
             })
             .collect();
-        serde_json::json!({ "name": self.name(), "protocol": self.config.protocol, "endpoints": endpoints })
+        let draining: Vec<_> = self
+            .departing
+            .lock()
+            .iter()
+            .filter(|e| e.active_requests() > 0)
+            .map(|e| serde_json::json!({ "address": e.name, "active_requests": e.active_requests() }))
+            .collect();
+        serde_json::json!({ "name": self.name(), "protocol": self.config.protocol, "endpoints": endpoints,
+                            "draining": draining })
     }
 
     /// Refreshes the per-endpoint gauges before a scrape.

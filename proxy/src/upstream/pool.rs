@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::AbortHandle;
 
 /// The HTTP/2 client for one upstream group.
 pub type UpstreamClient = Client<HttpConnector, RequestBody>;
@@ -107,6 +108,20 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// What went wrong, in words fit for a client: no addresses, no internal error text.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            SendError::Connect { .. } => "could not connect",
+            SendError::ConnectTimeout(_) => "connect timed out",
+            SendError::ReusedConnectionLost(_) => "connection lost before an answer",
+            SendError::Http1(e) if e.is_parse() => "invalid response",
+            SendError::Http1(e) if e.is_incomplete_message() => "connection closed before an answer",
+            SendError::Http1(_) => "request failed",
+            SendError::Http2(e) if e.is_connect() => "could not connect",
+            SendError::Http2(_) => "request failed",
+        }
+    }
+
     /// Whether no connection could be made (counted by `portico_upstream_connect_errors_total`).
     pub fn is_connect(&self) -> bool {
         match self {
@@ -120,6 +135,7 @@ impl SendError {
 /// An idle HTTP/1 connection and when it went idle.
 struct Idle {
     sender: SendRequest<RequestBody>,
+    task: AbortHandle,
     since: Instant,
 }
 
@@ -147,7 +163,7 @@ impl IdleConnections {
 
     /// The newest idle connection of the lane that is still open and younger than `idle_timeout`. The list is
     /// ordered by age, so when the newest is too old, all are, and they are dropped (which closes them).
-    fn take(&self, lane: usize, idle_timeout: Duration) -> Option<SendRequest<RequestBody>> {
+    fn take(&self, lane: usize, idle_timeout: Duration) -> Option<(SendRequest<RequestBody>, AbortHandle)> {
         let mut idle = self.lane(lane).lock();
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() > idle_timeout {
@@ -155,20 +171,20 @@ impl IdleConnections {
                 return None;
             }
             if !conn.sender.is_closed() {
-                return Some(conn.sender);
+                return Some((conn.sender, conn.task));
             }
         }
         None
     }
 
     /// Keeps a connection for reuse unless the lane already holds `max_idle`.
-    fn put(&self, lane: usize, sender: SendRequest<RequestBody>, max_idle: usize) {
+    fn put(&self, lane: usize, sender: SendRequest<RequestBody>, task: AbortHandle, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.lane(lane).lock();
         if idle.len() < max_idle {
-            idle.push(Idle { sender, since: Instant::now() });
+            idle.push(Idle { sender, task, since: Instant::now() });
         }
     }
 
@@ -178,6 +194,13 @@ impl IdleConnections {
         let now = Instant::now();
         for lane in self.lanes.iter() {
             lane.lock().retain(|c| !c.sender.is_closed() && now.duration_since(c.since) <= idle_timeout);
+        }
+    }
+
+    /// Closes every idle connection (the endpoint left its group).
+    pub fn clear(&self) {
+        for lane in self.lanes.iter() {
+            lane.lock().clear();
         }
     }
 
@@ -192,15 +215,29 @@ impl IdleConnections {
 #[derive(Debug)]
 pub struct PooledConnection {
     sender: SendRequest<RequestBody>,
+    /// The task driving the connection: aborting it closes the connection at once, even while a response
+    /// body still holds it.
+    task: AbortHandle,
     endpoint: Arc<Endpoint>,
     lane: usize,
     max_idle: usize,
 }
 
 impl PooledConnection {
-    /// Returns the connection to its endpoint's idle list, in the lane of the runtime that drives it.
+    /// Returns the connection to its endpoint's idle list, in the lane of the runtime that drives it; one to an
+    /// endpoint that left its group is closed instead.
     pub fn release(self) {
-        self.endpoint.idle.put(self.lane, self.sender, self.max_idle);
+        if self.endpoint.is_retired() {
+            self.task.abort();
+            return;
+        }
+        self.endpoint.idle.put(self.lane, self.sender, self.task, self.max_idle);
+    }
+
+    /// Closes the connection now: its response was abandoned (a body cut short, a send timeout), so what is
+    /// left of it must not keep the upstream busy.
+    pub fn close(self) {
+        self.task.abort();
     }
 }
 
@@ -229,8 +266,8 @@ pub async fn send_http1(
             ConnectionChoice::Pooled => endpoint.idle.take(lane, settings.idle_timeout),
             ConnectionChoice::New => None,
         };
-        let (mut sender, reused) = match pooled {
-            Some(sender) => (sender, true),
+        let ((mut sender, task), reused) = match pooled {
+            Some(pooled) => (pooled, true),
             None => (connect(endpoint.address, settings.connect_timeout).await?, false),
         };
         if !sender.is_ready() {
@@ -244,7 +281,7 @@ pub async fn send_http1(
         match sender.try_send_request(request).await {
             Ok(response) => {
                 let connection =
-                    PooledConnection { sender, endpoint: endpoint.clone(), lane, max_idle: settings.max_idle };
+                    PooledConnection { sender, task, endpoint: endpoint.clone(), lane, max_idle: settings.max_idle };
                 return Ok((response, connection));
             }
             Err(mut e) => match e.take_message() {
@@ -259,7 +296,7 @@ pub async fn send_http1(
 
 /// Opens a TCP connection to the endpoint and starts HTTP/1.1 on it. The connection's task runs on the calling
 /// runtime (with upgrades, for WebSockets) until the last [`SendRequest`] is dropped or the peer closes.
-async fn connect(address: SocketAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, SendError> {
+async fn connect(address: SocketAddr, timeout: Duration) -> Result<(SendRequest<RequestBody>, AbortHandle), SendError> {
     let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
         Err(_elapsed) => return Err(SendError::ConnectTimeout(address)),
         Ok(Err(source)) => return Err(SendError::Connect { address, source }),
@@ -269,10 +306,10 @@ async fn connect(address: SocketAddr, timeout: Duration) -> Result<SendRequest<R
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(%address, error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok((sender, task.abort_handle()))
 }

@@ -49,7 +49,7 @@ async fn a_failing_upstream_raises_an_alert_runs_the_hook_and_posts_the_webhook(
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\ncat > {}.tmp\necho \"$PORTICO_ALERT_SERIES\" >> {}.tmp\nmv {0}.tmp {0}\n",
+            "#!/bin/sh\ncat > {}.tmp\necho >> {0}.tmp\necho \"$PORTICO_ALERT_SERIES\" >> {}.tmp\nmv {0}.tmp {0}\n",
             hook_out.display(),
             hook_out.display()
         ),
@@ -66,7 +66,7 @@ thresholds = {{ warning = 0.7, critical = 0.9, for_ticks = 2, resolve_ticks = 3 
 
 [[anomaly.hook]]
 name = "record"
-on = {{ series = "upstream.app.error_ratio" }}
+on = {{ series = "*.error_ratio" }}
 exec = ["{}"]
 timeout = "5s"
 cooldown = "1m"
@@ -110,13 +110,28 @@ cooldown = "1m"
     }
     assert!(!alert.is_null(), "no alert on upstream.app.error_ratio within 30 s of the upstream failing");
 
-    // The hook ran with the alert as JSON on stdin and the series in its environment.
-    let ran = eventually(Duration::from_secs(5), || hook_out.exists()).await;
+    // One incident: the failing endpoint's error ratio is its cause, the upstream's and the listener's are
+    // symptoms, and the hook ran once, for the cause, with the alert and its incident as JSON on stdin.
+    let cause = format!("endpoint.app.{}.error_ratio", app.addr);
+    let ran = eventually(Duration::from_secs(30), || hook_out.exists()).await;
     assert!(ran, "the remediation hook did not run");
     let written = std::fs::read_to_string(&hook_out)?;
-    let (stdin_json, env_series) = written.rsplit_once('\n').map_or((written.as_str(), ""), |(a, _)| (a, a));
-    assert!(stdin_json.contains("\"series\":\"upstream.app.error_ratio\""), "{written}");
-    assert!(env_series.contains("upstream.app.error_ratio"), "{written}");
+    let (stdin_json, env_series) = written.trim_end().rsplit_once('\n').ok_or("no env line")?;
+    let stdin: serde_json::Value = serde_json::from_str(stdin_json)?;
+    assert_eq!(stdin["series"], cause.as_str(), "{written}");
+    assert_eq!(env_series, cause, "{written}");
+    let symptoms: Vec<&str> = stdin["incident"]["symptoms"]
+        .as_array()
+        .ok_or("symptoms")?
+        .iter()
+        .filter_map(|m| m["alert"]["series"].as_str())
+        .collect();
+    assert!(symptoms.contains(&"upstream.app.error_ratio"), "{symptoms:?}");
+    let incidents = get(p.admin, "/anomaly/incidents").await?.json();
+    let first = &incidents[0];
+    assert_eq!(first["cause"]["alert"]["series"], cause.as_str(), "{incidents}");
+    assert_eq!(first["cause"]["scope"]["level"], "endpoint", "{incidents}");
+    assert!(first["opened_at"].is_i64() && first["id"].is_string(), "{incidents}");
     let mut actions = serde_json::Value::Null;
     for _ in 0..100 {
         actions = get(p.admin, "/anomaly/actions").await?.json();
@@ -140,7 +155,9 @@ cooldown = "1m"
     let payload: serde_json::Value = serde_json::from_str(body)?;
     assert_eq!(payload["version"], "4");
     assert_eq!(payload["status"], "firing");
-    assert_eq!(payload["alerts"][0]["labels"]["series"], "upstream.app.error_ratio");
+    assert_eq!(payload["groupLabels"]["incident"], first["id"], "one group per incident");
+    assert_eq!(payload["alerts"][0]["labels"]["series"], cause.as_str());
+    assert_eq!(payload["alerts"][0]["labels"]["role"], "cause");
 
     // Scores are metrics; the series export reads as Arrow IPC and as JSON.
     let metrics = String::from_utf8(get(p.admin, "/metrics").await?.body.to_vec())?;

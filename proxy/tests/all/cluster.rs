@@ -592,6 +592,73 @@ async fn a_node_that_cannot_run_the_clusters_config_says_so() -> TestResult {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registrations_replicate_to_every_node_and_expire_on_every_node() -> TestResult {
+    let cluster = three_nodes(false).await?;
+    let nodes = &cluster.nodes;
+    let b = TestUpstream::start("b").await;
+    let listed = |node: &Node| {
+        let (admin, address) = (node.admin, b.addr.to_string());
+        async move {
+            let answer = get(admin, "/upstreams").await.ok().map(|a| a.json()).unwrap_or_default();
+            let app =
+                answer.as_array().and_then(|l| l.iter().find(|u| u["name"] == "app").cloned()).unwrap_or_default();
+            let endpoints = app["endpoints"].as_array().cloned().unwrap_or_default();
+            endpoints.iter().any(|e| e["address"] == address && e["source"] == "registered")
+        }
+    };
+
+    // Registered through a follower: every node lists it and sends it traffic.
+    let follower = nodes.iter().find(|n| n.id != cluster.leader).ok_or("follower")?;
+    let body = format!(r#"{{"address": "{}", "weight": 1}}"#, b.addr);
+    let answer = send(follower.admin, "POST", "/upstreams/app/endpoints", &[], &body).await?;
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    for node in nodes {
+        assert!(eventually_async(Duration::from_secs(30), || listed(node)).await, "node {} lists it", node.id);
+        let before = b.hits();
+        let reached = eventually_async(Duration::from_secs(30), || async {
+            let _ = get(node.web, "/").await;
+            b.hits() > before
+        })
+        .await;
+        assert!(reached, "node {} sends traffic to the registered endpoint", node.id);
+    }
+    // Bad input is refused before anything is proposed.
+    let bad = send(follower.admin, "POST", "/upstreams/app/endpoints", &[], r#"{"address": "b:1"}"#).await?;
+    assert_eq!(bad.status, 400);
+
+    // Deregistered through another node: gone everywhere.
+    let other = nodes.iter().find(|n| n.id != follower.id).ok_or("other")?;
+    let path = format!("/upstreams/app/endpoints/{}", b.addr);
+    let answer = send(other.admin, "DELETE", &path, &[], "").await?;
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    for node in nodes {
+        let gone = eventually_async(Duration::from_secs(30), || async { !listed(node).await }).await;
+        assert!(gone, "node {} dropped it", node.id);
+    }
+
+    // Registered once with a TTL and never renewed: it appears on every node, then expires on every node.
+    let body = format!(r#"{{"address": "{}", "ttl": "2s"}}"#, b.addr);
+    let answer = send(follower.admin, "POST", "/upstreams/app/endpoints", &[], &body).await?;
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert!(listed(follower).await, "the answer comes once this node applied it");
+    let replicated = follower.status().await.ok_or("status")?;
+    assert_eq!(replicated["registrations"]["app"][b.addr.to_string()]["ttl_ms"], 2000, "{replicated}");
+    for node in nodes {
+        let expired = eventually_async(Duration::from_secs(30), || async { !listed(node).await }).await;
+        assert!(expired, "node {} let it expire", node.id);
+    }
+    // The leader removes it from the replicated state too (GET /cluster shows what is replicated).
+    for node in nodes {
+        let collected = eventually_async(Duration::from_secs(30), || async {
+            node.status().await.is_some_and(|s| s["registrations"] == serde_json::json!({}))
+        })
+        .await;
+        assert!(collected, "node {} no longer holds it: {:?}", node.id, node.status().await);
+    }
+    Ok(())
+}
+
 /// Replaces the port of the `[cluster]` listen line (the one line with `listen = "127.0.0.1:` after `node_id`).
 fn with_cluster_port(text: &str, port: u16) -> String {
     let mut out = String::new();

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Writes `raw`, then reads until the server closes (or `limit` passes); returns what was read.
-async fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> std::io::Result<String> {
+pub(crate) async fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(raw).await?;
     let mut reply = Vec::new();
@@ -17,7 +17,7 @@ async fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> std::io::Res
 }
 
 /// Reads until the server closes the connection; false if it is still open after `limit`.
-async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
+pub(crate) async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 4096];
     let read_all = async {
         loop {
@@ -57,6 +57,36 @@ async fn forward_listener_refuses_portico_itself_and_loopback() -> TestResult {
     .await?;
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
     assert_eq!(target.hits(), 0);
+    Ok(())
+}
+
+/// With an admin token set, neither reads nor writes reach the admin API through a forward listener.
+#[tokio::test]
+async fn forward_listener_reaches_no_admin_route_with_a_token_set() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let config = forward_config(443, "").replace("[admin]\n", "[admin]\ntoken = \"secret\"\n")
+        + &format!("\n[[upstream]]\nname = \"app\"\nendpoints = [\"{}\"]\n", upstream.addr);
+    let p = Portico::start(&config).await;
+    let (egress, admin, ep) = (p.addr("egress").await, p.admin, upstream.addr);
+    for (method, path) in [
+        ("GET", "/config".to_string()),
+        ("GET", "/upstreams".to_string()),
+        ("GET", "/metrics".to_string()),
+        ("GET", "/plugins".to_string()),
+        ("POST", format!("/upstreams/app/endpoints/{ep}/drain")),
+        ("POST", "/config/reload".to_string()),
+    ] {
+        let raw = format!(
+            "{method} http://{admin}{path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let reply = exchange(egress, raw.as_bytes(), Duration::from_secs(10)).await?;
+        assert!(
+            reply.starts_with("HTTP/1.1 403") && reply.contains("destination_forbidden"),
+            "{method} {path}: {reply}"
+        );
+    }
+    let groups = get(admin, "/upstreams").await?.json();
+    assert_eq!(groups[0]["endpoints"][0]["status"], "healthy", "the endpoint was drained: {groups}");
     Ok(())
 }
 
@@ -133,6 +163,37 @@ async fn connections_without_a_request_are_closed() -> TestResult {
     Ok(())
 }
 
+/// Two thousand connections that send nothing are all closed by the header-read timeout.
+#[tokio::test]
+async fn two_thousand_idle_connections_are_all_closed() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&short_timeouts(&quoted(&[&upstream]))).await;
+    let web = p.addr("web").await;
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(web).await?);
+    }
+    for (i, stream) in idle.iter_mut().enumerate() {
+        assert!(closed_by_server(stream, Duration::from_secs(30)).await, "connection {i} still open");
+    }
+    Ok(())
+}
+
+/// A TLS client that stops in the middle of its handshake is closed by the header-read timeout too.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let certs = crate::tls::tls_setup(dir.path(), upstream.addr)?;
+    let config = certs.config.replace("upstream = \"app\"\n", "upstream = \"app\"\nheader_read_timeout = \"300ms\"\n");
+    let p = Portico::start(&config).await;
+    let mut stream = TcpStream::connect(p.addr("web").await).await?;
+    // The first bytes of a TLS record carrying a ClientHello, and no more.
+    stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await?;
+    assert!(closed_by_server(&mut stream, Duration::from_secs(10)).await, "a half-done handshake is still open");
+    Ok(())
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() -> TestResult {
     let upstream = TestUpstream::start("app").await;
@@ -164,14 +225,40 @@ async fn idle_h2_connections_are_closed() -> TestResult {
     Ok(())
 }
 
+/// The admin API closes a connection that sends nothing, too little to tell its version, or a partial head.
 #[tokio::test]
-async fn admin_connection_with_a_partial_head_is_closed() -> TestResult {
+async fn admin_connections_without_a_request_are_closed() -> TestResult {
     let upstream = TestUpstream::start("app").await;
     let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
-    let mut stream = TcpStream::connect(p.admin).await?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n").await?;
-    // The admin header-read timeout is 10 s.
-    assert!(closed_by_server(&mut stream, Duration::from_secs(30)).await, "admin connection still open");
+    let held = [&b""[..], b"P", b"GET /healthz HTTP/1.1\r\nHost: a\r\n"].map(|sent| async move {
+        let mut stream = TcpStream::connect(p.admin).await?;
+        stream.write_all(sent).await?;
+        // The admin header-read timeout is 10 s, from accept.
+        Ok::<_, std::io::Error>((sent, closed_by_server(&mut stream, Duration::from_secs(30)).await))
+    });
+    for outcome in futures_util::future::join_all(held).await {
+        let (sent, closed) = outcome?;
+        assert!(closed, "admin connection still open after {sent:?}");
+    }
+    Ok(())
+}
+
+/// Idle connections at `max_connections` cannot lock other clients out: they are closed at the header-read
+/// timeout, and the clients waiting in the backlog are served.
+#[tokio::test]
+async fn idle_connections_at_the_connection_cap_do_not_lock_clients_out() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let config = short_timeouts(&quoted(&[&upstream]))
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nmax_connections = 20\n");
+    let p = Portico::start(&config).await;
+    let web = p.addr("web").await;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(web).await?);
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(60), get(web, "/waited")).await??;
+    assert_eq!(answer.status, 200);
+    drop(idle);
     Ok(())
 }
 

@@ -240,15 +240,16 @@ async fn hot_swaps_under_concurrent_load_fail_no_request() -> TestResult {
     let p = Portico::start(&plugin_config(&[&app], &plugins, "\"mark\"")).await;
     let web = p.addr("web").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(std::collections::BTreeSet::<String>::new()));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let stop = stop.clone();
+        let (stop, seen) = (stop.clone(), seen.clone());
         workers.push(tokio::spawn(async move {
-            let (mut failed, mut seen) = (0usize, std::collections::BTreeSet::new());
+            let mut failed = 0usize;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match get(web, "/").await {
                     Ok(a) if a.status == 200 => {
-                        seen.insert(a.header("x-wat").to_string());
+                        seen.lock().insert(a.header("x-wat").to_string());
                     }
                     other => {
                         eprintln!("failed during swap: {other:?}");
@@ -256,22 +257,23 @@ async fn hot_swaps_under_concurrent_load_fail_no_request() -> TestResult {
                     }
                 }
             }
-            (failed, seen)
+            failed
         }));
     }
+    // Each version is swapped in only once the one before has served requests, so every swap happens under
+    // load however slow the machine is.
     for version in 1..=6 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = format!("v{}", version - 1);
+        assert!(eventually(Duration::from_secs(60), || seen.lock().contains(&before)).await, "{before} never served");
         let swapped = reqwest_put(p.admin, "/plugins/mark", marking_plugin(&format!("v{version}"))).await?;
         assert_eq!(swapped.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(eventually(Duration::from_secs(60), || seen.lock().contains("v6")).await, "v6 never served");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut versions = std::collections::BTreeSet::new();
     for w in workers {
-        let (failed, seen) = w.await?;
-        assert_eq!(failed, 0, "requests failed while plugins were swapped");
-        versions.extend(seen);
+        assert_eq!(w.await?, 0, "requests failed while plugins were swapped");
     }
+    let versions = seen.lock().clone();
     assert!(versions.contains("v0") && versions.contains("v6"), "served by {versions:?}");
     Ok(())
 }

@@ -274,6 +274,21 @@ fn anomaly_score_writes_one_scored_row_per_input_row() -> TestResult {
     let before = scores[200..300].iter().cloned().fold(0.0, f64::max);
     let spike = scores[300..306].iter().cloned().fold(0.0, f64::max);
     assert!(spike > 0.9 && before < 0.5, "spike scored {spike}, the calm before {before}");
+    // The same through a pipe: `-` is standard input and output, and the summary moves to standard error.
+    let mut child = Command::new(BIN)
+        .args(["anomaly", "score", "--input", "-", "--output", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        child.stdin.take().ok_or("stdin")?.write_all(&std::fs::read(&input)?)?;
+    }
+    let piped = child.wait_with_output()?;
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    assert_eq!(String::from_utf8(piped.stdout)?, scored, "the pipe writes exactly what the file got");
+    assert!(String::from_utf8_lossy(&piped.stderr).contains("400 rows scored"));
     Ok(())
 }
 
@@ -316,5 +331,14 @@ fn the_demo_runs_on_embedded_defaults_without_failed_requests() -> TestResult {
     let summary = stdout.lines().find(|l| l.starts_with("Summary:")).ok_or_else(|| format!("no summary:\n{stdout}"))?;
     assert!(summary.ends_with(" 0 failed."), "requests failed during the demo: {summary}");
     assert!(stdout.contains("Latency fault timeline:"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("incidents: ")), "the summary counts incidents: {stdout}");
+    // Portico's own log lines go to a file named at the start, not between the demo's table rows.
+    let log = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Portico's log: "))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| format!("no log file named:\n{stdout}"))?;
+    assert!(std::path::Path::new(log).exists(), "{log}");
+    assert!(!stdout.contains(" INFO ") && !stdout.contains(" WARN "), "{stdout}");
     Ok(())
 }

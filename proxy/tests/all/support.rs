@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod dns;
+
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// How a test upstream answers.
@@ -51,6 +53,36 @@ impl TestUpstream {
 
     pub async fn start_with(name: &str, behavior: Behavior) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test upstream");
+        Self::serve(name, listener, behavior)
+    }
+
+    /// An upstream on `addr` (e.g. `"[::1]:0"`).
+    pub async fn start_at(name: &str, addr: &str) -> TestUpstream {
+        let listener = TcpListener::bind(addr).await.expect("bind test upstream");
+        Self::serve(name, listener, Behavior::Echo)
+    }
+
+    /// Upstreams on 127.0.0.2, 127.0.0.3, … sharing one port, as the addresses one DNS name stands for.
+    pub async fn on_one_port(names: &[&str]) -> (Vec<TestUpstream>, u16) {
+        for _ in 0..50 {
+            let first = TcpListener::bind("127.0.0.2:0").await.expect("bind test upstream");
+            let port = first.local_addr().expect("local addr").port();
+            let mut listeners = vec![first];
+            for i in 1..names.len() {
+                match TcpListener::bind(("127.0.0.".to_string() + &(2 + i).to_string(), port)).await {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => break,
+                }
+            }
+            if listeners.len() == names.len() {
+                let upstreams = names.iter().zip(listeners).map(|(n, l)| Self::serve(n, l, Behavior::Echo)).collect();
+                return (upstreams, port);
+            }
+        }
+        panic!("no port free on 127.0.0.2..{}", 1 + names.len());
+    }
+
+    fn serve(name: &str, listener: TcpListener, behavior: Behavior) -> TestUpstream {
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let behavior = Arc::new(Mutex::new(behavior));
@@ -310,4 +342,16 @@ connect_ports = [{connect_port}]
 {allow}
 "#
     )
+}
+
+/// Waits (up to 30 s, a bound only a hang reaches) for a GET on `addr` to be answered 200.
+pub async fn eventually_served(addr: SocketAddr, path: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if get(addr, path).await.is_ok_and(|a| a.status == 200) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }

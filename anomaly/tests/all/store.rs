@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use arrow::array::{Array, Float64Array, TimestampMillisecondArray};
 use portico_anomaly::store::{list_ipc_files, read_ipc_file, read_ipc_stream, SeriesStore, StoreOptions};
 use portico_anomaly::Tick;

@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use std::time::Duration;
 
 use portico_anomaly::config::History;

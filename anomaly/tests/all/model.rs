@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use std::path::PathBuf;
 
 use portico_anomaly::model::SplitMix64;

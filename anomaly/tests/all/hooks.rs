@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -140,7 +138,11 @@ async fn matching_exit_codes_and_spawn_errors() {
     let dir = tempfile::tempdir().unwrap();
     let fail = script(dir.path(), "fail.sh", "exit 3");
     let mut crit = hook("crit-latency", vec![fail.display().to_string()]);
-    crit.on = HookMatch { severity: Some(Severity::Critical), series: Some("upstream.*.latency_p99".into()) };
+    crit.on = HookMatch {
+        severity: Some(Severity::Critical),
+        series: Some("upstream.*.latency_p99".into()),
+        ..Default::default()
+    };
     let missing = hook("missing", vec![dir.path().join("nope").display().to_string()]);
     let runner = HookRunner::new(vec![crit, missing], 2, "");
     // Warning alert: only the unfiltered hook runs, and it cannot spawn.

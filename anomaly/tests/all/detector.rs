@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -8,7 +6,8 @@ use portico_anomaly::detector::AnomalyEvent;
 use portico_anomaly::model::SplitMix64;
 use portico_anomaly::store::read_ipc_stream;
 use portico_anomaly::{
-    AnomalyConfig, Detector, DetectorOptions, Forecaster, HookConfig, Outcome, Severity, Tick, Transition,
+    AnomalyConfig, Detector, DetectorOptions, Forecaster, HookConfig, IncidentTransition, Outcome, Severity, Tick,
+    Transition,
 };
 
 #[test]
@@ -52,11 +51,14 @@ fn end_to_end_spike_raises_alert_event_and_runs_hook() {
 
     let mut fired = Vec::new();
     let mut score_events = 0;
+    let mut settled = Vec::new();
     while let Ok(ev) = events.try_recv() {
         match ev {
             AnomalyEvent::Scores { .. } => score_events += 1,
             AnomalyEvent::Alert(ch) if ch.transition == Transition::Fired => fired.push(ch.alert),
             AnomalyEvent::Alert(_) => {}
+            AnomalyEvent::Incident(ch) if ch.transition == IncidentTransition::Settled => settled.push(ch.incident),
+            AnomalyEvent::Incident(_) => {}
         }
     }
     assert_eq!(score_events, 500);
@@ -65,6 +67,8 @@ fn end_to_end_spike_raises_alert_event_and_runs_hook() {
     assert_eq!(a.series, "upstream.app.latency_p99");
     assert!(a.started_at >= t0 + 400_000 && a.started_at <= t0 + 405_000, "started {}", a.started_at - t0);
     assert_eq!(a.severity, Severity::Critical);
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert_eq!(settled[0].cause.alert.id, a.id);
 
     let stats = det.stats();
     assert_eq!((stats.ticks, stats.dropped, stats.series), (500, 0, 2));
@@ -75,18 +79,15 @@ fn end_to_end_spike_raises_alert_event_and_runs_hook() {
     let batches = read_ipc_stream(&det.export_arrow(0).unwrap()).unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 500);
 
-    // The hook ran on the tokio runtime with the alert on stdin.
-    let mut ok = false;
-    for _ in 0..100 {
-        if det.actions().iter().any(|r| r.outcome == Outcome::Ok) {
-            ok = true;
-            break;
-        }
+    // The hook ran on the tokio runtime with the alert (and its incident) on stdin.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !det.actions().iter().any(|r| r.outcome == Outcome::Ok) {
+        assert!(std::time::Instant::now() < deadline, "the hook never finished: {:?}", det.actions());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(ok, "{:?}", det.actions());
-    let got: portico_anomaly::Alert = serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
-    assert_eq!(got.id, a.id);
+    let got: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
+    assert_eq!(got["id"], a.id.as_str());
+    assert_eq!(got["incident"]["id"], settled[0].id.as_str());
     det.shutdown().unwrap();
 }
 

@@ -1,0 +1,157 @@
+//! What a reverse listener checks in a request head before anything else sees it (plugins, routing, the
+//! upstream). hyper parses heads leniently; an edge proxy must not pass on a head that the upstream could read
+//! differently from Portico, or that asks the upstream for something the client must not get through a proxy.
+//!
+//! These checks work on parsed parts only, so any HTTP/1 codec (hyper's today, Portico's own later) reuses them.
+//!
+//! - `CONNECT` is refused (405): a reverse listener proxies requests, it does not open tunnels.
+//! - Two `Host` headers are refused (400): which one the upstream believes is anybody's guess.
+//! - An HTTP/1.1 request without `Host` is refused (400, RFC 9112 §3.2).
+//! - An absolute-form HTTP/1 target whose authority differs from `Host`: the target's authority wins and
+//!   replaces `Host` (RFC 9112 §3.2.2: a server MUST ignore `Host` then). Replacing rather than refusing keeps
+//!   old clients that send absolute-form working, and plugins, routing and the upstream all see the one host
+//!   the request is answered for. On HTTP/2 a `host` header that differs from `:authority` is refused (400,
+//!   RFC 9113 §8.3.1 calls it malformed).
+//! - `Upgrade: h2c` (with or without `HTTP2-Settings`) is dropped and the request goes on as plain HTTP/1.1:
+//!   the upgrade would let a client speak HTTP/2 directly to the upstream, past every check Portico makes
+//!   (request smuggling by h2c upgrade). `HTTP2-Settings` is always removed: it only means something with
+//!   that upgrade, on that one connection.
+
+use super::local::LocalError;
+use http::header::{HeaderValue, HOST, UPGRADE};
+use http::request::Parts;
+use http::{Method, Version};
+
+static HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-settings");
+
+/// Why a request head is refused: the answer's class and a detail for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The answer.
+    pub error: LocalError,
+    /// Why, in words.
+    pub detail: &'static str,
+}
+
+fn refuse(error: LocalError, detail: &'static str) -> Result<(), Refused> {
+    Err(Refused { error, detail })
+}
+
+/// Checks and normalises the head of a request on a reverse listener (see the module doc).
+pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
+    if parts.method == Method::CONNECT {
+        return refuse(LocalError::MethodNotAllowed, "CONNECT is not served on a reverse-proxy listener");
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return refuse(LocalError::BadRequest, "request has more than one Host header");
+    }
+    let authority = parts.uri.authority().cloned();
+    match (parts.version, host, authority) {
+        (Version::HTTP_2 | Version::HTTP_3, Some(host), Some(authority))
+            if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+        {
+            return refuse(LocalError::BadRequest, "the host header differs from :authority");
+        }
+        (Version::HTTP_2 | Version::HTTP_3, _, _) => {}
+        (_, host, Some(authority)) => {
+            // Absolute-form: the target's authority is the host (RFC 9112 §3.2.2).
+            let same = host.as_ref().is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()));
+            if !same {
+                match HeaderValue::from_str(authority.as_str()) {
+                    Ok(value) => {
+                        parts.headers.insert(HOST, value);
+                    }
+                    Err(_) => return refuse(LocalError::BadRequest, "the request target's authority is not valid"),
+                }
+            }
+        }
+        (Version::HTTP_11, None, None) => {
+            return refuse(LocalError::BadRequest, "an HTTP/1.1 request needs a Host header");
+        }
+        _ => {}
+    }
+    drop_h2c_upgrade(parts);
+    Ok(())
+}
+
+/// Removes `h2c` from `Upgrade` (and the header when nothing is left) and removes `HTTP2-Settings`.
+fn drop_h2c_upgrade(parts: &mut Parts) {
+    parts.headers.remove(&HTTP2_SETTINGS);
+    let asks_h2c = parts.headers.get_all(UPGRADE).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(is_h2c));
+    if !asks_h2c {
+        return;
+    }
+    let rest: Vec<Vec<u8>> = parts
+        .headers
+        .get_all(UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !is_h2c(t))
+        .map(<[u8]>::to_vec)
+        .collect();
+    parts.headers.remove(UPGRADE);
+    if !rest.is_empty() {
+        if let Ok(value) = HeaderValue::from_bytes(&rest.join(&b", "[..])) {
+            parts.headers.insert(UPGRADE, value);
+        }
+    }
+}
+
+fn is_h2c(token: &[u8]) -> bool {
+    token.trim_ascii().eq_ignore_ascii_case(b"h2c")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(raw: &[(&str, &str)], uri: &str, version: Version, method: Method) -> Parts {
+        let mut builder = http::Request::builder().method(method).uri(uri).version(version);
+        for (k, v) in raw {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).map(|r| r.into_parts().0).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn refuses_connect_missing_and_double_host() {
+        let mut p = parts(&[("host", "a")], "a:443", Version::HTTP_11, Method::CONNECT);
+        assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::MethodNotAllowed));
+        let mut p = parts(&[], "/", Version::HTTP_11, Method::GET);
+        assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
+        let mut p = parts(&[("host", "a"), ("host", "b")], "/", Version::HTTP_11, Method::GET);
+        assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
+        let mut p = parts(&[], "/", Version::HTTP_10, Method::GET);
+        assert!(check_reverse(&mut p).is_ok(), "HTTP/1.0 needs no Host");
+    }
+
+    #[test]
+    fn absolute_form_authority_replaces_host() {
+        let mut p = parts(&[("host", "public.example")], "http://internal.example/x", Version::HTTP_11, Method::GET);
+        assert!(check_reverse(&mut p).is_ok());
+        assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
+        let mut p = parts(&[], "http://internal.example/x", Version::HTTP_11, Method::GET);
+        assert!(check_reverse(&mut p).is_ok());
+        assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
+        let mut p = parts(&[("host", "other")], "http://a/x", Version::HTTP_2, Method::GET);
+        assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
+    }
+
+    #[test]
+    fn h2c_upgrade_is_dropped_and_others_kept() {
+        let mut p = parts(
+            &[("host", "a"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAAP__"), ("connection", "Upgrade")],
+            "/",
+            Version::HTTP_11,
+            Method::GET,
+        );
+        assert!(check_reverse(&mut p).is_ok());
+        assert!(p.headers.get(UPGRADE).is_none() && p.headers.get("http2-settings").is_none());
+        let mut p = parts(&[("host", "a"), ("upgrade", "H2C, websocket")], "/", Version::HTTP_11, Method::GET);
+        assert!(check_reverse(&mut p).is_ok());
+        assert_eq!(p.headers.get(UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+    }
+}

@@ -1,0 +1,191 @@
+//! Issue 15, parts 4 to 6: a client's broken body is the client's fault (400/408, never a 502, never counted
+//! against the endpoint, never retried elsewhere), 5xx answers name no endpoint address, a reverse listener
+//! refuses or normalises the request heads it cannot forward safely, and slow HTTP/2 readers do not pin
+//! upstream slots (the send timeout).
+
+use crate::hardening::exchange;
+use crate::support::*;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Two endpoints, outlier detection that ejects after 3 consecutive failures, retries on.
+fn ejecting_config(endpoints: &[String], request_timeout: &str) -> String {
+    reverse_config(
+        endpoints,
+        &format!(
+            "retries = 2\nrequest_timeout = \"{request_timeout}\"\n\
+             outlier_detection = {{ consecutive_5xx = 3, base_ejection_time = \"60s\", max_ejection_percent = 100 }}"
+        ),
+    )
+}
+
+async fn all_healthy(admin: std::net::SocketAddr) -> Result<bool, String> {
+    let groups = get(admin, "/upstreams").await?.json();
+    Ok(groups[0]["endpoints"].as_array().is_some_and(|e| e.iter().all(|e| e["status"] == "healthy")))
+}
+
+#[tokio::test]
+async fn a_broken_client_body_is_the_clients_fault() -> TestResult {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let p = Portico::start(&ejecting_config(&quoted(&[&a, &b]), "15s")).await;
+    let web = p.addr("web").await;
+    for i in 0..6 {
+        // An invalid chunk size.
+        let raw =
+            format!("POST /zz{i} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n");
+        let reply = exchange(web, raw.as_bytes(), Duration::from_secs(20)).await?;
+        assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "invalid chunk {i}: {reply}");
+        // A Content-Length body cut short: 10 of 1,000 bytes, then the client stops sending.
+        let mut stream = TcpStream::connect(web).await?;
+        stream.write_all(b"POST /short HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789").await?;
+        stream.shutdown().await?;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "short body {i}: {reply}");
+    }
+    // Twelve broken bodies, each sent upstream at most once: nothing was retried on the other endpoint.
+    assert!(a.hits() + b.hits() <= 12, "retried: a {} b {}", a.hits(), b.hits());
+    assert!(all_healthy(p.admin).await?, "{}", get(p.admin, "/upstreams").await?.json());
+    let scrape = String::from_utf8_lossy(&get(p.admin, "/metrics").await?.body).into_owned();
+    assert!(!scrape.lines().any(|l| l.starts_with("portico_upstream_ejections_total{")), "{scrape}");
+    assert_eq!(get(web, "/after").await?.status, 200);
+    Ok(())
+}
+
+/// Through a forward listener too, a broken body is answered 400, not 502.
+#[tokio::test]
+async fn a_broken_client_body_through_a_forward_listener_is_a_400() -> TestResult {
+    let origin = TestUpstream::start("origin").await;
+    let p = Portico::start(&forward_config(443, r#"allow = ["127.0.0.0/8"]"#)).await;
+    let o = origin.addr;
+    let raw = format!(
+        "POST http://{o}/zz HTTP/1.1\r\nHost: {o}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+    );
+    let reply = exchange(p.addr("egress").await, raw.as_bytes(), Duration::from_secs(20)).await?;
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+    Ok(())
+}
+
+/// A client that sends part of its body and then nothing: the upstream waits on the client, so the request
+/// timeout is the client's (408), and the endpoint is not blamed.
+#[tokio::test]
+async fn a_stalled_client_body_times_out_as_the_clients_fault() -> TestResult {
+    let a = TestUpstream::start("a").await;
+    let p = Portico::start(&ejecting_config(&quoted(&[&a]), "300ms")).await;
+    let web = p.addr("web").await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut stream = TcpStream::connect(web).await?;
+        stream.write_all(b"POST /stall HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789").await?;
+        let mut reply = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut reply)).await??;
+        let reply = String::from_utf8_lossy(&reply[..n]).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 408"), "stall {i}: {reply}");
+        held.push(stream);
+    }
+    assert!(all_healthy(p.admin).await?, "{}", get(p.admin, "/upstreams").await?.json());
+    assert_eq!(get(web, "/after").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gateway_error_names_no_endpoint_address() -> TestResult {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead = closed.local_addr()?;
+    drop(closed);
+    let p = Portico::start(&reverse_config(&[format!("\"{dead}\"")], "retries = 0")).await;
+    let answer = get(p.addr("web").await, "/").await?;
+    assert_eq!(answer.status, 502);
+    let body = String::from_utf8_lossy(&answer.body);
+    assert!(!body.contains("127.0.0.1") && !body.contains(&dead.port().to_string()), "{body}");
+    assert!(body.contains("upstream_failed") && body.contains("\\\"app\\\""), "{body}");
+    Ok(())
+}
+
+/// Every head a reverse listener must not pass on as it came.
+#[tokio::test]
+async fn a_reverse_listener_refuses_or_normalises_unsafe_heads() -> TestResult {
+    let up = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&up]), "")).await;
+    let web = p.addr("web").await;
+    let limit = Duration::from_secs(10);
+
+    for (raw, status) in [
+        ("GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n", "400"),
+        ("GET /twohosts HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", "400"),
+        ("CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", "405"),
+    ] {
+        let reply = exchange(web, raw.as_bytes(), limit).await?;
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{raw:?}: {reply}");
+    }
+    assert_eq!(up.hits(), 0, "nothing of a refused request may reach the upstream");
+
+    // Absolute-form: the target's authority replaces a different Host (RFC 9112 §3.2.2).
+    let reply = exchange(
+        web,
+        b"GET http://internal.example/abs HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n",
+        limit,
+    )
+    .await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#""host":"internal.example""#), "{reply}");
+    assert!(!reply.contains("public.example"), "{reply}");
+
+    // An h2c upgrade is dropped: plain HTTP/1.1 goes upstream, without Upgrade or HTTP2-Settings.
+    let reply = exchange(
+        web,
+        b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        limit,
+    )
+    .await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let lower = reply.to_ascii_lowercase();
+    assert!(!lower.contains("\"upgrade\"") && !lower.contains("http2-settings"), "{reply}");
+    assert_eq!(up.hits(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_h2_readers_do_not_pin_upstream_slots() -> TestResult {
+    let up = TestUpstream::start_with("big", Behavior::Large(256 * 1024)).await;
+    let config = reverse_config(&quoted(&[&up]), "connect_timeout = \"200ms\"\npool = { max_connections = 4 }")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nsend_timeout = \"500ms\"\n");
+    let p = Portico::start(&config).await;
+    let web = p.addr("web").await;
+
+    // A client that grants no flow-control window: its streams' heads arrive, their bodies never can.
+    let tcp = TcpStream::connect(web).await?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_stream_window_size(0);
+    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        let mut sender = sender.clone();
+        let request = http::Request::builder().uri(format!("http://a/big{i}")).body(Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        assert_eq!(response.status(), 200);
+        stalled.push(response);
+    }
+    // The four stalled streams held every upstream slot; the send timeout gives them back.
+    assert!(eventually_served(web, "/other").await, "other clients are still refused");
+    let released = async {
+        for _ in 0..600 {
+            let groups = get(p.admin, "/upstreams").await.map(|a| a.json()).unwrap_or_default();
+            if groups[0]["endpoints"][0]["active_requests"] == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(released.await, "stalled responses still count as active upstream requests");
+    drop(stalled);
+    Ok(())
+}
