@@ -63,7 +63,7 @@ pub enum ServerError {
     #[error(transparent)]
     Plugin(#[from] PluginLoadError),
     /// The wasm engine could not be created.
-    #[error("plugin engine: {0}")]
+    #[error("plugin engine: {}", crate::plugin::with_causes(.0))]
     Engine(portico_plugins::PluginError),
     /// The cluster refused or could not commit a change.
     #[error(transparent)]
@@ -188,7 +188,8 @@ impl Server {
         let watch_metrics = WatchMetrics::register(&metrics.registry)?;
         let telemetry = crate::telemetry::Telemetry::new(&metrics.registry)?;
         let services = Arc::new(ProxyServices::default());
-        let plugins = PluginSet::new(metrics.registry.clone(), services.clone())?;
+        let worker_runtimes = workers.as_ref().map(|w| w.handles().to_vec()).unwrap_or_default();
+        let plugins = PluginSet::new(metrics.registry.clone(), services.clone(), worker_runtimes)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config: config.clone(),

@@ -571,7 +571,7 @@ impl Validator<'_> {
                                 );
                             }
                         }
-                        Err(e) => self.issue(format!("{key}.config"), Some(&p.name), e.to_string()),
+                        Err(e) => self.issue(format!("{key}.config"), Some(&p.name), crate::plugin::with_causes(&e)),
                     }
                 }
             }

@@ -41,9 +41,10 @@ pub enum PluginLoadError {
         /// What exists.
         available: String,
     },
-    /// Compilation, the ABI check, start-up or `proxy_on_configure` failed.
-    #[error(transparent)]
-    Host(#[from] PluginError),
+    /// Compilation, the ABI check, start-up or `proxy_on_configure` failed. The host's error keeps its causes
+    /// as sources; this message is complete on its own, so it carries them on one line instead.
+    #[error("{}", with_causes(.0))]
+    Host(PluginError),
     /// The loader thread died.
     #[error("plugin {0}: the loader thread failed")]
     Loader(String),
@@ -53,6 +54,27 @@ pub enum PluginLoadError {
     /// Rollback asked for with no previous version.
     #[error("plugin {0}: there is no previous version to roll back to")]
     NoPrevious(String),
+}
+
+// By hand rather than `#[from]`: the message already includes the causes, so they are not returned as a source.
+impl From<PluginError> for PluginLoadError {
+    fn from(error: PluginError) -> Self {
+        PluginLoadError::Host(error)
+    }
+}
+
+/// An error followed by its causes (`source()` chain), `: `-separated: for a message that must be complete on
+/// its own (logs, the admin API, configuration issues) built from an error that keeps its causes as sources,
+/// as `portico_plugins::PluginError` does.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Where a running version came from, for `GET /plugins` and the logs.
@@ -143,7 +165,6 @@ impl PluginSlot {
         }
         let old_info = std::mem::replace(&mut *self.info.lock(), info.clone());
         *self.previous.lock() = Some((old, old_info));
-        spawn_ticker(&plugin);
         tracing::info!(plugin = %self.config.name, sha256 = %info.sha256, origin = %info.origin, "plugin version swapped in");
     }
 }
@@ -172,6 +193,8 @@ fn unix_seconds(t: SystemTime) -> u64 {
 pub struct PluginSet {
     engine: Arc<PluginEngine>,
     services: Arc<services::ProxyServices>,
+    /// The data-path workers' runtimes: each owns its instances of a plugin, so each runs their ticks.
+    workers: Vec<tokio::runtime::Handle>,
     /// Serialises version changes so two uploads cannot interleave.
     changing: tokio::sync::Mutex<()>,
 }
@@ -183,11 +206,17 @@ impl std::fmt::Debug for PluginSet {
 }
 
 impl PluginSet {
-    /// One wasmtime engine whose plugin metrics land in Portico's registry.
-    pub fn new(registry: prometheus::Registry, services: Arc<services::ProxyServices>) -> Result<Self, PluginError> {
+    /// One wasmtime engine whose plugin metrics land in Portico's registry. `workers` are the data-path
+    /// workers' runtimes (empty when connections are served on the calling runtime).
+    pub fn new(
+        registry: prometheus::Registry,
+        services: Arc<services::ProxyServices>,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Result<Self, PluginError> {
         Ok(PluginSet {
             engine: Arc::new(PluginEngine::with_registry(registry)?),
             services,
+            workers,
             changing: tokio::sync::Mutex::new(()),
         })
     }
@@ -220,7 +249,7 @@ impl PluginSet {
                 previous: Mutex::new(previous.get(&config.name).map(|old| (old.current(), old.info.lock().clone()))),
                 file_seen: Mutex::new(modified),
             });
-            spawn_ticker(&plugin);
+            self.spawn_tickers(&plugin);
             tracing::info!(plugin = %config.name, "plugin loaded");
             out.insert(config.name.clone(), slot);
         }
@@ -238,6 +267,7 @@ impl PluginSet {
         let _guard = self.changing.lock().await;
         let sha = sha256_hex(&bytes);
         let plugin = self.load(&slot.config, bytes).await?;
+        self.spawn_tickers(&plugin);
         slot.swap(plugin, VersionInfo { origin: "upload".into(), sha256: sha, since: SystemTime::now() });
         Ok(())
     }
@@ -248,6 +278,7 @@ impl PluginSet {
         let Some((plugin, info)) = slot.previous.lock().take() else {
             return Err(PluginLoadError::NoPrevious(slot.config.name.clone()));
         };
+        // Its tickers still run: they end only when the version is dropped, and `previous` kept it.
         slot.swap(plugin, VersionInfo { since: SystemTime::now(), ..info });
         Ok(())
     }
@@ -272,6 +303,7 @@ impl PluginSet {
                     return Ok(());
                 }
                 let plugin = self.load(&slot.config, bytes).await?;
+                self.spawn_tickers(&plugin);
                 slot.swap(plugin, VersionInfo { origin, sha256: sha, since: SystemTime::now() });
                 Ok::<(), PluginLoadError>(())
             }
@@ -317,7 +349,7 @@ impl PluginSet {
 /// loads its modules. Returns every plugin's refusal, not only the first; an `Err` means the engine itself
 /// could not start.
 pub async fn check_all(configs: &[PluginConfig]) -> Result<Vec<PluginLoadError>, PluginError> {
-    let set = PluginSet::new(prometheus::Registry::new(), Arc::new(services::ProxyServices::default()))?;
+    let set = PluginSet::new(prometheus::Registry::new(), Arc::new(services::ProxyServices::default()), Vec::new())?;
     let mut refused = Vec::new();
     for config in configs {
         let one = PluginConfig { instances: 1, ..config.clone() };
@@ -356,21 +388,32 @@ fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Drives `proxy_on_tick`, queue notifications and callout completions for one plugin version until it is
-/// dropped. Runs wasm on a tokio worker like any callback: bounded by the plugin's CPU limit.
-fn spawn_ticker(plugin: &Arc<Plugin>) {
-    let weak: Weak<Plugin> = Arc::downgrade(plugin);
-    tokio::spawn(async move {
-        loop {
-            let deadline = {
-                let Some(plugin) = weak.upgrade() else { return };
-                let fallback = std::time::Instant::now() + Duration::from_millis(20);
-                plugin.next_tick_deadline().map_or(fallback, |d| d.min(fallback))
-            };
-            tokio::time::sleep_until(deadline.into()).await;
-            let Some(plugin) = weak.upgrade() else { return };
-            plugin.run_ticks();
-            plugin.dispatch_pending();
+impl PluginSet {
+    /// Drives `proxy_on_tick` and the work other threads left for a plugin version's instances (queue
+    /// notifications, callouts answered elsewhere) until the version is dropped: one task on every worker,
+    /// for the instances it owns, and one on the calling runtime for the shared ones. Runs wasm on a tokio
+    /// thread like any callback: bounded by the plugin's CPU limit. Spawned once per version, when it is
+    /// loaded to serve; they end when it is dropped (a version kept for rollback keeps its tickers).
+    fn spawn_tickers(&self, plugin: &Arc<Plugin>) {
+        for worker in &self.workers {
+            worker.spawn(ticker(Arc::downgrade(plugin)));
         }
-    });
+        tokio::spawn(ticker(Arc::downgrade(plugin)));
+    }
+}
+
+/// One thread's ticker for one plugin version (see [`PluginSet::spawn_tickers`]).
+async fn ticker(weak: Weak<Plugin>) {
+    loop {
+        let deadline = {
+            let Some(plugin) = weak.upgrade() else { break };
+            let fallback = std::time::Instant::now() + Duration::from_millis(20);
+            plugin.next_tick_deadline().map_or(fallback, |d| d.min(fallback))
+        };
+        tokio::time::sleep_until(deadline.into()).await;
+        let Some(plugin) = weak.upgrade() else { break };
+        plugin.run_ticks();
+    }
+    // The version is gone: drop the instances of it this thread owned.
+    portico_plugins::forget_unloaded();
 }
