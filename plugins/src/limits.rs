@@ -53,4 +53,3 @@ pub const MAX_QUEUE_NAME: usize = 256;
 pub const MAX_METRICS_PER_PLUGIN: usize = 1000;
 /// A guest metric name, in bytes.
 pub const MAX_METRIC_NAME: usize = 256;
-
