@@ -27,9 +27,9 @@ use std::time::Duration;
 
 /// Why a start or reload was refused.
 ///
-/// Each message is complete on its own (logs and the admin API print it alone), so a cause folded into a
-/// message is not also returned by `source()`, and a variant that only forwards another error is transparent:
-/// printed with its chain, as `portico run` does, every cause appears once.
+/// Each message is complete on its own (logs and the admin API print it alone), and its cause is also kept as
+/// `source()`; a variant that only forwards another error is transparent. `portico run` prints the chain
+/// leaving out causes the message already contains, so every cause appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The file did not validate.
@@ -41,6 +41,7 @@ pub enum ServerError {
         /// The listener.
         listener: String,
         /// The TLS problem.
+        #[source]
         error: tls::TlsError,
     },
     /// A socket could not be bound.
@@ -51,6 +52,7 @@ pub enum ServerError {
         /// The address.
         address: SocketAddr,
         /// The OS error.
+        #[source]
         error: std::io::Error,
     },
     /// An endpoint address could not be turned into a URI authority.
@@ -58,34 +60,22 @@ pub enum ServerError {
     Endpoint(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
-    Metrics(prometheus::Error),
+    Metrics(#[from] prometheus::Error),
     /// A plugin could not be started; nothing was changed.
     #[error(transparent)]
     Plugin(#[from] PluginLoadError),
     /// The wasm engine could not be created.
     #[error("plugin engine: {}", crate::plugin::with_causes(.0))]
-    Engine(portico_plugins::PluginError),
+    Engine(#[from] portico_plugins::PluginError),
     /// The cluster refused or could not commit a change.
     #[error(transparent)]
     Cluster(#[from] portico_cluster::ClusterError),
     /// The data-path worker threads could not be started.
     #[error("starting worker threads: {0}")]
-    Workers(std::io::Error),
+    Workers(#[source] std::io::Error),
     /// No config file to reload from.
     #[error("no configuration file to reload (started from an embedded configuration)")]
     NoFile,
-}
-
-impl From<prometheus::Error> for ServerError {
-    fn from(error: prometheus::Error) -> Self {
-        ServerError::Metrics(error)
-    }
-}
-
-impl From<portico_plugins::PluginError> for ServerError {
-    fn from(error: portico_plugins::PluginError) -> Self {
-        ServerError::Engine(error)
-    }
 }
 
 /// Everything a request reads; replaced whole on reload.

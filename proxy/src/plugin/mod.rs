@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Why a plugin version could not be started. The running version, if any, keeps serving. Messages are
-/// complete on their own: a cause in a message is not also returned by `source()` (see `ServerError`).
+/// complete on their own and keep their cause as `source()` too (see `ServerError`).
 #[derive(Debug, thiserror::Error)]
 pub enum PluginLoadError {
     /// The `.wasm` file could not be read.
@@ -29,6 +29,7 @@ pub enum PluginLoadError {
         /// The file.
         path: String,
         /// The OS error.
+        #[source]
         error: std::io::Error,
     },
     /// `builtin:NAME` names no bundled module.
@@ -42,9 +43,9 @@ pub enum PluginLoadError {
         available: String,
     },
     /// Compilation, the ABI check, start-up or `proxy_on_configure` failed. The host's error keeps its causes
-    /// as sources; this message is complete on its own, so it carries them on one line instead.
+    /// as sources; this message is complete on its own, so it also carries them on one line.
     #[error("{}", with_causes(.0))]
-    Host(PluginError),
+    Host(#[from] PluginError),
     /// The loader thread died.
     #[error("plugin {0}: the loader thread failed")]
     Loader(String),
@@ -54,13 +55,6 @@ pub enum PluginLoadError {
     /// Rollback asked for with no previous version.
     #[error("plugin {0}: there is no previous version to roll back to")]
     NoPrevious(String),
-}
-
-// By hand rather than `#[from]`: the message already includes the causes, so they are not returned as a source.
-impl From<PluginError> for PluginLoadError {
-    fn from(error: PluginError) -> Self {
-        PluginLoadError::Host(error)
-    }
 }
 
 /// An error followed by its causes (`source()` chain), `: `-separated: for a message that must be complete on

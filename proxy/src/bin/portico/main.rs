@@ -103,8 +103,8 @@ fn init_logging(format: LogFormat, level: &str, file: Option<std::fs::File>) {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Prints a failure as one line per problem: each cause once (the error types keep a cause either in their
-/// message or as their source, never both), and never a backtrace, whatever `RUST_BACKTRACE` says.
+/// Prints a failure on one line with each cause once (see [`one_line`]), and never a backtrace, whatever
+/// `RUST_BACKTRACE` says.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut log_file = None;
@@ -119,10 +119,28 @@ fn main() -> std::process::ExitCode {
     match execute(cli.command, log_path) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `: `-separated, leaving out a cause whose text is already there: the
+/// library errors keep their cause as `source()` and most also name it in their message (so a log line that
+/// prints the error alone loses nothing), and each cause is printed once.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if cause.is_empty() || text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn execute(command: Command, log_file: Option<PathBuf>) -> Result<()> {
