@@ -63,6 +63,12 @@ impl Node {
         get(self.admin, "/cluster").await.ok().filter(|a| a.status == 200).map(|a| a.json())
     }
 
+    /// Member ids as this node sees them (empty when it does not answer).
+    async fn members(&self) -> Vec<u64> {
+        let status = self.status().await.unwrap_or_default();
+        status["members"].as_array().map_or_else(Vec::new, |m| m.iter().filter_map(|m| m["node_id"].as_u64()).collect())
+    }
+
     async fn weight_of(&self, endpoint: &str) -> Option<u64> {
         let answer = get(self.admin, "/upstreams").await.ok()?;
         let list = answer.json();
@@ -417,11 +423,14 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
         assert_eq!(cut.marker().await.as_deref(), Some("v2"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let status = cut.status().await.ok_or("status")?;
-    assert_eq!(status["leader_confirmed"], false, "{status}");
+    let unconfirmed = eventually_async(Duration::from_secs(30), || async {
+        cut.status().await.is_some_and(|status| status["leader_confirmed"] == false)
+    })
+    .await;
+    assert!(unconfirmed, "{:?}", cut.status().await);
     // Its leadership is no longer confirmed by a quorum: the lose-leadership hook ran.
     let hook_log = dir.path().join("leader.log");
-    let lost = eventually(Duration::from_secs(5), || {
+    let lost = eventually(Duration::from_secs(30), || {
         std::fs::read_to_string(&hook_log).unwrap_or_default().contains(&format!("lose {leader}"))
     })
     .await;
@@ -430,7 +439,7 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     // Heal: it catches up with the rollback.
     send(cut.admin, "POST", "/cluster/isolate", &[], r#"{"isolated": false}"#).await?;
     let healed =
-        eventually_async(Duration::from_secs(10), || async { cut.marker().await.as_deref() == Some("v1") }).await;
+        eventually_async(Duration::from_secs(30), || async { cut.marker().await.as_deref() == Some("v1") }).await;
     assert!(healed, "the healed node catches up: {}", cut.logs());
     assert_eq!(cut.plugin_sha().await.as_deref(), Some(v1_sha.as_str()));
 
@@ -463,7 +472,7 @@ async fn plugins_replicate_and_a_cut_off_node_refuses_writes_and_never_serves_an
     assert!(file.contains("write_timeout = \"30s\""), "{file}");
     std::fs::write(&lone.config, file.replace("write_timeout = \"30s\"", "write_timeout = \"2s\""))?;
     lone.spawn()?;
-    let up = eventually_async(Duration::from_secs(10), || async { lone.marker().await.is_some() }).await;
+    let up = eventually_async(Duration::from_secs(30), || async { lone.marker().await.is_some() }).await;
     assert!(up, "the lone node serves: {}", lone.logs());
     assert_eq!(lone.marker().await.as_deref(), Some("v1"), "the last committed module, not the local file");
     let denied = send(lone.admin, "POST", "/plugins/mark/rollback", &[], "").await?;
@@ -497,7 +506,7 @@ async fn a_node_joins_through_the_admin_api_and_is_removed_again() -> TestResult
         child: None,
     };
     fourth.spawn()?;
-    let up = eventually_async(Duration::from_secs(10), || async { fourth.status().await.is_some() }).await;
+    let up = eventually_async(Duration::from_secs(30), || async { fourth.status().await.is_some() }).await;
     assert!(up, "node 4 starts: {}", fourth.logs());
     assert_eq!(fourth.status().await.ok_or("status")?["leader"], serde_json::Value::Null, "it waits to be added");
 
@@ -505,17 +514,16 @@ async fn a_node_joins_through_the_admin_api_and_is_removed_again() -> TestResult
     let added = send(nodes[1].admin, "POST", "/cluster/members", &[], &body).await?;
     assert_eq!(added.status, 200, "{}", String::from_utf8_lossy(&added.body));
     let serving =
-        eventually_async(Duration::from_secs(10), || async { fourth.marker().await.as_deref() == Some("v1") }).await;
+        eventually_async(Duration::from_secs(30), || async { fourth.marker().await.as_deref() == Some("v1") }).await;
     assert!(serving, "node 4 caught up and serves the cluster's config: {}", fourth.logs());
-    let status = nodes[0].status().await.ok_or("status")?;
-    assert_eq!(status["members"].as_array().map(Vec::len), Some(4), "{status}");
+    // Each node applies a membership change when the entry reaches it: wait for node 1's view.
+    let four = eventually_async(Duration::from_secs(30), || async { nodes[0].members().await == [1, 2, 3, 4] }).await;
+    assert!(four, "{:?}", nodes[0].status().await);
 
     let removed = send(nodes[0].admin, "DELETE", "/cluster/members/4", &[], "").await?;
     assert_eq!(removed.status, 200, "{}", String::from_utf8_lossy(&removed.body));
-    let status = nodes[0].status().await.ok_or("status")?;
-    let ids: Vec<u64> =
-        status["members"].as_array().ok_or("members")?.iter().filter_map(|m| m["node_id"].as_u64()).collect();
-    assert_eq!(ids, vec![1, 2, 3], "{status}");
+    let three = eventually_async(Duration::from_secs(30), || async { nodes[0].members().await == [1, 2, 3] }).await;
+    assert!(three, "{:?}", nodes[0].status().await);
     Ok(())
 }
 
@@ -534,11 +542,9 @@ async fn removing_the_lost_leader_waits_out_the_election() -> TestResult {
     let removed = send(survivor.admin, "DELETE", &format!("/cluster/members/{leader}"), &[], "").await?;
     assert_eq!(removed.status, 200, "{}", String::from_utf8_lossy(&removed.body));
     eprintln!("membership change during an election answered after {:?}", asked.elapsed());
-    let status = survivor.status().await.ok_or("status")?;
-    let ids: Vec<u64> =
-        status["members"].as_array().ok_or("members")?.iter().filter_map(|m| m["node_id"].as_u64()).collect();
     let expected: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
-    assert_eq!(ids, expected, "{status}");
+    let applied = eventually_async(Duration::from_secs(30), || async { survivor.members().await == expected }).await;
+    assert!(applied, "{:?}", survivor.status().await);
     Ok(())
 }
 
@@ -560,7 +566,7 @@ async fn a_node_that_cannot_run_the_clusters_config_says_so() -> TestResult {
         let admin = node.admin;
         async move { get(admin, "/cluster").await.ok().map(|a| a.json()["config_refused"].clone()) }
     };
-    let said = eventually_async(Duration::from_secs(10), || async {
+    let said = eventually_async(Duration::from_secs(30), || async {
         refused(&nodes[1]).await.is_some_and(|r| r["index"].as_u64() == Some(index))
     })
     .await;
