@@ -13,7 +13,8 @@ use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
 use crate::server::Shared;
 use crate::upstream::endpoint::ActiveRequest;
-use crate::upstream::pool::{ConnectionChoice, PooledConnection, SendError};
+use crate::upstream::h1::Closer;
+use crate::upstream::pool::{ConnectionChoice, SendError};
 use crate::upstream::Upstream;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
@@ -137,17 +138,16 @@ fn is_idempotent(method: &Method) -> bool {
 struct EndpointRelease {
     _permit: OwnedSemaphorePermit,
     _active: ActiveRequest,
-    connection: Option<PooledConnection>,
+    /// Closes the HTTP/1 connection the body reads (which gives it back to the pool itself when it ends).
+    closer: Option<Arc<Closer>>,
 }
 
 impl BodyGuard for EndpointRelease {
-    /// A body that ended cleanly leaves its HTTP/1 connection reusable; one cut short (or abandoned by the send
-    /// timeout) closes it at once.
+    /// A body cut short, or abandoned by the send timeout while the client's side does not poll it, has its
+    /// upstream connection closed at once.
     fn finish(&mut self, ok: bool) {
-        match self.connection.take() {
-            Some(connection) if ok => connection.release(),
-            Some(connection) => connection.close(),
-            None => {}
+        if let (false, Some(closer)) = (ok, self.closer.take()) {
+            closer.close();
         }
     }
 }
@@ -299,7 +299,7 @@ async fn proxy(
                 last_error = (LocalError::UpstreamFailed, format!("upstream {:?}: {}", upstream.name(), e.summary()));
                 continue;
             }
-            Ok(Ok((mut response, connection))) => {
+            Ok(Ok(mut response)) => {
                 endpoint.record_latency(sent_at.elapsed());
                 let status = response.status();
                 if status.is_server_error() && client_fault(false).is_none() {
@@ -319,7 +319,7 @@ async fn proxy(
                         return tunnel::splice_upgrade(shared, response, client_upgrade, parts.version);
                     }
                 }
-                let release = EndpointRelease { _permit: permit, _active: active, connection };
+                let release = EndpointRelease { _permit: permit, _active: active, closer: response.body().closer() };
                 headers::strip_hop_by_hop(response.headers_mut(), false);
                 let upstream_version = response.version();
                 headers::append_via(response.headers_mut(), upstream_version);

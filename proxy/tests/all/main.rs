@@ -21,4 +21,5 @@ mod reverse;
 mod smuggling;
 mod support;
 mod tls;
+mod upstream_h1;
 mod vip;
