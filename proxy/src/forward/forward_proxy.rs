@@ -157,7 +157,7 @@ async fn absolute(
             client_ip: conn.peer.ip(),
             tls: conn.tls,
             version: parts.version,
-            traceparent: &meta.trace.traceparent(),
+            traceparent: meta.trace.traceparent().as_str(),
             request_id: &meta.request_id,
         },
     );

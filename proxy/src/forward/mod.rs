@@ -14,7 +14,7 @@ use crate::body::ResponseBody;
 use crate::config::file::ListenerMode;
 use crate::listen::ConnInfo;
 use crate::server::Shared;
-use crate::trace_context::{request_id, TraceContext};
+use crate::trace_context::{RequestId, RequestIds, TraceContext};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -29,7 +29,7 @@ pub struct RequestMeta {
     /// W3C trace context for this hop.
     pub trace: TraceContext,
     /// `x-request-id` returned to the client.
-    pub request_id: String,
+    pub request_id: RequestId,
 }
 
 /// hyper's service entry point for client requests on any listener.
@@ -38,11 +38,11 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let meta = RequestMeta {
-        start: Instant::now(),
-        trace: TraceContext::from_traceparent(req.headers().get("traceparent").map(|v| v.as_bytes())),
-        request_id: request_id(req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes())),
-    };
+    let ids = RequestIds::new(
+        req.headers().get(&headers::TRACEPARENT).map(|v| v.as_bytes()),
+        req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes()),
+    );
+    let meta = RequestMeta { start: Instant::now(), trace: ids.trace, request_id: ids.request_id };
     let in_flight = conn.activity.begin();
     let listener = conn.listener.load_full();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {

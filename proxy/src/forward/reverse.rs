@@ -179,7 +179,7 @@ async fn proxy(
             client_ip: conn.peer.ip(),
             tls: conn.tls,
             version: parts.version,
-            traceparent: &meta.trace.traceparent(),
+            traceparent: meta.trace.traceparent().as_str(),
             request_id: &meta.request_id,
         },
     );
@@ -192,7 +192,11 @@ async fn proxy(
     let retryable = bodiless && is_idempotent(&parts.method) && !upgrade;
     let (body, client_body) = if bodiless { (RequestBody::empty(), None) } else { body.watched() };
     let mut body = Some(body);
-    let version = match upstream.config.protocol {
+    // The head as it goes upstream, kept (not copied) for another attempt; the client's version and target
+    // are put back for the answer.
+    let client_version = parts.version;
+    parts.uri = uri;
+    parts.version = match upstream.config.protocol {
         crate::config::UpstreamProtocol::H2 => Version::HTTP_2,
         crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,
     };
@@ -240,13 +244,9 @@ async fn proxy(
         let outcome = loop {
             let this_body =
                 if retryable { RequestBody::empty() } else { body.take().unwrap_or_else(RequestBody::empty) };
-            let mut request = Request::new(this_body);
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri.clone();
-            *request.version_mut() = version;
-            // Only a request that may be sent again keeps a copy of its headers.
-            *request.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-            match tokio::time::timeout(upstream.request_timeout(), upstream.send(index, request, choice)).await {
+            match tokio::time::timeout(upstream.request_timeout(), upstream.send(index, &parts, this_body, choice))
+                .await
+            {
                 // The upstream closed the pooled connection as the request went out (its keep-alive timer
                 // won the race). Not the endpoint's fault: an idempotent request goes again, once, on a new
                 // connection, as nginx does. It costs neither an attempt nor the retry budget.
@@ -316,7 +316,7 @@ async fn proxy(
                 }
                 if status == http::StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = client_upgrade {
-                        return tunnel::splice_upgrade(shared, response, client_upgrade, parts.version);
+                        return tunnel::splice_upgrade(shared, response, client_upgrade, client_version);
                     }
                 }
                 let release = EndpointRelease { _permit: permit, _active: active, closer: response.body().closer() };
@@ -324,7 +324,7 @@ async fn proxy(
                 let upstream_version = response.version();
                 headers::append_via(response.headers_mut(), upstream_version);
                 let (mut rparts, rbody) = response.into_parts();
-                rparts.version = parts.version;
+                rparts.version = client_version;
                 return Response::from_parts(rparts, ResponseBody::Upstream(rbody, Some(Box::new(release))));
             }
         }

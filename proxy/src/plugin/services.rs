@@ -53,8 +53,9 @@ impl HostServices for ProxyServices {
                         n => builder = builder.header(n, value.as_str()),
                     }
                 }
-                let request = builder.method(method).uri(path).body(RequestBody::Full(Some(body))).ok()?;
-                let answer = tokio::time::timeout(timeout, upstream.send(index, request, ConnectionChoice::Pooled))
+                let (head, ()) = builder.method(method).uri(path).body(()).ok()?.into_parts();
+                let body = RequestBody::Full(Some(body));
+                let answer = tokio::time::timeout(timeout, upstream.send(index, &head, body, ConnectionChoice::Pooled))
                     .await
                     .ok()?
                     .ok()?;

@@ -240,11 +240,11 @@ pub enum ConnectionChoice {
 pub async fn send_http1(
     endpoint: &Endpoint,
     settings: &ClientSettings,
-    request: http::Request<RequestBody>,
+    parts: &http::request::Parts,
+    mut body: RequestBody,
     choice: ConnectionChoice,
 ) -> Result<http::Response<UpstreamBody>, SendError> {
     let lane = endpoint.idle.lane(crate::listen::workers::lane());
-    let (parts, mut body) = request.into_parts();
     let length = h1::request_length(&body);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     loop {
