@@ -7,7 +7,6 @@ use super::local::{error_response, LocalError};
 use super::RequestMeta;
 use crate::body::{RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
-use crate::metrics::status_class;
 use crate::server::Shared;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -32,8 +31,7 @@ pub async fn handle(
     } else {
         absolute(shared, conn, listener, req, meta).await
     };
-    let class = status_class(response.status().as_u16());
-    shared.metrics.requests.with_label_values(&[&listener.config.name, "", class]).inc();
+    shared.metrics.observe_request(&listener.config.name, "", response.status().as_u16(), None);
     response
 }
 

@@ -7,7 +7,6 @@ use super::local::{error_response, LocalError};
 use super::{tunnel, RequestMeta};
 use crate::body::{BodyGuard, RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
-use crate::metrics::status_class;
 use crate::plugin::body::{self, BodyPipe, Direction};
 use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
@@ -121,8 +120,7 @@ fn finish(
     let status = response.status().as_u16();
     let elapsed = meta.start.elapsed();
     let name = listener.config.name.as_str();
-    shared.metrics.requests.with_label_values(&[name, upstream, status_class(status)]).inc();
-    shared.metrics.request_duration.with_label_values(&[name, upstream]).observe(elapsed.as_secs_f64());
+    shared.metrics.observe_request(name, upstream, status, Some(elapsed));
     if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
         response.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
     }
