@@ -5,8 +5,9 @@ use std::path::PathBuf;
 /// Every fallible operation in `portico-anomaly` returns this error, so the proxy can map
 /// anomaly failures to one admin-API error shape without depending on our internals.
 ///
-/// Each message is complete on its own and includes its cause, so the cause is not also returned by
-/// `source()`: printed with its chain, every cause appears once.
+/// Each message is complete on its own and includes its cause, so a log line that prints only the error loses
+/// nothing; the cause is also kept as `source()` for callers that walk the chain (the binary's error printer
+/// leaves out a cause whose text the message already contains, so each is printed once).
 #[derive(Debug, thiserror::Error)]
 pub enum AnomalyError {
     /// The `[anomaly]` configuration is invalid; the message names the offending key.
@@ -18,20 +19,21 @@ pub enum AnomalyError {
         /// File or directory that failed.
         path: PathBuf,
         /// Underlying OS error.
+        #[source]
         error: std::io::Error,
     },
     /// An I/O error with no single path attached (pipes, child processes).
     #[error("io: {0}")]
-    PlainIo(std::io::Error),
+    PlainIo(#[from] std::io::Error),
     /// Arrow encoding or decoding failed (schema mismatch, corrupt IPC file).
     #[error("arrow: {0}")]
-    Arrow(arrow::error::ArrowError),
+    Arrow(#[from] arrow::error::ArrowError),
     /// A tensor operation or safetensors load failed inside candle.
     #[error("model: {0}")]
-    Candle(candle_core::Error),
+    Candle(#[from] candle_core::Error),
     /// JSON (de)serialisation failed: model sidecar, alert payloads or exports.
     #[error("json: {0}")]
-    Json(serde_json::Error),
+    Json(#[from] serde_json::Error),
     /// A model file (weights or sidecar) could not be used; names the weights file.
     #[error("model {path} (and its .json sidecar): {message}")]
     ModelFile {
@@ -57,24 +59,6 @@ impl AnomalyError {
         AnomalyError::Io { path: path.into(), error }
     }
 }
-
-/// `From` by hand rather than `#[from]`, which would also make the cause the error's source.
-macro_rules! from_cause {
-    ($($variant:ident($cause:ty)),* $(,)?) => {
-        $(impl From<$cause> for AnomalyError {
-            fn from(error: $cause) -> Self {
-                AnomalyError::$variant(error)
-            }
-        })*
-    };
-}
-
-from_cause!(
-    PlainIo(std::io::Error),
-    Arrow(arrow::error::ArrowError),
-    Candle(candle_core::Error),
-    Json(serde_json::Error),
-);
 
 /// Shorthand used throughout the crate.
 pub type Result<T, E = AnomalyError> = std::result::Result<T, E>;

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Why a cluster operation failed. Each message is complete on its own and includes its cause, so the cause
-/// is not also returned by `source()`.
+/// Why a cluster operation failed. Each message is complete on its own and includes its cause; the cause is
+/// also kept as `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// A file under `data_dir` could not be read or written.
@@ -12,6 +12,7 @@ pub enum ClusterError {
         /// The file.
         path: PathBuf,
         /// The OS error.
+        #[source]
         error: std::io::Error,
     },
     /// A file under `data_dir` is not what Portico wrote.
@@ -28,6 +29,7 @@ pub enum ClusterError {
         /// The address.
         address: String,
         /// The OS error.
+        #[source]
         error: std::io::Error,
     },
     /// The settings are inconsistent (checked before anything starts).

@@ -1,10 +1,16 @@
 //! What the two bundled plugins cost one request, driven as the proxy drives them: a stream opened on
-//! `builtin:router` and on `builtin:balancer` (one `RequestInfo` shared), the request headers run through both,
-//! the routed group read, an endpoint picked (3 candidates, round robin), `on_log`, and both streams closed.
-//! `native_only` is the caller's own work in the loop (the header list and the `RequestInfo`), to subtract.
+//! `builtin:router` and on `builtin:balancer` (one set of request facts shared), the request headers through
+//! the router (the balancer has no request headers callback, so the host skips it), the routed group read, an
+//! endpoint picked (3 candidates, round robin, the request headers readable), `on_log`, both streams closed.
 //!
-//! `CARGO_TARGET_DIR=/work/target-plugins CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 \
-//!    nice -n 10 cargo bench -p portico-plugins --bench chain -- --warm-up-time 1 --measurement-time 3`
+//! - `router_and_balancer`: the bench thread is a declared worker owning its instances (the proxy's default:
+//!   one instance per worker), so no callback takes a lock.
+//! - `router_and_balancer_shared`: the same with fewer instances than workers, so instances are shared and
+//!   every callback locks its instance.
+//! - `native_only`: the caller's own work in the loop (the header list refilled, the facts made), to subtract.
+//!
+//! `CARGO_PROFILE_BENCH_LTO=false nice -n 10 cargo bench -p portico-plugins --bench chain -- --warm-up-time 1 \
+//!    --measurement-time 3`
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -13,9 +19,23 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portico_plugins::{
-    builtin, Candidate, CandidateList, CandidateSource, DefaultHostServices, Plugin, PluginEngine, PluginSpec,
-    RequestInfo, TrafficDirection,
+    builtin, enter_worker, Candidate, CandidateList, CandidateSource, DefaultHostServices, Plugin, PluginEngine,
+    PluginSpec, RequestFacts, RequestInfo, TrafficDirection,
 };
+
+/// Refills `dst` with `src`'s pairs in the strings `dst` already has, as the proxy builds a request's header
+/// list (a `clone_from` of the whole list would allocate every string again: `(String, String)` clones anew).
+fn refill(dst: &mut Vec<(String, String)>, src: &[(String, String)]) {
+    dst.truncate(src.len());
+    for ((dk, dv), (sk, sv)) in dst.iter_mut().zip(src) {
+        dk.clear();
+        dk.push_str(sk);
+        dv.clear();
+        dv.push_str(sv);
+    }
+    let n = dst.len();
+    dst.extend_from_slice(&src[n..]);
+}
 
 fn load(engine: &PluginEngine, name: &str, wasm: &str, config: &str) -> Arc<Plugin> {
     let mut spec = PluginSpec::new(name, builtin(wasm).unwrap());
@@ -32,28 +52,22 @@ fn headers() -> Vec<(String, String)> {
         .collect()
 }
 
-fn info() -> Arc<RequestInfo> {
+/// What the proxy hands a request's chain: its id and addresses (the facts behind `request.id`,
+/// `source.address`, ...), made once per request and shared by the plugins.
+fn facts(id: &str) -> Arc<dyn RequestFacts> {
     Arc::new(RequestInfo {
-        method: "GET".into(),
-        path: "/".into(),
-        authority: "127.0.0.1:18084".into(),
-        scheme: "http".into(),
-        protocol: "HTTP/1.1".into(),
-        request_id: "b1f2c3d4e5f60718".into(),
+        request_id: id.to_string(),
+        protocol: "HTTP/1.1",
         source_address: Some(SocketAddr::from(([127, 0, 0, 1], 40000))),
         destination_address: Some(SocketAddr::from(([127, 0, 0, 1], 18084))),
-        start_time: SystemTime::now(),
+        start_time: Some(SystemTime::UNIX_EPOCH),
         direction: TrafficDirection::Inbound,
         properties: Vec::new(),
     })
 }
 
-fn bench(c: &mut Criterion) {
-    let engine = PluginEngine::new().unwrap();
-    let router =
-        load(&engine, "router", "router", r#"{"routes": [{"match": {"path_prefix": "/"}, "upstream": "origin"}]}"#);
-    let balancer = load(&engine, "lb", "balancer", r#"{"policy": "round_robin"}"#);
-    let candidates: Arc<dyn CandidateSource> = Arc::new(CandidateList::new(
+fn candidates() -> Arc<dyn CandidateSource> {
+    Arc::new(CandidateList::new(
         (0..3)
             .map(|i| Candidate {
                 address: format!("127.0.0.1:{}", 18080 + i),
@@ -63,31 +77,45 @@ fn bench(c: &mut Criterion) {
                 ejected: false,
             })
             .collect(),
-    ));
+    ))
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = PluginEngine::new().unwrap();
+    let candidates = candidates();
     let template = headers();
     let mut group = c.benchmark_group("chain_per_request");
-    group.bench_function("router_and_balancer", |b| {
-        let mut h = template.clone();
-        b.iter(|| {
-            h.clone_from(&template);
-            let info = info();
-            let mut streams = [router.new_stream(info.clone()).unwrap(), balancer.new_stream(info).unwrap()];
-            for s in &mut streams {
-                s.on_request_headers(&mut h, true).unwrap();
-            }
-            let group = streams[0].routed_upstream().unwrap().unwrap();
-            let chosen = streams[1].select_endpoint_from(&group, &candidates, 0, None).unwrap().unwrap();
-            for s in &mut streams {
-                s.on_log().unwrap();
-            }
-            chosen
-        })
-    });
+    for (name, workers) in [("router_and_balancer", 1), ("router_and_balancer_shared", 2)] {
+        // One instance each: with one worker the bench thread owns it, with two they share it.
+        enter_worker(0, workers);
+        let router =
+            load(&engine, "router", "router", r#"{"routes": [{"match": {"path_prefix": "/"}, "upstream": "origin"}]}"#);
+        let balancer = load(&engine, "lb", "balancer", r#"{"policy": "round_robin"}"#);
+        // The proxy opens streams through each worker's handle on a plugin version, made once.
+        let (router, balancer) = (router.handle(), balancer.handle());
+        group.bench_function(name, |b| {
+            let mut h = template.clone();
+            b.iter(|| {
+                refill(&mut h, &template);
+                let facts = facts("b1f2c3d4e5f60718");
+                let mut streams = [router.new_stream(facts.clone()).unwrap(), balancer.new_stream(facts).unwrap()];
+                for s in &mut streams {
+                    s.on_request_headers(&mut h, true).unwrap();
+                }
+                let group = streams[0].routed_upstream().unwrap().to_string();
+                let chosen = streams[1].select_endpoint_from(&mut h, &group, &candidates, 0, None).unwrap().unwrap();
+                for s in &mut streams {
+                    s.on_log().unwrap();
+                }
+                chosen
+            })
+        });
+    }
     group.bench_function("native_only", |b| {
         let mut h = template.clone();
         b.iter(|| {
-            h.clone_from(&template);
-            info()
+            refill(&mut h, &template);
+            facts("b1f2c3d4e5f60718")
         })
     });
     group.finish();

@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
                     let mut h = vec![(":path".to_string(), "/".to_string())];
                     let mut s = plugin.new_stream(RequestInfo::default()).unwrap();
                     s.on_request_headers(&mut h, true).unwrap();
-                    s.select_endpoint_from("backend", &cands, 0, None).unwrap()
+                    s.select_endpoint_from(&mut h, "backend", &cands, 0, None).unwrap()
                 })
             });
         }
@@ -106,7 +106,7 @@ fn bench(c: &mut Criterion) {
                     ];
                     let mut s = plugin.new_stream(RequestInfo::default()).unwrap();
                     s.on_request_headers(&mut h, true).unwrap();
-                    s.select_endpoint_from("backend", &cands, 0, None).unwrap().unwrap()
+                    s.select_endpoint_from(&mut h, "backend", &cands, 0, None).unwrap().unwrap()
                 })
             });
         }
@@ -132,7 +132,7 @@ fn bench(c: &mut Criterion) {
                     let mut s = plugin.new_stream(RequestInfo::default()).unwrap();
                     s.on_request_headers(&mut h, true).unwrap();
                     let cands = if k & 1 == 0 { &full } else { &fewer };
-                    s.select_endpoint_from("backend", cands, 0, None).unwrap().unwrap()
+                    s.select_endpoint_from(&mut h, "backend", cands, 0, None).unwrap().unwrap()
                 })
             });
         }

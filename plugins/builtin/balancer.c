@@ -198,7 +198,7 @@ PW_EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root_id, size
   size_t len;
   char *text = read_plugin_config(config_size, &len);
   bool ok = configure(text, len);
-  free(text);
+  pw_release(text);
   while (g_groups) {
     group_t *g = g_groups;
     g_groups = g->next;
@@ -491,17 +491,18 @@ static size_t table_random(const group_t *g, size_t skip) {
 /* An endpoint's requests in flight (`portico.upstream.active_requests.<address>`); UINT32_MAX when the host
  * does not say, so that an endpoint with a known load is preferred. */
 static uint64_t active_requests(const ep_t *e) {
-  static const char prefix[] = "portico.upstream.active_requests.";
+  static const char prefix[] = "portico\0upstream\0active_requests\0";
   char path[sizeof prefix + 256];
   if (e->alen > 256) return UINT32_MAX;
+  /* The address is the last segment, dots and all. */
   memcpy(path, prefix, sizeof prefix - 1);
   memcpy(path + sizeof prefix - 1, e->addr, e->alen);
-  path[sizeof prefix - 1 + e->alen] = 0;
   char *v = NULL;
   size_t vlen = 0;
   uint64_t active = UINT32_MAX;
-  if (get_property_dotted(path, &v, &vlen) && vlen == sizeof active) memcpy(&active, v, sizeof active);
-  free(v);
+  bool found = get_property(path, sizeof prefix - 1 + e->alen, &v, &vlen) && vlen == sizeof active;
+  if (found) memcpy(&active, v, sizeof active);
+  pw_release(v);
   return active;
 }
 
@@ -569,16 +570,16 @@ static size_t find_ep(const group_t *g, const char *addr, size_t alen) {
 }
 
 static void select_addr(const char *addr, size_t alen) {
-  set_property_dotted("portico.upstream.selected", addr, alen);
+  set_property(PROP("portico\0upstream\0selected"), addr, alen);
 }
 
 /* The host's fingerprint of the offered set (`portico.upstream.candidates_version`, 8 bytes little endian). */
 static bool candidates_version(uint64_t *version) {
   char *v = NULL;
   size_t vlen = 0;
-  bool ok = get_property_dotted("portico.upstream.candidates_version", &v, &vlen) && vlen == sizeof *version;
+  bool ok = get_property(PROP("portico\0upstream\0candidates_version"), &v, &vlen) && vlen == sizeof *version;
   if (ok) memcpy(version, v, sizeof *version);
-  free(v);
+  pw_release(v);
   return ok;
 }
 
@@ -592,19 +593,19 @@ PW_EXPORT(portico_on_upstream_select) int32_t portico_on_upstream_select(uint32_
   cand_t *c = NULL;
   bool hashing = g_cfg.policy == P_RING_HASH || g_cfg.policy == P_MAGLEV;
   bool keyed = hashing && key_extract(&g_cfg.key, &key, &klen);
-  if (attempt > 0) get_property_dotted("portico.upstream.failed", &failed, &flen);
+  if (attempt > 0) get_property(PROP("portico\0upstream\0failed"), &failed, &flen);
 
   uint64_t version = 0;
   bool have_version = candidates_version(&version);
   group_t *g = have_version ? group_by_version(version) : NULL;
   if (!g) {
-    get_property_dotted("portico.upstream", &gname, &glen);
+    get_property(PROP("portico\0upstream"), &gname, &glen);
     g = find_group(gname ? gname : "", gname ? glen : 0);
     if (g && !(have_version && g->built && g->versioned && g->version == version)) g = NULL;
   }
 
   if (!g) {
-    if (!get_property_dotted("portico.upstream.candidates", &cbuf, &clen) || clen == 0) goto out;
+    if (!get_property(PROP("portico\0upstream\0candidates"), &cbuf, &clen) || clen == 0) goto out;
     size_t n = parse_candidates(cbuf, clen, &c);
     if (n == 0) goto out; /* nothing to choose from: native balancing decides */
     size_t skip = SIZE_MAX; /* index in `c` of the endpoint that just failed */
@@ -655,9 +656,9 @@ PW_EXPORT(portico_on_upstream_select) int32_t portico_on_upstream_select(uint32_
   if (pick < g->n) select_addr(g->eps[pick].addr, g->eps[pick].alen);
 out:
   free(c);
-  free(cbuf);
-  free(gname);
-  free(failed);
-  free(key);
+  pw_release(cbuf);
+  pw_release(gname);
+  pw_release(failed);
+  pw_release(key);
   return PW_CONTINUE;
 }

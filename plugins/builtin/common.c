@@ -409,6 +409,17 @@ void logf_level(uint32_t level, const char *fmt, ...) {
   proxy_log(level, buf, (size_t)n);
 }
 
+/* 4 KiB: a request's few header values and properties, a small configuration. A candidate list at scale or a
+ * larger value does not fit and is allocated as usual. */
+static char g_return_arena[4096] __attribute__((aligned(8)));
+
+void return_arena_register(void) { portico_set_return_arena(g_return_arena, sizeof g_return_arena); }
+
+void pw_release(void *value) {
+  const char *p = value;
+  if (p && (p < g_return_arena || p >= g_return_arena + sizeof g_return_arena)) free(value);
+}
+
 char *read_plugin_config(size_t config_size, size_t *len) {
   char *data = NULL;
   *len = 0;
@@ -424,33 +435,14 @@ bool get_request_header(const char *name, char **val, size_t *len) {
   return *val != NULL || *len == 0;
 }
 
-static char *dotted_path(const char *dotted, size_t *n) {
-  *n = strlen(dotted);
-  char *p = xstrndup(dotted, *n);
-  if (!p) return NULL;
-  for (size_t i = 0; i < *n; i++)
-    if (p[i] == '.') p[i] = 0;
-  return p;
-}
-
-bool get_property_dotted(const char *dotted, char **val, size_t *len) {
-  size_t n;
-  char *path = dotted_path(dotted, &n);
+bool get_property(const char *path, size_t path_len, char **val, size_t *len) {
   *val = NULL;
   *len = 0;
-  if (!path) return false;
-  bool ok = proxy_get_property(path, n, val, len) == PW_OK;
-  free(path);
-  return ok;
+  return proxy_get_property(path, path_len, val, len) == PW_OK;
 }
 
-bool set_property_dotted(const char *dotted, const char *val, size_t len) {
-  size_t n;
-  char *path = dotted_path(dotted, &n);
-  if (!path) return false;
-  bool ok = proxy_set_property(path, n, val, len) == PW_OK;
-  free(path);
-  return ok;
+bool set_property(const char *path, size_t path_len, const char *val, size_t len) {
+  return proxy_set_property(path, path_len, val, len) == PW_OK;
 }
 
 bool key_spec_parse(const char *s, unsigned allowed, key_spec_t *out) {
@@ -521,7 +513,7 @@ bool key_extract(const key_spec_t *spec, char **out, size_t *len) {
     case KEY_HEADER:
       if (!get_request_header(spec->name, &v, &n)) return false;
       if (n == 0) {
-        free(v);
+        pw_release(v);
         return false;
       }
       *out = v;
@@ -529,7 +521,7 @@ bool key_extract(const key_spec_t *spec, char **out, size_t *len) {
       return true;
     case KEY_PATH:
       if (!get_request_header(":path", &v, &n) || n == 0) {
-        free(v);
+        pw_release(v);
         return false;
       }
       *out = v;
@@ -545,12 +537,12 @@ bool key_extract(const key_spec_t *spec, char **out, size_t *len) {
         *len = cn;
         ok = *out != NULL;
       }
-      free(v);
+      pw_release(v);
       return ok;
     }
     case KEY_SOURCE_IP: {
-      if (!get_property_dotted("source.address", &v, &n) || n == 0) {
-        free(v);
+      if (!get_property(PROP("source\0address"), &v, &n) || n == 0) {
+        pw_release(v);
         return false;
       }
       /* strip the port: "1.2.3.4:5" -> "1.2.3.4", "[::1]:5" -> "::1" */
@@ -567,7 +559,7 @@ bool key_extract(const key_spec_t *spec, char **out, size_t *len) {
       }
       *out = xstrndup(v + s, e - s);
       *len = e - s;
-      free(v);
+      pw_release(v);
       return *out != NULL;
     }
   }
@@ -584,6 +576,7 @@ PW_EXPORT(proxy_on_memory_allocate) void *proxy_on_memory_allocate(size_t size) 
 PW_EXPORT(proxy_on_vm_start) uint32_t proxy_on_vm_start(uint32_t root_id, size_t vm_config_size) {
   (void)root_id;
   (void)vm_config_size;
+  return_arena_register();
   rng_seed();
   return 1;
 }

@@ -16,6 +16,9 @@ pw_status_t proxy_get_shared_data(const char *key, size_t key_len, char **ret_va
 PW_IMPORT(proxy_set_shared_data)
 pw_status_t proxy_set_shared_data(const char *key, size_t key_len, const char *value, size_t value_len,
                                   uint32_t cas);
+/* Portico's extension: hostcalls write the values they return into this region (valid until the callback
+ * returns) instead of allocating each one through proxy_on_memory_allocate. */
+PW_IMPORT(portico_set_return_arena) pw_status_t portico_set_return_arena(char *ptr, size_t len);
 
 /* ---- JSON ---- */
 typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } jtype_t;
@@ -55,15 +58,24 @@ void rng_seed(void);                           /* from WASI random_get, once per
 uint64_t rng_next(void);                       /* xoshiro256** */
 uint64_t rng_below(uint64_t n);                /* uniform in [0, n), n > 0 */
 
-/* ---- host access ---- */
+/* ---- host access ----
+ * Values the host returns land in the return arena when they fit (valid until the callback returns), else in
+ * memory the host allocated: release them with pw_release(), never free(). */
 void logf_level(uint32_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Read the plugin configuration; NULL when empty (len set to 0). Caller frees. */
+/* Registers the return arena; called once per VM, from proxy_on_vm_start. */
+void return_arena_register(void);
+/* Frees a value the host returned, unless it lives in the return arena. NULL is fine. */
+void pw_release(void *value);
+/* Read the plugin configuration; NULL when empty (len set to 0). Release with pw_release. */
 char *read_plugin_config(size_t config_size, size_t *len);
-/* Request header value (first), malloc'd by the host; caller frees. false when absent. */
+/* Request header value (first); release with pw_release. false when absent. */
 bool get_request_header(const char *name, char **val, size_t *len);
-/* Property by dotted name ("source.address"); caller frees. */
-bool get_property_dotted(const char *dotted, char **val, size_t *len);
-bool set_property_dotted(const char *dotted, const char *val, size_t len);
+/* A property path as the ABI takes it: the segments separated by NUL, written by the compiler once rather
+ * than split per call ("source\0address"). Use as PROP("portico\0upstream\0failed") in an argument list. */
+#define PROP(path) (path), (sizeof(path) - 1)
+/* Property by path (see PROP); release with pw_release. */
+bool get_property(const char *path, size_t path_len, char **val, size_t *len);
+bool set_property(const char *path, size_t path_len, const char *val, size_t len);
 
 /* "header:NAME" | "cookie:NAME" | "source_ip" | "path" */
 typedef enum { KEY_NONE, KEY_HEADER, KEY_COOKIE, KEY_SOURCE_IP, KEY_PATH } key_kind_t;
@@ -74,7 +86,7 @@ typedef struct {
 
 /* Parse a key spec; `allowed_mask` is a bitmask of (1 << key_kind_t) kinds accepted. */
 bool key_spec_parse(const char *s, unsigned allowed_mask, key_spec_t *out);
-/* Extract the request's key bytes into *out (malloc'd); false when the request has none. */
+/* Extract the request's key bytes into *out; release with pw_release. false when the request has none. */
 bool key_extract(const key_spec_t *spec, char **out, size_t *len);
 
 #endif

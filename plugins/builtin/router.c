@@ -269,7 +269,7 @@ PW_EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root_id, size
   size_t len;
   char *text = read_plugin_config(config_size, &len);
   bool ok = configure(text, len);
-  free(text);
+  pw_release(text);
   if (ok)
     note_needs();
   else
@@ -315,7 +315,7 @@ static bool route_matches(const route_t *r, const req_t *q) {
     char *v = NULL;
     size_t n = 0;
     bool ok = get_request_header(r->headers[i].name, &v, &n) && slice_eq((slice_t){v ? v : "", n}, r->headers[i].value);
-    free(v);
+    pw_release(v);
     if (!ok) return false;
   }
   for (size_t i = 0; i < r->nquery; i++)
@@ -330,7 +330,7 @@ static const char *choose_upstream(const route_t *r) {
   size_t klen = 0;
   if (r->sticky.kind != KEY_NONE && key_extract(&r->sticky, &key, &klen)) {
     point = hash64(key, klen) % r->total_weight;
-    free(key);
+    pw_release(key);
   } else {
     point = rng_below(r->total_weight);
   }
@@ -363,7 +363,7 @@ uint32_t proxy_on_request_headers(uint32_t context_id, uint32_t num_headers, uin
   (void)end_of_stream;
   req_t q = {0};
   if (g_need_host && (!get_request_header(":authority", &q.host, &q.host_len) || q.host_len == 0)) {
-    free(q.host);
+    pw_release(q.host);
     q.host = NULL;
     get_request_header("host", &q.host, &q.host_len);
   }
@@ -384,7 +384,7 @@ uint32_t proxy_on_request_headers(uint32_t context_id, uint32_t num_headers, uin
     const route_t *r = &g_routes[i];
     if (!route_matches(r, &q)) continue;
     const char *up = choose_upstream(r);
-    set_property_dotted("portico.route.upstream", up, strlen(up));
+    set_property(PROP("portico\0route\0upstream"), up, strlen(up));
     if (r->strip_prefix && q.path) strip(r, &q);
     if (r->host_rewrite) {
       size_t hn = strlen(r->host_rewrite);
@@ -393,12 +393,12 @@ uint32_t proxy_on_request_headers(uint32_t context_id, uint32_t num_headers, uin
       size_t n = 0;
       if (get_request_header("host", &h, &n))
         proxy_replace_header_map_value(PW_MAP_HTTP_REQUEST_HEADERS, "host", 4, r->host_rewrite, hn);
-      free(h);
+      pw_release(h);
     }
     break;
   }
-  free(q.host);
-  free(q.path);
-  free(q.method);
+  pw_release(q.host);
+  pw_release(q.path);
+  pw_release(q.method);
   return PW_CONTINUE;
 }

@@ -31,9 +31,13 @@ pub fn builtin(name: &str) -> Option<&'static [u8]> {
 /// unknown names with a clear message. Only the shape needed to find the names is checked here; the plugin's own
 /// `proxy_on_configure` validates the rest when it is loaded.
 pub fn router_upstreams(config_json: &str) -> Result<Vec<String>, PluginError> {
-    let invalid = |message: String| PluginError::Configure { plugin: "builtin:router".to_string(), message };
-    let root: Value =
-        serde_json::from_str(config_json).map_err(|e| invalid(format!("configuration is not valid JSON: {e}")))?;
+    let invalid =
+        |message: String| PluginError::Configure { plugin: "builtin:router".to_string(), message, source: None };
+    let root: Value = serde_json::from_str(config_json).map_err(|e| PluginError::Configure {
+        plugin: "builtin:router".to_string(),
+        message: "configuration is not valid JSON".to_string(),
+        source: Some(Box::new(e)),
+    })?;
     let routes = root
         .get("routes")
         .and_then(Value::as_array)

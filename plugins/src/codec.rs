@@ -1,7 +1,8 @@
 //! Wire encodings: proxy-wasm header-map serialization and Portico's upstream candidate list.
 
-use crate::types::abi::{PAIRS_MAX_BYTES, PAIRS_MAX_COUNT};
-use crate::types::{Candidate, HeaderMap};
+use crate::abi::{PAIRS_MAX_BYTES, PAIRS_MAX_COUNT};
+use crate::candidates::Candidate;
+use crate::types::HeaderMap;
 
 /// Serialize pairs as the ABI expects: `u32 N`, N x (`u32 key_len`, `u32 value_len`), then each key and value
 /// followed by a NUL. All integers little-endian.

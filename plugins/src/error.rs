@@ -2,18 +2,26 @@
 
 use std::fmt;
 
+/// The underlying error of a [`PluginError`] (wasmtime's, a callback's [`PluginFailure`], serde's, the OS's),
+/// kept as the error's `source()`.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a plugin version was refused at load time.
 ///
 /// Every variant means "do not swap this version in": the caller keeps serving with the previous version.
+///
+/// A variant's message says what failed at this level and never repeats its cause, which is its `source()`:
+/// print the error with its chain (`{:#}` through `anyhow`, or by walking `source()`) to see each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The bytes are not a valid WebAssembly module, or Cranelift refused them.
-    #[error("plugin {plugin}: module failed to compile: {message}")]
+    #[error("plugin {plugin}: module failed to compile")]
     Compile {
         /// Plugin name from the spec.
         plugin: String,
-        /// Compiler message.
-        message: String,
+        /// wasmtime's error.
+        #[source]
+        source: Cause,
     },
     /// The module exports no `proxy_abi_version_*` marker, or one this host does not speak.
     #[error("plugin {plugin}: {message}")]
@@ -30,36 +38,70 @@ pub enum PluginError {
         plugin: String,
         /// Name of the export.
         export: String,
-        /// Details (expected signature).
+        /// What was expected.
         message: String,
+        /// wasmtime's type check, for a mistyped export.
+        #[source]
+        source: Option<Cause>,
     },
     /// Linking or instantiating failed (import signature mismatch, start function trapped, memory cap too small).
-    #[error("plugin {plugin}: instantiation failed: {message}")]
+    #[error("plugin {plugin}: instantiation failed")]
     Instantiate {
         /// Plugin name from the spec.
         plugin: String,
-        /// wasmtime's message.
-        message: String,
+        /// wasmtime's error.
+        #[source]
+        source: Cause,
     },
-    /// `_initialize`/`_start`, `proxy_on_context_create` or `proxy_on_vm_start` failed or returned false.
+    /// `_initialize`/`_start`, `main`, `proxy_on_context_create` or `proxy_on_vm_start` failed, or
+    /// `proxy_on_vm_start` returned false.
     #[error("plugin {plugin}: VM start failed: {message}")]
     Start {
         /// Plugin name from the spec.
         plugin: String,
         /// What failed.
         message: String,
+        /// The callback's failure (trap, timeout, ...); `None` when it returned false.
+        #[source]
+        source: Option<Cause>,
     },
-    /// `proxy_on_configure` returned false or trapped: the plugin rejected its configuration.
+    /// The plugin rejected its configuration: `proxy_on_configure` returned false or failed, or (for the
+    /// bundled router) the configuration is not what it reads.
     #[error("plugin {plugin}: configuration rejected: {message}")]
     Configure {
         /// Plugin name from the spec.
         plugin: String,
-        /// What failed.
+        /// Why: "proxy_on_configure returned false" and the last line the plugin logged at error level, or
+        /// what is wrong with the configuration.
         message: String,
+        /// The callback's failure, or the parser's error; `None` when the plugin refused by returning false.
+        #[source]
+        source: Option<Cause>,
+    },
+    /// The wasm engine could not be set up (Cranelift settings, host functions, metrics, the epoch thread).
+    #[error("{what}")]
+    Engine {
+        /// Which step.
+        what: &'static str,
+        /// The step's error.
+        #[source]
+        source: Cause,
     },
     /// The spec itself is unusable (empty name, zero limits).
     #[error("plugin spec invalid: {0}")]
     InvalidSpec(String),
+}
+
+/// An error followed by its causes, `: `-separated, for a log line that must say everything on its own.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Classification of a failure while running a plugin callback for a request.

@@ -7,6 +7,11 @@
 //! `INTERNAL_FAILURE` when the store it goes into is full (there is no "resource exhausted" status in the
 //! ABI). A callout answer over the cap is delivered as a failed callout (no headers, no body), as a connect
 //! failure would be. Refusals are logged through [`refused`], which rate-limits the warnings.
+//!
+//! The caps are enforced where the state is kept: shared data and queues in `shared.rs`, guest metrics in
+//! `metrics.rs` (`GuestMetrics::define`), callout answers in `callout.rs` (`CalloutResponder::complete`) and by the
+//! proxy, which stops reading a callout body at [`MAX_HTTP_CALL_RESPONSE_BODY`]. This module depends on nothing
+//! else in the crate.
 
 /// Logs a refusal: a warning at most once a second for the whole process (a guest looping on a full queue
 /// must not flood the log), debug lines otherwise.
@@ -48,73 +53,3 @@ pub const MAX_QUEUE_NAME: usize = 256;
 pub const MAX_METRICS_PER_PLUGIN: usize = 1000;
 /// A guest metric name, in bytes.
 pub const MAX_METRIC_NAME: usize = 256;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::{Enqueue, QueueOwner, SetShared};
-    use crate::PluginEngine;
-    use std::sync::Weak;
-
-    fn engine() -> PluginEngine {
-        PluginEngine::new().unwrap_or_else(|e| panic!("engine: {e}"))
-    }
-
-    #[test]
-    fn shared_data_stops_at_its_caps_and_frees_what_is_replaced() {
-        let engine = engine();
-        let shared = &engine.shared;
-        assert!(matches!(shared.set_shared("vm", "k", vec![0; MAX_SHARED_DATA_VALUE + 1], 0), SetShared::TooLarge));
-        assert!(matches!(
-            shared.set_shared("vm", &"k".repeat(MAX_SHARED_DATA_KEY + 1), vec![], 0),
-            SetShared::TooLarge
-        ));
-        // Bytes: 64 values of 1 MiB do not fit in 64 MiB with their keys.
-        let fitted = (0..64)
-            .take_while(|i| {
-                matches!(shared.set_shared("vm", &format!("big{i}"), vec![0; MAX_SHARED_DATA_VALUE], 0), SetShared::Ok)
-            })
-            .count();
-        assert_eq!(fitted, 63);
-        // Replacing a value frees its bytes first.
-        assert!(matches!(shared.set_shared("vm", "big0", vec![0; MAX_SHARED_DATA_VALUE], 0), SetShared::Ok));
-        assert!(matches!(shared.set_shared("vm", "big0", vec![], 0), SetShared::Ok));
-        assert!(matches!(shared.set_shared("vm", "big63", vec![0; 1000], 0), SetShared::Ok));
-        // Keys.
-        let engine = self::engine();
-        let shared = &engine.shared;
-        for i in 0..MAX_SHARED_DATA_KEYS {
-            assert!(matches!(shared.set_shared("vm", &i.to_string(), vec![], 0), SetShared::Ok), "key {i}");
-        }
-        assert!(matches!(shared.set_shared("vm", "one more", vec![], 0), SetShared::Full));
-        assert!(matches!(shared.set_shared("vm", "0", vec![1], 0), SetShared::Ok), "an existing key can change");
-    }
-
-    #[test]
-    fn queues_stop_at_their_caps_and_dequeues_make_room() {
-        let engine = engine();
-        let shared = &engine.shared;
-        let owner = || QueueOwner { plugin: Weak::new(), slot: 0, generation: 0, root_context: 1 };
-        assert!(shared.register_queue("vm", &"q".repeat(MAX_QUEUE_NAME + 1), owner()).is_none());
-        let id = shared.register_queue("vm", "q", owner()).unwrap_or_else(|| panic!("registered"));
-        for i in 0..MAX_QUEUE_ENTRIES {
-            assert!(matches!(shared.enqueue(id, vec![1]), Enqueue::Ok(_)), "entry {i}");
-        }
-        assert!(matches!(shared.enqueue(id, vec![1]), Enqueue::Full));
-        assert_eq!(shared.dequeue(id), Ok(Some(vec![1])));
-        assert!(matches!(shared.enqueue(id, vec![1]), Enqueue::Ok(_)));
-        assert!(matches!(shared.enqueue(id, vec![0; MAX_QUEUE_BYTES + 1]), Enqueue::TooLarge));
-        // Bytes.
-        let big = shared.register_queue("vm", "big", owner()).unwrap_or_else(|| panic!("registered"));
-        let fitted = (0..32).take_while(|_| matches!(shared.enqueue(big, vec![0; 1 << 20]), Enqueue::Ok(_))).count();
-        assert_eq!(fitted, MAX_QUEUE_BYTES >> 20);
-        assert!(shared.dequeue(big).is_ok_and(|item| item.is_some()));
-        assert!(matches!(shared.enqueue(big, vec![0; 1 << 20]), Enqueue::Ok(_)));
-        // Queue count.
-        for i in 2..MAX_QUEUES {
-            assert!(shared.register_queue("vm", &format!("q{i}"), owner()).is_some(), "queue {i}");
-        }
-        assert!(shared.register_queue("vm", "one too many", owner()).is_none());
-        assert!(shared.register_queue("vm", "q", owner()).is_some(), "registering an existing queue again works");
-    }
-}

@@ -2,9 +2,9 @@
 
 use wasmtime::{Caller, Result};
 
+use crate::abi;
 use crate::error::HostTrap;
-use crate::host::HostState;
-use crate::types::abi;
+use crate::store::HostState;
 
 pub(crate) type Ctx<'a> = Caller<'a, HostState>;
 
@@ -69,16 +69,15 @@ pub(crate) fn read_into(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out
     Ok(())
 }
 
-/// A serialized property path (`a\0b\0c`, trailing NUL optional) read as `a.b.c` into a reused buffer.
-pub(crate) fn read_property_path(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out: &mut String) -> Result<()> {
-    out.clear();
+/// A serialized property path (`a\0b\0c`, trailing NUL optional) read as `a.b.c` into a reused buffer, as
+/// bytes: the well-known names are matched as bytes, so the hot path checks no UTF-8.
+pub(crate) fn read_property_path(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out: &mut Vec<u8>) -> Result<()> {
     let raw = view(c, ptr, len, what)?;
     let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-    for (i, segment) in raw.split(|&b| b == 0).enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        push_text(out, segment);
+    out.clear();
+    out.extend_from_slice(raw);
+    for b in out.iter_mut().filter(|b| **b == 0) {
+        *b = b'.';
     }
     Ok(())
 }
@@ -115,8 +114,10 @@ pub(crate) fn check(c: &mut Ctx<'_>, ptr: i32, len: usize, what: &'static str) -
     }
 }
 
-/// Hand `data` to the guest: allocate through `proxy_on_memory_allocate`/`malloc` (re-entrant call into the
-/// guest), copy, then store pointer and size at `ret_ptr`/`ret_size`. Empty data is returned as (0, 0) without
+/// Hand `data` to the guest and store its pointer and size at `ret_ptr`/`ret_size`. The bytes go into the
+/// guest's return arena when it registered one and they fit (Portico's extension, see
+/// [`crate::store::Arena`]); otherwise into memory from its allocator, `proxy_on_memory_allocate`/`malloc` (a
+/// re-entrant call into the guest), which the guest then owns. Empty data is returned as (0, 0) without
 /// allocating, as cpp-host does. Returns the ABI status.
 pub(crate) fn return_bytes(
     c: &mut Ctx<'_>,
@@ -125,24 +126,31 @@ pub(crate) fn return_bytes(
     ret_size: i32,
     what: &'static str,
 ) -> Result<i32> {
-    check(c, ret_ptr, 4, what)?;
-    check(c, ret_size, 4, what)?;
-    if data.is_empty() {
-        write_u32(c, ret_ptr, 0, what)?;
-        write_u32(c, ret_size, 0, what)?;
-        return Ok(abi::OK);
-    }
-    // An `Arc` clone: cloning the `TypedFunc` itself would clone its registered type (registry refcounts).
-    let Some(alloc) = c.data().alloc.clone() else {
-        return Ok(abi::INVALID_MEMORY_ACCESS);
-    };
     let Ok(len) = i32::try_from(data.len()) else {
         return Ok(abi::INVALID_MEMORY_ACCESS);
     };
-    let ptr = alloc.call(&mut *c, len)?;
-    if ptr == 0 {
-        return Ok(abi::INVALID_MEMORY_ACCESS);
-    }
+    let in_arena = match c.data_mut().arena.as_mut() {
+        _ if data.is_empty() => Some(0),
+        Some(arena) => arena.take(data.len()),
+        None => None,
+    };
+    let ptr = match in_arena {
+        Some(at) => at as i32,
+        None => {
+            // Out-parameters are checked before the guest allocates anything.
+            check(c, ret_ptr, 4, what)?;
+            check(c, ret_size, 4, what)?;
+            // An `Arc` clone: cloning the `TypedFunc` itself would clone its registered type (registry refcounts).
+            let Some(alloc) = c.data().alloc.clone() else {
+                return Ok(abi::INVALID_MEMORY_ACCESS);
+            };
+            let ptr = alloc.call(&mut *c, len)?;
+            if ptr == 0 {
+                return Ok(abi::INVALID_MEMORY_ACCESS);
+            }
+            ptr
+        }
+    };
     // The allocator may have grown memory: the view is fetched after it ran. One view for the three writes.
     let mem = c.data().memory.ok_or(HostTrap::BadPointer(what))?;
     let memory = mem.data_mut(&mut *c);
@@ -151,14 +159,14 @@ pub(crate) fn return_bytes(
         memory.get_mut(r).ok_or(HostTrap::BadPointer(what))?.copy_from_slice(bytes);
         Ok(())
     };
-    put(ptr, data)?;
     put(ret_ptr, &(ptr as u32).to_le_bytes())?;
     put(ret_size, &(len as u32).to_le_bytes())?;
+    put(ptr, data)?;
     Ok(abi::OK)
 }
 
 /// [`return_bytes`] for a hostcall whose answer is built in the instance's reused output buffer
-/// ([`crate::host::HostState::scratch_out`]): `fill` writes the answer into it, or returns the status to
+/// ([`crate::store::HostState::scratch_out`]): `fill` writes the answer into it, or returns the status to
 /// answer with instead (`NOT_FOUND`, `BAD_ARGUMENT`) when there is nothing to return. No allocation on the
 /// host once the buffer has grown.
 pub(crate) fn return_scratch(
@@ -166,7 +174,7 @@ pub(crate) fn return_scratch(
     ret_ptr: i32,
     ret_size: i32,
     what: &'static str,
-    fill: impl FnOnce(&crate::host::HostState, &mut Vec<u8>) -> Result<(), i32>,
+    fill: impl FnOnce(&HostState, &mut Vec<u8>) -> Result<(), i32>,
 ) -> Result<i32> {
     let mut out = std::mem::take(&mut c.data_mut().scratch_out);
     out.clear();

@@ -2,7 +2,8 @@
 
 use std::time::SystemTime;
 
-use crate::types::{HttpCallRejected, HttpCallRequest, LogLevel};
+use crate::callout::{HttpCallRejected, HttpCallRequest};
+use crate::types::LogLevel;
 
 /// Services the embedding proxy provides to plugins. Implemented by the proxy; every method has a default
 /// so a proxy without callouts can use [`DefaultHostServices`].

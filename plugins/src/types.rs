@@ -1,7 +1,8 @@
-//! Public request/response data types and the proxy-wasm ABI constants.
+//! Public request/response data types: header lists, filter results, local responses, resumptions, what the
+//! host knows about a request, log levels.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -73,157 +74,94 @@ pub enum TrafficDirection {
     Outbound,
 }
 
-/// What the host knows about a request before any plugin runs; backs the Envoy-style properties.
-#[derive(Debug, Clone)]
+/// What the host knows about a request beyond its headers: the facts behind `request.id`, `request.protocol`,
+/// `request.time`, `source.*`, `destination.*`, `listener_direction` and host-defined properties.
+///
+/// They are read only when a guest asks for one of those properties, which most requests never do: the proxy
+/// implements this over what it already holds for the request, so opening a stream copies nothing.
+/// (`request.path`, `request.method`, `request.host`, `request.scheme` are the request's pseudo-headers.)
+pub trait RequestFacts: Send + Sync {
+    /// `request.id`.
+    fn request_id(&self) -> Option<&str> {
+        None
+    }
+    /// `request.protocol`, such as `HTTP/1.1` or `HTTP/2.0`.
+    fn protocol(&self) -> &str {
+        "HTTP/1.1"
+    }
+    /// `request.time`: when the request arrived.
+    fn start_time(&self) -> Option<SystemTime> {
+        None
+    }
+    /// `source.address`, `source.port`: the client.
+    fn source_address(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// `destination.address`, `destination.port`: the local address the client reached.
+    fn destination_address(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// `listener_direction`.
+    fn direction(&self) -> TrafficDirection {
+        TrafficDirection::Inbound
+    }
+    /// A host-defined property (dotted name), raw bytes.
+    fn property(&self, name: &str) -> Option<&[u8]> {
+        let _ = name;
+        None
+    }
+}
+
+/// [`RequestFacts`] held as values, for callers that have them at hand (tests, benchmarks, embedders).
+#[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
-    /// HTTP method (`request.method`).
-    pub method: String,
-    /// Path with query (`request.path`, `:path`).
-    pub path: String,
-    /// Host/authority (`request.host`, `:authority`).
-    pub authority: String,
-    /// `http` or `https` (`request.scheme`).
-    pub scheme: String,
-    /// Protocol string such as `HTTP/1.1` or `HTTP/2` (`request.protocol`).
-    pub protocol: String,
-    /// Request id (`request.id`).
+    /// `request.id` (empty: none; the `x-request-id` header is read instead).
     pub request_id: String,
-    /// Client address (`source.address`, `source.port`).
+    /// `request.protocol`; empty reads as `HTTP/1.1`.
+    pub protocol: &'static str,
+    /// `source.address`, `source.port`.
     pub source_address: Option<SocketAddr>,
-    /// Local listener address (`destination.address`, `destination.port`).
+    /// `destination.address`, `destination.port`.
     pub destination_address: Option<SocketAddr>,
-    /// When the request arrived (`request.time`).
-    pub start_time: SystemTime,
-    /// Listener direction (`listener_direction`).
+    /// `request.time`.
+    pub start_time: Option<SystemTime>,
+    /// `listener_direction`.
     pub direction: TrafficDirection,
     /// Extra host-defined properties (dotted name -> raw value), readable via `proxy_get_property`.
     pub properties: Vec<(String, Vec<u8>)>,
 }
 
-impl Default for RequestInfo {
-    fn default() -> Self {
-        RequestInfo {
-            method: "GET".to_string(),
-            path: "/".to_string(),
-            authority: String::new(),
-            scheme: "http".to_string(),
-            protocol: "HTTP/1.1".to_string(),
-            request_id: String::new(),
-            source_address: None,
-            destination_address: None,
-            start_time: SystemTime::now(),
-            direction: TrafficDirection::Inbound,
-            properties: Vec::new(),
+impl RequestFacts for RequestInfo {
+    fn request_id(&self) -> Option<&str> {
+        (!self.request_id.is_empty()).then_some(self.request_id.as_str())
+    }
+    fn protocol(&self) -> &str {
+        if self.protocol.is_empty() {
+            "HTTP/1.1"
+        } else {
+            self.protocol
         }
     }
-}
-
-/// One upstream endpoint offered to a plugin's `portico_on_upstream_select` callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// `host:port` (no spaces, as the plugin will echo it back in `portico.upstream.selected`).
-    pub address: String,
-    /// Configured weight.
-    pub weight: u32,
-    /// Requests in flight to this endpoint.
-    pub active_requests: u32,
-    /// Smoothed latency.
-    pub latency: Duration,
-    /// Whether outlier detection ejected it (normally only non-ejected endpoints are offered).
-    pub ejected: bool,
-}
-
-/// The endpoints offered to one `portico_on_upstream_select` call, produced on demand. A balancer whose
-/// decision depends only on the set (round robin, ring hash, Maglev) reads `portico.upstream.candidates_version`
-/// and, when it has not changed, never asks for the list: with 1,000 endpoints, building, encoding and parsing
-/// the list is most of a pick.
-pub trait CandidateSource: Send + Sync {
-    /// A fingerprint of the set: the addresses and weights of the candidates, in any order. Equal fingerprints
-    /// mean the same set (up to a 64-bit hash collision).
-    fn version(&self) -> u64;
-    /// The candidates, with their current load; called only when a plugin reads `portico.upstream.candidates`.
-    fn candidates(&self) -> Vec<Candidate>;
-    /// Whether `address` is one of the candidates (a plugin's choice is checked against it).
-    fn contains(&self, address: &str) -> bool;
-    /// The current load of one candidate, `None` when `address` is not one: what a balancer that keeps its
-    /// tables per set reads (`portico.upstream.active_requests.<address>`) to compare two endpoints without
-    /// the whole list. The default searches [`CandidateSource::candidates`]; a host should answer directly.
-    fn load(&self, address: &str) -> Option<CandidateLoad> {
-        self.candidates().into_iter().find(|c| c.address == address).map(|c| CandidateLoad::of(&c))
+    fn start_time(&self) -> Option<SystemTime> {
+        self.start_time
+    }
+    fn source_address(&self) -> Option<SocketAddr> {
+        self.source_address
+    }
+    fn destination_address(&self) -> Option<SocketAddr> {
+        self.destination_address
+    }
+    fn direction(&self) -> TrafficDirection {
+        self.direction
+    }
+    fn property(&self, name: &str) -> Option<&[u8]> {
+        self.properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
     }
 }
 
-/// What changes between picks about one candidate (its address and weight are part of the set's version).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CandidateLoad {
-    /// Requests in flight to the endpoint.
-    pub active_requests: u32,
-    /// Its smoothed latency.
-    pub latency: Duration,
-}
-
-impl CandidateLoad {
-    /// The load part of a candidate.
-    pub fn of(candidate: &Candidate) -> Self {
-        CandidateLoad { active_requests: candidate.active_requests, latency: candidate.latency }
-    }
-}
-
-/// One candidate's share of a [`CandidateSource::version`] (see [`candidates_version`]): a host can keep the
-/// address hash precomputed per endpoint.
-pub fn candidate_fingerprint(address_hash: u64, weight: u32) -> u64 {
-    // splitmix64 finaliser over the address hash and the weight
-    let mut z = address_hash ^ u64::from(weight).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The [`CandidateSource::version`] of a set, from its candidates' [`candidate_fingerprint`]s in any order.
-pub fn candidates_version(fingerprints: impl IntoIterator<Item = u64>) -> u64 {
-    let (sum, count) = fingerprints.into_iter().fold((0u64, 0u64), |(sum, n), f| (sum.wrapping_add(f), n + 1));
-    sum ^ count
-}
-
-/// A stable 64-bit hash of an endpoint address (FNV-1a), the `address_hash` of [`candidate_fingerprint`].
-pub fn address_hash(address: &str) -> u64 {
-    address.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3))
-}
-
-/// A fixed list of candidates, for callers that already hold one (tests, benchmarks, embedders). Its version
-/// is computed once, when it is made.
-#[derive(Debug, Clone)]
-pub struct CandidateList {
-    candidates: Vec<Candidate>,
-    by_address: std::collections::HashMap<String, usize>,
-    version: u64,
-}
-
-impl CandidateList {
-    /// Wraps the list and fingerprints it.
-    pub fn new(candidates: Vec<Candidate>) -> Self {
-        let version =
-            candidates_version(candidates.iter().map(|c| candidate_fingerprint(address_hash(&c.address), c.weight)));
-        let by_address = candidates.iter().enumerate().map(|(i, c)| (c.address.clone(), i)).collect();
-        CandidateList { candidates, by_address, version }
-    }
-}
-
-impl CandidateSource for CandidateList {
-    fn version(&self) -> u64 {
-        self.version
-    }
-
-    fn candidates(&self) -> Vec<Candidate> {
-        self.candidates.clone()
-    }
-
-    fn contains(&self, address: &str) -> bool {
-        self.by_address.contains_key(address)
-    }
-
-    fn load(&self, address: &str) -> Option<CandidateLoad> {
-        self.by_address.get(address).map(|&i| CandidateLoad::of(&self.candidates[i]))
+impl From<RequestInfo> for std::sync::Arc<dyn RequestFacts> {
+    fn from(info: RequestInfo) -> Self {
+        std::sync::Arc::new(info)
     }
 }
 
@@ -262,105 +200,4 @@ impl LogLevel {
     pub fn as_abi(self) -> i32 {
         self as i32
     }
-}
-
-/// An outgoing HTTP callout requested by a plugin through `proxy_http_call`.
-#[derive(Debug)]
-pub struct HttpCallRequest {
-    /// Plugin that made the call.
-    pub plugin: String,
-    /// Token the plugin got back; pass it to the responder.
-    pub token: u32,
-    /// Named upstream (group) to send to.
-    pub upstream: String,
-    /// Request headers including `:method`, `:path`, `:authority`.
-    pub headers: HeaderMap,
-    /// Request body.
-    pub body: Bytes,
-    /// Request trailers.
-    pub trailers: HeaderMap,
-    /// Timeout the plugin asked for.
-    pub timeout: Duration,
-    /// Deliver the result back into the plugin with this (exactly once; dropping it delivers a failure).
-    pub responder: crate::plugin::CalloutResponder,
-}
-
-/// Result of an HTTP callout, fed back into `proxy_on_http_call_response`.
-#[derive(Debug, Clone, Default)]
-pub struct HttpCallResponse {
-    /// Response headers including `:status`.
-    pub headers: HeaderMap,
-    /// Response body.
-    pub body: Bytes,
-    /// Response trailers.
-    pub trailers: HeaderMap,
-}
-
-/// Why the host refused to start a callout (`proxy_http_call` then returns BAD_ARGUMENT/INTERNAL_FAILURE).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HttpCallRejected {
-    /// No upstream with that name (BAD_ARGUMENT to the guest).
-    #[error("unknown upstream {0}")]
-    UnknownUpstream(String),
-    /// Anything else (INTERNAL_FAILURE to the guest).
-    #[error("http call failed: {0}")]
-    Internal(String),
-}
-
-pub(crate) mod abi {
-    pub const OK: i32 = 0;
-    pub const NOT_FOUND: i32 = 1;
-    pub const BAD_ARGUMENT: i32 = 2;
-    pub const INVALID_MEMORY_ACCESS: i32 = 6;
-    pub const EMPTY: i32 = 7;
-    pub const CAS_MISMATCH: i32 = 8;
-    pub const INTERNAL_FAILURE: i32 = 10;
-
-    pub const ACTION_CONTINUE: i32 = 0;
-    /// Envoy's `FilterHeadersStatus::ContinueAndEndStream`, which C++ SDK plugins may return from header
-    /// callbacks.
-    pub const HEADERS_CONTINUE_AND_END_STREAM: i32 = 2;
-
-    /// Whether a header callback's return value lets the stream go on. The ABI defines Continue = 0 and
-    /// Pause = 1; C++ SDK plugins return Envoy's `FilterHeadersStatus`, whose ContinueAndEndStream = 2 goes on
-    /// too (Portico still forwards a body that follows), while StopIteration = 1, StopAllIterationAndBuffer = 3,
-    /// StopAllIterationAndWatermark = 4 and anything larger (proxy-wasm's C++ host clamps it to 4) stop until
-    /// `proxy_continue_stream`. A local reply sent during the callback wins over any of them.
-    pub fn headers_continue(action: i32) -> bool {
-        matches!(action, ACTION_CONTINUE | HEADERS_CONTINUE_AND_END_STREAM)
-    }
-
-    /// Whether a body or trailer callback's return value lets the stream go on: only Continue = 0. Envoy's
-    /// `FilterDataStatus` values 1-3 (StopIterationAndBuffer, ...AndWatermark, ...NoBuffer) and larger ones
-    /// (clamped by the C++ host) all keep buffering.
-    pub fn data_continue(action: i32) -> bool {
-        action == ACTION_CONTINUE
-    }
-
-    pub const BUF_REQUEST_BODY: i32 = 0;
-    pub const BUF_RESPONSE_BODY: i32 = 1;
-    pub const BUF_HTTP_CALL_RESPONSE_BODY: i32 = 4;
-    pub const BUF_VM_CONFIGURATION: i32 = 6;
-    pub const BUF_PLUGIN_CONFIGURATION: i32 = 7;
-    pub const BUF_FOREIGN_FUNCTION_ARGUMENTS: i32 = 8;
-
-    pub const MAP_REQUEST_HEADERS: i32 = 0;
-    pub const MAP_REQUEST_TRAILERS: i32 = 1;
-    pub const MAP_RESPONSE_HEADERS: i32 = 2;
-    pub const MAP_RESPONSE_TRAILERS: i32 = 3;
-    pub const MAP_GRPC_INITIAL_METADATA: i32 = 4;
-    pub const MAP_GRPC_TRAILING_METADATA: i32 = 5;
-    pub const MAP_HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
-    pub const MAP_HTTP_CALL_RESPONSE_TRAILERS: i32 = 7;
-
-    pub const STREAM_HTTP_REQUEST: i32 = 0;
-    pub const STREAM_HTTP_RESPONSE: i32 = 1;
-
-    pub const METRIC_COUNTER: i32 = 0;
-    pub const METRIC_GAUGE: i32 = 1;
-    pub const METRIC_HISTOGRAM: i32 = 2;
-
-    /// Map limits from cpp-host limits.h.
-    pub const PAIRS_MAX_BYTES: usize = 1 << 20;
-    pub const PAIRS_MAX_COUNT: usize = 1024;
 }

@@ -27,9 +27,9 @@ use std::time::Duration;
 
 /// Why a start or reload was refused.
 ///
-/// Each message is complete on its own (logs and the admin API print it alone), so a cause folded into a
-/// message is not also returned by `source()`, and a variant that only forwards another error is transparent:
-/// printed with its chain, as `portico run` does, every cause appears once.
+/// Each message is complete on its own (logs and the admin API print it alone), and its cause is also kept as
+/// `source()`; a variant that only forwards another error is transparent. `portico run` prints the chain
+/// leaving out causes the message already contains, so every cause appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The file did not validate.
@@ -41,6 +41,7 @@ pub enum ServerError {
         /// The listener.
         listener: String,
         /// The TLS problem.
+        #[source]
         error: tls::TlsError,
     },
     /// A socket could not be bound.
@@ -51,6 +52,7 @@ pub enum ServerError {
         /// The address.
         address: SocketAddr,
         /// The OS error.
+        #[source]
         error: std::io::Error,
     },
     /// An endpoint address could not be turned into a URI authority.
@@ -58,34 +60,22 @@ pub enum ServerError {
     Endpoint(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
-    Metrics(prometheus::Error),
+    Metrics(#[from] prometheus::Error),
     /// A plugin could not be started; nothing was changed.
     #[error(transparent)]
     Plugin(#[from] PluginLoadError),
     /// The wasm engine could not be created.
-    #[error("plugin engine: {0}")]
-    Engine(portico_plugins::PluginError),
+    #[error("plugin engine: {}", crate::plugin::with_causes(.0))]
+    Engine(#[from] portico_plugins::PluginError),
     /// The cluster refused or could not commit a change.
     #[error(transparent)]
     Cluster(#[from] portico_cluster::ClusterError),
     /// The data-path worker threads could not be started.
     #[error("starting worker threads: {0}")]
-    Workers(std::io::Error),
+    Workers(#[source] std::io::Error),
     /// No config file to reload from.
     #[error("no configuration file to reload (started from an embedded configuration)")]
     NoFile,
-}
-
-impl From<prometheus::Error> for ServerError {
-    fn from(error: prometheus::Error) -> Self {
-        ServerError::Metrics(error)
-    }
-}
-
-impl From<portico_plugins::PluginError> for ServerError {
-    fn from(error: portico_plugins::PluginError) -> Self {
-        ServerError::Engine(error)
-    }
 }
 
 /// Everything a request reads; replaced whole on reload.
@@ -119,6 +109,10 @@ pub struct Shared {
     pub workers: Option<Workers>,
     /// Addresses Portico itself serves on (admin, listeners, as bound): forward listeners refuse them.
     pub own_addrs: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
+    /// The last minutes of traffic, for the dashboard (`GET /stats`).
+    pub stats: crate::stats::StatsHistory,
+    /// Trace export (`[telemetry]`).
+    pub telemetry: crate::telemetry::Telemetry,
     /// Endpoints found by DNS and registered through the admin API.
     pub discovery: Arc<Discovery>,
     /// Held by whoever replaces the snapshot (a reload, a membership change), so neither loses the other's work.
@@ -182,8 +176,10 @@ impl Server {
                 .build(connector)
         };
         let watch_metrics = WatchMetrics::register(&metrics.registry)?;
+        let telemetry = crate::telemetry::Telemetry::new(&metrics.registry)?;
         let services = Arc::new(ProxyServices::default());
-        let plugins = PluginSet::new(metrics.registry.clone(), services.clone())?;
+        let worker_runtimes = workers.as_ref().map(|w| w.handles().to_vec()).unwrap_or_default();
+        let plugins = PluginSet::new(metrics.registry.clone(), services.clone(), worker_runtimes)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config: config.clone(),
@@ -197,6 +193,8 @@ impl Server {
             watch_metrics,
             workers,
             own_addrs: parking_lot::RwLock::new(Vec::new()),
+            stats: crate::stats::StatsHistory::default(),
+            telemetry,
             discovery,
             snapshot_writer: tokio::sync::Mutex::new(()),
         });
@@ -217,6 +215,7 @@ impl Server {
         server.apply(config, upstreams, plugin_slots).await?;
         server.watch_plugin_files();
         server.sweep_idle_connections();
+        server.record_stats();
         server.follow_membership_changes();
         server.rewatch(anomaly, admin_url).await;
         Ok(server)
@@ -358,6 +357,7 @@ impl Server {
         // discovery.
         let previous = self.shared.snapshot.load_full();
         self.shared.discovery.start(&config).await;
+        self.shared.telemetry.configure(config.telemetry.as_ref(), self.shared.forward_client.clone());
         self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone(), plugins }));
         for (name, upstream) in &upstreams {
             upstream.commit();
@@ -429,6 +429,17 @@ impl Server {
             for upstream in shared.snapshot.load().upstreams.values() {
                 upstream.sweep_idle_connections();
             }
+        });
+    }
+
+    /// Takes a point of the dashboard's traffic history every [`crate::stats::PERIOD`], on a blocking thread.
+    fn record_stats(&self) {
+        self.every(crate::stats::PERIOD, |shared| async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                let upstreams = shared.snapshot.load().upstreams.clone();
+                shared.stats.sample(&shared.metrics, &upstreams);
+            })
+            .await;
         });
     }
 

@@ -1,83 +1,119 @@
-//! W3C trace context (`traceparent`) and request ids. An incoming trace keeps its trace id and gets a new span
-//! id for the hop to the upstream; without one, Portico starts a trace. Every request gets an `x-request-id`.
+//! W3C trace context (`traceparent`) and request ids. An incoming trace keeps its trace id, and the caller's
+//! span becomes the parent of Portico's own span for the request; without one, Portico starts a trace. Every
+//! request gets an `x-request-id`.
 //!
-//! Ids are made for every request, so they live in fixed buffers on the stack, hex-encoded once, from one
-//! random `u128` and one `u64` per request: the `u64` is the upstream hop's span id, the `u128` the request id
-//! and, for a request that starts a trace, its trace id too (the two then match, which makes the trace easy to
-//! find from the request id). Nothing is allocated until a value becomes a header.
+//! Ids are made for every request, so they are kept as bytes on the stack, from one random `u128` and one
+//! `u64` per request: the `u64` is Portico's span id, the `u128` the request id and, for a request that starts
+//! a trace, its trace id too (the two then match, which makes the trace easy to find from the request id).
+//! They are written as hex only where a header or a log line needs them, into fixed buffers: the exporter
+//! (see [`crate::telemetry`]) sends them as bytes, and formatting costs on every request.
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 use std::fmt;
 
-/// `N` lowercase hex digits, on the stack.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Hex<const N: usize>([u8; N]);
+/// A 16-byte trace id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub [u8; 16]);
 
-impl<const N: usize> Hex<N> {
-    /// The digits.
-    pub fn as_str(&self) -> &str {
-        // Always ASCII hex: built by `encode` or checked by `parse`.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
+/// An 8-byte span id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId(pub [u8; 8]);
 
-    /// The low `N * 4` bits of `value`, as hex.
-    fn encode(value: u128) -> Self {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [b'0'; N];
-        for (i, digit) in out.iter_mut().rev().enumerate() {
-            *digit = DIGITS[((value >> (4 * i)) & 0xf) as usize];
-        }
-        Hex(out)
-    }
-
-    /// `text` if it is exactly `N` lowercase hex digits.
-    fn parse(text: &[u8]) -> Option<Self> {
-        let digits: [u8; N] = text.try_into().ok()?;
-        digits.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')).then_some(Hex(digits))
-    }
-
-    fn is_zero(&self) -> bool {
-        self.0.iter().all(|b| *b == b'0')
+impl SpanId {
+    /// A fresh random span id.
+    pub fn random() -> SpanId {
+        let mut id = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut id);
+        SpanId(id)
     }
 }
 
-impl<const N: usize> fmt::Display for Hex<N> {
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long). A table lookup rather than `write!("{:02x}")`:
+/// ids are written for every request, and the formatting machinery showed up in profiles.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    let mut buf = [0u8; 32];
+    let out = &mut buf[..bytes.len() * 2];
+    hex_into(bytes, out);
+    f.write_str(std::str::from_utf8(out).map_err(|_| fmt::Error)?)
+}
+
+impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        write_hex(f, &self.0)
     }
 }
 
-impl<const N: usize> fmt::Debug for Hex<N> {
+impl fmt::Debug for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        write_hex(f, &self.0)
     }
 }
 
-impl<const N: usize> PartialEq<&str> for Hex<N> {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
     }
 }
 
 /// The trace context of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 lowercase hex digits.
-    pub trace_id: Hex<32>,
-    /// The span id Portico uses for its upstream hop (16 hex digits).
-    pub span_id: Hex<16>,
-    /// Trace flags (sampled bit), copied from the parent or `01` for a new trace.
-    pub flags: Hex<2>,
+    /// The trace, the caller's or a new one.
+    pub trace_id: TraceId,
+    /// Portico's span for this request (the server span when traces are exported). The upstream sees it as
+    /// its parent, or an attempt span under it when attempts are recorded.
+    pub span_id: SpanId,
+    /// The caller's span, when the request came with a valid `traceparent`.
+    pub parent_id: Option<SpanId>,
+    /// W3C trace flags; bit 0 is "sampled". Copied from the caller, or `01` for a new trace unless head
+    /// sampling (`[telemetry] sample_ratio`) left it out.
+    pub flags: u8,
 }
 
-/// A `traceparent` value: `00-<trace id>-<span id>-<flags>`.
+/// A `traceparent` value, `00-<trace id>-<span id>-<flags>`, on the stack.
 #[derive(Clone, Copy)]
 pub struct TraceParent([u8; 55]);
 
 impl TraceParent {
     /// The header value.
     pub fn as_str(&self) -> &str {
+        // Always ASCII: a fixed template with hex written into it.
         std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for TraceParent {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -94,53 +130,90 @@ impl RequestIds {
     /// Continues the caller's trace from a `traceparent` header (or starts one if absent or malformed) and
     /// keeps the caller's `x-request-id` if it is short and printable (or makes one).
     pub fn new(traceparent: Option<&[u8]>, request_id: Option<&[u8]>) -> Self {
-        let mut rng = rand::thread_rng();
-        let (id, span): (u128, u64) = (rng.gen(), rng.gen());
-        let span_id = Hex::encode(u128::from(span.max(1)));
-        let fresh = Hex::<32>::encode(id.max(1));
-        let trace = traceparent.and_then(|h| parse(h, span_id)).unwrap_or(TraceContext {
-            trace_id: fresh,
-            span_id,
-            flags: Hex(*b"01"),
-        });
+        let (fresh, trace) = start(traceparent);
         let request_id = match request_id {
             Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
                 RequestId::Given(String::from_utf8_lossy(v).into_owned())
             }
-            _ => RequestId::Made(fresh),
+            _ => {
+                let mut hex = [0u8; 32];
+                hex_into(&fresh.0, &mut hex);
+                RequestId::Made(hex)
+            }
         };
         RequestIds { trace, request_id }
     }
 }
 
+/// One random `u128` (a new trace id, or the request id) and `u64` (Portico's span id); the trace context
+/// continues `header`'s trace when it is valid, else starts the new one.
+fn start(header: Option<&[u8]>) -> (TraceId, TraceContext) {
+    let mut rng = rand::thread_rng();
+    let (id, span): (u128, u64) = (rng.gen(), rng.gen());
+    let fresh = TraceId(id.max(1).to_be_bytes());
+    let span_id = SpanId(span.max(1).to_be_bytes());
+    let trace = header.and_then(|h| parse(h, span_id)).unwrap_or(TraceContext {
+        trace_id: fresh,
+        span_id,
+        parent_id: None,
+        flags: 0x01,
+    });
+    (fresh, trace)
+}
+
 impl TraceContext {
     /// Continues the caller's trace from a `traceparent` header, or starts one if absent or malformed.
     pub fn from_traceparent(header: Option<&[u8]>) -> Self {
-        RequestIds::new(header, None).trace
+        start(header).1
     }
 
-    /// The `traceparent` value to send upstream.
+    /// Whether the trace is sampled (recorded) by whoever started it.
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 != 0
+    }
+
+    /// The `traceparent` value to send upstream, naming Portico's span as the parent.
     pub fn traceparent(&self) -> TraceParent {
-        let mut out = [b'-'; 55];
-        out[..2].copy_from_slice(b"00");
-        out[3..35].copy_from_slice(&self.trace_id.0);
-        out[36..52].copy_from_slice(&self.span_id.0);
-        out[53..].copy_from_slice(&self.flags.0);
+        self.traceparent_for(self.span_id)
+    }
+
+    /// The `traceparent` value naming `span` (an attempt's span) as the upstream's parent.
+    pub fn traceparent_for(&self, span: SpanId) -> TraceParent {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&self.trace_id.0, &mut out[3..35]);
+        hex_into(&span.0, &mut out[36..52]);
+        hex_into(&[self.flags], &mut out[53..55]);
         TraceParent(out)
     }
 }
 
-fn parse(header: &[u8], span_id: Hex<16>) -> Option<TraceContext> {
-    let text = header.trim_ascii();
-    let mut parts = text.split(|b| *b == b'-');
-    let version = Hex::<2>::parse(parts.next()?)?;
-    let trace_id = Hex::<32>::parse(parts.next()?)?;
-    let parent = Hex::<16>::parse(parts.next()?)?;
-    let flags = Hex::<2>::parse(parts.next()?)?;
-    if version == "ff" || (version == "00" && parts.next().is_some()) || trace_id.is_zero() || parent.is_zero() {
+fn parse(header: &[u8], span_id: SpanId) -> Option<TraceContext> {
+    let mut parts = header.trim_ascii().split(|b| *b == b'-');
+    let version: [u8; 1] = unhex(parts.next()?)?;
+    let trace_id: [u8; 16] = unhex(parts.next()?)?;
+    let parent: [u8; 8] = unhex(parts.next()?)?;
+    let [flags]: [u8; 1] = unhex(parts.next()?)?;
+    if version == [0xff] || (version == [0x00] && parts.next().is_some()) || trace_id == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some(TraceContext { trace_id, span_id, flags })
+    Some(TraceContext { trace_id: TraceId(trace_id), span_id, parent_id: Some(SpanId(parent)), flags })
+}
+
+/// `text` as bytes if it is exactly `2 * N` lowercase hex digits.
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 /// An `x-request-id`: the client's, or one Portico made (on the stack).
@@ -148,8 +221,8 @@ fn parse(header: &[u8], span_id: Hex<16>) -> Option<TraceContext> {
 pub enum RequestId {
     /// Sent by the client.
     Given(String),
-    /// Made here: 32 hex digits.
-    Made(Hex<32>),
+    /// Made here: 32 lowercase hex digits.
+    Made([u8; 32]),
 }
 
 impl RequestId {
@@ -157,7 +230,8 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         match self {
             RequestId::Given(id) => id,
-            RequestId::Made(id) => id.as_str(),
+            // Always ASCII hex: written by `hex_into`.
+            RequestId::Made(hex) => std::str::from_utf8(hex).unwrap_or_default(),
         }
     }
 }
@@ -183,12 +257,20 @@ mod tests {
     #[test]
     fn keeps_incoming_trace_id_with_new_span() {
         let tc = TraceContext::from_traceparent(Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert_eq!(tc.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(tc.span_id, "00f067aa0ba902b7");
-        let tp = tc.traceparent();
-        assert_eq!(tp.as_str().len(), 55);
-        assert!(tp.as_str().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{}", tp.as_str());
-        assert!(tp.as_str().ends_with("-01"), "{}", tp.as_str());
+        assert_eq!(tc.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(tc.parent_id.map(|p| p.to_string()).as_deref(), Some("00f067aa0ba902b7"));
+        assert_ne!(tc.span_id.to_string(), "00f067aa0ba902b7");
+        assert!(tc.sampled());
+        let sent = tc.traceparent();
+        assert_eq!(sent.len(), 55);
+        assert_eq!(sent.as_str(), format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", tc.span_id));
+    }
+
+    #[test]
+    fn an_unsampled_caller_stays_unsampled() {
+        let tc = TraceContext::from_traceparent(Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        assert!(!tc.sampled());
+        assert!(tc.traceparent().ends_with("-00"));
     }
 
     #[test]
@@ -198,11 +280,13 @@ mod tests {
             b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
             let tc = TraceContext::from_traceparent(Some(bad));
-            assert_eq!(tc.trace_id.as_str().len(), 32);
-            assert_ne!(tc.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-            assert_eq!(tc.flags, "01");
+            assert_eq!(tc.trace_id.to_string().len(), 32);
+            assert_ne!(tc.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(tc.parent_id, None);
+            assert!(tc.sampled(), "a new trace is sampled unless telemetry says otherwise");
         }
     }
 
@@ -212,8 +296,11 @@ mod tests {
         assert_eq!(ids.request_id.as_str(), "abc-1");
         let made = RequestIds::new(None, Some(b"has space"));
         assert_eq!(made.request_id.len(), 32);
-        assert_eq!(made.request_id.as_str(), made.trace.trace_id.as_str(), "a new trace is named by the request id");
+        assert_eq!(made.request_id.as_str(), made.trace.trace_id.to_string(), "a new trace is named by the request id");
         let other = RequestIds::new(None, None);
         assert_ne!(made.request_id, other.request_id);
+        let continued = RequestIds::new(Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), None);
+        assert_eq!(continued.trace.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(continued.request_id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

@@ -21,18 +21,10 @@ use std::time::{Duration, Instant};
 pub enum WatchError {
     /// The model or detector failed to start.
     #[error("anomaly detection: {0}")]
-    Anomaly(portico_anomaly::AnomalyError),
+    Anomaly(#[from] portico_anomaly::AnomalyError),
     /// The starter thread died.
     #[error("anomaly detection: the start-up thread failed")]
     Starter,
-}
-
-// By hand rather than `#[from]`, which would also return the error as the source of a message that already
-// says it.
-impl From<portico_anomaly::AnomalyError> for WatchError {
-    fn from(error: portico_anomaly::AnomalyError) -> Self {
-        WatchError::Anomaly(error)
-    }
 }
 
 /// Gauges the detector's results are exported as.

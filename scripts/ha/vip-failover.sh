@@ -89,29 +89,64 @@ wait_for_vip() {  # waits until the client gets an answer through the VIP; print
   return 1
 }
 
+state_of() {  # the last VRRP state keepalived reported for node $1 (from the notify log)
+  tail -n 1 "$work/$1/vrrp.log" 2>/dev/null | awk '{print $4}'
+}
+
+wait_for_backup() {  # waits (up to a minute: only a hang takes that long) until node $1 is BACKUP, ready to take over
+  for _ in $(seq 1 600); do
+    [[ $(state_of "$1") == BACKUP ]] && return 0
+    sleep 0.1
+  done
+  echo "vip-failover: node $1 never became BACKUP (state: $(state_of "$1"))" >&2
+  tail -n 20 "$work/$1/keepalived.log" >&2 || true
+  return 1
+}
+
+probe() {  # starts the client probe for scenario $1 and returns once it has seen the VIP answer
+  rm -f "$work/$1.ready"
+  ip netns exec "${tag}c" python3 "$here/probe.py" 10.0.0.100 8080 60 "$work/$1.ready" >"$work/$1.json" &
+  probe_pid=$!
+  for _ in $(seq 1 600); do
+    [[ -e "$work/$1.ready" ]] && return 0
+    sleep 0.1
+  done
+  echo "vip-failover: the probe never got an answer" >&2
+  return 1
+}
+
+other() { [[ $1 == a ]] && echo b || echo a; }
+
+wait_for_pair() {  # waits until one node is MASTER and the other BACKUP (after a split, either may keep the VIP)
+  for _ in $(seq 1 600); do
+    case "$(state_of a) $(state_of b)" in
+      "MASTER BACKUP" | "BACKUP MASTER") return 0 ;;
+    esac
+    sleep 0.1
+  done
+  echo "vip-failover: the nodes never settled (a: $(state_of a), b: $(state_of b))" >&2
+  return 1
+}
+
 start_node a
 start_node b
 holder=$(wait_for_vip)
-sleep 3  # both nodes' health checks have risen and adverts are flowing
+victim=${holder#node-}
+wait_for_backup "$(other "$victim")"
 
 # 1. Node loss: the holder's link goes down.
-victim=${holder#node-}
-ip netns exec "${tag}c" python3 "$here/probe.py" 10.0.0.100 8080 6 >"$work/node_loss.json" &
-probe=$!
-sleep 1
+probe node_loss
 ip -n "$tag$victim" link set eth0 down
-wait "$probe"
+wait "$probe_pid"
 python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['scenario']='node_loss'; print(json.dumps(d))" "$work/node_loss.json"
 
-# 2. Portico crash on the new holder (the other node is still cut off, so bring it back first: it joins as
-#    BACKUP and, with nopreempt, leaves the VIP where it is).
+# 2. Portico crash on the holder. The lost node comes back first; it never saw its own loss, so it may still be
+#    MASTER, and the higher priority keeps the VIP. Wait until the pair has settled, whoever holds it.
 ip -n "$tag$victim" link set eth0 up
-sleep 3
+wait_for_pair
 holder=$(wait_for_vip)
 victim=${holder#node-}
-ip netns exec "${tag}c" python3 "$here/probe.py" 10.0.0.100 8080 8 >"$work/portico_crash.json" &
-probe=$!
-sleep 1
+probe portico_crash
 kill -9 "$(cat "$work/$victim/portico.pid")"
-wait "$probe"
+wait "$probe_pid"
 python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['scenario']='portico_crash'; print(json.dumps(d))" "$work/portico_crash.json"

@@ -3,6 +3,7 @@
 //! `Authorization: Bearer <token>` when `admin.token` is set.
 
 mod cluster_routes;
+mod dashboard;
 mod endpoint_routes;
 mod routes;
 

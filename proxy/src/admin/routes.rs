@@ -1,6 +1,7 @@
-//! Admin API routes. Answers are JSON except `/metrics` (Prometheus text) and `/healthz` (plain text).
+//! Admin API routes. Answers are JSON except `/metrics` (Prometheus text), `/healthz` (plain text) and the
+//! dashboard's page and assets.
 
-use super::{cluster_routes, endpoint_routes};
+use super::{cluster_routes, dashboard, endpoint_routes};
 use crate::body::ResponseBody;
 use crate::config;
 use crate::server::{Server, ServerError};
@@ -123,6 +124,9 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
                 .collect();
             json(StatusCode::OK, serde_json::Value::Array(list))
         }
+        (&Method::GET, ["dashboard"]) => dashboard::asset(None),
+        (&Method::GET, ["dashboard", name]) => dashboard::asset(Some(name)),
+        (&Method::GET, ["stats"]) => dashboard::stats(&server, req.uri().query().unwrap_or("")),
         (&Method::POST, ["upstreams", upstream, "endpoints"]) => {
             let upstream = upstream.to_string();
             endpoint_routes::register(&server, &upstream, req).await
@@ -173,12 +177,20 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
         }
         (&Method::GET, ["plugins"]) => {
             let snapshot = server.shared.snapshot.load();
+            let mut failures = crate::plugin::failure_counts(&server.shared.metrics.registry);
             let list: Vec<_> = snapshot
                 .config
                 .plugins
                 .iter()
                 .filter_map(|p| snapshot.plugins.get(&p.name))
-                .map(|slot| slot.describe())
+                .map(|slot| {
+                    let mut described = slot.describe();
+                    if let Some(fields) = described.as_object_mut() {
+                        let counted = failures.remove(&slot.config.name).unwrap_or_default();
+                        fields.insert("failures".into(), serde_json::Value::Object(counted));
+                    }
+                    described
+                })
                 .collect();
             json(StatusCode::OK, serde_json::Value::Array(list))
         }

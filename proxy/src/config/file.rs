@@ -35,6 +35,9 @@ pub struct FileConfig {
     /// Membership in a Raft cluster that shares configuration and plugins (node-local, never replicated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterFile>,
+    /// OpenTelemetry traces over OTLP/HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<super::telemetry::TelemetryFile>,
 }
 
 /// `[cluster]`: this node's place in a cluster. Like `[admin]` it is node-local: the replicated configuration

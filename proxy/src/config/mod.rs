@@ -6,6 +6,7 @@ pub mod duration;
 pub mod endpoints;
 pub mod file;
 pub mod keys;
+pub mod telemetry;
 
 use file::{FileConfig, ListenerMode, PluginFile};
 use std::collections::HashSet;
@@ -56,6 +57,8 @@ pub struct Config {
     pub source: FileConfig,
     /// Cluster membership, when the file has a `[cluster]` table.
     pub cluster: Option<ClusterConfig>,
+    /// Trace export, when the file has a `[telemetry]` table.
+    pub telemetry: Option<telemetry::TelemetryConfig>,
     /// The DNS servers endpoint discovery asks.
     pub dns: DnsConfig,
 }
@@ -334,13 +337,25 @@ impl Validator<'_> {
                 self.issue::<()>("anomaly", None, e.to_string());
             }
         }
+        let telemetry = source.telemetry.as_ref().and_then(|t| {
+            t.validate().map_err(|issues| issues.into_iter().for_each(|(k, m)| self.issue::<()>(k, None, m))).ok()
+        });
         if !self.issues.is_empty() {
             return Err(self.issues);
         }
         match admin {
-            Some(admin) => {
-                Ok(Config { path: None, admin, listeners, upstreams, plugins, anomaly, source, cluster, dns })
-            }
+            Some(admin) => Ok(Config {
+                path: None,
+                admin,
+                listeners,
+                upstreams,
+                plugins,
+                anomaly,
+                source,
+                cluster,
+                dns,
+                telemetry,
+            }),
             None => Err(self.issues),
         }
     }
@@ -556,7 +571,7 @@ impl Validator<'_> {
                                 );
                             }
                         }
-                        Err(e) => self.issue(format!("{key}.config"), Some(&p.name), e.to_string()),
+                        Err(e) => self.issue(format!("{key}.config"), Some(&p.name), crate::plugin::with_causes(&e)),
                     }
                 }
             }

@@ -39,6 +39,7 @@ pub enum RecordError {
         /// The file or directory.
         path: PathBuf,
         /// The OS error.
+        #[source]
         error: std::io::Error,
     },
     /// Starting the demo upstreams or the proxy failed.
@@ -46,14 +47,7 @@ pub enum RecordError {
     Setup(String),
     /// The recorded series could not be read back.
     #[error("reading the recorded series: {0}")]
-    Series(portico_anomaly::AnomalyError),
-}
-
-// By hand rather than `#[from]`: the message already says the cause, so it is not returned as a source too.
-impl From<portico_anomaly::AnomalyError> for RecordError {
-    fn from(error: portico_anomaly::AnomalyError) -> Self {
-        RecordError::Series(error)
-    }
+    Series(#[from] portico_anomaly::AnomalyError),
 }
 
 /// Scenario names: `calm` has no fault, `mixed` one of each kind in seeded order, the others one fault.

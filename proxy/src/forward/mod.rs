@@ -14,6 +14,7 @@ use crate::body::ResponseBody;
 use crate::config::file::ListenerMode;
 use crate::listen::ConnInfo;
 use crate::server::Shared;
+use crate::telemetry::span::RequestSpan;
 use crate::trace_context::{RequestId, RequestIds, TraceContext};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -30,6 +31,9 @@ pub struct RequestMeta {
     pub trace: TraceContext,
     /// `x-request-id` returned to the client.
     pub request_id: RequestId,
+    /// The request's spans, when traces are exported and it is sampled: stages note what they decided and
+    /// each upstream attempt; it is handed to the exporter when the response head is ready.
+    pub span: Option<Box<RequestSpan>>,
 }
 
 /// hyper's service entry point for client requests on any listener.
@@ -38,13 +42,15 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let ids = RequestIds::new(
+    let start = Instant::now();
+    let RequestIds { mut trace, request_id } = RequestIds::new(
         req.headers().get(&headers::TRACEPARENT).map(|v| v.as_bytes()),
         req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes()),
     );
-    let meta = RequestMeta { start: Instant::now(), trace: ids.trace, request_id: ids.request_id };
-    let in_flight = conn.activity.begin();
     let listener = conn.listener.load_full();
+    let span = shared.telemetry.start(&mut trace, start, &req, &conn, &listener);
+    let mut meta = RequestMeta { start, trace, request_id, span };
+    let in_flight = conn.activity.begin();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
         tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: both Content-Length and Transfer-Encoding, or a head too large to check");
         let response = local::error_response(
@@ -53,14 +59,14 @@ pub async fn handle(
             &meta.request_id,
         );
         shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
-        return Ok(response);
+        return Ok(traced(&shared, meta, response));
     }
     let mut response = match listener.config.mode {
         ListenerMode::Forward => forward_proxy::handle(&shared, &conn, &listener, req, &meta).await,
         ListenerMode::Reverse => {
             let (mut parts, body) = req.into_parts();
             match request_head::check_reverse(&mut parts) {
-                Ok(()) => reverse::handle(&shared, &conn, &listener, Request::from_parts(parts, body), &meta).await,
+                Ok(()) => reverse::handle(&shared, &conn, &listener, Request::from_parts(parts, body), &mut meta).await,
                 Err(refused) => {
                     tracing::debug!(trace_id = %meta.trace.trace_id, peer = %conn.peer, detail = refused.detail, "request head refused");
                     shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
@@ -71,5 +77,14 @@ pub async fn handle(
     };
     in_flight.attach(response.body_mut());
     conn.activity.watch_send(response.body_mut());
-    Ok(response)
+    Ok(traced(&shared, meta, response))
+}
+
+/// Ends the request's server span at its response head and hands it to the exporter (never waiting).
+fn traced(shared: &Shared, meta: RequestMeta, response: Response<ResponseBody>) -> Response<ResponseBody> {
+    if let Some(mut span) = meta.span {
+        span.finish(response.status().as_u16());
+        shared.telemetry.submit(span);
+    }
+    response
 }

@@ -11,6 +11,7 @@ use crate::plugin::body::{self, BodyPipe, Direction};
 use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
 use crate::server::Shared;
+use crate::telemetry::span::PluginDecisions;
 use crate::upstream::endpoint::ActiveRequest;
 use crate::upstream::h1::Closer;
 use crate::upstream::pool::{ConnectionChoice, SendError};
@@ -27,26 +28,34 @@ pub async fn handle(
     conn: &ConnInfo,
     listener: &ListenerRuntime,
     req: Request<Incoming>,
-    meta: &RequestMeta,
+    meta: &mut RequestMeta,
 ) -> Response<ResponseBody> {
     let snapshot = shared.snapshot.load_full();
     let (mut parts, body) = req.into_parts();
     let mut chain =
         match FilterChain::start(&listener.config.filters, &snapshot.plugins, &parts, conn, &meta.request_id) {
             Ok(chain) => chain,
-            Err(answer) => return finish(shared, listener, "", *answer, meta),
+            Err(answer) => {
+                note_plugins(meta, |d| d.answered = true);
+                return finish(shared, listener, "", *answer, meta);
+            }
         };
     let mut routed = None;
     if !chain.is_empty() {
         if let Verdict::Respond(answer) =
             chain.request_headers(&mut parts, body.is_end_stream(), &meta.request_id).await
         {
+            note_plugins(meta, |d| d.answered = true);
             return logged(finish(shared, listener, "", answer, meta), chain);
         }
         routed = match chain.routed_upstream(&meta.request_id) {
             Ok(r) => r,
-            Err(answer) => return logged(finish(shared, listener, "", *answer, meta), chain),
+            Err(answer) => {
+                note_plugins(meta, |d| d.answered = true);
+                return logged(finish(shared, listener, "", *answer, meta), chain);
+            }
         };
+        note_plugins(meta, |d| d.routed = routed.is_some());
     }
     let Some(upstream) = route::select(&snapshot, listener, routed.as_deref()) else {
         let detail = match &routed {
@@ -74,6 +83,13 @@ pub async fn handle(
             finish(shared, listener, upstream.name(), response, meta)
         }
         None => logged(finish(shared, listener, upstream.name(), response, meta), chain),
+    }
+}
+
+/// Notes a plugin decision in the request's span, when it is recorded.
+fn note_plugins(meta: &mut RequestMeta, note: impl FnOnce(&mut PluginDecisions)) {
+    if let Some(span) = meta.span.as_mut() {
+        note(&mut span.plugins);
     }
 }
 
@@ -155,9 +171,12 @@ async fn proxy(
     conn: &ConnInfo,
     upstream: &Arc<Upstream>,
     req: Request<RequestBody>,
-    meta: &RequestMeta,
+    meta: &mut RequestMeta,
     chain: &mut FilterChain,
 ) -> Response<ResponseBody> {
+    if let Some(span) = meta.span.as_mut() {
+        span.upstream = Some(upstream.clone());
+    }
     let (mut parts, body) = req.into_parts();
     let upgrade = headers::is_upgrade_request(parts.version, &parts.headers);
     let client_upgrade = if upgrade {
@@ -237,6 +256,13 @@ async fn proxy(
         };
         let active = endpoint.begin_request();
         chain.set_upstream_address(&endpoint.name);
+        // Each attempt is a span of its own when the request is recorded; the upstream sees it as its parent.
+        if let Some(span) = meta.span.as_mut() {
+            span.plugins.picked_endpoint = chosen.is_some();
+            if let Ok(v) = HeaderValue::from_str(meta.trace.traceparent_for(span.begin_attempt(index)).as_str()) {
+                parts.headers.insert(headers::TRACEPARENT.clone(), v);
+            }
+        }
         let sent_at = std::time::Instant::now();
         let mut choice = ConnectionChoice::Pooled;
         let outcome = loop {
@@ -256,6 +282,13 @@ async fn proxy(
                 outcome => break outcome,
             }
         };
+        if let Some(span) = meta.span.as_mut() {
+            match &outcome {
+                Err(_elapsed) => span.end_attempt(None, Some("timeout")),
+                Ok(Err(e)) => span.end_attempt(None, Some(if e.is_connect() { "connect_error" } else { "send_error" })),
+                Ok(Ok(response)) => span.end_attempt(Some(response.status().as_u16()), None),
+            }
+        }
         // Whose fault a failed exchange is: a client body that broke or stalled is the client's. It is answered
         // as such, is not retried, and does not count against the endpoint.
         let client_fault = |stalled: bool| {

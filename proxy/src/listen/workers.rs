@@ -57,8 +57,8 @@ impl Workers {
             stops.push(stop);
             std::thread::Builder::new().name(format!("portico-worker-{index}")).spawn(move || {
                 LANE.with(|lane| lane.set(index + 1));
-                // With one plugin instance per core (the default) each worker gets a VM of its own.
-                portico_plugins::prefer_instance(index);
+                // With one plugin instance per core (the default) each worker owns a VM of its own.
+                portico_plugins::enter_worker(index, count);
                 // Runs the worker's tasks until the `Workers` is dropped (the sender goes away).
                 runtime.block_on(async move {
                     let _ = stopped.await;
@@ -71,6 +71,11 @@ impl Workers {
     /// The number of workers.
     pub fn count(&self) -> usize {
         self.handles.len()
+    }
+
+    /// The workers' runtimes, for tasks that must run on each of them (a plugin's ticker per worker).
+    pub fn handles(&self) -> &[tokio::runtime::Handle] {
+        &self.handles
     }
 
     /// Runs a connection's future on the next worker, round robin. The future must create its socket there

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use portico_plugins::{
     candidate_fingerprint, candidates_version, Candidate, CandidateLoad, CandidateSource, FailPolicy, FilterAction,
-    HttpStream, LocalResponse, Plugin, PluginFailure, RequestInfo, TrafficDirection,
+    HttpStream, LocalResponse, Plugin, PluginFailure, RequestFacts, TrafficDirection,
 };
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -46,6 +47,40 @@ pub enum Verdict {
 #[derive(Default)]
 pub struct FilterChain {
     pub(super) links: Vec<Link>,
+    /// The request's headers as the plugins see them (pseudo-headers first), built once for the request
+    /// headers phase and kept for endpoint selection, which may read them too.
+    headers: Vec<(String, String)>,
+}
+
+/// What plugins may ask about a request beyond its headers (`request.id`, `source.address`, ...): copied from
+/// what the connection and the request already hold, and read only when a guest asks for such a property.
+struct ChainFacts {
+    peer: SocketAddr,
+    local: SocketAddr,
+    request_id: String,
+    version: http::Version,
+    start: Instant,
+}
+
+impl RequestFacts for ChainFacts {
+    fn request_id(&self) -> Option<&str> {
+        Some(&self.request_id)
+    }
+    fn protocol(&self) -> &str {
+        protocol_name(self.version)
+    }
+    fn start_time(&self) -> Option<SystemTime> {
+        SystemTime::now().checked_sub(self.start.elapsed())
+    }
+    fn source_address(&self) -> Option<SocketAddr> {
+        Some(self.peer)
+    }
+    fn destination_address(&self) -> Option<SocketAddr> {
+        Some(self.local)
+    }
+    fn direction(&self) -> TrafficDirection {
+        TrafficDirection::Inbound
+    }
 }
 
 impl std::fmt::Debug for FilterChain {
@@ -64,29 +99,23 @@ impl FilterChain {
         conn: &ConnInfo,
         request_id: &str,
     ) -> Result<FilterChain, Refusal> {
-        let mut chain = FilterChain { links: Vec::with_capacity(filters.len()) };
+        let mut chain = FilterChain { links: Vec::with_capacity(filters.len()), headers: Vec::new() };
         if filters.is_empty() {
             return Ok(chain);
         }
-        let info = RequestInfo {
-            method: parts.method.to_string(),
-            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-            authority: authority(parts).to_string(),
-            scheme: if conn.tls { "https" } else { "http" }.to_string(),
-            protocol: protocol_name(parts.version).to_owned(),
+        // One set shared by every plugin of the chain; the method, path, authority and scheme are the
+        // pseudo-headers plugins read anyway.
+        let facts: Arc<dyn RequestFacts> = Arc::new(ChainFacts {
+            peer: conn.peer,
+            local: conn.local,
             request_id: request_id.to_string(),
-            source_address: Some(conn.peer),
-            destination_address: Some(conn.local),
-            start_time: SystemTime::now(),
-            direction: TrafficDirection::Inbound,
-            properties: Vec::new(),
-        };
-        // One copy shared by every plugin of the chain.
-        let info = Arc::new(info);
+            version: parts.version,
+            start: Instant::now(),
+        });
         for name in filters {
             let Some(slot) = plugins.get(name) else { continue };
             let handle = slot.handle();
-            match handle.new_stream(info.clone()) {
+            match handle.new_stream(facts.clone()) {
                 Ok(stream) => chain.links.push(Link { stream }),
                 Err(failure) => {
                     if let Some(answer) = failed(handle.plugin(), &failure, request_id) {
@@ -103,14 +132,17 @@ impl FilterChain {
         self.links.is_empty()
     }
 
-    /// Runs the request headers through every plugin and applies their rewrites to `parts`.
+    /// Runs the request headers through every plugin that takes part (see
+    /// [`Plugin::handles_request_headers`]) and applies their rewrites to `parts`. The header list is built
+    /// only when a plugin takes part in this phase or in endpoint selection.
     pub async fn request_headers(
         &mut self,
         parts: &mut http::request::Parts,
         end_of_stream: bool,
         request_id: &str,
     ) -> Verdict {
-        if self.links.is_empty() {
+        let takes_part = |l: &Link| l.plugin().handles_request_headers();
+        if !self.links.iter().any(|l| takes_part(l) || l.plugin().selects_upstream()) {
             return Verdict::Continue;
         }
         let mut headers = take_spare_list();
@@ -121,6 +153,10 @@ impl FilterChain {
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
+            if !takes_part(link) {
+                i += 1;
+                continue;
+            }
             let result = link.stream.run_request_headers(&mut headers, end_of_stream).await;
             changed |= link.stream.data_changed();
             match result {
@@ -138,34 +174,19 @@ impl FilterChain {
         if changed {
             apply_request(parts, &headers);
         }
-        return_spare_list(headers);
+        self.headers = headers;
         Verdict::Continue
     }
 
-    /// The upstream group a routing plugin chose; later plugins override earlier ones.
-    pub fn routed_upstream(&mut self, request_id: &str) -> Result<Option<String>, Refusal> {
-        let mut routed = None;
-        let mut i = 0;
-        while i < self.links.len() {
-            let link = &mut self.links[i];
-            match link.stream.routed_upstream() {
-                Ok(Some(group)) => {
-                    routed = Some(group);
-                    i += 1;
-                }
-                Ok(None) => i += 1,
-                Err(failure) => {
-                    if let Some(answer) = failed(link.plugin(), &failure, request_id) {
-                        return Err(Box::new(answer));
-                    }
-                    self.links.remove(i);
-                }
-            }
-        }
-        Ok(routed)
+    /// The upstream group a routing plugin chose; later plugins override earlier ones. (Kept by each stream
+    /// since its request headers phase: this reads no plugin instance and cannot fail; the `Result` keeps the
+    /// request path's shape.)
+    pub fn routed_upstream(&mut self, _request_id: &str) -> Result<Option<String>, Refusal> {
+        Ok(self.links.iter().rev().find_map(|l| l.stream.routed_upstream()).map(str::to_string))
     }
 
-    /// Asks the chain's balancing plugins for an endpoint of `upstream`: the first plugin that decides wins.
+    /// Asks the chain's balancing plugins (those with `portico_on_upstream_select`, or that chose in their
+    /// request headers callback) for an endpoint of `upstream`: the first plugin that decides wins.
     /// `Ok(None)` means no plugin decided and native balancing applies.
     pub fn select_endpoint(
         &mut self,
@@ -184,8 +205,13 @@ impl FilterChain {
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
-            match link.stream.select_endpoint_from(upstream.name(), &offered, attempt, failed_address) {
-                Ok(Some(address)) => return Ok(upstream.index_of(&address)),
+            if !(link.plugin().selects_upstream() || link.stream.preselected()) {
+                i += 1;
+                continue;
+            }
+            let headers = &mut self.headers;
+            match link.stream.select_endpoint_from(headers, upstream.name(), &offered, attempt, failed_address) {
+                Ok(Some(index)) => return Ok(Some(index)),
                 Ok(None) => i += 1,
                 Err(failure) => {
                     if let Some(answer) = failed(link.plugin(), &failure, request_id) {
@@ -260,6 +286,7 @@ impl FilterChain {
                 tracing::warn!(plugin = %failure.plugin, error = %failure, "plugin failed in on_log");
             }
         }
+        return_spare_list(std::mem::take(&mut self.headers));
     }
 }
 
@@ -487,8 +514,9 @@ impl CandidateSource for OfferedEndpoints {
             .collect()
     }
 
-    fn contains(&self, address: &str) -> bool {
-        self.endpoint(address).is_some()
+    fn index_of(&self, address: &str) -> Option<usize> {
+        let index = self.upstream.index_of(address)?;
+        self.upstream.endpoints.get(index)?.is_available(self.now).then_some(index)
     }
 
     fn load(&self, address: &str) -> Option<CandidateLoad> {

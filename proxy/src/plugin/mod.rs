@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Why a plugin version could not be started. The running version, if any, keeps serving. Messages are
-/// complete on their own: a cause in a message is not also returned by `source()` (see `ServerError`).
+/// complete on their own and keep their cause as `source()` too (see `ServerError`).
 #[derive(Debug, thiserror::Error)]
 pub enum PluginLoadError {
     /// The `.wasm` file could not be read.
@@ -29,6 +29,7 @@ pub enum PluginLoadError {
         /// The file.
         path: String,
         /// The OS error.
+        #[source]
         error: std::io::Error,
     },
     /// `builtin:NAME` names no bundled module.
@@ -41,8 +42,9 @@ pub enum PluginLoadError {
         /// What exists.
         available: String,
     },
-    /// Compilation, the ABI check, start-up or `proxy_on_configure` failed.
-    #[error(transparent)]
+    /// Compilation, the ABI check, start-up or `proxy_on_configure` failed. The host's error keeps its causes
+    /// as sources; this message is complete on its own, so it also carries them on one line.
+    #[error("{}", with_causes(.0))]
     Host(#[from] PluginError),
     /// The loader thread died.
     #[error("plugin {0}: the loader thread failed")]
@@ -53,6 +55,20 @@ pub enum PluginLoadError {
     /// Rollback asked for with no previous version.
     #[error("plugin {0}: there is no previous version to roll back to")]
     NoPrevious(String),
+}
+
+/// An error followed by its causes (`source()` chain), `: `-separated: for a message that must be complete on
+/// its own (logs, the admin API, configuration issues) built from an error that keeps its causes as sources,
+/// as `portico_plugins::PluginError` does.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Where a running version came from, for `GET /plugins` and the logs.
@@ -143,9 +159,24 @@ impl PluginSlot {
         }
         let old_info = std::mem::replace(&mut *self.info.lock(), info.clone());
         *self.previous.lock() = Some((old, old_info));
-        spawn_ticker(&plugin);
         tracing::info!(plugin = %self.config.name, sha256 = %info.sha256, origin = %info.origin, "plugin version swapped in");
     }
+}
+
+/// Callback failures counted so far, by plugin and kind (`trap`, `timeout`, `memory`, …), as the engine counts
+/// them in `portico_plugin_failures_total`: `GET /plugins` shows them beside each version.
+pub fn failure_counts(registry: &prometheus::Registry) -> HashMap<String, serde_json::Map<String, serde_json::Value>> {
+    let mut counts: HashMap<String, serde_json::Map<String, serde_json::Value>> = HashMap::new();
+    let families = registry.gather();
+    let Some(family) = families.iter().find(|f| f.name() == "portico_plugin_failures_total") else { return counts };
+    for metric in family.get_metric() {
+        let label = |name: &str| metric.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string());
+        if let (Some(plugin), Some(kind)) = (label("plugin"), label("kind")) {
+            let count = metric.get_counter().get_value() as u64;
+            counts.entry(plugin).or_default().insert(kind, count.into());
+        }
+    }
+    counts
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {
@@ -156,6 +187,8 @@ fn unix_seconds(t: SystemTime) -> u64 {
 pub struct PluginSet {
     engine: Arc<PluginEngine>,
     services: Arc<services::ProxyServices>,
+    /// The data-path workers' runtimes: each owns its instances of a plugin, so each runs their ticks.
+    workers: Vec<tokio::runtime::Handle>,
     /// Serialises version changes so two uploads cannot interleave.
     changing: tokio::sync::Mutex<()>,
 }
@@ -167,11 +200,17 @@ impl std::fmt::Debug for PluginSet {
 }
 
 impl PluginSet {
-    /// One wasmtime engine whose plugin metrics land in Portico's registry.
-    pub fn new(registry: prometheus::Registry, services: Arc<services::ProxyServices>) -> Result<Self, PluginError> {
+    /// One wasmtime engine whose plugin metrics land in Portico's registry. `workers` are the data-path
+    /// workers' runtimes (empty when connections are served on the calling runtime).
+    pub fn new(
+        registry: prometheus::Registry,
+        services: Arc<services::ProxyServices>,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Result<Self, PluginError> {
         Ok(PluginSet {
             engine: Arc::new(PluginEngine::with_registry(registry)?),
             services,
+            workers,
             changing: tokio::sync::Mutex::new(()),
         })
     }
@@ -204,7 +243,7 @@ impl PluginSet {
                 previous: Mutex::new(previous.get(&config.name).map(|old| (old.current(), old.info.lock().clone()))),
                 file_seen: Mutex::new(modified),
             });
-            spawn_ticker(&plugin);
+            self.spawn_tickers(&plugin);
             tracing::info!(plugin = %config.name, "plugin loaded");
             out.insert(config.name.clone(), slot);
         }
@@ -222,6 +261,7 @@ impl PluginSet {
         let _guard = self.changing.lock().await;
         let sha = sha256_hex(&bytes);
         let plugin = self.load(&slot.config, bytes).await?;
+        self.spawn_tickers(&plugin);
         slot.swap(plugin, VersionInfo { origin: "upload".into(), sha256: sha, since: SystemTime::now() });
         Ok(())
     }
@@ -232,6 +272,7 @@ impl PluginSet {
         let Some((plugin, info)) = slot.previous.lock().take() else {
             return Err(PluginLoadError::NoPrevious(slot.config.name.clone()));
         };
+        // Its tickers still run: they end only when the version is dropped, and `previous` kept it.
         slot.swap(plugin, VersionInfo { since: SystemTime::now(), ..info });
         Ok(())
     }
@@ -256,6 +297,7 @@ impl PluginSet {
                     return Ok(());
                 }
                 let plugin = self.load(&slot.config, bytes).await?;
+                self.spawn_tickers(&plugin);
                 slot.swap(plugin, VersionInfo { origin, sha256: sha, since: SystemTime::now() });
                 Ok::<(), PluginLoadError>(())
             }
@@ -301,7 +343,7 @@ impl PluginSet {
 /// loads its modules. Returns every plugin's refusal, not only the first; an `Err` means the engine itself
 /// could not start.
 pub async fn check_all(configs: &[PluginConfig]) -> Result<Vec<PluginLoadError>, PluginError> {
-    let set = PluginSet::new(prometheus::Registry::new(), Arc::new(services::ProxyServices::default()))?;
+    let set = PluginSet::new(prometheus::Registry::new(), Arc::new(services::ProxyServices::default()), Vec::new())?;
     let mut refused = Vec::new();
     for config in configs {
         let one = PluginConfig { instances: 1, ..config.clone() };
@@ -340,21 +382,32 @@ fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Drives `proxy_on_tick`, queue notifications and callout completions for one plugin version until it is
-/// dropped. Runs wasm on a tokio worker like any callback: bounded by the plugin's CPU limit.
-fn spawn_ticker(plugin: &Arc<Plugin>) {
-    let weak: Weak<Plugin> = Arc::downgrade(plugin);
-    tokio::spawn(async move {
-        loop {
-            let deadline = {
-                let Some(plugin) = weak.upgrade() else { return };
-                let fallback = std::time::Instant::now() + Duration::from_millis(20);
-                plugin.next_tick_deadline().map_or(fallback, |d| d.min(fallback))
-            };
-            tokio::time::sleep_until(deadline.into()).await;
-            let Some(plugin) = weak.upgrade() else { return };
-            plugin.run_ticks();
-            plugin.dispatch_pending();
+impl PluginSet {
+    /// Drives `proxy_on_tick` and the work other threads left for a plugin version's instances (queue
+    /// notifications, callouts answered elsewhere) until the version is dropped: one task on every worker,
+    /// for the instances it owns, and one on the calling runtime for the shared ones. Runs wasm on a tokio
+    /// thread like any callback: bounded by the plugin's CPU limit. Spawned once per version, when it is
+    /// loaded to serve; they end when it is dropped (a version kept for rollback keeps its tickers).
+    fn spawn_tickers(&self, plugin: &Arc<Plugin>) {
+        for worker in &self.workers {
+            worker.spawn(ticker(Arc::downgrade(plugin)));
         }
-    });
+        tokio::spawn(ticker(Arc::downgrade(plugin)));
+    }
+}
+
+/// One thread's ticker for one plugin version (see [`PluginSet::spawn_tickers`]).
+async fn ticker(weak: Weak<Plugin>) {
+    loop {
+        let deadline = {
+            let Some(plugin) = weak.upgrade() else { break };
+            let fallback = std::time::Instant::now() + Duration::from_millis(20);
+            plugin.next_tick_deadline().map_or(fallback, |d| d.min(fallback))
+        };
+        tokio::time::sleep_until(deadline.into()).await;
+        let Some(plugin) = weak.upgrade() else { break };
+        plugin.run_ticks();
+    }
+    // The version is gone: drop the instances of it this thread owned.
+    portico_plugins::forget_unloaded();
 }

@@ -183,6 +183,12 @@ impl Endpoint {
         }
     }
 
+    /// Each reason to keep it out of rotation on its own (`status` names only the first): an operator sees a
+    /// drained endpoint that is also failing its health checks. (healthy by the checks, ejected, drained)
+    pub fn conditions(&self, now: Instant) -> (bool, bool, bool) {
+        (self.healthy.load(Ordering::Relaxed), self.is_ejected(now), self.drained.load(Ordering::Relaxed))
+    }
+
     /// Requests in flight right now.
     pub fn active_requests(&self) -> u32 {
         self.active.load(Ordering::Relaxed)

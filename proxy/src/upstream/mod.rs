@@ -268,10 +268,14 @@ impl Upstream {
             .iter()
             .zip(&self.members)
             .map(|(e, m)| {
+                let (healthy, ejected, drained) = e.conditions(now);
                 let mut v = serde_json::json!({
                     "address": e.name,
                     "weight": e.weight(),
                     "status": e.status(now),
+                    "healthy": healthy,
+                    "ejected": ejected,
+                    "drained": drained,
                     "active_requests": e.active_requests(),
                     "latency_ewma_ms": e.latency_ewma_us() as f64 / 1000.0,
                     "source": m.origin.kind(),

@@ -3,9 +3,11 @@
 
 mod admin;
 mod anomaly;
+mod browser;
 mod builtin;
 mod cluster;
 mod cpp_sdk;
+mod dashboard;
 mod discovery;
 mod forward;
 mod h2;
@@ -20,6 +22,7 @@ mod reload;
 mod reverse;
 mod smuggling;
 mod support;
+mod telemetry;
 mod tls;
 mod upstream_h1;
 mod vip;

@@ -1,5 +1,5 @@
 //! Shared test helpers: a WAT prelude implementing the guest side of the ABI by hand, and recording services.
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,14 +103,7 @@ pub fn load(engine: &PluginEngine, spec: PluginSpec) -> Result<(Arc<Plugin>, Arc
 }
 
 pub fn request(path: &str) -> (RequestInfo, Vec<(String, String)>) {
-    let info = RequestInfo {
-        method: "GET".into(),
-        path: path.into(),
-        authority: "example.com".into(),
-        scheme: "https".into(),
-        source_address: Some("192.0.2.7:40000".parse().unwrap()),
-        ..RequestInfo::default()
-    };
+    let info = RequestInfo { source_address: Some("192.0.2.7:40000".parse().unwrap()), ..RequestInfo::default() };
     let headers = vec![
         (":method".to_string(), "GET".to_string()),
         (":path".to_string(), path.to_string()),
@@ -131,4 +124,16 @@ pub fn metrics_text(engine: &PluginEngine) -> String {
 /// [`wat`] with extra imports placed before the prelude's own (imports must precede definitions).
 pub fn wat_imports(imports: &str, body: &str) -> String {
     wat(body).replacen("(module", &format!("(module\n{imports}"), 1)
+}
+
+/// An error and its causes, `: `-separated, as `anyhow` prints `{:#}`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

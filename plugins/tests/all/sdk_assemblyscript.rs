@@ -2,14 +2,12 @@
 //! (`@solo-io/proxy-runtime` 0.1.8, ABI 0.2.0 marker), sources in plugins/guest/assemblyscript/.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::support::*;
 use portico_plugins::{AbiVersion, FilterAction, Plugin, PluginSpec};
 
-const WASM: &[u8] = include_bytes!("data/add_header_as.wasm");
+const WASM: &[u8] = include_bytes!("../data/add_header_as.wasm");
 
 #[test]
 fn assemblyscript_sdk_plugin_adds_configured_response_header() {

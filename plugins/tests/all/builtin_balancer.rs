@@ -2,14 +2,12 @@
 //! on_request_headers -> select_endpoint, as the proxy does per request.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServices;
+use crate::support::TestServices;
 use portico_plugins::{
     builtin, Candidate, CandidateList, CandidateLoad, CandidateSource, Plugin, PluginEngine, PluginError, PluginSpec,
     RequestInfo,
@@ -23,7 +21,7 @@ fn load(engine: &PluginEngine, config: &str, instances: usize) -> Result<Arc<Plu
 }
 
 fn balancer(config: &str) -> Arc<Plugin> {
-    load(&common::engine(), config, 1).unwrap()
+    load(&crate::support::engine(), config, 1).unwrap()
 }
 
 fn cand(address: &str, weight: u32, active: u32) -> Candidate {
@@ -64,8 +62,8 @@ fn pick_with(
     let mut s = p.new_stream(info).unwrap();
     let mut h = headers(extra);
     s.on_request_headers(&mut h, true).unwrap();
-    let first = s.select_endpoint("backend", cands, 0, None).unwrap();
-    let second = if retry { s.select_endpoint("backend", cands, 1, first.as_deref()).unwrap() } else { None };
+    let first = s.select_endpoint(&mut h, "backend", cands, 0, None).unwrap();
+    let second = if retry { s.select_endpoint(&mut h, "backend", cands, 1, first.as_deref()).unwrap() } else { None };
     (first, second)
 }
 
@@ -109,7 +107,7 @@ fn smooth_weighted_round_robin_exact_sequence() {
 fn wrr_counts_stay_exact_with_several_instances() {
     // Each instance runs its own smooth WRR; the host spreads sequential streams round robin over instances, so
     // 700 picks over 4 instances are 4 x 175 = 4 x 25 full cycles.
-    let p = load(&common::engine(), r#"{"policy": "weighted_round_robin"}"#, 4).unwrap();
+    let p = load(&crate::support::engine(), r#"{"policy": "weighted_round_robin"}"#, 4).unwrap();
     assert_eq!(p.instance_count(), 4);
     let cands = [cand("10.0.0.1:80", 5, 0), cand("10.0.0.2:80", 1, 0), cand("10.0.0.3:80", 1, 0)];
     let c = counts((0..700).map(|_| pick(&p, &cands)));
@@ -284,10 +282,10 @@ fn groups_keep_separate_state() {
     let mut s = p.new_stream(RequestInfo::default()).unwrap();
     let mut h = headers(&[]);
     s.on_request_headers(&mut h, true).unwrap();
-    let x1 = s.select_endpoint("a", &a, 0, None).unwrap().unwrap();
-    let y1 = s.select_endpoint("b", &b, 0, None).unwrap().unwrap();
-    let x2 = s.select_endpoint("a", &a, 0, None).unwrap().unwrap();
-    let y2 = s.select_endpoint("b", &b, 0, None).unwrap().unwrap();
+    let x1 = s.select_endpoint(&mut h, "a", &a, 0, None).unwrap().unwrap();
+    let y1 = s.select_endpoint(&mut h, "b", &b, 0, None).unwrap().unwrap();
+    let x2 = s.select_endpoint(&mut h, "a", &a, 0, None).unwrap().unwrap();
+    let y2 = s.select_endpoint(&mut h, "b", &b, 0, None).unwrap().unwrap();
     assert_ne!(x1, x2);
     assert_ne!(y1, y2);
     assert!(x1.starts_with("10.0.") && y1.starts_with("10.1."));
@@ -306,8 +304,9 @@ fn groups_with_the_same_endpoints_keep_separate_state() {
         for _ in 0..14 {
             for (group, picks) in [("a", &mut a), ("b", &mut b)] {
                 let mut s = p.new_stream(RequestInfo::default()).unwrap();
-                s.on_request_headers(&mut headers(&[]), true).unwrap();
-                picks.push(s.select_endpoint(group, &same, 0, None).unwrap().unwrap());
+                let mut h = headers(&[]);
+                s.on_request_headers(&mut h, true).unwrap();
+                picks.push(s.select_endpoint(&mut h, group, &same, 0, None).unwrap().unwrap());
             }
         }
         assert_eq!(a, b, "{config}: each group runs its own sequence");
@@ -321,7 +320,7 @@ fn groups_with_the_same_endpoints_keep_separate_state() {
 
 #[test]
 fn bad_configurations_are_refused_with_the_reason() {
-    let e = common::engine();
+    let e = crate::support::engine();
     for (config, needle) in [
         (r#"{"policy": "foo"}"#, r#"balancer: unknown policy "foo""#),
         (r#"{"policy": "ring_hash"}"#, r#"balancer: policy "ring_hash" needs hash_on"#),
@@ -355,8 +354,8 @@ impl CandidateSource for Counted {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.list.candidates()
     }
-    fn contains(&self, address: &str) -> bool {
-        self.list.contains(address)
+    fn index_of(&self, address: &str) -> Option<usize> {
+        self.list.index_of(address)
     }
     fn load(&self, address: &str) -> Option<CandidateLoad> {
         let load = self.list.load(address)?;
@@ -370,6 +369,7 @@ impl CandidateSource for Counted {
 /// Picks `requests` times from `cands` (attempt 0, and attempt 1 after it when `retry`); returns the picks
 /// and how many times the plugin read the candidate list.
 fn counted_picks(p: &Arc<Plugin>, cands: Vec<Candidate>, requests: usize, retry: bool) -> (Vec<String>, usize) {
+    let addresses: Vec<String> = cands.iter().map(|c| c.address.clone()).collect();
     let counted =
         Arc::new(Counted { list: CandidateList::new(cands), reads: AtomicUsize::new(0), busy: Default::default() });
     let source: Arc<dyn CandidateSource> = counted.clone();
@@ -377,11 +377,13 @@ fn counted_picks(p: &Arc<Plugin>, cands: Vec<Candidate>, requests: usize, retry:
     for i in 0..requests {
         let mut s = p.new_stream(RequestInfo::default()).unwrap();
         let user = format!("user-{i}");
-        s.on_request_headers(&mut headers(&[("x-user", user.as_str())]), true).unwrap();
-        let first = s.select_endpoint_from("backend", &source, 0, None).unwrap().unwrap();
+        let mut h = headers(&[("x-user", user.as_str())]);
+        s.on_request_headers(&mut h, true).unwrap();
+        let first = addresses[s.select_endpoint_from(&mut h, "backend", &source, 0, None).unwrap().unwrap()].clone();
         if retry {
-            let second = s.select_endpoint_from("backend", &source, 1, Some(&first)).unwrap().unwrap();
-            assert_ne!(first, second, "a retry gets another endpoint");
+            let second = s.select_endpoint_from(&mut h, "backend", &source, 1, Some(&first)).unwrap().unwrap();
+            let second = &addresses[second];
+            assert_ne!(&first, second, "a retry gets another endpoint");
         }
         picks.push(first);
     }
@@ -418,8 +420,9 @@ fn least_request_follows_the_loads_without_reading_the_list() {
     let source: Arc<dyn CandidateSource> = shifting.clone();
     let pick = || {
         let mut s = p.new_stream(RequestInfo::default()).unwrap();
-        s.on_request_headers(&mut headers(&[]), true).unwrap();
-        s.select_endpoint_from("backend", &source, 0, None).unwrap().unwrap()
+        let mut h = headers(&[]);
+        s.on_request_headers(&mut h, true).unwrap();
+        ["10.0.0.1:80", "10.0.0.2:80"][s.select_endpoint_from(&mut h, "backend", &source, 0, None).unwrap().unwrap()]
     };
     // With two endpoints both are compared on every pick, so the idle one always wins.
     assert!((0..50).all(|_| pick() == "10.0.0.2:80"));

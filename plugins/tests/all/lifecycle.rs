@@ -1,9 +1,7 @@
 //! Load-time behaviour: ABI markers, refusals, configuration, start functions, unknown imports.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use portico_plugins::{AbiVersion, FailureKind, PluginError};
 
 const CONFIGURE_NEEDS_Y: &str = r#"
@@ -121,7 +119,8 @@ fn wasi_command_start_with_proc_exit_zero_is_normal_exit() {
     load(&e, spec("cmd", ok)).unwrap();
     let bad = wat_imports(imports, r#"(func (export "_start") (call $exit (i32.const 3)))"#);
     let err = load(&e, spec("cmd", bad)).unwrap_err();
-    assert!(matches!(&err, PluginError::Start { message, .. } if message.contains("proc_exit(3)")), "{err}");
+    assert!(matches!(&err, PluginError::Start { .. }), "{err}");
+    assert!(chain(&err).contains("proc_exit(3)"), "{}", chain(&err));
 }
 
 #[test]
@@ -160,4 +159,41 @@ fn initialize_then_main_run_before_context_creation() {
         (i32.eq (global.get $stage) (i32.const 2)))
     "#;
     load(&e, spec("main", wat(body))).unwrap();
+}
+
+/// Each refusal keeps what caused it as its `source()` and does not repeat it in its own message, so the error
+/// printed with its chain (as `portico` does) names every cause exactly once.
+#[test]
+fn refusals_keep_their_causes_and_print_each_once() {
+    use std::error::Error as _;
+    let e = engine();
+    let mut junk = spec("junk", String::new());
+    junk.wasm = b"\0asm\x01\0\0\0garbage".to_vec();
+    let mistyped = wat("").replace(
+        r#"(func (export "proxy_on_context_create") (param i32 i32))"#,
+        r#"(func (export "proxy_on_context_create") (param i32))"#,
+    );
+    let mut tiny = spec("tiny", wat(""));
+    tiny.memory_limit = 64 * 1024;
+    let trapping_configure = wat(r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) unreachable)"#);
+    let refusals = [
+        load(&e, junk).unwrap_err(),
+        load(&e, spec("mistyped", mistyped)).unwrap_err(),
+        load(&e, tiny).unwrap_err(),
+        load(&e, spec("boom", wat(r#"(func (export "_initialize") unreachable)"#))).unwrap_err(),
+        load(&e, spec("cfg", trapping_configure)).unwrap_err(),
+        portico_plugins::router_upstreams("nope").unwrap_err(),
+    ];
+    for err in &refusals {
+        let cause = err.source().unwrap_or_else(|| panic!("{err:?} lost its cause"));
+        let (top, cause) = (err.to_string(), cause.to_string());
+        assert!(!top.contains(&cause), "the message repeats its cause: {top} / {cause}");
+        assert_eq!(chain(err).matches(&cause).count(), 1, "{}", chain(err));
+    }
+    assert!(matches!(&refusals[0], PluginError::Compile { .. }), "{}", refusals[0]);
+    assert!(matches!(&refusals[1], PluginError::Export { export, .. } if export == "proxy_on_context_create"));
+    assert!(matches!(&refusals[2], PluginError::Instantiate { .. }), "{}", refusals[2]);
+    assert!(chain(&refusals[3]).contains("unreachable"), "{}", chain(&refusals[3]));
+    assert!(matches!(&refusals[4], PluginError::Configure { .. }), "{}", refusals[4]);
+    assert!(chain(&refusals[5]).contains("expected"), "serde's reason: {}", chain(&refusals[5]));
 }

@@ -2,14 +2,12 @@
 //! instance is recreated, and crash loops mark the plugin broken.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use portico_plugins::{FailPolicy, FailureKind, FilterAction, Plugin};
 
-const CHAOS: &str = r#"
+pub(crate) const CHAOS: &str = r#"
   (data (i32.const 1024) "x-loop")
   (data (i32.const 1040) "x-grow")
   (data (i32.const 1056) "x-bad")

@@ -2,12 +2,10 @@
 //! callouts with pause/resume, ticks, queues and the upstream selection extension.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use portico_plugins::{Candidate, FilterAction, HttpCallResponse, Resumption};
 
 #[test]
@@ -248,7 +246,7 @@ fn upstream_selection_and_routing() {
     let (info, mut h) = request("/");
     let mut s = p.new_stream(info).unwrap();
     s.on_request_headers(&mut h, true).unwrap();
-    assert_eq!(s.routed_upstream().unwrap().as_deref(), Some("blue"));
+    assert_eq!(s.routed_upstream(), Some("blue"));
     let cand = |a: &str| Candidate {
         address: a.into(),
         weight: 1,
@@ -257,11 +255,14 @@ fn upstream_selection_and_routing() {
         ejected: false,
     };
     let all = [cand("10.0.0.1:80"), cand("10.0.0.2:80"), cand("10.0.0.3:80")];
-    assert_eq!(s.select_endpoint("blue", &all, 0, None).unwrap().as_deref(), Some("10.0.0.2:80"));
+    assert_eq!(s.select_endpoint(&mut h, "blue", &all, 0, None).unwrap().as_deref(), Some("10.0.0.2:80"));
     let retry = [cand("10.0.0.3:80"), cand("10.0.0.1:80")];
-    assert_eq!(s.select_endpoint("blue", &retry, 1, Some("10.0.0.2:80")).unwrap().as_deref(), Some("10.0.0.3:80"));
+    assert_eq!(
+        s.select_endpoint(&mut h, "blue", &retry, 1, Some("10.0.0.2:80")).unwrap().as_deref(),
+        Some("10.0.0.3:80")
+    );
     // A choice outside the candidate list is ignored (native balancing decides).
-    assert_eq!(s.select_endpoint("blue", &retry, 2, Some("10.0.0.3:80")).unwrap(), None);
+    assert_eq!(s.select_endpoint(&mut h, "blue", &retry, 2, Some("10.0.0.3:80")).unwrap(), None);
 }
 
 #[test]
@@ -304,9 +305,13 @@ fn candidate_loads_are_properties_by_address() {
     let mut s = p.new_stream(info).unwrap();
     s.on_request_headers(&mut h, true).unwrap();
     let all = [cand("10.0.0.1:80", 0, 3), cand("10.0.0.2:80", 7, 1)];
-    assert_eq!(s.select_endpoint("g", &all, 0, None).unwrap().as_deref(), Some("10.0.0.2:80"));
+    assert_eq!(s.select_endpoint(&mut h, "g", &all, 0, None).unwrap().as_deref(), Some("10.0.0.2:80"));
     let other = [cand("10.0.0.1:80", 0, 4), cand("10.0.0.2:80", 7, 1)];
-    assert_eq!(s.select_endpoint("g", &other, 0, None).unwrap().as_deref(), Some("10.0.0.1:80"), "loads are read");
+    assert_eq!(
+        s.select_endpoint(&mut h, "g", &other, 0, None).unwrap().as_deref(),
+        Some("10.0.0.1:80"),
+        "loads are read"
+    );
 }
 
 /// Header callbacks of C++ SDK plugins return Envoy's FilterHeadersStatus: 2 (ContinueAndEndStream) goes on,
@@ -340,7 +345,7 @@ fn envoy_filter_status_values_continue_or_pause_as_envoy_reads_them() {
     }
 }
 
-const CALLOUT: &str = r#"
+pub(crate) const CALLOUT: &str = r#"
   (data (i32.const 1024) "auth")
   (data (i32.const 1100) "\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\06\00\00\00\0a\00\00\00\04\00\00\00:method\00GET\00:path\00/check\00:authority\00auth\00")
   (data (i32.const 1200) "x-auth")

@@ -2,18 +2,16 @@
 //! examples/plugins/out/) steers traffic away from a slow endpoint.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServices;
+use crate::support::TestServices;
 use portico_plugins::{Candidate, Plugin, PluginError, PluginSpec, RequestInfo};
 
-const WASM: &[u8] = include_bytes!("../../examples/plugins/out/latency_balancer.wasm");
+const WASM: &[u8] = include_bytes!("../../../examples/plugins/out/latency_balancer.wasm");
 /// The same plugin in Zig (examples/plugins/latency_balancer.zig), also built by plugins/builtin/build.sh.
-const WASM_ZIG: &[u8] = include_bytes!("../../examples/plugins/out/latency_balancer_zig.wasm");
+const WASM_ZIG: &[u8] = include_bytes!("../../../examples/plugins/out/latency_balancer_zig.wasm");
 
 fn load(config: &str) -> Result<Arc<Plugin>, PluginError> {
     load_wasm(WASM, config)
@@ -23,7 +21,7 @@ fn load_wasm(wasm: &[u8], config: &str) -> Result<Arc<Plugin>, PluginError> {
     let mut spec = PluginSpec::new("latency", wasm.to_vec());
     spec.config = config.to_string();
     spec.instances = 1;
-    Plugin::load(&common::engine(), spec, Arc::new(TestServices::default()))
+    Plugin::load(&crate::support::engine(), spec, Arc::new(TestServices::default()))
 }
 
 fn cand(address: &str, latency_ms: u64) -> Candidate {
@@ -53,7 +51,7 @@ fn avoids_slow(p: &Arc<Plugin>) {
     let mut c: HashMap<String, usize> = HashMap::new();
     for _ in 0..2000 {
         let mut s = p.new_stream(RequestInfo::default()).unwrap();
-        let addr = s.select_endpoint("backend", &cands, 0, None).unwrap().unwrap();
+        let addr = s.select_endpoint(&mut Vec::new(), "backend", &cands, 0, None).unwrap().unwrap();
         *c.entry(addr).or_default() += 1;
     }
     let slow = c.get("10.0.0.1:80").copied().unwrap_or(0);
@@ -63,8 +61,9 @@ fn avoids_slow(p: &Arc<Plugin>) {
 
     // Retries avoid the endpoint that just failed.
     let mut s = p.new_stream(RequestInfo::default()).unwrap();
-    let first = s.select_endpoint("backend", &cands, 0, None).unwrap().unwrap();
-    let second = s.select_endpoint("backend", &cands, 1, Some(&first)).unwrap().unwrap();
+    let mut h = Vec::new();
+    let first = s.select_endpoint(&mut h, "backend", &cands, 0, None).unwrap().unwrap();
+    let second = s.select_endpoint(&mut h, "backend", &cands, 1, Some(&first)).unwrap().unwrap();
     assert_ne!(first, second);
 }
 

@@ -2,12 +2,10 @@
 //! `portico.route.upstream` (read back with `routed_upstream()`) and rewrites :path / :authority.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::TestServices;
+use crate::support::TestServices;
 use portico_plugins::{builtin, router_upstreams, FilterAction, Plugin, PluginError, PluginSpec, RequestInfo};
 
 const EXAMPLE: &str = r#"{ "routes": [
@@ -21,7 +19,7 @@ fn load(config: &str) -> Result<Arc<Plugin>, PluginError> {
     let mut spec = PluginSpec::new("router", builtin("router").unwrap());
     spec.config = config.to_string();
     spec.instances = 1;
-    Plugin::load(&common::engine(), spec, Arc::new(TestServices::default()))
+    Plugin::load(&crate::support::engine(), spec, Arc::new(TestServices::default()))
 }
 
 fn router(config: &str) -> Arc<Plugin> {
@@ -47,7 +45,7 @@ fn route(p: &Arc<Plugin>, r: &Req<'_>) -> (Option<String>, Vec<(String, String)>
             .collect();
     let mut s = p.new_stream(RequestInfo::default()).unwrap();
     assert_eq!(s.on_request_headers(&mut h, true).unwrap(), FilterAction::Continue);
-    (s.routed_upstream().unwrap(), h)
+    (s.routed_upstream().map(str::to_string), h)
 }
 
 fn upstream(p: &Arc<Plugin>, r: &Req<'_>) -> Option<String> {
@@ -55,7 +53,7 @@ fn upstream(p: &Arc<Plugin>, r: &Req<'_>) -> Option<String> {
 }
 
 fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    common::header(h, name)
+    crate::support::header(h, name)
 }
 
 #[test]

@@ -3,15 +3,13 @@
 //! built with the proxy-wasm C++ SDK do (factories under a root id, `plugin_root_id`, root-addressed callouts).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::support::*;
 use portico_plugins::{FilterAction, HttpCallResponse, LogLevel, Plugin, PluginSpec, Resumption};
 
-const WASM: &[u8] = include_bytes!("data/add_header.wasm");
-const CPP_PROTOCOL: &[u8] = include_bytes!("data/cpp_sdk_protocol.wasm");
+const WASM: &[u8] = include_bytes!("../data/add_header.wasm");
+const CPP_PROTOCOL: &[u8] = include_bytes!("../data/cpp_sdk_protocol.wasm");
 
 /// The C++-SDK-protocol guest as the plugin `name` with this root id and configuration.
 fn load_cpp(name: &str, root_id: &str, config: &str) -> (Arc<Plugin>, Arc<TestServices>) {

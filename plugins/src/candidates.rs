@@ -1,0 +1,133 @@
+//! The upstream-selection extension's inputs: the endpoints offered to `portico_on_upstream_select`, and the
+//! fingerprints that let a balancer keep its tables per set of candidates.
+
+use std::time::Duration;
+
+/// One upstream endpoint offered to a plugin's `portico_on_upstream_select` callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// `host:port` (no spaces, as the plugin will echo it back in `portico.upstream.selected`).
+    pub address: String,
+    /// Configured weight.
+    pub weight: u32,
+    /// Requests in flight to this endpoint.
+    pub active_requests: u32,
+    /// Smoothed latency.
+    pub latency: Duration,
+    /// Whether outlier detection ejected it (normally only non-ejected endpoints are offered).
+    pub ejected: bool,
+}
+
+/// The endpoints offered to one `portico_on_upstream_select` call, produced on demand. A balancer whose
+/// decision depends only on the set (round robin, ring hash, Maglev) reads `portico.upstream.candidates_version`
+/// and, when it has not changed, never asks for the list: with 1,000 endpoints, building, encoding and parsing
+/// the list is most of a pick.
+pub trait CandidateSource: Send + Sync {
+    /// A fingerprint of the set: the addresses and weights of the candidates, in any order. Equal fingerprints
+    /// mean the same set (up to a 64-bit hash collision).
+    fn version(&self) -> u64;
+    /// The candidates, with their current load; called only when a plugin reads `portico.upstream.candidates`.
+    fn candidates(&self) -> Vec<Candidate>;
+    /// The index of candidate `address` in the caller's own numbering (a plugin's choice is checked against
+    /// it, and returned as it), `None` when it is not a candidate.
+    fn index_of(&self, address: &str) -> Option<usize>;
+    /// The current load of one candidate, `None` when `address` is not one: what a balancer that keeps its
+    /// tables per set reads (`portico.upstream.active_requests.<address>`) to compare two endpoints without
+    /// the whole list. The default searches [`CandidateSource::candidates`]; a host should answer directly.
+    fn load(&self, address: &str) -> Option<CandidateLoad> {
+        self.candidates().into_iter().find(|c| c.address == address).map(|c| CandidateLoad::of(&c))
+    }
+}
+
+/// What changes between picks about one candidate (its address and weight are part of the set's version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidateLoad {
+    /// Requests in flight to the endpoint.
+    pub active_requests: u32,
+    /// Its smoothed latency.
+    pub latency: Duration,
+}
+
+impl CandidateLoad {
+    /// The load part of a candidate.
+    pub fn of(candidate: &Candidate) -> Self {
+        CandidateLoad { active_requests: candidate.active_requests, latency: candidate.latency }
+    }
+}
+
+/// One candidate's share of a [`CandidateSource::version`] (see [`candidates_version`]): a host can keep the
+/// address hash precomputed per endpoint.
+pub fn candidate_fingerprint(address_hash: u64, weight: u32) -> u64 {
+    // splitmix64 finaliser over the address hash and the weight
+    let mut z = address_hash ^ u64::from(weight).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The [`CandidateSource::version`] of a set, from its candidates' [`candidate_fingerprint`]s in any order.
+pub fn candidates_version(fingerprints: impl IntoIterator<Item = u64>) -> u64 {
+    let (sum, count) = fingerprints.into_iter().fold((0u64, 0u64), |(sum, n), f| (sum.wrapping_add(f), n + 1));
+    sum ^ count
+}
+
+/// A stable 64-bit hash of an endpoint address (FNV-1a), the `address_hash` of [`candidate_fingerprint`].
+pub fn address_hash(address: &str) -> u64 {
+    address.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3))
+}
+
+/// FNV-1a for the candidates' addresses: they come from the configuration, not from clients, so the map needs
+/// no flood-resistant SipHash, which showed as the largest cost of a pick's address lookup.
+#[derive(Default)]
+pub(crate) struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xCBF2_9CE4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A fixed list of candidates, for callers that already hold one (tests, benchmarks, embedders). Its version
+/// is computed once, when it is made.
+#[derive(Debug, Clone)]
+pub struct CandidateList {
+    candidates: Vec<Candidate>,
+    by_address: std::collections::HashMap<String, usize, std::hash::BuildHasherDefault<AddressHasher>>,
+    version: u64,
+}
+
+impl CandidateList {
+    /// Wraps the list and fingerprints it.
+    pub fn new(candidates: Vec<Candidate>) -> Self {
+        let version =
+            candidates_version(candidates.iter().map(|c| candidate_fingerprint(address_hash(&c.address), c.weight)));
+        let by_address = candidates.iter().enumerate().map(|(i, c)| (c.address.clone(), i)).collect();
+        CandidateList { candidates, by_address, version }
+    }
+}
+
+impl CandidateSource for CandidateList {
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.candidates.clone()
+    }
+
+    fn index_of(&self, address: &str) -> Option<usize> {
+        self.by_address.get(address).copied()
+    }
+
+    fn load(&self, address: &str) -> Option<CandidateLoad> {
+        self.by_address.get(address).map(|&i| CandidateLoad::of(&self.candidates[i]))
+    }
+}

@@ -1,0 +1,32 @@
+//! Logging: `proxy_log`, `proxy_get_log_level`. Lines go to [`crate::HostServices::log`]; the last error-level line
+//! is kept so a refused configuration can say why.
+
+use wasmtime::Result;
+
+use super::{wrap, Imports, ENV};
+use crate::abi::*;
+use crate::memory::{self as mem, Ctx};
+use crate::types::LogLevel;
+
+pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
+    const E: &str = ENV;
+    wrap!(l, E, "proxy_log", |mut c: Ctx<'_>, level: i32, p: i32, n: i32| -> Result<i32> {
+        let msg = mem::read_str(&mut c, p, n, "proxy_log")?;
+        if !(0..=5).contains(&level) {
+            return Ok(BAD_ARGUMENT);
+        }
+        let level = LogLevel::from_abi(level);
+        let st = c.data();
+        st.core.services.log(&st.core.name, level, &msg);
+        if level >= LogLevel::Error {
+            c.data_mut().last_error_log = Some(msg);
+        }
+        Ok(OK)
+    });
+    wrap!(l, E, "proxy_get_log_level", |mut c: Ctx<'_>, ret: i32| -> Result<i32> {
+        let level = c.data().core.services.log_level();
+        mem::write_u32(&mut c, ret, level.as_abi() as u32, "proxy_get_log_level")?;
+        Ok(OK)
+    });
+    Ok(())
+}
