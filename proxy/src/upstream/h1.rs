@@ -20,6 +20,7 @@ use crate::body::RequestBody;
 use crate::h1::chunked::{Chunk, ChunkError, ChunkedDecoder};
 use crate::h1::framing::{self, BodyLength, FramingError};
 use crate::h1::head::{self, HeadError, ResponseHead};
+use crate::h1::FORBIDDEN_TRAILERS;
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
@@ -263,12 +264,14 @@ async fn send_body<W: AsyncWrite + Unpin>(
             Poll::Ready(Some(Err(e))) => return Err(SendBodyError::Client(e)),
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => (Some(data), false),
-                // Trailers of a chunked request are forwarded in the last chunk.
+                // Trailers of a chunked request are forwarded in the last chunk, minus the fields a trailer
+                // must not carry (framing, routing, authentication): hyper's server hands them on as sent, and
+                // an upstream that merges trailers into the head would take them as the request's own.
                 Err(frame) => {
                     if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
                         framing.clear();
                         framing.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
+                        for (name, value) in trailers.iter().filter(|(n, _)| !FORBIDDEN_TRAILERS.contains(n)) {
                             framing.extend_from_slice(name.as_str().as_bytes());
                             framing.extend_from_slice(b": ");
                             framing.extend_from_slice(value.as_bytes());
