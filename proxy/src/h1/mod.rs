@@ -8,12 +8,14 @@
 //!   too ambiguous to read at all.
 //! - [`chunked`]: the chunked transfer coding.
 //! - [`head`]: writing request heads and parsing response heads.
+//! - [`upload`]: sending a request body, in the framing its head declared, alongside the response.
 //!
 //! `CONFORMANCE.md` beside this file lists the cases the codec decides and the test that pins each.
 
 pub mod chunked;
 pub mod framing;
 pub mod head;
+pub mod upload;
 
 use http::header::{self, HeaderName};
 

@@ -8,8 +8,11 @@
 //! spent a channel send and a oneshot per request, a task wake-up per read, and a watch per body.)
 //!
 //! A request body is streamed while the response head is awaited, so an upstream that answers early (a 413
-//! before the body is sent) is heard; such a connection is closed after the answer, since the upstream and
-//! Portico no longer agree on where the request ended.
+//! before the body is sent) is heard. When the head comes first, the response body goes on sending the rest
+//! of the request as it streams (a streaming echo answers at once and echoes the upload as it reads it), as
+//! hyper's client did, unless the answer is an error the upstream closes the connection after. A connection
+//! whose request did not all go out is closed when the response ends, never pooled: the upstream and Portico
+//! would not agree on where the next message starts.
 //!
 //! Abandoning a response from outside (the send timeout, see [`crate::listen`]) cannot reach into a body that
 //! hyper is not polling, so every connection keeps a duplicate of its socket, a [`Closer`], which shuts the
@@ -20,18 +23,18 @@ use crate::body::RequestBody;
 use crate::h1::chunked::{Chunk, ChunkError, ChunkedDecoder};
 use crate::h1::framing::{self, BodyLength, FramingError};
 use crate::h1::head::{self, HeadError, ResponseHead};
-use crate::h1::FORBIDDEN_TRAILERS;
+use crate::h1::upload::{Upload, UploadError};
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 /// TCP keep-alive probes on upstream connections, so a peer that vanished is noticed on idle connections.
@@ -63,6 +66,19 @@ pub enum H1Error {
     /// The client's request body failed while it was being sent.
     #[error("client request body failed")]
     RequestBody(#[source] hyper::Error),
+    /// The request body did not match the `Content-Length` sent for it.
+    #[error(transparent)]
+    RequestLength(UploadError<hyper::Error>),
+}
+
+impl From<UploadError<hyper::Error>> for H1Error {
+    fn from(error: UploadError<hyper::Error>) -> Self {
+        match error {
+            UploadError::Client(e) => H1Error::RequestBody(e),
+            UploadError::Upstream(e) => H1Error::Io(e),
+            length @ UploadError::Length { .. } => H1Error::RequestLength(length),
+        }
+    }
 }
 
 impl H1Error {
@@ -127,35 +143,46 @@ impl Connection {
     }
 
     /// Sends the request whose head is encoded in the connection's head buffer, with `body`, and reads the
-    /// response head. Also says whether the whole request went out: an upstream that answers before the end of
-    /// the request body leaves a connection nobody can reuse.
-    async fn exchange(&mut self, body: &mut RequestBody, length: BodyLength) -> Result<(ResponseHead, bool), Failure> {
-        if length == BodyLength::Empty {
-            if let Err(e) = self.stream.write_all(&self.write).await {
-                return Err(Failure { error: e.into(), unsent: true, answered: false });
-            }
-            return self.read_head_alone().await.map(|head| (head, true));
-        }
-        let Connection { stream, read, write, .. } = self;
-        let (mut reader, mut writer) = stream.split();
-        let mut sending = pin!(send_body(&mut writer, write, body, length));
-        let mut sent = false;
+    /// response head. The request body is written while the head is awaited; when the head comes first, what
+    /// is left of the body comes back with it, for the response body to go on sending (see [`Body`]). When the
+    /// request certainly did not leave, `body` is left as it was, to go on another connection.
+    async fn exchange(
+        &mut self,
+        body: &mut RequestBody,
+        length: BodyLength,
+    ) -> Result<(ResponseHead, Request), Failure> {
+        let mut upload = Some(Upload::new(std::mem::replace(body, RequestBody::empty()), length));
         let mut answered = false;
         let mut write_error: Option<H1Error> = None;
+        let Connection { stream, read, write, .. } = self;
         poll_fn(|cx| {
-            if !sent && write_error.is_none() {
-                match sending.as_mut().poll(cx) {
-                    Poll::Ready(Ok(())) => sent = true,
-                    Poll::Ready(Err(SendBodyError::Client(e))) => {
-                        return Poll::Ready(Err(Failure { error: H1Error::RequestBody(e), unsent: false, answered }))
+            if let Some(sending) = upload.as_mut() {
+                match sending.poll_send(stream, write, cx) {
+                    Poll::Ready(Ok(())) => upload = None,
+                    Poll::Ready(Err(UploadError::Upstream(e))) => {
+                        if let Some(untouched) = upload.take_if(|u| u.is_untouched()) {
+                            *body = untouched.into_body();
+                            return Poll::Ready(Err(Failure { error: e.into(), unsent: true, answered }));
+                        }
+                        // The upstream may have answered before it stopped reading: look for its answer first.
+                        upload = None;
+                        write_error = Some(e.into());
                     }
-                    // The upstream may have answered before it stopped reading: look for its answer first.
-                    Poll::Ready(Err(SendBodyError::Upstream(e))) => write_error = Some(e.into()),
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(Failure { error: e.into(), unsent: false, answered }));
+                    }
                     Poll::Pending => {}
                 }
             }
-            match poll_head(&mut reader, read, cx, &mut answered) {
-                Poll::Ready(Ok(head)) => Poll::Ready(Ok((head, sent))),
+            match poll_head(stream, read, cx, &mut answered) {
+                Poll::Ready(Ok(head)) => {
+                    let request = match (upload.take(), &write_error) {
+                        (Some(upload), _) => Request::Sending(Box::new(upload)),
+                        (None, Some(_)) => Request::Stopped,
+                        (None, None) => Request::Sent,
+                    };
+                    Poll::Ready(Ok((head, request)))
+                }
                 Poll::Ready(Err(error)) => {
                     let error = match (write_error.take(), error) {
                         (Some(write), H1Error::Closed | H1Error::Io(_)) => write,
@@ -167,16 +194,6 @@ impl Connection {
             }
         })
         .await
-    }
-
-    async fn read_head_alone(&mut self) -> Result<ResponseHead, Failure> {
-        let mut answered = false;
-        let Connection { stream, read, .. } = self;
-        poll_fn(|cx| poll_head(stream, read, cx, &mut answered)).await.map_err(|error| Failure {
-            error,
-            unsent: false,
-            answered,
-        })
     }
 
     /// The buffer the next request head is encoded into.
@@ -235,102 +252,19 @@ pub struct Failure {
     pub answered: bool,
 }
 
-enum SendBodyError {
-    Client(hyper::Error),
-    Upstream(io::Error),
-}
-
-/// Writes the encoded head and the body: the head goes out with the body's first bytes when they are already
-/// there (one `writev`), the rest frame by frame.
-async fn send_body<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    head: &[u8],
-    body: &mut RequestBody,
-    length: BodyLength,
-) -> Result<(), SendBodyError> {
-    let chunked = length == BodyLength::Chunked;
-    let mut framing = Vec::new();
-    let mut pending_head = Some(head);
-    loop {
-        let frame = if pending_head.is_some() {
-            // Only take what is there now: the head must not wait for the client's body.
-            poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
-        } else {
-            Poll::Ready(poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await)
-        };
-        let (data, end) = match frame {
-            Poll::Pending => (None, false),
-            Poll::Ready(None) => (None, true),
-            Poll::Ready(Some(Err(e))) => return Err(SendBodyError::Client(e)),
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => (Some(data), false),
-                // Trailers of a chunked request are forwarded in the last chunk, minus the fields a trailer
-                // must not carry (framing, routing, authentication): hyper's server hands them on as sent, and
-                // an upstream that merges trailers into the head would take them as the request's own.
-                Err(frame) => {
-                    if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                        framing.clear();
-                        framing.extend_from_slice(b"0\r\n");
-                        for (name, value) in trailers.iter().filter(|(n, _)| !FORBIDDEN_TRAILERS.contains(n)) {
-                            framing.extend_from_slice(name.as_str().as_bytes());
-                            framing.extend_from_slice(b": ");
-                            framing.extend_from_slice(value.as_bytes());
-                            framing.extend_from_slice(b"\r\n");
-                        }
-                        framing.extend_from_slice(b"\r\n");
-                        let head = pending_head.take().unwrap_or_default();
-                        write_parts(writer, [head, &framing, b"", b""]).await.map_err(SendBodyError::Upstream)?;
-                        return Ok(());
-                    }
-                    continue;
-                }
-            },
-        };
-        let head = pending_head.take().unwrap_or_default();
-        let data = data.filter(|d| !d.is_empty());
-        framing.clear();
-        if chunked {
-            if let Some(d) = &data {
-                head::push_hex(&mut framing, d.len() as u64);
-                framing.extend_from_slice(b"\r\n");
-            }
-        }
-        let tail: &[u8] = match (chunked, data.is_some(), end) {
-            (true, true, true) => b"\r\n0\r\n\r\n",
-            (true, true, false) => b"\r\n",
-            (true, false, true) => b"0\r\n\r\n",
-            _ => b"",
-        };
-        let body_bytes = data.as_deref().unwrap_or_default();
-        write_parts(writer, [head, &framing, body_bytes, tail]).await.map_err(SendBodyError::Upstream)?;
-        if end {
-            return Ok(());
-        }
-    }
-}
-
-/// Writes every part, vectored: one `writev` when the socket takes it all.
-async fn write_parts<W: AsyncWrite + Unpin>(writer: &mut W, mut parts: [&[u8]; 4]) -> io::Result<()> {
-    loop {
-        let Some(first) = parts.iter().position(|p| !p.is_empty()) else { return Ok(()) };
-        let slices = parts.map(IoSlice::new);
-        let mut written = writer.write_vectored(&slices[first..]).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        for part in parts[first..].iter_mut() {
-            let n = written.min(part.len());
-            *part = &part[n..];
-            written -= n;
-            if written == 0 {
-                break;
-            }
-        }
-    }
+/// How much of a request had gone out when its response head arrived.
+#[derive(Debug)]
+pub enum Request {
+    /// All of it.
+    Sent,
+    /// Not all of its body: the response body goes on sending the rest.
+    Sending(Box<Upload<RequestBody>>),
+    /// Not all of it, and the rest will not go: the upstream stopped reading.
+    Stopped,
 }
 
 /// Sends a request (origin-form target, body framed as `length`) on `conn` and returns the response head, and
-/// whether all of the request went out before it. The head is encoded here, into the connection's buffer.
+/// how much of the request went out before it. The head is encoded here, into the connection's buffer.
 pub async fn send(
     conn: &mut Connection,
     method: &Method,
@@ -338,7 +272,7 @@ pub async fn send(
     headers: &http::HeaderMap,
     body: &mut RequestBody,
     length: BodyLength,
-) -> Result<(ResponseHead, bool), Failure> {
+) -> Result<(ResponseHead, Request), Failure> {
     head::encode_request(conn.head_buffer(), method, target, headers, length);
     conn.exchange(body, length).await
 }
@@ -379,22 +313,28 @@ enum Kind {
 /// A response body read straight from its upstream connection. It owns the connection until the message
 /// ends, then gives it back to its pool lane (or closes it, when the upstream asked to or framed the body by
 /// closing). Dropped before the end, it closes the connection.
+///
+/// When the response head came before the whole request body went out, the body also sends the rest of the
+/// request each time it is polled, so an upstream that reads as it answers gets all of it. A connection whose
+/// request did not all go out by the end of the response is closed, not pooled.
 #[derive(Debug)]
 pub struct Body {
     conn: Option<Box<Connection>>,
     kind: Kind,
     keep_alive: bool,
+    /// The rest of the request body, while it is being sent.
+    upload: Option<Box<Upload<RequestBody>>>,
     home: Option<Home>,
 }
 
 impl Body {
-    /// The body of the response whose head was just read on `conn`, for a request with `method`;
-    /// `request_complete` says whether the whole request had gone out (else the connection is not reused).
+    /// The body of the response whose head was just read on `conn`, for a request with `method`; `request`
+    /// says how much of the request had gone out (the rest is sent as the body is read).
     pub fn new(
         conn: Box<Connection>,
         head: &ResponseHead,
         method: &Method,
-        request_complete: bool,
+        request: Request,
         home: Option<Home>,
     ) -> Result<Body, H1Error> {
         let kind = if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -408,8 +348,16 @@ impl Body {
                 Err(e) => return Err(e.into()),
             }
         };
-        let keep_alive = request_complete && head.keeps_alive() && !matches!(kind, Kind::UntilClose | Kind::Upgrade);
-        let mut body = Body { conn: Some(conn), kind, keep_alive, home };
+        let keep_alive = head.keeps_alive() && !matches!(kind, Kind::UntilClose | Kind::Upgrade);
+        // An error the upstream closes the connection after does not want the rest of the request (RFC 9112
+        // §9.5): it is not sent.
+        let refused = !head.keeps_alive() && (head.status.is_client_error() || head.status.is_server_error());
+        let (upload, keep_alive) = match request {
+            Request::Sent => (None, keep_alive),
+            Request::Sending(upload) if !refused => (Some(upload), keep_alive),
+            Request::Sending(_) | Request::Stopped => (None, false),
+        };
+        let mut body = Body { conn: Some(conn), kind, keep_alive, upload, home };
         if matches!(body.kind, Kind::Done) {
             body.finish();
         }
@@ -431,10 +379,16 @@ impl Body {
         Some((conn.stream, conn.read.freeze()))
     }
 
-    /// The message ended: the connection goes back to its lane if it may carry another.
+    /// The message ended: the connection goes back to its lane if it may carry another and all of the request
+    /// went out. A request still being sent stops there: the exchange is over.
     fn finish(&mut self) {
         self.kind = Kind::Done;
         let Some(conn) = self.conn.take() else { return };
+        if self.upload.take().is_some() {
+            // Closed now, even if the send timeout still holds the connection's closer.
+            conn.closer.close();
+            return;
+        }
         if let (true, Some(home)) = (self.keep_alive && conn.read.is_empty(), self.home.take()) {
             home.lane.put(conn, home.max_idle);
         }
@@ -443,7 +397,29 @@ impl Body {
     fn fail(&mut self, error: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         self.kind = Kind::Done;
         self.conn = None;
+        self.upload = None;
         Poll::Ready(Some(Err(error)))
+    }
+
+    /// Sends what it can of the rest of the request. The upstream no longer reading it ends the sending, not the
+    /// response (the connection is then not reused); a client body that fails, or does not match its length,
+    /// fails the response too.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Result<(), H1Error> {
+        let (Some(upload), Some(conn)) = (self.upload.as_mut(), self.conn.as_mut()) else { return Ok(()) };
+        let Connection { stream, write, .. } = &mut **conn;
+        match upload.poll_send(stream, write, cx) {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(())) => {
+                self.upload = None;
+                Ok(())
+            }
+            Poll::Ready(Err(UploadError::Upstream(_))) => {
+                self.upload = None;
+                self.keep_alive = false;
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(e.into()),
+        }
     }
 }
 
@@ -453,6 +429,9 @@ impl http_body::Body for Body {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self.get_mut();
+        if let Err(e) = this.poll_upload(cx) {
+            return this.fail(e);
+        }
         loop {
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
             match &mut this.kind {

@@ -257,7 +257,7 @@ pub async fn send_http1(
             Some(conn) => conn,
             None => Connection::connect(endpoint.address, settings.connect_timeout).await?,
         };
-        let (head, complete) = match h1::send(&mut conn, &parts.method, target, &parts.headers, &mut body, length).await
+        let (head, request) = match h1::send(&mut conn, &parts.method, target, &parts.headers, &mut body, length).await
         {
             Ok(sent) => sent,
             // Never written: the reused connection was already closing. Try another.
@@ -270,7 +270,7 @@ pub async fn send_http1(
             Err(failure) => return Err(SendError::Http1(failure.error)),
         };
         let home = Home { lane: lane.clone(), max_idle: settings.max_idle };
-        let body = h1::Body::new(conn, &head, &parts.method, complete, Some(home))?;
+        let body = h1::Body::new(conn, &head, &parts.method, request, Some(home))?;
         let mut response = http::Response::new(UpstreamBody::H1(body));
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;

@@ -25,4 +25,5 @@ mod support;
 mod telemetry;
 mod tls;
 mod upstream_h1;
+mod upstream_h1_upload;
 mod vip;
