@@ -19,19 +19,54 @@ pub mod upload;
 
 use http::header::{self, HeaderName};
 
-/// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing, authentication
-/// and the like. They are dropped, as if absent.
-pub static FORBIDDEN_TRAILERS: [HeaderName; 10] = [
+/// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): those a recipient needs before the
+/// content, or that act on the connection. They are dropped, as if absent, from the trailers Portico reads
+/// and from those it forwards.
+pub static FORBIDDEN_TRAILERS: [HeaderName; 37] = [
+    // Message framing.
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,
+    header::TRAILER,
+    // The connection.
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::UPGRADE,
+    // Routing.
     header::HOST,
+    // Request modifiers: controls (RFC 9110 §7.6, §10.1) and preconditions (§13.1).
+    header::CACHE_CONTROL,
+    header::EXPECT,
+    header::MAX_FORWARDS,
+    header::PRAGMA,
+    header::RANGE,
+    header::TE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    // Authentication and cookies.
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::WWW_AUTHENTICATE,
+    header::PROXY_AUTHENTICATE,
+    header::COOKIE,
+    header::SET_COOKIE,
+    // Response control data (RFC 9110 §10.2).
+    header::AGE,
+    header::DATE,
+    header::EXPIRES,
+    header::LOCATION,
+    header::RETRY_AFTER,
+    header::VARY,
+    header::WARNING,
+    // Content (payload) processing.
     header::CONTENT_TYPE,
     header::CONTENT_ENCODING,
     header::CONTENT_RANGE,
-    header::TRAILER,
-    header::AUTHORIZATION,
-    header::SET_COOKIE,
-    header::CONNECTION,
+    header::CONTENT_LOCATION,
+    header::CONTENT_LANGUAGE,
 ];
 
 /// Whether a line of `bytes` ends in a LF without the CR before it.

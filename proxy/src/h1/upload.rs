@@ -257,7 +257,14 @@ mod tests {
         let (sent, result) = send(frames(&[b"hello", b"", b" world"]), BodyLength::Chunked).await;
         assert_eq!((sent, result.ok()), (b"H5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(), Some(())));
         let mut trailers = http::HeaderMap::new();
-        for (name, value) in [("x-sum", "1"), ("authorization", "x")] {
+        for (name, value) in [
+            ("x-sum", "1"),
+            ("authorization", "x"),
+            ("te", "trailers"),
+            ("cache-control", "no-store"),
+            ("max-forwards", "2"),
+            ("if-none-match", "\"v\""),
+        ] {
             trailers.insert(http::HeaderName::from_static(name), http::HeaderValue::from_static(value));
         }
         let body = Full::new(Bytes::from_static(b"hi")).with_trailers(std::future::ready(Some(Ok(trailers))));
