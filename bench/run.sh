@@ -1,29 +1,34 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: Portico, nginx and HAProxy in front of the same origin on loopback, driven by wrk in
-# one run, alternating rounds so drift on the machine hits all of them alike. Prints requests/s and p99 for
-# each and the ratios Portico/nginx and Portico/HAProxy, and what the bundled router and balancer plugins cost
-# (a second Portico with both in its filter chain).
+# End-to-end benchmark: Portico (native balancing, and with the bundled router and balancer plugins), nginx,
+# HAProxy and Pingora in front of the same origin on loopback, driven by wrk in one run, alternating rounds so
+# drift on the machine hits all of them alike. For each proxy it reports the medians over the rounds of
+# requests/s, p99 and CPU microseconds per request (utime+stime of all the proxy's threads, read from
+# /proc/PID/task/*/stat around each wrk run, divided by the requests wrk completed), and Portico's ratios to
+# nginx and HAProxy.
 #
-#   bench/run.sh                 # 3 rounds of 10 s, 64 connections
-#   ROUNDS=5 DURATION=20s CONNECTIONS=128 bench/run.sh
+#   bench/run.sh                 # 5 rounds of 10 s, 32 connections, wrk -t1
+#   ROUNDS=7 DURATION=20s CONNECTIONS=64 THREADS=2 bench/run.sh
 #   PORTICO_BIN=/path/to/portico bench/run.sh   # an already built binary (e.g. one with line tables for perf)
 #
 # The origin is an nginx answering a fixed 13-byte body, so the proxies are what is measured. Every proxy gets
-# the same worker count (WORKERS, default: the number of cores) and keeps upstream connections alive.
+# the same worker count (WORKERS, default: the number of cores) and keeps upstream connections alive. The
+# Pingora proxy is bench/pingora (built here with `cargo build --release`, its own project, off CI); set
+# PINGORA=0 to leave it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORTICO_SETUP_BENCH=1 scripts/setup.sh
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
-CONNECTIONS=${CONNECTIONS:-64}
-THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-$(nproc)}
 ORIGIN=127.0.0.1:18080
 PORTICO=127.0.0.1:18081
 NGINX=127.0.0.1:18082
 HAPROXY=127.0.0.1:18083
 PLUGGED=127.0.0.1:18084
+PINGORA_ADDR=127.0.0.1:18085
 ADMIN=127.0.0.1:18090
 ADMIN2=127.0.0.1:18091
 OUT=bench/out
@@ -35,6 +40,10 @@ if [ -n "${PORTICO_BIN:-}" ]; then
 else
   cargo build --profile dist -p portico --locked
   BIN=target/dist/portico
+fi
+have_pingora=0
+if [[ "${PINGORA:-1}" == 1 ]]; then
+  CARGO_TARGET_DIR=bench/pingora/target cargo build --release --manifest-path bench/pingora/Cargo.toml && have_pingora=1
 fi
 
 cleanup() {
@@ -139,52 +148,98 @@ CONF
 "$BIN" --log-level warn run --workers "$WORKERS" -c "$OUT/portico-plugins.toml" >"$OUT/portico-plugins.log" 2>&1 &
 echo $! > "$OUT/portico-plugins.pid"
 
-for addr in $ORIGIN $PORTICO $PLUGGED $NGINX; do
+if ((have_pingora)); then
+  bench/pingora/target/release/pingora-bench-proxy "$PINGORA_ADDR" "$ORIGIN" "$WORKERS" >"$OUT/pingora.log" 2>&1 &
+  echo $! > "$OUT/pingora.pid"
+fi
+
+for addr in $ORIGIN $PORTICO $PLUGGED $NGINX $( ((have_pingora)) && echo "$PINGORA_ADDR"); do
   for _ in $(seq 100); do curl -fs "http://$addr/" >/dev/null && break; sleep 0.1; done
   curl -fs "http://$addr/" >/dev/null || { echo "nothing answers on $addr"; exit 1; }
 done
 
-# wrk's --latency output: "Requests/sec: N" and a "99%" line in ms/us/s.
-measure() { # name addr
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://$2/" > "$OUT/$1.wrk" 2>&1
-  python3 - "$OUT/$1.wrk" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
-print(f"{rps:.0f} {p99:.3f} {'errors:' + errors.group(0) if errors else 'ok'}")
+# The processes whose threads a proxy's CPU time is summed over.
+pids_of() {
+  case $1 in
+    portico) cat "$OUT/portico.pid" ;;
+    plugins) cat "$OUT/portico-plugins.pid" ;;
+    nginx) local m; m=$(cat "$OUT/nginx-proxy.run.pid"); echo "$m" $(pgrep -P "$m") ;;
+    haproxy) cat "$OUT/haproxy.pid" ;;
+    pingora) cat "$OUT/pingora.pid" ;;
+  esac
+}
+# utime+stime in clock ticks of every thread of the given processes (the fields after the last ')': thread
+# names may contain spaces).
+cpu_ticks() {
+  python3 - "$@" <<'PY'
+import glob, sys
+total = 0
+for pid in sys.argv[1:]:
+    for stat in glob.glob(f"/proc/{pid}/task/*/stat"):
+        try:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+print(total)
 PY
 }
 
-targets=(portico:$PORTICO plugins:$PLUGGED nginx:$NGINX)
-((have_haproxy)) && targets+=(haproxy:$HAPROXY)
+# One wrk run against a proxy: "req/s p99(ms) cpu(µs/request) status".
+measure() { # name addr
+  local pids before after
+  read -ra pids <<<"$(pids_of "$1")"
+  before=$(cpu_ticks "${pids[@]}")
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://$2/" > "$OUT/$1.wrk" 2>&1
+  after=$(cpu_ticks "${pids[@]}")
+  python3 - "$OUT/$1.wrk" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+before, after, hz = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+cpu = (after - before) * 1e6 / hz / max(requests, 1)
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
+print(f"{rps:.0f} {p99:.3f} {cpu:.2f} {'errors:' + errors.group(0).replace(' ', '_') if errors else 'ok'}")
+PY
+}
+
+targets=("portico:$PORTICO" "plugins:$PLUGGED" "nginx:$NGINX")
+((have_haproxy)) && targets+=("haproxy:$HAPROXY")
+((have_pingora)) && targets+=("pingora:$PINGORA_ADDR")
+echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 # A short unmeasured run against each first: every proxy opens its upstream connections and touches its memory
 # before round 1, so the first proxy measured after start-up is not the only one paying for that.
 for t in "${targets[@]}"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://${t#*:}/" >/dev/null 2>&1; done
-declare -A rps_sum p99_sum
-for t in "${targets[@]}"; do rps_sum[${t%%:*}]=0; p99_sum[${t%%:*}]=0; done
+rounds="$OUT/rounds.txt"
+: > "$rounds"
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
     name=${t%%:*}; addr=${t#*:}
-    read -r rps p99 status < <(measure "$name" "$addr")
-    echo "round $round  $name  ${rps} req/s  p99 ${p99} ms  $status"
-    rps_sum[$name]=$(python3 -c "print(${rps_sum[$name]} + $rps)")
-    p99_sum[$name]=$(python3 -c "print(${p99_sum[$name]} + $p99)")
+    read -r rps p99 cpu status < <(measure "$name" "$addr")
+    echo "round $round  $name  ${rps} req/s  p99 ${p99} ms  CPU ${cpu} µs/request  $status"
+    echo "$name $rps $p99 $cpu" >> "$rounds"
   done
 done
 
 echo
-echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS workers per proxy"
-printf "%-8s %12s %10s\n" proxy "req/s(mean)" "p99(ms)"
-for t in "${targets[@]}"; do
-  name=${t%%:*}
-  printf "%-8s %12.0f %10.3f\n" "$name" "$(python3 -c "print(${rps_sum[$name]}/$ROUNDS)")" "$(python3 -c "print(${p99_sum[$name]}/$ROUNDS)")"
-done
-for peer in nginx haproxy; do
-  [[ -n ${rps_sum[$peer]:-} ]] || continue
-  python3 -c "print(f'portico/$peer: req/s ratio {${rps_sum[portico]}/${rps_sum[$peer]}:.3f}, p99 ratio {${p99_sum[portico]}/${p99_sum[$peer]}:.3f}')"
-done
-python3 -c "print(f'router+balancer plugins vs native balancing: req/s ratio {${rps_sum[plugins]}/${rps_sum[portico]}:.3f} ({(1-${rps_sum[plugins]}/${rps_sum[portico]})*100:.1f} % lost), p99 ratio {${p99_sum[plugins]}/${p99_sum[portico]}:.3f}')"
+echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS workers per proxy; medians"
+python3 - "$rounds" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p99, cpu = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p99), float(cpu)))
+med = {n: tuple(statistics.median(v[i] for v in rs) for i in range(3)) for n, rs in rows.items()}
+print(f"{'proxy':<8} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11}")
+for n, (rps, p99, cpu) in med.items():
+    print(f"{n:<8} {rps:>9.0f} {p99:>8.3f} {cpu:>11.2f}")
+for mine in ("portico", "plugins"):
+    for peer in ("nginx", "haproxy", "pingora"):
+        if mine in med and peer in med:
+            a, b = med[mine], med[peer]
+            print(f"{mine}/{peer}: req/s {a[0]/b[0]:.3f}x, p99 {a[1]/b[1]:.3f}x, CPU per request {a[2]/b[2]:.3f}x")
+PY

@@ -22,6 +22,8 @@ if [[ "${PORTICO_SETUP_BENCH:-0}" == 1 ]]; then
   command -v haproxy >/dev/null || need+=(haproxy)
   command -v wrk >/dev/null || need+=(wrk)
   command -v h2load >/dev/null || need+=(nghttp2-client)
+  command -v valgrind >/dev/null || need+=(valgrind)
+  command -v cmake >/dev/null || need+=(cmake)  # the Pingora proxy in bench/pingora builds zlib-ng
 fi
 
 if ((${#need[@]})); then

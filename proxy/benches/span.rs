@@ -81,7 +81,7 @@ fn record(c: &mut Criterion) {
     c.bench_function("record/one_attempt", |b| {
         let trace = TraceContext::from_traceparent(Some(CALLER));
         b.iter(|| {
-            let mut trace = trace.clone();
+            let mut trace = trace;
             if !always.sample(&mut trace) {
                 return;
             }

@@ -133,10 +133,56 @@ impl std::error::Error for BodyAborted {}
 /// The error of a [`ResponseBody`]: hyper's, or a [`BodyAborted`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A response body streaming from an upstream: read by Portico's own HTTP/1 client, or by hyper's (HTTP/2
+/// upstreams, forward-proxy origins).
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// From an HTTP/1.1 endpoint; owns its connection until the message ends.
+    H1(crate::upstream::h1::Body),
+    /// From hyper's client.
+    Hyper(Incoming),
+}
+
+impl UpstreamBody {
+    /// For an HTTP/1 body still being read: the handle that closes its connection from outside.
+    pub fn closer(&self) -> Option<Arc<crate::upstream::h1::Closer>> {
+        match self {
+            UpstreamBody::H1(body) => body.closer(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.is_end_stream(),
+            UpstreamBody::Hyper(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(body) => body.size_hint(),
+            UpstreamBody::Hyper(incoming) => incoming.size_hint(),
+        }
+    }
+}
+
 /// What Portico sends to the client.
 pub enum ResponseBody {
     /// Streamed from the upstream, with whatever must be released when it ends.
-    Upstream(Incoming, Option<Box<dyn BodyGuard>>),
+    Upstream(UpstreamBody, Option<Box<dyn BodyGuard>>),
     /// A local answer.
     Full(Option<Bytes>),
     /// An open-ended local stream (server-sent events); ends when the sender is dropped.
@@ -195,7 +241,7 @@ impl Body for ResponseBody {
                         }
                     }
                 }
-                polled.map_err(BoxError::from)
+                polled
             }
             ResponseBody::Full(bytes) => {
                 Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))

@@ -1,5 +1,5 @@
 //! Portico: an edge proxy. The modules follow a request's life: [`listen`] accepts (with [`tls`]),
-//! [`forward`] handles the request, [`route`] picks the upstream group, [`upstream`] picks the endpoint and
+//! [`forward`] handles the request ([`h1`] is Portico's own HTTP/1 codec), [`route`] picks the upstream group, [`upstream`] picks the endpoint and
 //! holds the pool, [`discovery`] keeps its endpoint list following DNS and registrations, [`health`] watches
 //! endpoints; [`admin`], [`metrics`], [`stats`] (the dashboard's history) and [`telemetry`] (OpenTelemetry
 //! traces) are for operators; [`server`] holds it all together across reloads; [`config`] is read once and
@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod forward;
+pub mod h1;
 pub mod health;
 pub mod listen;
 pub mod metrics;

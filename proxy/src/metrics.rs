@@ -1,7 +1,18 @@
 //! Prometheus metrics, all prefixed `portico_`. Registered once; request code increments pre-resolved
 //! handles, and endpoint gauges are refreshed when `/metrics` is scraped.
+//!
+//! Each data-path worker looks the per-request handles (`requests_total`, `request_duration_seconds` of a
+//! listener and upstream) up once and keeps them ([`Metrics::observe_request`]): a lookup by label values
+//! hashes them, takes the vector's shared lock and clones an `Arc`, which put three cache lines that both
+//! workers write on every request.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Every metric Portico's data path exports.
 #[derive(Debug, Clone)]
@@ -35,6 +46,25 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `portico_tunnels_total{listener}`: CONNECT tunnels and protocol upgrades established.
     pub tunnels: IntCounterVec,
+    /// Tells this registry's handles from another's in a worker's cache (tests run several in one process).
+    id: u64,
+}
+
+/// One listener and upstream's request handles: a counter per status class and the duration histogram.
+#[derive(Debug)]
+struct RequestHandles {
+    metrics: u64,
+    listener: String,
+    upstream: String,
+    classes: [IntCounter; 5],
+    duration: Histogram,
+}
+
+/// The most (listener, upstream) pairs a worker keeps handles for; past it the cache starts over.
+const CACHED_PAIRS: usize = 64;
+
+thread_local! {
+    static REQUEST_HANDLES: RefCell<Vec<RequestHandles>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Metrics {
@@ -100,7 +130,54 @@ impl Metrics {
             reloads: counter("portico_config_reloads_total", "Configuration reloads by result.", &["result"])?,
             tunnels: counter("portico_tunnels_total", "CONNECT tunnels and upgrades established.", &["listener"])?,
             registry,
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         })
+    }
+
+    /// Counts an answered request in `portico_requests_total` and, unless `elapsed` is `None` (a request
+    /// refused before it was routed), `portico_request_duration_seconds`, through this worker's handles.
+    pub fn observe_request(&self, listener: &str, upstream: &str, status: u16, elapsed: Option<Duration>) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        REQUEST_HANDLES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let found =
+                cache.iter().position(|h| h.metrics == self.id && h.listener == listener && h.upstream == upstream);
+            let index = match found {
+                Some(index) => index,
+                None => {
+                    if cache.len() >= CACHED_PAIRS {
+                        cache.clear();
+                    }
+                    cache.push(self.request_handles(listener, upstream));
+                    cache.len() - 1
+                }
+            };
+            let handles = &cache[index];
+            handles.classes[class].inc();
+            if let Some(elapsed) = elapsed {
+                handles.duration.observe(elapsed.as_secs_f64());
+            }
+        });
+    }
+
+    fn request_handles(&self, listener: &str, upstream: &str) -> RequestHandles {
+        let class = |c: &str| self.requests.with_label_values(&[listener, upstream, c]);
+        RequestHandles {
+            metrics: self.id,
+            listener: listener.to_string(),
+            upstream: upstream.to_string(),
+            classes: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            duration: self.request_duration.with_label_values(&[listener, upstream]),
+        }
     }
 
     /// The text exposition format, as `promtool check metrics` expects it.
@@ -121,5 +198,32 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+    use std::time::Duration;
+
+    /// A worker's cached handles count into the registry they came from, never into another one the same
+    /// thread also served, and a request refused before routing adds no duration sample.
+    #[test]
+    fn cached_handles_count_into_their_own_registry() {
+        let (a, b) = (Metrics::new().expect("metrics a"), Metrics::new().expect("metrics b"));
+        for _ in 0..3 {
+            a.observe_request("web", "app", 200, Some(Duration::from_millis(2)));
+        }
+        a.observe_request("web", "app", 503, Some(Duration::from_millis(2)));
+        a.observe_request("web", "", 404, None);
+        b.observe_request("web", "app", 200, Some(Duration::from_millis(2)));
+        let count = |m: &Metrics, labels: &[&str]| m.requests.with_label_values(labels).get();
+        assert_eq!(count(&a, &["web", "app", "2xx"]), 3);
+        assert_eq!(count(&a, &["web", "app", "5xx"]), 1);
+        assert_eq!(count(&a, &["web", "", "4xx"]), 1);
+        assert_eq!(count(&b, &["web", "app", "2xx"]), 1);
+        assert_eq!(a.request_duration.with_label_values(&["web", "app"]).get_sample_count(), 4);
+        assert_eq!(a.request_duration.with_label_values(&["web", ""]).get_sample_count(), 0);
+        assert_eq!(b.request_duration.with_label_values(&["web", "app"]).get_sample_count(), 1);
     }
 }

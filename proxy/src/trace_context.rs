@@ -2,10 +2,13 @@
 //! span becomes the parent of Portico's own span for the request; without one, Portico starts a trace. Every
 //! request gets an `x-request-id`.
 //!
-//! Ids are kept as bytes and written as hex only where a header or a log line needs them: the exporter
+//! Ids are made for every request, so they are kept as bytes on the stack, from one random `u128` and one
+//! `u64` per request: the `u64` is Portico's span id, the `u128` the request id and, for a request that starts
+//! a trace, its trace id too (the two then match, which makes the trace easy to find from the request id).
+//! They are written as hex only where a header or a log line needs them, into fixed buffers: the exporter
 //! (see [`crate::telemetry`]) sends them as bytes, and formatting costs on every request.
 
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use std::fmt;
 
 /// A 16-byte trace id.
@@ -68,7 +71,7 @@ impl fmt::Debug for SpanId {
 }
 
 /// The trace context of one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
     /// The trace, the caller's or a new one.
     pub trace_id: TraceId,
@@ -82,16 +85,86 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
+/// A `traceparent` value, `00-<trace id>-<span id>-<flags>`, on the stack.
+#[derive(Clone, Copy)]
+pub struct TraceParent([u8; 55]);
+
+impl TraceParent {
+    /// The header value.
+    pub fn as_str(&self) -> &str {
+        // Always ASCII: a fixed template with hex written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for TraceParent {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The ids one request starts with.
+#[derive(Debug)]
+pub struct RequestIds {
+    /// Its trace context.
+    pub trace: TraceContext,
+    /// Its `x-request-id`.
+    pub request_id: RequestId,
+}
+
+impl RequestIds {
+    /// Continues the caller's trace from a `traceparent` header (or starts one if absent or malformed) and
+    /// keeps the caller's `x-request-id` if it is short and printable (or makes one).
+    pub fn new(traceparent: Option<&[u8]>, request_id: Option<&[u8]>) -> Self {
+        let (fresh, trace) = start(traceparent);
+        let request_id = match request_id {
+            Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
+                RequestId::Given(String::from_utf8_lossy(v).into_owned())
+            }
+            _ => {
+                let mut hex = [0u8; 32];
+                hex_into(&fresh.0, &mut hex);
+                RequestId::Made(hex)
+            }
+        };
+        RequestIds { trace, request_id }
+    }
+}
+
+/// One random `u128` (a new trace id, or the request id) and `u64` (Portico's span id); the trace context
+/// continues `header`'s trace when it is valid, else starts the new one.
+fn start(header: Option<&[u8]>) -> (TraceId, TraceContext) {
+    let mut rng = rand::thread_rng();
+    let (id, span): (u128, u64) = (rng.gen(), rng.gen());
+    let fresh = TraceId(id.max(1).to_be_bytes());
+    let span_id = SpanId(span.max(1).to_be_bytes());
+    let trace = header.and_then(|h| parse(h, span_id)).unwrap_or(TraceContext {
+        trace_id: fresh,
+        span_id,
+        parent_id: None,
+        flags: 0x01,
+    });
+    (fresh, trace)
+}
+
 impl TraceContext {
     /// Continues the caller's trace from a `traceparent` header, or starts one if absent or malformed.
     pub fn from_traceparent(header: Option<&[u8]>) -> Self {
-        header.and_then(parse).unwrap_or_else(|| {
-            let (mut trace, mut span) = ([0u8; 16], [0u8; 8]);
-            let mut rng = rand::thread_rng();
-            rng.fill_bytes(&mut trace);
-            rng.fill_bytes(&mut span);
-            TraceContext { trace_id: TraceId(trace), span_id: SpanId(span), parent_id: None, flags: 0x01 }
-        })
+        start(header).1
     }
 
     /// Whether the trace is sampled (recorded) by whoever started it.
@@ -100,71 +173,80 @@ impl TraceContext {
     }
 
     /// The `traceparent` value to send upstream, naming Portico's span as the parent.
-    pub fn traceparent(&self) -> String {
+    pub fn traceparent(&self) -> TraceParent {
         self.traceparent_for(self.span_id)
     }
 
     /// The `traceparent` value naming `span` (an attempt's span) as the upstream's parent.
-    pub fn traceparent_for(&self, span: SpanId) -> String {
+    pub fn traceparent_for(&self, span: SpanId) -> TraceParent {
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex_into(&self.trace_id.0, &mut out[3..35]);
         hex_into(&span.0, &mut out[36..52]);
         hex_into(&[self.flags], &mut out[53..55]);
-        String::from_utf8_lossy(&out).into_owned()
+        TraceParent(out)
     }
 }
 
-fn parse(header: &[u8]) -> Option<TraceContext> {
-    let text = std::str::from_utf8(header).ok()?.trim();
-    let mut parts = text.split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let parent = parts.next()?;
-    let flags = parts.next()?;
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let all_zero = |s: &str| s.bytes().all(|b| b == b'0');
-    if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+fn parse(header: &[u8], span_id: SpanId) -> Option<TraceContext> {
+    let mut parts = header.trim_ascii().split(|b| *b == b'-');
+    let version: [u8; 1] = unhex(parts.next()?)?;
+    let trace_id: [u8; 16] = unhex(parts.next()?)?;
+    let parent: [u8; 8] = unhex(parts.next()?)?;
+    let [flags]: [u8; 1] = unhex(parts.next()?)?;
+    if version == [0xff] || (version == [0x00] && parts.next().is_some()) || trace_id == [0; 16] || parent == [0; 8] {
         return None;
     }
-    if !hex(trace_id, 32) || all_zero(trace_id) || !hex(parent, 16) || all_zero(parent) || !hex(flags, 2) {
-        return None;
-    }
-    Some(TraceContext {
-        trace_id: TraceId(unhex(trace_id)?),
-        span_id: SpanId::random(),
-        parent_id: Some(SpanId(unhex(parent)?)),
-        flags: u8::from_str_radix(flags, 16).ok()?,
-    })
+    Some(TraceContext { trace_id: TraceId(trace_id), span_id, parent_id: Some(SpanId(parent)), flags })
 }
 
-/// Lowercase hex (already checked) to bytes.
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+/// `text` as bytes if it is exactly `2 * N` lowercase hex digits.
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; N];
-    for (i, pair) in text.as_bytes().chunks_exact(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        *out.get_mut(i)? = digit(pair[0])? << 4 | digit(pair[1])?;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }
 
-/// `bytes` random bytes as lowercase hex.
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = [0u8; 32];
-    let slice = &mut buf[..bytes.min(32)];
-    rand::thread_rng().fill_bytes(slice);
-    let mut out = [0u8; 64];
-    let out = &mut out[..slice.len() * 2];
-    hex_into(slice, out);
-    String::from_utf8_lossy(out).into_owned()
+/// An `x-request-id`: the client's, or one Portico made (on the stack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestId {
+    /// Sent by the client.
+    Given(String),
+    /// Made here: 32 lowercase hex digits.
+    Made([u8; 32]),
 }
 
-/// Keeps a client's `x-request-id` if it is short and printable; otherwise makes one.
-pub fn request_id(header: Option<&[u8]>) -> String {
-    match header {
-        Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
-            String::from_utf8_lossy(v).into_owned()
+impl RequestId {
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RequestId::Given(id) => id,
+            // Always ASCII hex: written by `hex_into`.
+            RequestId::Made(hex) => std::str::from_utf8(hex).unwrap_or_default(),
         }
-        _ => random_hex(16),
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -181,7 +263,7 @@ mod tests {
         assert!(tc.sampled());
         let sent = tc.traceparent();
         assert_eq!(sent.len(), 55);
-        assert_eq!(sent, format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", tc.span_id));
+        assert_eq!(sent.as_str(), format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", tc.span_id));
     }
 
     #[test]
@@ -197,6 +279,8 @@ mod tests {
             &b"garbage"[..],
             b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
             let tc = TraceContext::from_traceparent(Some(bad));
             assert_eq!(tc.trace_id.to_string().len(), 32);
@@ -204,5 +288,19 @@ mod tests {
             assert_eq!(tc.parent_id, None);
             assert!(tc.sampled(), "a new trace is sampled unless telemetry says otherwise");
         }
+    }
+
+    #[test]
+    fn request_ids_are_the_clients_or_fresh_hex() {
+        let ids = RequestIds::new(None, Some(b"abc-1"));
+        assert_eq!(ids.request_id.as_str(), "abc-1");
+        let made = RequestIds::new(None, Some(b"has space"));
+        assert_eq!(made.request_id.len(), 32);
+        assert_eq!(made.request_id.as_str(), made.trace.trace_id.to_string(), "a new trace is named by the request id");
+        let other = RequestIds::new(None, None);
+        assert_ne!(made.request_id, other.request_id);
+        let continued = RequestIds::new(Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), None);
+        assert_eq!(continued.trace.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(continued.request_id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

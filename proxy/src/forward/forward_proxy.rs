@@ -7,7 +7,6 @@ use super::local::{error_response, LocalError};
 use super::RequestMeta;
 use crate::body::{RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
-use crate::metrics::status_class;
 use crate::server::Shared;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -32,8 +31,7 @@ pub async fn handle(
     } else {
         absolute(shared, conn, listener, req, meta).await
     };
-    let class = status_class(response.status().as_u16());
-    shared.metrics.requests.with_label_values(&[&listener.config.name, "", class]).inc();
+    shared.metrics.observe_request(&listener.config.name, "", response.status().as_u16(), None);
     response
 }
 
@@ -157,7 +155,7 @@ async fn absolute(
             client_ip: conn.peer.ip(),
             tls: conn.tls,
             version: parts.version,
-            traceparent: &meta.trace.traceparent(),
+            traceparent: meta.trace.traceparent().as_str(),
             request_id: &meta.request_id,
         },
     );
@@ -171,7 +169,7 @@ async fn absolute(
             let upstream_version = response.version();
             headers::append_via(response.headers_mut(), upstream_version);
             let (parts, body) = response.into_parts();
-            Response::from_parts(parts, ResponseBody::Upstream(body, None))
+            Response::from_parts(parts, ResponseBody::Upstream(crate::body::UpstreamBody::Hyper(body), None))
         }
         // A body the client broke is the client's fault, not the origin's.
         Ok(Err(_)) if client_body.as_ref().is_some_and(|w| w.client_failed()) => {

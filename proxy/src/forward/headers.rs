@@ -17,7 +17,8 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `traceparent`, read from requests and set on the upstream hop.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-request-id`, set on requests going upstream and on every response.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -15,7 +15,7 @@ use crate::config::file::ListenerMode;
 use crate::listen::ConnInfo;
 use crate::server::Shared;
 use crate::telemetry::span::RequestSpan;
-use crate::trace_context::{request_id, TraceContext};
+use crate::trace_context::{RequestId, RequestIds, TraceContext};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -30,7 +30,7 @@ pub struct RequestMeta {
     /// W3C trace context for this hop.
     pub trace: TraceContext,
     /// `x-request-id` returned to the client.
-    pub request_id: String,
+    pub request_id: RequestId,
     /// The request's spans, when traces are exported and it is sampled: stages note what they decided and
     /// each upstream attempt; it is handed to the exporter when the response head is ready.
     pub span: Option<Box<RequestSpan>>,
@@ -43,15 +43,13 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
-    let mut trace = TraceContext::from_traceparent(req.headers().get("traceparent").map(|v| v.as_bytes()));
+    let RequestIds { mut trace, request_id } = RequestIds::new(
+        req.headers().get(&headers::TRACEPARENT).map(|v| v.as_bytes()),
+        req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes()),
+    );
     let listener = conn.listener.load_full();
     let span = shared.telemetry.start(&mut trace, start, &req, &conn, &listener);
-    let mut meta = RequestMeta {
-        start,
-        trace,
-        request_id: request_id(req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes())),
-        span,
-    };
+    let mut meta = RequestMeta { start, trace, request_id, span };
     let in_flight = conn.activity.begin();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
         tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: both Content-Length and Transfer-Encoding, or a head too large to check");

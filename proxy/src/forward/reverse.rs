@@ -7,14 +7,14 @@ use super::local::{error_response, LocalError};
 use super::{tunnel, RequestMeta};
 use crate::body::{BodyGuard, RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
-use crate::metrics::status_class;
 use crate::plugin::body::{self, BodyPipe, Direction};
 use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
 use crate::server::Shared;
 use crate::telemetry::span::PluginDecisions;
 use crate::upstream::endpoint::ActiveRequest;
-use crate::upstream::pool::{ConnectionChoice, PooledConnection, SendError};
+use crate::upstream::h1::Closer;
+use crate::upstream::pool::{ConnectionChoice, SendError};
 use crate::upstream::Upstream;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
@@ -136,8 +136,7 @@ fn finish(
     let status = response.status().as_u16();
     let elapsed = meta.start.elapsed();
     let name = listener.config.name.as_str();
-    shared.metrics.requests.with_label_values(&[name, upstream, status_class(status)]).inc();
-    shared.metrics.request_duration.with_label_values(&[name, upstream]).observe(elapsed.as_secs_f64());
+    shared.metrics.observe_request(name, upstream, status, Some(elapsed));
     if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
         response.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
     }
@@ -153,17 +152,16 @@ fn is_idempotent(method: &Method) -> bool {
 struct EndpointRelease {
     _permit: OwnedSemaphorePermit,
     _active: ActiveRequest,
-    connection: Option<PooledConnection>,
+    /// Closes the HTTP/1 connection the body reads (which gives it back to the pool itself when it ends).
+    closer: Option<Arc<Closer>>,
 }
 
 impl BodyGuard for EndpointRelease {
-    /// A body that ended cleanly leaves its HTTP/1 connection reusable; one cut short (or abandoned by the send
-    /// timeout) closes it at once.
+    /// A body cut short, or abandoned by the send timeout while the client's side does not poll it, has its
+    /// upstream connection closed at once.
     fn finish(&mut self, ok: bool) {
-        match self.connection.take() {
-            Some(connection) if ok => connection.release(),
-            Some(connection) => connection.close(),
-            None => {}
+        if let (false, Some(closer)) = (ok, self.closer.take()) {
+            closer.close();
         }
     }
 }
@@ -198,7 +196,7 @@ async fn proxy(
             client_ip: conn.peer.ip(),
             tls: conn.tls,
             version: parts.version,
-            traceparent: &meta.trace.traceparent(),
+            traceparent: meta.trace.traceparent().as_str(),
             request_id: &meta.request_id,
         },
     );
@@ -211,7 +209,11 @@ async fn proxy(
     let retryable = bodiless && is_idempotent(&parts.method) && !upgrade;
     let (body, client_body) = if bodiless { (RequestBody::empty(), None) } else { body.watched() };
     let mut body = Some(body);
-    let version = match upstream.config.protocol {
+    // The head as it goes upstream, kept (not copied) for another attempt; the client's version and target
+    // are put back for the answer.
+    let client_version = parts.version;
+    parts.uri = uri;
+    parts.version = match upstream.config.protocol {
         crate::config::UpstreamProtocol::H2 => Version::HTTP_2,
         crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,
     };
@@ -255,25 +257,20 @@ async fn proxy(
         let active = endpoint.begin_request();
         chain.set_upstream_address(&endpoint.name);
         // Each attempt is a span of its own when the request is recorded; the upstream sees it as its parent.
-        let traceparent = meta.span.as_mut().and_then(|span| {
+        if let Some(span) = meta.span.as_mut() {
             span.plugins.picked_endpoint = chosen.is_some();
-            HeaderValue::from_str(&meta.trace.traceparent_for(span.begin_attempt(index))).ok()
-        });
+            if let Ok(v) = HeaderValue::from_str(meta.trace.traceparent_for(span.begin_attempt(index)).as_str()) {
+                parts.headers.insert(headers::TRACEPARENT.clone(), v);
+            }
+        }
         let sent_at = std::time::Instant::now();
         let mut choice = ConnectionChoice::Pooled;
         let outcome = loop {
             let this_body =
                 if retryable { RequestBody::empty() } else { body.take().unwrap_or_else(RequestBody::empty) };
-            let mut request = Request::new(this_body);
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri.clone();
-            *request.version_mut() = version;
-            // Only a request that may be sent again keeps a copy of its headers.
-            *request.headers_mut() = if retryable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-            if let Some(traceparent) = &traceparent {
-                request.headers_mut().insert(http::HeaderName::from_static("traceparent"), traceparent.clone());
-            }
-            match tokio::time::timeout(upstream.request_timeout(), upstream.send(index, request, choice)).await {
+            match tokio::time::timeout(upstream.request_timeout(), upstream.send(index, &parts, this_body, choice))
+                .await
+            {
                 // The upstream closed the pooled connection as the request went out (its keep-alive timer
                 // won the race). Not the endpoint's fault: an idempotent request goes again, once, on a new
                 // connection, as nginx does. It costs neither an attempt nor the retry budget.
@@ -289,7 +286,7 @@ async fn proxy(
             match &outcome {
                 Err(_elapsed) => span.end_attempt(None, Some("timeout")),
                 Ok(Err(e)) => span.end_attempt(None, Some(if e.is_connect() { "connect_error" } else { "send_error" })),
-                Ok(Ok((response, _))) => span.end_attempt(Some(response.status().as_u16()), None),
+                Ok(Ok(response)) => span.end_attempt(Some(response.status().as_u16()), None),
             }
         }
         // Whose fault a failed exchange is: a client body that broke or stalled is the client's. It is answered
@@ -333,7 +330,7 @@ async fn proxy(
                 last_error = (LocalError::UpstreamFailed, format!("upstream {:?}: {}", upstream.name(), e.summary()));
                 continue;
             }
-            Ok(Ok((mut response, connection))) => {
+            Ok(Ok(mut response)) => {
                 endpoint.record_latency(sent_at.elapsed());
                 let status = response.status();
                 if status.is_server_error() && client_fault(false).is_none() {
@@ -350,15 +347,15 @@ async fn proxy(
                 }
                 if status == http::StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = client_upgrade {
-                        return tunnel::splice_upgrade(shared, response, client_upgrade, parts.version);
+                        return tunnel::splice_upgrade(shared, response, client_upgrade, client_version);
                     }
                 }
-                let release = EndpointRelease { _permit: permit, _active: active, connection };
+                let release = EndpointRelease { _permit: permit, _active: active, closer: response.body().closer() };
                 headers::strip_hop_by_hop(response.headers_mut(), false);
                 let upstream_version = response.version();
                 headers::append_via(response.headers_mut(), upstream_version);
                 let (mut rparts, rbody) = response.into_parts();
-                rparts.version = parts.version;
+                rparts.version = client_version;
                 return Response::from_parts(rparts, ResponseBody::Upstream(rbody, Some(Box::new(release))));
             }
         }

@@ -1,33 +1,45 @@
 //! Byte tunnels: protocol upgrades (WebSocket) on reverse-proxy listeners and CONNECT on forward-proxy
 //! listeners. Once both sides have switched, bytes are copied in both directions until either closes.
 
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, UpstreamBody};
 use crate::server::Shared;
 use http::{Response, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 
-/// Answers the client with the upstream's 101 and, once both connections are upgraded, splices them.
+/// Answers the client with the upstream's 101 and, once the client's connection is upgraded, splices the two.
+/// Bytes of the new protocol the upstream sent along with its 101 go to the client first.
 pub fn splice_upgrade(
     shared: &Arc<Shared>,
-    mut upstream_response: Response<Incoming>,
+    upstream_response: Response<UpstreamBody>,
     client: OnUpgrade,
     _version: Version,
 ) -> Response<ResponseBody> {
-    let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
+    let (parts, body) = upstream_response.into_parts();
     let shared = shared.clone();
     tokio::spawn(async move {
-        let (Ok(client_io), Ok(upstream_io)) = (client.await, upstream_upgrade.await) else {
-            tracing::debug!("upgrade did not complete on both sides");
+        let Ok(client_io) = client.await else {
+            tracing::debug!("upgrade did not complete on the client's side");
             return;
         };
-        shared.metrics.tunnels.with_label_values(&["upgrade"]).inc();
         let mut client_io = TokioIo::new(client_io);
-        let mut upstream_io = TokioIo::new(upstream_io);
-        let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+        shared.metrics.tunnels.with_label_values(&["upgrade"]).inc();
+        match body {
+            UpstreamBody::H1(body) => {
+                let Some((mut upstream_io, early)) = body.into_upgraded() else { return };
+                if !early.is_empty() && client_io.write_all(&early).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+            }
+            UpstreamBody::Hyper(incoming) => {
+                let mut response = Response::new(incoming);
+                let Ok(upstream_io) = hyper::upgrade::on(&mut response).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut client_io, &mut TokioIo::new(upstream_io)).await;
+            }
+        }
     });
-    let (parts, _) = upstream_response.into_parts();
     Response::from_parts(parts, ResponseBody::empty())
 }

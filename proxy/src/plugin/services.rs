@@ -53,12 +53,12 @@ impl HostServices for ProxyServices {
                         n => builder = builder.header(n, value.as_str()),
                     }
                 }
-                let request = builder.method(method).uri(path).body(RequestBody::Full(Some(body))).ok()?;
-                let (answer, connection) =
-                    tokio::time::timeout(timeout, upstream.send(index, request, ConnectionChoice::Pooled))
-                        .await
-                        .ok()?
-                        .ok()?;
+                let (head, ()) = builder.method(method).uri(path).body(()).ok()?.into_parts();
+                let body = RequestBody::Full(Some(body));
+                let answer = tokio::time::timeout(timeout, upstream.send(index, &head, body, ConnectionChoice::Pooled))
+                    .await
+                    .ok()?
+                    .ok()?;
                 let (parts, body) = answer.into_parts();
                 // Read no more than a plugin may be handed: a larger answer is a failed callout.
                 let limited = http_body_util::Limited::new(body, portico_plugins::limits::MAX_HTTP_CALL_RESPONSE_BODY);
@@ -69,9 +69,6 @@ impl HostServices for ProxyServices {
                         return None;
                     }
                 };
-                if let Some(connection) = connection {
-                    connection.release();
-                }
                 let mut headers = vec![(":status".to_string(), parts.status.as_str().to_string())];
                 headers.extend(
                     parts

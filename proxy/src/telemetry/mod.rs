@@ -161,7 +161,7 @@ impl Telemetry {
         if !tracer.sample(trace) {
             return None;
         }
-        let span = RequestSpan::start(trace.clone(), start, request, conn.peer, conn.local, conn.tls, listener.clone());
+        let span = RequestSpan::start(*trace, start, request, conn.peer, conn.local, conn.tls, listener.clone());
         Some(Box::new(span))
     }
 

@@ -142,7 +142,7 @@ impl Endpoint {
     /// Takes it out of the group for good: in-flight requests finish, idle connections close now.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
-        self.idle.clear();
+        self.idle.retire();
     }
 
     /// Whether it left the group.

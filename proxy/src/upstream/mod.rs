@@ -2,17 +2,19 @@
 
 pub mod balance;
 pub mod endpoint;
+pub mod h1;
 pub mod members;
 pub mod pool;
 pub mod retry;
 
+use crate::body::UpstreamBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::metrics::Metrics;
 use balance::{Balancer, SmoothWeightedRoundRobin};
 use endpoint::{Endpoint, EndpointStatus};
 pub use members::{Member, Origin, Rebuild};
 use parking_lot::Mutex;
-use pool::{ClientSettings, ConnectionChoice, PooledConnection, SendError, UpstreamClient};
+use pool::{ClientSettings, ConnectionChoice, SendError, UpstreamClient};
 use retry::RetryBudget;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,20 +131,22 @@ impl Upstream {
         previous.endpoints.iter().filter(|e| !names.contains(e.name.as_str())).map(|e| e.name.clone()).collect()
     }
 
-    /// Sends one request to endpoint `index` and returns the response head. The request's URI is origin-form
-    /// (path and query). An HTTP/1 response comes with its connection, to [`PooledConnection::release`] when the
-    /// body has ended cleanly; HTTP/2 connections are shared, so there is none to give back.
+    /// Sends one request to endpoint `index` and returns the response head. The request's head is borrowed
+    /// (its URI origin-form: path and query), so a request that may be sent again keeps it without a copy; only
+    /// HTTP/2, whose client takes a whole request, copies it. An HTTP/1 response body owns its connection and
+    /// gives it back to the pool when it ends cleanly; HTTP/2 connections are shared.
     ///
     /// Connections are pooled per lane: a worker only reuses connections its own runtime drives (see
     /// [`crate::listen::workers`]), so the pool caps (`max_idle`) apply per worker.
     pub async fn send(
         &self,
         index: usize,
-        request: http::Request<crate::body::RequestBody>,
+        head: &http::request::Parts,
+        body: crate::body::RequestBody,
         choice: ConnectionChoice,
-    ) -> Result<(http::Response<hyper::body::Incoming>, Option<PooledConnection>), SendError> {
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
         let endpoint = &self.endpoints[index];
-        let sent = self.send_to(endpoint, request, choice).await;
+        let sent = self.send_to(endpoint, head, body, choice).await;
         if sent.as_ref().is_err_and(SendError::is_connect) {
             endpoint.note_connect_failure();
         }
@@ -152,23 +156,25 @@ impl Upstream {
     async fn send_to(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut request: http::Request<crate::body::RequestBody>,
+        head: &http::request::Parts,
+        body: crate::body::RequestBody,
         choice: ConnectionChoice,
-    ) -> Result<(http::Response<hyper::body::Incoming>, Option<PooledConnection>), SendError> {
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
         if self.client_settings.protocol == UpstreamProtocol::Http1 {
-            let (response, connection) = pool::send_http1(endpoint, &self.client_settings, request, choice).await?;
-            return Ok((response, Some(connection)));
+            return pool::send_http1(endpoint, &self.client_settings, head, body, choice).await;
         }
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(http::uri::Scheme::HTTP);
         uri.authority = Some(endpoint.authority.clone());
-        uri.path_and_query = request.uri().path_and_query().cloned();
-        if let Ok(absolute) = http::Uri::from_parts(uri) {
-            *request.uri_mut() = absolute;
-        }
+        uri.path_and_query = head.uri.path_and_query().cloned();
+        let mut request = http::Request::new(body);
+        *request.method_mut() = head.method.clone();
+        *request.uri_mut() = http::Uri::from_parts(uri).unwrap_or_else(|_| head.uri.clone());
+        *request.version_mut() = http::Version::HTTP_2;
+        *request.headers_mut() = head.headers.clone();
         let lanes = &self.h2_clients;
         let client = &lanes[crate::listen::workers::lane() % lanes.len()];
-        Ok((client.request(request).await?, None))
+        Ok(client.request(request).await?.map(UpstreamBody::Hyper))
     }
 
     /// Closes the idle HTTP/1 connections older than the pool's `idle_timeout` (run every second or so by the

@@ -1,33 +1,34 @@
 //! Upstream connections.
 //!
-//! HTTP/1.1 endpoints use Portico's own pool. Each endpoint keeps its idle connections per worker lane (see
-//! [`crate::listen::workers`]), so a connection is only reused by the runtime that drives it. The list is used
-//! newest first, so the warmest connection is reused and the coldest ones age out. It has a cap on idle
-//! connections (`max_idle`, per lane), and an idle timeout enforced both when a connection is taken and by
-//! [`IdleConnections::sweep`]: hyper-util's pool never reaped without a timer (hyper #3640).
+//! HTTP/1.1 endpoints use Portico's own client ([`super::h1`]) and pool. Each endpoint keeps its idle
+//! connections per worker lane (see [`crate::listen::workers`]), so a connection is only reused by the runtime
+//! that drives it; each lane sits on cache lines of its own and is written by its worker alone (and by the
+//! once-a-second sweep). The list is used newest first, so the warmest connection is reused and the coldest
+//! ones age out. It has a cap on idle connections (`max_idle`, per lane), and an idle timeout enforced both
+//! when a connection is taken and by [`IdleConnections::sweep`].
 //!
-//! The pool replaces hyper-util's legacy client for HTTP/1. That client, per request, hashes a pool key, runs a
-//! checkout future raced against a connect and spawns a task that waits to hand the connection back. Here a
-//! request takes a connection from a short list, and the connection goes back when the response body ends,
-//! from the guard that already tracks the body ([`PooledConnection::release`]).
+//! A request takes a connection from its lane's short list, and the response body gives it back when the
+//! message ends ([`super::h1::Body`]).
 //!
 //! A request that was never written because a reused connection turned out to be closed (the upstream's
-//! keep-alive timer won the race) is sent again on another connection, as hyper-util did.
+//! keep-alive timer won the race) is sent again on another connection; one whose pooled connection was lost
+//! before any answer is reported as [`SendError::ReusedConnectionLost`], for the caller to send again if it is
+//! idempotent.
 //!
 //! HTTP/2 endpoints keep hyper-util's client: one multiplexed connection per endpoint, per lane.
 
 use super::endpoint::Endpoint;
-use crate::body::RequestBody;
+use super::h1::{self, Connection, H1Error, Home};
+use crate::body::{RequestBody, UpstreamBody};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::AbortHandle;
 
 /// The HTTP/2 client for one upstream group.
 pub type UpstreamClient = Client<HttpConnector, RequestBody>;
@@ -97,11 +98,11 @@ pub enum SendError {
     ConnectTimeout(SocketAddr),
     /// The HTTP/1 exchange failed (connection reset, malformed answer, closed before the head).
     #[error(transparent)]
-    Http1(#[from] hyper::Error),
+    Http1(#[from] H1Error),
     /// A pooled connection failed before any answer: most likely the upstream closed it (its keep-alive timer
     /// fired) as the request went out. An idempotent request may be sent again on a new connection.
     #[error("pooled connection lost before an answer")]
-    ReusedConnectionLost(#[source] hyper::Error),
+    ReusedConnectionLost(#[source] H1Error),
     /// The HTTP/2 client failed.
     #[error(transparent)]
     Http2(#[from] hyper_util::client::legacy::Error),
@@ -114,8 +115,8 @@ impl SendError {
             SendError::Connect { .. } => "could not connect",
             SendError::ConnectTimeout(_) => "connect timed out",
             SendError::ReusedConnectionLost(_) => "connection lost before an answer",
-            SendError::Http1(e) if e.is_parse() => "invalid response",
-            SendError::Http1(e) if e.is_incomplete_message() => "connection closed before an answer",
+            SendError::Http1(e) if e.is_invalid_response() => "invalid response",
+            SendError::Http1(H1Error::Closed) => "connection closed before an answer",
             SendError::Http1(_) => "request failed",
             SendError::Http2(e) if e.is_connect() => "could not connect",
             SendError::Http2(_) => "request failed",
@@ -133,16 +134,55 @@ impl SendError {
 }
 
 /// An idle HTTP/1 connection and when it went idle.
+#[derive(Debug)]
 struct Idle {
-    sender: SendRequest<RequestBody>,
-    task: AbortHandle,
+    conn: Box<Connection>,
     since: Instant,
+}
+
+/// One worker's idle connections to one endpoint. Aligned to its own cache lines: only its worker takes and
+/// puts (the sweep aside), so no other core's writes land on them.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct IdleLane {
+    idle: Mutex<Vec<Idle>>,
+    /// Set when the endpoint left its group: connections given back are closed instead of kept.
+    retired: AtomicBool,
+}
+
+impl IdleLane {
+    /// Keeps a connection for reuse unless the lane already holds `max_idle` or its endpoint left the group.
+    pub fn put(&self, conn: Box<Connection>, max_idle: usize) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < max_idle {
+            idle.push(Idle { conn, since: Instant::now() });
+        }
+    }
+
+    /// The newest idle connection that is still open and younger than `idle_timeout`. The list is ordered by
+    /// age, so when the newest is too old, all are, and they are dropped (which closes them).
+    fn take(&self, idle_timeout: Duration) -> Option<Box<Connection>> {
+        let mut idle = self.idle.lock();
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() > idle_timeout {
+                idle.clear();
+                return None;
+            }
+            if entry.conn.is_reusable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
 }
 
 /// One endpoint's idle HTTP/1 connections, one list per worker lane. It lives in the [`Endpoint`], so warm
 /// connections survive a reload that keeps the endpoint, and close when a reload removes it.
 pub struct IdleConnections {
-    lanes: Box<[Mutex<Vec<Idle>>]>,
+    lanes: Box<[Arc<IdleLane>]>,
 }
 
 impl std::fmt::Debug for IdleConnections {
@@ -154,90 +194,33 @@ impl std::fmt::Debug for IdleConnections {
 impl IdleConnections {
     /// Empty lists for `lanes` lanes (at least one).
     pub fn new(lanes: usize) -> Self {
-        IdleConnections { lanes: (0..lanes.max(1)).map(|_| Mutex::new(Vec::new())).collect() }
+        let lane = || Arc::new(IdleLane { idle: Mutex::new(Vec::new()), retired: AtomicBool::new(false) });
+        IdleConnections { lanes: (0..lanes.max(1)).map(|_| lane()).collect() }
     }
 
-    fn lane(&self, lane: usize) -> &Mutex<Vec<Idle>> {
+    fn lane(&self, lane: usize) -> &Arc<IdleLane> {
         &self.lanes[lane % self.lanes.len()]
     }
 
-    /// The newest idle connection of the lane that is still open and younger than `idle_timeout`. The list is
-    /// ordered by age, so when the newest is too old, all are, and they are dropped (which closes them).
-    fn take(&self, lane: usize, idle_timeout: Duration) -> Option<(SendRequest<RequestBody>, AbortHandle)> {
-        let mut idle = self.lane(lane).lock();
-        while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() > idle_timeout {
-                idle.clear();
-                return None;
-            }
-            if !conn.sender.is_closed() {
-                return Some((conn.sender, conn.task));
-            }
-        }
-        None
-    }
-
-    /// Keeps a connection for reuse unless the lane already holds `max_idle`.
-    fn put(&self, lane: usize, sender: SendRequest<RequestBody>, task: AbortHandle, max_idle: usize) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.lane(lane).lock();
-        if idle.len() < max_idle {
-            idle.push(Idle { sender, task, since: Instant::now() });
-        }
-    }
-
-    /// Closes the connections idle for longer than `idle_timeout`, and those the upstream closed. (Dropping a
-    /// connection only wakes its task, so it is done under the lane's lock.)
+    /// Closes the connections idle for longer than `idle_timeout`, and those the upstream closed.
     pub fn sweep(&self, idle_timeout: Duration) {
         let now = Instant::now();
         for lane in self.lanes.iter() {
-            lane.lock().retain(|c| !c.sender.is_closed() && now.duration_since(c.since) <= idle_timeout);
+            lane.idle.lock().retain(|c| c.conn.is_reusable() && now.duration_since(c.since) <= idle_timeout);
         }
     }
 
-    /// Closes every idle connection (the endpoint left its group).
-    pub fn clear(&self) {
+    /// Closes every idle connection, and every one given back from now on (the endpoint left its group).
+    pub fn retire(&self) {
         for lane in self.lanes.iter() {
-            lane.lock().clear();
+            lane.retired.store(true, Ordering::Relaxed);
+            lane.idle.lock().clear();
         }
     }
 
     /// Idle connections over all lanes.
     pub fn count(&self) -> usize {
-        self.lanes.iter().map(|l| l.lock().len()).sum()
-    }
-}
-
-/// An HTTP/1 connection lent to one request. [`PooledConnection::release`] gives it back once the response
-/// body has ended cleanly; dropping it instead closes the connection, which is right for a body cut short.
-#[derive(Debug)]
-pub struct PooledConnection {
-    sender: SendRequest<RequestBody>,
-    /// The task driving the connection: aborting it closes the connection at once, even while a response
-    /// body still holds it.
-    task: AbortHandle,
-    endpoint: Arc<Endpoint>,
-    lane: usize,
-    max_idle: usize,
-}
-
-impl PooledConnection {
-    /// Returns the connection to its endpoint's idle list, in the lane of the runtime that drives it; one to an
-    /// endpoint that left its group is closed instead.
-    pub fn release(self) {
-        if self.endpoint.is_retired() {
-            self.task.abort();
-            return;
-        }
-        self.endpoint.idle.put(self.lane, self.sender, self.task, self.max_idle);
-    }
-
-    /// Closes the connection now: its response was abandoned (a body cut short, a send timeout), so what is
-    /// left of it must not keep the upstream busy.
-    pub fn close(self) {
-        self.task.abort();
+        self.lanes.iter().map(|l| l.idle.lock().len()).sum()
     }
 }
 
@@ -252,64 +235,46 @@ pub enum ConnectionChoice {
 }
 
 /// Sends one request over HTTP/1.1 to the endpoint: on an idle connection of the calling lane when there is
-/// one (and `choice` allows it), else on a new connection. Returns the response head and the connection to give
-/// back when its body ends.
+/// one (and `choice` allows it), else on a new connection. The response body owns the connection and gives it
+/// back to the lane when the message ends.
 pub async fn send_http1(
-    endpoint: &Arc<Endpoint>,
+    endpoint: &Endpoint,
     settings: &ClientSettings,
-    mut request: http::Request<RequestBody>,
+    parts: &http::request::Parts,
+    mut body: RequestBody,
     choice: ConnectionChoice,
-) -> Result<(http::Response<hyper::body::Incoming>, PooledConnection), SendError> {
-    let lane = crate::listen::workers::lane();
+) -> Result<http::Response<UpstreamBody>, SendError> {
+    let lane = endpoint.idle.lane(crate::listen::workers::lane());
+    let length = h1::request_length(&body);
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     loop {
         let pooled = match choice {
-            ConnectionChoice::Pooled => endpoint.idle.take(lane, settings.idle_timeout),
+            ConnectionChoice::Pooled => lane.take(settings.idle_timeout),
             ConnectionChoice::New => None,
         };
-        let ((mut sender, task), reused) = match pooled {
-            Some(pooled) => (pooled, true),
-            None => (connect(endpoint.address, settings.connect_timeout).await?, false),
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => Connection::connect(endpoint.address, settings.connect_timeout).await?,
         };
-        if !sender.is_ready() {
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
-                }
-                return Err(SendError::Http1(e));
+        let (head, request) = match h1::send(&mut conn, &parts.method, target, &parts.headers, &mut body, length).await
+        {
+            Ok(sent) => sent,
+            // Never written: the reused connection was already closing. Try another.
+            Err(failure) if reused && failure.unsent => continue,
+            Err(failure)
+                if reused && !failure.answered && matches!(failure.error, H1Error::Closed | H1Error::Io(_)) =>
+            {
+                return Err(SendError::ReusedConnectionLost(failure.error))
             }
-        }
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                let connection =
-                    PooledConnection { sender, task, endpoint: endpoint.clone(), lane, max_idle: settings.max_idle };
-                return Ok((response, connection));
-            }
-            Err(mut e) => match e.take_message() {
-                // Never written: the reused connection was already closing. Try another.
-                Some(unsent) if reused => request = unsent,
-                None if reused && !e.error().is_parse() => return Err(SendError::ReusedConnectionLost(e.into_error())),
-                _ => return Err(SendError::Http1(e.into_error())),
-            },
-        }
+            Err(failure) => return Err(SendError::Http1(failure.error)),
+        };
+        let home = Home { lane: lane.clone(), max_idle: settings.max_idle };
+        let body = h1::Body::new(conn, &head, &parts.method, request, Some(home))?;
+        let mut response = http::Response::new(UpstreamBody::H1(body));
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        return Ok(response);
     }
-}
-
-/// Opens a TCP connection to the endpoint and starts HTTP/1.1 on it. The connection's task runs on the calling
-/// runtime (with upgrades, for WebSockets) until the last [`SendRequest`] is dropped or the peer closes.
-async fn connect(address: SocketAddr, timeout: Duration) -> Result<(SendRequest<RequestBody>, AbortHandle), SendError> {
-    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
-        Err(_elapsed) => return Err(SendError::ConnectTimeout(address)),
-        Ok(Err(source)) => return Err(SendError::Connect { address, source }),
-        Ok(Ok(stream)) => stream,
-    };
-    // Best effort, as for accepted sockets: a proxy that cannot set these still works.
-    let _ = stream.set_nodelay(true);
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!(%address, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok((sender, task.abort_handle()))
 }

@@ -24,4 +24,6 @@ mod smuggling;
 mod support;
 mod telemetry;
 mod tls;
+mod upstream_h1;
+mod upstream_h1_upload;
 mod vip;

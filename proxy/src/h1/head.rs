@@ -1,0 +1,215 @@
+//! Heads: a request head written into one buffer (so it leaves in one write, with the first body bytes when
+//! they are at hand), and a response head parsed in place. The parsed head's field values are slices of the
+//! read buffer the head arrived in ([`Bytes`]), not copies, and the head is parsed once.
+
+use super::framing::BodyLength;
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, StatusCode, Version};
+use std::mem::MaybeUninit;
+
+/// The most fields a head may have (hyper's default too).
+pub const MAX_FIELDS: usize = 100;
+/// The largest response head read.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Why a response head could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Not HTTP/1.x, or malformed (httparse's reason).
+    #[error("malformed response head: {0}")]
+    Malformed(httparse::Error),
+    /// Larger than [`MAX_RESPONSE_HEAD`].
+    #[error("response head too large")]
+    TooLarge,
+    /// A field name or value http refuses.
+    #[error("invalid response header field")]
+    InvalidField,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The status.
+    pub status: StatusCode,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// The fields, values sharing the read buffer.
+    pub headers: HeaderMap,
+}
+
+impl ResponseHead {
+    /// Whether the connection may carry another exchange after this one (RFC 9112 §9.3): HTTP/1.1 unless
+    /// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+    pub fn keeps_alive(&self) -> bool {
+        let mut close = false;
+        let mut keep_alive = false;
+        for value in self.headers.get_all(http::header::CONNECTION) {
+            for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        !close && (self.version == Version::HTTP_11 || keep_alive)
+    }
+}
+
+/// Parses the response head at the front of `buf` and splits it off; `Ok(None)` while it is incomplete.
+pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
+    // Offsets of each field's name and value in the head, so the values can share the buffer once the head
+    // is split off it, without parsing it twice.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    let (len, code, minor, count) = {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed =
+            httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, &buf[..], &mut fields);
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => return Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(HeadError::Malformed(e)),
+        };
+        if len > MAX_RESPONSE_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        let base = buf.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+            *span =
+                (offset(field.name.as_bytes()), field.name.len() as u32, offset(field.value), field.value.len() as u32);
+        }
+        (len, response.code.unwrap_or(0), response.version.unwrap_or(1), response.headers.len())
+    };
+    let head: Bytes = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(httparse::Error::Status))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let (name_at, value_at) = (name_at as usize, value_at as usize);
+        let name =
+            HeaderName::from_bytes(&head[name_at..name_at + name_len as usize]).map_err(|_| HeadError::InvalidField)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
+            .map_err(|_| HeadError::InvalidField)?;
+        headers.append(name, value);
+    }
+    let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    Ok(Some(ResponseHead { status, version, headers }))
+}
+
+/// Writes an HTTP/1.1 request head into `out`: the request line, every field but the framing ones, and the
+/// framing Portico chose for the body it will send (`Content-Length` or `Transfer-Encoding: chunked`; none for
+/// an empty body unless the method usually has one).
+pub fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, body: BodyLength) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body {
+        BodyLength::Fixed(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyLength::Chunked | BodyLength::UntilClose => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyLength::Empty if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        BodyLength::Empty => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `n` in lowercase hexadecimal (a chunk size).
+pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = HEX[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_response_head_in_place_and_leaves_the_body() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello"[..]);
+        let head = parse_response(&mut buf).ok().flatten().unwrap_or_else(|| panic!("no head"));
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.version, Version::HTTP_11);
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(head.headers.get(CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"5"[..]));
+        assert_eq!(&buf[..], b"hello");
+        assert!(head.keeps_alive());
+    }
+
+    #[test]
+    fn incomplete_malformed_and_oversized_heads() {
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
+        assert_eq!(parse_response(&mut partial).map(|h| h.is_none()), Ok(true));
+        assert_eq!(partial.len(), 27, "an incomplete head stays in the buffer");
+        let mut folded = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A: 1\r\n  continued\r\n\r\n"[..]);
+        assert!(matches!(parse_response(&mut folded), Err(HeadError::Malformed(_))), "obs-fold is refused");
+        let mut garbage = BytesMut::from(&b"SSH-2.0-OpenSSH\r\n\r\n"[..]);
+        assert!(matches!(parse_response(&mut garbage), Err(HeadError::Malformed(_))));
+        let mut huge = BytesMut::from(format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_RESPONSE_HEAD)).as_bytes());
+        assert_eq!(parse_response(&mut huge).err(), Some(HeadError::TooLarge));
+        let mut old = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\n"[..]);
+        let head = parse_response(&mut old).ok().flatten().unwrap_or_else(|| panic!("no head"));
+        assert!(!head.keeps_alive(), "HTTP/1.0 closes unless it says keep-alive");
+    }
+
+    #[test]
+    fn request_heads_carry_the_framing_portico_chose() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("a"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let mut out = Vec::new();
+        encode_request(&mut out, &Method::POST, "/x?y", &headers, BodyLength::Fixed(12345));
+        assert_eq!(out, b"POST /x?y HTTP/1.1\r\nhost: a\r\ncontent-length: 12345\r\n\r\n");
+        encode_request(&mut out, &Method::GET, "/", &headers, BodyLength::Empty);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+        encode_request(&mut out, &Method::PUT, "/", &HeaderMap::new(), BodyLength::Empty);
+        assert_eq!(out, b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        encode_request(&mut out, &Method::POST, "/", &HeaderMap::new(), BodyLength::Chunked);
+        assert_eq!(out, b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
+        let mut hex = Vec::new();
+        push_hex(&mut hex, 0x1f0);
+        push_hex(&mut hex, 0);
+        assert_eq!(hex, b"1f00");
+    }
+}

@@ -1,0 +1,158 @@
+//! Portico's own HTTP/1.1 codec, on `httparse`, in Pingora's shape: heads are parsed in place in the
+//! connection's read buffer (header values are slices of it, not copies), bodies are framed strictly
+//! (RFC 9112 §6), and the code that drives a connection owns its socket, so a message needs no task, channel
+//! or second parse of its own. The upstream client ([`crate::upstream::h1`]) is built on it; hyper still
+//! serves clients, HTTP/2, the admin API and the cluster transport.
+//!
+//! - [`framing`]: how long a message body is (Content-Length, chunked, none, until close), and which heads are
+//!   too ambiguous to read at all.
+//! - [`chunked`]: the chunked transfer coding.
+//! - [`head`]: writing request heads and parsing response heads.
+//! - [`upload`]: sending a request body, in the framing its head declared, alongside the response.
+//!
+//! `CONFORMANCE.md` beside this file lists the cases the codec decides and the test that pins each.
+
+pub mod chunked;
+pub mod framing;
+pub mod head;
+pub mod upload;
+
+use http::header::{self, HeaderName};
+
+/// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): those a recipient needs before the
+/// content, or that act on the connection. They are dropped, as if absent, from the trailers Portico reads
+/// and from those it forwards.
+pub static FORBIDDEN_TRAILERS: [HeaderName; 37] = [
+    // Message framing.
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TRAILER,
+    // The connection.
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::UPGRADE,
+    // Routing.
+    header::HOST,
+    // Request modifiers: controls (RFC 9110 §7.6, §10.1) and preconditions (§13.1).
+    header::CACHE_CONTROL,
+    header::EXPECT,
+    header::MAX_FORWARDS,
+    header::PRAGMA,
+    header::RANGE,
+    header::TE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    // Authentication and cookies.
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::WWW_AUTHENTICATE,
+    header::PROXY_AUTHENTICATE,
+    header::COOKIE,
+    header::SET_COOKIE,
+    // Response control data (RFC 9110 §10.2).
+    header::AGE,
+    header::DATE,
+    header::EXPIRES,
+    header::LOCATION,
+    header::RETRY_AFTER,
+    header::VARY,
+    header::WARNING,
+    // Content (payload) processing.
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::CONTENT_LOCATION,
+    header::CONTENT_LANGUAGE,
+];
+
+/// Whether a line of `bytes` ends in a LF without the CR before it.
+pub fn has_bare_lf(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, b)| *b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunked::{Chunk, ChunkedDecoder};
+    use super::framing::{self, BodyLength};
+    use super::head;
+    use bytes::BytesMut;
+
+    /// Reads one response (head, framing, body) from `pieces` as the upstream client does: status, body,
+    /// whether it completed, and the bytes left after it (or the error).
+    fn read(pieces: &[&[u8]]) -> Result<(u16, Vec<u8>, bool, usize), String> {
+        let mut buf = BytesMut::new();
+        let mut next = pieces.iter();
+        let head = loop {
+            match head::parse_response(&mut buf).map_err(|e| e.to_string())? {
+                Some(head) if head.status.is_informational() && head.status != 101 => continue,
+                Some(head) => break head,
+                None => buf.extend_from_slice(next.next().ok_or("no head")?),
+            }
+        };
+        let length = framing::response_body(&http::Method::GET, head.status, head.version, &head.headers)
+            .map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        let complete = match length {
+            BodyLength::Empty => true,
+            BodyLength::Fixed(mut left) => loop {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                body.extend_from_slice(&buf.split_to(n));
+                left -= n as u64;
+                if left == 0 {
+                    break true;
+                }
+                match next.next() {
+                    Some(piece) => buf.extend_from_slice(piece),
+                    None => break false,
+                }
+            },
+            BodyLength::UntilClose => {
+                body.extend_from_slice(&buf.split());
+                next.by_ref().for_each(|piece| body.extend_from_slice(piece));
+                true
+            }
+            BodyLength::Chunked => {
+                let mut decoder = ChunkedDecoder::default();
+                loop {
+                    match decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                        Some(Chunk::Data(data)) => body.extend_from_slice(&data),
+                        Some(Chunk::Trailers(_) | Chunk::End) => break true,
+                        None => match next.next() {
+                            Some(piece) => buf.extend_from_slice(piece),
+                            None => break false,
+                        },
+                    }
+                }
+            }
+        };
+        Ok((head.status.as_u16(), body, complete, buf.len() + next.map(|p| p.len()).sum::<usize>()))
+    }
+
+    /// The property the `h1_codec` fuzz target checks on random input, here on the seeds: the same message,
+    /// body, leftover and error however the reads split the bytes.
+    #[test]
+    fn reads_the_same_however_the_bytes_are_split() {
+        let streams: [&[u8]; 6] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"b c\"\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\nNEXT",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+        ];
+        for stream in streams {
+            let whole = read(&[stream]);
+            for size in 1..stream.len() {
+                let pieces: Vec<&[u8]> = stream.chunks(size).collect();
+                assert_eq!(read(&pieces), whole, "{:?} in reads of {size}", String::from_utf8_lossy(stream));
+            }
+        }
+        assert_eq!(read(&[streams[0]]), Ok((200, b"hello".to_vec(), true, 8)));
+        assert_eq!(read(&[streams[1]]), Ok((200, b"hello".to_vec(), true, 4)));
+        assert!(read(&[streams[2]]).is_err() && read(&[streams[4]]).is_err());
+    }
+}
