@@ -1,0 +1,91 @@
+//! Starting, promoting and ending a slot's rollout: the version changes, under the plugin set's change lock
+//! like any upload.
+
+use super::{drive, Rollout, State};
+use crate::plugin::{sha256_hex, PluginLoadError, PluginSet, PluginSlot, VersionInfo};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+impl PluginSlot {
+    /// The latest rollout, running or ended.
+    pub fn rollout(&self) -> Option<Arc<Rollout>> {
+        self.rollout.load_full()
+    }
+
+    /// The rollout whose candidate the data path may choose: loaded once per request start, without a
+    /// reference count when there is none.
+    pub(crate) fn rollout_guard(&self) -> arc_swap::Guard<Option<Arc<Rollout>>> {
+        self.rollout.load()
+    }
+
+    /// Whether `rollout` is this slot's latest.
+    pub(super) fn runs(&self, rollout: &Arc<Rollout>) -> bool {
+        self.rollout.load().as_ref().is_some_and(|r| Arc::ptr_eq(r, rollout))
+    }
+
+    /// Makes the candidate the stable version (the old one becomes "previous", for `POST .../rollback`).
+    pub(super) fn promote(&self, rollout: &Rollout, reason: &str) {
+        let (plugin, info) = rollout.candidate();
+        self.swap_in(plugin, info);
+        rollout.finish(State::Promoted, reason);
+    }
+
+    /// Ends and forgets the rollout, dropping its candidate.
+    pub(crate) fn end_rollout(&self, reason: &str) {
+        if let Some(old) = self.rollout.swap(None) {
+            old.finish(State::Aborted, reason);
+        }
+    }
+}
+
+impl PluginSet {
+    /// Compiles and starts `bytes` as the candidate of a new rollout of `slot` at `percent` % (which replaces
+    /// the first configured step), beside the current version. A module that fails to start is refused and
+    /// nothing changes; a rollout already there (running or ended) is replaced.
+    pub async fn start_rollout(
+        &self,
+        slot: &Arc<PluginSlot>,
+        bytes: Vec<u8>,
+        percent: f64,
+    ) -> Result<Arc<Rollout>, PluginLoadError> {
+        let _guard = self.changing.lock().await;
+        let sha256 = sha256_hex(&bytes);
+        let plugin = self.load(&slot.config, bytes).await?;
+        self.spawn_tickers(&plugin);
+        let config = slot.config.rollout.clone();
+        let steps = config.starting_at(percent);
+        let info = VersionInfo { origin: "upload (rollout candidate)".into(), sha256, since: SystemTime::now() };
+        let stable_sha256 = slot.info.lock().sha256.clone();
+        let rollout = Arc::new(Rollout::new(
+            &slot.config.name,
+            config,
+            steps,
+            plugin,
+            info,
+            stable_sha256,
+            self.rollout_metrics.clone(),
+        ));
+        slot.end_rollout("replaced by a new rollout");
+        slot.rollout.store(Some(rollout.clone()));
+        tracing::info!(plugin = %slot.config.name, percent, candidate_sha256 = %rollout.candidate_info.sha256, "rollout started");
+        tokio::spawn(drive(Arc::downgrade(slot), rollout.clone(), self.changing.clone()));
+        Ok(rollout)
+    }
+
+    /// Promotes a running rollout's candidate now.
+    pub async fn promote_rollout(&self, slot: &PluginSlot) -> Result<Arc<Rollout>, PluginLoadError> {
+        let _guard = self.changing.lock().await;
+        let rollout = running(slot)?;
+        slot.promote(&rollout, "promoted through the admin API");
+        Ok(rollout)
+    }
+}
+
+/// The slot's rollout if it is running.
+pub fn running(slot: &PluginSlot) -> Result<Arc<Rollout>, PluginLoadError> {
+    let rollout = slot.rollout().ok_or_else(|| PluginLoadError::NoRollout(slot.config.name.clone()))?;
+    match rollout.state() {
+        State::Running => Ok(rollout),
+        state => Err(PluginLoadError::RolloutEnded { plugin: slot.config.name.clone(), state: state.name() }),
+    }
+}

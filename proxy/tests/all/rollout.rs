@@ -1,0 +1,310 @@
+//! Progressive plugin rollout through a real Portico: `PUT /plugins/{name}?rollout=PERCENT` runs a candidate
+//! beside the stable version; a candidate answering 503 is rolled back by its guards with failures only among
+//! its share and none after; a good one is promoted through its steps without a failed request; sticky clients
+//! keep one version; abort, pause and promote through the admin API; bad `rollout` tables are refused.
+
+use crate::plugins::{marking_plugin, reqwest_put, wat_plugin};
+use crate::support::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Answers every request itself with 503 and the body `candidate-refuses`.
+fn refusing_plugin() -> Vec<u8> {
+    wat_plugin(
+        &["candidate-refuses"],
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $local (i32.const 503) (i32.const 0) (i32.const 0) (i32.const 1024) (i32.const 17)
+      (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))"#,
+    )
+}
+
+fn config(app: &TestUpstream, stable: &std::path::Path, rollout: &str) -> String {
+    reverse_config(&quoted(&[app]), "").replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"gate\"]\n")
+        + &format!("\n[[plugin]]\nname = \"gate\"\nwasm = \"{}\"\nrollout = {{ {rollout} }}\n", stable.display())
+}
+
+async fn start(
+    rollout: &str,
+) -> Result<(TestUpstream, Portico, tempfile::TempDir), Box<dyn std::error::Error + Send + Sync>> {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let stable = dir.path().join("gate.wasm");
+    std::fs::write(&stable, marking_plugin("stable"))?;
+    let p = Portico::start(&config(&app, &stable, rollout)).await;
+    Ok((app, p, dir))
+}
+
+async fn rollout(p: &Portico) -> Result<serde_json::Value, String> {
+    Ok(get(p.admin, "/plugins/gate/rollout").await?.json())
+}
+
+/// Polls the rollout until `cond` holds, for at most 120 s (only a hang takes that long).
+async fn wait_rollout(
+    p: &Portico,
+    mut cond: impl FnMut(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = rollout(p).await?;
+        if cond(&seen) {
+            return Ok(seen);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("rollout never reached the expected state: {seen}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One answer as a client saw it: status, `x-wat` mark, body, and when its request was sent.
+type Seen = (u16, String, String, Instant);
+
+/// Clients sending requests to `addr` until `stop`, recording every answer.
+fn load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<Seen>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let tasks = (0..clients)
+        .map(|_| {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let answer = get(addr, "/").await;
+                    let entry = match answer {
+                        Ok(a) => (
+                            a.status.as_u16(),
+                            a.header("x-wat").to_string(),
+                            String::from_utf8_lossy(&a.body).into_owned(),
+                            sent,
+                        ),
+                        Err(e) => (0, String::new(), e, sent),
+                    };
+                    seen.lock().map(|mut s| s.push(entry)).ok();
+                }
+            })
+        })
+        .collect();
+    (seen, tasks)
+}
+
+fn taken(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<Seen> {
+    seen.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_answering_503_is_rolled_back_with_failures_only_in_its_share() -> TestResult {
+    let (_app, p, _dir) = start("steps = [50, 100], step_interval = \"1h\"").await?;
+    let web = p.addr("web").await;
+    assert_eq!(get(web, "/").await?.header("x-wat"), "stable");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = load(web, 4, stop.clone());
+    // Some traffic on the stable version first, as a running service has.
+    let warm = Instant::now();
+    while taken(&seen).len() < 100 && warm.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=20", refusing_plugin()).await?;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    assert_eq!(put.json()["state"], "running");
+    assert_eq!(put.json()["percent"], 20.0, "the query's share replaces the first step");
+    let ended = wait_rollout(&p, |r| r["state"] != "running").await?;
+    let rolled_back_after = started.elapsed();
+    assert_eq!(ended["state"], "rolled_back", "{ended}");
+    assert_eq!(ended["percent"], 0.0);
+    assert!(ended["reason"].as_str().is_some_and(|r| r.contains("error ratio")), "{ended}");
+
+    // Once the state says rolled back, no request sent after that meets the candidate.
+    let cutoff = Instant::now();
+    let sent_after = |seen: &[Seen]| seen.iter().filter(|s| s.3 > cutoff).count();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sent_after(&taken(&seen)) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let seen = taken(&seen);
+    let after: Vec<_> = seen.iter().filter(|s| s.3 > cutoff).collect();
+    assert!(after.len() >= 200, "{} answers after the rollback", after.len());
+    assert!(
+        after.iter().all(|s| s.0 == 200 && s.1 == "stable"),
+        "answers after the rollback: {:?}",
+        after.iter().filter(|s| s.0 != 200).take(5).collect::<Vec<_>>()
+    );
+    // Every failure came from the candidate, every success from the stable version.
+    let failed: Vec<_> = seen.iter().filter(|s| s.0 != 200).collect();
+    assert!(
+        failed.iter().all(|s| s.0 == 503 && s.2 == "candidate-refuses"),
+        "{:?}",
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(seen.iter().filter(|s| s.0 == 200).all(|s| s.1 == "stable"));
+    let figures = rollout(&p).await?;
+    assert_eq!(figures["totals"]["candidate"]["requests"].as_u64(), Some(failed.len() as u64), "{figures}");
+    let during: Vec<_> = seen.iter().filter(|s| s.3 >= started && s.3 <= cutoff).collect();
+    println!(
+        "rollout at 20 %: rolled back {:.2} s after the upload; {} of {} requests failed in that time ({:.1} %); reason: {}",
+        rolled_back_after.as_secs_f64(),
+        failed.len(),
+        during.len(),
+        100.0 * failed.len() as f64 / during.len().max(1) as f64,
+        figures["reason"],
+    );
+    // The candidate stays loaded for inspection; the metrics tell the state.
+    let metrics = String::from_utf8_lossy(&get(p.admin, "/metrics").await?.body).into_owned();
+    assert!(metrics.contains("portico_plugin_rollout_state{plugin=\"gate\",state=\"rolled_back\"} 1"), "{metrics}");
+    assert!(metrics.contains("portico_plugin_rollout_percent{plugin=\"gate\"} 0"));
+    assert!(metrics.contains("portico_plugin_version_failures_total{plugin=\"gate\",version=\"candidate\"}"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_candidate_is_promoted_through_its_steps_without_a_failed_request() -> TestResult {
+    // A generous latency margin: this machine is busy, and the test is about the steps, not latency.
+    let (_app, p, _dir) =
+        start("steps = [10, 50, 100], step_interval = \"1s\", max_latency_increase = \"10s\"").await?;
+    let web = p.addr("web").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = load(web, 4, stop.clone());
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=10", marking_plugin("candidate")).await?;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    let candidate_sha = put.json()["candidate_sha256"].as_str().unwrap_or_default().to_string();
+    let mut percents = Vec::new();
+    let done = wait_rollout(&p, |r| {
+        percents.push(r["percent"].as_f64().unwrap_or(-1.0));
+        r["state"] != "running"
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let done = done?;
+    assert_eq!(done["state"], "promoted", "{done}");
+    assert_eq!(done["step"], 3);
+    let seen = taken(&seen);
+    let failed: Vec<_> = seen.iter().filter(|s| s.0 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        seen.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(seen.iter().any(|s| s.1 == "candidate") && seen.iter().any(|s| s.1 == "stable"));
+    // The candidate now serves every request as the stable version.
+    for _ in 0..20 {
+        assert_eq!(get(web, "/").await?.header("x-wat"), "candidate");
+    }
+    let listed = get(p.admin, "/plugins").await?.json();
+    assert_eq!(listed[0]["sha256"], candidate_sha.as_str(), "{listed}");
+    println!("promoted through {:?} % in {} requests", dedup(&percents), seen.len());
+    Ok(())
+}
+
+fn dedup(values: &[f64]) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    for v in values {
+        if out.last() != Some(v) {
+            out.push(*v);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn sticky_clients_keep_one_version() -> TestResult {
+    let (_app, p, _dir) = start("steps = [50, 100], step_interval = \"1h\", sticky = \"header:x-user\"").await?;
+    let web = p.addr("web").await;
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=50", marking_plugin("candidate")).await?;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    assert_eq!(put.json()["sticky"], "header:x-user");
+    let mut versions = std::collections::HashMap::new();
+    for round in 0..5 {
+        for user in 0..20 {
+            let name = format!("user-{user}");
+            let answer = send(web, "GET", "/", &[("x-user", &name)], "").await?;
+            assert_eq!(answer.status, 200);
+            let mark = answer.header("x-wat").to_string();
+            let first = versions.entry(name.clone()).or_insert_with(|| mark.clone());
+            assert_eq!(*first, mark, "{name} switched version in round {round}");
+        }
+    }
+    let candidates = versions.values().filter(|v| *v == "candidate").count();
+    assert!(candidates > 0 && candidates < 20, "both versions meet clients at 50 %: {versions:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rollout_is_aborted_paused_and_promoted_through_the_api() -> TestResult {
+    let (_app, p, _dir) = start("steps = [50, 100], step_interval = \"1h\"").await?;
+    let web = p.addr("web").await;
+    assert_eq!(get(p.admin, "/plugins/gate/rollout").await?.status, 404);
+    assert_eq!(reqwest_put(p.admin, "/plugins/gate?rollout=0", marking_plugin("x")).await?.status, 400);
+    assert_eq!(reqwest_put(p.admin, "/plugins/gate?rollout=50", b"not wasm".to_vec()).await?.status, 422);
+    assert_eq!(get(p.admin, "/plugins/gate/rollout").await?.status, 404, "a refused module starts nothing");
+
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=50", marking_plugin("first")).await?;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    let stable_sha = put.json()["stable_sha256"].clone();
+    let aborted = send(p.admin, "POST", "/plugins/gate/rollout/abort", &[], "").await?;
+    assert_eq!(aborted.status, 200);
+    assert_eq!(aborted.json()["state"], "aborted");
+    assert_eq!(aborted.json()["reason"], "aborted through the admin API");
+    for _ in 0..20 {
+        assert_eq!(get(web, "/").await?.header("x-wat"), "stable");
+    }
+    assert_eq!(send(p.admin, "POST", "/plugins/gate/rollout/promote", &[], "").await?.status, 409);
+
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=50", marking_plugin("second")).await?;
+    let candidate_sha = put.json()["candidate_sha256"].clone();
+    let paused = send(p.admin, "POST", "/plugins/gate/rollout/pause", &[], "").await?.json();
+    assert_eq!((paused["state"].as_str(), paused["paused"].as_bool()), (Some("running"), Some(true)));
+    let promoted = send(p.admin, "POST", "/plugins/gate/rollout/promote", &[], "").await?.json();
+    assert_eq!(promoted["state"], "promoted");
+    assert_eq!(promoted["percent"], 100.0);
+    for _ in 0..20 {
+        assert_eq!(get(web, "/").await?.header("x-wat"), "second");
+    }
+    let listed = get(p.admin, "/plugins").await?.json();
+    assert_eq!(listed[0]["sha256"], candidate_sha);
+    assert_eq!(listed[0]["previous_sha256"], stable_sha, "the old stable version stays for rollback");
+
+    // A plain upload behaves as before and ends nothing it should not: no rollout runs beside it.
+    assert_eq!(reqwest_put(p.admin, "/plugins/gate", marking_plugin("third")).await?.status, 200);
+    assert_eq!(get(web, "/").await?.header("x-wat"), "third");
+    assert_eq!(get(p.admin, "/plugins/gate/rollout").await?.status, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_rollout_tables_are_refused_with_their_key() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("portico.toml");
+    let text = config_text("steps = [50, 20], max_error_ratio = 2, sticky = \"query:x\", use_detector = true");
+    std::fs::write(&path, text)?;
+    let issues = portico::config::load(&path).err().unwrap_or_default();
+    let keys: Vec<_> = issues.iter().map(|i| i.key.clone()).collect();
+    for key in ["steps", "max_error_ratio", "sticky", "use_detector"] {
+        assert!(keys.contains(&format!("plugin[0].rollout.{key}")), "{key} not among {keys:?}");
+    }
+    std::fs::write(&path, config_text("step_count = 3"))?;
+    assert!(portico::config::load(&path).is_err(), "unknown keys are refused");
+    Ok(())
+}
+
+fn config_text(rollout: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         filters = [\"gate\"]\n\n[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:9\"]\n\n[[plugin]]\nname = \"gate\"\n\
+         wasm = \"gate.wasm\"\nrollout = {{ {rollout} }}\n"
+    )
+}
