@@ -217,7 +217,7 @@ pub struct PluginSet {
     workers: Vec<tokio::runtime::Handle>,
     /// Serialises version changes so two uploads cannot interleave (rollout drivers take it to promote).
     changing: Arc<tokio::sync::Mutex<()>>,
-    rollout_metrics: rollout::metrics::RolloutMetrics,
+    rollout_reporting: rollout::Reporting,
 }
 
 impl std::fmt::Debug for PluginSet {
@@ -234,14 +234,14 @@ impl PluginSet {
         services: Arc<services::ProxyServices>,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Result<Self, PluginError> {
-        let rollout_metrics = rollout::metrics::RolloutMetrics::register(&registry)
+        let rollout_reporting = rollout::Reporting::register(&registry)
             .map_err(|e| PluginError::Engine { what: "registering rollout metrics", source: Box::new(e) })?;
         Ok(PluginSet {
             engine: Arc::new(PluginEngine::with_registry(registry)?),
             services,
             workers,
             changing: Arc::new(tokio::sync::Mutex::new(())),
-            rollout_metrics,
+            rollout_reporting,
         })
     }
 

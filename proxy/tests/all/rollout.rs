@@ -308,3 +308,53 @@ fn config_text(rollout: &str) -> String {
          wasm = \"gate.wasm\"\nrollout = {{ {rollout} }}\n"
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_runs_the_anomaly_hooks_and_posts_the_webhook() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let (webhook, received) = crate::anomaly::webhook_receiver().await?;
+    let dir = tempfile::tempdir()?;
+    let stable = dir.path().join("gate.wasm");
+    std::fs::write(&stable, marking_plugin("stable"))?;
+    let hook_out = dir.path().join("alert.json");
+    let script = dir.path().join("hook.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ncat > {0}.tmp\nmv {0}.tmp {0}\n", hook_out.display()))?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let config = config(&app, &stable, "step_interval = \"1h\"")
+        + &format!(
+            "\n[anomaly]\nwebhooks = [\"http://{webhook}/alerts\"]\n\n[[anomaly.hook]]\nname = \"on-rollback\"\n\
+             on = {{ series = \"plugin.*.rollout\" }}\nexec = [\"{}\"]\ntimeout = \"5s\"\n",
+            script.display()
+        );
+    let p = Portico::start(&config).await;
+    let web = p.addr("web").await;
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=50", refusing_plugin()).await?;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_seen, tasks) = load(web, 2, stop.clone());
+    let ended = wait_rollout(&p, |r| r["state"] != "running").await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    assert_eq!(ended?["state"], "rolled_back");
+
+    let posted =
+        eventually(Duration::from_secs(60), || received.lock().iter().any(|body| body.contains("rollout_rolled_back")))
+            .await;
+    assert!(posted, "no webhook for the rollback: {:?}", received.lock());
+    let body = received.lock().iter().find(|b| b.contains("rollout_rolled_back")).cloned().unwrap_or_default();
+    let payload: serde_json::Value = serde_json::from_str(&body)?;
+    let alert = &payload["alerts"][0];
+    assert_eq!(alert["labels"]["alertname"], "rollout_rolled_back");
+    assert_eq!(alert["labels"]["plugin"], "gate");
+    assert_eq!(alert["labels"]["series"], "plugin.gate.rollout");
+    assert_eq!(alert["annotations"]["candidate_sha256"], put.json()["candidate_sha256"]);
+    assert!(alert["annotations"]["description"].as_str().is_some_and(|d| d.contains("error ratio")), "{alert}");
+
+    assert!(eventually(Duration::from_secs(60), || hook_out.exists()).await, "the hook did not run");
+    let hooked: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&hook_out)?)?;
+    assert_eq!(hooked["series"], "plugin.gate.rollout", "{hooked}");
+    assert_eq!(hooked["severity"], "critical");
+    Ok(())
+}

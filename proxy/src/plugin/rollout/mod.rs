@@ -3,7 +3,9 @@
 //! (`rollout.steps`, each for `step_interval`), while the guards ([`guard`]) compare the two versions once a
 //! second over the same window. A breach rolls back at once (the candidate's share goes to 0; it stays loaded,
 //! for inspection, until the next version change); passing the last step (100 %) promotes the candidate to
-//! stable. Any other version change of the slot (an upload, a file change, a rollback) ends the rollout.
+//! stable. Any other version change of the slot (an upload, a file change, a rollback) ends the rollout. A
+//! rollback is logged as a warning and told through [`Reporting::rolled_back`], which the anomaly watcher turns
+//! into an alert for its hooks and webhooks (`crate::watch`).
 //!
 //! A request takes its version once, when its filter chain starts ([`Rollout::choose`]), and keeps it for every
 //! phase: the chain holds the chosen version's stream.
@@ -84,6 +86,42 @@ pub enum Action {
     Done,
 }
 
+/// A rollout that rolled back, as told to whoever raises alerts for it (the anomaly hooks and webhooks).
+#[derive(Debug, Clone)]
+pub struct RolledBack {
+    /// The plugin.
+    pub plugin: String,
+    /// Why: the guard that tripped, with its figures.
+    pub reason: String,
+    /// The candidate's module.
+    pub candidate_sha256: String,
+    /// The stable version's module.
+    pub stable_sha256: String,
+    /// The candidate's error ratio in the window the guards judged.
+    pub candidate_error_ratio: f64,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// Where rollouts report: their metrics, and their rollbacks to whoever raises alerts.
+#[derive(Debug, Clone)]
+pub struct Reporting {
+    metrics: RolloutMetrics,
+    events: tokio::sync::broadcast::Sender<RolledBack>,
+}
+
+impl Reporting {
+    /// Registers the rollout metrics in `registry`.
+    pub fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        Ok(Reporting { metrics: RolloutMetrics::register(registry)?, events: tokio::sync::broadcast::channel(16).0 })
+    }
+
+    /// Rollbacks as they happen.
+    pub fn rolled_back(&self) -> tokio::sync::broadcast::Receiver<RolledBack> {
+        self.events.subscribe()
+    }
+}
+
 /// A rollout of one plugin: the candidate version, its share and the guards' figures.
 #[derive(Debug)]
 pub struct Rollout {
@@ -99,6 +137,7 @@ pub struct Rollout {
     tallies: [Tally; 2],
     counters: [VersionCounters; 2],
     metrics: RolloutMetrics,
+    events: tokio::sync::broadcast::Sender<RolledBack>,
     status: Mutex<Status>,
 }
 
@@ -129,8 +168,9 @@ impl Rollout {
         candidate: Arc<Plugin>,
         candidate_info: VersionInfo,
         stable_sha256: String,
-        metrics: RolloutMetrics,
+        reporting: Reporting,
     ) -> Rollout {
+        let Reporting { metrics, events } = reporting;
         let first = steps.first().copied().unwrap_or(100.0);
         let rollout = Rollout {
             plugin: plugin.to_string(),
@@ -144,6 +184,7 @@ impl Rollout {
             share: AtomicU32::new(scaled(first)),
             tallies: [Tally::default(), Tally::default()],
             metrics,
+            events,
             status: Mutex::new(Status {
                 state: State::Running,
                 paused: false,
@@ -281,6 +322,22 @@ impl Rollout {
         status.ended = Some(SystemTime::now());
         let percent = if state == State::Promoted { 100.0 } else { 0.0 };
         self.metrics.publish(&self.plugin, percent, state.name());
+        if state == State::RolledBack {
+            let judged = &status.judged[1];
+            // Nobody listening (no anomaly detection) is not an error: the log line and the state remain.
+            let _ = self.events.send(RolledBack {
+                plugin: self.plugin.clone(),
+                reason: reason.clone(),
+                candidate_sha256: self.candidate_info.sha256.clone(),
+                stable_sha256: self.stable_sha256.clone(),
+                candidate_error_ratio: if judged.requests == 0 {
+                    0.0
+                } else {
+                    judged.errors as f64 / judged.requests as f64
+                },
+                at: SystemTime::now(),
+            });
+        }
         match state {
             State::RolledBack => tracing::warn!(
                 alert = "rollout_rolled_back",

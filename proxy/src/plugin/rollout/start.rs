@@ -39,6 +39,11 @@ impl PluginSlot {
 }
 
 impl PluginSet {
+    /// Rollbacks as they happen, for raising alerts.
+    pub fn rolled_back_events(&self) -> tokio::sync::broadcast::Receiver<super::RolledBack> {
+        self.rollout_reporting.rolled_back()
+    }
+
     /// Compiles and starts `bytes` as the candidate of a new rollout of `slot` at `percent` % (which replaces
     /// the first configured step), beside the current version. A module that fails to start is refused and
     /// nothing changes; a rollout already there (running or ended) is replaced.
@@ -63,7 +68,7 @@ impl PluginSet {
             plugin,
             info,
             stable_sha256,
-            self.rollout_metrics.clone(),
+            self.rollout_reporting.clone(),
         ));
         slot.end_rollout("replaced by a new rollout");
         slot.rollout.store(Some(rollout.clone()));
