@@ -68,6 +68,16 @@ impl Tally {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// What was counted since the last [`Tally::take`], leaving it.
+    pub fn peek(&self) -> Sample {
+        Sample {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            latency: std::array::from_fn(|i| self.latency[i].load(Ordering::Relaxed)),
+        }
+    }
+
     /// Takes what was counted since the last call.
     pub fn take(&self) -> Sample {
         Sample {

@@ -371,6 +371,13 @@ impl Rollout {
             State::Promoted => 100.0,
             _ => 0.0,
         };
+        // The whole rollout: what the guards gathered plus what was counted since their last look (requests that
+        // end after a rollback or promotion are counted too, so the totals are exact once they have ended).
+        let total = |v: usize| {
+            let mut sample = status.totals[v].clone();
+            sample.add(&self.tallies[v].peek());
+            sample
+        };
         let since = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         serde_json::json!({
             "plugin": self.plugin,
@@ -394,7 +401,7 @@ impl Rollout {
                 "stable": status.judged[0].describe(),
                 "candidate": status.judged[1].describe(),
             },
-            "totals": { "stable": status.totals[0].describe(), "candidate": status.totals[1].describe() },
+            "totals": { "stable": total(0).describe(), "candidate": total(1).describe() },
         })
     }
 }
@@ -466,6 +473,7 @@ pub(super) async fn drive(
                 if slot.runs(&rollout) {
                     slot.promote(&rollout, "every step passed its guards");
                 }
+                // (Not running any more, or promoted now: either way this driver is done.)
                 return;
             }
         }

@@ -23,11 +23,16 @@ impl PluginSlot {
         self.rollout.load().as_ref().is_some_and(|r| Arc::ptr_eq(r, rollout))
     }
 
-    /// Makes the candidate the stable version (the old one becomes "previous", for `POST .../rollback`).
-    pub(super) fn promote(&self, rollout: &Rollout, reason: &str) {
+    /// Makes the candidate the stable version (the old one becomes "previous", for `POST .../rollback`), if the
+    /// rollout is still running: the state changes first, so a rollout aborted or promoted meanwhile (the driver
+    /// and the admin API may race) is promoted at most once and never after an abort.
+    pub(super) fn promote(&self, rollout: &Rollout, reason: &str) -> bool {
+        if !rollout.finish(State::Promoted, reason) {
+            return false;
+        }
         let (plugin, info) = rollout.candidate();
         self.swap_in(plugin, info);
-        rollout.finish(State::Promoted, reason);
+        true
     }
 
     /// Ends and forgets the rollout, dropping its candidate.
@@ -81,7 +86,12 @@ impl PluginSet {
     pub async fn promote_rollout(&self, slot: &PluginSlot) -> Result<Arc<Rollout>, PluginLoadError> {
         let _guard = self.changing.lock().await;
         let rollout = running(slot)?;
-        slot.promote(&rollout, "promoted through the admin API");
+        if !slot.promote(&rollout, "promoted through the admin API") {
+            return Err(PluginLoadError::RolloutEnded {
+                plugin: slot.config.name.clone(),
+                state: rollout.state().name(),
+            });
+        }
         Ok(rollout)
     }
 }
