@@ -163,6 +163,7 @@ async fn a_candidate_answering_503_is_rolled_back_with_failures_only_in_its_shar
     assert!(metrics.contains("portico_plugin_rollout_state{plugin=\"gate\",state=\"rolled_back\"} 1"), "{metrics}");
     assert!(metrics.contains("portico_plugin_rollout_percent{plugin=\"gate\"} 0"));
     assert!(metrics.contains("portico_plugin_version_failures_total{plugin=\"gate\",version=\"candidate\"}"));
+    crate::metrics::check_with_promtool(&metrics)?;
     Ok(())
 }
 
@@ -356,5 +357,73 @@ async fn a_rollback_runs_the_anomaly_hooks_and_posts_the_webhook() -> TestResult
     let hooked: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&hook_out)?)?;
     assert_eq!(hooked["series"], "plugin.gate.rollout", "{hooked}");
     assert_eq!(hooked["severity"], "critical");
+    Ok(())
+}
+
+/// Traps in its request headers callback.
+fn trapping_plugin() -> Vec<u8> {
+    wat_plugin(&[], r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)"#)
+}
+
+/// Spins for about 10^8 loop iterations (tens of milliseconds or more) on every request, then lets it through.
+fn slow_plugin() -> Vec<u8> {
+    wat_plugin(
+        &[],
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $i i32)
+    (local.set $i (i32.const 100000000))
+    (block $done (loop $spin
+      (br_if $done (i32.eqz (local.get $i)))
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (br $spin)))
+    (i32.const 0))"#,
+    )
+}
+
+/// Runs `clients` clients against the rollout until it ends; returns its final state and every answer.
+async fn until_ended(
+    p: &Portico,
+    clients: usize,
+) -> Result<(serde_json::Value, Vec<Seen>), Box<dyn std::error::Error + Send + Sync>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = load(p.addr("web").await, clients, stop.clone());
+    let ended = wait_rollout(p, |r| r["state"] != "running").await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    Ok((ended?, taken(&seen)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_trapping_open_is_rolled_back_for_its_plugin_failures() -> TestResult {
+    // Failing open, the trapping candidate answers no 5xx: only the plugin-failure guard can see it.
+    let (_app, p, _dir) = start("step_interval = \"1h\"").await?;
+    let text = std::fs::read_to_string(&p.config_path)?.replace("rollout = {", "fail = \"open\"\nrollout = {");
+    p.rewrite(&text);
+    assert_eq!(send(p.admin, "POST", "/config/reload", &[], "").await?.status, 200);
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=50", trapping_plugin()).await?;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    let (ended, seen) = until_ended(&p, 2).await?;
+    assert_eq!(ended["state"], "rolled_back", "{ended}");
+    assert!(ended["reason"].as_str().is_some_and(|r| r.starts_with("plugin failures")), "{ended}");
+    assert!(ended["guards"]["candidate"]["plugin_failures"].as_u64() > Some(0), "{ended}");
+    assert!(seen.iter().all(|s| s.0 == 200), "failing open, no request failed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slower_candidate_is_rolled_back_by_the_latency_guard() -> TestResult {
+    let (_app, p, _dir) = start("step_interval = \"1h\", max_latency_increase = \"20ms\"").await?;
+    let text = std::fs::read_to_string(&p.config_path)?.replace("rollout = {", "cpu_limit = \"10s\"\nrollout = {");
+    p.rewrite(&text);
+    assert_eq!(send(p.admin, "POST", "/config/reload", &[], "").await?.status, 200);
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=50", slow_plugin()).await?;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    let (ended, seen) = until_ended(&p, 2).await?;
+    assert_eq!(ended["state"], "rolled_back", "{ended}");
+    assert!(ended["reason"].as_str().is_some_and(|r| r.starts_with("p99 latency")), "{ended}");
+    assert!(seen.iter().all(|s| s.0 == 200), "a slow candidate fails no request");
+    println!("latency guard: {}", ended["reason"]);
     Ok(())
 }
