@@ -278,12 +278,6 @@ impl PluginSet {
             tracing::info!(plugin = %config.name, "plugin loaded");
             out.insert(config.name.clone(), slot);
         }
-        // A slot rebuilt (its configuration changed) leaves its rollout behind: end it, so its state says so.
-        for (name, old) in previous {
-            if !out.get(name).is_some_and(|new| Arc::ptr_eq(new, old)) {
-                old.end_rollout("the configuration was reloaded");
-            }
-        }
         Ok(out)
     }
 

@@ -283,6 +283,19 @@ async fn a_rollout_is_aborted_paused_and_promoted_through_the_api() -> TestResul
     assert_eq!(reqwest_put(p.admin, "/plugins/gate", marking_plugin("third")).await?.status, 200);
     assert_eq!(get(web, "/").await?.header("x-wat"), "third");
     assert_eq!(get(p.admin, "/plugins/gate/rollout").await?.status, 404);
+
+    // A reload that changes the plugin's configuration rebuilds it from its file and ends a running rollout.
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=50", marking_plugin("fourth")).await?;
+    assert_eq!(put.json()["state"], "running");
+    let text = std::fs::read_to_string(&p.config_path)?.replace("rollout = {", "instances = 1\nrollout = {");
+    p.rewrite(&text);
+    assert_eq!(send(p.admin, "POST", "/config/reload", &[], "").await?.status, 200);
+    assert_eq!(get(p.admin, "/plugins/gate/rollout").await?.status, 404);
+    for _ in 0..20 {
+        assert_eq!(get(web, "/").await?.header("x-wat"), "stable");
+    }
+    let metrics = String::from_utf8_lossy(&get(p.admin, "/metrics").await?.body).into_owned();
+    assert!(metrics.contains("portico_plugin_rollout_state{plugin=\"gate\",state=\"aborted\"} 1"), "{metrics}");
     Ok(())
 }
 
