@@ -1,7 +1,9 @@
 //! Progressive plugin rollout through a real Portico: `PUT /plugins/{name}?rollout=PERCENT` runs a candidate
 //! beside the stable version; a candidate answering 503 is rolled back by its guards with failures only among
-//! its share and none after; a good one is promoted through its steps without a failed request; sticky clients
-//! keep one version; abort, pause and promote through the admin API; bad `rollout` tables are refused.
+//! its share and none after (and the rollback reaches the anomaly hooks and webhooks); candidates trapping open
+//! or slower are rolled back by the plugin-failure and latency guards; a good one is promoted through its steps
+//! without a failed request; sticky clients keep one version and a request keeps its version for its whole life;
+//! abort, pause and promote through the admin API; a reload ends a rollout; bad `rollout` tables are refused.
 
 use crate::plugins::{marking_plugin, reqwest_put, wat_plugin};
 use crate::support::*;
@@ -438,5 +440,28 @@ async fn a_slower_candidate_is_rolled_back_by_the_latency_guard() -> TestResult 
     assert!(ended["reason"].as_str().is_some_and(|r| r.starts_with("p99 latency")), "{ended}");
     assert!(seen.iter().all(|s| s.0 == 200), "a slow candidate fails no request");
     println!("latency guard: {}", ended["reason"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_keeps_its_version_when_the_rollout_ends_under_it() -> TestResult {
+    let (app, p, _dir) = start("steps = [100], step_interval = \"1h\"").await?;
+    let web = p.addr("web").await;
+    let put = reqwest_put(p.admin, "/plugins/gate?rollout=100", marking_plugin("candidate")).await?;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    // A request meets the candidate (100 %) in its request phase and waits at the upstream...
+    app.set(Behavior::Delay(Duration::from_secs(5)));
+    let in_flight = tokio::spawn(async move { get(web, "/").await });
+    assert!(eventually(Duration::from_secs(60), || app.hits() == 1).await);
+    // ...while the rollout is aborted: new requests meet the stable version,
+    let aborted = send(p.admin, "POST", "/plugins/gate/rollout/abort", &[], "").await?;
+    assert_eq!(aborted.json()["state"], "aborted");
+    assert!(!in_flight.is_finished(), "the abort came after the response; nothing was tested");
+    // but the one in flight finishes its response phase on the candidate.
+    let answer = in_flight.await??;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-wat"), "candidate");
+    app.set(Behavior::Echo);
+    assert_eq!(get(web, "/").await?.header("x-wat"), "stable");
     Ok(())
 }
