@@ -465,3 +465,21 @@ async fn a_request_keeps_its_version_when_the_rollout_ends_under_it() -> TestRes
     assert_eq!(get(web, "/").await?.header("x-wat"), "stable");
     Ok(())
 }
+
+#[tokio::test]
+async fn rollout_writes_need_the_admin_token() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let stable = dir.path().join("gate.wasm");
+    std::fs::write(&stable, marking_plugin("stable"))?;
+    let text = config(&app, &stable, "").replace("[admin]\n", "[admin]\ntoken = \"s3cret\"\n");
+    let p = Portico::start(&text).await;
+    assert_eq!(reqwest_put(p.admin, "/plugins/gate?rollout=50", marking_plugin("c")).await?.status, 401);
+    for action in ["promote", "abort", "pause", "resume"] {
+        let path = format!("/plugins/gate/rollout/{action}");
+        assert_eq!(send(p.admin, "POST", &path, &[], "").await?.status, 401, "{action}");
+        let answer = send(p.admin, "POST", &path, &[("authorization", "Bearer s3cret")], "").await?;
+        assert_eq!(answer.status, 404, "{action} with the token reaches the route: {:?}", answer.body);
+    }
+    Ok(())
+}
