@@ -23,12 +23,12 @@ use guard::{Limits, Sample, Tally};
 use metrics::{RolloutMetrics, VersionCounters};
 use parking_lot::Mutex;
 use portico_plugins::{Plugin, PluginHandle};
+use request::{random_draw, sticky_draw};
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// How often the guards look.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -39,6 +39,7 @@ const WINDOW_TICKS: usize = 30;
 const MIN_STABLE_REQUESTS: u64 = 20;
 /// Shares are kept in hundredths of a percent.
 const SHARE_SCALE: f64 = 100.0;
+/// Places a request can draw: a share of `s` hundredths of a percent takes places below `s`.
 const DRAWS: u64 = 10_000;
 
 /// Which version of a plugin a request meets.
@@ -410,99 +411,10 @@ fn scaled(percent: f64) -> u32 {
     (percent * SHARE_SCALE).round().clamp(0.0, DRAWS as f64) as u32
 }
 
-fn random_draw() -> u32 {
-    (rand::random::<u64>() % DRAWS) as u32
-}
-
-/// The client's place in `0..DRAWS`, from its sticky key; `None` when the request does not carry it. The hash
-/// is keyed with constants, so a client keeps its place for the life of the process.
-fn sticky_draw(key: &Sticky, parts: &http::request::Parts, peer: SocketAddr) -> Option<u32> {
-    let mut hasher = std::hash::DefaultHasher::new();
-    match key {
-        Sticky::Header(name) => parts.headers.get(name)?.as_bytes().hash(&mut hasher),
-        Sticky::Cookie(name) => cookie(&parts.headers, name)?.hash(&mut hasher),
-        Sticky::SourceIp => peer.ip().hash(&mut hasher),
-    }
-    Some((hasher.finish() % DRAWS) as u32)
-}
-
-fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
-}
-
 fn sticky_name(key: &Sticky) -> String {
     match key {
         Sticky::Header(name) => format!("header:{name}"),
         Sticky::Cookie(name) => format!("cookie:{name}"),
         Sticky::SourceIp => "source_ip".into(),
-    }
-}
-
-/// Watches `rollout` once a [`TICK`] until it ends, promoting it (under the plugin set's change lock) when its
-/// last step passes. Ends early when the slot is gone or runs another rollout.
-pub(super) async fn drive(
-    slot: std::sync::Weak<super::PluginSlot>,
-    rollout: Arc<Rollout>,
-    changing: Arc<tokio::sync::Mutex<()>>,
-) {
-    let mut ticks = tokio::time::interval(TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    let mut last = Instant::now();
-    loop {
-        ticks.tick().await;
-        let now = Instant::now();
-        let elapsed = now - last;
-        last = now;
-        let Some(slot) = slot.upgrade() else { return };
-        if !slot.runs(&rollout) {
-            return;
-        }
-        match rollout.tick(elapsed) {
-            Action::Continue => {}
-            Action::Done => return,
-            Action::Promote => {
-                let _guard = changing.lock().await;
-                if slot.runs(&rollout) {
-                    slot.promote(&rollout, "every step passed its guards");
-                }
-                // (Not running any more, or promoted now: either way this driver is done.)
-                return;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parts(headers: &[(&str, &str)]) -> http::request::Parts {
-        let mut builder = http::Request::builder().uri("/");
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        builder.body(()).map(|r| r.into_parts().0).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[test]
-    fn sticky_keys_give_one_place_per_client() {
-        let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
-        let header = Sticky::Header(http::HeaderName::from_static("x-user"));
-        let a = sticky_draw(&header, &parts(&[("x-user", "alice")]), peer);
-        assert_eq!(a, sticky_draw(&header, &parts(&[("x-user", "alice")]), peer));
-        assert!(a.is_some_and(|d| d < DRAWS as u32));
-        assert_eq!(sticky_draw(&header, &parts(&[]), peer), None);
-        let cookie = Sticky::Cookie("session".into());
-        let c = sticky_draw(&cookie, &parts(&[("cookie", "a=1; session=abc")]), peer);
-        assert_eq!(c, sticky_draw(&cookie, &parts(&[("cookie", "session=abc")]), peer));
-        assert!(sticky_draw(&Sticky::SourceIp, &parts(&[]), peer).is_some());
     }
 }

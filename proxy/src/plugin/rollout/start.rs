@@ -1,10 +1,10 @@
 //! Starting, promoting and ending a slot's rollout: the version changes, under the plugin set's change lock
 //! like any upload.
 
-use super::{drive, Rollout, State};
+use super::{Action, Rollout, State, TICK};
 use crate::plugin::{sha256_hex, PluginLoadError, PluginSet, PluginSlot, VersionInfo};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 impl PluginSlot {
     /// The latest rollout, running or ended.
@@ -102,5 +102,36 @@ pub fn running(slot: &PluginSlot) -> Result<Arc<Rollout>, PluginLoadError> {
     match rollout.state() {
         State::Running => Ok(rollout),
         state => Err(PluginLoadError::RolloutEnded { plugin: slot.config.name.clone(), state: state.name() }),
+    }
+}
+
+/// Watches `rollout` once a [`TICK`] until it ends, promoting it (under the plugin set's change lock) when its
+/// last step passes. Ends early when the slot is gone or runs another rollout.
+async fn drive(slot: std::sync::Weak<PluginSlot>, rollout: Arc<Rollout>, changing: Arc<tokio::sync::Mutex<()>>) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut last = Instant::now();
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        let elapsed = now - last;
+        last = now;
+        let Some(slot) = slot.upgrade() else { return };
+        if !slot.runs(&rollout) {
+            return;
+        }
+        match rollout.tick(elapsed) {
+            Action::Continue => {}
+            Action::Done => return,
+            Action::Promote => {
+                let _guard = changing.lock().await;
+                if slot.runs(&rollout) {
+                    slot.promote(&rollout, "every step passed its guards");
+                }
+                // (Not running any more, or promoted now: either way this driver is done.)
+                return;
+            }
+        }
     }
 }
