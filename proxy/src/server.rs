@@ -359,6 +359,15 @@ impl Server {
         self.shared.discovery.start(&config).await;
         self.shared.telemetry.configure(config.telemetry.as_ref(), self.shared.forward_client.clone());
         self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone(), plugins }));
+        // A plugin slot rebuilt (its configuration changed) or removed leaves its rollout behind: end it, so its
+        // state says so and its candidate is dropped.
+        let current = self.shared.snapshot.load();
+        for (name, old) in &previous.plugins {
+            if !current.plugins.get(name).is_some_and(|new| Arc::ptr_eq(new, old)) {
+                old.end_rollout("the configuration was reloaded");
+            }
+        }
+        drop(current);
         for (name, upstream) in &upstreams {
             upstream.commit();
             if let Some(old) = previous.upstreams.get(name) {

@@ -1,7 +1,8 @@
 //! Portico watching itself: every `[anomaly] interval` it samples its own counters (requests/s, 5xx ratio,
 //! latency quantiles per listener and upstream, open connections, process and host CPU) into a tick for the
 //! anomaly detector, exports the scores as metrics, and posts incidents (one Alertmanager group each, when its
-//! cause is settled and when it resolves) to Alertmanager-style webhooks.
+//! cause is settled and when it resolves) to Alertmanager-style webhooks. A plugin rollout that rolls back is
+//! raised here too, as an alert of its own (see [`rollout_alerts`]).
 //! The detector (model inference) runs on its own thread; sampling runs on a blocking thread; nothing here
 //! does real work on a tokio worker.
 
@@ -84,6 +85,13 @@ impl Watch {
         if !config.webhooks.is_empty() {
             tasks.push(tokio::spawn(post_webhooks(shared.clone(), detector.clone(), config.webhooks.clone())));
         }
+        let rollbacks = shared.plugins.rolled_back_events();
+        tasks.push(tokio::spawn(rollout_alerts(
+            Arc::downgrade(shared),
+            detector.clone(),
+            config.webhooks.clone(),
+            rollbacks,
+        )));
         Ok(Watch { detector, config, tasks })
     }
 
@@ -175,22 +183,81 @@ async fn post_webhooks(shared: Arc<Shared>, detector: Arc<DetectorHandle>, urls:
         }
         let admin = format!("http://{}", shared.snapshot.load().config.admin.listen);
         let payload = portico_anomaly::incident_payload(&change.incident, "portico", &instance, &admin).to_string();
-        for url in &urls {
-            let request = http::Request::post(url.as_str())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(RequestBody::Full(Some(bytes::Bytes::from(payload.clone()))));
-            let Ok(request) = request else {
-                tracing::warn!(%url, "webhook URL is not a valid request target");
-                continue;
-            };
-            match tokio::time::timeout(Duration::from_secs(5), shared.forward_client.request(request)).await {
-                Ok(Ok(response)) if response.status().is_success() => {}
-                Ok(Ok(response)) => {
-                    tracing::warn!(%url, status = %response.status(), "webhook receiver refused the alert")
-                }
-                Ok(Err(e)) => tracing::warn!(%url, error = %e, "webhook post failed"),
-                Err(_) => tracing::warn!(%url, "webhook post timed out"),
+        post(&shared, &urls, payload).await;
+    }
+}
+
+/// Posts one payload to each receiver.
+async fn post(shared: &Shared, urls: &[String], payload: String) {
+    for url in urls {
+        let request = http::Request::post(url.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(RequestBody::Full(Some(bytes::Bytes::from(payload.clone()))));
+        let Ok(request) = request else {
+            tracing::warn!(%url, "webhook URL is not a valid request target");
+            continue;
+        };
+        match tokio::time::timeout(Duration::from_secs(5), shared.forward_client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => {}
+            Ok(Ok(response)) => {
+                tracing::warn!(%url, status = %response.status(), "webhook receiver refused the alert")
             }
+            Ok(Err(e)) => tracing::warn!(%url, error = %e, "webhook post failed"),
+            Err(_) => tracing::warn!(%url, "webhook post timed out"),
         }
+    }
+}
+
+/// Raises a critical alert on series `plugin.NAME.rollout` for every rollout that rolls back: the anomaly hooks
+/// whose `on` matches it run (with the alert on stdin, as for the detector's own), and the webhooks receive it as
+/// an Alertmanager alert named `rollout_rolled_back` carrying the plugin, the reason and both modules' sha256.
+async fn rollout_alerts(
+    shared: Weak<Shared>,
+    detector: Arc<DetectorHandle>,
+    urls: Vec<String>,
+    mut rollbacks: tokio::sync::broadcast::Receiver<crate::plugin::rollout::RolledBack>,
+) {
+    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "portico".into());
+    loop {
+        let event = match rollbacks.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "rollout alerts fell behind; some rollbacks raised no alert");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(shared) = shared.upgrade() else { return };
+        let at = event.at.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let series = format!("plugin.{}.rollout", event.plugin);
+        let alert = portico_anomaly::Alert {
+            id: format!("{series}@{at}"),
+            series,
+            severity: portico_anomaly::Severity::Critical,
+            state: portico_anomaly::AlertState::Firing,
+            score: 1.0,
+            peak_score: 1.0,
+            value: event.candidate_error_ratio,
+            predicted: None,
+            started_at: at,
+            resolved_at: None,
+        };
+        detector.hooks().dispatch(&tokio::runtime::Handle::current(), &alert);
+        if urls.is_empty() {
+            continue;
+        }
+        let admin = format!("http://{}", shared.snapshot.load().config.admin.listen);
+        let mut payload = portico_anomaly::webhook_payload(std::slice::from_ref(&alert), "portico", &instance, &admin);
+        payload["groupLabels"]["alertname"] = "rollout_rolled_back".into();
+        payload["commonLabels"]["alertname"] = "rollout_rolled_back".into();
+        payload["alerts"][0]["labels"]["alertname"] = "rollout_rolled_back".into();
+        payload["alerts"][0]["labels"]["plugin"] = event.plugin.clone().into();
+        let annotations = &mut payload["alerts"][0]["annotations"];
+        annotations["summary"] = format!("Rollout of plugin {} rolled back", event.plugin).into();
+        annotations["description"] = event.reason.clone().into();
+        annotations["candidate_sha256"] = event.candidate_sha256.clone().into();
+        annotations["stable_sha256"] = event.stable_sha256.clone().into();
+        payload["alerts"][0]["generatorURL"] = format!("{admin}/plugins/{}/rollout", event.plugin).into();
+        post(&shared, &urls, payload.to_string()).await;
     }
 }

@@ -5,6 +5,7 @@
 mod cluster_routes;
 mod dashboard;
 mod endpoint_routes;
+mod plugin_routes;
 mod routes;
 
 use crate::listen::idle::Activity;

@@ -1,7 +1,7 @@
 //! Admin API routes. Answers are JSON except `/metrics` (Prometheus text), `/healthz` (plain text) and the
 //! dashboard's page and assets.
 
-use super::{cluster_routes, dashboard, endpoint_routes};
+use super::{cluster_routes, dashboard, endpoint_routes, plugin_routes};
 use crate::body::ResponseBody;
 use crate::config;
 use crate::server::{Server, ServerError};
@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Largest module `PUT /plugins/{name}` accepts.
-const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
+pub(super) const MAX_PLUGIN_BYTES: usize = 64 * 1024 * 1024;
 /// Largest configuration `PUT /config` accepts.
 pub(super) const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
 /// Largest body any other admin route accepts: they take small JSON documents.
@@ -196,21 +196,10 @@ pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Respon
         }
         (&Method::PUT, ["plugins", name]) => {
             let name = name.to_string();
-            let slot = server.shared.snapshot.load().plugins.get(&name).cloned();
-            let Some(slot) = slot else {
-                return Ok(error(StatusCode::NOT_FOUND, format!("no plugin named {name:?} in the configuration")));
-            };
-            match (read_body(req.into_body(), MAX_PLUGIN_BYTES).await, server.cluster.get()) {
-                (Err(answer), _) => answer,
-                (Ok(body), Some(link)) => cluster_routes::upload(link, &server, &name, body.to_vec()).await,
-                (Ok(body), None) => match server.shared.plugins.upload(&slot, body.to_vec()).await {
-                    Ok(()) => json(StatusCode::OK, slot.describe()),
-                    Err(e) => {
-                        error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; the running version keeps serving"))
-                    }
-                },
-            }
+            plugin_routes::upload(&server, &name, req).await
         }
+        (&Method::GET, ["plugins", name, "rollout"]) => plugin_routes::status(&server, name),
+        (&Method::POST, ["plugins", name, "rollout", action]) => plugin_routes::action(&server, name, action).await,
         (&Method::POST, ["plugins", name, "rollback"]) => {
             let slot = server.shared.snapshot.load().plugins.get(*name).cloned();
             match (slot, server.cluster.get()) {

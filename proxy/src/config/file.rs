@@ -145,6 +145,10 @@ pub struct PluginFile {
     /// (a round-robin position, a cache) is per instance.
     #[serde(default)]
     pub instances: usize,
+    /// How a module uploaded with `PUT /plugins/{name}?rollout=PERCENT` meets the traffic, step by step, and
+    /// when it is rolled back by itself (see `config::rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::RolloutFile>,
 }
 
 fn default_plugin_memory() -> ByteSize {

@@ -6,6 +6,7 @@ pub mod duration;
 pub mod endpoints;
 pub mod file;
 pub mod keys;
+pub mod rollout;
 pub mod telemetry;
 
 use file::{FileConfig, ListenerMode, PluginFile};
@@ -148,6 +149,8 @@ pub struct PluginConfig {
     pub cpu_limit: Duration,
     /// Instances in the pool (0 = one per CPU).
     pub instances: usize,
+    /// How an upload with `?rollout=PERCENT` proceeds (the defaults when the table is absent).
+    pub rollout: rollout::RolloutConfig,
 }
 
 impl PartialEq for TlsFile {
@@ -581,6 +584,16 @@ impl Validator<'_> {
             if p.cpu_limit.0.is_zero() {
                 self.issue(format!("{key}.cpu_limit"), Some(&p.name), "must be positive");
             }
+            let rollout = match p.rollout.as_ref().map(rollout::validate) {
+                None => rollout::RolloutConfig::default(),
+                Some(Ok(config)) => config,
+                Some(Err(issues)) => {
+                    for (field, message) in issues {
+                        self.issue(format!("{key}.rollout.{field}"), Some(&p.name), message);
+                    }
+                    rollout::RolloutConfig::default()
+                }
+            };
             out.push(PluginConfig {
                 root_id: p.root_id.clone().unwrap_or_else(|| name.clone()),
                 name,
@@ -591,6 +604,7 @@ impl Validator<'_> {
                 memory_limit: usize::try_from(p.memory_limit.0).unwrap_or(usize::MAX),
                 cpu_limit: p.cpu_limit.0,
                 instances: p.instances,
+                rollout,
             });
         }
         out

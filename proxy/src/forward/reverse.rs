@@ -93,8 +93,10 @@ fn note_plugins(meta: &mut RequestMeta, note: impl FnOnce(&mut PluginDecisions))
     }
 }
 
-/// Runs the chain's `on_log` when the response body has been sent (or now, for a body already complete).
-fn logged(response: Response<ResponseBody>, chain: FilterChain) -> Response<ResponseBody> {
+/// Runs the chain's `on_log` when the response body has been sent (or now, for a body already complete), and
+/// counts the answer for plugins under a rollout.
+fn logged(response: Response<ResponseBody>, mut chain: FilterChain) -> Response<ResponseBody> {
+    chain.answered(response.status().as_u16());
     if chain.is_empty() {
         return response;
     }

@@ -23,7 +23,8 @@
 //!   from another callback, as header pauses do, then re-reads the body the plugin may have replaced.
 //! * Trailers are not offered to plugins and are not forwarded on filtered bodies.
 
-use super::chain::{closed, failed, local_answer, FilterChain};
+use super::chain::{closed, local_answer, FilterChain};
+use super::rollout::request::failed_counted;
 use crate::body::{BodyAborted, RequestBody, ResponseBody};
 use crate::forward::local::{error_response, LocalError};
 use bytes::{Bytes, BytesMut};
@@ -139,7 +140,8 @@ impl BodyPipe {
                 Ok(FilterAction::Close) => {
                     return Err(BodyStop::Respond(closed(chain.links[link].plugin(), request_id)))
                 }
-                Err(failure) => match failed(chain.links[link].plugin(), &failure, request_id) {
+                Err(failure) => match failed_counted(&chain.rollouts, chain.links[link].plugin(), &failure, request_id)
+                {
                     Some(answer) => return Err(BodyStop::Respond(answer)),
                     None => {
                         // Fail open: the plugin is skipped for the rest of the request and its input passes on.
@@ -311,19 +313,24 @@ pub async fn filter_response_body(
         let (chunk, eos) = match next_chunk(&mut body).await {
             Ok(next) => next,
             Err(e) => {
-                chain.log();
                 let detail = format!("upstream response body failed: {e}");
-                return error_response(LocalError::UpstreamFailed, &detail, request_id);
+                let answer = error_response(LocalError::UpstreamFailed, &detail, request_id);
+                chain.answered(answer.status().as_u16());
+                chain.log();
+                return answer;
             }
         };
         let passed = match pipe.push(&mut chain, chunk, eos, request_id).await {
             Ok(passed) => passed,
             Err(stop) => {
+                let answer = stop.into_response(Direction::Response, request_id);
+                chain.answered(answer.status().as_u16());
                 chain.log();
-                return stop.into_response(Direction::Response, request_id);
+                return answer;
             }
         };
         if eos {
+            chain.answered(parts.status.as_u16());
             chain.log();
             parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(passed.len()));
             return Response::from_parts(parts, ResponseBody::full(passed));
@@ -331,6 +338,7 @@ pub async fn filter_response_body(
         if !passed.is_empty() {
             // The headers go out now and later chunks may change size: let the transport frame the body.
             parts.headers.remove(header::CONTENT_LENGTH);
+            chain.answered(parts.status.as_u16());
             let rx = spawn_pump(chain, pipe, body, passed, request_id.to_string(), send_timeout);
             return Response::from_parts(parts, ResponseBody::Filtered(rx));
         }

@@ -4,6 +4,8 @@
 //! (balancing). A plugin that fails is handled by its `fail` policy: closed answers 503, open skips it for the
 //! rest of this request.
 
+use super::rollout::request::failed_counted;
+use super::rollout::{Rollout, Version};
 use super::PluginSlot;
 use crate::forward::local::{error_response, LocalError};
 use crate::listen::ConnInfo;
@@ -50,6 +52,10 @@ pub struct FilterChain {
     /// The request's headers as the plugins see them (pseudo-headers first), built once for the request
     /// headers phase and kept for endpoint selection, which may read them too.
     headers: Vec<(String, String)>,
+    /// The versions this request met of plugins under a rollout, to count its outcome for the guards.
+    pub(super) rollouts: Vec<(Arc<Rollout>, Version)>,
+    /// When the chain started (only kept when `rollouts` is not empty).
+    pub(super) started: Option<Instant>,
 }
 
 /// What plugins may ask about a request beyond its headers (`request.id`, `source.address`, ...): copied from
@@ -99,7 +105,12 @@ impl FilterChain {
         conn: &ConnInfo,
         request_id: &str,
     ) -> Result<FilterChain, Refusal> {
-        let mut chain = FilterChain { links: Vec::with_capacity(filters.len()), headers: Vec::new() };
+        let mut chain = FilterChain {
+            links: Vec::with_capacity(filters.len()),
+            headers: Vec::new(),
+            rollouts: Vec::new(),
+            started: None,
+        };
         if filters.is_empty() {
             return Ok(chain);
         }
@@ -114,11 +125,16 @@ impl FilterChain {
         });
         for name in filters {
             let Some(slot) = plugins.get(name) else { continue };
-            let handle = slot.handle();
+            let handle = match chain.choose_version(slot, parts, conn.peer) {
+                Some(Version::Candidate) => chain.rollouts.last().map(|(r, _)| r.candidate_handle()),
+                _ => None,
+            };
+            let handle = handle.unwrap_or_else(|| slot.handle());
             match handle.new_stream(facts.clone()) {
                 Ok(stream) => chain.links.push(Link { stream }),
                 Err(failure) => {
-                    if let Some(answer) = failed(handle.plugin(), &failure, request_id) {
+                    if let Some(answer) = failed_counted(&chain.rollouts, handle.plugin(), &failure, request_id) {
+                        chain.answered(answer.status().as_u16());
                         return Err(Box::new(answer));
                     }
                 }
@@ -163,7 +179,7 @@ impl FilterChain {
                 Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
                 Ok(FilterAction::LocalResponse(local)) => return Verdict::Respond(local_answer(local, request_id)),
                 Ok(FilterAction::Close) => return Verdict::Respond(closed(link.plugin(), request_id)),
-                Err(failure) => match failed(link.plugin(), &failure, request_id) {
+                Err(failure) => match failed_counted(&self.rollouts, link.plugin(), &failure, request_id) {
                     Some(answer) => return Verdict::Respond(answer),
                     None => {
                         self.links.remove(i);
@@ -214,7 +230,7 @@ impl FilterChain {
                 Ok(Some(index)) => return Ok(Some(index)),
                 Ok(None) => i += 1,
                 Err(failure) => {
-                    if let Some(answer) = failed(link.plugin(), &failure, request_id) {
+                    if let Some(answer) = failed_counted(&self.rollouts, link.plugin(), &failure, request_id) {
                         return Err(Box::new(answer));
                     }
                     self.links.remove(i);
@@ -264,7 +280,7 @@ impl FilterChain {
                 Ok(FilterAction::LocalResponse(local)) => return local_answer(local, request_id),
                 Ok(FilterAction::Close) => return closed(link.plugin(), request_id),
                 Err(failure) => {
-                    if let Some(answer) = failed(link.plugin(), &failure, request_id) {
+                    if let Some(answer) = failed_counted(&self.rollouts, link.plugin(), &failure, request_id) {
                         return answer;
                     }
                     self.links.remove(i);

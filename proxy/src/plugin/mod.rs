@@ -7,10 +7,11 @@
 
 pub mod body;
 pub mod chain;
+pub mod rollout;
 pub mod services;
 
 use crate::config::{FailMode, PluginConfig, PluginSource};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use portico_plugins::{FailPolicy, Plugin, PluginEngine, PluginError, PluginHandle, PluginSpec};
 use std::collections::HashMap;
@@ -55,6 +56,17 @@ pub enum PluginLoadError {
     /// Rollback asked for with no previous version.
     #[error("plugin {0}: there is no previous version to roll back to")]
     NoPrevious(String),
+    /// A rollout action on a plugin that has no rollout.
+    #[error("plugin {0}: no rollout has been started (upload with PUT /plugins/{0}?rollout=PERCENT)")]
+    NoRollout(String),
+    /// A rollout action that needs a running rollout.
+    #[error("plugin {plugin}: the rollout is {state}, not running")]
+    RolloutEnded {
+        /// The plugin.
+        plugin: String,
+        /// The state it is in.
+        state: &'static str,
+    },
 }
 
 /// An error followed by its causes (`source()` chain), `: `-separated: for a message that must be complete on
@@ -97,6 +109,8 @@ pub struct PluginSlot {
     /// the file, so neither touches it, and the watcher swaps the file's module in only once the file itself
     /// changes again.
     file_seen: Mutex<Option<SystemTime>>,
+    /// The latest rollout of a candidate beside the current version, running or ended (see [`rollout`]).
+    rollout: ArcSwapOption<rollout::Rollout>,
 }
 
 /// Lanes (`crate::listen::workers::lane`) that get a handle of their own; more workers than this share
@@ -112,6 +126,12 @@ fn lane_handles() -> Box<[LaneHandle]> {
     (0..HANDLE_LANES).map(|_| LaneHandle::default()).collect()
 }
 
+/// The calling worker's handle in `handles`, made from `plugin()` if the lane has none.
+fn lane_handle(handles: &[LaneHandle], plugin: impl FnOnce() -> Arc<Plugin>) -> Arc<PluginHandle> {
+    let mut lane = handles[crate::listen::workers::lane() % HANDLE_LANES].0.lock();
+    lane.get_or_insert_with(|| plugin().handle()).clone()
+}
+
 impl PluginSlot {
     /// The version new requests use.
     pub fn current(&self) -> Arc<Plugin> {
@@ -124,8 +144,7 @@ impl PluginSlot {
     /// operations per request on a cache line bouncing between cores). A swap empties the handles, so the
     /// next request on each lane takes the new version.
     pub fn handle(&self) -> Arc<PluginHandle> {
-        let mut lane = self.handles[crate::listen::workers::lane() % HANDLE_LANES].0.lock();
-        lane.get_or_insert_with(|| self.current.load_full().handle()).clone()
+        lane_handle(&self.handles, || self.current.load_full())
     }
 
     /// What `fail = "closed" | "open"` means for a request this plugin failed.
@@ -149,10 +168,17 @@ impl PluginSlot {
             "instances": current.instance_count(),
             "unknown_imports": current.unknown_imports(),
             "previous_sha256": previous,
+            "rollout": self.rollout.load().as_ref().map(|r| r.state().name()),
         })
     }
 
+    /// Swaps a new version in; a rollout running beside the old one ends (its candidate is dropped).
     fn swap(&self, plugin: Arc<Plugin>, info: VersionInfo) {
+        self.end_rollout("another version was swapped in");
+        self.swap_in(plugin, info);
+    }
+
+    fn swap_in(&self, plugin: Arc<Plugin>, info: VersionInfo) {
         let old = self.current.swap(plugin.clone());
         for lane in &*self.handles {
             *lane.0.lock() = None;
@@ -189,8 +215,9 @@ pub struct PluginSet {
     services: Arc<services::ProxyServices>,
     /// The data-path workers' runtimes: each owns its instances of a plugin, so each runs their ticks.
     workers: Vec<tokio::runtime::Handle>,
-    /// Serialises version changes so two uploads cannot interleave.
-    changing: tokio::sync::Mutex<()>,
+    /// Serialises version changes so two uploads cannot interleave (rollout drivers take it to promote).
+    changing: Arc<tokio::sync::Mutex<()>>,
+    rollout_reporting: rollout::Reporting,
 }
 
 impl std::fmt::Debug for PluginSet {
@@ -207,11 +234,14 @@ impl PluginSet {
         services: Arc<services::ProxyServices>,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Result<Self, PluginError> {
+        let rollout_reporting = rollout::Reporting::register(&registry)
+            .map_err(|e| PluginError::Engine { what: "registering rollout metrics", source: Box::new(e) })?;
         Ok(PluginSet {
             engine: Arc::new(PluginEngine::with_registry(registry)?),
             services,
             workers,
-            changing: tokio::sync::Mutex::new(()),
+            changing: Arc::new(tokio::sync::Mutex::new(())),
+            rollout_reporting,
         })
     }
 
@@ -242,6 +272,7 @@ impl PluginSet {
                 info: Mutex::new(info),
                 previous: Mutex::new(previous.get(&config.name).map(|old| (old.current(), old.info.lock().clone()))),
                 file_seen: Mutex::new(modified),
+                rollout: ArcSwapOption::empty(),
             });
             self.spawn_tickers(&plugin);
             tracing::info!(plugin = %config.name, "plugin loaded");

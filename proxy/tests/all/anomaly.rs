@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Records the bodies POSTed to it.
-async fn webhook_receiver() -> Result<(std::net::SocketAddr, Arc<Mutex<Vec<String>>>), std::io::Error> {
+pub(crate) async fn webhook_receiver() -> Result<(std::net::SocketAddr, Arc<Mutex<Vec<String>>>), std::io::Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let received: Arc<Mutex<Vec<String>>> = Arc::default();

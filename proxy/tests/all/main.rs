@@ -20,6 +20,7 @@ mod plugins;
 mod process;
 mod reload;
 mod reverse;
+mod rollout;
 mod smuggling;
 mod support;
 mod telemetry;

@@ -14,7 +14,7 @@ fn c_plugin() -> PathBuf {
 
 /// A hand-written proxy-wasm module: memory, allocator, ABI marker, the given strings at 1024, 1088, 1152, …
 /// (64 bytes apart) and `body` (functions and exports).
-fn wat_plugin(strings: &[&str], body: &str) -> Vec<u8> {
+pub(crate) fn wat_plugin(strings: &[&str], body: &str) -> Vec<u8> {
     let data: String =
         strings.iter().enumerate().map(|(i, s)| format!("(data (i32.const {}) \"{}\")\n", 1024 + 64 * i, s)).collect();
     let text = format!(
