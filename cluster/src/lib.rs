@@ -10,6 +10,7 @@ pub mod hooks;
 mod log_store;
 pub mod network;
 mod node;
+mod rollout;
 mod rpc;
 mod state_machine;
 pub mod types;
@@ -18,5 +19,5 @@ pub use error::ClusterError;
 pub use node::{raft_config, Cluster, ClusterSettings, ClusterStatus, MemberStatus, MembershipChange};
 pub use types::{
     Applied, ClusterState, Command, EndpointChange, EndpointOverride, Module, NodeId, PluginVersions, Proposal,
-    RegisteredEndpoint, RegistrationChange, CHUNK_BYTES,
+    RegisteredEndpoint, RegistrationChange, RolloutDecision, RolloutRecord, RolloutState, CHUNK_BYTES,
 };

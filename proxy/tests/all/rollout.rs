@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Answers every request itself with 503 and the body `candidate-refuses`.
-fn refusing_plugin() -> Vec<u8> {
+pub(crate) fn refusing_plugin() -> Vec<u8> {
     wat_plugin(
         &["candidate-refuses"],
         r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
