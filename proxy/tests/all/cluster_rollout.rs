@@ -116,7 +116,7 @@ async fn a_good_candidate_is_promoted_on_every_node_through_a_killed_leader_and_
         assert!(eventually_async(HANG, || async { node.marker().await.as_deref() == Some("v1") }).await);
     }
     let config = cluster.nodes[0].config_path();
-    set_rollout_table(&cluster.nodes[0], &config, "steps = [20, 50, 100], step_interval = \"2s\"").await?;
+    set_rollout_table(&cluster.nodes[0], &config, "steps = [20, 50, 100], step_interval = \"4s\"").await?;
     let follower_id = cluster.nodes.iter().find(|n| n.id != leader).ok_or("follower")?.id;
     let follower = |nodes: &[Node]| nodes.iter().position(|n| n.id == follower_id).unwrap_or(0);
 
