@@ -9,6 +9,9 @@
 //!
 //! A request takes its version once, when its filter chain starts ([`Rollout::choose`]), and keeps it for every
 //! phase: the chain holds the chosen version's stream.
+//!
+//! On a cluster member every node runs its own copy of the cluster's rollout, and the decisions are the
+//! cluster's: the guards only judge ([`Rollout::judge`]) and `crate::cluster::rollout` proposes what they found.
 
 pub mod guard;
 pub mod metrics;
