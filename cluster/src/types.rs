@@ -4,6 +4,7 @@
 //! state. Rejections (a rollback with nothing to roll back to) are part of that function too: they are
 //! recorded in the result, never a divergence.
 
+pub use crate::rollout::{RolloutDecision, RolloutRecord, RolloutState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -151,6 +152,25 @@ pub enum Command {
         /// What to do.
         change: RegistrationChange,
     },
+    /// Start a progressive rollout of a plugin's module (the admin `PUT /plugins/{name}?rollout=PERCENT`), staged
+    /// first; it replaces the plugin's previous rollout.
+    StartRollout {
+        /// Plugin name.
+        name: String,
+        /// The candidate module's sha256.
+        sha256: String,
+        /// The first step, in hundredths of a percent.
+        first_share: u32,
+    },
+    /// A decision about a running rollout, taken once for the whole cluster.
+    Rollout {
+        /// Plugin name.
+        name: String,
+        /// The rollout it is about (the log index that started it).
+        serial: u64,
+        /// What to do.
+        decision: RolloutDecision,
+    },
 }
 
 /// The outcome of applying one log entry.
@@ -213,6 +233,9 @@ pub struct ClusterState {
     /// Registered endpoints by upstream group, then by address.
     #[serde(default)]
     pub registrations: BTreeMap<String, BTreeMap<String, RegisteredEndpoint>>,
+    /// Each plugin's latest rollout, running or ended.
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, RolloutRecord>,
     /// Index of the last log entry applied.
     pub applied_index: u64,
 }
@@ -223,17 +246,21 @@ impl ClusterState {
         self.plugins
             .values()
             .any(|v| v.current.sha256 == sha256 || v.previous.as_ref().is_some_and(|p| p.sha256 == sha256))
+            || self.rollouts.values().any(|r| r.candidate.sha256 == sha256)
     }
 
     /// The module with this digest: from the state, or assembled from its staged pieces (checked against the
     /// digest).
-    fn resolve(&self, sha256: &str) -> Result<Module, String> {
+    pub(crate) fn resolve(&self, sha256: &str) -> Result<Module, String> {
         for v in self.plugins.values() {
             for m in std::iter::once(&v.current).chain(v.previous.as_ref()) {
                 if m.sha256 == sha256 {
                     return Ok(m.clone());
                 }
             }
+        }
+        if let Some(r) = self.rollouts.values().find(|r| r.candidate.sha256 == sha256) {
+            return Ok(r.candidate.clone());
         }
         let staged = self.staged.get(sha256).ok_or_else(|| format!("module {sha256} was not staged"))?;
         if staged.chunks.len() != staged.total as usize {
@@ -284,6 +311,17 @@ impl ClusterState {
                     self.staged.remove(sha);
                 }
                 let modules = resolved;
+                let changed: Vec<String> = self
+                    .rollouts
+                    .keys()
+                    .filter(|name| {
+                        self.plugins.get(*name).map(|v| &v.current.sha256) != modules.get(*name).map(|m| &m.sha256)
+                    })
+                    .cloned()
+                    .collect();
+                for name in changed {
+                    self.end_rollout(&name, "a new configuration changed the plugin's module");
+                }
                 self.config = Some(config.clone());
                 let old = std::mem::take(&mut self.plugins);
                 for (name, module) in modules {
@@ -304,6 +342,7 @@ impl ClusterState {
                     Err(e) => return Some(e),
                 };
                 self.staged.remove(sha256);
+                self.end_rollout(name, "another version was uploaded");
                 let previous = self.plugins.get(name).map(|v| v.current.clone());
                 if previous.as_ref().is_some_and(|p| p.sha256 == module.sha256) {
                     return None;
@@ -315,12 +354,15 @@ impl ClusterState {
                 Some(versions) => match versions.previous.take() {
                     Some(previous) => {
                         versions.previous = Some(std::mem::replace(&mut versions.current, previous));
+                        self.end_rollout(name, "the plugin was rolled back to its previous version");
                         None
                     }
                     None => Some(format!("plugin {name:?} has no previous version to roll back to")),
                 },
                 None => Some(format!("plugin {name:?} has no replicated module to roll back")),
             },
+            Command::StartRollout { name, sha256, first_share } => self.start_rollout(name, sha256, *first_share),
+            Command::Rollout { name, serial, decision } => self.decide(name, *serial, decision),
             Command::Endpoint { upstream, endpoint, change } => {
                 let entry = self.endpoints.entry(format!("{upstream}/{endpoint}")).or_default();
                 match change {

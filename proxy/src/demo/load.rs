@@ -1,5 +1,6 @@
 //! A small closed-loop load generator for the demo: N keep-alive connections sending GETs back to back,
-//! recording each answer's latency, status and which upstream served it.
+//! recording each answer's latency, status and which upstream served it. One request in four goes to
+//! `/checkout`, the route the demo's faulty router release breaks.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -72,8 +73,11 @@ async fn worker(target: SocketAddr, until: Instant, recorder: Arc<Recorder>) {
             continue;
         };
         tokio::spawn(conn);
+        let mut sent = 0u64;
         while Instant::now() < until {
-            let Ok(request) = http::Request::get("/").header("host", "demo.local").body(Empty::<Bytes>::new()) else {
+            sent += 1;
+            let path = if sent.is_multiple_of(4) { "/checkout" } else { "/" };
+            let Ok(request) = http::Request::get(path).header("host", "demo.local").body(Empty::<Bytes>::new()) else {
                 return;
             };
             let started = Instant::now();

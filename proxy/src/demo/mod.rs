@@ -2,11 +2,13 @@
 //! front with health checks, retries, outlier detection and anomaly detection, a load generator, and a line of
 //! live stats per second. In the full scenario one upstream crashes and comes back (no failed request), then
 //! another turns slow: the detector opens one incident with that endpoint as its cause, the example hook
-//! drains it, and latency recovers. The calm scenario runs the same setup with no fault, to check that nothing
+//! drains it, and latency recovers. Between the two, a faulty release of the router rolls out to a share of the
+//! requests and is rolled back by its guards within seconds ([`rollout_act`]). The calm scenario runs the same setup with no fault, to check that nothing
 //! is reported.
 
 pub mod load;
 pub mod record;
+mod rollout_act;
 mod setup;
 mod story;
 pub mod upstreams;
@@ -22,7 +24,8 @@ use upstreams::DemoUpstream;
 /// Which acts the demo plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
-    /// A calm start, beta crashes and recovers, gamma turns slow.
+    /// A calm start, beta crashes and recovers, a faulty router release is rolled out and rolled back, gamma
+    /// turns slow.
     Full,
     /// The same setup with no fault at all: the run should end with `incidents: 0`.
     Calm,
@@ -91,12 +94,17 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         None => println!("Remediation: skipped (the example hook needs sh, curl and python3 on PATH)."),
     }
     let (fail_at, recover_at, slow_at) = (duration * 30 / 100, duration * 45 / 100, duration * 60 / 100);
+    // Between beta's return and gamma's slowdown: the rollout meets full traffic, so its guards decide in a
+    // second or two, and it is over before the latency act.
+    let release_at = duration * 50 / 100;
     match scenario {
         Scenario::Full => println!(
-            "Acts over {}s, {concurrency} connections: beta fails at {}s and recovers at {}s; gamma turns slow (+200 ms) at {}s.\n",
+            "Acts over {}s, {concurrency} connections: beta fails at {}s and recovers at {}s; router v2, which breaks /checkout, rolls out to {} % at {}s; gamma turns slow (+200 ms) at {}s.\n",
             duration.as_secs(),
             fail_at.as_secs(),
             recover_at.as_secs(),
+            rollout_act::PERCENT,
+            release_at.as_secs(),
             slow_at.as_secs()
         ),
         Scenario::Calm => {
@@ -126,7 +134,8 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let faults = scenario == Scenario::Full;
-    let (mut failed, mut recovered, mut slowed) = (!faults, !faults, !faults);
+    let (mut failed, mut recovered, mut slowed, mut released) = (!faults, !faults, !faults, !faults);
+    let mut act: Option<rollout_act::RolloutAct> = None;
     let mut calm_p99: Vec<f64> = Vec::new();
     let gamma = upstreams[2].address.to_string();
     while Instant::now() < until {
@@ -148,8 +157,27 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
             story.fault();
             println!("      -- gamma turns slow (+200 ms) --");
         }
+        if !released && elapsed >= release_at {
+            released = true;
+            match rollout_act::RolloutAct::start(&server, elapsed).await {
+                Ok(started) => {
+                    act = Some(started);
+                    println!(
+                        "      -- router v2 rolls out to {} % of requests (it breaks /checkout) --",
+                        rollout_act::PERCENT
+                    );
+                }
+                Err(e) => println!("      -- router v2 could not be rolled out: {e} --"),
+            }
+        }
+        if let Some(line) = act.as_mut().and_then(|a| a.before_window(elapsed)) {
+            println!("{line}");
+        }
         let mut w = recorder.take();
         let errors = w.errors + w.statuses.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum::<u64>();
+        if let Some(act) = act.as_mut() {
+            act.window(errors);
+        }
         let served: Vec<String> = w.by_upstream.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let p99 = w.percentile_ms(99.0);
         println!(
@@ -193,13 +221,18 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let answered = totals.answered();
     let failed_requests =
         totals.errors + totals.statuses.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum::<u64>();
+    let by_release =
+        act.as_ref().map_or(String::new(), |a| format!(" ({} by router v2 during its rollout)", a.failed()));
     println!(
-        "\nSummary: {answered} requests, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {failed_requests} failed.",
+        "\nSummary: {answered} requests, {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {failed_requests} failed{by_release}.",
         answered as f64 / duration.as_secs_f64().max(1.0),
         totals.percentile_ms(50.0),
         totals.percentile_ms(99.0)
     );
     println!("Dashboard was at http://{admin_addr}/dashboard.");
+    if let Some(act) = &act {
+        act.summary();
+    }
     story.summary(faults, &actions);
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&scripts);

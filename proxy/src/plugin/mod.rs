@@ -152,6 +152,11 @@ impl PluginSlot {
         self.config.fail == FailMode::Closed
     }
 
+    /// The sha256 of the module the slot runs.
+    pub fn sha256(&self) -> String {
+        self.info.lock().sha256.clone()
+    }
+
     /// A JSON description for the admin API.
     pub fn describe(&self) -> serde_json::Value {
         let current = self.current();

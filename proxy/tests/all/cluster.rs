@@ -23,12 +23,12 @@ fn free_port() -> Result<u16, std::io::Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct Node {
-    id: u64,
+pub(crate) struct Node {
+    pub(crate) id: u64,
     config: PathBuf,
     log: PathBuf,
-    admin: SocketAddr,
-    web: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) web: SocketAddr,
     child: Option<Child>,
 }
 
@@ -39,7 +39,7 @@ impl Drop for Node {
 }
 
 impl Node {
-    fn spawn(&mut self) -> Result<(), std::io::Error> {
+    pub(crate) fn spawn(&mut self) -> Result<(), std::io::Error> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(BIN)
             .args(["--log-format", "json", "run", "--grace", "1s", "-c"])
@@ -52,14 +52,14 @@ impl Node {
     }
 
     /// SIGKILL: no drain, no goodbye to the peers.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    async fn status(&self) -> Option<serde_json::Value> {
+    pub(crate) async fn status(&self) -> Option<serde_json::Value> {
         get(self.admin, "/cluster").await.ok().filter(|a| a.status == 200).map(|a| a.json())
     }
 
@@ -81,12 +81,16 @@ impl Node {
         answer.json().as_array()?.first()?["sha256"].as_str().map(str::to_string)
     }
 
-    async fn marker(&self) -> Option<String> {
+    pub(crate) async fn marker(&self) -> Option<String> {
         let answer = get(self.web, "/").await.ok().filter(|a| a.status == 200)?;
         Some(answer.header("x-wat").to_string())
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn config_path(&self) -> PathBuf {
+        self.config.clone()
+    }
+
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -183,15 +187,15 @@ fail = "open"
 
 /// Three nodes in front of one upstream, with a leader a quorum confirmed. Holds the one-cluster-at-a-time turn
 /// until dropped; fields drop in order, so the nodes are killed before the turn passes on.
-struct ThreeNodes {
-    nodes: Vec<Node>,
-    leader: u64,
+pub(crate) struct ThreeNodes {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) leader: u64,
     dir: tempfile::TempDir,
     _upstream: TestUpstream,
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
-async fn three_nodes(hooks: bool) -> Result<ThreeNodes, Box<dyn std::error::Error + Send + Sync>> {
+pub(crate) async fn three_nodes(hooks: bool) -> Result<ThreeNodes, Box<dyn std::error::Error + Send + Sync>> {
     let turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let upstream = TestUpstream::start("a").await;
     let dir = tempfile::tempdir()?;
@@ -202,7 +206,7 @@ async fn three_nodes(hooks: bool) -> Result<ThreeNodes, Box<dyn std::error::Erro
 }
 
 /// The id of a node that reports itself leader confirmed by a quorum, among `nodes`.
-async fn confirmed_leader(nodes: &[&Node], within: Duration) -> Option<u64> {
+pub(crate) async fn confirmed_leader(nodes: &[&Node], within: Duration) -> Option<u64> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         for node in nodes {
@@ -215,7 +219,7 @@ async fn confirmed_leader(nodes: &[&Node], within: Duration) -> Option<u64> {
     None
 }
 
-async fn eventually_async<F, Fut>(limit: Duration, mut cond: F) -> bool
+pub(crate) async fn eventually_async<F, Fut>(limit: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -6,6 +6,7 @@ mod anomaly;
 mod browser;
 mod builtin;
 mod cluster;
+mod cluster_rollout;
 mod cpp_sdk;
 mod dashboard;
 mod discovery;

@@ -322,14 +322,29 @@ fn anomaly_train_is_deterministic_for_a_seed() -> TestResult {
 }
 
 #[test]
-fn the_demo_runs_on_embedded_defaults_without_failed_requests() -> TestResult {
+fn the_demo_runs_on_embedded_defaults_and_only_the_faulty_release_fails_requests_until_its_rollback() -> TestResult {
     let out =
         Command::new(BIN).args(["--log-level", "error", "demo", "--duration", "20s", "--concurrency", "4"]).output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("beta goes down") && stdout.contains("gamma turns slow"), "{stdout}");
     let summary = stdout.lines().find(|l| l.starts_with("Summary:")).ok_or_else(|| format!("no summary:\n{stdout}"))?;
-    assert!(summary.ends_with(" 0 failed."), "requests failed during the demo: {summary}");
+    // Beta's crash and gamma's slowdown fail no request; the faulty router release fails some of those it meets
+    // before its guards roll it back by themselves, and none after.
+    let failed = |text: &str| -> Option<u64> { text.split_whitespace().rev().find_map(|w| w.parse().ok()) };
+    let (all, by_release) = summary
+        .trim_end_matches(" by router v2 during its rollout).")
+        .split_once(" failed (")
+        .and_then(|(all, by)| Some((failed(all)?, by.parse::<u64>().ok()?)))
+        .ok_or_else(|| format!("the summary does not count the release's failures: {summary}"))?;
+    assert_eq!(all, by_release, "only the faulty release failed requests: {summary}");
+    assert!(
+        stdout.contains("router v2 rolls out to 10 %") && stdout.contains("router v2 rolled back by itself"),
+        "{stdout}"
+    );
+    let rolled_back = stdout.lines().find(|l| l.trim_start().starts_with("rolled back ")).unwrap_or_default();
+    assert!(rolled_back.contains("by itself"), "{stdout}");
+    assert!(stdout.contains("; 0 after the rollback"), "{stdout}");
     assert!(stdout.contains("Latency fault timeline:"), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("incidents: ")), "the summary counts incidents: {stdout}");
     // Portico's own log lines go to a file named at the start, not between the demo's table rows.

@@ -9,6 +9,9 @@
 //!
 //! A request takes its version once, when its filter chain starts ([`Rollout::choose`]), and keeps it for every
 //! phase: the chain holds the chosen version's stream.
+//!
+//! On a cluster member every node runs its own copy of the cluster's rollout, and the decisions are the
+//! cluster's: the guards only judge ([`Rollout::judge`]) and `crate::cluster::rollout` proposes what they found.
 
 pub mod guard;
 pub mod metrics;
@@ -87,6 +90,24 @@ pub enum Action {
     Done,
 }
 
+/// What the guards found at a tick.
+#[derive(Debug, PartialEq)]
+pub enum Judgement {
+    /// The rollout is not running.
+    Ended,
+    /// A guard tripped: the reason.
+    Breach(String),
+    /// Nothing to do yet.
+    Hold,
+    /// The current step (its index) has lasted its interval under the guards; `last` when it is the last one.
+    StepDue {
+        /// Index of the step that passed.
+        step: usize,
+        /// Whether it was the last step (passing it promotes).
+        last: bool,
+    },
+}
+
 /// A rollout that rolled back, as told to whoever raises alerts for it (the anomaly hooks and webhooks).
 #[derive(Debug, Clone)]
 pub struct RolledBack {
@@ -133,6 +154,9 @@ pub struct Rollout {
     handles: Box<[LaneHandle]>,
     candidate_info: VersionInfo,
     stable_sha256: String,
+    /// On a cluster member, the log index of the entry that started the rollout: its decisions are the cluster's
+    /// (see `crate::cluster::rollout`), and this node's guards only report. `None` on a single node.
+    serial: Option<u64>,
     /// The candidate's share in hundredths of a percent; 0 once the rollout has ended.
     share: AtomicU32,
     tallies: [Tally; 2],
@@ -182,6 +206,7 @@ impl Rollout {
             handles: lane_handles(),
             candidate_info,
             stable_sha256,
+            serial: None,
             share: AtomicU32::new(scaled(first)),
             tallies: [Tally::default(), Tally::default()],
             metrics,
@@ -201,6 +226,12 @@ impl Rollout {
         };
         rollout.metrics.publish(plugin, first, State::Running.name());
         rollout
+    }
+
+    /// Marks the rollout as this node's copy of the cluster's rollout `serial` (see [`Rollout::serial`]).
+    pub(super) fn replicating(mut self, serial: Option<u64>) -> Rollout {
+        self.serial = serial;
+        self
     }
 
     /// The version a request meets, or `None` when the rollout no longer splits the traffic (the slot's
@@ -254,13 +285,31 @@ impl Rollout {
         self.status.lock().state
     }
 
-    /// One look of the guards, `elapsed` after the previous one: gathers both versions' counts into the
-    /// window, rolls back on a breach, and moves to the next step once this one has lasted its interval.
+    /// One look of the guards, `elapsed` after the previous one, on a single node: rolls back on a breach, and
+    /// moves to the next step once this one has lasted its interval.
     pub fn tick(&self, elapsed: Duration) -> Action {
+        match self.judge(elapsed) {
+            Judgement::Ended => Action::Done,
+            Judgement::Breach(reason) => {
+                self.finish(State::RolledBack, reason);
+                Action::Done
+            }
+            Judgement::Hold => Action::Continue,
+            Judgement::StepDue { last: true, .. } => Action::Promote,
+            Judgement::StepDue { step, last: false } => {
+                self.set_step(step + 1);
+                Action::Continue
+            }
+        }
+    }
+
+    /// One look of the guards, `elapsed` after the previous one: gathers both versions' counts into the window
+    /// and says whether a guard tripped or the step has lasted its interval, changing nothing else.
+    pub fn judge(&self, elapsed: Duration) -> Judgement {
         let samples = [self.tallies[0].take(), self.tallies[1].take()];
         let mut status = self.status.lock();
         if status.state != State::Running {
-            return Action::Done;
+            return Judgement::Ended;
         }
         for (total, sample) in status.totals.iter_mut().zip(&samples) {
             total.add(sample);
@@ -284,27 +333,43 @@ impl Rollout {
         let breach = guard::breach(&judged[0], &judged[1], limits);
         status.judged = judged;
         if let Some(reason) = breach {
-            self.end(&mut status, State::RolledBack, reason);
-            return Action::Done;
+            return Judgement::Breach(reason);
         }
         if status.paused {
-            return Action::Continue;
+            return Judgement::Hold;
         }
         status.step_elapsed += elapsed;
         if status.step_elapsed < self.config.step_interval {
-            return Action::Continue;
+            return Judgement::Hold;
         }
-        if status.step + 1 >= self.steps.len() {
-            return Action::Promote;
+        Judgement::StepDue { step: status.step, last: status.step + 1 >= self.steps.len() }
+    }
+
+    /// Moves a running rollout to step `step` (an index; past the last one, the last), restarting the step's
+    /// window and interval; nothing when it is there already.
+    pub fn set_step(&self, step: usize) {
+        let mut status = self.status.lock();
+        let step = step.min(self.steps.len().saturating_sub(1));
+        if status.state != State::Running || status.step == step {
+            return;
         }
-        status.step += 1;
+        status.step = step;
         status.step_elapsed = Duration::ZERO;
         status.window.clear();
-        let percent = self.steps[status.step];
+        let percent = self.steps.get(step).copied().unwrap_or(100.0);
         self.share.store(scaled(percent), Ordering::Relaxed);
         self.metrics.publish(&self.plugin, percent, State::Running.name());
-        tracing::info!(plugin = %self.plugin, percent, step = status.step + 1, "rollout: the candidate passed its step and meets more requests");
-        Action::Continue
+        tracing::info!(plugin = %self.plugin, percent, step = step + 1, "rollout: the candidate passed its step and meets more requests");
+    }
+
+    /// On a cluster member, the log index of the entry that started this rollout.
+    pub fn serial(&self) -> Option<u64> {
+        self.serial
+    }
+
+    /// The candidate module's sha256.
+    pub fn candidate_sha256(&self) -> &str {
+        &self.candidate_info.sha256
     }
 
     /// Ends a running rollout in `state`; `false` if it had already ended.
@@ -353,6 +418,11 @@ impl Rollout {
         status.reason = Some(reason);
     }
 
+    /// Whether stepping is paused.
+    pub fn paused(&self) -> bool {
+        self.status.lock().paused
+    }
+
     /// Stops (`true`) or resumes stepping. The guards keep watching a paused rollout.
     pub fn pause(&self, paused: bool) -> Result<(), State> {
         let mut status = self.status.lock();
@@ -394,6 +464,7 @@ impl Rollout {
             "reason": status.reason,
             "started": since(status.started),
             "ended": status.ended.map(since),
+            "replicated": self.serial.is_some(),
             "sticky": self.config.sticky.as_ref().map(sticky_name),
             "guards": {
                 "max_error_ratio": self.config.max_error_ratio,

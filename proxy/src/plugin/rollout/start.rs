@@ -19,14 +19,14 @@ impl PluginSlot {
     }
 
     /// Whether `rollout` is this slot's latest.
-    pub(super) fn runs(&self, rollout: &Arc<Rollout>) -> bool {
+    pub(crate) fn runs(&self, rollout: &Arc<Rollout>) -> bool {
         self.rollout.load().as_ref().is_some_and(|r| Arc::ptr_eq(r, rollout))
     }
 
     /// Makes the candidate the stable version (the old one becomes "previous", for `POST .../rollback`), if the
     /// rollout is still running: the state changes first, so a rollout aborted or promoted meanwhile (the driver
     /// and the admin API may race) is promoted at most once and never after an abort.
-    pub(super) fn promote(&self, rollout: &Rollout, reason: &str) -> bool {
+    pub(crate) fn promote(&self, rollout: &Rollout, reason: &str) -> bool {
         if !rollout.finish(State::Promoted, reason) {
             return false;
         }
@@ -58,6 +58,30 @@ impl PluginSet {
         bytes: Vec<u8>,
         percent: f64,
     ) -> Result<Arc<Rollout>, PluginLoadError> {
+        let rollout = self.begin_rollout(slot, bytes, percent, None).await?;
+        tokio::spawn(drive(Arc::downgrade(slot), rollout.clone(), self.changing.clone()));
+        Ok(rollout)
+    }
+
+    /// Starts this node's copy of the cluster's rollout `serial`: like [`PluginSet::start_rollout`], but nothing
+    /// drives it here; the cluster's decisions do (`crate::cluster::rollout`).
+    pub async fn start_replicated_rollout(
+        &self,
+        slot: &Arc<PluginSlot>,
+        bytes: Vec<u8>,
+        percent: f64,
+        serial: u64,
+    ) -> Result<Arc<Rollout>, PluginLoadError> {
+        self.begin_rollout(slot, bytes, percent, Some(serial)).await
+    }
+
+    async fn begin_rollout(
+        &self,
+        slot: &Arc<PluginSlot>,
+        bytes: Vec<u8>,
+        percent: f64,
+        serial: Option<u64>,
+    ) -> Result<Arc<Rollout>, PluginLoadError> {
         let _guard = self.changing.lock().await;
         let sha256 = sha256_hex(&bytes);
         let plugin = self.load(&slot.config, bytes).await?;
@@ -66,20 +90,21 @@ impl PluginSet {
         let steps = config.starting_at(percent);
         let info = VersionInfo { origin: "upload (rollout candidate)".into(), sha256, since: SystemTime::now() };
         let stable_sha256 = slot.info.lock().sha256.clone();
-        let rollout = Arc::new(Rollout::new(
-            &slot.config.name,
-            config,
-            steps,
-            plugin,
-            info,
-            stable_sha256,
-            self.rollout_reporting.clone(),
-        ));
+        let rollout = Arc::new(
+            Rollout::new(&slot.config.name, config, steps, plugin, info, stable_sha256, self.rollout_reporting.clone())
+                .replicating(serial),
+        );
         slot.end_rollout("replaced by a new rollout");
         slot.rollout.store(Some(rollout.clone()));
         tracing::info!(plugin = %slot.config.name, percent, candidate_sha256 = %rollout.candidate_info.sha256, "rollout started");
-        tokio::spawn(drive(Arc::downgrade(slot), rollout.clone(), self.changing.clone()));
         Ok(rollout)
+    }
+
+    /// Promotes `rollout`'s candidate if it is the slot's running rollout (a cluster member applying the
+    /// cluster's decision); `false` when it is not.
+    pub async fn promote_replicated(&self, slot: &PluginSlot, rollout: &Arc<Rollout>, reason: &str) -> bool {
+        let _guard = self.changing.lock().await;
+        slot.runs(rollout) && slot.promote(rollout, reason)
     }
 
     /// Promotes a running rollout's candidate now.

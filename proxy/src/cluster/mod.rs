@@ -4,7 +4,10 @@
 //! each node keeps its own). File-sourced plugins travel as module bytes, so every node runs the same modules
 //! whatever its disk holds. Admin writes become cluster commands: validated here first (a bad file or module is
 //! refused before anything is proposed), committed through the leader, and then applied by every node —
-//! including this one — through the same hot-reload path as a local reload.
+//! including this one — through the same hot-reload path as a local reload. Progressive rollouts are
+//! replicated the same way ([`rollout`]).
+
+pub mod rollout;
 
 use crate::config::{self, Config, ConfigIssue, PluginSource};
 use crate::server::{Server, ServerError};
@@ -286,7 +289,8 @@ pub async fn follow(server: Weak<Server>, link: Arc<ClusterLink>) {
     }
 }
 
-async fn apply(server: &Server, link: &ClusterLink, state: &ClusterState, last: &mut AppliedShape) {
+async fn apply(server: &Server, link: &Arc<ClusterLink>, state: &ClusterState, last: &mut AppliedShape) {
+    rollout::settle(server, state).await;
     let shape = AppliedShape {
         config: state.config.clone(),
         modules: state.plugins.iter().map(|(k, v)| (k.clone(), v.current.sha256.clone())).collect(),
@@ -313,6 +317,7 @@ async fn apply(server: &Server, link: &ClusterLink, state: &ClusterState, last: 
         }
         *last = shape;
     }
+    rollout::follow(server, link, state).await;
     apply_endpoint_overrides(server, state);
     apply_registrations(server, state);
 }
