@@ -126,7 +126,7 @@ pub fn validate(file: &RolloutFile) -> Result<RolloutConfig, Vec<(&'static str, 
         issues.push(("steps", "the last step must be 100 (passing it promotes the candidate)".to_string()));
     }
     if file.step_interval.0 < Duration::from_secs(1) {
-        issues.push(("step_interval", "must be at least 1s (the guards look once a second)".to_string()));
+        issues.push(("step_interval", "must be at least 1s (a step is judged on several looks)".to_string()));
     }
     if !(file.max_error_ratio.is_finite() && (0.0..1.0).contains(&file.max_error_ratio)) {
         issues.push(("max_error_ratio", format!("{} is not a ratio in [0, 1)", file.max_error_ratio)));

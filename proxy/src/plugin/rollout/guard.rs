@@ -1,5 +1,5 @@
 //! The guards of a rollout: what each version's requests did (counted on the data path, lock-free), gathered
-//! once a second into a window both versions share, and the tests that decide whether the candidate is worse.
+//! five times a second into a window both versions share, and the tests that decide whether the candidate is worse.
 //!
 //! **Error ratio: a one-sided two-proportion z-test against a margin.** The question is not "do the two
 //! versions differ" but "is the candidate's error ratio more than `max_error_ratio` above the stable one's",
@@ -9,11 +9,11 @@
 //! The proportions are Agresti–Caffo adjusted (one error and one success added to each sample): the plain
 //! estimate has zero variance when a sample is all errors or none, which would make a single failed request of
 //! a candidate "infinitely significant"; with the adjustment one failure out of one request is not enough,
-//! while three failures out of three against a clean stable version are (z ≈ 4). The test runs every second on
-//! an overlapping window, so it is looked at many times per step; the critical value is that of α = 0.001
+//! while three failures out of three against a clean stable version are (z ≈ 4). The test runs five times a second
+//! on an overlapping window, so it is looked at many times per step; the critical value is that of α = 0.0002
 //! rather than 0.05 to keep the chance of rolling back a candidate that is as good as the stable version small
 //! over a whole rollout. Fisher's exact test would be exact on small samples but tests equality, not a margin,
-//! and costs a sum over the hypergeometric distribution every second; the adjusted z-test is cheap and behaves
+//! and costs a sum over the hypergeometric distribution at every look; the adjusted z-test is cheap and behaves
 //! on small samples. Plugin failures (traps, timeouts, memory) are tested the same way on their own, so a
 //! candidate failing open (which answers no 5xx) is caught too.
 //!
@@ -23,10 +23,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// One-sided critical value of the standard normal for α = 0.001.
-pub const Z_CRITICAL: f64 = 3.09;
-/// Requests each version needs in the window before their p99 latencies are compared.
-pub const MIN_LATENCY_SAMPLES: u64 = 50;
+/// One-sided critical value of the standard normal for α = 0.0002 (α = 0.001 when the guards looked once a
+/// second; five looks a second, five times fewer false alarms per look).
+pub const Z_CRITICAL: f64 = 3.54;
+/// Requests each version needs in the window before their p99 latencies are compared: with fewer than a
+/// hundred, a p99 is the slowest request, and a candidate's first requests (a new instance on each worker)
+/// are looked at within a fraction of a second.
+pub const MIN_LATENCY_SAMPLES: u64 = 100;
 /// Latency histogram buckets: bucket `i` holds latencies up to `FIRST_BOUND_US * GROWTH^(i+1)` (100 µs to
 /// about 12 s in 20 % steps: a p99 is known to within 20 %).
 const LATENCY_BUCKETS: usize = 64;
