@@ -90,25 +90,39 @@ impl<S> SmuggleGuard<S> {
                             return;
                         }
                     }
+                    // A head that arrives whole in one read (nearly all of them) is framed where it lies; only
+                    // a head split across reads is gathered into `buf` first.
+                    let in_place = buf.is_empty();
                     let start = buf.len().saturating_sub(2);
-                    buf.extend_from_slice(bytes);
+                    if !in_place {
+                        buf.extend_from_slice(bytes);
+                    }
+                    let gathered = buf.len();
+                    let head: &[u8] = if in_place { bytes } else { buf };
                     // The head ends where hyper's parser (httparse) says it does, bare-LF line ends included:
                     // framing by CRLF alone took a bare-LF head and the request after it for one head.
-                    let end = if has_blank_line(&buf[start..]) { head_len(buf) } else { Ok(None) };
-                    let end = match end {
+                    let framed = if has_blank_line(&head[start..]) { frame_head(head) } else { Ok(None) };
+                    let seen = head.len();
+                    match framed {
                         // A head larger than the guard follows is refused, never waved through: hyper takes one
                         // as large as `max_header_bytes` allows, and an unchecked head would switch the guard
                         // off for the rest of the connection. (The fuzz target's split-invariance property
                         // pointed here: the limit used to apply only while a head was incomplete, so the same
                         // bytes were framed differently depending on how the reads split them.)
-                        Ok(Some(end)) if end > MAX_HEAD => {
+                        Ok(Some((end, _))) if end > MAX_HEAD => {
                             self.refuse_next_head();
                             return;
                         }
-                        Ok(Some(end)) => end,
+                        Ok(Some((end, framing))) => {
+                            let consumed = if in_place { end } else { bytes.len() - (gathered - end) };
+                            self.state = self.on_head(framing);
+                            bytes = &bytes[consumed..];
+                        }
                         Ok(None) => {
-                            if buf.len() > MAX_HEAD {
+                            if seen > MAX_HEAD {
                                 self.refuse_next_head();
+                            } else if in_place {
+                                buf.extend_from_slice(bytes);
                             }
                             return;
                         }
@@ -116,11 +130,7 @@ impl<S> SmuggleGuard<S> {
                             self.state = State::Off;
                             return;
                         }
-                    };
-                    let rest_offset = bytes.len() - (buf.len() - end);
-                    let head = std::mem::take(buf);
-                    self.state = self.on_head(&head[..end]);
-                    bytes = &bytes[rest_offset..];
+                    }
                 }
                 State::Fixed(left) => {
                     let n = (*left).min(bytes.len() as u64);
@@ -208,83 +218,103 @@ impl<S> SmuggleGuard<S> {
         self.state = State::Off;
     }
 
-    fn on_head(&mut self, head: &[u8]) -> State {
-        if head.starts_with(b"PRI * HTTP/2.0") {
-            return State::Off;
+    /// The state after a complete head, from what its framing headers say.
+    fn on_head(&mut self, framing: Framing) -> State {
+        if !matches!(framing, Framing::Preface) {
+            self.heads += 1;
         }
-        self.heads += 1;
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-            return State::Off;
-        }
-        let mut content_length: Option<u64> = None;
-        let mut chunked = false;
-        let mut te = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let parsed = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
-                match (content_length, parsed) {
-                    (_, None) => return State::Off,
-                    (Some(old), Some(new)) if old != new => return State::Off,
-                    (_, Some(new)) => content_length = Some(new),
-                }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te = true;
-                chunked = h
-                    .value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            }
-        }
-        if te && content_length.is_some() {
-            let _ = self.flag.bad_request.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
-            return State::Off;
-        }
-        // An `Upgrade` or CONNECT request is framed like any other: hyper keeps parsing requests on the
-        // connection unless the upgrade is accepted, and once it is, no request path looks at this guard again.
-        if te {
-            if chunked {
-                State::ChunkSize { value: 0, digits: 0, in_ext: false, seen_cr: false }
-            } else {
+        match framing {
+            Framing::Preface | Framing::Unframed => State::Off,
+            Framing::Ambiguous => {
+                let _ = self.flag.bad_request.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
                 State::Off
             }
-        } else {
-            match content_length {
-                Some(0) | None => State::Head(Vec::new()),
-                Some(n) => State::Fixed(n),
-            }
+            Framing::Chunked => State::ChunkSize { value: 0, digits: 0, in_ext: false, seen_cr: false },
+            Framing::Length(0) => State::Head(Vec::new()),
+            Framing::Length(n) => State::Fixed(n),
         }
     }
+}
+
+/// What a complete head says about the bytes after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// The HTTP/2 connection preface: the guard stops.
+    Preface,
+    /// Both `Content-Length` and `Transfer-Encoding`: the request is refused.
+    Ambiguous,
+    /// A chunked body follows.
+    Chunked,
+    /// `Content-Length` bytes follow (0: the next head).
+    Length(u64),
+    /// A head the guard cannot frame past (an unparsable or conflicting length, a final coding other than
+    /// chunked): hyper's own parser refuses it, and the guard stops.
+    Unframed,
+}
+
+/// The length of the complete head at the start of `buf` and its framing (`None` if incomplete, `Err` if it
+/// is no head), from one parse into headers left uninitialised (a head has at most 128 of them here, and
+/// zeroing the array cost more than the parse on every request).
+fn frame_head(buf: &[u8]) -> Result<Option<(usize, Framing)>, ()> {
+    if buf.starts_with(b"PRI * HTTP/2.0") {
+        return Ok(buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i + 4, Framing::Preface)));
+    }
+    let mut headers = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); 128];
+    let mut req = httparse::Request::new(&mut []);
+    let end = match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let parsed = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            match (content_length, parsed) {
+                (_, None) => return Ok(Some((end, Framing::Unframed))),
+                (Some(old), Some(new)) if old != new => return Ok(Some((end, Framing::Unframed))),
+                (_, Some(new)) => content_length = Some(new),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+            chunked = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    // An `Upgrade` or CONNECT request is framed like any other: hyper keeps parsing requests on the
+    // connection unless the upgrade is accepted, and once it is, no request path looks at this guard again.
+    let framing = match (te, chunked, content_length) {
+        (true, _, Some(_)) => Framing::Ambiguous,
+        (true, true, None) => Framing::Chunked,
+        (true, false, None) => Framing::Unframed,
+        (false, _, length) => Framing::Length(length.unwrap_or(0)),
+    };
+    Ok(Some((end, framing)))
 }
 
 /// Whether the bytes hold an empty line (`\n\n` or `\n\r\n`), the only place a head can end.
+/// It looks only at line ends (`memchr`), since it runs on every read of every head.
 fn has_blank_line(bytes: &[u8]) -> bool {
-    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
-}
-
-/// The length of the complete head at the start of `buf`, `None` if incomplete, `Err` if it is no head.
-fn head_len(buf: &[u8]) -> Result<Option<usize>, ()> {
-    if buf.starts_with(b"PRI * HTTP/2.0") {
-        return Ok(buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4));
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    match httparse::Request::new(&mut headers).parse(buf) {
-        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err(()),
-    }
+    memchr::memchr_iter(b'\n', bytes).any(|i| match bytes.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for SmuggleGuard<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            if !matches!(self.state, State::Off) {
-                let filled = buf.filled()[before..].to_vec();
-                self.scan(&filled);
+            if !matches!(this.state, State::Off) {
+                this.scan(&buf.filled()[before..]);
             }
         }
         polled
@@ -330,8 +360,11 @@ mod tests {
     fn frames_keep_alive_requests() {
         let stream = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(run(&[stream]), (3, 0));
-        let split: Vec<&[u8]> = stream.chunks(3).collect();
-        assert_eq!(run(&split), (3, 0));
+        // However the reads split it: heads framed in place, gathered across reads, or both on one connection.
+        for size in 1..=stream.len() {
+            let split: Vec<&[u8]> = stream.chunks(size).collect();
+            assert_eq!(run(&split), (3, 0), "reads of {size} bytes");
+        }
     }
 
     #[test]
