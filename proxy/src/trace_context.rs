@@ -6,8 +6,11 @@
 //! `u64` per request: the `u64` is Portico's span id, the `u128` the request id and, for a request that starts
 //! a trace, its trace id too (the two then match, which makes the trace easy to find from the request id).
 //! They are written as hex only where a header or a log line needs them, into fixed buffers: the exporter
-//! (see [`crate::telemetry`]) sends them as bytes, and formatting costs on every request.
+//! (see [`crate::telemetry`]) sends them as bytes, and formatting costs on every request. A hex buffer is
+//! checked as UTF-8 once, when it is written (an `ArrayString`): a request reads its id as `&str` several
+//! times, and checking a plain byte array at every read cost more than making the id.
 
+use arrayvec::ArrayString;
 use rand::{Rng, RngCore};
 use std::fmt;
 
@@ -87,13 +90,12 @@ pub struct TraceContext {
 
 /// A `traceparent` value, `00-<trace id>-<span id>-<flags>`, on the stack.
 #[derive(Clone, Copy)]
-pub struct TraceParent([u8; 55]);
+pub struct TraceParent(ArrayString<55>);
 
 impl TraceParent {
     /// The header value.
     pub fn as_str(&self) -> &str {
-        // Always ASCII: a fixed template with hex written into it.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 }
 
@@ -138,7 +140,8 @@ impl RequestIds {
             _ => {
                 let mut hex = [0u8; 32];
                 hex_into(&fresh.0, &mut hex);
-                RequestId::Made(hex)
+                // Always ASCII hex, so never the empty fallback.
+                RequestId::Made(ArrayString::from_byte_string(&hex).unwrap_or_default())
             }
         };
         RequestIds { trace, request_id }
@@ -183,7 +186,8 @@ impl TraceContext {
         hex_into(&self.trace_id.0, &mut out[3..35]);
         hex_into(&span.0, &mut out[36..52]);
         hex_into(&[self.flags], &mut out[53..55]);
-        TraceParent(out)
+        // Always ASCII: a fixed template with hex written into it, so never the empty fallback.
+        TraceParent(ArrayString::from_byte_string(&out).unwrap_or_default())
     }
 }
 
@@ -222,7 +226,7 @@ pub enum RequestId {
     /// Sent by the client.
     Given(String),
     /// Made here: 32 lowercase hex digits.
-    Made([u8; 32]),
+    Made(ArrayString<32>),
 }
 
 impl RequestId {
@@ -230,8 +234,7 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         match self {
             RequestId::Given(id) => id,
-            // Always ASCII hex: written by `hex_into`.
-            RequestId::Made(hex) => std::str::from_utf8(hex).unwrap_or_default(),
+            RequestId::Made(hex) => hex,
         }
     }
 }
