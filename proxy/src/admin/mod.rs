@@ -8,7 +8,7 @@ mod endpoint_routes;
 mod plugin_routes;
 mod routes;
 
-use crate::listen::idle::Activity;
+use crate::listen::idle::{Activity, Limits};
 use crate::server::Server;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -75,7 +75,11 @@ async fn serve_connection<S>(server: Arc<Server>, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new(Limits {
+        header_read: ADMIN_HEADER_READ_TIMEOUT,
+        idle: ADMIN_IDLE_TIMEOUT,
+        send: ADMIN_SEND_TIMEOUT,
+    }));
     let requests = activity.clone();
     let service = service_fn(move |req| {
         let (server, requests) = (server.clone(), requests.clone());
@@ -92,6 +96,6 @@ where
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = conn => {}
-        () = activity.expired(ADMIN_HEADER_READ_TIMEOUT, ADMIN_IDLE_TIMEOUT, ADMIN_SEND_TIMEOUT) => {}
+        () = activity.expired() => {}
     }
 }

@@ -10,6 +10,13 @@
 //! closed. Streamed bodies without an end hook (local streams, plugin-filtered bodies) keep the connection
 //! from ever idling out, so they are never cut off.
 //! Counting requests rather than bytes means pings and other frames do not keep an idle connection open.
+//!
+//! The watcher sleeps until the earliest deadline it knows and looks again when it wakes; requests beginning
+//! and ending do not wake it. Activity only ever moves a deadline later (a request in flight has none, and one
+//! that ends starts a full `idle_timeout`), so a look at the old deadline finds the new one and sleeps on. Only a
+//! deadline earlier than the one the watcher sleeps to wakes it (`idle_timeout` shorter than
+//! `header_read_timeout`, or `send_timeout` shorter than `idle_timeout`). Waking it on every request cost two
+//! task wake-ups and two timer registrations per request.
 
 use super::send_timeout::{self, Deadline, Sending};
 use crate::body::{BodyGuard, ResponseBody};
@@ -18,11 +25,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// A connection's deadlines.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From accept to the first request head.
+    pub header_read: Duration,
+    /// With no request in flight.
+    pub idle: Duration,
+    /// A response body the client takes nothing of (see [`super::send_timeout`]).
+    pub send: Duration,
+}
+
 /// Request activity on one connection.
 #[derive(Debug)]
 pub struct Activity {
     state: Mutex<State>,
-    /// Wakes the watcher when a request begins or ends, so it recomputes its deadline.
+    limits: Limits,
+    /// Wakes the watcher when a deadline earlier than the one it sleeps to appears.
     changed: tokio::sync::Notify,
     /// When the connection was accepted: the clock streamed bodies mark their progress on.
     epoch: Instant,
@@ -35,13 +54,17 @@ struct State {
     requests: u64,
     in_flight: u64,
     last_change: Instant,
+    /// When the watcher looks next; `None` while it is looking (a deadline added then wakes it again).
+    wake_at: Option<Instant>,
 }
 
-impl Default for Activity {
-    fn default() -> Self {
+impl Activity {
+    /// A freshly accepted connection under `limits`.
+    pub fn new(limits: Limits) -> Self {
         let now = Instant::now();
         Activity {
-            state: Mutex::new(State { requests: 0, in_flight: 0, last_change: now }),
+            state: Mutex::new(State { requests: 0, in_flight: 0, last_change: now, wake_at: None }),
+            limits,
             changed: tokio::sync::Notify::new(),
             epoch: now,
             sending: Mutex::new(Vec::new()),
@@ -56,52 +79,74 @@ impl std::fmt::Debug for Sending {
 }
 
 impl Activity {
-    /// A request head arrived; the returned guard ends the request when it is finished or dropped.
+    /// A request head arrived; the returned guard ends the request when it is finished or dropped. (A request
+    /// in flight has no deadline, so the watcher is left asleep.)
     pub fn begin(self: &Arc<Self>) -> InFlight {
         let mut s = self.state.lock();
         s.requests += 1;
         s.in_flight += 1;
         s.last_change = Instant::now();
-        self.changed.notify_one();
         InFlight { activity: Some(self.clone()), next: None }
     }
 
     fn end(&self) {
         let mut s = self.state.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        s.last_change = Instant::now();
-        self.changed.notify_one();
+        let now = Instant::now();
+        s.last_change = now;
+        if s.in_flight == 0 {
+            self.deadline_added(&s, now + self.limits.idle);
+        }
+    }
+
+    /// Wakes the watcher if `at` comes before its next look (or it is looking now). Called under the state
+    /// lock, which the watcher holds while it settles on its next look, so no deadline slips between the two.
+    fn deadline_added(&self, s: &State, at: Instant) {
+        if s.wake_at.is_none_or(|wake| at < wake) {
+            self.changed.notify_one();
+        }
     }
 
     /// Puts a response body streaming from an upstream under the send timeout (see [`super::send_timeout`]).
     /// Call it last, once every guard that must end with the body is attached.
     pub fn watch_send(&self, body: &mut ResponseBody) {
         if let Some(sending) = send_timeout::watch(body, self.epoch) {
-            self.sending.lock().push(sending);
-            self.changed.notify_one();
+            {
+                let mut list = self.sending.lock();
+                // The watcher no longer looks at every request: ended bodies are forgotten here as well.
+                list.retain(|s| !matches!(s.deadline(self.limits.send), Deadline::Ended));
+                list.push(sending);
+            }
+            // The body's deadline is at least a full `send_timeout` away.
+            let s = self.state.lock();
+            self.deadline_added(&s, Instant::now() + self.limits.send);
         }
     }
 
     /// Resolves when the connection has waited too long for its first request head, or has been idle too long.
     /// Meanwhile it abandons response bodies the client has taken nothing of for `send_timeout`.
-    pub async fn expired(&self, header_read_timeout: Duration, idle_timeout: Duration, send_timeout: Duration) {
+    pub async fn expired(&self) {
+        let Limits { header_read, idle, send } = self.limits;
         loop {
+            self.state.lock().wake_at = None;
             let now = Instant::now();
-            let next_stall = self.abandon_stalled(now, send_timeout);
+            let next_stall = self.abandon_stalled(now, send);
             let wake = {
-                let s = self.state.lock();
-                let limit = if s.requests == 0 { header_read_timeout } else { idle_timeout };
-                if s.in_flight == 0 {
+                let mut s = self.state.lock();
+                let limit = if s.requests == 0 { header_read } else { idle };
+                let wake = if s.in_flight == 0 {
                     let at = s.last_change + limit;
                     if at <= now {
                         return;
                     }
                     at
                 } else {
-                    now + idle_timeout
-                }
+                    now + idle
+                };
+                let wake = next_stall.map_or(wake, |stall| stall.min(wake));
+                s.wake_at = Some(wake);
+                wake
             };
-            let wake = next_stall.map_or(wake, |stall| stall.min(wake));
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 () = self.changed.notified() => {}
@@ -174,5 +219,56 @@ impl Drop for InFlight {
         if let Some(activity) = self.activity.take() {
             activity.end();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(header_read: u64, idle: u64) -> Arc<Activity> {
+        let ms = Duration::from_millis;
+        Arc::new(Activity::new(Limits { header_read: ms(header_read), idle: ms(idle), send: ms(60_000) }))
+    }
+
+    /// Runs the watcher; resolves to how long after `start` it said the connection expired.
+    fn watch(activity: &Arc<Activity>, start: Instant) -> tokio::task::JoinHandle<Duration> {
+        let activity = activity.clone();
+        tokio::spawn(async move {
+            activity.expired().await;
+            start.elapsed()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_timeout_shorter_than_the_header_timeout_wakes_the_sleeping_watcher() {
+        let start = Instant::now();
+        let a = activity(10_000, 1_000);
+        let watcher = watch(&a, start);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(a.begin());
+        assert_eq!(watcher.await.ok(), Some(Duration::from_millis(1_500)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_move_the_idle_deadline_without_waking_the_watcher_early() {
+        let start = Instant::now();
+        let a = activity(10_000, 1_000);
+        let watcher = watch(&a, start);
+        for _ in 0..6 {
+            let request = a.begin();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(request);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The last request ended at 2.8 s: idle from then on.
+        assert_eq!(watcher.await.ok(), Some(Duration::from_millis(3_800)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_request_means_the_header_read_timeout() {
+        let start = Instant::now();
+        let a = activity(2_000, 60_000);
+        assert_eq!(watch(&a, start).await.ok(), Some(Duration::from_millis(2_000)));
     }
 }

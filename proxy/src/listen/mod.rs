@@ -197,7 +197,12 @@ async fn serve_connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let flag = Arc::new(guard::GuardFlag::default());
-    let activity = Arc::new(idle::Activity::default());
+    let config = &runtime.config;
+    let activity = Arc::new(idle::Activity::new(idle::Limits {
+        header_read: config.header_read_timeout,
+        idle: config.idle_timeout,
+        send: config.send_timeout,
+    }));
     let info = Arc::new(ConnInfo {
         peer,
         local,
@@ -208,9 +213,8 @@ async fn serve_connection(
     });
     let builder = connection_builder(&runtime.config);
     let service = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
-    let config = &runtime.config;
     // Counts from accept: the TLS handshake, version detection and the first request head share one deadline.
-    let expired = activity.expired(config.header_read_timeout, config.idle_timeout, config.send_timeout);
+    let expired = activity.expired();
     tokio::pin!(expired);
     match &runtime.tls {
         None => {
