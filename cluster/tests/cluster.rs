@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+/// A free port on 127.0.0.1 for each of `ids`, all held at once while picked: picked one at a time, the kernel
+/// can hand a port just released out again, giving two nodes one address.
+fn free_ports(ids: std::ops::RangeInclusive<u64>) -> BTreeMap<u64, u16> {
+    let held: Vec<(u64, Option<std::net::TcpListener>)> =
+        ids.map(|id| (id, std::net::TcpListener::bind("127.0.0.1:0").ok())).collect();
+    let port = |l: &Option<std::net::TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port());
+    held.iter().map(|(id, l)| (*id, port(l))).collect()
 }
 
 fn settings(id: u64, ports: &BTreeMap<u64, u16>, dir: &std::path::Path) -> ClusterSettings {
@@ -59,7 +64,7 @@ fn weight(upstream: &str, w: u32) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_survive_partition_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports: BTreeMap<u64, u16> = (1..=3).map(|id| (id, free_port())).collect();
+    let ports = free_ports(1..=3);
     let mut nodes = Vec::new();
     for id in 1..=3 {
         // Every node brings the same bootstrap, as every Portico node brings its file: whichever is confirmed
@@ -118,7 +123,7 @@ async fn writes_replicate_survive_partition_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_catches_up_from_a_snapshot_and_members_can_be_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports: BTreeMap<u64, u16> = (1..=4).map(|id| (id, free_port())).collect();
+    let ports = free_ports(1..=4);
     let founders: BTreeMap<u64, u16> = ports.iter().filter(|(id, _)| **id <= 3).map(|(k, v)| (*k, *v)).collect();
     let mut nodes = Vec::new();
     for id in 1..=3 {
@@ -192,7 +197,7 @@ async fn raw_post(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_four_mib_module_replicates_in_pieces() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports: BTreeMap<u64, u16> = (1..=3).map(|id| (id, free_port())).collect();
+    let ports = free_ports(1..=3);
     let mut nodes = Vec::new();
     for id in 1..=3 {
         let mut s = settings(id, &ports, dir.path());

@@ -19,10 +19,6 @@ const ELECTION: Duration = Duration::from_secs(1);
 /// what they check, so they should not starve each other of CPU.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn free_port() -> Result<u16, std::io::Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 pub(crate) struct Node {
     pub(crate) id: u64,
     config: PathBuf,
@@ -102,11 +98,11 @@ async fn start_cluster(
     hook: bool,
 ) -> Result<Vec<Node>, Box<dyn std::error::Error + Send + Sync>> {
     std::fs::write(dir.join("mark.wasm"), marking_plugin("v1"))?;
-    let web = free_port()?;
-    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let [web, c1, c2, c3, a1, a2, a3] = free_ports()?;
+    let (cluster_ports, admin_ports) = ([c1, c2, c3], [a1, a2, a3]);
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
-        let admin = free_port()?;
+        let admin = admin_ports[(id - 1) as usize];
         let peers: Vec<String> = (1..=3u64)
             .filter(|p| *p != id)
             .map(|p| format!("{p} = \"127.0.0.1:{}\"", cluster_ports[(p - 1) as usize]))
@@ -490,7 +486,7 @@ async fn a_node_joins_through_the_admin_api_and_is_removed_again() -> TestResult
     let (nodes, dir) = (&cluster.nodes, &cluster.dir);
 
     // Node 4: node 3's file with its own id, ports and address, and `join = true`.
-    let (admin, cluster_port) = (free_port()?, free_port()?);
+    let [admin, cluster_port] = free_ports()?;
     let third = std::fs::read_to_string(&nodes[2].config)?;
     let old_admin = format!("listen = \"{}\"", nodes[2].admin);
     let text = third
@@ -558,7 +554,7 @@ async fn a_node_that_cannot_run_the_clusters_config_says_so() -> TestResult {
     let nodes = &cluster.nodes;
 
     // A second listener on a port that is taken on node 2's address only (each node binds its own 127.0.0.N).
-    let port = free_port()?;
+    let [port] = free_ports()?;
     let taken = std::net::TcpListener::bind(("127.0.0.2", port))?;
     let file = std::fs::read_to_string(&nodes[0].config)?;
     let extra = format!("{file}\n[[listener]]\nname = \"extra\"\nlisten = \"0.0.0.0:{port}\"\nupstream = \"app\"\n");

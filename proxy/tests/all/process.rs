@@ -10,10 +10,6 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
-fn free_port() -> Result<u16, std::io::Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn process_config(admin: u16, web: u16, endpoint: SocketAddr) -> String {
     format!(
         r#"
@@ -113,7 +109,8 @@ fn config_with_plugin(dir: &Path, name: &str, wasm: &[u8], extra: &str) -> Resul
     let module = dir.join(format!("{name}.wasm"));
     std::fs::write(&module, wasm)?;
     let config = dir.join(format!("{name}.toml"));
-    let text = process_config(free_port()?, free_port()?, "127.0.0.1:9".parse().map_err(std::io::Error::other)?)
+    let [admin, web] = free_ports()?;
+    let text = process_config(admin, web, "127.0.0.1:9".parse().map_err(std::io::Error::other)?)
         .replace("upstream = \"app\"\n", &format!("upstream = \"app\"\nfilters = [\"{name}\"]\n"))
         + &format!("\n[[plugin]]\nname = \"{name}\"\nwasm = \"{}\"\n{extra}", module.display());
     std::fs::write(&config, text)?;
@@ -166,7 +163,7 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests() -> TestResult {
     let slow = TestUpstream::start_with("slow", Behavior::Delay(Duration::from_millis(1500))).await;
     let other = TestUpstream::start("other").await;
     let dir = tempfile::tempdir()?;
-    let (admin, web) = (free_port()?, free_port()?);
+    let [admin, web] = free_ports()?;
     let config = dir.path().join("portico.toml");
     let log = dir.path().join("portico.log");
     std::fs::write(&config, process_config(admin, web, other.addr))?;
@@ -224,7 +221,7 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests() -> TestResult {
 async fn check_health_reports_exit_status_for_keepalived() -> TestResult {
     let upstream = TestUpstream::start("a").await;
     let dir = tempfile::tempdir()?;
-    let (admin, web) = (free_port()?, free_port()?);
+    let [admin, web] = free_ports()?;
     let config = dir.path().join("portico.toml");
     std::fs::write(&config, process_config(admin, web, upstream.addr))?;
     let running = spawn_portico(&config, admin, web, &dir.path().join("log")).await?;

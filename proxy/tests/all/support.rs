@@ -22,6 +22,18 @@ pub mod dns;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// `N` distinct ports free on 127.0.0.1 for a child process to bind. They are held all at once while picked:
+/// picked one at a time, the kernel can hand a port just released out again, and a node once got the same port
+/// for its admin API and its cluster address.
+pub fn free_ports<const N: usize>() -> Result<[u16; N], std::io::Error> {
+    let held = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0u16; N];
+    for (port, listener) in ports.iter_mut().zip(&held) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 /// How a test upstream answers.
 #[derive(Clone, Debug)]
 pub enum Behavior {
