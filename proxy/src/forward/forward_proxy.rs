@@ -152,7 +152,7 @@ async fn absolute(
     headers::add_forwarding(
         &mut parts.headers,
         &headers::ForwardedFor {
-            client_ip: conn.peer.ip(),
+            client_ip: &conn.client_ip,
             tls: conn.tls,
             version: parts.version,
             traceparent: meta.trace.traceparent().as_str(),

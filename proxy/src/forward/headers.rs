@@ -84,8 +84,8 @@ pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
 
 /// Headers Portico adds to a proxied request.
 pub struct ForwardedFor<'a> {
-    /// The client's IP.
-    pub client_ip: std::net::IpAddr,
+    /// The client's IP, as its connection formatted it once ([`crate::listen::ConnInfo::client_ip`]).
+    pub client_ip: &'a HeaderValue,
     /// Whether the client used TLS.
     pub tls: bool,
     /// The client's HTTP version, for `via`.
@@ -98,15 +98,19 @@ pub struct ForwardedFor<'a> {
 
 /// Sets the forwarding headers on a request going upstream.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
-    use std::io::Write;
-    // Built in one buffer: no `String` for the address and another for the joined value.
-    let mut xff = Vec::with_capacity(64);
-    if let Some(existing) = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes).filter(|v| !v.is_empty()) {
-        xff.extend_from_slice(existing);
-        xff.extend_from_slice(b", ");
-    }
-    let _ = write!(xff, "{}", f.client_ip);
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes).filter(|v| !v.is_empty()) {
+        // The usual case, the first proxy: the connection's own value, shared rather than formatted again.
+        None => Some(f.client_ip.clone()),
+        Some(existing) => {
+            let ip = f.client_ip.as_bytes();
+            let mut joined = Vec::with_capacity(existing.len() + 2 + ip.len());
+            joined.extend_from_slice(existing);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
+        }
+    };
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.tls { "https" } else { "http" }));
@@ -205,7 +209,7 @@ mod tests {
         add_forwarding(
             &mut h,
             &ForwardedFor {
-                client_ip: [127, 0, 0, 1].into(),
+                client_ip: &HeaderValue::from_static("127.0.0.1"),
                 tls: false,
                 version: Version::HTTP_11,
                 traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",

@@ -195,7 +195,7 @@ async fn proxy(
     headers::add_forwarding(
         &mut parts.headers,
         &ForwardedFor {
-            client_ip: conn.peer.ip(),
+            client_ip: &conn.client_ip,
             tls: conn.tls,
             version: parts.version,
             traceparent: meta.trace.traceparent().as_str(),

@@ -41,6 +41,9 @@ impl std::fmt::Debug for ListenerRuntime {
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as a header value (`x-forwarded-for`), formatted once for all the connection's requests:
+    /// formatting an address cost about 500 instructions a request.
+    pub client_ip: http::HeaderValue,
     /// The local address the client reached.
     pub local: SocketAddr,
     /// Whether the connection is TLS.
@@ -203,8 +206,10 @@ async fn serve_connection(
         idle: config.idle_timeout,
         send: config.send_timeout,
     }));
+    let client_ip = http::HeaderValue::try_from(peer.ip().to_string()).unwrap_or(http::HeaderValue::from_static(""));
     let info = Arc::new(ConnInfo {
         peer,
+        client_ip,
         local,
         tls: runtime.tls.is_some(),
         listener: slot,
