@@ -348,10 +348,11 @@ impl Body {
                 Err(e) => return Err(e.into()),
             }
         };
-        let keep_alive = head.keeps_alive() && !matches!(kind, Kind::UntilClose | Kind::Upgrade);
+        let upstream_keeps_alive = head.keeps_alive();
+        let keep_alive = upstream_keeps_alive && !matches!(kind, Kind::UntilClose | Kind::Upgrade);
         // An error the upstream closes the connection after does not want the rest of the request (RFC 9112
         // §9.5): it is not sent.
-        let refused = !head.keeps_alive() && (head.status.is_client_error() || head.status.is_server_error());
+        let refused = !upstream_keeps_alive && (head.status.is_client_error() || head.status.is_server_error());
         let (upload, keep_alive) = match request {
             Request::Sent => (None, keep_alive),
             Request::Sending(upload) if !refused => (Some(upload), keep_alive),
