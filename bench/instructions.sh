@@ -39,20 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 filters=""
-plugins=""
-if [[ "${PLUGINS:-0}" == 1 ]]; then
-  filters='filters = ["router", "lb"]'
-  plugins='
-[[plugin]]
-name = "router"
-wasm = "builtin:router"
-config = { routes = [{ match = { path_prefix = "/" }, upstream = "origin" }] }
-
-[[plugin]]
-name = "lb"
-wasm = "builtin:balancer"
-config = { policy = "round_robin" }'
-fi
+[[ "${PLUGINS:-0}" == 1 ]] && filters='filters = ["router", "lb"]'
 cat > "$OUT/portico.toml" <<CONF
 [admin]
 listen = "$ADMIN"
@@ -67,8 +54,8 @@ $filters
 name = "origin"
 endpoints = ["$ORIGIN"]
 pool = { max_idle = 256 }
-$plugins
 CONF
+[[ -n $filters ]] && cat bench/bundled-plugins.toml >> "$OUT/portico.toml"
 
 for bin in "$@"; do
   valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p" "$bin" --log-level warn run --workers 2 \

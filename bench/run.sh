@@ -134,17 +134,8 @@ filters = ["router", "lb"]
 name = "origin"
 endpoints = ["$ORIGIN"]
 pool = { max_idle = 256 }
-
-[[plugin]]
-name = "router"
-wasm = "builtin:router"
-config = { routes = [{ match = { path_prefix = "/" }, upstream = "origin" }] }
-
-[[plugin]]
-name = "lb"
-wasm = "builtin:balancer"
-config = { policy = "round_robin" }
 CONF
+cat bench/bundled-plugins.toml >> "$OUT/portico-plugins.toml"
 "$BIN" --log-level warn run --workers "$WORKERS" -c "$OUT/portico-plugins.toml" >"$OUT/portico-plugins.log" 2>&1 &
 echo $! > "$OUT/portico-plugins.pid"
 
