@@ -10,15 +10,52 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+/// A client's request body as the request path gets it: read by hyper (HTTP/2, and HTTP/1 requests that carry
+/// a body or switch protocols), or none at all (a request head Portico's own HTTP/1 server read, which it takes
+/// only when no body follows: see [`crate::listen::http1`]).
+#[derive(Debug)]
+pub enum ClientBody {
+    /// hyper's body.
+    Hyper(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(incoming) => incoming.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(incoming) => incoming.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// What Portico sends upstream: the client's body as it arrives, or bytes Portico already holds.
 #[derive(Debug)]
 pub enum RequestBody {
     /// Streamed from the client.
-    Stream(Incoming),
+    Stream(ClientBody),
     /// Held in memory (empty for bodiless requests, so they can be retried).
     Full(Option<Bytes>),
     /// Streamed from the client, watched so a failed exchange can be told apart from a failed upstream.
-    Watched(Incoming, Arc<ClientBodyWatch>),
+    Watched(ClientBody, Arc<ClientBodyWatch>),
 }
 
 impl RequestBody {

@@ -5,12 +5,12 @@ use super::destination::{self, Refusal};
 use super::headers;
 use super::local::{error_response, LocalError};
 use super::RequestMeta;
+use crate::body::ClientBody;
 use crate::body::{RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
 use crate::server::Shared;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub async fn handle(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     listener: &ListenerRuntime,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     meta: &RequestMeta,
 ) -> Response<ResponseBody> {
     let response = if req.method() == Method::CONNECT {
@@ -38,7 +38,7 @@ pub async fn handle(
 async fn connect(
     shared: &Arc<Shared>,
     listener: &ListenerRuntime,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     meta: &RequestMeta,
 ) -> Response<ResponseBody> {
     let Some(authority) = req.uri().authority().cloned() else {
@@ -109,7 +109,7 @@ async fn absolute(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     listener: &ListenerRuntime,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     meta: &RequestMeta,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();

@@ -10,6 +10,7 @@ pub mod request_head;
 pub mod reverse;
 pub mod tunnel;
 
+use crate::body::ClientBody;
 use crate::body::ResponseBody;
 use crate::config::file::ListenerMode;
 use crate::listen::ConnInfo;
@@ -17,7 +18,6 @@ use crate::server::Shared;
 use crate::telemetry::span::RequestSpan;
 use crate::trace_context::{RequestId, RequestIds, TraceContext};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,7 +40,7 @@ pub struct RequestMeta {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let RequestIds { mut trace, request_id } = RequestIds::new(

@@ -5,6 +5,7 @@
 use super::headers::{self, ForwardedFor};
 use super::local::{error_response, LocalError};
 use super::{tunnel, RequestMeta};
+use crate::body::ClientBody;
 use crate::body::{BodyGuard, RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
 use crate::plugin::body::{self, BodyPipe, Direction};
@@ -18,7 +19,6 @@ use crate::upstream::pool::{ConnectionChoice, SendError};
 use crate::upstream::Upstream;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -27,7 +27,7 @@ pub async fn handle(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     listener: &ListenerRuntime,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     meta: &mut RequestMeta,
 ) -> Response<ResponseBody> {
     let snapshot = shared.snapshot.load_full();

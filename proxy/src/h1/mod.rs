@@ -1,18 +1,23 @@
 //! Portico's own HTTP/1.1 codec, on `httparse`, in Pingora's shape: heads are parsed in place in the
 //! connection's read buffer (header values are slices of it, not copies), bodies are framed strictly
 //! (RFC 9112 §6), and the code that drives a connection owns its socket, so a message needs no task, channel
-//! or second parse of its own. The upstream client ([`crate::upstream::h1`]) is built on it; hyper still
-//! serves clients, HTTP/2, the admin API and the cluster transport.
+//! or second parse of its own. The upstream client ([`crate::upstream::h1`]) and the HTTP/1.1 server for the
+//! plainest requests ([`crate::listen::http1`]) are built on it; hyper serves the other client requests,
+//! HTTP/2, the admin API and the cluster transport.
 //!
 //! - [`framing`]: how long a message body is (Content-Length, chunked, none, until close), and which heads are
 //!   too ambiguous to read at all.
 //! - [`chunked`]: the chunked transfer coding.
-//! - [`head`]: writing request heads and parsing response heads.
-//! - [`upload`]: sending a request body, in the framing its head declared, alongside the response.
+//! - [`head`]: writing request heads and parsing response heads (the client); parsing request heads and writing
+//!   response heads (the server, [`crate::listen::http1`]).
+//! - [`upload`]: sending a body in the framing its head declared: a request body upstream, alongside the
+//!   response; an answer's body to a client.
+//! - [`date`]: the `date` of answers.
 //!
 //! `CONFORMANCE.md` beside this file lists the cases the codec decides and the test that pins each.
 
 pub mod chunked;
+pub mod date;
 pub mod framing;
 pub mod head;
 pub mod upload;

@@ -67,6 +67,13 @@ impl<S> SmuggleGuard<S> {
         SmuggleGuard { inner, state: State::Head(Vec::new()), heads: 0, flag }
     }
 
+    /// Starts watching a connection whose earlier requests Portico's own server answered (see
+    /// [`super::http1`]): the stream starts at a request head, and verdicts count on from those requests.
+    pub fn resume(inner: S, flag: Arc<GuardFlag>) -> Self {
+        let heads = flag.served.load(Ordering::Relaxed);
+        SmuggleGuard { inner, state: State::Head(Vec::new()), heads, flag }
+    }
+
     /// Follows bytes as if hyper had just read them (the fuzz target drives the guard this way).
     pub fn observe(&mut self, bytes: &[u8]) {
         self.scan(bytes);

@@ -1,12 +1,17 @@
 //! Accepting client connections: binding, the connection cap, TLS handshakes, and serving HTTP/1.1 and HTTP/2
-//! (h2 by ALPN on TLS, h2c by prior knowledge on plaintext) with hyper. A listener's settings live in a slot
-//! that a reload swaps, so a reload changes behaviour without closing the socket or open connections.
+//! (h2 by ALPN on TLS, h2c by prior knowledge on plaintext). On reverse listeners Portico's own HTTP/1.1
+//! server ([`http1`]) answers plain requests and hands anything else, with the rest of the connection, to
+//! hyper. A listener's settings live in a slot that a reload swaps, so a reload changes behaviour without
+//! closing the socket or open connections.
 
 pub mod guard;
+pub mod http1;
 pub mod idle;
 mod send_timeout;
 pub mod workers;
 
+use crate::body::ClientBody;
+use crate::config::file::ListenerMode;
 use crate::config::ListenerConfig;
 use crate::forward;
 use crate::server::Shared;
@@ -143,14 +148,14 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(runtime.config.listen);
         let conn_shared = shared.clone();
-        let watcher = graceful.watcher();
+        let drain = Drain { watcher: graceful.watcher(), stop: stop.clone() };
         let slot = slot.clone();
         let serve = move |stream: TcpStream| async move {
             let shared = conn_shared;
             let active = shared.metrics.active_connections.with_label_values(&[&name]);
             shared.metrics.connections.with_label_values(&[&name]).inc();
             active.inc();
-            serve_connection(shared, stream, peer, local, slot, runtime, watcher).await;
+            serve_connection(shared, stream, peer, local, slot, runtime, drain).await;
             active.dec();
             drop(permit);
         };
@@ -197,7 +202,7 @@ async fn serve_connection(
     local: SocketAddr,
     slot: Arc<ArcSwap<ListenerRuntime>>,
     runtime: Arc<ListenerRuntime>,
-    watcher: hyper_util::server::graceful::Watcher,
+    drain: Drain,
 ) {
     let flag = Arc::new(guard::GuardFlag::default());
     let config = &runtime.config;
@@ -213,20 +218,17 @@ async fn serve_connection(
         local,
         tls: runtime.tls.is_some(),
         listener: slot,
-        guard: flag.clone(),
+        guard: flag,
         activity: activity.clone(),
     });
-    let builder = connection_builder(&runtime.config);
-    let service = service_fn(move |req| forward::handle(shared.clone(), info.clone(), req));
+    let connection = Connection { shared, info, runtime: runtime.clone(), drain };
     // Counts from accept: the TLS handshake, version detection and the first request head share one deadline.
     let expired = activity.expired();
     tokio::pin!(expired);
     match &runtime.tls {
         None => {
-            let io = TokioIo::new(guard::SmuggleGuard::new(stream, flag));
-            let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
             tokio::select! {
-                _ = conn => {}
+                () = connection.serve(stream, true) => {}
                 () = &mut expired => tracing::debug!(%peer, "connection closed: no request in time"),
             }
         }
@@ -242,13 +244,55 @@ async fn serve_connection(
                 tracing::debug!(%peer, "TLS handshake failed");
                 return;
             };
-            let io = TokioIo::new(guard::SmuggleGuard::new(tls, flag));
-            let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
+            let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
             tokio::select! {
-                _ = conn => {}
+                () = connection.serve(tls, http1) => {}
                 () = &mut expired => tracing::debug!(%peer, "connection closed: no request in time"),
             }
         }
+    }
+}
+
+/// How a stopping listener reaches its connections: hyper's serve a graceful shutdown through the watcher
+/// (which also keeps the listener's drain waiting for them); Portico's own server sees `stop` and closes an
+/// idle connection at once, a busy one after its answer.
+struct Drain {
+    watcher: hyper_util::server::graceful::Watcher,
+    stop: watch::Receiver<bool>,
+}
+
+/// One accepted connection, past its TLS handshake.
+struct Connection {
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    runtime: Arc<ListenerRuntime>,
+    drain: Drain,
+}
+
+impl Connection {
+    /// Serves the connection: on reverse listeners, Portico's own HTTP/1.1 server first, unless the client
+    /// chose HTTP/2 by ALPN (`http1` false); hyper for the rest (see [`http1`]).
+    async fn serve<S>(mut self, stream: S, http1: bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = &self.runtime.config;
+        let io = if http1 && config.mode == ListenerMode::Reverse {
+            let limits = http1::Limits { max_head: config.max_header_bytes, header_read: config.header_read_timeout };
+            match http1::serve(stream, &self.shared, &self.info, limits, &mut self.drain.stop).await {
+                http1::Served::Closed => return,
+                http1::Served::Handoff(io) => io,
+            }
+        } else {
+            http1::Rewind::new(stream)
+        };
+        let io = TokioIo::new(guard::SmuggleGuard::resume(io, self.info.guard.clone()));
+        let builder = connection_builder(config);
+        let (shared, info) = (self.shared, self.info);
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            forward::handle(shared.clone(), info.clone(), req.map(ClientBody::Hyper))
+        });
+        let _ = self.drain.watcher.watch(builder.serve_connection_with_upgrades(io, service)).await;
     }
 }
 

@@ -25,13 +25,13 @@
 
 use super::chain::{closed, local_answer, FilterChain};
 use super::rollout::request::failed_counted;
+use crate::body::ClientBody;
 use crate::body::{BodyAborted, RequestBody, ResponseBody};
 use crate::forward::local::{error_response, LocalError};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use portico_plugins::{FailureKind, FilterAction, PluginFailure, Resumption};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -251,7 +251,7 @@ where
 pub async fn filter_request_body(
     chain: &mut FilterChain,
     parts: &mut http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     timeout: Duration,
     request_id: &str,
 ) -> Result<RequestBody, Response<ResponseBody>> {
@@ -277,7 +277,7 @@ pub async fn filter_request_body(
 async fn collect(
     pipe: &mut BodyPipe,
     chain: &mut FilterChain,
-    mut body: Incoming,
+    mut body: ClientBody,
     request_id: &str,
 ) -> Result<Bytes, Response<ResponseBody>> {
     let mut out = BytesMut::new();

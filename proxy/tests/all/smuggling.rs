@@ -42,6 +42,24 @@ async fn content_length_with_transfer_encoding_is_refused_and_not_forwarded() ->
     Ok(())
 }
 
+/// Portico's own HTTP/1 server answers plain requests and hands the connection to hyper at the first request
+/// with a body; the guard's verdicts still name the right request: a clean upload after two plain GETs is
+/// answered, the ambiguous one after it is refused, and nothing of it is forwarded.
+#[tokio::test]
+async fn the_guard_counts_requests_across_the_hand_over_to_hyper() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let pipelined = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+        GET /two HTTP/1.1\r\nHost: a\r\n\r\n\
+        POST /three HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+        POST /four HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let reply = exchange(p.addr("web").await, pipelined).await?;
+    let statuses: Vec<&str> = reply.match_indices("HTTP/1.1 ").map(|(i, _)| &reply[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "200", "200", "400"], "{reply}");
+    assert_eq!(upstream.hits(), 3, "the ambiguous request must not reach the upstream");
+    Ok(())
+}
+
 #[tokio::test]
 async fn oversized_headers_get_431() -> TestResult {
     let upstream = TestUpstream::start("app").await;
@@ -82,6 +100,40 @@ async fn slowloris_is_cut_by_the_header_read_timeout() -> TestResult {
     }
     assert!(closed, "a connection trickling headers for 2s was not cut at 300ms");
     assert_eq!(upstream.hits(), 0);
+    Ok(())
+}
+
+/// After a first answer, a second head trickled in pieces is cut by the header-read timeout too, not only by
+/// the (here much longer) idle timeout.
+#[tokio::test]
+async fn a_trickled_second_head_is_cut_by_the_header_read_timeout() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let config = reverse_config(&quoted(&[&upstream]), "").replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nheader_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n",
+    );
+    let p = Portico::start(&config).await;
+    let mut stream = TcpStream::connect(p.addr("web").await).await?;
+    stream.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await?;
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).await?;
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    stream.write_all(b"GET /second HTTP/1.1\r\nHost: a\r\n").await?;
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if stream.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a second head trickled for 5s was not cut at 300ms");
+    assert_eq!(upstream.hits(), 1);
     Ok(())
 }
 

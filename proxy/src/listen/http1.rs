@@ -1,0 +1,225 @@
+//! Serving HTTP/1.1 with Portico's own codec ([`crate::h1`]), in Pingora's shape: the connection's task reads
+//! a request head in place, runs the request path, and writes the answer itself, head and first body bytes in
+//! one write. hyper's server spent about a third of a proxied request's instructions between the socket and
+//! the request path (its dispatcher, a second parse for the smuggling guard, a timer for every head).
+//!
+//! It takes the plainest requests, those after which no body follows ([`head::parse_request`]): nothing of
+//! their framing can be ambiguous. The first other request (a body, `HEAD`, HTTP/1.0, an upgrade, the HTTP/2
+//! preface, a malformed or oversized head) and the rest of the connection go to hyper's server, with the bytes
+//! already read put back in front of the socket ([`Rewind`]): hyper then serves it as if it had from the start,
+//! under the smuggling guard, which counts the requests answered here so that its verdicts name the right one.
+//!
+//! Deadlines: the connection's [`super::idle::Activity`] bounds the wait for the first head and the idle time
+//! between requests, as for hyper. A head that arrives in pieces has `header_read_timeout` from its first
+//! piece, as in hyper; one that arrives in one read (nearly all) costs no timer. A listener stopping closes an
+//! idle connection at once and a busy one after its answer (`connection: close`).
+
+use super::ConnInfo;
+use crate::body::{ClientBody, ResponseBody};
+use crate::forward;
+use crate::h1::date;
+use crate::h1::framing::BodyLength;
+use crate::h1::head::{self, RequestParse};
+use crate::h1::upload::Upload;
+use crate::server::Shared;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+/// The read buffer grows by this much when it runs out of room.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How a connection left Portico's server.
+pub enum Served<S> {
+    /// It is closed (or to be dropped): the client closed it, a deadline passed, it asked to, or it failed.
+    Closed,
+    /// A request Portico's server does not take is at the front of what was read: hyper serves the rest.
+    Handoff(Rewind<S>),
+}
+
+/// What bounds a connection's requests here.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest request head taken (`max_header_bytes`); a larger one goes to hyper, which answers 431.
+    pub max_head: usize,
+    /// From the first piece of a head to its end.
+    pub header_read: Duration,
+}
+
+/// Serves the connection's requests until it closes or a request needs hyper.
+pub async fn serve<S>(
+    mut io: S,
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnInfo>,
+    limits: Limits,
+    stop: &mut watch::Receiver<bool>,
+) -> Served<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut read = BytesMut::with_capacity(READ_CHUNK);
+    let mut write = Vec::with_capacity(1024);
+    loop {
+        let mut head_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let (head, asked_close) = loop {
+            match head::parse_request(&mut read, limits.max_head) {
+                RequestParse::Simple { head, close } => break (head, close),
+                RequestParse::Other => return Served::Handoff(Rewind { prefix: read.freeze(), inner: io }),
+                RequestParse::Partial => {}
+            }
+            let between_requests = read.is_empty();
+            if between_requests && *stop.borrow() {
+                return Served::Closed;
+            }
+            if !between_requests && head_deadline.is_none() {
+                head_deadline = Some(Box::pin(tokio::time::sleep(limits.header_read)));
+            }
+            if read.capacity() - read.len() < READ_CHUNK / 4 {
+                read.reserve(READ_CHUNK);
+            }
+            let got = tokio::select! {
+                biased;
+                got = io.read_buf(&mut read) => got,
+                _ = stop.changed(), if between_requests => return Served::Closed,
+                () = until(head_deadline.as_mut()) => {
+                    tracing::debug!(peer = %conn.peer, "connection closed: request head not complete in time");
+                    return Served::Closed;
+                }
+            };
+            if !matches!(got, Ok(n) if n > 0) {
+                return Served::Closed;
+            }
+        };
+        let request = Request::from_parts(head, ClientBody::Empty);
+        let response = match forward::handle(shared.clone(), conn.clone(), request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let close = asked_close || *stop.borrow();
+        match respond(&mut io, &mut write, response, close).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = io.shutdown().await;
+                return Served::Closed;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, error = %e, "answer not sent whole; connection closed");
+                return Served::Closed;
+            }
+        }
+    }
+}
+
+/// Resolves when the deadline passes; never without one.
+async fn until(deadline: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
+    match deadline {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes an answer: its head and body in the framing its status, fields and body call for. `Ok(true)` when
+/// the connection can carry another request.
+async fn respond<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    response: Response<ResponseBody>,
+    close: bool,
+) -> io::Result<bool> {
+    let (parts, body) = response.into_parts();
+    let length = framing(parts.status, &parts.headers, &body);
+    let close = close || asks_close(&parts.headers);
+    date::with_now(|now| head::encode_response(out, parts.status, &parts.headers, length, close, now));
+    let mut upload = Upload::new(body.map_err(io::Error::other), length);
+    poll_fn(|cx| upload.poll_send(io, out, cx)).await.map_err(io::Error::other)?;
+    io.flush().await?;
+    Ok(!close)
+}
+
+/// How an answer's body is framed (RFC 9112 §6.3): none for 1xx, 204 and 304; the `Content-Length` the answer
+/// carries (an upstream's, passed on); the body's own exact length; otherwise chunked.
+fn framing(status: StatusCode, headers: &HeaderMap, body: &ResponseBody) -> BodyLength {
+    if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return BodyLength::Empty;
+    }
+    let mut declared = headers.get_all(CONTENT_LENGTH).iter();
+    if let (Some(value), None) = (declared.next(), declared.next()) {
+        if let Some(n) = std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.trim().parse().ok()) {
+            return BodyLength::Fixed(n);
+        }
+    }
+    match body.size_hint().exact() {
+        Some(n) => BodyLength::Fixed(n),
+        None => BodyLength::Chunked,
+    }
+}
+
+/// Whether the answer's `Connection` field says `close`.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
+}
+
+/// A stream with bytes already read from it put back in front.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    /// The stream as it is, nothing put back.
+    pub fn new(inner: S) -> Self {
+        Rewind { prefix: Bytes::new(), inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
