@@ -11,6 +11,11 @@ thread_local! {
     static CACHED: RefCell<(u64, [u8; LEN])> = const { RefCell::new((u64::MAX, [0; LEN])) };
 }
 
+/// Appends the current date, formatted.
+pub fn append_now(out: &mut Vec<u8>) {
+    with_now(|now| out.extend_from_slice(now));
+}
+
 /// Calls `f` with the current date, formatted.
 pub fn with_now<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     let now = SystemTime::now();

@@ -28,6 +28,11 @@ pub enum HeadError {
     InvalidField,
 }
 
+/// Where each field's name and value lie in a head (offsets and lengths), so that the values can share the
+/// buffer once the head is split off it, without parsing it twice. Not zeroed first: that cost as much as the
+/// parse.
+type Spans = arrayvec::ArrayVec<(u32, u32, u32, u32), MAX_FIELDS>;
+
 /// A parsed response head.
 #[derive(Debug)]
 pub struct ResponseHead {
@@ -35,32 +40,49 @@ pub struct ResponseHead {
     pub status: StatusCode,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
-    /// The fields, values sharing the read buffer.
+    /// The fields, values sharing the read buffer. A `Connection` field saying only `keep-alive` or `close`
+    /// is read here and left out (it is hop-by-hop, and the proxy would only remove it again); one that names
+    /// other options stays, for the hop-by-hop stripping to act on.
     pub headers: HeaderMap,
+    keep_alive: bool,
 }
 
 impl ResponseHead {
     /// Whether the connection may carry another exchange after this one (RFC 9112 §9.3): HTTP/1.1 unless
     /// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
     pub fn keeps_alive(&self) -> bool {
-        let mut close = false;
-        let mut keep_alive = false;
-        for value in self.headers.get_all(http::header::CONNECTION) {
-            for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        self.keep_alive
+    }
+}
+
+/// What a response's `Connection` fields say.
+#[derive(Debug, Default)]
+struct ConnectionOptions {
+    close: bool,
+    keep_alive: bool,
+}
+
+impl ConnectionOptions {
+    /// Notes one `Connection` value; true when it says nothing but `keep-alive` and `close`.
+    fn note(&mut self, value: &[u8]) -> bool {
+        let mut only_persistence = true;
+        for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                only_persistence = false;
             }
         }
-        !close && (self.version == Version::HTTP_11 || keep_alive)
+        only_persistence
     }
 }
 
 /// Parses the response head at the front of `buf` and splits it off; `Ok(None)` while it is incomplete.
 pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
-    // Offsets of each field's name and value in the head, so the values can share the buffer once the head
-    // is split off it, without parsing it twice.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
-    let (len, code, minor, count) = {
+    let mut spans = Spans::new();
+    let (len, code, minor) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut response = httparse::Response::new(&mut []);
         let parsed =
@@ -76,25 +98,35 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
         }
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-            *span =
-                (offset(field.name.as_bytes()), field.name.len() as u32, offset(field.value), field.value.len() as u32);
+        for field in response.headers.iter() {
+            spans.push((
+                offset(field.name.as_bytes()),
+                field.name.len() as u32,
+                offset(field.value),
+                field.value.len() as u32,
+            ));
         }
-        (len, response.code.unwrap_or(0), response.version.unwrap_or(1), response.headers.len())
+        (len, response.code.unwrap_or(0), response.version.unwrap_or(1))
     };
     let head: Bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(httparse::Error::Status))?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    let mut connection = ConnectionOptions::default();
+    for &(name_at, name_len, value_at, value_len) in &spans {
         let (name_at, value_at) = (name_at as usize, value_at as usize);
         let name =
             HeaderName::from_bytes(&head[name_at..name_at + name_len as usize]).map_err(|_| HeadError::InvalidField)?;
+        let value_bytes = &head[value_at..value_at + value_len as usize];
+        if name == header::CONNECTION && connection.note(value_bytes) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
             .map_err(|_| HeadError::InvalidField)?;
         headers.append(name, value);
     }
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    Ok(Some(ResponseHead { status, version, headers }))
+    let keep_alive = !connection.close && (version == Version::HTTP_11 || connection.keep_alive);
+    Ok(Some(ResponseHead { status, version, headers, keep_alive }))
 }
 
 /// What the front of a client's read buffer holds, for Portico's own HTTP/1 server. (Returned and taken apart
@@ -122,8 +154,8 @@ pub enum RequestParse {
 /// framing can then be ambiguous: no body follows it. Everything else (bodies, `HEAD`, HTTP/1.0, upgrades,
 /// the HTTP/2 preface, malformed or oversized heads) is [`RequestParse::Other`], with the buffer untouched.
 pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
-    let (len, target, count, close) = {
+    let mut spans = Spans::new();
+    let (len, target, close) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut request = httparse::Request::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -141,7 +173,7 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
         let mut close = false;
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (span, field) in spans.iter_mut().zip(request.headers.iter()) {
+        for field in request.headers.iter() {
             let name = field.name.as_bytes();
             let framing_or_switch = [&b"content-length"[..], b"transfer-encoding", b"expect", b"upgrade"]
                 .iter()
@@ -157,13 +189,13 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
                     close |= token.eq_ignore_ascii_case(b"close");
                 }
             }
-            *span = (offset(name), name.len() as u32, offset(field.value), field.value.len() as u32);
+            spans.push((offset(name), name.len() as u32, offset(field.value), field.value.len() as u32));
         }
         let path = request.path.unwrap_or("/").as_bytes();
-        (len, (offset(path), path.len() as u32), request.headers.len(), close)
+        (len, (offset(path), path.len() as u32), close)
     };
     let head = buf.split_to(len).freeze();
-    let Some(parts) = request_parts(&head, target, &spans[..count]) else {
+    let Some(parts) = request_parts(&head, target, &spans) else {
         // A target or field `http` refuses: hyper answers it (400) from the same bytes.
         let mut whole = BytesMut::with_capacity(head.len() + buf.len());
         whole.extend_from_slice(&head);
@@ -193,15 +225,15 @@ fn request_parts(head: &Bytes, target: (u32, u32), spans: &[(u32, u32, u32, u32)
 
 /// Writes an HTTP/1.1 response head into `out`: the status line, every field but the framing ones, the
 /// framing chosen for the body (`Content-Length`, `Transfer-Encoding: chunked`, or none), `connection: close`
-/// when the connection ends after it, and `date` when the answer has none (RFC 9110 §6.6.1; the value comes
-/// formatted from the caller, who makes it once a second).
+/// when the connection ends after it, and `date` when the answer has none (RFC 9110 §6.6.1; `date` appends
+/// the value, and is only called then: proxied answers carry their origin's).
 pub fn encode_response(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
     body: BodyLength,
     close: bool,
-    date: &[u8],
+    date: fn(&mut Vec<u8>),
 ) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -234,7 +266,7 @@ pub fn encode_response(
     }
     if !dated {
         out.extend_from_slice(b"date: ");
-        out.extend_from_slice(date);
+        date(out);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -318,6 +350,15 @@ mod tests {
         assert_eq!(head.headers.get(CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"5"[..]));
         assert_eq!(&buf[..], b"hello");
         assert!(head.keeps_alive());
+        let mut closing =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: Close\r\n\r\n"[..]);
+        let head = parse_response(&mut closing).ok().flatten().unwrap_or_else(|| panic!("no head"));
+        assert!(!head.keeps_alive());
+        assert!(head.headers.get(header::CONNECTION).is_none(), "nothing but persistence: read and left out");
+        let mut naming = BytesMut::from(&b"HTTP/1.0 200 OK\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\n\r\n"[..]);
+        let head = parse_response(&mut naming).ok().flatten().unwrap_or_else(|| panic!("no head"));
+        assert!(head.keeps_alive(), "HTTP/1.0 with keep-alive");
+        assert!(head.headers.get(header::CONNECTION).is_some(), "kept: it names another field to remove");
     }
 
     #[test]
@@ -384,7 +425,7 @@ mod tests {
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("7"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let mut out = Vec::new();
-        let date = b"Thu, 03 Dec 2026 16:00:00 GMT";
+        let date = |out: &mut Vec<u8>| out.extend_from_slice(b"Thu, 03 Dec 2026 16:00:00 GMT");
         encode_response(&mut out, StatusCode::OK, &headers, BodyLength::Fixed(7), true, date);
         assert_eq!(
             String::from_utf8_lossy(&out),

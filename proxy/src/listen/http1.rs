@@ -139,7 +139,7 @@ async fn respond<S: AsyncWrite + Unpin>(
     let (parts, body) = response.into_parts();
     let length = framing(parts.status, &parts.headers, &body);
     let close = close || asks_close(&parts.headers);
-    date::with_now(|now| head::encode_response(out, parts.status, &parts.headers, length, close, now));
+    head::encode_response(out, parts.status, &parts.headers, length, close, date::append_now);
     let mut upload = Upload::new(body.map_err(io::Error::other), length);
     poll_fn(|cx| upload.poll_send(io, out, cx)).await.map_err(io::Error::other)?;
     io.flush().await?;
