@@ -20,7 +20,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -226,12 +228,7 @@ async fn serve_connection(
     let expired = activity.expired();
     tokio::pin!(expired);
     match &runtime.tls {
-        None => {
-            tokio::select! {
-                () = connection.serve(stream, true) => {}
-                () = &mut expired => tracing::debug!(%peer, "connection closed: no request in time"),
-            }
-        }
+        None => watched(connection.serve(stream, true), expired, peer).await,
         Some(acceptor) => {
             let tls = tokio::select! {
                 tls = acceptor.accept(stream) => tls,
@@ -245,11 +242,29 @@ async fn serve_connection(
                 return;
             };
             let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
-            tokio::select! {
-                () = connection.serve(tls, http1) => {}
-                () = &mut expired => tracing::debug!(%peer, "connection closed: no request in time"),
-            }
+            watched(connection.serve(tls, http1), expired, peer).await;
         }
+    }
+}
+
+/// Serves a connection in a task of its own and ends it when its deadlines pass. Selecting between the two in
+/// one task polled the deadline watcher at every wake-up of the connection, a few times a request; here the
+/// watcher's task wakes only when a deadline passes or the connection ends.
+async fn watched<F>(serving: F, expired: Pin<&mut impl Future<Output = ()>>, peer: SocketAddr)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    /// Ends the serving task with the watcher, whatever ends the watcher.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut serving = AbortOnDrop(tokio::spawn(serving));
+    tokio::select! {
+        _ = &mut serving.0 => {}
+        () = expired => tracing::debug!(%peer, "connection closed: no request in time"),
     }
 }
 
