@@ -373,22 +373,33 @@ fn authority(parts: &http::request::Parts) -> &str {
 }
 
 thread_local! {
-    /// A header list kept between requests on this worker thread, so that building the plugin-visible list
-    /// reuses its strings' buffers instead of allocating two strings per header per phase.
-    static SPARE_LIST: std::cell::Cell<Vec<(String, String)>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Header lists kept between requests on this worker thread, so that building the plugin-visible list
+    /// reuses its strings' buffers instead of allocating two strings per header per phase. Several: a request
+    /// holds its list until its response has been sent, so with one spare list, concurrent requests on the
+    /// worker found it taken and allocated anew.
+    static SPARE_LISTS: std::cell::RefCell<Vec<Vec<(String, String)>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Bigger lists are dropped rather than kept for the next request.
 const SPARE_LIST_MAX_BYTES: usize = 16 * 1024;
+/// At most this many lists are kept per worker thread.
+const SPARE_LISTS_MAX: usize = 256;
 
 fn take_spare_list() -> Vec<(String, String)> {
-    SPARE_LIST.take()
+    SPARE_LISTS.with_borrow_mut(Vec::pop).unwrap_or_default()
 }
 
 fn return_spare_list(list: Vec<(String, String)>) {
+    if list.capacity() == 0 {
+        return;
+    }
     let bytes: usize = list.iter().map(|(n, v)| n.capacity() + v.capacity()).sum();
     if bytes <= SPARE_LIST_MAX_BYTES {
-        SPARE_LIST.set(list);
+        SPARE_LISTS.with_borrow_mut(|lists| {
+            if lists.len() < SPARE_LISTS_MAX {
+                lists.push(list);
+            }
+        });
     }
 }
 
