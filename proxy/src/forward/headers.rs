@@ -1,6 +1,7 @@
 //! Header rewriting between hops: hop-by-hop headers removed (RFC 9110 §7.6.1, plus any the `Connection`
 //! header names), `x-forwarded-for`/`x-forwarded-proto`/`via` set, trace context and request id attached.
 
+use crate::h1::head::Added;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::Version;
 
@@ -17,6 +18,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static VIA: HeaderName = http::header::VIA;
 /// `traceparent`, read from requests and set on the upstream hop.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-request-id`, set on requests going upstream and on every response.
@@ -96,40 +98,40 @@ pub struct ForwardedFor<'a> {
     pub request_id: &'a str,
 }
 
-/// Sets the forwarding headers on a request going upstream.
+impl<'a> ForwardedFor<'a> {
+    /// The fields this hop adds to a request: `x-forwarded-for` and `via` join the client's own, the others
+    /// replace them. Portico's HTTP/1 client writes them into the head as it goes
+    /// ([`crate::h1::head::encode_request`]); hyper's clients get them in the map ([`add_forwarding`]).
+    pub fn fields(&self) -> [Added<'a>; 5] {
+        [
+            Added { name: &X_FORWARDED_FOR, value: self.client_ip.as_bytes(), joins: true },
+            Added { name: &X_FORWARDED_PROTO, value: if self.tls { b"https" } else { b"http" }, joins: false },
+            Added { name: &VIA, value: via_hop(self.version).as_bytes(), joins: true },
+            Added { name: &TRACEPARENT, value: self.traceparent.as_bytes(), joins: false },
+            Added { name: &X_REQUEST_ID, value: self.request_id.as_bytes(), joins: false },
+        ]
+    }
+}
+
+/// Sets the forwarding headers on a request going upstream through hyper's client.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
-    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes).filter(|v| !v.is_empty()) {
-        // The usual case, the first proxy: the connection's own value, shared rather than formatted again.
-        None => Some(f.client_ip.clone()),
-        Some(existing) => {
-            let ip = f.client_ip.as_bytes();
-            let mut joined = Vec::with_capacity(existing.len() + 2 + ip.len());
-            joined.extend_from_slice(existing);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ip);
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).ok()
-        }
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    for field in f.fields() {
+        field.apply(headers);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.tls { "https" } else { "http" }));
-    append_via(headers, f.version);
-    if let Ok(v) = HeaderValue::from_str(f.traceparent) {
-        headers.insert(TRACEPARENT.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(f.request_id) {
-        headers.insert(X_REQUEST_ID.clone(), v);
+}
+
+/// This hop in `via`, by the HTTP version it was received with.
+fn via_hop(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "1.0 portico",
+        Version::HTTP_2 => "2 portico",
+        _ => "1.1 portico",
     }
 }
 
 /// Appends this hop to `via`.
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
-    let hop = match version {
-        Version::HTTP_10 => "1.0 portico",
-        Version::HTTP_2 => "2 portico",
-        _ => "1.1 portico",
-    };
+    let hop = via_hop(version);
     let value = match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => HeaderValue::from_str(&format!("{existing}, {hop}")).ok(),
         // The usual case: a first hop, a static value.

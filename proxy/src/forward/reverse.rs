@@ -192,16 +192,15 @@ async fn proxy(
     let authority = parts.uri.authority().cloned();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::ensure_host(&mut parts.headers, authority.as_ref());
-    headers::add_forwarding(
-        &mut parts.headers,
-        &ForwardedFor {
-            client_ip: &conn.client_ip,
-            tls: conn.tls,
-            version: parts.version,
-            traceparent: meta.trace.traceparent().as_str(),
-            request_id: &meta.request_id,
-        },
-    );
+    // The forwarding fields are written into the head as it goes upstream (see `h1::head::Added`).
+    let traceparent = meta.trace.traceparent();
+    let forwarded = ForwardedFor {
+        client_ip: &conn.client_ip,
+        tls: conn.tls,
+        version: parts.version,
+        traceparent: traceparent.as_str(),
+        request_id: &meta.request_id,
+    };
     if upgrade {
         parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -259,19 +258,24 @@ async fn proxy(
         let active = endpoint.begin_request();
         chain.set_upstream_address(&endpoint.name);
         // Each attempt is a span of its own when the request is recorded; the upstream sees it as its parent.
-        if let Some(span) = meta.span.as_mut() {
+        let attempt_traceparent = meta.span.as_mut().map(|span| {
             span.plugins.picked_endpoint = chosen.is_some();
-            if let Ok(v) = HeaderValue::from_str(meta.trace.traceparent_for(span.begin_attempt(index)).as_str()) {
-                parts.headers.insert(headers::TRACEPARENT.clone(), v);
-            }
-        }
+            meta.trace.traceparent_for(span.begin_attempt(index))
+        });
+        let added = match &attempt_traceparent {
+            Some(traceparent) => ForwardedFor { traceparent: traceparent.as_str(), ..forwarded }.fields(),
+            None => forwarded.fields(),
+        };
         let sent_at = std::time::Instant::now();
         let mut choice = ConnectionChoice::Pooled;
         let outcome = loop {
             let this_body =
                 if retryable { RequestBody::empty() } else { body.take().unwrap_or_else(RequestBody::empty) };
-            match tokio::time::timeout(upstream.request_timeout(), upstream.send(index, &parts, this_body, choice))
-                .await
+            match tokio::time::timeout(
+                upstream.request_timeout(),
+                upstream.send(index, &parts, &added, this_body, choice),
+            )
+            .await
             {
                 // The upstream closed the pooled connection as the request went out (its keep-alive timer
                 // won the race). Not the endpoint's fault: an idempotent request goes again, once, on a new

@@ -247,10 +247,7 @@ pub fn encode_response(
             continue;
         }
         dated |= name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name, value.as_bytes());
     }
     match body {
         BodyLength::Fixed(n) => {
@@ -272,22 +269,76 @@ pub fn encode_response(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes an HTTP/1.1 request head into `out`: the request line, every field but the framing ones, and the
-/// framing Portico chose for the body it will send (`Content-Length` or `Transfer-Encoding: chunked`; none for
-/// an empty body unless the method usually has one).
-pub fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, body: BodyLength) {
+/// A field the proxy adds to a request on its way upstream (`x-forwarded-for`, `via`, `traceparent`, …). Written
+/// straight into the head rather than inserted into the request's map first: five inserts (each a hash, a
+/// probe and a value allocated for the dynamic ones) cost more than the rest of writing the head.
+#[derive(Debug, Clone, Copy)]
+pub struct Added<'a> {
+    /// The field.
+    pub name: &'a HeaderName,
+    /// This hop's value.
+    pub value: &'a [u8],
+    /// The field is a list this hop joins (its value goes after the request's own non-empty values, RFC 9110
+    /// §5.3); otherwise the value replaces the request's own.
+    pub joins: bool,
+}
+
+impl Added<'_> {
+    /// Sets the field in a map (for requests that go through hyper's clients), as [`encode_request`] writes it.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let mut value = Vec::new();
+        if self.joins {
+            for existing in headers.get_all(self.name).iter().filter(|v| !v.is_empty()) {
+                value.extend_from_slice(existing.as_bytes());
+                value.extend_from_slice(b", ");
+            }
+        }
+        value.extend_from_slice(self.value);
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            headers.insert(self.name.clone(), value);
+        }
+    }
+}
+
+/// Writes an HTTP/1.1 request head into `out`: the request line, every field but the framing ones and those
+/// `added` sets, the `added` fields (joined with the request's own where they join), and the framing Portico
+/// chose for the body it will send (`Content-Length` or `Transfer-Encoding: chunked`; none for an empty body
+/// unless the method usually has one).
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    added: &[Added<'_>],
+    body: BodyLength,
+) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Which added fields the request has values of (at most 64 added fields are looked for).
+    let mut present = 0u64;
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
+        if let Some(i) = added.iter().position(|a| a.name == name) {
+            present |= 1u64.checked_shl(i as u32).unwrap_or(0);
+            continue;
+        }
+        push_field(out, name, value.as_bytes());
+    }
+    for (i, field) in added.iter().enumerate() {
+        out.extend_from_slice(field.name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        if field.joins && present & 1u64.checked_shl(i as u32).unwrap_or(0) != 0 {
+            for existing in headers.get_all(field.name).iter().filter(|v| !v.is_empty()) {
+                out.extend_from_slice(existing.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(field.value);
         out.extend_from_slice(b"\r\n");
     }
     match body {
@@ -302,6 +353,13 @@ pub fn encode_request(out: &mut Vec<u8>, method: &Method, target: &str, headers:
         }
         BodyLength::Empty => {}
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -378,6 +436,37 @@ mod tests {
     }
 
     #[test]
+    fn added_fields_join_or_replace_the_requests_own_in_the_head_and_in_a_map() {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let id = HeaderName::from_static("x-request-id");
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("a"));
+        headers.append(&xff, HeaderValue::from_static("1.1.1.1"));
+        headers.append(&xff, HeaderValue::from_static(""));
+        headers.append(&xff, HeaderValue::from_static("2.2.2.2"));
+        headers.insert(&id, HeaderValue::from_static("client's"));
+        let added = [
+            Added { name: &xff, value: b"127.0.0.1", joins: true },
+            Added { name: &header::VIA, value: b"1.1 portico", joins: true },
+            Added { name: &id, value: b"abc", joins: false },
+        ];
+        let mut out = Vec::new();
+        encode_request(&mut out, &Method::GET, "/", &headers, &added, BodyLength::Empty);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 127.0.0.1\r\nvia: 1.1 portico\r\n\
+             x-request-id: abc\r\n\r\n"
+        );
+        for field in &added {
+            field.apply(&mut headers);
+        }
+        assert_eq!(headers.get(&xff).map(|v| v.as_bytes()), Some(&b"1.1.1.1, 2.2.2.2, 127.0.0.1"[..]));
+        assert_eq!(headers.get_all(&xff).iter().count(), 1);
+        assert_eq!(headers.get(header::VIA).map(|v| v.as_bytes()), Some(&b"1.1 portico"[..]));
+        assert_eq!(headers.get(&id).map(|v| v.as_bytes()), Some(&b"abc"[..]));
+    }
+
+    #[test]
     fn plain_requests_are_taken_and_the_rest_left_whole() {
         let mut buf = BytesMut::from(
             &b"GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\nX-A: 1\r\n\r\nGET /next"[..],
@@ -447,13 +536,13 @@ mod tests {
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("99"));
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         let mut out = Vec::new();
-        encode_request(&mut out, &Method::POST, "/x?y", &headers, BodyLength::Fixed(12345));
+        encode_request(&mut out, &Method::POST, "/x?y", &headers, &[], BodyLength::Fixed(12345));
         assert_eq!(out, b"POST /x?y HTTP/1.1\r\nhost: a\r\ncontent-length: 12345\r\n\r\n");
-        encode_request(&mut out, &Method::GET, "/", &headers, BodyLength::Empty);
+        encode_request(&mut out, &Method::GET, "/", &headers, &[], BodyLength::Empty);
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
-        encode_request(&mut out, &Method::PUT, "/", &HeaderMap::new(), BodyLength::Empty);
+        encode_request(&mut out, &Method::PUT, "/", &HeaderMap::new(), &[], BodyLength::Empty);
         assert_eq!(out, b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
-        encode_request(&mut out, &Method::POST, "/", &HeaderMap::new(), BodyLength::Chunked);
+        encode_request(&mut out, &Method::POST, "/", &HeaderMap::new(), &[], BodyLength::Chunked);
         assert_eq!(out, b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
         let mut hex = Vec::new();
         push_hex(&mut hex, 0x1f0);

@@ -55,10 +55,11 @@ impl HostServices for ProxyServices {
                 }
                 let (head, ()) = builder.method(method).uri(path).body(()).ok()?.into_parts();
                 let body = RequestBody::Full(Some(body));
-                let answer = tokio::time::timeout(timeout, upstream.send(index, &head, body, ConnectionChoice::Pooled))
-                    .await
-                    .ok()?
-                    .ok()?;
+                let answer =
+                    tokio::time::timeout(timeout, upstream.send(index, &head, &[], body, ConnectionChoice::Pooled))
+                        .await
+                        .ok()?
+                        .ok()?;
                 let (parts, body) = answer.into_parts();
                 // Read no more than a plugin may be handed: a larger answer is a failed callout.
                 let limited = http_body_util::Limited::new(body, portico_plugins::limits::MAX_HTTP_CALL_RESPONSE_BODY);

@@ -22,7 +22,7 @@ use super::pool::{IdleLane, SendError};
 use crate::body::RequestBody;
 use crate::h1::chunked::{Chunk, ChunkError, ChunkedDecoder};
 use crate::h1::framing::{self, BodyLength, FramingError};
-use crate::h1::head::{self, HeadError, ResponseHead};
+use crate::h1::head::{self, Added, HeadError, ResponseHead};
 use crate::h1::upload::{Upload, UploadError};
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
@@ -263,17 +263,18 @@ pub enum Request {
     Stopped,
 }
 
-/// Sends a request (origin-form target, body framed as `length`) on `conn` and returns the response head, and
-/// how much of the request went out before it. The head is encoded here, into the connection's buffer.
+/// Sends a request (origin-form target, the `added` fields besides its own, body framed as `length`) on `conn`
+/// and returns the response head, and how much of the request went out before it. The head is encoded here,
+/// into the connection's buffer.
 pub async fn send(
     conn: &mut Connection,
-    method: &Method,
-    target: &str,
-    headers: &http::HeaderMap,
+    head: &http::request::Parts,
+    added: &[Added<'_>],
     body: &mut RequestBody,
     length: BodyLength,
 ) -> Result<(ResponseHead, Request), Failure> {
-    head::encode_request(conn.head_buffer(), method, target, headers, length);
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    head::encode_request(conn.head_buffer(), &head.method, target, &head.headers, added, length);
     conn.exchange(body, length).await
 }
 

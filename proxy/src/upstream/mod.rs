@@ -9,6 +9,7 @@ pub mod retry;
 
 use crate::body::UpstreamBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::h1::head::Added;
 use crate::metrics::Metrics;
 use balance::{Balancer, SmoothWeightedRoundRobin};
 use endpoint::{Endpoint, EndpointStatus};
@@ -142,11 +143,12 @@ impl Upstream {
         &self,
         index: usize,
         head: &http::request::Parts,
+        added: &[Added<'_>],
         body: crate::body::RequestBody,
         choice: ConnectionChoice,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         let endpoint = &self.endpoints[index];
-        let sent = self.send_to(endpoint, head, body, choice).await;
+        let sent = self.send_to(endpoint, head, added, body, choice).await;
         if sent.as_ref().is_err_and(SendError::is_connect) {
             endpoint.note_connect_failure();
         }
@@ -157,11 +159,12 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         head: &http::request::Parts,
+        added: &[Added<'_>],
         body: crate::body::RequestBody,
         choice: ConnectionChoice,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         if self.client_settings.protocol == UpstreamProtocol::Http1 {
-            return pool::send_http1(endpoint, &self.client_settings, head, body, choice).await;
+            return pool::send_http1(endpoint, &self.client_settings, head, added, body, choice).await;
         }
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(http::uri::Scheme::HTTP);
@@ -172,6 +175,9 @@ impl Upstream {
         *request.uri_mut() = http::Uri::from_parts(uri).unwrap_or_else(|_| head.uri.clone());
         *request.version_mut() = http::Version::HTTP_2;
         *request.headers_mut() = head.headers.clone();
+        for field in added {
+            field.apply(request.headers_mut());
+        }
         let lanes = &self.h2_clients;
         let client = &lanes[crate::listen::workers::lane() % lanes.len()];
         Ok(client.request(request).await?.map(UpstreamBody::Hyper))

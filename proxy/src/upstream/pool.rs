@@ -21,6 +21,7 @@ use super::endpoint::Endpoint;
 use super::h1::{self, Connection, H1Error, Home};
 use crate::body::{RequestBody, UpstreamBody};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::h1::head::Added;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -241,12 +242,12 @@ pub async fn send_http1(
     endpoint: &Endpoint,
     settings: &ClientSettings,
     parts: &http::request::Parts,
+    added: &[Added<'_>],
     mut body: RequestBody,
     choice: ConnectionChoice,
 ) -> Result<http::Response<UpstreamBody>, SendError> {
     let lane = endpoint.idle.lane(crate::listen::workers::lane());
     let length = h1::request_length(&body);
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     loop {
         let pooled = match choice {
             ConnectionChoice::Pooled => lane.take(settings.idle_timeout),
@@ -257,8 +258,7 @@ pub async fn send_http1(
             Some(conn) => conn,
             None => Connection::connect(endpoint.address, settings.connect_timeout).await?,
         };
-        let (head, request) = match h1::send(&mut conn, &parts.method, target, &parts.headers, &mut body, length).await
-        {
+        let (head, request) = match h1::send(&mut conn, parts, added, &mut body, length).await {
             Ok(sent) => sent,
             // Never written: the reused connection was already closing. Try another.
             Err(failure) if reused && failure.unsent => continue,
