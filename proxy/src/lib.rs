@@ -1,6 +1,6 @@
 //! Portico: an edge proxy. The modules follow a request's life: [`listen`] accepts (with [`tls`]),
 //! [`forward`] handles the request ([`h1`] is Portico's own HTTP/1 codec), [`route`] picks the upstream group, [`upstream`] picks the endpoint and
-//! holds the pool, [`discovery`] keeps its endpoint list following DNS and registrations, [`health`] watches
+//! holds the pool (its exchanges bounded by [`timeout`]), [`discovery`] keeps its endpoint list following DNS and registrations, [`health`] watches
 //! endpoints; [`admin`], [`metrics`], [`stats`] (the dashboard's history) and [`telemetry`] (OpenTelemetry
 //! traces) are for operators; [`server`] holds it all together across reloads; [`config`] is read once and
 //! validated.
@@ -22,6 +22,7 @@ pub mod route;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
+pub mod timeout;
 pub mod tls;
 pub mod trace_context;
 pub mod upstream;

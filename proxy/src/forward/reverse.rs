@@ -271,7 +271,7 @@ async fn proxy(
         let outcome = loop {
             let this_body =
                 if retryable { RequestBody::empty() } else { body.take().unwrap_or_else(RequestBody::empty) };
-            match tokio::time::timeout(
+            match crate::timeout::timeout(
                 upstream.request_timeout(),
                 upstream.send(index, &parts, &added, this_body, choice),
             )
