@@ -62,13 +62,17 @@ pub async fn serve<S>(
     shared: &Arc<Shared>,
     conn: &Arc<ConnInfo>,
     limits: Limits,
-    stop: &mut watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
 ) -> Served<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut read = BytesMut::with_capacity(READ_CHUNK);
     let mut write = Vec::with_capacity(1024);
+    // One wait for the listener to stop, for the connection's life: made anew for every request, it registered
+    // with the channel and left it again each time.
+    let mut stop_waiter = stop.clone();
+    let mut stopping = std::pin::pin!(stop_waiter.changed());
     loop {
         let mut head_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let (head, asked_close) = loop {
@@ -90,7 +94,7 @@ where
             let got = tokio::select! {
                 biased;
                 got = io.read_buf(&mut read) => got,
-                _ = stop.changed(), if between_requests => return Served::Closed,
+                _ = &mut stopping, if between_requests => return Served::Closed,
                 () = until(head_deadline.as_mut()) => {
                     tracing::debug!(peer = %conn.peer, "connection closed: request head not complete in time");
                     return Served::Closed;

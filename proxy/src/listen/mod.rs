@@ -287,14 +287,14 @@ struct Connection {
 impl Connection {
     /// Serves the connection: on reverse listeners, Portico's own HTTP/1.1 server first, unless the client
     /// chose HTTP/2 by ALPN (`http1` false); hyper for the rest (see [`http1`]).
-    async fn serve<S>(mut self, stream: S, http1: bool)
+    async fn serve<S>(self, stream: S, http1: bool)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let config = &self.runtime.config;
         let io = if http1 && config.mode == ListenerMode::Reverse {
             let limits = http1::Limits { max_head: config.max_header_bytes, header_read: config.header_read_timeout };
-            match http1::serve(stream, &self.shared, &self.info, limits, &mut self.drain.stop).await {
+            match http1::serve(stream, &self.shared, &self.info, limits, &self.drain.stop).await {
                 http1::Served::Closed => return,
                 http1::Served::Handoff(io) => io,
             }
