@@ -507,6 +507,44 @@ mod tests {
         assert!(matches!(parse_request(&mut growing, 64), RequestParse::Other), "an incomplete head past the limit");
     }
 
+    /// What the server makes of a byte stream read in pieces of `size`: each request taken, then where it
+    /// stopped (the bytes left for hyper, or a head still incomplete).
+    fn serve_in_pieces(stream: &[u8], size: usize, max_head: usize) -> (Vec<(String, bool)>, String) {
+        let mut buf = BytesMut::new();
+        let mut taken = Vec::new();
+        let mut pieces = stream.chunks(size);
+        loop {
+            match parse_request(&mut buf, max_head) {
+                RequestParse::Simple { head, close } => taken.push((head.uri.to_string(), close)),
+                RequestParse::Other => {
+                    buf.extend(pieces.flatten());
+                    return (taken, format!("other: {}", String::from_utf8_lossy(&buf)));
+                }
+                RequestParse::Partial => match pieces.next() {
+                    Some(piece) => buf.extend_from_slice(piece),
+                    None => return (taken, format!("partial: {}", String::from_utf8_lossy(&buf))),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn requests_are_taken_the_same_however_the_reads_split_them() {
+        let streams: [&[u8]; 3] = [
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n\
+              POST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiGET /4 HTTP/1.1\r\n\r\n",
+            b"GET /1 HTTP/1.1\nHost: a\n\nGET /2 HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ];
+        for stream in streams {
+            let whole = serve_in_pieces(stream, stream.len(), 64);
+            assert!(!whole.0.is_empty(), "{whole:?}");
+            for size in 1..stream.len() {
+                assert_eq!(serve_in_pieces(stream, size, 64), whole, "reads of {size} bytes");
+            }
+        }
+    }
+
     #[test]
     fn answers_carry_their_framing_a_date_and_close() {
         let mut headers = HeaderMap::new();
