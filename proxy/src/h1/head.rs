@@ -1,12 +1,12 @@
-//! Heads: a request head written into one buffer (so it leaves in one write, with the first body bytes when
-//! they are at hand), and a response head parsed in place; on the client side, a request head parsed in place
-//! and a response head written. Parsed heads' field values are slices of the read buffer the head arrived in
-//! ([`Bytes`]), not copies, and a head is parsed once.
+//! The client's heads: a request head written into one buffer (so it leaves in one write, with the first body
+//! bytes when they are at hand), and a response head parsed in place: its field values are slices of the read
+//! buffer the head arrived in ([`Bytes`]), not copies, and it is parsed once. The server's are in
+//! [`super::server_head`].
 
 use super::framing::BodyLength;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Version};
 use std::mem::MaybeUninit;
 
 /// The most fields a head may have (hyper's default too).
@@ -31,7 +31,7 @@ pub enum HeadError {
 /// Where each field's name and value lie in a head (offsets and lengths), so that the values can share the
 /// buffer once the head is split off it, without parsing it twice. Not zeroed first: that cost as much as the
 /// parse.
-type Spans = arrayvec::ArrayVec<(u32, u32, u32, u32), MAX_FIELDS>;
+pub(super) type Spans = arrayvec::ArrayVec<(u32, u32, u32, u32), MAX_FIELDS>;
 
 /// A parsed response head.
 #[derive(Debug)]
@@ -129,146 +129,6 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
     Ok(Some(ResponseHead { status, version, headers, keep_alive }))
 }
 
-/// What the front of a client's read buffer holds, for Portico's own HTTP/1 server. (Returned and taken apart
-/// at once, so the large variant is not boxed: that would be an allocation a request.)
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
-pub enum RequestParse {
-    /// A complete head of a request Portico's server takes itself, split off the buffer; `close` when the
-    /// client asked for the connection to close after the answer.
-    Simple {
-        /// The head.
-        head: http::request::Parts,
-        /// `Connection: close`.
-        close: bool,
-    },
-    /// The head is not complete yet.
-    Partial,
-    /// Anything else, left in the buffer as it was: hyper's server takes the connection from here.
-    Other,
-}
-
-/// Parses the request head at the front of `buf`. Only the plainest requests are taken: an HTTP/1.1 `GET`
-/// with no `Content-Length`, `Transfer-Encoding`, `Expect` or `Upgrade` field, no `upgrade` connection option,
-/// at most `max_head` bytes and [`MAX_FIELDS`] fields, whose target and fields `http` accepts. Nothing of its
-/// framing can then be ambiguous: no body follows it. Everything else (bodies, `HEAD`, HTTP/1.0, upgrades,
-/// the HTTP/2 preface, malformed or oversized heads) is [`RequestParse::Other`], with the buffer untouched.
-pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
-    let mut spans = Spans::new();
-    let (len, target, close) = {
-        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-        let mut request = httparse::Request::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut request,
-            &buf[..],
-            &mut fields,
-        ) {
-            Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-            Ok(httparse::Status::Partial) if buf.len() <= max_head => return RequestParse::Partial,
-            _ => return RequestParse::Other,
-        };
-        if request.method != Some("GET") || request.version != Some(1) {
-            return RequestParse::Other;
-        }
-        let mut close = false;
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for field in request.headers.iter() {
-            let name = field.name.as_bytes();
-            let framing_or_switch = [&b"content-length"[..], b"transfer-encoding", b"expect", b"upgrade"]
-                .iter()
-                .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name));
-            if framing_or_switch {
-                return RequestParse::Other;
-            }
-            if name.eq_ignore_ascii_case(b"connection") {
-                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"upgrade") {
-                        return RequestParse::Other;
-                    }
-                    close |= token.eq_ignore_ascii_case(b"close");
-                }
-            }
-            spans.push((offset(name), name.len() as u32, offset(field.value), field.value.len() as u32));
-        }
-        let path = request.path.unwrap_or("/").as_bytes();
-        (len, (offset(path), path.len() as u32), close)
-    };
-    let head = buf.split_to(len).freeze();
-    let Some(parts) = request_parts(&head, target, &spans) else {
-        // A target or field `http` refuses: hyper answers it (400) from the same bytes.
-        let mut whole = BytesMut::with_capacity(head.len() + buf.len());
-        whole.extend_from_slice(&head);
-        whole.extend_from_slice(buf);
-        *buf = whole;
-        return RequestParse::Other;
-    };
-    RequestParse::Simple { head: parts, close }
-}
-
-/// The request parts of a `GET` head whose target and fields are at these offsets of `head`.
-fn request_parts(head: &Bytes, target: (u32, u32), spans: &[(u32, u32, u32, u32)]) -> Option<http::request::Parts> {
-    let slice = |at: u32, len: u32| head.slice(at as usize..(at + len) as usize);
-    let uri = Uri::from_maybe_shared(slice(target.0, target.1)).ok()?;
-    let mut headers = HeaderMap::with_capacity(spans.len() + 6);
-    for &(name_at, name_len, value_at, value_len) in spans {
-        let name = HeaderName::from_bytes(&head[name_at as usize..(name_at + name_len) as usize]).ok()?;
-        let value = HeaderValue::from_maybe_shared(slice(value_at, value_len)).ok()?;
-        headers.append(name, value);
-    }
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.uri = uri;
-    parts.headers = headers;
-    parts.version = Version::HTTP_11;
-    Some(parts)
-}
-
-/// Writes an HTTP/1.1 response head into `out`: the status line, every field but the framing ones, the
-/// framing chosen for the body (`Content-Length`, `Transfer-Encoding: chunked`, or none), `connection: close`
-/// when the connection ends after it, and `date` when the answer has none (RFC 9110 §6.6.1; `date` appends
-/// the value, and is only called then: proxied answers carry their origin's).
-pub fn encode_response(
-    out: &mut Vec<u8>,
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: BodyLength,
-    close: bool,
-    date: fn(&mut Vec<u8>),
-) {
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let mut dated = false;
-    for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || (close && name == header::CONNECTION) {
-            continue;
-        }
-        dated |= name == header::DATE;
-        push_field(out, name, value.as_bytes());
-    }
-    match body {
-        BodyLength::Fixed(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        BodyLength::Chunked | BodyLength::UntilClose => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        BodyLength::Empty => {}
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    if !dated {
-        out.extend_from_slice(b"date: ");
-        date(out);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 /// A field the proxy adds to a request on its way upstream (`x-forwarded-for`, `via`, `traceparent`, …). Written
 /// straight into the head rather than inserted into the request's map first: five inserts (each a hash, a
 /// probe and a value allocated for the dynamic ones) cost more than the rest of writing the head.
@@ -356,7 +216,8 @@ pub fn encode_request(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+/// Appends one `name: value` line.
+pub(super) fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -464,107 +325,6 @@ mod tests {
         assert_eq!(headers.get_all(&xff).iter().count(), 1);
         assert_eq!(headers.get(header::VIA).map(|v| v.as_bytes()), Some(&b"1.1 portico"[..]));
         assert_eq!(headers.get(&id).map(|v| v.as_bytes()), Some(&b"abc"[..]));
-    }
-
-    #[test]
-    fn plain_requests_are_taken_and_the_rest_left_whole() {
-        let mut buf = BytesMut::from(
-            &b"GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\nX-A: 1\r\n\r\nGET /next"[..],
-        );
-        match parse_request(&mut buf, 8192) {
-            RequestParse::Simple { head, close } => {
-                assert!(close);
-                assert_eq!(head.method, Method::GET);
-                assert_eq!(head.uri, "/a?b");
-                assert_eq!(head.version, Version::HTTP_11);
-                assert_eq!(head.headers.get("x-a").map(|v| v.as_bytes()), Some(&b"1"[..]));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(&buf[..], b"GET /next", "the next request stays in the buffer");
-        assert!(matches!(parse_request(&mut buf, 8192), RequestParse::Partial));
-        let others: [&[u8]; 9] = [
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na",
-            b"GET / HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET / HTTP/1.0\r\n\r\n",
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
-        ];
-        for raw in others {
-            let mut buf = BytesMut::from(raw);
-            assert!(matches!(parse_request(&mut buf, 8192), RequestParse::Other), "{raw:?}");
-            assert_eq!(&buf[..], raw, "left whole for hyper");
-        }
-        let mut large = BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100)).as_bytes());
-        let whole = large.clone();
-        assert!(matches!(parse_request(&mut large, 64), RequestParse::Other), "larger than max_header_bytes");
-        assert_eq!(large, whole);
-        let mut growing = BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(100)).as_bytes());
-        assert!(matches!(parse_request(&mut growing, 64), RequestParse::Other), "an incomplete head past the limit");
-    }
-
-    /// What the server makes of a byte stream read in pieces of `size`: each request taken, then where it
-    /// stopped (the bytes left for hyper, or a head still incomplete).
-    fn serve_in_pieces(stream: &[u8], size: usize, max_head: usize) -> (Vec<(String, bool)>, String) {
-        let mut buf = BytesMut::new();
-        let mut taken = Vec::new();
-        let mut pieces = stream.chunks(size);
-        loop {
-            match parse_request(&mut buf, max_head) {
-                RequestParse::Simple { head, close } => taken.push((head.uri.to_string(), close)),
-                RequestParse::Other => {
-                    buf.extend(pieces.flatten());
-                    return (taken, format!("other: {}", String::from_utf8_lossy(&buf)));
-                }
-                RequestParse::Partial => match pieces.next() {
-                    Some(piece) => buf.extend_from_slice(piece),
-                    None => return (taken, format!("partial: {}", String::from_utf8_lossy(&buf))),
-                },
-            }
-        }
-    }
-
-    #[test]
-    fn requests_are_taken_the_same_however_the_reads_split_them() {
-        let streams: [&[u8]; 3] = [
-            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n\
-              POST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiGET /4 HTTP/1.1\r\n\r\n",
-            b"GET /1 HTTP/1.1\nHost: a\n\nGET /2 HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
-            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-        ];
-        for stream in streams {
-            let whole = serve_in_pieces(stream, stream.len(), 64);
-            assert!(!whole.0.is_empty(), "{whole:?}");
-            for size in 1..stream.len() {
-                assert_eq!(serve_in_pieces(stream, size, 64), whole, "reads of {size} bytes");
-            }
-        }
-    }
-
-    #[test]
-    fn answers_carry_their_framing_a_date_and_close() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-a", HeaderValue::from_static("1"));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("7"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let mut out = Vec::new();
-        let date = |out: &mut Vec<u8>| out.extend_from_slice(b"Thu, 03 Dec 2026 16:00:00 GMT");
-        encode_response(&mut out, StatusCode::OK, &headers, BodyLength::Fixed(7), true, date);
-        assert_eq!(
-            String::from_utf8_lossy(&out),
-            "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 7\r\nconnection: close\r\ndate: Thu, 03 Dec 2026 16:00:00 GMT\r\n\r\n"
-        );
-        headers.remove(header::CONNECTION);
-        headers.insert(header::DATE, HeaderValue::from_static("upstream's"));
-        encode_response(&mut out, StatusCode::BAD_GATEWAY, &headers, BodyLength::Chunked, false, date);
-        assert_eq!(
-            String::from_utf8_lossy(&out),
-            "HTTP/1.1 502 Bad Gateway\r\nx-a: 1\r\ndate: upstream's\r\ntransfer-encoding: chunked\r\n\r\n"
-        );
     }
 
     #[test]

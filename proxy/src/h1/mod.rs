@@ -8,8 +8,8 @@
 //! - [`framing`]: how long a message body is (Content-Length, chunked, none, until close), and which heads are
 //!   too ambiguous to read at all.
 //! - [`chunked`]: the chunked transfer coding.
-//! - [`head`]: writing request heads and parsing response heads (the client); parsing request heads and writing
-//!   response heads (the server, [`crate::listen::http1`]).
+//! - [`head`]: writing request heads and parsing response heads (the client).
+//! - [`server_head`]: parsing request heads and writing response heads (the server, [`crate::listen::http1`]).
 //! - [`upload`]: sending a body in the framing its head declared: a request body upstream, alongside the
 //!   response; an answer's body to a client.
 //! - [`date`]: the `date` of answers.
@@ -20,6 +20,7 @@ pub mod chunked;
 pub mod date;
 pub mod framing;
 pub mod head;
+pub mod server_head;
 pub mod upload;
 
 use http::header::{self, HeaderName};

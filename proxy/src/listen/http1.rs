@@ -3,7 +3,7 @@
 //! one write. hyper's server spent about a third of a proxied request's instructions between the socket and
 //! the request path (its dispatcher, a second parse for the smuggling guard, a timer for every head).
 //!
-//! It takes the plainest requests, those after which no body follows ([`head::parse_request`]): nothing of
+//! It takes the plainest requests, those after which no body follows ([`server_head::parse_request`]): nothing of
 //! their framing can be ambiguous. The first other request (a body, `HEAD`, HTTP/1.0, an upgrade, the HTTP/2
 //! preface, a malformed or oversized head) and the rest of the connection go to hyper's server, with the bytes
 //! already read put back in front of the socket ([`Rewind`]): hyper then serves it as if it had from the start,
@@ -19,7 +19,7 @@ use crate::body::{ClientBody, ResponseBody};
 use crate::forward;
 use crate::h1::date;
 use crate::h1::framing::BodyLength;
-use crate::h1::head::{self, RequestParse};
+use crate::h1::server_head::{self, RequestParse};
 use crate::h1::upload::Upload;
 use crate::server::Shared;
 use bytes::{Buf, Bytes, BytesMut};
@@ -76,7 +76,7 @@ where
     loop {
         let mut head_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let (head, asked_close) = loop {
-            match head::parse_request(&mut read, limits.max_head) {
+            match server_head::parse_request(&mut read, limits.max_head) {
                 RequestParse::Simple { head, close } => break (head, close),
                 RequestParse::Other => return Served::Handoff(Rewind { prefix: read.freeze(), inner: io }),
                 RequestParse::Partial => {}
@@ -143,7 +143,7 @@ async fn respond<S: AsyncWrite + Unpin>(
     let (parts, body) = response.into_parts();
     let length = framing(parts.status, &parts.headers, &body);
     let close = close || asks_close(&parts.headers);
-    head::encode_response(out, parts.status, &parts.headers, length, close, date::append_now);
+    server_head::encode_response(out, parts.status, &parts.headers, length, close, date::append_now);
     let mut upload = Upload::new(body.map_err(io::Error::other), length);
     poll_fn(|cx| upload.poll_send(io, out, cx)).await.map_err(io::Error::other)?;
     io.flush().await?;
