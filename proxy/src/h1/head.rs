@@ -202,18 +202,26 @@ pub fn encode_request(
         out.extend_from_slice(b"\r\n");
     }
     match body {
+        BodyLength::Empty if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        body => push_framing(out, body),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the framing field a body of this length is sent with (`Content-Length` or
+/// `Transfer-Encoding: chunked`; none for no body).
+pub(super) fn push_framing(out: &mut Vec<u8>, body: BodyLength) {
+    match body {
         BodyLength::Fixed(n) => {
             out.extend_from_slice(b"content-length: ");
             push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
         BodyLength::Chunked | BodyLength::UntilClose => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        BodyLength::Empty if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
         BodyLength::Empty => {}
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends one `name: value` line.

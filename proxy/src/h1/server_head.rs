@@ -3,7 +3,7 @@
 //! response head written into one buffer.
 
 use super::framing::BodyLength;
-use super::head::{push_decimal, push_field, Spans, MAX_FIELDS};
+use super::head::{push_field, push_framing, Spans, MAX_FIELDS};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, StatusCode, Uri, Version};
@@ -129,15 +129,7 @@ pub fn encode_response(
         dated |= name == header::DATE;
         push_field(out, name, value.as_bytes());
     }
-    match body {
-        BodyLength::Fixed(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        BodyLength::Chunked | BodyLength::UntilClose => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        BodyLength::Empty => {}
-    }
+    push_framing(out, body);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
