@@ -92,7 +92,7 @@ fn framing_fields(version: Version, headers: &HeaderMap) -> Result<Fields, Frami
     let mut chunked_seen = false;
     let mut last_is_chunked = false;
     for value in encodings {
-        for coding in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        for coding in super::elements(value.as_bytes()) {
             if coding.is_empty() {
                 continue;
             }
@@ -115,10 +115,10 @@ fn framing_fields(version: Version, headers: &HeaderMap) -> Result<Fields, Frami
 }
 
 /// The one `Content-Length`: every field and every comma-separated element must be the same plain number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> {
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for element in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        for element in super::elements(value.as_bytes()) {
             let n = parse_decimal(element).ok_or(FramingError::InvalidLength)?;
             if length.is_some_and(|l| l != n) {
                 return Err(FramingError::InvalidLength);

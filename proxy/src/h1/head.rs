@@ -66,7 +66,7 @@ impl ConnectionOptions {
     /// Notes one `Connection` value; true when it says nothing but `keep-alive` and `close`.
     fn note(&mut self, value: &[u8]) -> bool {
         let mut only_persistence = true;
-        for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        for token in super::elements(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {

@@ -75,6 +75,11 @@ pub static FORBIDDEN_TRAILERS: [HeaderName; 37] = [
     header::CONTENT_LANGUAGE,
 ];
 
+/// The elements of a comma-separated field value (`Connection`, `Transfer-Encoding`, `Content-Length`), trimmed.
+pub fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Whether a line of `bytes` ends in a LF without the CR before it.
 pub fn has_bare_lf(bytes: &[u8]) -> bool {
     bytes.iter().enumerate().any(|(i, b)| *b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))

@@ -62,7 +62,7 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
                 return RequestParse::Other;
             }
             if name.eq_ignore_ascii_case(b"connection") {
-                for token in field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                for token in super::elements(field.value) {
                     if token.eq_ignore_ascii_case(b"upgrade") {
                         return RequestParse::Other;
                     }

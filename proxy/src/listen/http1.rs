@@ -17,13 +17,13 @@
 use super::ConnInfo;
 use crate::body::{ClientBody, ResponseBody};
 use crate::forward;
-use crate::h1::date;
-use crate::h1::framing::BodyLength;
+use crate::h1::framing::{self, BodyLength};
 use crate::h1::server_head::{self, RequestParse};
 use crate::h1::upload::Upload;
+use crate::h1::{self, date};
 use crate::server::Shared;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH};
+use http::header::CONNECTION;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -151,16 +151,14 @@ async fn respond<S: AsyncWrite + Unpin>(
 }
 
 /// How an answer's body is framed (RFC 9112 §6.3): none for 1xx, 204 and 304; the `Content-Length` the answer
-/// carries (an upstream's, passed on); the body's own exact length; otherwise chunked.
+/// carries (an upstream's, passed on; read as the codec reads an upstream's); the body's own exact length;
+/// otherwise chunked.
 fn framing(status: StatusCode, headers: &HeaderMap, body: &ResponseBody) -> BodyLength {
     if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return BodyLength::Empty;
     }
-    let mut declared = headers.get_all(CONTENT_LENGTH).iter();
-    if let (Some(value), None) = (declared.next(), declared.next()) {
-        if let Some(n) = std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.trim().parse().ok()) {
-            return BodyLength::Fixed(n);
-        }
+    if let Ok(Some(n)) = framing::content_length(headers) {
+        return BodyLength::Fixed(n);
     }
     match body.size_hint().exact() {
         Some(n) => BodyLength::Fixed(n),
@@ -170,10 +168,7 @@ fn framing(status: StatusCode, headers: &HeaderMap, body: &ResponseBody) -> Body
 
 /// Whether the answer's `Connection` field says `close`.
 fn asks_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
+    headers.get_all(CONNECTION).iter().any(|v| h1::elements(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")))
 }
 
 /// A stream with bytes already read from it put back in front.
