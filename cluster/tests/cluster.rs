@@ -102,8 +102,14 @@ async fn writes_replicate_survive_partition_and_restart() {
     assert!(old.wait_applied(applied.index, Duration::from_secs(5)).await, "old leader catches up");
     assert_eq!(old.state().endpoints["app/e"].weight, Some(9));
 
-    // Restart every node from disk: the state is rebuilt before any quorum exists.
+    // Restart every node from disk: the state is rebuilt before any quorum exists. A follower learns that the
+    // last write committed only with the leader's next message, so every node is waited for before the state
+    // the restart must rebuild is read (reading it at once failed in CI when node 1 had not applied it yet).
+    for n in &nodes {
+        assert!(n.wait_applied(applied.index, Duration::from_secs(5)).await, "node {} applied", n.node_id());
+    }
     let expected = nodes[0].state();
+    assert_eq!(expected.endpoints["app/e"].weight, Some(9));
     for n in &nodes {
         n.shutdown().await;
     }
