@@ -179,12 +179,13 @@ async fn proxy(
     if let Some(span) = meta.span.as_mut() {
         span.upstream = Some(upstream.clone());
     }
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    let mut parts = crate::h1::maps::GivenBack(parts);
     let upgrade = headers::is_upgrade_request(parts.version, &parts.headers);
     let client_upgrade = if upgrade {
-        let mut probe = Request::from_parts(parts, ());
+        let mut probe = Request::from_parts(std::mem::replace(&mut parts.0, Request::new(()).into_parts().0), ());
         let on_upgrade = hyper::upgrade::on(&mut probe);
-        parts = probe.into_parts().0;
+        parts.0 = probe.into_parts().0;
         Some(on_upgrade)
     } else {
         None

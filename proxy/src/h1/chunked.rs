@@ -8,7 +8,7 @@
 //! copied.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 
 /// The longest chunk-size line (size, extensions and CRLF) accepted.
 const MAX_LINE: usize = 4096;
@@ -203,7 +203,7 @@ fn parse_trailers(section: &[u8]) -> Result<HeaderMap, ChunkError> {
     };
     let mut map = HeaderMap::with_capacity(parsed.len());
     for field in parsed.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ChunkError::BadTrailers)?;
+        let name = super::names::field_name(field.name.as_bytes()).map_err(|_| ChunkError::BadTrailers)?;
         if super::FORBIDDEN_TRAILERS.contains(&name) {
             continue;
         }

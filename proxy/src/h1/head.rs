@@ -110,12 +110,12 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
     };
     let head: Bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(httparse::Error::Status))?;
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    let mut headers = super::maps::take(spans.len() + 2);
     let mut connection = ConnectionOptions::default();
     for &(name_at, name_len, value_at, value_len) in &spans {
         let (name_at, value_at) = (name_at as usize, value_at as usize);
-        let name =
-            HeaderName::from_bytes(&head[name_at..name_at + name_len as usize]).map_err(|_| HeadError::InvalidField)?;
+        let name = super::names::field_name(&head[name_at..name_at + name_len as usize])
+            .map_err(|_| HeadError::InvalidField)?;
         let value_bytes = &head[value_at..value_at + value_len as usize];
         if name == header::CONNECTION && connection.note(value_bytes) {
             continue;

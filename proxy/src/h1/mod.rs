@@ -13,6 +13,8 @@
 //! - [`upload`]: sending a body in the framing its head declared: a request body upstream, alongside the
 //!   response; an answer's body to a client.
 //! - [`date`]: the `date` of answers.
+//! - [`names`]: field names read from a head, the common ones without a lookup.
+//! - [`maps`]: header maps kept for reuse on their worker thread.
 //!
 //! `CONFORMANCE.md` beside this file lists the cases the codec decides and the test that pins each.
 
@@ -20,6 +22,8 @@ pub mod chunked;
 pub mod date;
 pub mod framing;
 pub mod head;
+pub mod maps;
+pub mod names;
 pub mod server_head;
 pub mod upload;
 

@@ -5,7 +5,7 @@
 use super::framing::BodyLength;
 use super::head::{push_field, push_framing, Spans, MAX_FIELDS};
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{self, HeaderMap, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
 
@@ -90,9 +90,9 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
 fn request_parts(head: &Bytes, target: (u32, u32), spans: &[(u32, u32, u32, u32)]) -> Option<http::request::Parts> {
     let slice = |at: u32, len: u32| head.slice(at as usize..(at + len) as usize);
     let uri = Uri::from_maybe_shared(slice(target.0, target.1)).ok()?;
-    let mut headers = HeaderMap::with_capacity(spans.len() + 6);
+    let mut headers = super::maps::take(spans.len() + 6);
     for &(name_at, name_len, value_at, value_len) in spans {
-        let name = HeaderName::from_bytes(&head[name_at as usize..(name_at + name_len) as usize]).ok()?;
+        let name = super::names::field_name(&head[name_at as usize..(name_at + name_len) as usize]).ok()?;
         let value = HeaderValue::from_maybe_shared(slice(value_at, value_len)).ok()?;
         headers.append(name, value);
     }

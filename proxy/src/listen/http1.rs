@@ -144,6 +144,7 @@ async fn respond<S: AsyncWrite + Unpin>(
     let length = framing(parts.status, &parts.headers, &body);
     let close = close || asks_close(&parts.headers);
     server_head::encode_response(out, parts.status, &parts.headers, length, close, date::append_now);
+    crate::h1::maps::give_back(parts.headers);
     let mut upload = Upload::new(body.map_err(io::Error::other), length);
     poll_fn(|cx| upload.poll_send(io, out, cx)).await.map_err(io::Error::other)?;
     io.flush().await?;
