@@ -78,7 +78,19 @@ pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
 
 /// Removes `h2c` from `Upgrade` (and the header when nothing is left) and removes `HTTP2-Settings`.
 fn drop_h2c_upgrade(parts: &mut Parts) {
-    parts.headers.remove(&HTTP2_SETTINGS);
+    // One pass over the names first: nearly every request has neither field, and two lookups by name cost
+    // more than the pass.
+    let (mut settings, mut upgrade) = (false, false);
+    for name in parts.headers.keys() {
+        settings |= name == HTTP2_SETTINGS;
+        upgrade |= name == UPGRADE;
+    }
+    if settings {
+        parts.headers.remove(&HTTP2_SETTINGS);
+    }
+    if !upgrade {
+        return;
+    }
     let asks_h2c = parts.headers.get_all(UPGRADE).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(is_h2c));
     if !asks_h2c {
         return;
