@@ -40,7 +40,7 @@ impl SeriesSampler {
     pub fn sample(
         &mut self,
         metrics: &Metrics,
-        upstreams: &HashMap<String, Arc<Upstream>>,
+        upstreams: &crate::config::ByName<Arc<Upstream>>,
         elapsed: Duration,
     ) -> TickValues {
         let families = metrics.registry.gather();
@@ -77,7 +77,12 @@ impl SeriesSampler {
         out
     }
 
-    fn sample_endpoints(&mut self, upstreams: &HashMap<String, Arc<Upstream>>, seconds: f64, out: &mut TickValues) {
+    fn sample_endpoints(
+        &mut self,
+        upstreams: &crate::config::ByName<Arc<Upstream>>,
+        seconds: f64,
+        out: &mut TickValues,
+    ) {
         let mut seen = HashMap::with_capacity(self.endpoints.len());
         for (name, upstream) in upstreams {
             for endpoint in &upstream.endpoints {
@@ -198,7 +203,7 @@ mod tests {
         let metrics = Metrics::new()?;
         let mut sampler = SeriesSampler::new();
         metrics.requests.with_label_values(&["web", "app", "2xx"]).inc_by(100);
-        sampler.sample(&metrics, &HashMap::new(), Duration::from_secs(1));
+        sampler.sample(&metrics, &Default::default(), Duration::from_secs(1));
 
         metrics.requests.with_label_values(&["web", "app", "2xx"]).inc_by(90);
         metrics.requests.with_label_values(&["web", "app", "5xx"]).inc_by(10);
@@ -208,7 +213,7 @@ mod tests {
         for _ in 0..2 {
             metrics.request_duration.with_label_values(&["web", "app"]).observe(0.2);
         }
-        let tick = sampler.sample(&metrics, &HashMap::new(), Duration::from_secs(2));
+        let tick = sampler.sample(&metrics, &Default::default(), Duration::from_secs(2));
         assert_eq!(tick["listener.web.qps"], 50.0);
         assert_eq!(tick["upstream.app.qps"], 50.0);
         assert!((tick["upstream.app.error_ratio"] - 0.1).abs() < 1e-9);
@@ -217,7 +222,7 @@ mod tests {
         let p99 = tick["listener.web.latency_p99"];
         assert!((100.0..=250.0).contains(&p99), "p99 {p99} ms lies in the 100–250 ms bucket");
 
-        let idle = sampler.sample(&metrics, &HashMap::new(), Duration::from_secs(1));
+        let idle = sampler.sample(&metrics, &Default::default(), Duration::from_secs(1));
         assert_eq!(idle["listener.web.qps"], 0.0);
         assert_eq!(idle["listener.web.latency_p99"], 0.0);
         assert_eq!(idle["listener.web.error_ratio"], 0.0);

@@ -3,7 +3,7 @@
 //! validation, TLS files, new sockets — and only swaps when all of it succeeded, so a bad file changes nothing.
 
 use crate::body::RequestBody;
-use crate::config::{self, Config, ConfigIssue};
+use crate::config::{self, ByName, Config, ConfigIssue};
 use crate::discovery::Discovery;
 use crate::listen::workers::{self, Workers};
 use crate::listen::{self, ListenerHandle, ListenerRuntime};
@@ -84,9 +84,9 @@ pub struct Snapshot {
     /// The configuration in force.
     pub config: Config,
     /// Upstream groups by name.
-    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub upstreams: ByName<Arc<Upstream>>,
     /// WebAssembly plugins by name (each slot swaps versions on its own).
-    pub plugins: HashMap<String, Arc<PluginSlot>>,
+    pub plugins: ByName<Arc<PluginSlot>>,
 }
 
 /// State shared by all connections.
@@ -183,8 +183,8 @@ impl Server {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 config: config.clone(),
-                upstreams: HashMap::new(),
-                plugins: HashMap::new(),
+                upstreams: ByName::default(),
+                plugins: ByName::default(),
             }),
             metrics,
             forward_client,
@@ -199,7 +199,7 @@ impl Server {
             snapshot_writer: tokio::sync::Mutex::new(()),
         });
         services.attach(Arc::downgrade(&shared));
-        let plugin_slots = shared.plugins.build(&config.plugins, &HashMap::new()).await?;
+        let plugin_slots = shared.plugins.build(&config.plugins, &ByName::default()).await?;
         let server = Arc::new(Server {
             shared,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
@@ -325,8 +325,8 @@ impl Server {
     async fn apply(
         &self,
         config: Config,
-        upstreams: HashMap<String, Arc<Upstream>>,
-        plugins: HashMap<String, Arc<PluginSlot>>,
+        upstreams: ByName<Arc<Upstream>>,
+        plugins: ByName<Arc<PluginSlot>>,
     ) -> Result<(), ServerError> {
         let mut listeners = self.listeners.lock().await;
         // 1. Everything that can fail, with nothing changed yet.

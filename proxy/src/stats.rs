@@ -9,7 +9,7 @@
 use crate::metrics::Metrics;
 use crate::observe::SeriesSampler;
 use crate::upstream::Upstream;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -60,7 +60,7 @@ impl StatsHistory {
     }
 
     /// Takes one point from the registry and the endpoints. Blocking: call it off the async workers.
-    pub fn sample(&self, metrics: &Metrics, upstreams: &HashMap<String, Arc<Upstream>>) {
+    pub fn sample(&self, metrics: &Metrics, upstreams: &crate::config::ByName<Arc<Upstream>>) {
         let mut ring = self.ring.lock();
         let now = Instant::now();
         let elapsed = ring.last.map(|last| now.duration_since(last));
@@ -170,10 +170,10 @@ mod tests {
         let metrics = Metrics::new()?;
         let history = StatsHistory::default();
         metrics.requests.with_label_values(&["web", "app", "2xx"]).inc_by(100);
-        history.sample(&metrics, &HashMap::new());
+        history.sample(&metrics, &Default::default());
         assert_eq!(history.since(0)["timestamps"], serde_json::json!([]));
         metrics.requests.with_label_values(&["web", "app", "5xx"]).inc_by(1);
-        history.sample(&metrics, &HashMap::new());
+        history.sample(&metrics, &Default::default());
         let all = history.since(0);
         assert_eq!(all["timestamps"].as_array().map(Vec::len), Some(1));
         assert_eq!(all["series"]["upstream.app.error_ratio"], serde_json::json!([1.0]));

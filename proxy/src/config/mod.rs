@@ -17,6 +17,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub use endpoints::{DiscoveredEntry, DnsConfig, DnsName};
+
+/// A map keyed by a configured name (upstream groups, plugins), looked up on every request: hashed with
+/// foldhash rather than SipHash (~160 instructions a short name). The names come from the configuration, not
+/// from clients, so a hasher that resists chosen keys buys nothing here.
+pub type ByName<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 pub use file::{FailMode, HealthCheckFile, OutlierFile, PoolFile, RetryBudgetFile, TlsFile, UpstreamProtocol};
 
 /// A configuration problem with the place it was found, so an operator can fix it without guessing.

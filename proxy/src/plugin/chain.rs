@@ -16,7 +16,6 @@ use portico_plugins::{
     candidate_fingerprint, candidates_version, Candidate, CandidateLoad, CandidateSource, FailPolicy, FilterAction,
     HttpStream, LocalResponse, Plugin, PluginFailure, RequestFacts, TrafficDirection,
 };
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
@@ -100,7 +99,7 @@ impl FilterChain {
     /// policy right here.
     pub fn start(
         filters: &[String],
-        plugins: &HashMap<String, Arc<PluginSlot>>,
+        plugins: &crate::config::ByName<Arc<PluginSlot>>,
         parts: &http::request::Parts,
         conn: &ConnInfo,
         request_id: &str,

@@ -10,7 +10,7 @@ pub mod chain;
 pub mod rollout;
 pub mod services;
 
-use crate::config::{FailMode, PluginConfig, PluginSource};
+use crate::config::{ByName, FailMode, PluginConfig, PluginSource};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use portico_plugins::{FailPolicy, Plugin, PluginEngine, PluginError, PluginHandle, PluginSpec};
@@ -255,10 +255,10 @@ impl PluginSet {
     pub async fn build(
         &self,
         configs: &[PluginConfig],
-        previous: &HashMap<String, Arc<PluginSlot>>,
-    ) -> Result<HashMap<String, Arc<PluginSlot>>, PluginLoadError> {
+        previous: &ByName<Arc<PluginSlot>>,
+    ) -> Result<ByName<Arc<PluginSlot>>, PluginLoadError> {
         let _guard = self.changing.lock().await;
-        let mut out = HashMap::new();
+        let mut out = ByName::default();
         for config in configs {
             let (bytes, origin, modified) = read_module(config).await?;
             let sha = sha256_hex(&bytes);
@@ -316,7 +316,7 @@ impl PluginSet {
     /// Reloads file-sourced plugins whose file changed on disk (its modification time moved since the watcher
     /// last looked): the file's module replaces whatever runs, an upload included, unless it is that very
     /// module. A module that fails to start is logged and the running version keeps serving.
-    pub async fn reload_changed_files(&self, slots: &HashMap<String, Arc<PluginSlot>>) {
+    pub async fn reload_changed_files(&self, slots: &ByName<Arc<PluginSlot>>) {
         for slot in slots.values() {
             let PluginSource::File(path) = &slot.config.source else { continue };
             let seen = *slot.file_seen.lock();

@@ -2,11 +2,10 @@
 //! discovery changes a group's members, and the health checkers that follow the rebuilt groups.
 
 use super::{ServerError, Shared, Snapshot};
-use crate::config::Config;
+use crate::config::{ByName, Config};
 use crate::discovery::Discovery;
 use crate::health;
 use crate::upstream::{Rebuild, Upstream};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 impl Shared {
@@ -58,7 +57,7 @@ impl Shared {
 /// (a newcomer's first passing probe ends the "leaving" rule).
 pub(super) fn spawn_health_checks(
     shared: &Arc<Shared>,
-    upstreams: &HashMap<String, Arc<Upstream>>,
+    upstreams: &ByName<Arc<Upstream>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for (name, upstream) in upstreams {
@@ -79,10 +78,10 @@ pub(super) fn spawn_health_checks(
 /// Builds every group of `config` from its members, reusing the endpoints of `previous`.
 pub(super) fn build_upstreams(
     config: &Config,
-    previous: Option<&HashMap<String, Arc<Upstream>>>,
+    previous: Option<&ByName<Arc<Upstream>>>,
     lanes: usize,
     discovery: &Discovery,
-) -> Result<HashMap<String, Arc<Upstream>>, ServerError> {
+) -> Result<ByName<Arc<Upstream>>, ServerError> {
     config
         .upstreams
         .iter()
