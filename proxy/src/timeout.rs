@@ -18,6 +18,8 @@ use tokio::time::Instant;
 
 /// How finely deadlines are kept.
 const RESOLUTION: Duration = Duration::from_millis(10);
+const RESOLUTION_NANOS: u64 = RESOLUTION.as_nanos() as u64;
+const TICKS_PER_SECOND: u64 = 1_000_000_000 / RESOLUTION_NANOS;
 
 /// The time given to a future ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +48,13 @@ fn epoch() -> Instant {
 fn slot_for(after: Duration) -> Option<Arc<Slot>> {
     let epoch = epoch();
     let due = Instant::now().checked_add(after)?;
-    let tick = u64::try_from(due.duration_since(epoch).as_nanos() / RESOLUTION.as_nanos()).ok()?.checked_add(1)?;
+    // In whole seconds and nanoseconds: a `u128` division of `as_nanos()` costs a hundred instructions.
+    let since = due.duration_since(epoch);
+    let tick = since
+        .as_secs()
+        .checked_mul(TICKS_PER_SECOND)?
+        .checked_add(u64::from(since.subsec_nanos()) / RESOLUTION_NANOS)?
+        .checked_add(1)?;
     let at = epoch.checked_add(RESOLUTION.checked_mul(u32::try_from(tick).ok()?)?)?;
     Some(SLOTS.with(|slots| {
         let mut map = slots.lock();
