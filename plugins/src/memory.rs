@@ -76,8 +76,10 @@ pub(crate) fn read_property_path(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static
     let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
     out.clear();
     out.extend_from_slice(raw);
-    for b in out.iter_mut().filter(|b| **b == 0) {
-        *b = b'.';
+    // Every byte rewritten, the separators to '.': a loop without a branch, which the compiler vectorizes
+    // (filtering for the NULs first cost ~6 instructions a byte, ~200 a path).
+    for b in out.iter_mut() {
+        *b = if *b == 0 { b'.' } else { *b };
     }
     Ok(())
 }

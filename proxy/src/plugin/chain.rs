@@ -404,6 +404,14 @@ fn return_spare_list(list: Vec<(String, String)>) {
 
 /// Sets entry `i` of `out` to `name: value`, reusing the entry's buffers.
 fn put(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(text) => put_str(out, i, name, text),
+        Err(_) => put_str(out, i, name, &String::from_utf8_lossy(value)),
+    }
+}
+
+/// [`put`] for a value that is text already (the pseudo-headers): no second UTF-8 check.
+fn put_str(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &str) {
     if i == out.len() {
         out.push((String::new(), String::new()));
     }
@@ -411,17 +419,14 @@ fn put(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &[u8]) {
     n.clear();
     n.push_str(name);
     v.clear();
-    match std::str::from_utf8(value) {
-        Ok(text) => v.push_str(text),
-        Err(_) => v.push_str(&String::from_utf8_lossy(value)),
-    }
+    v.push_str(value);
 }
 
 fn request_to_abi(parts: &http::request::Parts, out: &mut Vec<(String, String)>) {
-    put(out, 0, ":method", parts.method.as_str().as_bytes());
-    put(out, 1, ":path", parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    put(out, 2, ":authority", authority(parts).as_bytes());
-    put(out, 3, ":scheme", parts.uri.scheme_str().unwrap_or("http").as_bytes());
+    put_str(out, 0, ":method", parts.method.as_str());
+    put_str(out, 1, ":path", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    put_str(out, 2, ":authority", authority(parts));
+    put_str(out, 3, ":scheme", parts.uri.scheme_str().unwrap_or("http"));
     let mut i = 4;
     for (name, value) in &parts.headers {
         if name != http::header::HOST {
@@ -433,7 +438,7 @@ fn request_to_abi(parts: &http::request::Parts, out: &mut Vec<(String, String)>)
 }
 
 fn response_to_abi(parts: &http::response::Parts, out: &mut Vec<(String, String)>) {
-    put(out, 0, ":status", parts.status.as_str().as_bytes());
+    put_str(out, 0, ":status", parts.status.as_str());
     let mut i = 1;
     for (name, value) in &parts.headers {
         put(out, i, name.as_str(), value.as_bytes());
