@@ -147,13 +147,21 @@ fn via_hop(version: Version) -> &'static str {
 /// Appends this hop to `via`.
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
     let hop = via_hop(version);
-    let value = match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => HeaderValue::from_str(&format!("{existing}, {hop}")).ok(),
+    // One probe of the map: the field found or its place to go.
+    match headers.entry(http::header::VIA) {
+        http::header::Entry::Occupied(mut field) => {
+            let joined = match field.get().to_str() {
+                Ok(existing) if !existing.is_empty() => HeaderValue::from_str(&format!("{existing}, {hop}")).ok(),
+                _ => Some(HeaderValue::from_static(hop)),
+            };
+            if let Some(v) = joined {
+                field.insert(v);
+            }
+        }
         // The usual case: a first hop, a static value.
-        _ => Some(HeaderValue::from_static(hop)),
-    };
-    if let Some(v) = value {
-        headers.insert(http::header::VIA, v);
+        http::header::Entry::Vacant(place) => {
+            place.insert(HeaderValue::from_static(hop));
+        }
     }
 }
 
