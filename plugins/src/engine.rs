@@ -2,9 +2,9 @@
 //! ticker, compile cache, linker, metric families, and the shared data and queues plugins see.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 
 use parking_lot::Mutex;
 use prometheus::Registry;
@@ -30,16 +30,48 @@ pub(crate) struct EngineShared {
     pub metrics: Arc<EngineMetrics>,
     pub shared: Arc<SharedState>,
     cache: Mutex<VecDeque<CompiledModule>>,
-    stop: Arc<AtomicBool>,
+    ticking: Arc<Ticking>,
+    ticker_thread: Thread,
     ticker: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the epoch ticker reads: whether to stop, and how many plugins are loaded. With none loaded no guest
+/// code can run, so there is no deadline to keep, and the ticker sleeps until a plugin is loaded instead of
+/// waking a thousand times a second (a Portico without plugins was woken ~900 times a second while idle).
+#[derive(Debug, Default)]
+struct Ticking {
+    stop: AtomicBool,
+    plugins: AtomicUsize,
+    /// Epochs advanced so far.
+    ticks: AtomicU64,
 }
 
 impl Drop for EngineShared {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ticking.stop.store(true, Ordering::Release);
+        self.ticker_thread.unpark();
         if let Some(handle) = self.ticker.lock().take() {
             let _ = handle.join();
         }
+    }
+}
+
+/// A loaded plugin's hold on the engine: keeps it alive, and the epoch ticker running, while the plugin is.
+/// Made before the plugin's first instance, so every guest call runs under a ticking deadline.
+pub(crate) struct EngineUse(Arc<EngineShared>);
+
+impl EngineUse {
+    pub(crate) fn new(shared: &Arc<EngineShared>) -> Self {
+        if shared.ticking.plugins.fetch_add(1, Ordering::AcqRel) == 0 {
+            shared.ticker_thread.unpark();
+        }
+        EngineUse(shared.clone())
+    }
+}
+
+impl Drop for EngineUse {
+    fn drop(&mut self) {
+        self.0.ticking.plugins.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -74,16 +106,23 @@ impl PluginEngine {
         let linker = linker::build_linker(&engine).map_err(engine_error("linking host functions"))?;
         let metrics = EngineMetrics::new(&registry)
             .map_err(|e| PluginError::Engine { what: "registering plugin metrics", source: Box::new(e) })?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let ticking = Arc::new(Ticking::default());
         let ticker = {
             let engine = engine.clone();
-            let stop = stop.clone();
+            let ticking = ticking.clone();
             std::thread::Builder::new()
                 .name("portico-wasm-epoch".into())
                 .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
+                    while !ticking.stop.load(Ordering::Acquire) {
+                        // An unpark that comes before the park makes it return at once, so a plugin loaded
+                        // between the load and the park is not missed.
+                        if ticking.plugins.load(Ordering::Acquire) == 0 {
+                            std::thread::park();
+                            continue;
+                        }
                         std::thread::sleep(EPOCH_TICK);
                         engine.increment_epoch();
+                        ticking.ticks.fetch_add(1, Ordering::Relaxed);
                     }
                 })
                 .map_err(|e| PluginError::Engine { what: "spawning the epoch thread", source: Box::new(e) })?
@@ -96,7 +135,8 @@ impl PluginEngine {
                 metrics: Arc::new(metrics),
                 shared: Arc::new(SharedState::default()),
                 cache: Mutex::new(VecDeque::new()),
-                stop,
+                ticking,
+                ticker_thread: ticker.thread().clone(),
                 ticker: Mutex::new(Some(ticker)),
             }),
         })
@@ -106,6 +146,12 @@ impl PluginEngine {
     /// counters/gauges/histograms plugins define). Gather it from the admin `/metrics` endpoint.
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// How many times the epoch has advanced: about once a millisecond while any plugin is loaded, never
+    /// while none is.
+    pub fn epoch_ticks(&self) -> u64 {
+        self.shared.ticking.ticks.load(Ordering::Relaxed)
     }
 
     /// Compile and ABI-check wasm module bytes.

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use wasmtime::InstancePre;
 
 use crate::callout::HttpCallResponse;
-use crate::engine::{EngineShared, PluginEngine};
+use crate::engine::{EngineUse, PluginEngine};
 use crate::error::{with_causes, FailureKind, PluginError, PluginFailure};
 use crate::instance::{Instance, Limits, Slot};
 use crate::metrics::GuestMetrics;
@@ -94,8 +94,8 @@ pub(crate) enum Reach {
 /// loading a new `Plugin`; in-flight streams finish on the old one.
 pub struct Plugin {
     pub(crate) core: Arc<PluginCore>,
-    /// Keeps the engine (and its epoch ticker) alive while the plugin is.
-    _engine: Arc<EngineShared>,
+    /// Keeps the engine alive, and its epoch ticker running, while the plugin is.
+    _engine: EngineUse,
     /// Names this version in the workers' tables of owned instances.
     pub(crate) id: u64,
     me: Weak<Plugin>,
@@ -205,7 +205,7 @@ impl Plugin {
                 m_seconds,
                 m_restarts,
             }),
-            _engine: shared.clone(),
+            _engine: EngineUse::new(&shared),
             module: module.clone(),
             pre,
             unknown_imports: unknown,
