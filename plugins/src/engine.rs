@@ -78,8 +78,9 @@ impl Drop for EngineUse {
 /// One wasmtime engine (Cranelift, epoch interruption) shared by all plugins, plus process-wide plugin state:
 /// module compile cache, shared key/value data (scoped by vm_id), shared queues and the Prometheus registry.
 ///
-/// Cloning is cheap (an `Arc`). A background thread advances the epoch every millisecond so per-callback CPU
-/// deadlines work; it stops when the engine and every plugin loaded from it are dropped.
+/// Cloning is cheap (an `Arc`). A background thread advances the epoch every millisecond while any plugin is
+/// loaded, so per-callback CPU deadlines work, and sleeps while none is; it stops when the engine and every
+/// plugin loaded from it are dropped.
 #[derive(Clone)]
 pub struct PluginEngine {
     pub(crate) shared: Arc<EngineShared>,
