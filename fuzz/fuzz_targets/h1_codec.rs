@@ -7,7 +7,7 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use portico::h1::chunked::{Chunk, ChunkedDecoder};
-use portico::h1::framing::{self, BodyLength};
+use portico::h1::framing::BodyLength;
 use portico::h1::head;
 
 #[derive(Debug, PartialEq)]
@@ -41,7 +41,7 @@ fn read(pieces: &[&[u8]], method: &http::Method) -> Outcome {
             Err(e) => return Outcome::HeadError(e.to_string()),
         }
     };
-    let length = match framing::response_body(method, head.status, head.version, &head.headers) {
+    let length = match head.body_length(method) {
         Ok(length) => length,
         Err(e) => return Outcome::FramingError(e.to_string()),
     };

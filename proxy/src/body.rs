@@ -2,6 +2,7 @@
 //! collected. Local answers (errors, admin) are a single buffer. Enums instead of boxing keep a request free
 //! of extra allocations.
 
+use crate::h1::raw::RawFields;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -178,6 +179,49 @@ pub enum UpstreamBody {
     H1(crate::upstream::h1::Body),
     /// From hyper's client.
     Hyper(Incoming),
+}
+
+/// A body that may carry its answer's fields raw (see [`crate::h1::raw`]).
+pub trait RawFieldsSlot {
+    /// Where the raw fields are kept, for a body that can carry them.
+    fn raw_slot(&mut self) -> Option<&mut Option<Box<RawFields>>>;
+
+    /// The raw fields, while there are any.
+    fn raw_fields(&mut self) -> Option<&mut RawFields> {
+        self.raw_slot().and_then(|slot| slot.as_deref_mut())
+    }
+
+    /// Takes the raw fields out, to be written.
+    fn take_raw_fields(&mut self) -> Option<Box<RawFields>> {
+        self.raw_slot().and_then(Option::take)
+    }
+}
+
+/// Makes an answer's raw fields its map, for code that reads the fields: plugins, a callout's caller, hyper's
+/// server. Does nothing to an answer whose fields are a map already.
+pub fn fields_as_map<B: RawFieldsSlot>(response: &mut http::Response<B>) {
+    if let Some(raw) = response.body_mut().take_raw_fields() {
+        let replaced = std::mem::take(response.headers_mut());
+        *response.headers_mut() = raw.into_map(replaced);
+    }
+}
+
+impl RawFieldsSlot for UpstreamBody {
+    fn raw_slot(&mut self) -> Option<&mut Option<Box<RawFields>>> {
+        match self {
+            UpstreamBody::H1(body) => Some(body.raw_fields()),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
+}
+
+impl RawFieldsSlot for ResponseBody {
+    fn raw_slot(&mut self) -> Option<&mut Option<Box<RawFields>>> {
+        match self {
+            ResponseBody::Upstream(body, _) => body.raw_slot(),
+            ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(_) => None,
+        }
+    }
 }
 
 impl UpstreamBody {

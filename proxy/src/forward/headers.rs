@@ -136,7 +136,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &ForwardedFor<'_>) {
 }
 
 /// This hop in `via`, by the HTTP version it was received with.
-fn via_hop(version: Version) -> &'static str {
+pub fn via_hop(version: Version) -> &'static str {
     match version {
         Version::HTTP_10 => "1.0 portico",
         Version::HTTP_2 => "2 portico",
@@ -144,17 +144,20 @@ fn via_hop(version: Version) -> &'static str {
     }
 }
 
-/// Appends this hop to `via`.
+/// Appends this hop to `via`, joined to the hops already there (all of them, however many fields they came
+/// in) in one field.
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
     let hop = via_hop(version);
     // One probe of the map: the field found or its place to go.
     match headers.entry(http::header::VIA) {
         http::header::Entry::Occupied(mut field) => {
-            let joined = match field.get().to_str() {
-                Ok(existing) if !existing.is_empty() => HeaderValue::from_str(&format!("{existing}, {hop}")).ok(),
-                _ => Some(HeaderValue::from_static(hop)),
-            };
-            if let Some(v) = joined {
+            let mut joined = Vec::new();
+            for existing in field.iter().filter(|v| !v.is_empty()) {
+                joined.extend_from_slice(existing.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(hop.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
                 field.insert(v);
             }
         }

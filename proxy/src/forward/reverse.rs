@@ -6,7 +6,7 @@ use super::headers::{self, ForwardedFor};
 use super::local::{error_response, LocalError};
 use super::{tunnel, RequestMeta};
 use crate::body::ClientBody;
-use crate::body::{BodyGuard, RequestBody, ResponseBody};
+use crate::body::{BodyGuard, RawFieldsSlot as _, RequestBody, ResponseBody};
 use crate::listen::{ConnInfo, ListenerRuntime};
 use crate::plugin::body::{self, BodyPipe, Direction};
 use crate::plugin::chain::{FilterChain, Verdict};
@@ -71,7 +71,12 @@ pub async fn handle(
         Ok(body) => body,
         Err(answer) => return logged(finish(shared, listener, upstream.name(), answer, meta), chain),
     };
-    let response = proxy(shared, conn, &upstream, Request::from_parts(parts, body), meta, &mut chain).await;
+    let mut response = proxy(shared, conn, &upstream, Request::from_parts(parts, body), meta, &mut chain).await;
+    if chain.is_empty() {
+        return logged(finish(shared, listener, upstream.name(), response, meta), chain);
+    }
+    // Plugins read and change the answer's fields as a map.
+    crate::body::fields_as_map(&mut response);
     let response = chain.response_headers(response, &meta.request_id).await;
     if http_body::Body::is_end_stream(response.body()) {
         return logged(finish(shared, listener, upstream.name(), response, meta), chain);
@@ -358,9 +363,15 @@ async fn proxy(
                     }
                 }
                 let release = EndpointRelease { _permit: permit, _active: active, closer: response.body().closer() };
-                headers::strip_hop_by_hop(response.headers_mut(), false);
                 let upstream_version = response.version();
-                headers::append_via(response.headers_mut(), upstream_version);
+                match response.body_mut().raw_fields() {
+                    // Hop-by-hop fields are left out as the raw fields are written.
+                    Some(raw) => raw.add_via(headers::via_hop(upstream_version)),
+                    None => {
+                        headers::strip_hop_by_hop(response.headers_mut(), false);
+                        headers::append_via(response.headers_mut(), upstream_version);
+                    }
+                }
                 let (mut rparts, rbody) = response.into_parts();
                 rparts.version = client_version;
                 return Response::from_parts(rparts, ResponseBody::Upstream(rbody, Some(Box::new(release))));

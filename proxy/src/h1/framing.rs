@@ -36,12 +36,31 @@ pub enum FramingError {
     EncodingOnHttp10,
 }
 
+/// Where a head's framing fields are read from: a map, or the fields as they arrived
+/// ([`super::raw::RawFields`]).
+pub trait FramingFields {
+    /// The `Content-Length` values, in order.
+    fn content_lengths(&self) -> impl Iterator<Item = &[u8]>;
+    /// The `Transfer-Encoding` values, in order.
+    fn transfer_encodings(&self) -> impl Iterator<Item = &[u8]>;
+}
+
+impl FramingFields for HeaderMap {
+    fn content_lengths(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(CONTENT_LENGTH).into_iter().map(|v| v.as_bytes())
+    }
+
+    fn transfer_encodings(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(TRANSFER_ENCODING).into_iter().map(|v| v.as_bytes())
+    }
+}
+
 /// The body of a response to `method`, from its head.
 pub fn response_body(
     method: &Method,
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    headers: &(impl FramingFields + ?Sized),
 ) -> Result<BodyLength, FramingError> {
     if *method == Method::HEAD
         || status.is_informational()
@@ -77,9 +96,9 @@ enum Fields {
     OtherEncoding,
 }
 
-fn framing_fields(version: Version, headers: &HeaderMap) -> Result<Fields, FramingError> {
-    let length = content_length(headers)?;
-    let mut encodings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+fn framing_fields(version: Version, headers: &(impl FramingFields + ?Sized)) -> Result<Fields, FramingError> {
+    let length = lengths(headers.content_lengths())?;
+    let mut encodings = headers.transfer_encodings().peekable();
     if encodings.peek().is_none() {
         return Ok(length.map_or(Fields::None, Fields::Length));
     }
@@ -92,7 +111,7 @@ fn framing_fields(version: Version, headers: &HeaderMap) -> Result<Fields, Frami
     let mut chunked_seen = false;
     let mut last_is_chunked = false;
     for value in encodings {
-        for coding in super::elements(value.as_bytes()) {
+        for coding in super::elements(value) {
             if coding.is_empty() {
                 continue;
             }
@@ -116,9 +135,13 @@ fn framing_fields(version: Version, headers: &HeaderMap) -> Result<Fields, Frami
 
 /// The one `Content-Length`: every field and every comma-separated element must be the same plain number.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> {
+    lengths(headers.content_lengths())
+}
+
+fn lengths<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, FramingError> {
     let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for element in super::elements(value.as_bytes()) {
+    for value in values {
+        for element in super::elements(value) {
             let n = parse_decimal(element).ok_or(FramingError::InvalidLength)?;
             if length.is_some_and(|l| l != n) {
                 return Err(FramingError::InvalidLength);

@@ -44,6 +44,9 @@ pub struct ResponseHead {
     /// is read here and left out (it is hop-by-hop, and the proxy would only remove it again); one that names
     /// other options stays, for the hop-by-hop stripping to act on.
     pub headers: HeaderMap,
+    /// The fields as they arrived, when they can be passed on without a map (see [`super::raw`]); `headers`
+    /// is then empty.
+    pub raw: Option<Box<super::raw::RawFields>>,
     keep_alive: bool,
 }
 
@@ -52,6 +55,14 @@ impl ResponseHead {
     /// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
     pub fn keeps_alive(&self) -> bool {
         self.keep_alive
+    }
+
+    /// How long the body of this answer to `method` is.
+    pub fn body_length(&self, method: &Method) -> Result<BodyLength, super::framing::FramingError> {
+        match &self.raw {
+            Some(raw) => super::framing::response_body(method, self.status, self.version, &**raw),
+            None => super::framing::response_body(method, self.status, self.version, &self.headers),
+        }
     }
 }
 
@@ -110,23 +121,39 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
     };
     let head: Bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(httparse::Error::Status))?;
-    let mut headers = super::maps::take(spans.len() + 2);
+    let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    // `Connection` first: it decides whether the fields may stay raw (one naming other fields to remove
+    // needs the map-based stripping).
     let mut connection = ConnectionOptions::default();
+    let mut names_others = false;
+    for &(name_at, name_len, value_at, value_len) in &spans {
+        let name = &head[name_at as usize..(name_at + name_len) as usize];
+        if name.len() == 10 && name.eq_ignore_ascii_case(b"connection") {
+            names_others |= !connection.note(&head[value_at as usize..(value_at + value_len) as usize]);
+        }
+    }
+    let keep_alive = !connection.close && (version == Version::HTTP_11 || connection.keep_alive);
+    if !status.is_informational() && !names_others {
+        if let Some(raw) = super::raw::RawFields::new(head.clone(), &spans) {
+            let headers = HeaderMap::new();
+            return Ok(Some(ResponseHead { status, version, headers, raw: Some(Box::new(raw)), keep_alive }));
+        }
+    }
+    let mut headers = super::maps::take(spans.len() + 2);
     for &(name_at, name_len, value_at, value_len) in &spans {
         let (name_at, value_at) = (name_at as usize, value_at as usize);
         let name = super::names::field_name(&head[name_at..name_at + name_len as usize])
             .map_err(|_| HeadError::InvalidField)?;
-        let value_bytes = &head[value_at..value_at + value_len as usize];
-        if name == header::CONNECTION && connection.note(value_bytes) {
+        if name == header::CONNECTION
+            && ConnectionOptions::default().note(&head[value_at..value_at + value_len as usize])
+        {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
             .map_err(|_| HeadError::InvalidField)?;
         headers.append(name, value);
     }
-    let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    let keep_alive = !connection.close && (version == Version::HTTP_11 || connection.keep_alive);
-    Ok(Some(ResponseHead { status, version, headers, keep_alive }))
+    Ok(Some(ResponseHead { status, version, headers, raw: None, keep_alive }))
 }
 
 /// A field the proxy adds to a request on its way upstream (`x-forwarded-for`, `via`, `traceparent`, …). Written
@@ -273,10 +300,12 @@ mod tests {
         let head = parse_response(&mut buf).ok().flatten().unwrap_or_else(|| panic!("no head"));
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.version, Version::HTTP_11);
-        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
-        assert_eq!(head.headers.get(CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"5"[..]));
-        assert_eq!(&buf[..], b"hello");
+        assert_eq!(head.body_length(&Method::GET), Ok(BodyLength::Fixed(5)));
         assert!(head.keeps_alive());
+        let fields = head.raw.unwrap_or_else(|| panic!("plain fields stay raw")).into_map(HeaderMap::new());
+        assert_eq!(fields.get_all("x-a").iter().count(), 2);
+        assert_eq!(fields.get(CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"5"[..]));
+        assert_eq!(&buf[..], b"hello");
         let mut closing =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: Close\r\n\r\n"[..]);
         let head = parse_response(&mut closing).ok().flatten().unwrap_or_else(|| panic!("no head"));

@@ -15,6 +15,7 @@
 //! - [`date`]: the `date` of answers.
 //! - [`names`]: field names read from a head, the common ones without a lookup.
 //! - [`maps`]: header maps kept for reuse on their worker thread.
+//! - [`raw`]: an upstream's answer fields passed on as it wrote them, without a map.
 //!
 //! `CONFORMANCE.md` beside this file lists the cases the codec decides and the test that pins each.
 
@@ -24,6 +25,7 @@ pub mod framing;
 pub mod head;
 pub mod maps;
 pub mod names;
+pub mod raw;
 pub mod server_head;
 pub mod upload;
 
@@ -92,7 +94,7 @@ pub fn has_bare_lf(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::chunked::{Chunk, ChunkedDecoder};
-    use super::framing::{self, BodyLength};
+    use super::framing::BodyLength;
     use super::head;
     use bytes::BytesMut;
 
@@ -108,8 +110,7 @@ mod tests {
                 None => buf.extend_from_slice(next.next().ok_or("no head")?),
             }
         };
-        let length = framing::response_body(&http::Method::GET, head.status, head.version, &head.headers)
-            .map_err(|e| e.to_string())?;
+        let length = head.body_length(&http::Method::GET).map_err(|e| e.to_string())?;
         let mut body = Vec::new();
         let complete = match length {
             BodyLength::Empty => true,

@@ -4,6 +4,7 @@
 
 use super::framing::BodyLength;
 use super::head::{push_field, push_framing, Spans, MAX_FIELDS};
+use super::raw::RawFields;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, StatusCode, Uri, Version};
@@ -106,11 +107,13 @@ fn request_parts(head: &Bytes, target: (u32, u32), spans: &[(u32, u32, u32, u32)
 /// Writes an HTTP/1.1 response head into `out`: the status line, every field but the framing ones, the
 /// framing chosen for the body (`Content-Length`, `Transfer-Encoding: chunked`, or none), `connection: close`
 /// when the connection ends after it, and `date` when the answer has none (RFC 9110 §6.6.1; `date` appends
-/// the value, and is only called then: proxied answers carry their origin's).
+/// the value, and is only called then: proxied answers carry their origin's). An upstream's `raw` fields go
+/// first, but those `headers` replaces (see [`super::raw`]).
 pub fn encode_response(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<&RawFields>,
     body: BodyLength,
     close: bool,
     date: fn(&mut Vec<u8>),
@@ -122,6 +125,10 @@ pub fn encode_response(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
+    if let Some(raw) = raw {
+        raw.write(out, headers);
+        dated = raw.has_date();
+    }
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || (close && name == header::CONNECTION) {
             continue;
@@ -233,14 +240,14 @@ mod tests {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let mut out = Vec::new();
         let date = |out: &mut Vec<u8>| out.extend_from_slice(b"Thu, 03 Dec 2026 16:00:00 GMT");
-        encode_response(&mut out, StatusCode::OK, &headers, BodyLength::Fixed(7), true, date);
+        encode_response(&mut out, StatusCode::OK, &headers, None, BodyLength::Fixed(7), true, date);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 7\r\nconnection: close\r\ndate: Thu, 03 Dec 2026 16:00:00 GMT\r\n\r\n"
         );
         headers.remove(header::CONNECTION);
         headers.insert(header::DATE, HeaderValue::from_static("upstream's"));
-        encode_response(&mut out, StatusCode::BAD_GATEWAY, &headers, BodyLength::Chunked, false, date);
+        encode_response(&mut out, StatusCode::BAD_GATEWAY, &headers, None, BodyLength::Chunked, false, date);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 502 Bad Gateway\r\nx-a: 1\r\ndate: upstream's\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -15,7 +15,7 @@
 //! idle connection at once and a busy one after its answer (`connection: close`).
 
 use super::ConnInfo;
-use crate::body::{ClientBody, ResponseBody};
+use crate::body::{ClientBody, RawFieldsSlot as _, ResponseBody};
 use crate::forward;
 use crate::h1::framing::{self, BodyLength};
 use crate::h1::server_head::{self, RequestParse};
@@ -140,10 +140,13 @@ async fn respond<S: AsyncWrite + Unpin>(
     response: Response<ResponseBody>,
     close: bool,
 ) -> io::Result<bool> {
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
+    // Raw fields carry no framing field: an upstream's length is the body's own.
+    let raw = body.take_raw_fields();
     let length = framing(parts.status, &parts.headers, &body);
     let close = close || asks_close(&parts.headers);
-    server_head::encode_response(out, parts.status, &parts.headers, length, close, date::append_now);
+    server_head::encode_response(out, parts.status, &parts.headers, raw.as_deref(), length, close, date::append_now);
+    drop(raw);
     crate::h1::maps::give_back(parts.headers);
     let mut upload = Upload::new(body.map_err(io::Error::other), length);
     poll_fn(|cx| upload.poll_send(io, out, cx)).await.map_err(io::Error::other)?;

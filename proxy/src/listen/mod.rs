@@ -305,7 +305,13 @@ impl Connection {
         let builder = connection_builder(config);
         let (shared, info) = (self.shared, self.info);
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            forward::handle(shared.clone(), info.clone(), req.map(ClientBody::Hyper))
+            let handled = forward::handle(shared.clone(), info.clone(), req.map(ClientBody::Hyper));
+            async move {
+                // hyper writes the answer from its map.
+                let Ok(mut response) = handled.await;
+                crate::body::fields_as_map(&mut response);
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let _ = self.drain.watcher.watch(builder.serve_connection_with_upgrades(io, service)).await;
     }

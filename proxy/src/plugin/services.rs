@@ -60,6 +60,8 @@ impl HostServices for ProxyServices {
                         .await
                         .ok()?
                         .ok()?;
+                let mut answer = answer;
+                crate::body::fields_as_map(&mut answer);
                 let (parts, body) = answer.into_parts();
                 // Read no more than a plugin may be handed: a larger answer is a failed callout.
                 let limited = http_body_util::Limited::new(body, portico_plugins::limits::MAX_HTTP_CALL_RESPONSE_BODY);

@@ -21,8 +21,9 @@
 use super::pool::{IdleLane, SendError};
 use crate::body::RequestBody;
 use crate::h1::chunked::{Chunk, ChunkError, ChunkedDecoder};
-use crate::h1::framing::{self, BodyLength, FramingError};
+use crate::h1::framing::{BodyLength, FramingError};
 use crate::h1::head::{self, Added, HeadError, ResponseHead};
+use crate::h1::raw::RawFields;
 use crate::h1::upload::{Upload, UploadError};
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
@@ -326,6 +327,9 @@ pub struct Body {
     /// The rest of the request body, while it is being sent.
     upload: Option<Box<Upload<RequestBody>>>,
     home: Option<Home>,
+    /// The answer's fields while they are raw (see [`crate::h1::raw`]): they travel with the body, which every
+    /// stage passes on, and out of sight of hyper and the plugins, which make them a map first.
+    raw: Option<Box<RawFields>>,
 }
 
 impl Body {
@@ -341,7 +345,7 @@ impl Body {
         let kind = if head.status == StatusCode::SWITCHING_PROTOCOLS {
             Kind::Upgrade
         } else {
-            match framing::response_body(method, head.status, head.version, &head.headers) {
+            match head.body_length(method) {
                 Ok(BodyLength::Empty) => Kind::Done,
                 Ok(BodyLength::Fixed(n)) => Kind::Fixed(n),
                 Ok(BodyLength::Chunked) => Kind::Chunked(ChunkedDecoder::default()),
@@ -359,11 +363,16 @@ impl Body {
             Request::Sending(upload) if !refused => (Some(upload), keep_alive),
             Request::Sending(_) | Request::Stopped => (None, false),
         };
-        let mut body = Body { conn: Some(conn), kind, keep_alive, upload, home };
+        let mut body = Body { conn: Some(conn), kind, keep_alive, upload, home, raw: None };
         if matches!(body.kind, Kind::Done) {
             body.finish();
         }
         Ok(body)
+    }
+
+    /// The answer's raw fields, while they are raw.
+    pub fn raw_fields(&mut self) -> &mut Option<Box<RawFields>> {
+        &mut self.raw
     }
 
     /// The handle that closes this body's connection from outside, while it is still being read.

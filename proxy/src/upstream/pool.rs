@@ -270,7 +270,8 @@ pub async fn send_http1(
             Err(failure) => return Err(SendError::Http1(failure.error)),
         };
         let home = Home { lane: lane.clone(), max_idle: settings.max_idle };
-        let body = h1::Body::new(conn, &head, &parts.method, request, Some(home))?;
+        let mut body = h1::Body::new(conn, &head, &parts.method, request, Some(home))?;
+        *body.raw_fields() = head.raw;
         let mut response = http::Response::new(UpstreamBody::H1(body));
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;

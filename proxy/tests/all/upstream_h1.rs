@@ -303,3 +303,71 @@ async fn an_upgrade_is_spliced_with_the_bytes_sent_along_with_the_101() -> TestR
     assert!(forwarded.contains("upgrade: echo\r\n") && forwarded.contains("connection: upgrade\r\n"), "{forwarded}");
     Ok(())
 }
+
+fn fields(_method: &str, _path: &str) -> (&'static [u8], After) {
+    (
+        b"HTTP/1.1 200 OK\r\nServer: origin\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nVia: 1.0 edge\r\n\
+          X-Request-Id: theirs\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nX-Custom: A  b\r\nTrailer: x-sum\r\n\
+          Upgrade: nothing\r\nProxy-Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        After::KeepOpen,
+    )
+}
+
+/// One exchange on a fresh connection, read until the server closes it: the head's lines and the rest.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> Result<(Vec<String>, String), std::io::Error> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(request).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await??;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((head.lines().map(str::to_string).collect(), rest.to_string()))
+}
+
+/// The end-to-end fields of an answer's head, names lowercased, in order.
+fn end_to_end(head: &[String]) -> Vec<(String, String)> {
+    head.iter()
+        .skip(1)
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+        .filter(|(name, _)| !matches!(name.as_str(), "connection" | "transfer-encoding" | "content-length"))
+        .collect()
+}
+
+/// Portico's own server writes an upstream's fields as the upstream wrote them (order, spelling, spacing),
+/// leaving out this hop's fields, with its `via` hop joined and its `x-request-id` in place of the
+/// upstream's; hyper's server, which gets them as a map, sends the same fields.
+#[tokio::test]
+async fn an_upstreams_fields_pass_on_as_written_but_for_this_hops() -> TestResult {
+    let up = RawUpstream::start(fields).await;
+    let p = Portico::start(&up.config()).await;
+    let web = p.addr("web").await;
+    // A plain HTTP/1.1 GET: Portico's own server.
+    let (own, own_body) = exchange(web, b"GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    assert_eq!(own[0], "HTTP/1.1 200 OK");
+    for written in
+        ["Server: origin", "Date: Thu, 01 Jan 2026 00:00:00 GMT", "X-Custom: A  b", "Via: 1.0 edge, 1.1 portico"]
+    {
+        assert!(own.iter().any(|l| l == written), "{written:?} in {own:?}");
+    }
+    for dropped in ["keep-alive:", "trailer:", "upgrade:", "proxy-connection:"] {
+        assert!(!own.iter().any(|l| l.to_ascii_lowercase().starts_with(dropped)), "{dropped} in {own:?}");
+    }
+    let ids: Vec<&String> = own.iter().filter(|l| l.to_ascii_lowercase().starts_with("x-request-id:")).collect();
+    assert_eq!(ids.len(), 1, "{own:?}");
+    assert!(!ids[0].ends_with("theirs"), "Portico's request id replaces the upstream's: {own:?}");
+    assert_eq!(own.iter().filter(|l| l.to_ascii_lowercase().starts_with("date:")).count(), 1, "{own:?}");
+    assert!(own.iter().any(|l| l == "transfer-encoding: chunked"), "{own:?}");
+    assert_eq!(own_body, "2\r\nok\r\n0\r\n\r\n");
+    // HTTP/1.0: hyper's server, from the map.
+    let (hyper, hyper_body) = exchange(web, b"GET /f HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    assert_eq!(hyper_body, "ok");
+    let without_ids = |fields: Vec<(String, String)>| -> Vec<(String, String)> {
+        let mut fields: Vec<_> = fields.into_iter().filter(|(name, _)| name != "x-request-id").collect();
+        fields.sort();
+        fields
+    };
+    assert_eq!(without_ids(end_to_end(&own)), without_ids(end_to_end(&hyper)), "own {own:?}, hyper {hyper:?}");
+    assert_eq!(end_to_end(&hyper).iter().filter(|(name, _)| name == "x-request-id").count(), 1, "{hyper:?}");
+    Ok(())
+}

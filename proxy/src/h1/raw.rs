@@ -1,0 +1,334 @@
+//! An upstream's answer fields passed on as the upstream wrote them.
+//!
+//! Reading an answer's fields into a `HeaderMap` (a name looked up, a value checked and appended, each hashed
+//! into the map's index) and writing them out again cost about 2,000 instructions of a proxied request's
+//! 23,000, for fields the proxy only passes on. So when nothing needs them as a map, an upstream's answer keeps
+//! its head as it arrived ([`RawFields`]: the head's bytes and where each field lies) and the server writes
+//! its end-to-end fields from there, in the upstream's order and spelling, as nginx and HAProxy do. Each field
+//! is sorted once, by its name's text, into what the proxy does with it ([`Role`]).
+//!
+//! A map is still made ([`RawFields::into_map`]) wherever the fields are read: by plugins, by a callout's
+//! caller, or when hyper serves the client. While the fields are raw, the answer's own map holds only fields
+//! that replace the upstream's of the same name (`x-request-id`): that is how the map is merged in, whether
+//! the fields are written or made a map.
+//!
+//! Heads that do not fit this simple picture stay maps from the start: informational answers, more than
+//! [`MOST_FIELDS`] fields, a `Connection` field naming other fields to remove, a `TE` field.
+
+use super::framing::FramingFields;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Heads with more fields are read into a map.
+pub const MOST_FIELDS: usize = 24;
+
+/// What the proxy does with a field of an upstream's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Passed on as it is.
+    EndToEnd,
+    /// `date`: passed on, and the server adds none of its own.
+    Date,
+    /// `via`: passed on, with this proxy's hop joined to the last one.
+    Via,
+    /// `content-length`: read for the body's framing; the server writes the framing it sends.
+    ContentLength,
+    /// `transfer-encoding`: likewise.
+    TransferEncoding,
+    /// `connection` (naming nothing but `keep-alive` or `close`), `keep-alive`, `proxy-connection`,
+    /// `proxy-authenticate`, `proxy-authorization`, `trailer`, `upgrade`: this hop's, dropped (RFC 9110 §7.6.1).
+    HopByHop,
+    /// `te`: a request field, which the map-based stripping keeps as `te: trailers`; heads with one stay maps.
+    Te,
+}
+
+/// Sorts a field by its name, in any letter case.
+pub fn role(name: &[u8]) -> Role {
+    let is = |text: &str| name.eq_ignore_ascii_case(text.as_bytes());
+    match name.len() {
+        2 if is("te") => Role::Te,
+        3 if is("via") => Role::Via,
+        4 if is("date") => Role::Date,
+        7 if is("trailer") || is("upgrade") => Role::HopByHop,
+        10 if is("connection") || is("keep-alive") => Role::HopByHop,
+        14 if is("content-length") => Role::ContentLength,
+        16 if is("proxy-connection") => Role::HopByHop,
+        17 if is("transfer-encoding") => Role::TransferEncoding,
+        18 if is("proxy-authenticate") => Role::HopByHop,
+        19 if is("proxy-authorization") => Role::HopByHop,
+        _ => Role::EndToEnd,
+    }
+}
+
+/// Where one field lies in the head.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name_at: u32,
+    value_at: u32,
+    value_len: u32,
+    name_len: u16,
+    role: Role,
+}
+
+/// An answer's fields as the upstream wrote them.
+#[derive(Debug)]
+pub struct RawFields {
+    head: Bytes,
+    fields: arrayvec::ArrayVec<Field, MOST_FIELDS>,
+    /// This proxy's `via` hop, once the answer is on its way to the client.
+    via: Option<&'static str>,
+}
+
+impl RawFields {
+    /// The fields of a head split off its read buffer, from their `(name_at, name_len, value_at, value_len)`
+    /// spans; `None` when the head should be read into a map (see the module's doc).
+    pub(super) fn new(head: Bytes, spans: &[(u32, u32, u32, u32)]) -> Option<RawFields> {
+        if spans.len() > MOST_FIELDS {
+            return None;
+        }
+        let mut fields = arrayvec::ArrayVec::new();
+        for &(name_at, name_len, value_at, value_len) in spans {
+            let name = head.get(name_at as usize..(name_at + name_len) as usize)?;
+            let role = role(name);
+            if role == Role::Te {
+                return None;
+            }
+            fields.push(Field { name_at, value_at, value_len, name_len: u16::try_from(name_len).ok()?, role });
+        }
+        Some(RawFields { head, fields, via: None })
+    }
+
+    fn name(&self, field: &Field) -> &[u8] {
+        &self.head[field.name_at as usize..field.name_at as usize + field.name_len as usize]
+    }
+
+    fn value(&self, field: &Field) -> &[u8] {
+        &self.head[field.value_at as usize..field.value_at as usize + field.value_len as usize]
+    }
+
+    /// The values of the fields with this role, in order.
+    pub fn values(&self, role: Role) -> impl Iterator<Item = &[u8]> {
+        self.fields.iter().filter(move |f| f.role == role).map(|f| self.value(f))
+    }
+
+    /// Whether the upstream dated its answer.
+    pub fn has_date(&self) -> bool {
+        self.fields.iter().any(|f| f.role == Role::Date)
+    }
+
+    /// Joins this proxy's hop to `via` (see [`crate::forward::headers::via_hop`]).
+    pub fn add_via(&mut self, hop: &'static str) {
+        self.via = Some(hop);
+    }
+
+    /// Appends the end-to-end fields as `name: value` lines, in the upstream's order and spelling, leaving out
+    /// those `replaced` has (the map's own fields, which the caller writes).
+    pub fn write(&self, out: &mut Vec<u8>, replaced: &HeaderMap) {
+        let last_via = self.fields.iter().rposition(|f| f.role == Role::Via);
+        for (i, field) in self.fields.iter().enumerate() {
+            if matches!(field.role, Role::ContentLength | Role::TransferEncoding | Role::HopByHop | Role::Te) {
+                continue;
+            }
+            let name = self.name(field);
+            if !replaced.is_empty() && replaced.keys().any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes())) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(self.value(field));
+            if let (Some(hop), true) = (self.via, Some(i) == last_via) {
+                if field.value_len > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(hop.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        if let (Some(hop), None) = (self.via, last_via) {
+            if !replaced.contains_key(header::VIA) {
+                out.extend_from_slice(b"via: ");
+                out.extend_from_slice(hop.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// The fields as the map they would have been read into, then passed through the proxy's response
+    /// stripping: framing fields but `content-length` and hop-by-hop fields left out, this proxy's `via` hop
+    /// joined to the others, and `replaced`'s fields in place of the upstream's of the same names.
+    pub fn into_map(self, replaced: HeaderMap) -> HeaderMap {
+        let mut map = super::maps::take(self.fields.len() + replaced.len() + 1);
+        let mut via: Vec<u8> = Vec::new();
+        for field in &self.fields {
+            let name = match field.role {
+                Role::TransferEncoding | Role::HopByHop | Role::Te => continue,
+                Role::Via => {
+                    if !via.is_empty() {
+                        via.extend_from_slice(b", ");
+                    }
+                    via.extend_from_slice(self.value(field));
+                    continue;
+                }
+                Role::EndToEnd | Role::Date | Role::ContentLength => self.name(field),
+            };
+            // httparse has checked the name as a token and the value's bytes, the same rules as http's, so
+            // neither fails here (a test pins the value rule for every byte).
+            let (Ok(name), Ok(value)) = (
+                super::names::field_name(name),
+                HeaderValue::from_maybe_shared(
+                    self.head.slice(field.value_at as usize..field.value_at as usize + field.value_len as usize),
+                ),
+            ) else {
+                continue;
+            };
+            map.append(name, value);
+        }
+        if let Some(hop) = self.via {
+            if !via.is_empty() {
+                via.extend_from_slice(b", ");
+            }
+            via.extend_from_slice(hop.as_bytes());
+        }
+        if !via.is_empty() {
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(via)) {
+                map.insert(header::VIA, value);
+            }
+        }
+        let mut last: Option<HeaderName> = None;
+        for (name, value) in replaced {
+            match name {
+                Some(name) => {
+                    map.insert(name.clone(), value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        map.append(name.clone(), value);
+                    }
+                }
+            }
+        }
+        map
+    }
+}
+
+impl FramingFields for RawFields {
+    fn content_lengths(&self) -> impl Iterator<Item = &[u8]> {
+        self.values(Role::ContentLength)
+    }
+
+    fn transfer_encodings(&self) -> impl Iterator<Item = &[u8]> {
+        self.values(Role::TransferEncoding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn raw(head: &[u8]) -> RawFields {
+        let mut buf = BytesMut::from(head);
+        match super::super::head::parse_response(&mut buf) {
+            Ok(Some(head)) => *head.raw.unwrap_or_else(|| panic!("read into a map")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fields_are_written_as_the_upstream_wrote_them_but_this_hops() {
+        let mut fields = raw(b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\
+            Connection: keep-alive\r\nX-Request-Id: theirs\r\nVia: 1.0 a, 1.1 b\r\nvia: 1.1 c\r\nDate: then\r\n\r\n");
+        assert!(fields.has_date());
+        assert_eq!(fields.content_lengths().collect::<Vec<_>>(), [&b"5"[..]]);
+        fields.add_via("1.1 portico");
+        let mut replaced = HeaderMap::new();
+        replaced.insert("x-request-id", HeaderValue::from_static("ours"));
+        let mut out = Vec::new();
+        fields.write(&mut out, &replaced);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "Server: nginx\r\nVia: 1.0 a, 1.1 b\r\nvia: 1.1 c, 1.1 portico\r\nDate: then\r\n"
+        );
+        let map = fields.into_map(replaced);
+        let listed: Vec<(String, String)> =
+            map.iter().map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        let expected = [
+            ("server", "nginx"),
+            ("content-length", "5"),
+            ("x-request-id", "ours"),
+            ("date", "then"),
+            ("via", "1.0 a, 1.1 b, 1.1 c, 1.1 portico"),
+        ];
+        assert_eq!(listed, expected.map(|(n, v)| (n.to_string(), v.to_string())));
+    }
+
+    #[test]
+    fn a_hop_is_added_where_the_upstream_sent_no_via() {
+        let mut fields = raw(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
+        assert!(!fields.has_date());
+        fields.add_via("1.1 portico");
+        let mut out = Vec::new();
+        fields.write(&mut out, &HeaderMap::new());
+        assert_eq!(out, b"X-A: 1\r\nvia: 1.1 portico\r\n");
+        let map = fields.into_map(HeaderMap::new());
+        assert_eq!(map.get(header::VIA).map(|v| v.as_bytes()), Some(&b"1.1 portico"[..]));
+    }
+
+    #[test]
+    fn names_are_sorted_in_any_letter_case() {
+        for (name, expected) in [
+            ("TE", Role::Te),
+            ("vIa", Role::Via),
+            ("Date", Role::Date),
+            ("Trailer", Role::HopByHop),
+            ("UPGRADE", Role::HopByHop),
+            ("Connection", Role::HopByHop),
+            ("keep-alive", Role::HopByHop),
+            ("Content-Length", Role::ContentLength),
+            ("Proxy-Connection", Role::HopByHop),
+            ("Transfer-Encoding", Role::TransferEncoding),
+            ("Proxy-Authenticate", Role::HopByHop),
+            ("Proxy-Authorization", Role::HopByHop),
+            ("content-lengths", Role::EndToEnd),
+            ("x-via", Role::EndToEnd),
+            ("dates", Role::EndToEnd),
+        ] {
+            assert_eq!(role(name.as_bytes()), expected, "{name}");
+        }
+    }
+
+    /// Values written from the head are never checked again: every byte httparse lets into a field value
+    /// must be one `HeaderValue` takes too (and the other way round, so no answer is read differently).
+    #[test]
+    fn httparse_and_http_agree_on_every_value_byte() {
+        for byte in 0..=255u8 {
+            if matches!(byte, b'\r' | b'\n') {
+                continue;
+            }
+            let head = [&b"HTTP/1.1 200 OK\r\nX: a"[..], &[byte], b"b\r\n\r\n"].concat();
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let httparse_takes =
+                matches!(httparse::Response::new(&mut fields).parse(&head), Ok(httparse::Status::Complete(_)));
+            let http_takes = HeaderValue::from_bytes(&[b'a', byte, b'b']).is_ok();
+            assert_eq!(httparse_takes, http_takes, "byte {byte:#04x}");
+        }
+    }
+
+    #[test]
+    fn heads_that_stay_maps() {
+        let read_as_map = |head: &[u8]| {
+            let mut buf = BytesMut::from(head);
+            match super::super::head::parse_response(&mut buf) {
+                Ok(Some(head)) => head.raw.is_none(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(read_as_map(b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nx-hop: 1\r\n\r\n"));
+        assert!(read_as_map(b"HTTP/1.1 200 OK\r\nTE: trailers\r\n\r\n"));
+        assert!(read_as_map(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"));
+        let many: String = (0..=MOST_FIELDS).map(|i| format!("x-{i}: {i}\r\n")).collect();
+        assert!(read_as_map(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes()));
+        assert!(!read_as_map(b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-A: 1\r\n\r\n"));
+    }
+}
