@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -42,7 +42,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let start = Instant::now();
+    let start = crate::clock::now();
     let RequestIds { mut trace, request_id } = RequestIds::new(
         req.headers().get(&headers::TRACEPARENT).map(|v| v.as_bytes()),
         req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes()),

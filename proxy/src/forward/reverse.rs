@@ -141,7 +141,7 @@ fn finish(
     meta: &RequestMeta,
 ) -> Response<ResponseBody> {
     let status = response.status().as_u16();
-    let elapsed = meta.start.elapsed();
+    let elapsed = crate::clock::now().saturating_duration_since(meta.start);
     let name = listener.config.name.as_str();
     shared.metrics.observe_request(name, upstream, status, Some(elapsed));
     if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
@@ -272,7 +272,7 @@ async fn proxy(
             Some(traceparent) => ForwardedFor { traceparent: traceparent.as_str(), ..forwarded }.fields(),
             None => forwarded.fields(),
         };
-        let sent_at = std::time::Instant::now();
+        let sent_at = crate::clock::now();
         let mut choice = ConnectionChoice::Pooled;
         let outcome = loop {
             let this_body =
@@ -343,7 +343,7 @@ async fn proxy(
                 continue;
             }
             Ok(Ok(mut response)) => {
-                endpoint.record_latency(sent_at.elapsed());
+                endpoint.record_latency(crate::clock::now().saturating_duration_since(sent_at));
                 let status = response.status();
                 if status.is_server_error() && client_fault(false).is_none() {
                     upstream.report_failure(index, &shared.metrics);

@@ -68,14 +68,14 @@ impl ResponseHead {
 
 /// What a response's `Connection` fields say.
 #[derive(Debug, Default)]
-struct ConnectionOptions {
+pub(super) struct ConnectionOptions {
     close: bool,
     keep_alive: bool,
 }
 
 impl ConnectionOptions {
     /// Notes one `Connection` value; true when it says nothing but `keep-alive` and `close`.
-    fn note(&mut self, value: &[u8]) -> bool {
+    pub(super) fn note(&mut self, value: &[u8]) -> bool {
         let mut only_persistence = true;
         for token in super::elements(value) {
             if token.eq_ignore_ascii_case(b"close") {
@@ -122,37 +122,28 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
     let head: Bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(httparse::Error::Status))?;
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    // `Connection` first: it decides whether the fields may stay raw (one naming other fields to remove
-    // needs the map-based stripping).
-    let mut connection = ConnectionOptions::default();
-    let mut names_others = false;
-    for &(name_at, name_len, value_at, value_len) in &spans {
-        let name = &head[name_at as usize..(name_at + name_len) as usize];
-        if name.len() == 10 && name.eq_ignore_ascii_case(b"connection") {
-            names_others |= !connection.note(&head[value_at as usize..(value_at + value_len) as usize]);
-        }
-    }
-    let keep_alive = !connection.close && (version == Version::HTTP_11 || connection.keep_alive);
-    if !status.is_informational() && !names_others {
-        if let Some(raw) = super::raw::RawFields::new(head.clone(), &spans) {
-            let headers = HeaderMap::new();
+    let keeps_alive = |c: &ConnectionOptions| !c.close && (version == Version::HTTP_11 || c.keep_alive);
+    if !status.is_informational() {
+        let mut connection = ConnectionOptions::default();
+        if let Some(raw) = super::raw::RawFields::new(&head, &spans, &mut connection) {
+            let (headers, keep_alive) = (HeaderMap::new(), keeps_alive(&connection));
             return Ok(Some(ResponseHead { status, version, headers, raw: Some(Box::new(raw)), keep_alive }));
         }
     }
+    let mut connection = ConnectionOptions::default();
     let mut headers = super::maps::take(spans.len() + 2);
     for &(name_at, name_len, value_at, value_len) in &spans {
         let (name_at, value_at) = (name_at as usize, value_at as usize);
         let name = super::names::field_name(&head[name_at..name_at + name_len as usize])
             .map_err(|_| HeadError::InvalidField)?;
-        if name == header::CONNECTION
-            && ConnectionOptions::default().note(&head[value_at..value_at + value_len as usize])
-        {
+        if name == header::CONNECTION && connection.note(&head[value_at..value_at + value_len as usize]) {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
             .map_err(|_| HeadError::InvalidField)?;
         headers.append(name, value);
     }
+    let keep_alive = keeps_alive(&connection);
     Ok(Some(ResponseHead { status, version, headers, raw: None, keep_alive }))
 }
 

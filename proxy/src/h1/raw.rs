@@ -16,6 +16,7 @@
 //! [`MOST_FIELDS`] fields, a `Connection` field naming other fields to remove, a `TE` field.
 
 use super::framing::FramingFields;
+use super::head::ConnectionOptions;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -42,20 +43,23 @@ pub enum Role {
     Te,
 }
 
-/// Sorts a field by its name, in any letter case.
+/// Sorts a field by its name, in any letter case: by its length and first letter, then the whole name.
 pub fn role(name: &[u8]) -> Role {
+    let Some(first) = name.first() else { return Role::EndToEnd };
     let is = |text: &str| name.eq_ignore_ascii_case(text.as_bytes());
-    match name.len() {
-        2 if is("te") => Role::Te,
-        3 if is("via") => Role::Via,
-        4 if is("date") => Role::Date,
-        7 if is("trailer") || is("upgrade") => Role::HopByHop,
-        10 if is("connection") || is("keep-alive") => Role::HopByHop,
-        14 if is("content-length") => Role::ContentLength,
-        16 if is("proxy-connection") => Role::HopByHop,
-        17 if is("transfer-encoding") => Role::TransferEncoding,
-        18 if is("proxy-authenticate") => Role::HopByHop,
-        19 if is("proxy-authorization") => Role::HopByHop,
+    match (name.len(), first | 0x20) {
+        (2, b't') if is("te") => Role::Te,
+        (3, b'v') if is("via") => Role::Via,
+        (4, b'd') if is("date") => Role::Date,
+        (7, b't') if is("trailer") => Role::HopByHop,
+        (7, b'u') if is("upgrade") => Role::HopByHop,
+        (10, b'c') if is("connection") => Role::HopByHop,
+        (10, b'k') if is("keep-alive") => Role::HopByHop,
+        (14, b'c') if is("content-length") => Role::ContentLength,
+        (16, b'p') if is("proxy-connection") => Role::HopByHop,
+        (17, b't') if is("transfer-encoding") => Role::TransferEncoding,
+        (18, b'p') if is("proxy-authenticate") => Role::HopByHop,
+        (19, b'p') if is("proxy-authorization") => Role::HopByHop,
         _ => Role::EndToEnd,
     }
 }
@@ -81,8 +85,13 @@ pub struct RawFields {
 
 impl RawFields {
     /// The fields of a head split off its read buffer, from their `(name_at, name_len, value_at, value_len)`
-    /// spans; `None` when the head should be read into a map (see the module's doc).
-    pub(super) fn new(head: Bytes, spans: &[(u32, u32, u32, u32)]) -> Option<RawFields> {
+    /// spans, with what its `Connection` fields say noted in `connection`; `None` when the head should be read
+    /// into a map (see the module's doc).
+    pub(super) fn new(
+        head: &Bytes,
+        spans: &[(u32, u32, u32, u32)],
+        connection: &mut ConnectionOptions,
+    ) -> Option<RawFields> {
         if spans.len() > MOST_FIELDS {
             return None;
         }
@@ -90,12 +99,20 @@ impl RawFields {
         for &(name_at, name_len, value_at, value_len) in spans {
             let name = head.get(name_at as usize..(name_at + name_len) as usize)?;
             let role = role(name);
-            if role == Role::Te {
-                return None;
+            match role {
+                Role::Te => return None,
+                Role::HopByHop if name.len() == 10 && name[0] | 0x20 == b'c' => {
+                    let value = head.get(value_at as usize..(value_at + value_len) as usize)?;
+                    if !connection.note(value) {
+                        // It names other fields to remove: the map-based stripping does that.
+                        return None;
+                    }
+                }
+                _ => {}
             }
             fields.push(Field { name_at, value_at, value_len, name_len: u16::try_from(name_len).ok()?, role });
         }
-        Some(RawFields { head, fields, via: None })
+        Some(RawFields { head: head.clone(), fields, via: None })
     }
 
     fn name(&self, field: &Field) -> &[u8] {
@@ -125,12 +142,23 @@ impl RawFields {
     /// those `replaced` has (the map's own fields, which the caller writes).
     pub fn write(&self, out: &mut Vec<u8>, replaced: &HeaderMap) {
         let last_via = self.fields.iter().rposition(|f| f.role == Role::Via);
+        // The map's names, looked at once (it holds one or two: `x-request-id`).
+        let mut replacing = arrayvec::ArrayVec::<&str, 8>::new();
+        let mut many = false;
+        for name in replaced.keys() {
+            many |= replacing.try_push(name.as_str()).is_err();
+        }
         for (i, field) in self.fields.iter().enumerate() {
             if matches!(field.role, Role::ContentLength | Role::TransferEncoding | Role::HopByHop | Role::Te) {
                 continue;
             }
             let name = self.name(field);
-            if !replaced.is_empty() && replaced.keys().any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes())) {
+            let replaced_here = if many {
+                replaced.keys().any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()))
+            } else {
+                replacing.iter().any(|k| k.len() == name.len() && name.eq_ignore_ascii_case(k.as_bytes()))
+            };
+            if replaced_here {
                 continue;
             }
             out.extend_from_slice(name);

@@ -261,7 +261,7 @@ where
             self.0.abort();
         }
     }
-    let mut serving = AbortOnDrop(tokio::spawn(serving));
+    let mut serving = AbortOnDrop(tokio::spawn(crate::clock::Clocked::new(serving)));
     tokio::select! {
         _ = &mut serving.0 => {}
         () = expired => tracing::debug!(%peer, "connection closed: no request in time"),

@@ -120,7 +120,7 @@ impl FilterChain {
             local: conn.local,
             request_id: request_id.to_string(),
             version: parts.version,
-            start: Instant::now(),
+            start: crate::clock::now(),
         });
         for name in filters {
             let Some(slot) = plugins.get(name) else { continue };
@@ -215,7 +215,7 @@ impl FilterChain {
         }
         // Shared by every plugin in the chain; the list itself is built only if a plugin reads it.
         let offered: Arc<dyn CandidateSource> =
-            Arc::new(OfferedEndpoints { upstream: upstream.clone(), now: Instant::now(), version: OnceLock::new() });
+            Arc::new(OfferedEndpoints { upstream: upstream.clone(), now: crate::clock::now(), version: OnceLock::new() });
         let failed_address = tried.last().map(|&i| upstream.endpoints[i].name.as_str());
         let mut i = 0;
         while i < self.links.len() {

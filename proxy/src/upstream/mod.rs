@@ -199,7 +199,7 @@ impl Upstream {
 
     /// Native choice among available endpoints, avoiding `exclude` when possible.
     pub fn pick(&self, exclude: &[usize]) -> Option<usize> {
-        self.balancer.pick(&self.endpoints, exclude, Instant::now())
+        self.balancer.pick(&self.endpoints, exclude, crate::clock::now())
     }
 
     /// Whether any endpoint takes traffic.
@@ -227,7 +227,7 @@ impl Upstream {
 
     /// Takes a retry from the budget.
     pub fn allow_retry(&self) -> bool {
-        self.budget.withdraw(Instant::now())
+        self.budget.withdraw(crate::clock::now())
     }
 
     /// Passive outlier detection: a non-5xx answer resets the endpoint's streak.

@@ -159,7 +159,7 @@ impl IdleLane {
         }
         let mut idle = self.idle.lock();
         if idle.len() < max_idle {
-            idle.push(Idle { conn, since: Instant::now() });
+            idle.push(Idle { conn, since: crate::clock::now() });
         }
     }
 
@@ -168,7 +168,7 @@ impl IdleLane {
     fn take(&self, idle_timeout: Duration) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock();
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() > idle_timeout {
+            if crate::clock::now().saturating_duration_since(entry.since) > idle_timeout {
                 idle.clear();
                 return None;
             }
