@@ -22,6 +22,16 @@ pub fn now() -> Instant {
     POLLED_AT.try_with(Cell::get).ok().flatten().unwrap_or_else(Instant::now)
 }
 
+/// The same reading on tokio's clock, for deadlines kept with tokio's timers. In unit tests, tokio's own clock,
+/// which they pause and advance.
+pub fn tokio_now() -> tokio::time::Instant {
+    #[cfg(not(test))]
+    let now = tokio::time::Instant::from_std(now());
+    #[cfg(test)]
+    let now = tokio::time::Instant::now();
+    now
+}
+
 pin_project! {
     /// A future that reads the clock once each time it is polled, for [`now`] to answer with meanwhile.
     pub struct Clocked<F> {

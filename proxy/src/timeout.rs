@@ -47,7 +47,7 @@ fn epoch() -> Instant {
 /// The slot of a deadline `after` from now; `None` for one too far away to represent (it never comes).
 fn slot_for(after: Duration) -> Option<Arc<Slot>> {
     let epoch = epoch();
-    let due = Instant::now().checked_add(after)?;
+    let due = crate::clock::tokio_now().checked_add(after)?;
     // In whole seconds and nanoseconds: a `u128` division of `as_nanos()` costs a hundred instructions.
     let since = due.duration_since(epoch);
     let tick = since

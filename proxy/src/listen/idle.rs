@@ -85,14 +85,14 @@ impl Activity {
         let mut s = self.state.lock();
         s.requests += 1;
         s.in_flight += 1;
-        s.last_change = Instant::now();
+        s.last_change = crate::clock::tokio_now();
         InFlight { activity: Some(self.clone()), next: None }
     }
 
     fn end(&self) {
         let mut s = self.state.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
-        let now = Instant::now();
+        let now = crate::clock::tokio_now();
         s.last_change = now;
         if s.in_flight == 0 {
             self.deadline_added(&s, now + self.limits.idle);
@@ -119,7 +119,7 @@ impl Activity {
             }
             // The body's deadline is at least a full `send_timeout` away.
             let s = self.state.lock();
-            self.deadline_added(&s, Instant::now() + self.limits.send);
+            self.deadline_added(&s, crate::clock::tokio_now() + self.limits.send);
         }
     }
 

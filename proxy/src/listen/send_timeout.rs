@@ -67,7 +67,8 @@ impl Sending {
         let ms = if waiting_on_upstream {
             WAITING_ON_UPSTREAM
         } else {
-            u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(WAITING_ON_UPSTREAM - 1)
+            let elapsed = crate::clock::tokio_now().saturating_duration_since(self.epoch);
+            u64::try_from(elapsed.as_millis()).unwrap_or(WAITING_ON_UPSTREAM - 1)
         };
         self.last_progress_ms.store(ms, Ordering::Relaxed);
     }
