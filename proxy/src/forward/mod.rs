@@ -59,14 +59,18 @@ pub async fn handle(
             &meta.request_id,
         );
         shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
-        return Ok(traced(&shared, meta, response));
+        traced(&shared, &mut meta, &response);
+        return Ok(response);
     }
     let mut response = match listener.config.mode {
         ListenerMode::Forward => forward_proxy::handle(&shared, &conn, &listener, req, &meta).await,
         ListenerMode::Reverse => {
-            let (mut parts, body) = req.into_parts();
+            // The head is lent down the request path rather than moved through it (each move copied its
+            // 224 bytes); its map goes back to the thread's spares at the end (see `h1::maps`).
+            let (parts, body) = req.into_parts();
+            let mut parts = crate::h1::maps::GivenBack(parts);
             match request_head::check_reverse(&mut parts) {
-                Ok(()) => reverse::handle(&shared, &conn, &listener, Request::from_parts(parts, body), &mut meta).await,
+                Ok(()) => reverse::handle(&shared, &conn, &listener, &mut parts, body, &mut meta).await,
                 Err(refused) => {
                     tracing::debug!(trace_id = %meta.trace.trace_id, peer = %conn.peer, detail = refused.detail, "request head refused");
                     shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
@@ -77,14 +81,14 @@ pub async fn handle(
     };
     in_flight.attach(response.body_mut());
     conn.activity.watch_send(response.body_mut());
-    Ok(traced(&shared, meta, response))
+    traced(&shared, &mut meta, &response);
+    Ok(response)
 }
 
 /// Ends the request's server span at its response head and hands it to the exporter (never waiting).
-fn traced(shared: &Shared, meta: RequestMeta, response: Response<ResponseBody>) -> Response<ResponseBody> {
-    if let Some(mut span) = meta.span {
+fn traced(shared: &Shared, meta: &mut RequestMeta, response: &Response<ResponseBody>) {
+    if let Some(mut span) = meta.span.take() {
         span.finish(response.status().as_u16());
         shared.telemetry.submit(span);
     }
-    response
 }

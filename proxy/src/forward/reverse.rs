@@ -27,13 +27,13 @@ pub async fn handle(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     listener: &ListenerRuntime,
-    req: Request<ClientBody>,
+    parts: &mut http::request::Parts,
+    body: ClientBody,
     meta: &mut RequestMeta,
 ) -> Response<ResponseBody> {
     let snapshot = shared.snapshot.load_full();
-    let (mut parts, body) = req.into_parts();
     let mut chain =
-        match FilterChain::start(&listener.config.filters, &snapshot.plugins, &parts, conn, &meta.request_id) {
+        match FilterChain::start(&listener.config.filters, &snapshot.plugins, parts, conn, &meta.request_id) {
             Ok(chain) => chain,
             Err(answer) => {
                 note_plugins(meta, |d| d.answered = true);
@@ -43,7 +43,7 @@ pub async fn handle(
     let mut routed = None;
     if !chain.is_empty() {
         if let Verdict::Respond(answer) =
-            chain.request_headers(&mut parts, body.is_end_stream(), &meta.request_id).await
+            chain.request_headers(parts, body.is_end_stream(), &meta.request_id).await
         {
             note_plugins(meta, |d| d.answered = true);
             return logged(finish(shared, listener, "", answer, meta), chain);
@@ -67,13 +67,15 @@ pub async fn handle(
     };
     drop(snapshot);
     let timeout = upstream.request_timeout();
-    let body = match body::filter_request_body(&mut chain, &mut parts, body, timeout, &meta.request_id).await {
+    let body = match body::filter_request_body(&mut chain, parts, body, timeout, &meta.request_id).await {
         Ok(body) => body,
         Err(answer) => return logged(finish(shared, listener, upstream.name(), answer, meta), chain),
     };
-    let mut response = proxy(shared, conn, &upstream, Request::from_parts(parts, body), meta, &mut chain).await;
+    let mut response = proxy(shared, conn, &upstream, parts, body, meta, &mut chain).await;
     if chain.is_empty() {
-        return logged(finish(shared, listener, upstream.name(), response, meta), chain);
+        finish_in_place(shared, listener, upstream.name(), &mut response, meta);
+        chain.answered(response.status().as_u16());
+        return response;
     }
     // Plugins read and change the answer's fields as a map.
     crate::body::fields_as_map(&mut response);
@@ -140,6 +142,18 @@ fn finish(
     mut response: Response<ResponseBody>,
     meta: &RequestMeta,
 ) -> Response<ResponseBody> {
+    finish_in_place(shared, listener, upstream, &mut response, meta);
+    response
+}
+
+/// Counts the answer, and names the request in it (`x-request-id`).
+fn finish_in_place(
+    shared: &Shared,
+    listener: &ListenerRuntime,
+    upstream: &str,
+    response: &mut Response<ResponseBody>,
+    meta: &RequestMeta,
+) {
     let status = response.status().as_u16();
     let elapsed = crate::clock::now().saturating_duration_since(meta.start);
     let name = listener.config.name.as_str();
@@ -148,7 +162,6 @@ fn finish(
         response.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
     }
     tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, listener = name, upstream, status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
-    response
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -177,20 +190,19 @@ async fn proxy(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     upstream: &Arc<Upstream>,
-    req: Request<RequestBody>,
+    parts: &mut http::request::Parts,
+    body: RequestBody,
     meta: &mut RequestMeta,
     chain: &mut FilterChain,
 ) -> Response<ResponseBody> {
     if let Some(span) = meta.span.as_mut() {
         span.upstream = Some(upstream.clone());
     }
-    let (parts, body) = req.into_parts();
-    let mut parts = crate::h1::maps::GivenBack(parts);
     let upgrade = headers::is_upgrade_request(parts.version, &parts.headers);
     let client_upgrade = if upgrade {
-        let mut probe = Request::from_parts(std::mem::replace(&mut parts.0, Request::new(()).into_parts().0), ());
+        let mut probe = Request::from_parts(std::mem::replace(parts, Request::new(()).into_parts().0), ());
         let on_upgrade = hyper::upgrade::on(&mut probe);
-        parts.0 = probe.into_parts().0;
+        *parts = probe.into_parts().0;
         Some(on_upgrade)
     } else {
         None
@@ -279,7 +291,7 @@ async fn proxy(
                 if retryable { RequestBody::empty() } else { body.take().unwrap_or_else(RequestBody::empty) };
             match crate::timeout::timeout(
                 upstream.request_timeout(),
-                upstream.send(index, &parts, &added, this_body, choice),
+                upstream.send(index, parts, &added, this_body, choice),
             )
             .await
             {
