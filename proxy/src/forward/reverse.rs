@@ -19,6 +19,7 @@ use crate::upstream::pool::{ConnectionChoice, SendError};
 use crate::upstream::Upstream;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -32,19 +33,17 @@ pub async fn handle(
     meta: &mut RequestMeta,
 ) -> Response<ResponseBody> {
     let snapshot = shared.snapshot.load_full();
-    let mut chain =
-        match FilterChain::start(&listener.config.filters, &snapshot.plugins, parts, conn, &meta.request_id) {
-            Ok(chain) => chain,
-            Err(answer) => {
-                note_plugins(meta, |d| d.answered = true);
-                return finish(shared, listener, "", *answer, meta);
-            }
-        };
+    let mut chain = match FilterChain::start(&listener.config.filters, &snapshot.plugins, parts, conn, &meta.request_id)
+    {
+        Ok(chain) => chain,
+        Err(answer) => {
+            note_plugins(meta, |d| d.answered = true);
+            return finish(shared, listener, "", *answer, meta);
+        }
+    };
     let mut routed = None;
     if !chain.is_empty() {
-        if let Verdict::Respond(answer) =
-            chain.request_headers(parts, body.is_end_stream(), &meta.request_id).await
-        {
+        if let Verdict::Respond(answer) = chain.request_headers(parts, body.is_end_stream(), &meta.request_id).await {
             note_plugins(meta, |d| d.answered = true);
             return logged(finish(shared, listener, "", answer, meta), chain);
         }
@@ -237,9 +236,11 @@ async fn proxy(
         crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,
     };
     upstream.note_attempt();
-    let mut tried: Vec<usize> = Vec::new();
+    // On the stack: a request makes at most 1 + 10 attempts (`retries` is at most 10).
+    let mut tried = arrayvec::ArrayVec::<usize, 11>::new();
     let max_attempts = if retryable { 1 + upstream.config.retries as usize } else { 1 };
-    let mut last_error = (LocalError::NoHealthyUpstream, "no endpoint is available".to_string());
+    let mut last_error: (LocalError, Cow<'static, str>) =
+        (LocalError::NoHealthyUpstream, Cow::Borrowed("no endpoint is available"));
     // A retry after a 502/503/504 answer takes its budget before that answer is dropped, so that when the
     // budget is spent the client gets the upstream's own answer rather than a generic 502.
     let mut retry_paid = false;
@@ -257,20 +258,25 @@ async fn proxy(
             Err(answer) => return *answer,
         };
         let Some(index) = chosen.or_else(|| upstream.pick(&tried)) else {
-            last_error =
-                (LocalError::NoHealthyUpstream, format!("upstream {:?} has no available endpoint", upstream.name()));
+            last_error = (
+                LocalError::NoHealthyUpstream,
+                format!("upstream {:?} has no available endpoint", upstream.name()).into(),
+            );
             break;
         };
         if tried.contains(&index) && attempt > 0 {
             // Only the endpoint that just failed is left; do not hammer it.
             break;
         }
-        tried.push(index);
+        // Full only if `retries` were over its limit: the endpoint then goes unremembered, nothing worse.
+        let _ = tried.try_push(index);
         let endpoint = &upstream.endpoints[index];
         let Ok(permit) = upstream.acquire(index).await else {
             tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, "no free connection (pool.max_connections)");
-            last_error =
-                (LocalError::NoHealthyUpstream, format!("upstream {:?} has no free connection", upstream.name()));
+            last_error = (
+                LocalError::NoHealthyUpstream,
+                format!("upstream {:?} has no free connection", upstream.name()).into(),
+            );
             continue;
         };
         let active = endpoint.begin_request();
@@ -351,7 +357,8 @@ async fn proxy(
                 }
                 upstream.report_failure(index, &shared.metrics);
                 tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, endpoint = %endpoint.name, error = %error_chain(&e), "upstream attempt failed");
-                last_error = (LocalError::UpstreamFailed, format!("upstream {:?}: {}", upstream.name(), e.summary()));
+                last_error =
+                    (LocalError::UpstreamFailed, format!("upstream {:?}: {}", upstream.name(), e.summary()).into());
                 continue;
             }
             Ok(Ok(mut response)) => {
@@ -365,8 +372,10 @@ async fn proxy(
                 let gateway_error = matches!(status.as_u16(), 502..=504);
                 if gateway_error && retryable && attempt + 1 < max_attempts && upstream.allow_retry() {
                     retry_paid = true;
-                    last_error =
-                        (LocalError::UpstreamFailed, format!("upstream {:?} answered {}", upstream.name(), status));
+                    last_error = (
+                        LocalError::UpstreamFailed,
+                        format!("upstream {:?} answered {}", upstream.name(), status).into(),
+                    );
                     continue;
                 }
                 if status == http::StatusCode::SWITCHING_PROTOCOLS {

@@ -214,8 +214,11 @@ impl FilterChain {
             return Ok(None);
         }
         // Shared by every plugin in the chain; the list itself is built only if a plugin reads it.
-        let offered: Arc<dyn CandidateSource> =
-            Arc::new(OfferedEndpoints { upstream: upstream.clone(), now: crate::clock::now(), version: OnceLock::new() });
+        let offered: Arc<dyn CandidateSource> = Arc::new(OfferedEndpoints {
+            upstream: upstream.clone(),
+            now: crate::clock::now(),
+            version: OnceLock::new(),
+        });
         let failed_address = tried.last().map(|&i| upstream.endpoints[i].name.as_str());
         let mut i = 0;
         while i < self.links.len() {
