@@ -141,6 +141,14 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> 
 fn lengths<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, FramingError> {
     let mut length = None;
     for value in values {
+        // The usual value: one number.
+        if let Some(n) = parse_decimal(value) {
+            if length.is_some_and(|l| l != n) {
+                return Err(FramingError::InvalidLength);
+            }
+            length = Some(n);
+            continue;
+        }
         for element in super::elements(value) {
             let n = parse_decimal(element).ok_or(FramingError::InvalidLength)?;
             if length.is_some_and(|l| l != n) {

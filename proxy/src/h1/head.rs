@@ -76,11 +76,16 @@ pub(super) struct ConnectionOptions {
 impl ConnectionOptions {
     /// Notes one `Connection` value; true when it says nothing but `keep-alive` and `close`.
     pub(super) fn note(&mut self, value: &[u8]) -> bool {
+        // The usual value, whole.
+        if super::eq_lowercase(value, b"keep-alive") {
+            self.keep_alive = true;
+            return true;
+        }
         let mut only_persistence = true;
         for token in super::elements(value) {
-            if token.eq_ignore_ascii_case(b"close") {
+            if super::eq_lowercase(token, b"close") {
                 self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            } else if super::eq_lowercase(token, b"keep-alive") {
                 self.keep_alive = true;
             } else if !token.is_empty() {
                 only_persistence = false;

@@ -46,7 +46,7 @@ pub enum Role {
 /// Sorts a field by its name, in any letter case: by its length and first letter, then the whole name.
 pub fn role(name: &[u8]) -> Role {
     let Some(first) = name.first() else { return Role::EndToEnd };
-    let is = |text: &str| name.eq_ignore_ascii_case(text.as_bytes());
+    let is = |text: &str| super::eq_lowercase(name, text.as_bytes());
     match (name.len(), first | 0x20) {
         (2, b't') if is("te") => Role::Te,
         (3, b'v') if is("via") => Role::Via,
@@ -161,9 +161,10 @@ impl RawFields {
             if replaced_here {
                 continue;
             }
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(self.value(field));
+            // The line as the upstream wrote it, from the name to the end of the value (the colon and the
+            // spaces after it too: httparse allows none before the colon and no folded lines).
+            let value_end = field.value_at as usize + field.value_len as usize;
+            out.extend_from_slice(&self.head[field.name_at as usize..value_end]);
             if let (Some(hop), true) = (self.via, Some(i) == last_via) {
                 if field.value_len > 0 {
                     out.extend_from_slice(b", ");
@@ -293,12 +294,12 @@ mod tests {
 
     #[test]
     fn a_hop_is_added_where_the_upstream_sent_no_via() {
-        let mut fields = raw(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
+        let mut fields = raw(b"HTTP/1.1 204 No Content\r\nX-A:1\r\nX-Empty:\r\nX-Spaced:  \t2\t \r\n\r\n");
         assert!(!fields.has_date());
         fields.add_via("1.1 portico");
         let mut out = Vec::new();
         fields.write(&mut out, &HeaderMap::new());
-        assert_eq!(out, b"X-A: 1\r\nvia: 1.1 portico\r\n");
+        assert_eq!(String::from_utf8_lossy(&out), "X-A:1\r\nX-Empty:\r\nX-Spaced:  \t2\r\nvia: 1.1 portico\r\n");
         let map = fields.into_map(HeaderMap::new());
         assert_eq!(map.get(header::VIA).map(|v| v.as_bytes()), Some(&b"1.1 portico"[..]));
     }
