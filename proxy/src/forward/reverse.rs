@@ -76,8 +76,11 @@ pub async fn handle(
         chain.answered(response.status().as_u16());
         return response;
     }
-    // Plugins read and change the answer's fields as a map.
-    crate::body::fields_as_map(&mut response);
+    // Plugins with response-side callbacks read and change the answer's fields as a map; for the others
+    // (the bundled router and balancer) they stay raw.
+    if chain.sees_response() {
+        crate::body::fields_as_map(&mut response);
+    }
     let response = chain.response_headers(response, &meta.request_id).await;
     if http_body::Body::is_end_stream(response.body()) {
         return logged(finish(shared, listener, upstream.name(), response, meta), chain);

@@ -142,6 +142,12 @@ impl FilterChain {
         Ok(chain)
     }
 
+    /// Whether any plugin has a callback that runs once the answer is known (and so could read its fields;
+    /// see [`portico_plugins::Plugin::handles_response`]).
+    pub fn sees_response(&self) -> bool {
+        self.links.iter().any(|l| l.stream.plugin().handles_response())
+    }
+
     /// Whether any plugin takes part.
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
