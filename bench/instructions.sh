@@ -6,6 +6,7 @@
 # requests. Counts are exact and repeatable to about 1 %.
 #
 #   bench/instructions.sh target/release/portico /tmp/portico-before        # native balancing
+#   bench/instructions.sh target/dist/portico nginx    # and nginx as the proxy (one process), the peer
 #   PLUGINS=1 bench/instructions.sh target/release/portico                  # with builtin:router + builtin:balancer
 #   REQUESTS=20000 CONNECTIONS=32 bench/instructions.sh BIN...
 set -euo pipefail
@@ -57,9 +58,30 @@ pool = { max_idle = 256 }
 CONF
 [[ -n $filters ]] && cat bench/bundled-plugins.toml >> "$OUT/portico.toml"
 
+# nginx as the proxy, for the peer's count: one process (no master, one worker) so that callgrind sees all of
+# its work; keep-alive to the origin as in bench/run.sh.
+cat > "$OUT/nginx-proxy.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $PWD/$OUT/nginx-proxy.pid;
+error_log $PWD/$OUT/nginx-proxy.error.log warn;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $PWD/$OUT/tmp; proxy_temp_path $PWD/$OUT/tmp;
+  fastcgi_temp_path $PWD/$OUT/tmp; uwsgi_temp_path $PWD/$OUT/tmp; scgi_temp_path $PWD/$OUT/tmp;
+  upstream origin { server $ORIGIN; keepalive 128; }
+  server { listen $PORTICO; keepalive_requests 1000000;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+
 for bin in "$@"; do
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p" "$bin" --log-level warn run --workers 2 \
-    -c "$OUT/portico.toml" >"$OUT/portico.log" 2>&1 &
+  if [[ $bin == nginx ]]; then
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p" nginx -c "$PWD/$OUT/nginx-proxy.conf" \
+      -p "$PWD/$OUT" >"$OUT/portico.log" 2>&1 &
+  else
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p" "$bin" --log-level warn run --workers 2 \
+      -c "$OUT/portico.toml" >"$OUT/portico.log" 2>&1 &
+  fi
   portico_pid=$!
   for _ in $(seq 600); do curl -fs "http://$PORTICO/" >/dev/null 2>&1 && break; sleep 0.2; done
   h2load --h1 -n 2000 -c "$CONNECTIONS" "http://$PORTICO/" >/dev/null
