@@ -141,10 +141,14 @@ async fn respond<S: AsyncWrite + Unpin>(
     close: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
-    // Raw fields carry no framing field: an upstream's length is the body's own.
+    // Raw fields carry no framing field: an upstream's length is the body's own. Their map holds only the
+    // fields that replace the upstream's (`x-request-id`), never `content-length` or `connection`.
     let raw = body.take_raw_fields();
-    let length = framing(parts.status, &parts.headers, &body);
-    let close = close || asks_close(&parts.headers);
+    let length = match raw {
+        Some(_) => body_framing(parts.status, &body),
+        None => framing(parts.status, &parts.headers, &body),
+    };
+    let close = close || (raw.is_none() && asks_close(&parts.headers));
     server_head::encode_response(out, parts.status, &parts.headers, raw.as_deref(), length, close, date::append_now);
     drop(raw);
     crate::h1::maps::give_back(parts.headers);
@@ -163,6 +167,15 @@ fn framing(status: StatusCode, headers: &HeaderMap, body: &ResponseBody) -> Body
     }
     if let Ok(Some(n)) = framing::content_length(headers) {
         return BodyLength::Fixed(n);
+    }
+    body_framing(status, body)
+}
+
+/// How an answer whose fields carry no `Content-Length` is framed: none for 1xx, 204 and 304; the body's own
+/// exact length; otherwise chunked.
+fn body_framing(status: StatusCode, body: &ResponseBody) -> BodyLength {
+    if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return BodyLength::Empty;
     }
     match body.size_hint().exact() {
         Some(n) => BodyLength::Fixed(n),
