@@ -132,7 +132,7 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadEr
         let mut connection = ConnectionOptions::default();
         if let Some(raw) = super::raw::RawFields::new(&head, &spans, &mut connection) {
             let (headers, keep_alive) = (HeaderMap::new(), keeps_alive(&connection));
-            return Ok(Some(ResponseHead { status, version, headers, raw: Some(Box::new(raw)), keep_alive }));
+            return Ok(Some(ResponseHead { status, version, headers, raw: Some(raw), keep_alive }));
         }
     }
     let mut connection = ConnectionOptions::default();
