@@ -38,8 +38,8 @@ pub struct RequestMeta {
 
 /// hyper's service entry point for client requests on any listener.
 pub async fn handle(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnInfo>,
     req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = crate::clock::now();
@@ -48,7 +48,7 @@ pub async fn handle(
         req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes()),
     );
     let listener = conn.listener.load_full();
-    let span = shared.telemetry.start(&mut trace, start, &req, &conn, &listener);
+    let span = shared.telemetry.start(&mut trace, start, &req, conn, &listener);
     let mut meta = RequestMeta { start, trace, request_id, span };
     let in_flight = conn.activity.begin();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
@@ -59,18 +59,18 @@ pub async fn handle(
             &meta.request_id,
         );
         shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
-        traced(&shared, &mut meta, &response);
+        traced(shared, &mut meta, &response);
         return Ok(response);
     }
     let mut response = match listener.config.mode {
-        ListenerMode::Forward => forward_proxy::handle(&shared, &conn, &listener, req, &meta).await,
+        ListenerMode::Forward => forward_proxy::handle(shared, conn, &listener, req, &meta).await,
         ListenerMode::Reverse => {
             // The head is lent down the request path rather than moved through it (each move copied its
             // 224 bytes); its map goes back to the thread's spares at the end (see `h1::maps`).
             let (parts, body) = req.into_parts();
             let mut parts = crate::h1::maps::GivenBack(parts);
             match request_head::check_reverse(&mut parts) {
-                Ok(()) => reverse::handle(&shared, &conn, &listener, &mut parts, body, &mut meta).await,
+                Ok(()) => reverse::handle(shared, conn, &listener, &mut parts, body, &mut meta).await,
                 Err(refused) => {
                     tracing::debug!(trace_id = %meta.trace.trace_id, peer = %conn.peer, detail = refused.detail, "request head refused");
                     shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
@@ -81,7 +81,7 @@ pub async fn handle(
     };
     in_flight.attach(response.body_mut());
     conn.activity.watch_send(response.body_mut());
-    traced(&shared, &mut meta, &response);
+    traced(shared, &mut meta, &response);
     Ok(response)
 }
 

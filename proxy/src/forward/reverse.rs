@@ -32,30 +32,39 @@ pub async fn handle(
     body: ClientBody,
     meta: &mut RequestMeta,
 ) -> Response<ResponseBody> {
-    let snapshot = shared.snapshot.load_full();
-    let mut chain = match FilterChain::start(&listener.config.filters, &snapshot.plugins, parts, conn, &meta.request_id)
-    {
+    // The configuration is only looked at (arc-swap's guard: no count written, and so no cache line moved
+    // between the workers) while nothing can make the request wait; a chain with plugins, whose callbacks may,
+    // holds it counted.
+    let guard = shared.snapshot.load();
+    let mut chain = match FilterChain::start(&listener.config.filters, &guard.plugins, parts, conn, &meta.request_id) {
         Ok(chain) => chain,
         Err(answer) => {
             note_plugins(meta, |d| d.answered = true);
             return finish(shared, listener, "", *answer, meta);
         }
     };
-    let mut routed = None;
-    if !chain.is_empty() {
-        if let Verdict::Respond(answer) = chain.request_headers(parts, body.is_end_stream(), &meta.request_id).await {
-            note_plugins(meta, |d| d.answered = true);
+    if chain.is_empty() {
+        let selected = route::select(&guard, listener, None);
+        drop(guard);
+        let Some(upstream) = selected else {
+            let answer = error_response(LocalError::NoRoute, "no upstream for this request", &meta.request_id);
             return logged(finish(shared, listener, "", answer, meta), chain);
-        }
-        routed = match chain.routed_upstream(&meta.request_id) {
-            Ok(r) => r,
-            Err(answer) => {
-                note_plugins(meta, |d| d.answered = true);
-                return logged(finish(shared, listener, "", *answer, meta), chain);
-            }
         };
-        note_plugins(meta, |d| d.routed = routed.is_some());
+        return proxied(shared, conn, listener, parts, body, meta, chain, upstream).await;
     }
+    let snapshot = arc_swap::Guard::into_inner(guard);
+    if let Verdict::Respond(answer) = chain.request_headers(parts, body.is_end_stream(), &meta.request_id).await {
+        note_plugins(meta, |d| d.answered = true);
+        return logged(finish(shared, listener, "", answer, meta), chain);
+    }
+    let routed = match chain.routed_upstream(&meta.request_id) {
+        Ok(r) => r,
+        Err(answer) => {
+            note_plugins(meta, |d| d.answered = true);
+            return logged(finish(shared, listener, "", *answer, meta), chain);
+        }
+    };
+    note_plugins(meta, |d| d.routed = routed.is_some());
     let Some(upstream) = route::select(&snapshot, listener, routed.as_deref()) else {
         let detail = match &routed {
             Some(group) => format!("a plugin routed to upstream {group:?}, which does not exist"),
@@ -65,6 +74,22 @@ pub async fn handle(
         return logged(finish(shared, listener, "", answer, meta), chain);
     };
     drop(snapshot);
+    proxied(shared, conn, listener, parts, body, meta, chain, upstream).await
+}
+
+/// The request's body through the plugins that take it, the exchange with the upstream, and the answer through
+/// the plugins that see it.
+#[allow(clippy::too_many_arguments)]
+async fn proxied(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    listener: &ListenerRuntime,
+    parts: &mut http::request::Parts,
+    body: ClientBody,
+    meta: &mut RequestMeta,
+    mut chain: FilterChain,
+    upstream: Arc<Upstream>,
+) -> Response<ResponseBody> {
     let timeout = upstream.request_timeout();
     let body = match body::filter_request_body(&mut chain, parts, body, timeout, &meta.request_id).await {
         Ok(body) => body,

@@ -105,7 +105,9 @@ where
             }
         };
         let request = Request::from_parts(head, ClientBody::Empty);
-        let response = match forward::handle(shared.clone(), conn.clone(), request).await {
+        // Borrowed, not cloned: `Shared`'s count is written by every worker, and each write moves its cache
+        // line between the cores.
+        let response = match forward::handle(shared, conn, request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };

@@ -305,10 +305,10 @@ impl Connection {
         let builder = connection_builder(config);
         let (shared, info) = (self.shared, self.info);
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let handled = forward::handle(shared.clone(), info.clone(), req.map(ClientBody::Hyper));
+            let (shared, info) = (shared.clone(), info.clone());
             async move {
+                let Ok(mut response) = forward::handle(&shared, &info, req.map(ClientBody::Hyper)).await;
                 // hyper writes the answer from its map.
-                let Ok(mut response) = handled.await;
                 crate::body::fields_as_map(&mut response);
                 Ok::<_, std::convert::Infallible>(response)
             }
