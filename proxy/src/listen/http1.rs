@@ -146,10 +146,7 @@ async fn respond<S: AsyncWrite + Unpin>(
     // Raw fields carry no framing field: an upstream's length is the body's own. Their map holds only the
     // fields that replace the upstream's (`x-request-id`), never `content-length` or `connection`.
     let raw = body.take_raw_fields();
-    let length = match raw {
-        Some(_) => body_framing(parts.status, &body),
-        None => framing(parts.status, &parts.headers, &body),
-    };
+    let length = framing(parts.status, raw.is_none().then_some(&parts.headers), &body);
     let close = close || (raw.is_none() && asks_close(&parts.headers));
     server_head::encode_response(out, parts.status, &parts.headers, raw.as_deref(), length, close, date::append_now);
     drop(raw);
@@ -160,24 +157,15 @@ async fn respond<S: AsyncWrite + Unpin>(
     Ok(!close)
 }
 
-/// How an answer's body is framed (RFC 9112 §6.3): none for 1xx, 204 and 304; the `Content-Length` the answer
-/// carries (an upstream's, passed on; read as the codec reads an upstream's); the body's own exact length;
-/// otherwise chunked.
-fn framing(status: StatusCode, headers: &HeaderMap, body: &ResponseBody) -> BodyLength {
+/// How an answer's body is framed (RFC 9112 §6.3): none for 1xx, 204 and 304; the `Content-Length` its
+/// `headers` carry (an upstream's, passed on; read as the codec reads an upstream's); the body's own exact
+/// length; otherwise chunked.
+fn framing(status: StatusCode, headers: Option<&HeaderMap>, body: &ResponseBody) -> BodyLength {
     if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return BodyLength::Empty;
     }
-    if let Ok(Some(n)) = framing::content_length(headers) {
+    if let Some(Ok(Some(n))) = headers.map(framing::content_length) {
         return BodyLength::Fixed(n);
-    }
-    body_framing(status, body)
-}
-
-/// How an answer whose fields carry no `Content-Length` is framed: none for 1xx, 204 and 304; the body's own
-/// exact length; otherwise chunked.
-fn body_framing(status: StatusCode, body: &ResponseBody) -> BodyLength {
-    if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return BodyLength::Empty;
     }
     match body.size_hint().exact() {
         Some(n) => BodyLength::Fixed(n),
