@@ -97,8 +97,10 @@ async fn proxied(
     };
     let mut response = proxy(shared, conn, &upstream, parts, body, meta, &mut chain).await;
     if chain.is_empty() {
-        // No plugin to run `on_log` for, or to count the answer for (see `logged`).
         finish_in_place(shared, listener, upstream.name(), &mut response, meta);
+        // No plugin is left to run `on_log` for, but one that failed open may be a rollout's candidate,
+        // whose answers count (see `logged`).
+        chain.answered(response.status().as_u16());
         return response;
     }
     // Plugins with response-side callbacks read and change the answer's fields as a map; for the others
