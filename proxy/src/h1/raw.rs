@@ -18,7 +18,7 @@
 use super::framing::FramingFields;
 use super::head::ConnectionOptions;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 
 /// Heads with more fields are read into a map.
 pub const MOST_FIELDS: usize = 24;
@@ -224,20 +224,8 @@ impl RawFields {
                 map.insert(header::VIA, value);
             }
         }
-        let mut last: Option<HeaderName> = None;
-        for (name, value) in replaced {
-            match name {
-                Some(name) => {
-                    map.insert(name.clone(), value);
-                    last = Some(name);
-                }
-                None => {
-                    if let Some(name) = &last {
-                        map.append(name.clone(), value);
-                    }
-                }
-            }
-        }
+        // Each of `replaced`'s names replaces the upstream's values, then its own further values are appended.
+        map.extend(replaced);
         map
     }
 }

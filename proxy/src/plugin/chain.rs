@@ -266,7 +266,7 @@ impl FilterChain {
     ) -> Response<crate::body::ResponseBody> {
         // A plugin with no response-side callback (the bundled router and balancer) never sees the response:
         // no header list is built for it, no lock taken.
-        if !self.links.iter().any(|l| l.stream.plugin().handles_response()) {
+        if !self.sees_response() {
             return response;
         }
         let (mut parts, body) = response.into_parts();
