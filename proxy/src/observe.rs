@@ -202,17 +202,15 @@ mod tests {
     fn rates_ratios_and_quantiles_cover_only_the_last_interval() -> Result<(), prometheus::Error> {
         let metrics = Metrics::new()?;
         let mut sampler = SeriesSampler::new();
-        metrics.requests.with_label_values(&["web", "app", "2xx"]).inc_by(100);
+        let answer = |status: u16, ms: Option<u64>, times: usize| {
+            (0..times).for_each(|_| metrics.observe_request("web", "app", status, ms.map(Duration::from_millis)))
+        };
+        answer(200, None, 100);
         sampler.sample(&metrics, &Default::default(), Duration::from_secs(1));
 
-        metrics.requests.with_label_values(&["web", "app", "2xx"]).inc_by(90);
-        metrics.requests.with_label_values(&["web", "app", "5xx"]).inc_by(10);
-        for _ in 0..98 {
-            metrics.request_duration.with_label_values(&["web", "app"]).observe(0.002);
-        }
-        for _ in 0..2 {
-            metrics.request_duration.with_label_values(&["web", "app"]).observe(0.2);
-        }
+        answer(200, Some(2), 88);
+        answer(200, Some(200), 2);
+        answer(503, Some(2), 10);
         let tick = sampler.sample(&metrics, &Default::default(), Duration::from_secs(2));
         assert_eq!(tick["listener.web.qps"], 50.0);
         assert_eq!(tick["upstream.app.qps"], 50.0);

@@ -169,10 +169,10 @@ mod tests {
     fn the_first_sample_only_primes() -> Result<(), prometheus::Error> {
         let metrics = Metrics::new()?;
         let history = StatsHistory::default();
-        metrics.requests.with_label_values(&["web", "app", "2xx"]).inc_by(100);
+        (0..100).for_each(|_| metrics.observe_request("web", "app", 200, None));
         history.sample(&metrics, &Default::default());
         assert_eq!(history.since(0)["timestamps"], serde_json::json!([]));
-        metrics.requests.with_label_values(&["web", "app", "5xx"]).inc_by(1);
+        metrics.observe_request("web", "app", 503, None);
         history.sample(&metrics, &Default::default());
         let all = history.since(0);
         assert_eq!(all["timestamps"].as_array().map(Vec::len), Some(1));
