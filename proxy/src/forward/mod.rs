@@ -47,7 +47,7 @@ pub async fn handle(
         req.headers().get(&headers::TRACEPARENT).map(|v| v.as_bytes()),
         req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes()),
     );
-    let listener = conn.listener.load_full();
+    let listener = conn.settings();
     let span = shared.telemetry.start(&mut trace, start, &req, conn, &listener);
     let mut meta = RequestMeta { start, trace, request_id, span };
     let in_flight = conn.activity.begin();
@@ -58,7 +58,7 @@ pub async fn handle(
             "request has both Content-Length and Transfer-Encoding (or a head too large to check)",
             &meta.request_id,
         );
-        shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
+        shared.metrics.observe_request(&listener.config.name, "", 400, None);
         traced(shared, &mut meta, &response);
         return Ok(response);
     }
@@ -73,7 +73,7 @@ pub async fn handle(
                 Ok(()) => reverse::handle(shared, conn, &listener, &mut parts, body, &mut meta).await,
                 Err(refused) => {
                     tracing::debug!(trace_id = %meta.trace.trace_id, peer = %conn.peer, detail = refused.detail, "request head refused");
-                    shared.metrics.requests.with_label_values(&[&listener.config.name, "", "4xx"]).inc();
+                    shared.metrics.observe_request(&listener.config.name, "", 400, None);
                     local::error_response(refused.error, refused.detail, &meta.request_id)
                 }
             }

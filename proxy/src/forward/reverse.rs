@@ -21,7 +21,6 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use std::borrow::Cow;
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// Proxies one request to its upstream group, through the listener's plugin chain if it has one.
 pub async fn handle(
@@ -197,9 +196,8 @@ fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-/// Releases the endpoint's request slot and active count when the response body ends.
+/// Releases the endpoint's request slot (its active count) when the response body ends.
 struct EndpointRelease {
-    _permit: OwnedSemaphorePermit,
     _active: ActiveRequest,
     /// Closes the HTTP/1 connection the body reads (which gives it back to the pool itself when it ends).
     closer: Option<Arc<Closer>>,
@@ -301,7 +299,7 @@ async fn proxy(
         // Full only if `retries` were over its limit: the endpoint then goes unremembered, nothing worse.
         let _ = tried.try_push(index);
         let endpoint = &upstream.endpoints[index];
-        let Ok(permit) = upstream.acquire(index).await else {
+        let Ok(active) = upstream.acquire(index).await else {
             tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, "no free connection (pool.max_connections)");
             last_error = (
                 LocalError::NoHealthyUpstream,
@@ -309,7 +307,6 @@ async fn proxy(
             );
             continue;
         };
-        let active = endpoint.begin_request();
         chain.set_upstream_address(&endpoint.name);
         // Each attempt is a span of its own when the request is recorded; the upstream sees it as its parent.
         let attempt_traceparent = meta.span.as_mut().map(|span| {
@@ -413,7 +410,7 @@ async fn proxy(
                         return tunnel::splice_upgrade(shared, response, client_upgrade, client_version);
                     }
                 }
-                let release = EndpointRelease { _permit: permit, _active: active, closer: response.body().closer() };
+                let release = EndpointRelease { _active: active, closer: response.body().closer() };
                 let upstream_version = response.version();
                 match response.body_mut().raw_fields() {
                     // Hop-by-hop fields are left out as the raw fields are written.

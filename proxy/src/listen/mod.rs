@@ -57,10 +57,46 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The listener's settings slot.
     pub listener: Arc<ArcSwap<ListenerRuntime>>,
+    /// The settings the connection was accepted with: a request takes them by reference while the slot still
+    /// holds them (see [`ConnInfo::settings`]).
+    pub accepted_with: Arc<ListenerRuntime>,
     /// Set when the smuggling guard refused a request head on this connection.
     pub guard: Arc<guard::GuardFlag>,
     /// Requests in flight, for the first-request and idle deadlines.
     pub activity: Arc<idle::Activity>,
+}
+
+impl ConnInfo {
+    /// The listener's current settings. Borrowed from the connection while a reload has not replaced them
+    /// (checking takes no shared write); counting another holder of the settings on every request would write
+    /// the one count every connection on both workers shares.
+    pub fn settings(&self) -> Settings<'_> {
+        if std::ptr::eq(&**self.listener.load(), &*self.accepted_with) {
+            Settings::Accepted(&self.accepted_with)
+        } else {
+            Settings::Reloaded(self.listener.load_full())
+        }
+    }
+}
+
+/// A listener's settings as a request holds them: see [`ConnInfo::settings`].
+#[derive(Debug)]
+pub enum Settings<'a> {
+    /// The ones the connection was accepted with, still current.
+    Accepted(&'a Arc<ListenerRuntime>),
+    /// Newer ones, from a reload after the connection was accepted.
+    Reloaded(Arc<ListenerRuntime>),
+}
+
+impl std::ops::Deref for Settings<'_> {
+    type Target = Arc<ListenerRuntime>;
+
+    fn deref(&self) -> &Arc<ListenerRuntime> {
+        match self {
+            Settings::Accepted(runtime) => runtime,
+            Settings::Reloaded(runtime) => runtime,
+        }
+    }
 }
 
 /// A running listener.
@@ -220,6 +256,7 @@ async fn serve_connection(
         local,
         tls: runtime.tls.is_some(),
         listener: slot,
+        accepted_with: runtime.clone(),
         guard: flag,
         activity: activity.clone(),
     });

@@ -26,6 +26,12 @@ pub fn lane() -> usize {
     LANE.with(Cell::get)
 }
 
+/// Makes the calling thread count as lane `lane`, for unit tests of per-lane state.
+#[cfg(test)]
+pub fn set_lane_for_test(lane: usize) {
+    LANE.with(|cell| cell.set(lane));
+}
+
 /// How many connection-pool lanes a server with these workers needs: one per worker, plus lane 0.
 pub fn lanes(workers: Option<&Workers>) -> usize {
     workers.map_or(0, Workers::count) + 1

@@ -15,6 +15,10 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
 
 /// nginx's smooth weighted round robin (`ngx_http_upstream_get_peer`): weights 5,1,1 give a,a,b,a,c,a,a —
 /// interleaved, never bursts — and exactly 5,1,1 of every 7 picks.
+///
+/// One set of current weights for all workers (nginx's with a `zone`), so that the picks interleave over the
+/// whole group's traffic and not only over each worker's: the lock is the one piece of state a request to a
+/// group of several endpoints writes that the other worker writes too. A group of one takes no lock.
 #[derive(Debug, Default)]
 pub struct SmoothWeightedRoundRobin {
     current: Mutex<Vec<i64>>,
@@ -22,6 +26,10 @@ pub struct SmoothWeightedRoundRobin {
 
 impl Balancer for SmoothWeightedRoundRobin {
     fn pick(&self, endpoints: &[Arc<Endpoint>], exclude: &[usize], now: Instant) -> Option<usize> {
+        // One endpoint: nothing to weigh.
+        if let [only] = endpoints {
+            return only.is_available(now).then_some(0);
+        }
         let first = self.pick_filtered(endpoints, now, |i| !exclude.contains(&i));
         first.or_else(|| self.pick_filtered(endpoints, now, |_| true))
     }
@@ -93,6 +101,16 @@ mod tests {
         }
         eps[2].set_drained(true);
         assert_eq!(lb.pick(&eps, &[0], now), Some(0), "falls back to the excluded one when nothing else is left");
+        eps[0].set_drained(true);
+        assert_eq!(lb.pick(&eps, &[], now), None);
+    }
+
+    #[test]
+    fn a_lone_endpoint_is_picked_while_available_even_when_excluded() {
+        let eps = endpoints(&[3]);
+        let lb = SmoothWeightedRoundRobin::default();
+        let now = Instant::now();
+        assert_eq!(lb.pick(&eps, &[0], now), Some(0));
         eps[0].set_drained(true);
         assert_eq!(lb.pick(&eps, &[], now), None);
     }

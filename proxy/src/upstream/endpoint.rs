@@ -1,9 +1,10 @@
 //! The live state of one endpoint: health, ejection, drain, weight, load. It outlives config reloads that keep
 //! the endpoint, so health history and ejections are not forgotten by a reload.
 
+use super::per_lane::PerLane;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -42,12 +43,20 @@ pub struct Endpoint {
     /// Wakes the DNS entry it came from, so a connect failure re-resolves the name soon.
     rediscover: OnceLock<Arc<Notify>>,
     drained: AtomicBool,
-    active: AtomicU32,
-    latency_ewma_us: AtomicU64,
+    /// Requests in flight, over all workers: also the count `pool.max_connections` caps (see
+    /// [`Endpoint::try_begin_request`]), so the one line every worker writes per request is written twice, not
+    /// four times. The cap is documented as over all workers, which a per-lane count could not keep.
+    active: AtomicUsize,
+    /// Requests waiting for a slot under the cap; a finished request wakes one through `slot_freed`.
+    waiting: AtomicUsize,
+    slot_freed: Notify,
     /// Attempts, failed attempts (5xx or no answer) and answered attempts' summed latency, cumulative: the
     /// anomaly sampler differences them into this endpoint's own series, so an incident can name the one
-    /// endpoint at fault instead of its whole upstream.
-    traffic: Traffic,
+    /// endpoint at fault instead of its whole upstream. With the latency average, kept per worker lane.
+    traffic: PerLane<Traffic>,
+    /// Failures in a row (passive outlier detection). An atomic outside `outlier`, so that the common case, a
+    /// success when the streak is already 0, only reads it.
+    streak: AtomicU32,
     outlier: Mutex<OutlierState>,
     /// End of the current ejection, in nanoseconds after [`epoch`] (0: never ejected). An atomic, not part of
     /// `outlier`, because every pick reads it for every endpoint.
@@ -66,11 +75,12 @@ struct Traffic {
     failures: AtomicU64,
     answers: AtomicU64,
     latency_us: AtomicU64,
+    /// This lane's moving average of the time to response head, in µs (0 before its first answer).
+    latency_ewma_us: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct OutlierState {
-    consecutive_failures: u32,
     times_ejected: u32,
 }
 
@@ -96,9 +106,11 @@ impl Endpoint {
             retired: AtomicBool::new(false),
             rediscover: OnceLock::new(),
             drained: AtomicBool::new(false),
-            active: AtomicU32::new(0),
-            latency_ewma_us: AtomicU64::new(0),
-            traffic: Traffic::default(),
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            slot_freed: Notify::new(),
+            traffic: PerLane::new(lanes),
+            streak: AtomicU32::new(0),
             outlier: Mutex::new(OutlierState::default()),
             ejected_until: AtomicU64::new(0),
             address_hash,
@@ -191,43 +203,98 @@ impl Endpoint {
 
     /// Requests in flight right now.
     pub fn active_requests(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        u32::try_from(self.active.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
     }
 
-    /// Marks a request as started; the guard ends it when dropped, however the request ends.
-    pub fn begin_request(self: &Arc<Self>) -> ActiveRequest {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest { endpoint: self.clone() }
+    /// Starts a request if fewer than `limit` are in flight; the guard ends it when dropped, however the
+    /// request ends.
+    pub fn try_begin_request(self: &Arc<Self>, limit: usize) -> Option<ActiveRequest> {
+        // Counted up only below the cap, never past it and back (a count briefly past the cap could turn away a
+        // waiter that a request ending meanwhile did not wake). SeqCst pairs with `release`: a request that
+        // counts itself waiting and then finds the cap reached, and one that ends and then looks for waiters,
+        // cannot both miss the other.
+        let mut active = self.active.load(Ordering::SeqCst);
+        while active < limit {
+            match self.active.compare_exchange_weak(active, active + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(ActiveRequest { endpoint: self.clone() }),
+                Err(now) => active = now,
+            }
+        }
+        None
     }
 
-    /// Smoothed time to response head, in microseconds (0 before the first response).
+    /// Starts a request, waiting up to `wait` for one of the `limit` slots when all are taken.
+    pub async fn begin_request(self: &Arc<Self>, limit: usize, wait: Duration) -> Option<ActiveRequest> {
+        if let Some(active) = self.try_begin_request(limit) {
+            return Some(active);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let started = self.try_begin_request(limit);
+            let woken = match started {
+                Some(_) => true,
+                None => tokio::time::timeout_at(deadline, freed).await.is_ok(),
+            };
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            match (started, woken) {
+                (Some(active), _) => return Some(active),
+                (None, true) => continue,
+                (None, false) => return self.try_begin_request(limit),
+            }
+        }
+    }
+
+    /// Gives a slot back, and wakes a request waiting for one.
+    fn release(&self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.slot_freed.notify_one();
+        }
+    }
+
+    /// Smoothed time to response head, in microseconds (0 before the first response): the mean of the
+    /// lanes' averages that have one.
     pub fn latency_ewma_us(&self) -> u64 {
-        self.latency_ewma_us.load(Ordering::Relaxed)
+        let (sum, lanes) = self
+            .traffic
+            .iter()
+            .map(|t| t.latency_ewma_us.load(Ordering::Relaxed))
+            .filter(|ewma| *ewma > 0)
+            .fold((0u64, 0u64), |(sum, n), ewma| (sum.saturating_add(ewma), n + 1));
+        sum.checked_div(lanes).unwrap_or(0)
     }
 
-    /// Cumulative (attempts, failed attempts, answers, summed answer latency in µs).
+    /// Cumulative (attempts, failed attempts, answers, summed answer latency in µs), over all lanes.
     pub fn traffic(&self) -> (u64, u64, u64, u64) {
-        let t = &self.traffic;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        (load(&t.attempts), load(&t.failures), load(&t.answers), load(&t.latency_us))
+        self.traffic.iter().fold((0, 0, 0, 0), |(a, f, n, l), t| {
+            (a + load(&t.attempts), f + load(&t.failures), n + load(&t.answers), l.saturating_add(load(&t.latency_us)))
+        })
     }
 
     /// Counts one attempt that ended with an answer (`failed` for a 5xx) or without one (`failed`).
     pub fn count_attempt(&self, failed: bool) {
-        self.traffic.attempts.fetch_add(1, Ordering::Relaxed);
+        let traffic = self.traffic.mine();
+        traffic.attempts.fetch_add(1, Ordering::Relaxed);
         if failed {
-            self.traffic.failures.fetch_add(1, Ordering::Relaxed);
+            traffic.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Folds one observed latency into the moving average (alpha 0.2) and the cumulative sum.
+    /// Folds one observed latency into this lane's moving average (alpha 0.2) and the cumulative sum.
     pub fn record_latency(&self, latency: Duration) {
         let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.traffic.answers.fetch_add(1, Ordering::Relaxed);
-        self.traffic.latency_us.fetch_add(sample, Ordering::Relaxed);
-        let old = self.latency_ewma_us.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { (old * 4 + sample) / 5 };
-        self.latency_ewma_us.store(new, Ordering::Relaxed);
+        let traffic = self.traffic.mine();
+        traffic.answers.fetch_add(1, Ordering::Relaxed);
+        traffic.latency_us.fetch_add(sample, Ordering::Relaxed);
+        // At least 1, since 0 means "no answer yet".
+        let old = traffic.latency_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old.saturating_mul(4).saturating_add(sample) / 5 };
+        traffic.latency_ewma_us.store(new.max(1), Ordering::Relaxed);
     }
 
     /// Records an active probe result; returns the new health when it flipped.
@@ -260,24 +327,21 @@ impl Endpoint {
 
     /// Records a passive success (any non-5xx answer): resets the failure streak.
     pub fn record_success(&self) {
-        let mut outlier = self.outlier.lock();
-        if outlier.consecutive_failures != 0 {
-            outlier.consecutive_failures = 0;
+        if self.streak.load(Ordering::Relaxed) != 0 {
+            self.streak.store(0, Ordering::Relaxed);
         }
     }
 
     /// Records a passive failure; returns the failure streak length.
     pub fn record_failure(&self) -> u32 {
-        let mut outlier = self.outlier.lock();
-        outlier.consecutive_failures = outlier.consecutive_failures.saturating_add(1);
-        outlier.consecutive_failures
+        self.streak.fetch_add(1, Ordering::Relaxed).saturating_add(1)
     }
 
     /// Ejects for `base × times ejected` (capped); returns how long.
     pub fn eject(&self, now: Instant, base: Duration, max: Duration) -> Duration {
         let mut outlier = self.outlier.lock();
         outlier.times_ejected = outlier.times_ejected.saturating_add(1);
-        outlier.consecutive_failures = 0;
+        self.streak.store(0, Ordering::Relaxed);
         let duration = base.saturating_mul(outlier.times_ejected).min(max);
         self.ejected_until.store(since_epoch(now + duration), Ordering::Relaxed);
         duration
@@ -297,7 +361,7 @@ pub struct ActiveRequest {
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.release();
     }
 }
 
@@ -310,4 +374,68 @@ fn epoch() -> Instant {
 /// Nanoseconds from [`epoch`] to `at` (at least 1, so 0 can mean "never").
 fn since_epoch(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Arc<Endpoint> {
+        Arc::new(Endpoint::new("e".into(), ([127, 0, 0, 1], 1000).into(), 1, 2).expect("endpoint"))
+    }
+
+    /// The cap counts requests in flight; a request beyond it waits and takes the first slot given back, or
+    /// gives up when its wait is over.
+    #[tokio::test(start_paused = true)]
+    async fn requests_beyond_the_cap_wait_for_a_slot_or_give_up() {
+        let e = endpoint();
+        let first = e.try_begin_request(2);
+        let second = e.begin_request(2, Duration::from_secs(1)).await;
+        assert!(first.is_some() && second.is_some());
+        assert!(e.try_begin_request(2).is_none(), "a third beyond the cap of 2");
+        assert_eq!(e.active_requests(), 2, "a refused start leaves no count behind");
+
+        let waiter = {
+            let e = e.clone();
+            tokio::spawn(async move { e.begin_request(2, Duration::from_secs(5)).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished());
+        drop(first);
+        assert_eq!(waiter.await.ok(), Some(true), "woken by the slot given back");
+        assert_eq!(e.active_requests(), 1, "its guard was dropped with the task's result");
+
+        let _third = e.try_begin_request(2);
+        let started = tokio::time::Instant::now();
+        assert!(e.begin_request(2, Duration::from_secs(1)).await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        drop(second);
+        assert_eq!(e.active_requests(), 1);
+    }
+
+    /// Traffic counted on different lanes adds up; the latency average is the mean of the lanes that have one.
+    #[test]
+    fn traffic_and_latency_add_up_over_lanes() {
+        let e = endpoint();
+        e.count_attempt(false);
+        e.count_attempt(true);
+        e.record_latency(Duration::from_micros(300));
+        let other = e.clone();
+        let lane_1 = std::thread::spawn(move || {
+            crate::listen::workers::set_lane_for_test(1);
+            other.count_attempt(false);
+            other.record_latency(Duration::from_micros(100));
+        });
+        assert!(lane_1.join().is_ok());
+        assert_eq!(e.traffic(), (3, 1, 2, 400));
+        assert_eq!(e.latency_ewma_us(), 200);
+    }
+
+    #[test]
+    fn a_success_ends_the_failure_streak() {
+        let e = endpoint();
+        assert_eq!((e.record_failure(), e.record_failure()), (1, 2));
+        e.record_success();
+        assert_eq!(e.record_failure(), 1);
+    }
 }

@@ -4,6 +4,7 @@ pub mod balance;
 pub mod endpoint;
 pub mod h1;
 pub mod members;
+pub mod per_lane;
 pub mod pool;
 pub mod retry;
 
@@ -12,14 +13,14 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::h1::head::Added;
 use crate::metrics::Metrics;
 use balance::{Balancer, SmoothWeightedRoundRobin};
-use endpoint::{Endpoint, EndpointStatus};
+use endpoint::{ActiveRequest, Endpoint, EndpointStatus};
 pub use members::{Member, Origin, Rebuild};
 use parking_lot::Mutex;
 use pool::{ClientSettings, ConnectionChoice, SendError, UpstreamClient};
 use retry::RetryBudget;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 /// One upstream group at run time. Its member list is fixed: a change (a reload, a DNS answer, a registration)
 /// builds a new group that reuses the endpoints that stay, and a request keeps the group it started with.
@@ -36,7 +37,6 @@ pub struct Upstream {
     /// Woken when the member list changed, so the health checker probes new members at once. The same one
     /// across rebuilds of the group.
     pub membership: Arc<Notify>,
-    permits: Vec<Arc<Semaphore>>,
     /// Endpoint index by configured address, for mapping a plugin's choice back to its endpoint.
     by_name: std::collections::HashMap<String, usize>,
     /// For HTTP/2 upstreams, the pooled clients, one per pool lane; empty for HTTP/1, whose idle connections
@@ -71,15 +71,6 @@ impl Upstream {
         if let Some(p) = previous {
             departing.extend(p.departing.lock().iter().filter(|e| e.active_requests() > 0).cloned());
         }
-        let permits = endpoints
-            .iter()
-            .map(|e| {
-                previous
-                    .filter(|p| p.config.pool.max_connections == config.pool.max_connections)
-                    .and_then(|p| p.endpoints.iter().position(|pe| Arc::ptr_eq(pe, e)).map(|i| p.permits[i].clone()))
-                    .unwrap_or_else(|| Arc::new(Semaphore::new(config.pool.max_connections)))
-            })
-            .collect();
         let client_settings = ClientSettings::of(&config);
         let h2_clients = match previous {
             _ if client_settings.protocol != UpstreamProtocol::H2 => Arc::from([]),
@@ -96,7 +87,7 @@ impl Upstream {
                 && p.config.retry_budget.min_per_second == config.retry_budget.min_per_second
         };
         let budget = previous.filter(same_budget).map(|p| p.budget.clone()).unwrap_or_else(|| {
-            Arc::new(RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second))
+            Arc::new(RetryBudget::new(config.retry_budget.percent, config.retry_budget.min_per_second, lanes))
         });
         Ok(Upstream {
             config,
@@ -104,7 +95,6 @@ impl Upstream {
             members,
             departing: Mutex::new(departing),
             membership: previous.map(|p| p.membership.clone()).unwrap_or_default(),
-            permits,
             by_name,
             h2_clients,
             client_settings,
@@ -208,16 +198,12 @@ impl Upstream {
         self.endpoints.iter().any(|e| e.is_available(now))
     }
 
-    /// Waits (up to the connect timeout) for a free request slot on the endpoint.
-    pub async fn acquire(&self, index: usize) -> Result<OwnedSemaphorePermit, PoolExhausted> {
-        let semaphore = self.permits.get(index).ok_or(PoolExhausted)?.clone();
-        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        match tokio::time::timeout(self.config.connect_timeout, semaphore.acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(PoolExhausted),
-        }
+    /// Starts a request on the endpoint, waiting (up to the connect timeout) for one of its
+    /// `pool.max_connections` slots when all are taken. The guard counts it as active until dropped.
+    pub async fn acquire(&self, index: usize) -> Result<ActiveRequest, PoolExhausted> {
+        let endpoint = self.endpoints.get(index).ok_or(PoolExhausted)?;
+        let limit = self.config.pool.max_connections;
+        endpoint.begin_request(limit, self.config.connect_timeout).await.ok_or(PoolExhausted)
     }
 
     /// Counts a first attempt towards the retry budget.
