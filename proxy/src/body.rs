@@ -20,6 +20,9 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// No body.
     Empty,
+    /// A body read whole with its head by Portico's own HTTP/1 server (see
+    /// [`crate::h1::server_head::MAX_BUFFERED_BODY`]); `None` once taken.
+    Full(Option<Bytes>),
 }
 
 impl Body for ClientBody {
@@ -30,6 +33,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx),
             ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Full(bytes) => Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -37,6 +41,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(incoming) => incoming.is_end_stream(),
             ClientBody::Empty => true,
+            ClientBody::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
@@ -44,6 +49,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(incoming) => incoming.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

@@ -22,21 +22,43 @@ pub enum RequestParse {
         head: http::request::Parts,
         /// `Connection: close`.
         close: bool,
+        /// The length of the body that follows the head (its `Content-Length`; 0 without one), at most
+        /// [`MAX_BUFFERED_BODY`], and already in the buffer.
+        body: usize,
     },
     /// The head is not complete yet.
     Partial,
+    /// The head of a request Portico's server would take is complete, its body not yet: nothing was taken.
+    BodyPending,
     /// Anything else, left in the buffer as it was: hyper's server takes the connection from here.
     Other,
 }
 
-/// Parses the request head at the front of `buf`. Only the plainest requests are taken: an HTTP/1.1 `GET`
-/// with no `Content-Length`, `Transfer-Encoding`, `Expect` or `Upgrade` field, no `upgrade` connection option,
-/// at most `max_head` bytes and [`MAX_FIELDS`] fields, whose target and fields `http` accepts. Nothing of its
-/// framing can then be ambiguous: no body follows it. Everything else (bodies, `HEAD`, HTTP/1.0, upgrades,
-/// the HTTP/2 preface, malformed or oversized heads) is [`RequestParse::Other`], with the buffer untouched.
+/// The largest request body Portico's own server takes (read whole with its head, as nginx keeps bodies up to
+/// `client_body_buffer_size`, 16 KiB, in memory); a larger one goes to hyper's server, which streams it.
+pub const MAX_BUFFERED_BODY: usize = 16 * 1024;
+
+/// The methods Portico's server takes. `HEAD` (an answer framed by fields it has no body for) and `CONNECT`
+/// (a tunnel) are hyper's.
+const METHODS: [(&str, http::Method); 6] = [
+    ("GET", http::Method::GET),
+    ("POST", http::Method::POST),
+    ("PUT", http::Method::PUT),
+    ("DELETE", http::Method::DELETE),
+    ("PATCH", http::Method::PATCH),
+    ("OPTIONS", http::Method::OPTIONS),
+];
+
+/// Parses the request head at the front of `buf`. Only the plainest requests are taken: HTTP/1.1, a method of
+/// [`METHODS`], no `Transfer-Encoding`, `Expect` or `Upgrade` field, no `upgrade` connection option, at most
+/// one `Content-Length` of plain digits up to [`MAX_BUFFERED_BODY`], at most `max_head` bytes and
+/// [`MAX_FIELDS`] fields, whose target and fields `http` accepts. Nothing of its framing can then be ambiguous
+/// (RFC 9112 §6.3: a request without `Transfer-Encoding` has the body its one `Content-Length` says, or none).
+/// Everything else (chunked or larger bodies, `HEAD`, HTTP/1.0, upgrades, the HTTP/2 preface, malformed or
+/// oversized heads, a repeated or odd `Content-Length`) is [`RequestParse::Other`], with the buffer untouched.
 pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
     let mut spans = Spans::new();
-    let (len, target, close) = {
+    let (len, target, close, method, body) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut request = httparse::Request::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -48,18 +70,26 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
             Ok(httparse::Status::Partial) if buf.len() <= max_head => return RequestParse::Partial,
             _ => return RequestParse::Other,
         };
-        if request.method != Some("GET") || request.version != Some(1) {
+        let Some((_, method)) = METHODS.iter().find(|(name, _)| request.method == Some(*name)) else {
+            return RequestParse::Other;
+        };
+        if request.version != Some(1) {
             return RequestParse::Other;
         }
         let mut close = false;
+        let mut body = None;
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for field in request.headers.iter() {
             let name = field.name.as_bytes();
-            let framing_or_switch = [&b"content-length"[..], b"transfer-encoding", b"expect", b"upgrade"]
-                .iter()
-                .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name));
-            if framing_or_switch {
+            let is = |n: &[u8]| n.len() == name.len() && n.eq_ignore_ascii_case(name);
+            if is(b"content-length") {
+                match (body, buffered_length(field.value)) {
+                    (None, Some(length)) => body = Some(length),
+                    _ => return RequestParse::Other,
+                }
+            }
+            if is(b"transfer-encoding") || is(b"expect") || is(b"upgrade") {
                 return RequestParse::Other;
             }
             if name.eq_ignore_ascii_case(b"connection") {
@@ -73,10 +103,13 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
             spans.push((offset(name), name.len() as u32, offset(field.value), field.value.len() as u32));
         }
         let path = request.path.unwrap_or("/").as_bytes();
-        (len, (offset(path), path.len() as u32), close)
+        (len, (offset(path), path.len() as u32), close, method.clone(), body.unwrap_or(0))
     };
+    if buf.len() - len < body {
+        return RequestParse::BodyPending;
+    }
     let head = buf.split_to(len).freeze();
-    let Some(parts) = request_parts(&head, target, &spans) else {
+    let Some(parts) = request_parts(&head, method, target, &spans) else {
         // A target or field `http` refuses: hyper answers it (400) from the same bytes.
         let mut whole = BytesMut::with_capacity(head.len() + buf.len());
         whole.extend_from_slice(&head);
@@ -84,11 +117,26 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
         *buf = whole;
         return RequestParse::Other;
     };
-    RequestParse::Simple { head: parts, close }
+    RequestParse::Simple { head: parts, close, body }
 }
 
-/// The request parts of a `GET` head whose target and fields are at these offsets of `head`.
-fn request_parts(head: &Bytes, target: (u32, u32), spans: &[(u32, u32, u32, u32)]) -> Option<http::request::Parts> {
+/// A `Content-Length` value Portico's server takes: 1 to 5 digits, nothing else (no sign, list or space,
+/// which RFC 9110 §8.6 does not allow either), at most [`MAX_BUFFERED_BODY`].
+fn buffered_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 5 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let length = value.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    (length <= MAX_BUFFERED_BODY).then_some(length)
+}
+
+/// The request parts of a head whose target and fields are at these offsets of `head`.
+fn request_parts(
+    head: &Bytes,
+    method: http::Method,
+    target: (u32, u32),
+    spans: &[(u32, u32, u32, u32)],
+) -> Option<http::request::Parts> {
     let slice = |at: u32, len: u32| head.slice(at as usize..(at + len) as usize);
     let uri = Uri::from_maybe_shared(slice(target.0, target.1)).ok()?;
     let mut headers = super::maps::take(spans.len() + 6);
@@ -98,6 +146,7 @@ fn request_parts(head: &Bytes, target: (u32, u32), spans: &[(u32, u32, u32, u32)
         headers.append(name, value);
     }
     let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
     parts.uri = uri;
     parts.headers = headers;
     parts.version = Version::HTTP_11;
@@ -159,8 +208,9 @@ mod tests {
             &b"GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\nX-A: 1\r\n\r\nGET /next"[..],
         );
         match parse_request(&mut buf, 8192) {
-            RequestParse::Simple { head, close } => {
+            RequestParse::Simple { head, close, body } => {
                 assert!(close);
+                assert_eq!(body, 0);
                 assert_eq!(head.method, Method::GET);
                 assert_eq!(head.uri, "/a?b");
                 assert_eq!(head.version, Version::HTTP_11);
@@ -170,10 +220,17 @@ mod tests {
         }
         assert_eq!(&buf[..], b"GET /next", "the next request stays in the buffer");
         assert!(matches!(parse_request(&mut buf, 8192), RequestParse::Partial));
-        let others: [&[u8]; 9] = [
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na",
-            b"GET / HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n",
+        let others: [&[u8]; 16] = [
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 16385\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0000001\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -194,20 +251,27 @@ mod tests {
         assert!(matches!(parse_request(&mut growing, 64), RequestParse::Other), "an incomplete head past the limit");
     }
 
+    /// A request as the server took it: method and target, `close`, its body.
+    type Taken = (String, bool, String);
+
     /// What the server makes of a byte stream read in pieces of `size`: each request taken, then where it
     /// stopped (the bytes left for hyper, or a head still incomplete).
-    fn serve_in_pieces(stream: &[u8], size: usize, max_head: usize) -> (Vec<(String, bool)>, String) {
+    fn serve_in_pieces(stream: &[u8], size: usize, max_head: usize) -> (Vec<Taken>, String) {
         let mut buf = BytesMut::new();
         let mut taken = Vec::new();
         let mut pieces = stream.chunks(size);
         loop {
             match parse_request(&mut buf, max_head) {
-                RequestParse::Simple { head, close } => taken.push((head.uri.to_string(), close)),
+                RequestParse::Simple { head, close, body } => {
+                    assert!(buf.len() >= body, "a body is taken only once it is all there");
+                    let body = String::from_utf8_lossy(&buf.split_to(body)).into_owned();
+                    taken.push((format!("{} {}", head.method, head.uri), close, body));
+                }
                 RequestParse::Other => {
                     buf.extend(pieces.flatten());
                     return (taken, format!("other: {}", String::from_utf8_lossy(&buf)));
                 }
-                RequestParse::Partial => match pieces.next() {
+                RequestParse::Partial | RequestParse::BodyPending => match pieces.next() {
                     Some(piece) => buf.extend_from_slice(piece),
                     None => return (taken, format!("partial: {}", String::from_utf8_lossy(&buf))),
                 },
@@ -217,12 +281,19 @@ mod tests {
 
     #[test]
     fn requests_are_taken_the_same_however_the_reads_split_them() {
-        let streams: [&[u8]; 3] = [
+        let streams: [&[u8]; 4] = [
             b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n\
               POST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiGET /4 HTTP/1.1\r\n\r\n",
             b"GET /1 HTTP/1.1\nHost: a\n\nGET /2 HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
             b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            b"PUT /1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /DELETE /2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n\
+              POST /3 HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nG\r\n0\r\n\r\n",
         ];
+        let last = serve_in_pieces(streams[3], streams[3].len(), 64);
+        let expected: Vec<Taken> =
+            vec![("PUT /1".into(), false, "GET /".into()), ("DELETE /2".into(), false, "".into())];
+        assert_eq!(last.0, expected, "a body is the bytes its length says, whatever they look like");
+        assert!(last.1.starts_with("other: POST /3"), "{last:?}");
         for stream in streams {
             let whole = serve_in_pieces(stream, stream.len(), 64);
             assert!(!whole.0.is_empty(), "{whole:?}");

@@ -3,8 +3,9 @@
 //! one write. hyper's server spent about a third of a proxied request's instructions between the socket and
 //! the request path (its dispatcher, a second parse for the smuggling guard, a timer for every head).
 //!
-//! It takes the plainest requests, those after which no body follows ([`server_head::parse_request`]): nothing of
-//! their framing can be ambiguous. The first other request (a body, `HEAD`, HTTP/1.0, an upgrade, the HTTP/2
+//! It takes the plainest requests ([`server_head::parse_request`]): no body, or one of at most 16 KiB framed by
+//! its one `Content-Length` that has all arrived with its head (a small body nearly always has; a later
+//! one is hyper's, which streams it); nothing of their framing can be ambiguous. The first other request (a chunked or larger body, `HEAD`, HTTP/1.0, an upgrade, the HTTP/2
 //! preface, a malformed or oversized head) and the rest of the connection go to hyper's server, with the bytes
 //! already read put back in front of the socket ([`Rewind`]): hyper then serves it as if it had from the start,
 //! under the smuggling guard, which counts the requests answered here so that its verdicts name the right one.
@@ -23,6 +24,7 @@ use crate::h1::upload::Upload;
 use crate::h1::{self, date};
 use crate::server::Shared;
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http::header::CONNECTION;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -75,11 +77,23 @@ where
     let mut stopping = std::pin::pin!(stop_waiter.changed());
     loop {
         let mut head_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let (head, asked_close) = loop {
+        let (head, asked_close, body_length) = loop {
             match server_head::parse_request(&mut read, limits.max_head) {
-                RequestParse::Simple { head, close } => break (head, close),
+                RequestParse::Simple { head, close, body } => break (head, close, body),
                 RequestParse::Other => return Served::Handoff(Rewind { prefix: read.freeze(), inner: io }),
                 RequestParse::Partial => {}
+                RequestParse::BodyPending => {
+                    // The rest of a small body is nearly always already in the socket (a client writes head
+                    // and body together): read what is there, without waiting. A body still short of its
+                    // length then goes to hyper, which streams it under the request's deadlines (a stalled
+                    // upload is the client's 408), as for a large one.
+                    read.reserve(server_head::MAX_BUFFERED_BODY + limits.max_head);
+                    match io.read_buf(&mut read).now_or_never() {
+                        Some(Ok(n)) if n > 0 => continue,
+                        Some(_) => return Served::Closed,
+                        None => return Served::Handoff(Rewind { prefix: read.freeze(), inner: io }),
+                    }
+                }
             }
             let between_requests = read.is_empty();
             if between_requests && *stop.borrow() {
@@ -104,7 +118,11 @@ where
                 return Served::Closed;
             }
         };
-        let request = Request::from_parts(head, ClientBody::Empty);
+        let body = match body_length {
+            0 => ClientBody::Empty,
+            length => ClientBody::Full(Some(read.split_to(length).freeze())),
+        };
+        let request = Request::from_parts(head, body);
         // Borrowed, not cloned: `Shared`'s count is written by every worker, and each write moves its cache
         // line between the cores.
         let response = match forward::handle(shared, conn, request).await {
