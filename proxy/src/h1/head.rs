@@ -242,8 +242,9 @@ pub(super) fn push_framing(out: &mut Vec<u8>, body: BodyLength) {
             push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        BodyLength::Chunked | BodyLength::UntilClose => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        BodyLength::Empty => {}
+        BodyLength::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // Ended by closing: no field says so.
+        BodyLength::UntilClose | BodyLength::Empty => {}
     }
 }
 

@@ -16,11 +16,11 @@ use std::mem::MaybeUninit;
 #[allow(clippy::large_enum_variant)]
 pub enum RequestParse {
     /// A complete head of a request Portico's server takes itself, split off the buffer; `close` when the
-    /// client asked for the connection to close after the answer.
+    /// connection ends after the answer (asked by `Connection: close`, or HTTP/1.0 without `keep-alive`).
     Simple {
         /// The head.
         head: http::request::Parts,
-        /// `Connection: close`.
+        /// The connection closes after the answer.
         close: bool,
         /// The length of the body that follows the head (its `Content-Length`; 0 without one), at most
         /// [`MAX_BUFFERED_BODY`], and already in the buffer.
@@ -49,12 +49,12 @@ const METHODS: [(&str, http::Method); 6] = [
     ("OPTIONS", http::Method::OPTIONS),
 ];
 
-/// Parses the request head at the front of `buf`. Only the plainest requests are taken: HTTP/1.1, a method of
+/// Parses the request head at the front of `buf`. Only the plainest requests are taken: HTTP/1.1 or 1.0, a method of
 /// [`METHODS`], no `Transfer-Encoding`, `Expect` or `Upgrade` field, no `upgrade` connection option, at most
 /// one `Content-Length` of plain digits up to [`MAX_BUFFERED_BODY`], at most `max_head` bytes and
 /// [`MAX_FIELDS`] fields, whose target and fields `http` accepts. Nothing of its framing can then be ambiguous
 /// (RFC 9112 §6.3: a request without `Transfer-Encoding` has the body its one `Content-Length` says, or none).
-/// Everything else (chunked or larger bodies, `HEAD`, HTTP/1.0, upgrades, the HTTP/2 preface, malformed or
+/// Everything else (chunked or larger bodies, `HEAD`, upgrades, the HTTP/2 preface, malformed or
 /// oversized heads, a repeated or odd `Content-Length`) is [`RequestParse::Other`], with the buffer untouched.
 pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
     let mut spans = Spans::new();
@@ -73,10 +73,12 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
         let Some((_, method)) = METHODS.iter().find(|(name, _)| request.method == Some(*name)) else {
             return RequestParse::Other;
         };
-        if request.version != Some(1) {
-            return RequestParse::Other;
-        }
-        let mut close = false;
+        let version = match request.version {
+            Some(1) => Version::HTTP_11,
+            Some(0) => Version::HTTP_10,
+            _ => return RequestParse::Other,
+        };
+        let (mut close, mut keep_alive) = (false, false);
         let mut body = None;
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -98,12 +100,15 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
                         return RequestParse::Other;
                     }
                     close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
             spans.push((offset(name), name.len() as u32, offset(field.value), field.value.len() as u32));
         }
         let path = request.path.unwrap_or("/").as_bytes();
-        (len, (offset(path), path.len() as u32), close, method.clone(), body.unwrap_or(0))
+        // HTTP/1.0 keeps a connection only when asked to (RFC 9112 §9.3).
+        let close = close || (version == Version::HTTP_10 && !keep_alive);
+        (len, (offset(path), path.len() as u32), close, (method.clone(), version), body.unwrap_or(0))
     };
     if buf.len() - len < body {
         return RequestParse::BodyPending;
@@ -133,7 +138,7 @@ fn buffered_length(value: &[u8]) -> Option<usize> {
 /// The request parts of a head whose target and fields are at these offsets of `head`.
 fn request_parts(
     head: &Bytes,
-    method: http::Method,
+    (method, version): (http::Method, Version),
     target: (u32, u32),
     spans: &[(u32, u32, u32, u32)],
 ) -> Option<http::request::Parts> {
@@ -149,13 +154,24 @@ fn request_parts(
     parts.method = method;
     parts.uri = uri;
     parts.headers = headers;
-    parts.version = Version::HTTP_11;
+    parts.version = version;
     Some(parts)
 }
 
+/// What an answer's head says of its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// It stays open, as HTTP/1.1 keeps it unless told otherwise: nothing to say.
+    Open,
+    /// It stays open for an HTTP/1.0 client that asked: `connection: keep-alive`.
+    KeptAlive,
+    /// It closes after the answer: `connection: close`.
+    Close,
+}
+
 /// Writes an HTTP/1.1 response head into `out`: the status line, every field but the framing ones, the
-/// framing chosen for the body (`Content-Length`, `Transfer-Encoding: chunked`, or none), `connection: close`
-/// when the connection ends after it, and `date` when the answer has none (RFC 9110 §6.6.1; `date` appends
+/// framing chosen for the body (`Content-Length`, `Transfer-Encoding: chunked`, or none), the connection's
+/// [`Persistence`], and `date` when the answer has none (RFC 9110 §6.6.1; `date` appends
 /// the value, and is only called then: proxied answers carry their origin's). An upstream's `raw` fields go
 /// first, but those `headers` replaces (see [`super::raw`]).
 pub fn encode_response(
@@ -164,7 +180,7 @@ pub fn encode_response(
     headers: &HeaderMap,
     raw: Option<&RawFields>,
     body: BodyLength,
-    close: bool,
+    persistence: Persistence,
     date: fn(&mut Vec<u8>),
 ) {
     out.clear();
@@ -179,15 +195,18 @@ pub fn encode_response(
         dated = raw.has_date();
     }
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || (close && name == header::CONNECTION) {
+        let said_here = persistence != Persistence::Open && name == header::CONNECTION;
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || said_here {
             continue;
         }
         dated |= name == header::DATE;
         push_field(out, name, value.as_bytes());
     }
     push_framing(out, body);
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
+    match persistence {
+        Persistence::Open => {}
+        Persistence::KeptAlive => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        Persistence::Close => out.extend_from_slice(b"connection: close\r\n"),
     }
     if !dated {
         out.extend_from_slice(b"date: ");
@@ -220,7 +239,22 @@ mod tests {
         }
         assert_eq!(&buf[..], b"GET /next", "the next request stays in the buffer");
         assert!(matches!(parse_request(&mut buf, 8192), RequestParse::Partial));
-        let others: [&[u8]; 16] = [
+        let versions: [(&[u8], bool); 4] = [
+            (b"GET / HTTP/1.0\r\n\r\n", true),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", false),
+        ];
+        for (raw, closes) in versions {
+            match parse_request(&mut BytesMut::from(raw), 8192) {
+                RequestParse::Simple { head, close, .. } => {
+                    assert_eq!(close, closes, "{raw:?}");
+                    assert_eq!(head.version == Version::HTTP_10, raw.starts_with(b"GET / HTTP/1.0"));
+                }
+                other => panic!("{raw:?}: {other:?}"),
+            }
+        }
+        let others: [&[u8]; 15] = [
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 16385\r\n\r\na",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\na",
@@ -232,7 +266,6 @@ mod tests {
             b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
             b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET / HTTP/1.0\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -311,17 +344,38 @@ mod tests {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let mut out = Vec::new();
         let date = |out: &mut Vec<u8>| out.extend_from_slice(b"Thu, 03 Dec 2026 16:00:00 GMT");
-        encode_response(&mut out, StatusCode::OK, &headers, None, BodyLength::Fixed(7), true, date);
+        encode_response(&mut out, StatusCode::OK, &headers, None, BodyLength::Fixed(7), Persistence::Close, date);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 7\r\nconnection: close\r\ndate: Thu, 03 Dec 2026 16:00:00 GMT\r\n\r\n"
         );
         headers.remove(header::CONNECTION);
         headers.insert(header::DATE, HeaderValue::from_static("upstream's"));
-        encode_response(&mut out, StatusCode::BAD_GATEWAY, &headers, None, BodyLength::Chunked, false, date);
+        encode_response(
+            &mut out,
+            StatusCode::BAD_GATEWAY,
+            &headers,
+            None,
+            BodyLength::Chunked,
+            Persistence::Open,
+            date,
+        );
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 502 Bad Gateway\r\nx-a: 1\r\ndate: upstream's\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("x-a"));
+        encode_response(&mut out, StatusCode::OK, &headers, None, BodyLength::Fixed(2), Persistence::KeptAlive, date);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: upstream's\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n",
+            "an HTTP/1.0 client that asked is told the connection stays"
+        );
+        encode_response(&mut out, StatusCode::OK, &headers, None, BodyLength::UntilClose, Persistence::Close, date);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: upstream's\r\nconnection: close\r\n\r\n",
+            "an answer ended by closing has no framing field"
         );
     }
 }

@@ -66,7 +66,9 @@ where
     pub fn new(body: B, length: BodyLength) -> Self {
         Upload {
             body,
-            chunked: matches!(length, BodyLength::Chunked | BodyLength::UntilClose),
+            // `UntilClose`: the body as it comes, ended by closing the connection (an answer to an
+            // HTTP/1.0 client whose length is not known; requests are never framed so).
+            chunked: length == BodyLength::Chunked,
             declared: match length {
                 BodyLength::Fixed(n) => Some(n),
                 BodyLength::Empty => Some(0),
@@ -179,7 +181,8 @@ where
                 return Err(UploadError::Length { declared, had: self.taken });
             }
             Some(_) => {}
-            None => out.extend_from_slice(b"0\r\n\r\n"),
+            None if self.chunked => out.extend_from_slice(b"0\r\n\r\n"),
+            None => {}
         }
         self.ended = true;
         Ok(())

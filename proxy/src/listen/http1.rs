@@ -1,12 +1,13 @@
-//! Serving HTTP/1.1 with Portico's own codec ([`crate::h1`]), in Pingora's shape: the connection's task reads
+//! Serving HTTP/1.x with Portico's own codec ([`crate::h1`]), in Pingora's shape: the connection's task reads
 //! a request head in place, runs the request path, and writes the answer itself, head and first body bytes in
 //! one write. hyper's server spent about a third of a proxied request's instructions between the socket and
 //! the request path (its dispatcher, a second parse for the smuggling guard, a timer for every head).
 //!
-//! It takes the plainest requests ([`server_head::parse_request`]): no body, or one of at most 16 KiB framed by
-//! its one `Content-Length` that has all arrived with its head (a small body nearly always has; a later
-//! one is hyper's, which streams it); nothing of their framing can be ambiguous. The first other request (a chunked or larger body, `HEAD`, HTTP/1.0, an upgrade, the HTTP/2
-//! preface, a malformed or oversized head) and the rest of the connection go to hyper's server, with the bytes
+//! It takes the plainest requests ([`server_head::parse_request`]), HTTP/1.1 or 1.0: no body, or one of at
+//! most 16 KiB framed by its one `Content-Length` that has all arrived with its head (a small body nearly
+//! always has; a later one is hyper's, which streams it); nothing of their framing can be ambiguous. The first
+//! other request (a chunked or larger body, `HEAD`, an upgrade, the HTTP/2 preface, a malformed or oversized
+//! head) and the rest of the connection go to hyper's server, with the bytes
 //! already read put back in front of the socket ([`Rewind`]): hyper then serves it as if it had from the start,
 //! under the smuggling guard, which counts the requests answered here so that its verdicts name the right one.
 //!
@@ -19,7 +20,7 @@ use super::ConnInfo;
 use crate::body::{ClientBody, RawFieldsSlot as _, ResponseBody};
 use crate::forward;
 use crate::h1::framing::{self, BodyLength};
-use crate::h1::server_head::{self, RequestParse};
+use crate::h1::server_head::{self, Persistence, RequestParse};
 use crate::h1::upload::Upload;
 use crate::h1::{self, date};
 use crate::server::Shared;
@@ -122,6 +123,7 @@ where
             0 => ClientBody::Empty,
             length => ClientBody::Full(Some(read.split_to(length).freeze())),
         };
+        let http10 = head.version == http::Version::HTTP_10;
         let request = Request::from_parts(head, body);
         // Borrowed, not cloned: `Shared`'s count is written by every worker, and each write moves its cache
         // line between the cores.
@@ -130,7 +132,7 @@ where
             Err(never) => match never {},
         };
         let close = asked_close || *stop.borrow();
-        match respond(&mut io, &mut write, response, close).await {
+        match respond(&mut io, &mut write, response, close, http10).await {
             Ok(true) => {}
             Ok(false) => {
                 let _ = io.shutdown().await;
@@ -153,20 +155,38 @@ async fn until(deadline: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
 }
 
 /// Writes an answer: its head and body in the framing its status, fields and body call for. `Ok(true)` when
-/// the connection can carry another request.
+/// the connection can carry another request. An HTTP/1.0 client knows no chunked coding: an answer of unknown
+/// length is ended by closing the connection (RFC 9112 §6.3), as nginx and hyper do.
 async fn respond<S: AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
     response: Response<ResponseBody>,
     close: bool,
+    http10: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     // Raw fields carry no framing field: an upstream's length is the body's own. Their map holds only the
     // fields that replace the upstream's (`x-request-id`), never `content-length` or `connection`.
     let raw = body.take_raw_fields();
-    let length = framing(parts.status, raw.is_none().then_some(&parts.headers), &body);
-    let close = close || (raw.is_none() && asks_close(&parts.headers));
-    server_head::encode_response(out, parts.status, &parts.headers, raw.as_deref(), length, close, date::append_now);
+    let mut length = framing(parts.status, raw.is_none().then_some(&parts.headers), &body);
+    let mut close = close || (raw.is_none() && asks_close(&parts.headers));
+    if http10 && length == BodyLength::Chunked {
+        (length, close) = (BodyLength::UntilClose, true);
+    }
+    let persistence = match (close, http10) {
+        (true, _) => Persistence::Close,
+        (false, true) => Persistence::KeptAlive,
+        (false, false) => Persistence::Open,
+    };
+    server_head::encode_response(
+        out,
+        parts.status,
+        &parts.headers,
+        raw.as_deref(),
+        length,
+        persistence,
+        date::append_now,
+    );
     drop(raw);
     crate::h1::maps::give_back(parts.headers);
     let mut upload = Upload::new(body.map_err(io::Error::other), length);

@@ -330,6 +330,38 @@ async fn sized_bodies_are_taken_whole_and_a_chunked_one_after_them_still_served(
     Ok(())
 }
 
+/// HTTP/1.0 clients keep a connection only when they ask (`Connection: keep-alive`), and are told it stays;
+/// the first request without the ask gets its answer and the connection closes after it.
+#[tokio::test]
+async fn http_1_0_clients_keep_the_connection_only_when_they_ask() -> TestResult {
+    let up = RawUpstream::start(recorder).await;
+    let p = Portico::start_with_workers(&up.config(), 1).await;
+    let web = p.addr("web").await;
+    let mut client = TcpStream::connect(web).await?;
+    client
+        .write_all(
+            b"GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n\
+              POST /2 HTTP/1.0\r\nConnection: Keep-Alive\r\nContent-Length: 3\r\n\r\nabc\
+              GET /3 HTTP/1.0\r\n\r\n\
+              GET /never HTTP/1.0\r\n\r\n",
+        )
+        .await?;
+    let mut answers = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answers)).await??;
+    let text = String::from_utf8_lossy(&answers);
+    let heads: Vec<&str> = text.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(heads.len(), 3, "{text}");
+    assert!(
+        heads[0].contains("connection: keep-alive\r\n") && heads[1].contains("connection: keep-alive\r\n"),
+        "{text}"
+    );
+    assert!(heads[2].contains("connection: close\r\n") && heads[2].ends_with("\r\n\r\nok"), "{text}");
+    let requests: Vec<String> = up.requests.lock().iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+    assert_eq!(requests.len(), 3, "nothing after the request that closed: {requests:?}");
+    assert!(requests[1].starts_with("POST /2 HTTP/1.1\r\n") && requests[1].ends_with("\r\n\r\nabc"), "{}", requests[1]);
+    Ok(())
+}
+
 fn upgrading(_method: &str, _path: &str) -> (&'static [u8], After) {
     (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly;", After::Echo)
 }
@@ -426,15 +458,25 @@ async fn an_upstreams_fields_pass_on_as_written_but_for_this_hops() -> TestResul
     assert_eq!(own.iter().filter(|l| l.to_ascii_lowercase().starts_with("date:")).count(), 1, "{own:?}");
     assert!(own.iter().any(|l| l == "transfer-encoding: chunked"), "{own:?}");
     assert_eq!(own_body, "2\r\nok\r\n0\r\n\r\n");
-    // HTTP/1.0: hyper's server, from the map.
-    let (hyper, hyper_body) = exchange(web, b"GET /f HTTP/1.0\r\nHost: x\r\n\r\n").await?;
-    assert_eq!(hyper_body, "ok");
+    // HTTP/1.0, which knows no chunked coding: the same fields, the body ended by closing.
+    let (old, old_body) = exchange(web, b"GET /f HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    assert_eq!(old_body, "ok");
+    assert!(old.iter().any(|l| l == "connection: close"), "{old:?}");
+    assert!(!old.iter().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding")), "{old:?}");
+    // A chunked request body: hyper's server, from the map.
+    let (hyper, hyper_body) = exchange(
+        web,
+        b"GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await?;
+    assert_eq!(hyper_body, "2\r\nok\r\n0\r\n\r\n");
     let without_ids = |fields: Vec<(String, String)>| -> Vec<(String, String)> {
         let mut fields: Vec<_> = fields.into_iter().filter(|(name, _)| name != "x-request-id").collect();
         fields.sort();
         fields
     };
     assert_eq!(without_ids(end_to_end(&own)), without_ids(end_to_end(&hyper)), "own {own:?}, hyper {hyper:?}");
+    assert_eq!(without_ids(end_to_end(&own)), without_ids(end_to_end(&old)), "own {own:?}, 1.0 {old:?}");
     assert_eq!(end_to_end(&hyper).iter().filter(|(name, _)| name == "x-request-id").count(), 1, "{hyper:?}");
     Ok(())
 }
