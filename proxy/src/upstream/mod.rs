@@ -194,7 +194,7 @@ impl Upstream {
 
     /// Whether any endpoint takes traffic.
     pub fn any_available(&self) -> bool {
-        let now = Instant::now();
+        let now = crate::clock::now();
         self.endpoints.iter().any(|e| e.is_available(now))
     }
 
