@@ -289,18 +289,8 @@ async fn sized_bodies_are_taken_whole_and_a_chunked_one_after_them_still_served(
         )
         .await?;
     let mut answers = Vec::new();
-    let all_answered = async {
-        let mut chunk = [0u8; 4096];
-        while answers.windows(2).filter(|w| w == b"ok").count() < 6 {
-            let n = client.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            answers.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    tokio::time::timeout(Duration::from_secs(30), all_answered).await??;
+    let six_answers = |got: &[u8]| got.windows(2).filter(|w| w == b"ok").count() >= 6;
+    tokio::time::timeout(Duration::from_secs(30), read_until(&mut client, &mut answers, six_answers)).await??;
     let text = String::from_utf8_lossy(&answers);
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 6, "{text}");
     let requests: Vec<String> = up.requests.lock().iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
@@ -374,25 +364,11 @@ async fn an_upgrade_is_spliced_with_the_bytes_sent_along_with_the_101() -> TestR
     let mut client = TcpStream::connect(web).await?;
     client.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await?;
     let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read_until = |got: &Vec<u8>, what: &[u8]| got.windows(what.len()).any(|w| w == what);
+    let holds = |what: &'static [u8]| move |got: &[u8]| got.windows(what.len()).any(|w| w == what);
     let exchange = async {
-        while !read_until(&got, b"early;") {
-            let n = client.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        read_until(&mut client, &mut got, holds(b"early;")).await?;
         client.write_all(b"ping").await?;
-        while !read_until(&got, b"early;ping") {
-            let n = client.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
+        read_until(&mut client, &mut got, holds(b"early;ping")).await
     };
     tokio::time::timeout(Duration::from_secs(30), exchange).await??;
     let text = String::from_utf8_lossy(&got);
@@ -410,6 +386,23 @@ fn fields(_method: &str, _path: &str) -> (&'static [u8], After) {
           Upgrade: nothing\r\nProxy-Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
         After::KeepOpen,
     )
+}
+
+/// Reads from `stream` into `got` until `done(got)` or the stream ends.
+async fn read_until(
+    stream: &mut TcpStream,
+    got: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) -> Result<(), std::io::Error> {
+    let mut chunk = [0u8; 4096];
+    while !done(got) {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    Ok(())
 }
 
 /// One exchange on a fresh connection, read until the server closes it: the head's lines and the rest.
