@@ -125,14 +125,12 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
     RequestParse::Simple { head: parts, close, body }
 }
 
-/// A `Content-Length` value Portico's server takes: 1 to 5 digits, nothing else (no sign, list or space,
-/// which RFC 9110 §8.6 does not allow either), at most [`MAX_BUFFERED_BODY`].
+/// A `Content-Length` value Portico's server takes: plain digits as the codec reads them everywhere
+/// ([`super::framing::parse_decimal`]: no sign, list or space, which RFC 9110 §8.6 does not allow either), at
+/// most five of them (as many as [`MAX_BUFFERED_BODY`] has), at most [`MAX_BUFFERED_BODY`].
 fn buffered_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 5 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let length = value.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
-    (length <= MAX_BUFFERED_BODY).then_some(length)
+    let length = super::framing::parse_decimal(value).filter(|_| value.len() <= 5)?;
+    usize::try_from(length).ok().filter(|length| *length <= MAX_BUFFERED_BODY)
 }
 
 /// The request parts of a head whose target and fields are at these offsets of `head`.

@@ -70,31 +70,11 @@ impl ConnInfo {
     /// The listener's current settings. Borrowed from the connection while a reload has not replaced them
     /// (checking takes no shared write); counting another holder of the settings on every request would write
     /// the one count every connection on both workers shares.
-    pub fn settings(&self) -> Settings<'_> {
+    pub fn settings(&self) -> std::borrow::Cow<'_, Arc<ListenerRuntime>> {
         if std::ptr::eq(&**self.listener.load(), &*self.accepted_with) {
-            Settings::Accepted(&self.accepted_with)
+            std::borrow::Cow::Borrowed(&self.accepted_with)
         } else {
-            Settings::Reloaded(self.listener.load_full())
-        }
-    }
-}
-
-/// A listener's settings as a request holds them: see [`ConnInfo::settings`].
-#[derive(Debug)]
-pub enum Settings<'a> {
-    /// The ones the connection was accepted with, still current.
-    Accepted(&'a Arc<ListenerRuntime>),
-    /// Newer ones, from a reload after the connection was accepted.
-    Reloaded(Arc<ListenerRuntime>),
-}
-
-impl std::ops::Deref for Settings<'_> {
-    type Target = Arc<ListenerRuntime>;
-
-    fn deref(&self) -> &Arc<ListenerRuntime> {
-        match self {
-            Settings::Accepted(runtime) => runtime,
-            Settings::Reloaded(runtime) => runtime,
+            std::borrow::Cow::Owned(self.listener.load_full())
         }
     }
 }

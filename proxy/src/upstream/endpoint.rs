@@ -235,15 +235,11 @@ impl Endpoint {
             freed.as_mut().enable();
             self.waiting.fetch_add(1, Ordering::SeqCst);
             let started = self.try_begin_request(limit);
-            let woken = match started {
-                Some(_) => true,
-                None => tokio::time::timeout_at(deadline, freed).await.is_ok(),
-            };
+            let woken = started.is_none() && tokio::time::timeout_at(deadline, freed).await.is_ok();
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            match (started, woken) {
-                (Some(active), _) => return Some(active),
-                (None, true) => continue,
-                (None, false) => return self.try_begin_request(limit),
+            if !woken {
+                // Started, or out of time: one last try then.
+                return started.or_else(|| self.try_begin_request(limit));
             }
         }
     }
