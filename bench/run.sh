@@ -9,9 +9,18 @@
 #   bench/run.sh                 # 5 rounds of 10 s, 32 connections, wrk -t1
 #   ROUNDS=7 DURATION=20s CONNECTIONS=64 THREADS=2 bench/run.sh
 #   PORTICO_BIN=/path/to/portico bench/run.sh   # an already built binary (e.g. one with line tables for perf)
+#   ORIGIN_WORKERS=2 bench/run.sh                # the origin with two workers, as before 2026-12-04 (see below)
 #
 # The origin is an nginx answering a fixed 13-byte body, so the proxies are what is measured. Every proxy gets
-# the same worker count (WORKERS, default: the number of cores) and keeps upstream connections alive. The
+# the same worker count (WORKERS, default: the number of cores) and keeps upstream connections alive.
+#
+# The origin runs ONE worker (ORIGIN_WORKERS=1) because with two, a proxy's p99 was decided by how its pooled
+# upstream connections happened to split over the origin's workers when they were opened, not by the proxy:
+# the same Portico binary, restarted six times (wrk -t1 -c32, 2 cores), had a p99 of 0.8-1.0 ms when its 32
+# connections split 16/16, 14/18 or 32/0, and 4.6-9.8 ms when they split 19/13 or 21/11; nginx as the proxy
+# went from 0.7-0.9 ms (17/15) to 2.2-2.8 ms (12/20). The split is drawn once when a proxy fills its pool, so
+# every round of a run inherited it. One origin worker serves ~100k requests/s here, more than any proxy
+# reaches, and makes the draw go away (bench/RESULTS.md, 2026-12-04 third session). The
 # Pingora proxy is bench/pingora (built here with `cargo build --release`, its own project, off CI); set
 # PINGORA=0 to leave it out.
 set -euo pipefail
@@ -23,6 +32,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-$(nproc)}
+ORIGIN_WORKERS=${ORIGIN_WORKERS:-1}
 ORIGIN=127.0.0.1:18080
 PORTICO=127.0.0.1:18081
 NGINX=127.0.0.1:18082
@@ -53,9 +63,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-nginx_conf() { # name, body of the http block
+nginx_conf() { # name, worker count, body of the http block
   cat > "$OUT/$1.conf" <<CONF
-worker_processes $WORKERS;
+worker_processes $2;
 pid $PWD/$OUT/$1.run.pid;
 error_log $PWD/$OUT/$1.error.log warn;
 daemon on;
@@ -67,15 +77,15 @@ http {
   fastcgi_temp_path $PWD/$OUT/tmp-$1;
   uwsgi_temp_path $PWD/$OUT/tmp-$1;
   scgi_temp_path $PWD/$OUT/tmp-$1;
-  $2
+  $3
 }
 CONF
   mkdir -p "$OUT/tmp-$1"
   nginx -c "$PWD/$OUT/$1.conf" -p "$PWD/$OUT"
 }
 
-nginx_conf nginx-origin "server { listen $ORIGIN; keepalive_requests 1000000; location / { return 200 'hello, world\n'; } }"
-nginx_conf nginx-proxy "upstream origin { server $ORIGIN; keepalive 128; }
+nginx_conf nginx-origin "$ORIGIN_WORKERS" "server { listen $ORIGIN; keepalive_requests 1000000; location / { return 200 'hello, world\n'; } }"
+nginx_conf nginx-proxy "$WORKERS" "upstream origin { server $ORIGIN; keepalive 128; }
   server { listen $NGINX; keepalive_requests 1000000;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
@@ -217,7 +227,7 @@ done
 
 echo
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS workers per proxy; medians"
+echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS workers per proxy, $ORIGIN_WORKERS per origin; medians"
 python3 - "$rounds" <<'PY'
 import statistics, sys
 rows = {}
