@@ -77,9 +77,14 @@ pub fn address_hash(address: &str) -> u64 {
 }
 
 /// FNV-1a for the candidates' addresses: they come from the configuration, not from clients, so the map needs
-/// no flood-resistant SipHash, which showed as the largest cost of a pick's address lookup.
+/// no flood-resistant SipHash, which showed as the largest cost of a pick's address lookup. The proxy keys its
+/// groups' address index with it too ([`AddressMap`]).
 #[derive(Default)]
-pub(crate) struct AddressHasher(u64);
+pub struct AddressHasher(u64);
+
+/// A map keyed by endpoint address, hashed with [`AddressHasher`]. Only for keys an operator wrote (or that
+/// service discovery returned): lookups with any key are fine, inserts from clients are not.
+pub type AddressMap<V> = std::collections::HashMap<String, V, std::hash::BuildHasherDefault<AddressHasher>>;
 
 impl std::hash::Hasher for AddressHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -100,7 +105,7 @@ impl std::hash::Hasher for AddressHasher {
 #[derive(Debug, Clone)]
 pub struct CandidateList {
     candidates: Vec<Candidate>,
-    by_address: std::collections::HashMap<String, usize, std::hash::BuildHasherDefault<AddressHasher>>,
+    by_address: AddressMap<usize>,
     version: u64,
 }
 

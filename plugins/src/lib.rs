@@ -51,7 +51,8 @@ mod worker;
 pub use builtin::{builtin, router_upstreams, BUILTIN_NAMES};
 pub use callout::{CalloutResponder, HttpCallRejected, HttpCallRequest, HttpCallResponse};
 pub use candidates::{
-    address_hash, candidate_fingerprint, candidates_version, Candidate, CandidateList, CandidateLoad, CandidateSource,
+    address_hash, candidate_fingerprint, candidates_version, AddressHasher, AddressMap, Candidate, CandidateList,
+    CandidateLoad, CandidateSource,
 };
 pub use codec::{deserialize_map, encode_candidates, serialize_map};
 pub use engine::PluginEngine;

@@ -37,8 +37,9 @@ pub struct Upstream {
     /// Woken when the member list changed, so the health checker probes new members at once. The same one
     /// across rebuilds of the group.
     pub membership: Arc<Notify>,
-    /// Endpoint index by configured address, for mapping a plugin's choice back to its endpoint.
-    by_name: std::collections::HashMap<String, usize>,
+    /// Endpoint index by configured address, for mapping a plugin's choice back to its endpoint (on every
+    /// plugin-balanced request, so FNV rather than SipHash: the keys are the operator's).
+    by_name: portico_plugins::AddressMap<usize>,
     /// For HTTP/2 upstreams, the pooled clients, one per pool lane; empty for HTTP/1, whose idle connections
     /// live in each endpoint (see [`pool`]).
     h2_clients: Arc<[UpstreamClient]>,
@@ -78,7 +79,7 @@ impl Upstream {
             _ => (0..lanes).map(|_| client_settings.build_h2()).collect(),
         };
         // An address listed twice maps to its first entry, as a scan would find it.
-        let mut by_name = std::collections::HashMap::with_capacity(endpoints.len());
+        let mut by_name = portico_plugins::AddressMap::with_capacity_and_hasher(endpoints.len(), Default::default());
         for (i, e) in endpoints.iter().enumerate() {
             by_name.entry(e.name.clone()).or_insert(i);
         }
