@@ -56,16 +56,10 @@ pub async fn handle(
         note_plugins(meta, |d| d.answered = true);
         return logged(finish(shared, listener, "", answer, meta), chain);
     }
-    let routed = match chain.routed_upstream(&meta.request_id) {
-        Ok(r) => r,
-        Err(answer) => {
-            note_plugins(meta, |d| d.answered = true);
-            return logged(finish(shared, listener, "", *answer, meta), chain);
-        }
-    };
+    let routed = chain.routed_upstream();
     note_plugins(meta, |d| d.routed = routed.is_some());
-    let Some(upstream) = route::select(&snapshot, listener, routed.as_deref()) else {
-        let detail = match &routed {
+    let Some(upstream) = route::select(&snapshot, listener, routed) else {
+        let detail = match chain.routed_upstream() {
             Some(group) => format!("a plugin routed to upstream {group:?}, which does not exist"),
             None => "no upstream for this request".to_string(),
         };

@@ -199,11 +199,10 @@ impl FilterChain {
         Verdict::Continue
     }
 
-    /// The upstream group a routing plugin chose; later plugins override earlier ones. (Kept by each stream
-    /// since its request headers phase: this reads no plugin instance and cannot fail; the `Result` keeps the
-    /// request path's shape.)
-    pub fn routed_upstream(&mut self, _request_id: &str) -> Result<Option<String>, Refusal> {
-        Ok(self.links.iter().rev().find_map(|l| l.stream.routed_upstream()).map(str::to_string))
+    /// The upstream group a routing plugin chose; later plugins override earlier ones. Kept by each stream
+    /// since its request headers phase, so this reads no plugin instance, cannot fail and copies nothing.
+    pub fn routed_upstream(&self) -> Option<&str> {
+        self.links.iter().rev().find_map(|l| l.stream.routed_upstream())
     }
 
     /// Asks the chain's balancing plugins (those with `portico_on_upstream_select`, or that chose in their
