@@ -1,7 +1,7 @@
 //! Issue 15, parts 4 to 6: a client's broken body is the client's fault (400/408, never a 502, never counted
 //! against the endpoint, never retried elsewhere), 5xx answers name no endpoint address, a reverse listener
-//! refuses or normalises the request heads it cannot forward safely, and slow HTTP/2 readers do not pin
-//! upstream slots (the send timeout).
+//! refuses or normalises the request heads it cannot forward safely, and slow HTTP/2 and HTTP/1 readers do not
+//! pin upstream slots (the send timeout).
 
 use crate::hardening::exchange;
 use crate::support::*;
@@ -187,5 +187,62 @@ async fn slow_h2_readers_do_not_pin_upstream_slots() -> TestResult {
     };
     assert!(released.await, "stalled responses still count as active upstream requests");
     drop(stalled);
+    Ok(())
+}
+
+/// The HTTP/1 side of the send timeout, through Portico's own HTTP/1 server: clients that ask for a large
+/// answer and then read nothing hold every upstream slot only until `send_timeout`; then other clients are
+/// served, the stalled requests no longer count as in flight, and `idle_timeout` closes the stalled
+/// connections (they have nothing else to do).
+#[tokio::test]
+async fn slow_http1_readers_do_not_pin_upstream_slots() -> TestResult {
+    // Larger than every socket buffer between the upstream and a client whose receive buffer is small
+    // (loopback autotunes up to a few MiB each way), so the answer cannot complete unread.
+    let up = TestUpstream::start_with("big", Behavior::Large(24 * 1024 * 1024)).await;
+    let config = reverse_config(&quoted(&[&up]), "connect_timeout = \"200ms\"\npool = { max_connections = 4 }")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nsend_timeout = \"500ms\"\nidle_timeout = \"2s\"\n");
+    let p = Portico::start(&config).await;
+    let web = p.addr("web").await;
+
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let mut stream = socket.connect(web).await?;
+        stream.write_all(format!("GET /big{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await?;
+        let mut head = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut head)).await??;
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "stalled {i}: {:?}", String::from_utf8_lossy(&head[..n]));
+        stalled.push(stream);
+    }
+    assert!(eventually_served(web, "/other").await, "other clients are still refused");
+    let released = async {
+        for _ in 0..600 {
+            let groups = get(p.admin, "/upstreams").await.map(|a| a.json()).unwrap_or_default();
+            if groups[0]["endpoints"][0]["active_requests"] == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(released.await, "stalled responses still count as active upstream requests");
+
+    // Each stalled connection ends: what it was sent so far drains, then it is closed, short of the answer.
+    for (i, mut stream) in stalled.into_iter().enumerate() {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "stalled connection {i} was never closed ({got} bytes read)");
+        assert!(got < 24 * 1024 * 1024, "stalled connection {i} got the whole answer after its send timeout");
+    }
     Ok(())
 }
