@@ -588,6 +588,13 @@ async fn an_auth_plugin_pauses_on_a_callout_and_continues_or_refuses() -> TestRe
     assert_eq!(&denied.body[..], b"denied");
     assert_eq!((auth.hits(), app.hits()), (2, 1), "a refused request never reaches the app");
 
+    // A 200 whose body is over the callout cap (limits::MAX_HTTP_CALL_RESPONSE_BODY, 1 MiB): the proxy stops
+    // reading there and delivers a failed callout, with no headers, so the plugin refuses.
+    auth.set(Behavior::Large(2 << 20));
+    let oversized = get(web, "/resource").await?;
+    assert_eq!(oversized.status, 401, "an answer over the callout cap is a failed callout");
+    assert_eq!((auth.hits(), app.hits()), (3, 1));
+
     auth.kill();
     let unreachable = get(web, "/resource").await?;
     assert_eq!(unreachable.status, 401, "a failed callout (no headers) is refused too");
