@@ -13,11 +13,10 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use portico_plugins::{
-    candidate_fingerprint, candidates_version, Candidate, CandidateLoad, CandidateSource, FailPolicy, FilterAction,
-    HttpStream, LocalResponse, Plugin, PluginFailure, RequestFacts, TrafficDirection,
+    FailPolicy, FilterAction, HttpStream, LocalResponse, Plugin, PluginFailure, RequestFacts, TrafficDirection,
 };
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// A response a plugin phase answers with instead of going on (boxed: it is the rare path).
@@ -219,11 +218,7 @@ impl FilterChain {
             return Ok(None);
         }
         // Shared by every plugin in the chain; the list itself is built only if a plugin reads it.
-        let offered: Arc<dyn CandidateSource> = Arc::new(OfferedEndpoints {
-            upstream: upstream.clone(),
-            now: crate::clock::now(),
-            version: OnceLock::new(),
-        });
+        let offered = upstream.offered();
         let failed_address = tried.last().map(|&i| upstream.endpoints[i].name.as_str());
         let mut i = 0;
         while i < self.links.len() {
@@ -510,58 +505,5 @@ fn append(map: &mut http::HeaderMap, name: &str, value: &str) {
             map.append(n, v);
         }
         _ => tracing::debug!(header = name, "plugin left a header that is not valid HTTP; dropped"),
-    }
-}
-
-/// The endpoints of an upstream group that may take this request (healthy, not ejected, not drained), as
-/// offered to balancing plugins. The version is a sum over those endpoints of a per-endpoint fingerprint, so it
-/// is cheap; the list, with names copied and loads read, is built only for a plugin that asks for it.
-struct OfferedEndpoints {
-    upstream: Arc<Upstream>,
-    now: Instant,
-    version: OnceLock<u64>,
-}
-
-impl OfferedEndpoints {
-    /// The offered endpoint with this address.
-    fn endpoint(&self, address: &str) -> Option<&Arc<crate::upstream::endpoint::Endpoint>> {
-        let endpoint = self.upstream.endpoints.get(self.upstream.index_of(address)?)?;
-        endpoint.is_available(self.now).then_some(endpoint)
-    }
-
-    fn available(&self) -> impl Iterator<Item = &Arc<crate::upstream::endpoint::Endpoint>> {
-        self.upstream.endpoints.iter().filter(|e| e.is_available(self.now))
-    }
-}
-
-impl CandidateSource for OfferedEndpoints {
-    fn version(&self) -> u64 {
-        *self.version.get_or_init(|| {
-            candidates_version(self.available().map(|e| candidate_fingerprint(e.address_hash, e.weight())))
-        })
-    }
-
-    fn candidates(&self) -> Vec<Candidate> {
-        self.available()
-            .map(|e| Candidate {
-                address: e.name.clone(),
-                weight: e.weight(),
-                active_requests: e.active_requests(),
-                latency: std::time::Duration::from_micros(e.latency_ewma_us()),
-                ejected: false,
-            })
-            .collect()
-    }
-
-    fn index_of(&self, address: &str) -> Option<usize> {
-        let index = self.upstream.index_of(address)?;
-        self.upstream.endpoints.get(index)?.is_available(self.now).then_some(index)
-    }
-
-    fn load(&self, address: &str) -> Option<CandidateLoad> {
-        self.endpoint(address).map(|e| CandidateLoad {
-            active_requests: e.active_requests(),
-            latency: std::time::Duration::from_micros(e.latency_ewma_us()),
-        })
     }
 }

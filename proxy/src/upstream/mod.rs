@@ -4,6 +4,7 @@ pub mod balance;
 pub mod endpoint;
 pub mod h1;
 pub mod members;
+pub mod offered;
 pub mod per_lane;
 pub mod pool;
 pub mod retry;
@@ -16,6 +17,7 @@ use balance::{Balancer, SmoothWeightedRoundRobin};
 use endpoint::{ActiveRequest, Endpoint, EndpointStatus};
 pub use members::{Member, Origin, Rebuild};
 use parking_lot::Mutex;
+use per_lane::PerLane;
 use pool::{ClientSettings, ConnectionChoice, SendError, UpstreamClient};
 use retry::RetryBudget;
 use std::sync::Arc;
@@ -39,7 +41,9 @@ pub struct Upstream {
     pub membership: Arc<Notify>,
     /// Endpoint index by configured address, for mapping a plugin's choice back to its endpoint (on every
     /// plugin-balanced request, so FNV rather than SipHash: the keys are the operator's).
-    by_name: portico_plugins::AddressMap<usize>,
+    by_name: Arc<portico_plugins::AddressMap<usize>>,
+    /// The group as offered to balancing plugins, one handle per worker lane (see [`offered`]).
+    offered: PerLane<Arc<offered::Offered>>,
     /// For HTTP/2 upstreams, the pooled clients, one per pool lane; empty for HTTP/1, whose idle connections
     /// live in each endpoint (see [`pool`]).
     h2_clients: Arc<[UpstreamClient]>,
@@ -83,6 +87,9 @@ impl Upstream {
         for (i, e) in endpoints.iter().enumerate() {
             by_name.entry(e.name.clone()).or_insert(i);
         }
+        let by_name = Arc::new(by_name);
+        let listed: Arc<[Arc<Endpoint>]> = endpoints.iter().cloned().collect();
+        let offered = PerLane::from_fn(lanes, || Arc::new(offered::Offered::new(listed.clone(), by_name.clone())));
         let same_budget = |p: &&Upstream| {
             p.config.retry_budget.percent == config.retry_budget.percent
                 && p.config.retry_budget.min_per_second == config.retry_budget.min_per_second
@@ -97,6 +104,7 @@ impl Upstream {
             departing: Mutex::new(departing),
             membership: previous.map(|p| p.membership.clone()).unwrap_or_default(),
             by_name,
+            offered,
             h2_clients,
             client_settings,
             balancer: Box::new(SmoothWeightedRoundRobin::default()),
@@ -313,6 +321,11 @@ impl Upstream {
     /// The index of the endpoint with this configured address.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
+    }
+
+    /// The group as offered to balancing plugins: the calling worker's own handle on it.
+    pub fn offered(&self) -> Arc<dyn portico_plugins::CandidateSource> {
+        self.offered.mine().clone()
     }
 
     /// The per-attempt deadline for the response head.

@@ -31,6 +31,11 @@ impl<T: Default> PerLane<T> {
 }
 
 impl<T> PerLane<T> {
+    /// `lanes` copies (at least one), each made by `make`.
+    pub fn from_fn(lanes: usize, mut make: impl FnMut() -> T) -> Self {
+        PerLane { lanes: (0..lanes.max(1)).map(|_| Padded(make())).collect() }
+    }
+
     /// The calling thread's copy. A lane past the end (a group built for fewer workers than now run) wraps
     /// around: correct, as every copy is thread-safe, only shared.
     pub fn mine(&self) -> &T {
