@@ -101,6 +101,18 @@ impl Callbacks {
         self.request_body || self.request_trailers || self.response_side() || self.out_of_band
     }
 
+    /// Whether nothing after the request headers callback can reach the stream: no later phase, no endpoint
+    /// selection, nothing on the response side, no callback outside the phases that could name the context.
+    /// Such a stream (the bundled router's) is deleted at the end of that callback, in the same visit to the
+    /// instance, unless it paused, answered, chose an endpoint there or made a callout.
+    pub(crate) fn ends_with_request_headers(&self) -> bool {
+        !(self.request_body
+            || self.request_trailers
+            || self.upstream_select
+            || self.response_side()
+            || self.out_of_band)
+    }
+
     /// The same for the response headers and trailers.
     pub(crate) fn keeps_response_maps(&self) -> bool {
         self.response_body || self.response_trailers || self.done_or_log() || self.delete || self.out_of_band

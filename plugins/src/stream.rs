@@ -36,6 +36,9 @@ pub struct HttpStream {
     pub(crate) signal: Option<Arc<StreamSignal>>,
     pub(crate) done: bool,
     pub(crate) dead: bool,
+    /// Its context was deleted when its last possible callback returned (see
+    /// [`crate::module::Callbacks::ends_with_request_headers`]): dropping it has nothing left to do.
+    pub(crate) deleted: bool,
     /// The last phase wrote the plugin's changes into the caller's data (see [`HttpStream::data_changed`]).
     pub(crate) changed: bool,
     /// `portico.route.upstream` as the request headers phase (or a resumption) left it: read back without
@@ -107,6 +110,7 @@ impl Plugin {
             signal: None,
             done: false,
             dead: false,
+            deleted: false,
             changed: false,
             routed: None,
             preselected: false,
@@ -277,9 +281,11 @@ impl HttpStream {
             signal.state.lock().take();
         }
         let PhaseCallback { name, pick, continues, routes } = callback;
+        let ends_here = routes && self.handle.plugin.callbacks.ends_with_request_headers();
         let mut changed = false;
         let mut flags = (None, false);
         let mut signal = None;
+        let mut deleted = false;
         let r = self.with_instance(|inst, ctx| {
             let s = inst.stream(ctx)?;
             let n = data.load(s, eos);
@@ -310,15 +316,26 @@ impl HttpStream {
             if pause {
                 signal = Some(s.signal().clone());
             }
-            Ok(if let Some(resp) = s.local_response.take() {
+            let verdict = if let Some(resp) = s.local_response.take() {
                 FilterAction::LocalResponse(resp)
             } else if s.close {
                 FilterAction::Close
             } else {
                 action.unwrap_or(FilterAction::Continue)
-            })
+            };
+            // Nothing can reach this stream again: delete it now rather than in a second visit on drop.
+            if ends_here && verdict == FilterAction::Continue && !s.called_out && s.selected_upstream.get().is_none() {
+                let st = inst.store.data_mut();
+                st.streams.close(ctx);
+                st.current = st.root_context;
+                deleted = true;
+            }
+            Ok(verdict)
         });
         self.changed = changed;
+        if deleted {
+            (self.deleted, self.done) = (true, true);
+        }
         if routes {
             (self.routed, self.preselected) = flags;
         }
@@ -464,7 +481,7 @@ impl HttpStream {
 
 impl Drop for HttpStream {
     fn drop(&mut self) {
-        if self.dead {
+        if self.dead || self.deleted {
             return;
         }
         let plugin = &self.handle.plugin;

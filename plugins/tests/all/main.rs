@@ -11,5 +11,6 @@ mod failures;
 mod http;
 mod lifecycle;
 mod sdk_assemblyscript;
+mod streams;
 mod support;
 mod workers;
