@@ -69,6 +69,46 @@ pub(crate) fn read_into(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out
     Ok(())
 }
 
+/// The property paths a balancing or routing plugin reads or writes on every request, in their serialized
+/// form (`a\0b\0c`, as every SDK sends them) and as [`read_property_path`] would spell them. Matching the
+/// guest's bytes against these copies nothing; any other path (or one sent with '.' separators) takes the
+/// general [`read_property_path`].
+const HOT_PATHS: [(&[u8], &[u8]); 6] = [
+    (b"portico\0upstream\0candidates_version", b"portico.upstream.candidates_version"),
+    (b"portico\0upstream\0selected", b"portico.upstream.selected"),
+    (b"portico\0route\0upstream", b"portico.route.upstream"),
+    (b"portico\0upstream", b"portico.upstream"),
+    (b"portico\0upstream\0candidates", b"portico.upstream.candidates"),
+    (b"portico\0upstream\0failed", b"portico.upstream.failed"),
+];
+
+/// The dotted spelling of a well-known property path at `ptr` (see [`HOT_PATHS`]), or `None` to read it with
+/// [`read_property_path`]. Traps on out-of-bounds like every read.
+pub(crate) fn hot_property_path(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str) -> Result<Option<&'static [u8]>> {
+    let raw = view(c, ptr, len, what)?;
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    Ok(HOT_PATHS.iter().find(|(serialized, _)| *serialized == raw).map(|(_, dotted)| *dotted))
+}
+
+/// Runs `f` over the guest bytes at `ptr` and the host state together, copying nothing: for a hostcall that
+/// stores a small value it was passed (a plugin's routing or balancing choice). Same checks as [`read`].
+pub(crate) fn with_bytes_and_state<T>(
+    c: &mut Ctx<'_>,
+    ptr: i32,
+    len: i32,
+    what: &'static str,
+    f: impl FnOnce(&[u8], &mut HostState) -> T,
+) -> Result<T> {
+    let len = len as u32 as usize;
+    let mem = c.data().memory.ok_or(HostTrap::BadPointer(what))?;
+    let (data, state) = mem.data_and_store_mut(&mut *c);
+    let bytes = match len {
+        0 => &[][..],
+        _ => data.get(range(ptr, len).ok_or(HostTrap::BadPointer(what))?).ok_or(HostTrap::BadPointer(what))?,
+    };
+    Ok(f(bytes, state))
+}
+
 /// A serialized property path (`a\0b\0c`, trailing NUL optional) read as `a.b.c` into a reused buffer, as
 /// bytes: the well-known names are matched as bytes, so the hot path checks no UTF-8.
 pub(crate) fn read_property_path(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out: &mut Vec<u8>) -> Result<()> {

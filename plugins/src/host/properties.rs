@@ -20,19 +20,51 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
     wrap!(l, E, "proxy_get_property", |mut c: Ctx<'_>, pp: i32, pn: i32, rp: i32, rs: i32| -> Result<i32> {
         const WHAT: &str = "proxy_get_property";
         let mut path = std::mem::take(&mut c.data_mut().scratch_path);
-        mem::read_property_path(&c, pp, pn, WHAT, &mut path)?;
-        let r = mem::return_scratch(&mut c, rp, rs, WHAT, |st, out| {
-            if get_property(st, &path, out) {
-                Ok(())
-            } else {
-                Err(NOT_FOUND)
+        let key = match mem::hot_property_path(&c, pp, pn, WHAT)? {
+            Some(hot) => hot,
+            None => {
+                mem::read_property_path(&c, pp, pn, WHAT, &mut path)?;
+                &path[..]
             }
-        });
+        };
+        let r =
+            mem::return_scratch(
+                &mut c,
+                rp,
+                rs,
+                WHAT,
+                |st, out| {
+                    if get_property(st, key, out) {
+                        Ok(())
+                    } else {
+                        Err(NOT_FOUND)
+                    }
+                },
+            );
         c.data_mut().scratch_path = path;
         r
     });
     wrap!(l, E, "proxy_set_property", |mut c: Ctx<'_>, pp: i32, pn: i32, vp: i32, vn: i32| -> Result<i32> {
         const WHAT: &str = "proxy_set_property";
+        // A routing or balancing choice, made on every request: stored straight from guest memory.
+        let choice = match mem::hot_property_path(&c, pp, pn, WHAT)? {
+            Some(b"portico.upstream.selected") => Some(true),
+            Some(b"portico.route.upstream") => Some(false),
+            _ => None,
+        };
+        if let Some(selected) = choice {
+            let stored = mem::with_bytes_and_state(&mut c, vp, vn, WHAT, |value, st| {
+                let Some(s) = st.streams.get_mut(st.current) else { return false };
+                match selected {
+                    true => s.selected_upstream.set(value),
+                    false => s.routed_upstream.set(value),
+                }
+                true
+            })?;
+            if stored {
+                return Ok(OK);
+            }
+        }
         let st = c.data_mut();
         let (mut path, mut value) = (std::mem::take(&mut st.scratch_path), std::mem::take(&mut st.scratch_value));
         mem::read_property_path(&c, pp, pn, WHAT, &mut path)?;
