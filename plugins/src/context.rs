@@ -10,6 +10,7 @@
 //! phase swaps the caller's map in for its callback and back out after it, keeping a copy only when a later
 //! callback of the plugin could read it (see [`crate::module::Callbacks`]). A map not present reads as empty.
 
+use arrayvec::ArrayString;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -103,6 +104,27 @@ impl Choice {
     /// Makes the last value set the choice again (the plugin cleared it and wrote nothing since).
     pub fn restore(&mut self) {
         self.set = true;
+    }
+}
+
+/// A routing choice as a stream keeps it for the chain: a name of up to 40 bytes (an upstream group's name,
+/// in practice) inline, a longer one on the heap. Copied out of the instance once per routed request, so the
+/// common case allocates nothing.
+pub(crate) enum Routed {
+    Inline(ArrayString<40>),
+    Heap(Box<str>),
+}
+
+impl Routed {
+    pub(crate) fn new(name: &str) -> Self {
+        ArrayString::from(name).map_or_else(|_| Routed::Heap(name.into()), Routed::Inline)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Routed::Inline(name) => name,
+            Routed::Heap(name) => name,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::task::Poll;
 use bytes::Bytes;
 
 use crate::abi::{MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS};
-use crate::context::StreamSignal;
+use crate::context::{Routed, StreamSignal};
 use crate::error::PluginFailure;
 use crate::stream::HttpStream;
 use crate::types::{FilterAction, HeaderMap, Resumption};
@@ -73,7 +73,7 @@ impl HttpStream {
         let (headers, routed, preselected) = self.with_instance(|inst, ctx| {
             let s = inst.stream(ctx)?;
             let headers = s.map(MAP_REQUEST_HEADERS).cloned().unwrap_or_default();
-            Ok((headers, s.routed_upstream.get().map(str::to_string), s.selected_upstream.get().is_some()))
+            Ok((headers, s.routed_upstream.get().map(Routed::new), s.selected_upstream.get().is_some()))
         })?;
         // The callback that resumed the stream may have routed it.
         (self.routed, self.preselected) = (routed, preselected);

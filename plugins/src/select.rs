@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::abi::MAP_REQUEST_HEADERS;
 use crate::candidates::{Candidate, CandidateList, CandidateSource};
+use crate::context::Routed;
 use crate::error::PluginFailure;
 use crate::stream::HttpStream;
 use crate::types::HeaderMap;
@@ -17,7 +18,7 @@ impl HttpStream {
     /// headers callback (or the callback that resumed it); read after that phase and before routing. Kept by
     /// the stream, so reading it does not touch the instance.
     pub fn routed_upstream(&self) -> Option<&str> {
-        self.routed.as_deref()
+        self.routed.as_ref().map(Routed::as_str)
     }
 
     /// Whether the plugin chose an endpoint in its request headers callback: a plugin without

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use wasmtime::TypedFunc;
 
 use crate::abi;
-use crate::context::{StreamSignal, StreamState, KEEP_MAP_BYTES};
+use crate::context::{Routed, StreamSignal, StreamState, KEEP_MAP_BYTES};
 use crate::error::{FailureKind, PluginFailure};
 use crate::instance::{invoke, Exports, Instance};
 use crate::pool::{Pending, Plugin, PluginHandle};
@@ -43,7 +43,7 @@ pub struct HttpStream {
     pub(crate) changed: bool,
     /// `portico.route.upstream` as the request headers phase (or a resumption) left it: read back without
     /// touching the instance again.
-    pub(crate) routed: Option<String>,
+    pub(crate) routed: Option<Routed>,
     /// The plugin set `portico.upstream.selected` in its request headers phase.
     pub(crate) preselected: bool,
 }
@@ -310,7 +310,7 @@ impl HttpStream {
             let pause = action.is_some();
             changed = data.unload(s, pause);
             if routes {
-                flags = (s.routed_upstream.get().map(str::to_string), s.selected_upstream.get().is_some());
+                flags = (s.routed_upstream.get().map(Routed::new), s.selected_upstream.get().is_some());
             }
             r?;
             if pause {

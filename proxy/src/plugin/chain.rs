@@ -9,6 +9,7 @@ use super::rollout::{Rollout, Version};
 use super::PluginSlot;
 use crate::forward::local::{error_response, LocalError};
 use crate::listen::ConnInfo;
+use crate::trace_context::RequestId;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
@@ -61,7 +62,8 @@ pub struct FilterChain {
 struct ChainFacts {
     peer: SocketAddr,
     local: SocketAddr,
-    request_id: String,
+    /// The request's id as the proxy holds it (one it made is 32 bytes inline: no allocation per request).
+    request_id: RequestId,
     version: http::Version,
     start: Instant,
 }
@@ -101,7 +103,7 @@ impl FilterChain {
         plugins: &crate::config::ByName<Arc<PluginSlot>>,
         parts: &http::request::Parts,
         conn: &ConnInfo,
-        request_id: &str,
+        request_id: &RequestId,
     ) -> Result<FilterChain, Refusal> {
         let mut chain = FilterChain {
             links: Vec::with_capacity(filters.len()),
@@ -117,7 +119,7 @@ impl FilterChain {
         let facts: Arc<dyn RequestFacts> = Arc::new(ChainFacts {
             peer: conn.peer,
             local: conn.local,
-            request_id: request_id.to_string(),
+            request_id: request_id.clone(),
             version: parts.version,
             start: crate::clock::now(),
         });
