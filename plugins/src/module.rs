@@ -84,6 +84,13 @@ impl Callbacks {
         }
     }
 
+    /// Whether the plugin sees a stream's life apart from its phases (its creation, end or deletion): then a
+    /// stream no phase reached is still opened and closed, when it is dropped, so that the plugin meets every
+    /// request (see [`crate::HttpStream`]'s lazy opening).
+    pub(crate) fn sees_stream_life(&self) -> bool {
+        self.context_create || self.done_or_log() || self.delete
+    }
+
     pub(crate) fn done_or_log(&self) -> bool {
         self.done || self.log
     }

@@ -17,7 +17,7 @@ use wasmtime::TypedFunc;
 use crate::abi;
 use crate::context::{Routed, StreamSignal, StreamState, KEEP_MAP_BYTES};
 use crate::error::{FailureKind, PluginFailure};
-use crate::instance::{invoke, Exports, Instance};
+use crate::instance::{invoke, Exports, Instance, Slot};
 use crate::pool::{Pending, Plugin, PluginHandle};
 use crate::store::copy_headers;
 use crate::types::{FilterAction, HeaderMap, RequestFacts};
@@ -32,6 +32,9 @@ pub struct HttpStream {
     pub(crate) slot: usize,
     pub(crate) generation: u64,
     pub(crate) context: u32,
+    /// The request's facts until the stream's context is made (by its first callback): `Some` means the
+    /// stream has no context yet, and `slot`, `generation` and `context` mean nothing.
+    pub(crate) unopened: Option<Arc<dyn RequestFacts>>,
     /// The stream's signal once it paused (or was asked for one): most streams never need it.
     pub(crate) signal: Option<Arc<StreamSignal>>,
     pub(crate) done: bool,
@@ -58,9 +61,10 @@ impl std::fmt::Debug for HttpStream {
 }
 
 impl Plugin {
-    /// Start a request: create a stream context in the instance this thread uses (its own on a worker, see
-    /// [`crate::enter_worker`]) and run `proxy_on_context_create(ctx, root)`. An `Err` means "apply
-    /// [`Plugin::fail_policy`]".
+    /// Start a request. Its stream context is made by the stream's first callback, in the instance the thread
+    /// uses then (its own on a worker, see [`crate::enter_worker`]), with `proxy_on_context_create(ctx, root)`;
+    /// a failure to make it is that callback's failure. (The `Result` is kept for hosts that treat opening as
+    /// a step that may fail; today it always succeeds.)
     ///
     /// `facts` may be shared (`Arc`) by every plugin of a request's chain: the host reads them only when a
     /// guest asks for a property that needs them.
@@ -68,45 +72,18 @@ impl Plugin {
         self.handle().new_stream(facts)
     }
 
-    pub(crate) fn open_stream(
-        &self,
-        handle: &Arc<PluginHandle>,
-        facts: Arc<dyn RequestFacts>,
-    ) -> Result<HttpStream, PluginFailure> {
-        let i = self.slot_for_new_stream();
-        let opened = self.with_slot(i, facts, |slot, facts| {
-            let r = self.ensure_instance(slot, i).and_then(|inst| {
-                let st = inst.store.data_mut();
-                let Some(ctx) = st.streams.open(facts) else {
-                    return Err(st.core.failure(FailureKind::Unavailable, "too many streams on one instance"));
-                };
-                if self.callbacks.context_create {
-                    st.current = ctx;
-                    let root = st.root_context as i32;
-                    let args = (ctx as i32, root);
-                    inst.call("proxy_on_context_create", |f| f.on_context_create.as_ref(), args)?;
-                }
-                Ok(ctx)
-            });
-            if let Err(e) = &r {
-                if e.kind != FailureKind::Unavailable {
-                    self.poison(slot, e);
-                }
-            }
-            (r, slot.generation)
-        });
-        let (context, generation) = match opened {
-            Ok((r, generation)) => {
-                self.dispatch_slot(i);
-                (r?, generation)
-            }
-            Err(_) => return Err(self.core.failure(FailureKind::Unavailable, "no instance this thread can use")),
-        };
-        Ok(HttpStream {
+    /// A stream whose context is made lazily, in the same visit to the instance as its first callback (see
+    /// [`HttpStream::with_instance`]): a request's plugins cost one visit fewer each, and a plugin with nothing
+    /// to do for a request (a balancer when the request was answered before balancing) costs none. A failure to
+    /// make the context (no instance, a broken plugin, too many streams) surfaces there, as that phase's
+    /// failure, handled by the same policy.
+    pub(crate) fn open_stream(&self, handle: &Arc<PluginHandle>, facts: Arc<dyn RequestFacts>) -> HttpStream {
+        HttpStream {
             handle: handle.clone(),
-            slot: i,
-            generation,
-            context,
+            slot: 0,
+            generation: 0,
+            context: 0,
+            unopened: Some(facts),
             signal: None,
             done: false,
             dead: false,
@@ -114,14 +91,35 @@ impl Plugin {
             changed: false,
             routed: None,
             preselected: false,
-        })
+        }
+    }
+
+    /// Makes a stream context in slot `i`'s instance (creating the instance if need be) and runs
+    /// `proxy_on_context_create(ctx, root)` when the module exports it. Returns the context.
+    fn open_context<'s>(
+        &self,
+        slot: &'s mut Slot,
+        i: usize,
+        facts: Arc<dyn RequestFacts>,
+    ) -> Result<(&'s mut Instance, u32), PluginFailure> {
+        let inst = self.ensure_instance(slot, i)?;
+        let st = inst.store.data_mut();
+        let Some(ctx) = st.streams.open(facts) else {
+            return Err(st.core.failure(FailureKind::Unavailable, "too many streams on one instance"));
+        };
+        st.current = ctx;
+        if self.callbacks.context_create {
+            let root = st.root_context as i32;
+            inst.call("proxy_on_context_create", |f| f.on_context_create.as_ref(), (ctx as i32, root))?;
+        }
+        Ok((inst, ctx))
     }
 }
 
 impl PluginHandle {
     /// [`Plugin::new_stream`], counted on this handle.
     pub fn new_stream(self: &Arc<Self>, facts: impl Into<Arc<dyn RequestFacts>>) -> Result<HttpStream, PluginFailure> {
-        self.plugin.open_stream(self, facts.into())
+        Ok(self.plugin.open_stream(self, facts.into()))
     }
 }
 
@@ -217,7 +215,8 @@ impl HttpStream {
         &self.handle.plugin
     }
 
-    /// Context id given to the guest (unique among the live contexts of its instance).
+    /// Context id given to the guest (unique among the live contexts of its instance); 0 until the stream's
+    /// first callback made its context.
     pub fn context_id(&self) -> u32 {
         self.context
     }
@@ -231,17 +230,34 @@ impl HttpStream {
         if self.dead {
             return Err(plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance failed earlier"));
         }
-        let (generation, ctx) = (self.generation, self.context);
+        // A stream not opened yet gets its context in this same visit, in the instance this thread uses.
+        let opening = self.unopened.take();
+        if opening.is_some() {
+            self.slot = plugin.slot_for_new_stream();
+        }
+        let (i, generation, ctx) = (self.slot, self.generation, self.context);
+        let (mut opened, mut opened_generation) = (None, generation);
         let mut reached = true;
         let r = plugin
-            .with_slot(self.slot, f, |slot, f| {
-                let r = match slot.instance.as_mut() {
-                    Some(inst) if slot.generation == generation => {
-                        inst.store.data_mut().current = ctx;
+            .with_slot(i, (f, opening), |slot, (f, opening)| {
+                let r = match opening {
+                    Some(facts) => plugin.open_context(slot, i, facts).and_then(|(inst, ctx)| {
+                        opened = Some(ctx);
                         f(inst, ctx)
-                    }
-                    _ => Err(plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance was recreated")),
+                    }),
+                    None => match slot.instance.as_mut() {
+                        Some(inst) if slot.generation == generation => {
+                            inst.store.data_mut().current = ctx;
+                            f(inst, ctx)
+                        }
+                        _ => {
+                            Err(plugin.core.failure(FailureKind::Unavailable, "stream's plugin instance was recreated"))
+                        }
+                    },
                 };
+                if opened.is_some() {
+                    opened_generation = slot.generation;
+                }
                 if let Err(e) = &r {
                     if e.kind != FailureKind::Unavailable {
                         plugin.poison(slot, e);
@@ -249,14 +265,21 @@ impl HttpStream {
                 }
                 r
             })
-            .unwrap_or_else(|_| {
+            .unwrap_or_else(|(_, opening)| {
                 reached = false;
-                let why = "stream used off the worker thread that owns its plugin instance";
+                let why = match opening {
+                    Some(_) => "no instance this thread can use",
+                    None => "stream used off the worker thread that owns its plugin instance",
+                };
                 Err(plugin.core.failure(FailureKind::Unavailable, why))
             });
-        plugin.dispatch_slot(self.slot);
+        if let Some(ctx) = opened {
+            (self.context, self.generation) = (ctx, opened_generation);
+        }
+        plugin.dispatch_slot(i);
         // Unreached, the instance and the context are fine: dropping the stream still deletes it, on its owner.
-        if r.is_err() && reached {
+        // Never opened, there is nothing to delete.
+        if r.is_err() && (reached || self.context == 0) {
             self.dead = true;
         }
         r
@@ -481,6 +504,12 @@ impl HttpStream {
 
 impl Drop for HttpStream {
     fn drop(&mut self) {
+        // No callback reached it: there is no context, unless the plugin must meet every request's context.
+        if self.unopened.is_some()
+            && !(self.handle.plugin.callbacks.sees_stream_life() && self.with_instance(|_, _| Ok(())).is_ok())
+        {
+            return;
+        }
         if self.dead || self.deleted {
             return;
         }

@@ -143,9 +143,10 @@ mod tests {
         let q = p.clone();
         std::thread::spawn(move || {
             enter_worker(1, 2);
+            // The stream's first callback places it.
             let mut s = q.new_stream(RequestInfo::default()).unwrap();
-            assert_eq!(s.slot, 1, "worker 1 of 2 takes slot 1");
             s.on_request_headers(&mut Vec::new(), true).unwrap();
+            assert_eq!(s.slot, 1, "worker 1 of 2 takes slot 1");
             assert_eq!(q.slots[1].owner.load(Ordering::Relaxed), thread_token());
             assert_eq!(owned_count(), 1);
             assert!(q.slots[1].shared.lock().instance.is_none(), "the instance moved to the worker");
@@ -161,7 +162,7 @@ mod tests {
         std::thread::spawn(|| {
             enter_worker(0, 1);
             let p = load(1);
-            drop(p.new_stream(RequestInfo::default()).unwrap());
+            p.new_stream(RequestInfo::default()).unwrap().on_request_headers(&mut Vec::new(), true).unwrap();
             assert_eq!(owned_count(), 1);
             drop(p);
             forget_unloaded();
@@ -177,7 +178,8 @@ mod tests {
         let q = p.clone();
         std::thread::spawn(move || {
             enter_worker(0, 2);
-            let s = q.new_stream(RequestInfo::default()).unwrap();
+            let mut s = q.new_stream(RequestInfo::default()).unwrap();
+            s.on_request_headers(&mut Vec::new(), true).unwrap();
             assert_eq!(s.slot, 0);
             assert_eq!(q.slots[0].owner.load(Ordering::Relaxed), 0, "no worker owns the only instance");
             assert_eq!(owned_count(), 0);
@@ -193,14 +195,14 @@ mod tests {
         let (owned, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
         let worker = std::thread::spawn(move || {
             enter_worker(0, 1);
-            let _s = q.new_stream(RequestInfo::default()).unwrap();
+            q.new_stream(RequestInfo::default()).unwrap().on_request_headers(&mut Vec::new(), true).unwrap();
             owned.0.send(()).unwrap();
             release.1.recv().unwrap();
         });
         owned.1.recv().unwrap();
         let mut s = p.new_stream(RequestInfo::default()).unwrap();
-        assert_eq!(s.slot, 1, "the spare slot, made on first use");
         s.on_request_headers(&mut Vec::new(), true).unwrap();
+        assert_eq!(s.slot, 1, "the spare slot, made on first use");
         release.0.send(()).unwrap();
         worker.join().unwrap();
     }

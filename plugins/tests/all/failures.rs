@@ -104,18 +104,26 @@ fn out_of_bounds_pointer_is_a_bad_pointer_failure() {
 #[test]
 fn trap_fails_request_and_streams_on_dead_instance_fail_cleanly() {
     let e = engine();
-    let mut sp = spec("trappy", wat(CHAOS));
+    // A response headers callback keeps each stream's context after its request headers callback.
+    let keeps = r#"(func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0))"#;
+    let mut sp = spec("trappy", wat(&format!("{CHAOS}\n{keeps}")));
     sp.fail = FailPolicy::Open;
     let (p, _) = load(&e, sp).unwrap();
     assert_eq!(p.fail_policy(), FailPolicy::Open);
-    // A stream created before the crash on the same (single) instance loses its context.
+    // A stream whose context lived on the (single) instance before the crash loses it; one no callback had
+    // reached yet makes its context on the new instance.
     let (info, mut h_other) = request("/");
     let mut other = p.new_stream(info).unwrap();
+    assert_eq!(other.on_request_headers(&mut h_other, true).unwrap(), FilterAction::Continue);
+    let (info, mut h_late) = request("/");
+    let mut late = p.new_stream(info).unwrap();
     let err = run(&p, Some("x-trap")).unwrap_err();
     assert_eq!(err.kind, FailureKind::Trap);
-    let err = other.on_request_headers(&mut h_other, true).unwrap_err();
+    let mut answer = vec![(":status".to_string(), "200".to_string())];
+    let err = other.on_response_headers(&mut answer, true).unwrap_err();
     assert_eq!(err.kind, FailureKind::Unavailable);
-    assert_eq!(header(&h_other, ":path"), Some("/"), "caller's headers survive a failure");
+    assert_eq!(header(&answer, ":status"), Some("200"), "caller's headers survive a failure");
+    assert_eq!(late.on_request_headers(&mut h_late, true).unwrap(), FilterAction::Continue);
     assert_recovers(&p);
 }
 

@@ -66,15 +66,18 @@ fn a_stream_used_off_its_worker_fails_and_its_owner_deletes_it() {
     let q = p.clone();
     let worker = std::thread::spawn(move || {
         enter_worker(0, 1);
-        let (info, _) = request("/");
-        to_main.send(q.new_stream(info).unwrap()).unwrap();
+        // Its context is made in the worker's own instance by its first callback.
+        let (info, mut h) = request("/");
+        let mut s = q.new_stream(info).unwrap();
+        s.on_request_headers(&mut h, true).unwrap();
+        to_main.send(s).unwrap();
         from_main.recv().unwrap();
         // The drop on the other thread left the deletion here.
         q.dispatch_pending();
     });
     let mut s = from_worker.recv().unwrap();
     let (_, mut h) = request("/");
-    let err = s.on_request_headers(&mut h, true).unwrap_err();
+    let err = s.on_request_trailers(&mut h).unwrap_err();
     assert_eq!(err.kind, FailureKind::Unavailable, "{err}");
     assert_eq!(header(&h, ":path"), Some("/"), "the caller's headers are untouched");
     drop(s);

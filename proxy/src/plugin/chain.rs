@@ -96,7 +96,8 @@ impl std::fmt::Debug for FilterChain {
 }
 
 impl FilterChain {
-    /// Opens a stream on the current version of each named plugin. A plugin that cannot open one fails by its
+    /// Opens a stream on the current version of each named plugin (its context is made by its first callback,
+    /// whose failure the phase handles by the plugin's policy). A plugin that cannot open one fails by its
     /// policy right here.
     pub fn start(
         filters: &[String],
