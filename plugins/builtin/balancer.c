@@ -655,7 +655,7 @@ PW_EXPORT(portico_on_upstream_select) int32_t portico_on_upstream_select(uint32_
   }
   if (pick < g->n) select_addr(g->eps[pick].addr, g->eps[pick].alen);
 out:
-  free(c);
+  if (c) free(c); /* NULL on every pick from built tables: skip the call */
   pw_release(cbuf);
   pw_release(gname);
   pw_release(failed);

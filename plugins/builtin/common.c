@@ -411,14 +411,9 @@ void logf_level(uint32_t level, const char *fmt, ...) {
 
 /* 4 KiB: a request's few header values and properties, a small configuration. A candidate list at scale or a
  * larger value does not fit and is allocated as usual. */
-static char g_return_arena[4096] __attribute__((aligned(8)));
+char g_return_arena[PW_RETURN_ARENA_SIZE] __attribute__((aligned(8)));
 
 void return_arena_register(void) { portico_set_return_arena(g_return_arena, sizeof g_return_arena); }
-
-void pw_release(void *value) {
-  const char *p = value;
-  if (p && (p < g_return_arena || p >= g_return_arena + sizeof g_return_arena)) free(value);
-}
 
 char *read_plugin_config(size_t config_size, size_t *len) {
   char *data = NULL;
@@ -426,23 +421,6 @@ char *read_plugin_config(size_t config_size, size_t *len) {
   if (config_size == 0) return NULL;
   if (proxy_get_buffer_bytes(PW_BUFFER_PLUGIN_CONFIGURATION, 0, config_size, &data, len) != PW_OK) return NULL;
   return data;
-}
-
-bool get_request_header(const char *name, char **val, size_t *len) {
-  *val = NULL;
-  *len = 0;
-  if (proxy_get_header_map_value(PW_MAP_HTTP_REQUEST_HEADERS, name, strlen(name), val, len) != PW_OK) return false;
-  return *val != NULL || *len == 0;
-}
-
-bool get_property(const char *path, size_t path_len, char **val, size_t *len) {
-  *val = NULL;
-  *len = 0;
-  return proxy_get_property(path, path_len, val, len) == PW_OK;
-}
-
-bool set_property(const char *path, size_t path_len, const char *val, size_t len) {
-  return proxy_set_property(path, path_len, val, len) == PW_OK;
 }
 
 bool key_spec_parse(const char *s, unsigned allowed, key_spec_t *out) {

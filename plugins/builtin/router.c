@@ -20,11 +20,14 @@ typedef struct {
 
 typedef struct {
   char *upstream;
+  size_t upstream_len;
   uint64_t weight;
 } split_t;
 
 typedef struct {
   char *host, *path_prefix, *path, *method;
+  /* Lengths the request path needs, measured once per configuration rather than with strlen per request. */
+  size_t path_prefix_len, upstream_len;
   pair_t *headers;
   size_t nheaders;
   pair_t *query;
@@ -92,7 +95,10 @@ static void free_routes(void) {
 
 static void note_needs(void) {
   for (size_t i = 0; i < g_nroutes; i++) {
-    const route_t *r = &g_routes[i];
+    route_t *r = &g_routes[i];
+    r->path_prefix_len = r->path_prefix ? strlen(r->path_prefix) : 0;
+    r->upstream_len = r->upstream ? strlen(r->upstream) : 0;
+    for (size_t k = 0; k < r->nsplit; k++) r->split[k].upstream_len = strlen(r->split[k].upstream);
     g_need_host |= r->host != NULL;
     g_need_method |= r->method != NULL;
     g_need_path |= r->path != NULL || r->path_prefix != NULL || r->nquery > 0 || r->strip_prefix;
@@ -308,7 +314,7 @@ static bool route_matches(const route_t *r, const req_t *q) {
   if (r->method && !(q->method && slice_eq((slice_t){q->method, q->method_len}, r->method))) return false;
   if (r->path && !slice_eq(q->path_only, r->path)) return false;
   if (r->path_prefix) {
-    size_t pl = strlen(r->path_prefix);
+    size_t pl = r->path_prefix_len;
     if (q->path_only.n < pl || memcmp(q->path_only.p, r->path_prefix, pl) != 0) return false;
   }
   for (size_t i = 0; i < r->nheaders; i++) {
@@ -323,8 +329,8 @@ static bool route_matches(const route_t *r, const req_t *q) {
   return true;
 }
 
-static const char *choose_upstream(const route_t *r) {
-  if (r->upstream) return r->upstream;
+static slice_t choose_upstream(const route_t *r) {
+  if (r->upstream) return (slice_t){r->upstream, r->upstream_len};
   uint64_t point;
   char *key = NULL;
   size_t klen = 0;
@@ -335,14 +341,15 @@ static const char *choose_upstream(const route_t *r) {
     point = rng_below(r->total_weight);
   }
   for (size_t i = 0; i < r->nsplit; i++) {
-    if (point < r->split[i].weight) return r->split[i].upstream;
+    if (point < r->split[i].weight) return (slice_t){r->split[i].upstream, r->split[i].upstream_len};
     point -= r->split[i].weight;
   }
-  return r->split[r->nsplit - 1].upstream;
+  const split_t *last = &r->split[r->nsplit - 1];
+  return (slice_t){last->upstream, last->upstream_len};
 }
 
 static void strip(const route_t *r, const req_t *q) {
-  size_t pl = strlen(r->path_prefix);
+  size_t pl = r->path_prefix_len;
   const char *rest = q->path + pl;
   size_t rn = q->path_len - pl;
   bool slash = rn == 0 || rest[0] != '/';
@@ -383,8 +390,8 @@ uint32_t proxy_on_request_headers(uint32_t context_id, uint32_t num_headers, uin
   for (size_t i = 0; i < g_nroutes; i++) {
     const route_t *r = &g_routes[i];
     if (!route_matches(r, &q)) continue;
-    const char *up = choose_upstream(r);
-    set_property(PROP("portico\0route\0upstream"), up, strlen(up));
+    slice_t up = choose_upstream(r);
+    set_property(PROP("portico\0route\0upstream"), up.p, up.n);
     if (r->strip_prefix && q.path) strip(r, &q);
     if (r->host_rewrite) {
       size_t hn = strlen(r->host_rewrite);
