@@ -109,6 +109,28 @@ pub(crate) fn with_bytes_and_state<T>(
     Ok(f(bytes, state))
 }
 
+/// [`return_scratch`] for a hostcall whose answer depends on guest bytes it was passed (a header name): `fill`
+/// sees them in place, with the host state, so they are neither copied nor checked as text first.
+pub(crate) fn return_scratch_for(
+    c: &mut Ctx<'_>,
+    (ptr, len): (i32, i32),
+    ret_ptr: i32,
+    ret_size: i32,
+    what: &'static str,
+    fill: impl FnOnce(&[u8], &HostState, &mut Vec<u8>) -> Result<(), i32>,
+) -> Result<i32> {
+    let mut out = std::mem::take(&mut c.data_mut().scratch_out);
+    out.clear();
+    let filled = with_bytes_and_state(c, ptr, len, what, |bytes, st| fill(bytes, st, &mut out));
+    let r = match filled {
+        Ok(Ok(())) => return_bytes(c, &out, ret_ptr, ret_size, what),
+        Ok(Err(status)) => Ok(status),
+        Err(trap) => Err(trap),
+    };
+    c.data_mut().scratch_out = out;
+    r
+}
+
 /// A serialized property path (`a\0b\0c`, trailing NUL optional) read as `a.b.c` into a reused buffer, as
 /// bytes: the well-known names are matched as bytes, so the hot path checks no UTF-8.
 pub(crate) fn read_property_path(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out: &mut Vec<u8>) -> Result<()> {

@@ -48,15 +48,13 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
                                                rs: i32|
      -> Result<i32> {
         const WHAT: &str = "proxy_get_header_map_value";
-        let mut key = std::mem::take(&mut c.data_mut().scratch_key);
-        mem::read_str_into(&c, kp, kn, WHAT, &mut key)?;
-        let r = mem::return_scratch(&mut c, rp, rs, WHAT, |st, out| {
-            let value = st.map(t)?.and_then(|m| header_get(m, &key)).ok_or(NOT_FOUND)?;
+        // The name is compared in guest memory: names in a map are ASCII tokens, so a name that is not valid
+        // text matches none, as it did when it was read as text first.
+        mem::return_scratch_for(&mut c, (kp, kn), rp, rs, WHAT, |key, st, out| {
+            let value = st.map(t)?.and_then(|m| header_get_bytes(m, key)).ok_or(NOT_FOUND)?;
             out.extend_from_slice(value.as_bytes());
             Ok(())
-        });
-        c.data_mut().scratch_key = key;
-        r
+        })
     });
     wrap!(l, E, "proxy_add_header_map_value", |mut c: Ctx<'_>,
                                                t: i32,
@@ -107,7 +105,12 @@ pub(super) fn valid_header(key: &str, value: &str) -> bool {
 }
 
 pub(crate) fn header_get<'a>(map: &'a HeaderMap, key: &str) -> Option<&'a str> {
-    map.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+    header_get_bytes(map, key.as_bytes())
+}
+
+/// [`header_get`] with the name as bytes (ASCII case-insensitive, as header names compare).
+pub(crate) fn header_get_bytes<'a>(map: &'a HeaderMap, key: &[u8]) -> Option<&'a str> {
+    map.iter().find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
 }
 
 pub(crate) fn header_replace(map: &mut HeaderMap, key: &str, value: &str) {
