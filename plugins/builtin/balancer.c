@@ -193,12 +193,18 @@ out:
   return ok;
 }
 
+/* Where the host writes the set's version before each pick (Portico's select version slot), if it took the
+ * registration: then a pick reads it without a hostcall. */
+static uint64_t g_select_version;
+static bool g_select_version_slot;
+
 PW_EXPORT(proxy_on_configure) uint32_t proxy_on_configure(uint32_t root_id, size_t config_size) {
   (void)root_id;
   size_t len;
   char *text = read_plugin_config(config_size, &len);
   bool ok = configure(text, len);
   pw_release(text);
+  g_select_version_slot = portico_set_select_version_slot(&g_select_version) == PW_OK;
   while (g_groups) {
     group_t *g = g_groups;
     g_groups = g->next;
@@ -575,6 +581,10 @@ static void select_addr(const char *addr, size_t alen) {
 
 /* The host's fingerprint of the offered set (`portico.upstream.candidates_version`, 8 bytes little endian). */
 static bool candidates_version(uint64_t *version) {
+  if (g_select_version_slot) {
+    *version = g_select_version;
+    return true;
+  }
   char *v = NULL;
   size_t vlen = 0;
   bool ok = get_property(PROP("portico\0upstream\0candidates_version"), &v, &vlen) && vlen == sizeof *version;

@@ -21,6 +21,9 @@ pw_status_t proxy_set_shared_data(const char *key, size_t key_len, const char *v
 /* Portico's extension: hostcalls write the values they return into this region (valid until the callback
  * returns) instead of allocating each one through proxy_on_memory_allocate. */
 PW_IMPORT(portico_set_return_arena) pw_status_t portico_set_return_arena(char *ptr, size_t len);
+/* Portico's extension: before each portico_on_upstream_select the host writes the candidate set's version
+ * (what portico.upstream.candidates_version reads, 8 bytes little endian) at this address. */
+PW_IMPORT(portico_set_select_version_slot) pw_status_t portico_set_select_version_slot(uint64_t *slot);
 
 /* ---- JSON ---- */
 typedef enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ } jtype_t;

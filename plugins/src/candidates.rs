@@ -71,6 +71,13 @@ pub fn candidates_version(fingerprints: impl IntoIterator<Item = u64>) -> u64 {
     sum ^ count
 }
 
+/// What a plugin reads as `portico.upstream.candidates_version` (and finds in its select version slot): the
+/// set's version mixed with the group's name, so that two groups offering the same endpoints still differ and a
+/// balancer can find its tables by the version alone, without reading the group's name too.
+pub(crate) fn group_version(group: &str, set_version: u64) -> u64 {
+    candidate_fingerprint(address_hash(group), 0) ^ set_version
+}
+
 /// A stable 64-bit hash of an endpoint address (FNV-1a), the `address_hash` of [`candidate_fingerprint`].
 pub fn address_hash(address: &str) -> u64 {
     address.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3))

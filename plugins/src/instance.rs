@@ -107,6 +107,23 @@ impl Instance {
         invoke(&mut self.store, &mut self.tick, name, f, args, limit)
     }
 
+    /// Writes `bytes` at `at` in the guest's memory, for a place the guest registered (which was in memory
+    /// then, and memory never shrinks: failing here means the instance is broken).
+    pub(crate) fn write_guest(&mut self, at: u32, bytes: &[u8]) -> Result<(), PluginFailure> {
+        let start = at as usize;
+        let memory = self.store.data().memory;
+        let place = memory.and_then(|m| m.data_mut(&mut self.store).get_mut(start..start.checked_add(bytes.len())?));
+        match place {
+            Some(place) => {
+                place.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => {
+                Err(self.store.data().core.failure(FailureKind::BadPointer, "a registered place is outside memory"))
+            }
+        }
+    }
+
     pub(crate) fn stream(&mut self, ctx: u32) -> Result<&mut StreamState, PluginFailure> {
         // Split borrow: the plugin core is only needed (and only touched) when the context is gone.
         let HostState { streams, core, .. } = self.store.data_mut();
@@ -191,6 +208,7 @@ impl Instance {
             last_error_log: None,
             cpu_budget: CpuBudget::default(),
             arena: None,
+            select_version_slot: None,
             metric_handles: Vec::new(),
         };
         let mut store = Store::new(pre.module().engine(), state);

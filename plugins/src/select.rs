@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::abi::MAP_REQUEST_HEADERS;
-use crate::candidates::{Candidate, CandidateList, CandidateSource};
+use crate::candidates::{group_version, Candidate, CandidateList, CandidateSource};
 use crate::context::Routed;
 use crate::error::PluginFailure;
 use crate::stream::HttpStream;
@@ -74,6 +74,12 @@ impl HttpStream {
                 s.select.group.push_str(group);
                 s.select.source = Some(candidates.clone());
                 s.select.failed = failed.map(str::to_string);
+                let slot = inst.store.data().select_version_slot;
+                if let Some(at) = slot {
+                    let version = group_version(group, candidates.version()).to_le_bytes();
+                    inst.write_guest(at, &version)?;
+                }
+                let s = inst.stream(ctx)?;
                 let (bit, present) = (1 << MAP_REQUEST_HEADERS, s.present);
                 std::mem::swap(&mut s.request_headers, request_headers);
                 s.present |= bit;

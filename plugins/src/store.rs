@@ -77,6 +77,10 @@ pub(crate) struct HostState {
     pub cpu_budget: CpuBudget,
     /// Where returned values go without the guest allocator, if the guest registered one.
     pub arena: Option<Arena>,
+    /// Where the host writes `portico.upstream.candidates_version` before each `portico_on_upstream_select`,
+    /// if the guest registered a place (`portico_set_select_version_slot`): a balancer reads its tables'
+    /// version there instead of asking for the property on every pick.
+    pub select_version_slot: Option<u32>,
     /// Handles on the metrics the plugin defined, by id - 1, fetched once per instance so that updating
     /// one takes no lock.
     pub metric_handles: Vec<Option<GuestMetric>>,

@@ -9,7 +9,7 @@ use wasmtime::Result;
 use super::headers::header_get;
 use super::{wrap, Imports, ENV};
 use crate::abi::*;
-use crate::candidates::{address_hash, candidate_fingerprint};
+use crate::candidates::group_version;
 use crate::context::StreamState;
 use crate::memory::{self as mem, Ctx};
 use crate::store::HostState;
@@ -86,13 +86,6 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         Ok(OK)
     });
     Ok(())
-}
-
-/// What a plugin reads as `portico.upstream.candidates_version`: the set's version mixed with the group's
-/// name, so that two groups offering the same endpoints still differ and a balancer can find its tables by
-/// the version alone, without reading the group's name too (one hostcall and one allocation fewer per pick).
-fn group_version(group: &str, set_version: u64) -> u64 {
-    candidate_fingerprint(address_hash(group), 0) ^ set_version
 }
 
 /// Where the per-candidate load properties start: `portico.upstream.active_requests.<address>` and

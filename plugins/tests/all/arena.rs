@@ -1,10 +1,13 @@
-//! Portico's return-arena extension (`portico_set_return_arena`): values hostcalls return land in a region the
-//! guest registered instead of memory from its allocator, laid out from the start of the region in each
-//! callback; what does not fit goes through the allocator as the ABI says. Guests that never register one (SDK
-//! plugins) are covered by every other test.
+//! Portico's extensions to the memory protocol. The return arena (`portico_set_return_arena`): values
+//! hostcalls return land in a region the guest registered instead of memory from its allocator, laid out from
+//! the start of the region in each callback; what does not fit goes through the allocator as the ABI says. The
+//! select version slot (`portico_set_select_version_slot`): the candidate set's version written where the
+//! guest asked before each pick. Guests that never register either (SDK plugins) are covered by every other
+//! test.
 
 use crate::support::*;
-use portico_plugins::FilterAction;
+use portico_plugins::{Candidate, FilterAction};
+use std::time::Duration;
 
 /// Registers a 64-byte arena at 32768 in `proxy_on_vm_start`, then checks where returned values land: the
 /// prelude's allocator bumps `$heap`, so an unchanged `$heap` means no guest allocation. Traps on any surprise.
@@ -65,4 +68,62 @@ fn an_arena_outside_memory_is_a_bad_pointer() {
     );
     let err = load(&e, spec("arena", text)).unwrap_err();
     assert!(chain(&err).contains("portico_set_return_arena"), "{}", chain(&err));
+}
+
+/// Registers a select version slot at 2048 in `proxy_on_vm_start`; each pick compares it with the
+/// `portico.upstream.candidates_version` property and selects "a:1" only when they agree (traps otherwise).
+const VERSION_SLOT: &str = r#"
+  (data (i32.const 1024) "portico\00upstream\00candidates_version")
+  (data (i32.const 1080) "portico\00upstream\00selected")
+  (data (i32.const 1120) "a:1")
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (if (call $set_slot (i32.const 2048)) (then unreachable))
+    (i32.const 1))
+  (func (export "portico_on_upstream_select") (param i32 i32) (result i32)
+    (if (call $get_prop (i32.const 1024) (i32.const 35) (i32.const 100) (i32.const 104)) (then unreachable))
+    (if (i32.ne (call $ret_len) (i32.const 8)) (then unreachable))
+    (if (i64.ne (i64.load (call $ret_ptr)) (i64.load (i32.const 2048))) (then unreachable))
+    (drop (call $set_prop (i32.const 1080) (i32.const 25) (i32.const 1120) (i32.const 3)))
+    (i32.const 0))
+"#;
+
+fn candidates(addresses: &[&str]) -> Vec<Candidate> {
+    let one = |address: &&str| Candidate {
+        address: address.to_string(),
+        weight: 1,
+        active_requests: 0,
+        latency: Duration::from_millis(1),
+        ejected: false,
+    };
+    addresses.iter().map(one).collect()
+}
+
+#[test]
+fn the_select_version_slot_holds_each_picks_candidates_version() {
+    let e = engine();
+    let text = wat_imports(
+        r#"(import "env" "portico_set_select_version_slot" (func $set_slot (param i32) (result i32)))"#,
+        VERSION_SLOT,
+    );
+    let (p, _) = load(&e, spec("slot", text)).unwrap();
+    // Different sets and groups have different versions: each pick must find its own in the slot.
+    let sets = [("g", vec!["a:1", "b:2"]), ("g", vec!["a:1", "c:3"]), ("h", vec!["a:1", "c:3"]), ("g", vec!["a:1"])];
+    for (group, set) in sets {
+        let (info, mut h) = request("/");
+        let mut s = p.new_stream(info).unwrap();
+        let chosen = s.select_endpoint(&mut h, group, &candidates(&set), 0, None).unwrap();
+        assert_eq!(chosen.as_deref(), Some("a:1"), "{group} {set:?}");
+    }
+}
+
+#[test]
+fn a_select_version_slot_outside_memory_is_a_bad_pointer() {
+    let e = engine();
+    let text = wat_imports(
+        r#"(import "env" "portico_set_select_version_slot" (func $set_slot (param i32) (result i32)))"#,
+        r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+             (drop (call $set_slot (i32.const 0x7fff0000))) (i32.const 1))"#,
+    );
+    let err = load(&e, spec("slot", text)).unwrap_err();
+    assert!(chain(&err).contains("portico_set_select_version_slot"), "{}", chain(&err));
 }
