@@ -111,6 +111,9 @@ pub struct PluginSlot {
     file_seen: Mutex<Option<SystemTime>>,
     /// The latest rollout of a candidate beside the current version, running or ended (see [`rollout`]).
     rollout: ArcSwapOption<rollout::Rollout>,
+    /// Whether `rollout` holds one: a request start reads this flag instead of loading the (almost always
+    /// empty) `ArcSwapOption`, whose load walks arc-swap's debt list.
+    has_rollout: std::sync::atomic::AtomicBool,
 }
 
 /// Lanes (`crate::listen::workers::lane`) that get a handle of their own; more workers than this share
@@ -278,6 +281,7 @@ impl PluginSet {
                 previous: Mutex::new(previous.get(&config.name).map(|old| (old.current(), old.info.lock().clone()))),
                 file_seen: Mutex::new(modified),
                 rollout: ArcSwapOption::empty(),
+                has_rollout: std::sync::atomic::AtomicBool::new(false),
             });
             self.spawn_tickers(&plugin);
             tracing::info!(plugin = %config.name, "plugin loaded");

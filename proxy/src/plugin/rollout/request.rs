@@ -21,7 +21,7 @@ impl FilterChain {
         parts: &http::request::Parts,
         peer: SocketAddr,
     ) -> Option<Version> {
-        let guard = slot.rollout_guard();
+        let guard = slot.rollout_guard()?;
         let rollout = guard.as_ref()?;
         let version = rollout.choose(parts, peer)?;
         self.rollouts.push((rollout.clone(), version));

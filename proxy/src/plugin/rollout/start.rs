@@ -3,6 +3,7 @@
 
 use super::{Action, Rollout, State, TICK};
 use crate::plugin::{sha256_hex, PluginLoadError, PluginSet, PluginSlot, VersionInfo};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -12,10 +13,11 @@ impl PluginSlot {
         self.rollout.load_full()
     }
 
-    /// The rollout whose candidate the data path may choose: loaded once per request start, without a
-    /// reference count when there is none.
-    pub(crate) fn rollout_guard(&self) -> arc_swap::Guard<Option<Arc<Rollout>>> {
-        self.rollout.load()
+    /// The rollout whose candidate the data path may choose: loaded once per request start, and only when the
+    /// slot has one. (A request that starts while a rollout is being stored may miss it: it then meets the
+    /// stable version, as one that started a moment earlier would.)
+    pub(crate) fn rollout_guard(&self) -> Option<arc_swap::Guard<Option<Arc<Rollout>>>> {
+        self.has_rollout.load(Ordering::Acquire).then(|| self.rollout.load())
     }
 
     /// Whether `rollout` is this slot's latest.
@@ -37,6 +39,7 @@ impl PluginSlot {
 
     /// Ends and forgets the rollout, dropping its candidate.
     pub(crate) fn end_rollout(&self, reason: &str) {
+        self.has_rollout.store(false, Ordering::Release);
         if let Some(old) = self.rollout.swap(None) {
             old.finish(State::Aborted, reason);
         }
@@ -96,6 +99,7 @@ impl PluginSet {
         );
         slot.end_rollout("replaced by a new rollout");
         slot.rollout.store(Some(rollout.clone()));
+        slot.has_rollout.store(true, Ordering::Release);
         tracing::info!(plugin = %slot.config.name, percent, candidate_sha256 = %rollout.candidate_info.sha256, "rollout started");
         Ok(rollout)
     }
