@@ -29,6 +29,7 @@ pub(crate) fn wat_plugin(strings: &[&str], body: &str) -> Vec<u8> {
     (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
   (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $get_prop (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 65536))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
@@ -57,6 +58,38 @@ pub(crate) fn marking_plugin(value: &str) -> Vec<u8> {
             value.len()
         ),
     )
+}
+
+/// Adds `x-seen-id: <request.id as the plugin reads it>` to responses.
+fn request_id_plugin() -> Vec<u8> {
+    wat_plugin(
+        &["request\\00id", "x-seen-id"],
+        r#"(func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $get_prop (i32.const 1024) (i32.const 10) (i32.const 100) (i32.const 104)))
+      (then (drop (call $add_hdr (i32.const 2) (i32.const 1088) (i32.const 9)
+        (i32.load (i32.const 100)) (i32.load (i32.const 104))))))
+    (i32.const 0))"#,
+    )
+}
+
+#[tokio::test]
+async fn each_request_reads_its_own_facts_though_workers_reuse_them() -> TestResult {
+    // A worker keeps a finished request's facts (its id, addresses) for the next one: every request must
+    // still read its own, on connections old and new.
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("ids.wasm");
+    std::fs::write(&wasm, request_id_plugin())?;
+    let plugins = format!("\n[[plugin]]\nname = \"ids\"\nwasm = \"{}\"\n", wasm.display());
+    let p = Portico::start(&plugin_config(&[&app], &plugins, "\"ids\"")).await;
+    let web = p.addr("web").await;
+    for i in 0..24 {
+        let id = format!("req-{i}");
+        let answer = send(web, "GET", "/", &[("x-request-id", id.as_str())], "").await?;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("x-seen-id"), id, "request {i}");
+    }
+    Ok(())
 }
 
 fn trapping_plugin() -> Vec<u8> {
