@@ -27,20 +27,9 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
                 &path[..]
             }
         };
-        let r =
-            mem::return_scratch(
-                &mut c,
-                rp,
-                rs,
-                WHAT,
-                |st, out| {
-                    if get_property(st, key, out) {
-                        Ok(())
-                    } else {
-                        Err(NOT_FOUND)
-                    }
-                },
-            );
+        let r = mem::return_scratch(&mut c, rp, rs, WHAT, |st, out| {
+            get_property(st, key, out).then_some(()).ok_or(NOT_FOUND)
+        });
         c.data_mut().scratch_path = path;
         r
     });
@@ -55,10 +44,8 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         if let Some(selected) = choice {
             let stored = mem::with_bytes_and_state(&mut c, vp, vn, WHAT, |value, st| {
                 let Some(s) = st.streams.get_mut(st.current) else { return false };
-                match selected {
-                    true => s.selected_upstream.set(value),
-                    false => s.routed_upstream.set(value),
-                }
+                let made = if selected { &mut s.selected_upstream } else { &mut s.routed_upstream };
+                made.set(value);
                 true
             })?;
             if stored {

@@ -99,9 +99,9 @@ impl std::fmt::Debug for FilterChain {
 }
 
 impl FilterChain {
-    /// Opens a stream on the current version of each named plugin (its context is made by its first callback,
-    /// whose failure the phase handles by the plugin's policy). A plugin that cannot open one fails by its
-    /// policy right here.
+    /// Opens a stream on the current version of each named plugin. Its context is made by its first callback,
+    /// whose failure that phase handles by the plugin's policy; `new_stream` itself does not fail today, and a
+    /// refusal there would fail the plugin by its policy right here.
     pub fn start(
         filters: &[String],
         plugins: &crate::config::ByName<Arc<PluginSlot>>,
@@ -435,7 +435,7 @@ fn return_spare<T: 'static>(spares: &'static Spares<T>, spare: T) {
 }
 
 fn take_spare_list() -> Vec<(String, String)> {
-    SPARE_LISTS.with_borrow_mut(Vec::pop).unwrap_or_default()
+    take_spare(&SPARE_LISTS).unwrap_or_default()
 }
 
 fn return_spare_list(list: Vec<(String, String)>) {
@@ -444,11 +444,7 @@ fn return_spare_list(list: Vec<(String, String)>) {
     }
     let bytes: usize = list.iter().map(|(n, v)| n.capacity() + v.capacity()).sum();
     if bytes <= SPARE_LIST_MAX_BYTES {
-        SPARE_LISTS.with_borrow_mut(|lists| {
-            if lists.len() < SPARE_LISTS_MAX {
-                lists.push(list);
-            }
-        });
+        return_spare(&SPARE_LISTS, list);
     }
 }
 
