@@ -141,9 +141,13 @@ fuzz_target!(|data: &[u8]| {
     spec.cpu_limit = Duration::from_millis(200);
     spec.fail = FailPolicy::Open;
     let Ok(plugin) = Plugin::load(engine(), spec, Arc::new(DefaultHostServices)) else { return };
-    let info = RequestInfo { authority: "example.com".into(), ..RequestInfo::default() };
-    let Ok(mut stream) = plugin.new_stream(info) else { return };
-    let mut headers = vec![(":method".to_string(), "GET".to_string()), (":path".to_string(), "/".to_string())];
+    let Ok(mut stream) = plugin.new_stream(RequestInfo::default()) else { return };
+    // The authority, like the method and path, is a pseudo-header plugins read from the request's headers.
+    let mut headers = vec![
+        (":method".to_string(), "GET".to_string()),
+        (":path".to_string(), "/".to_string()),
+        (":authority".to_string(), "example.com".to_string()),
+    ];
     let _ = stream.on_request_headers(&mut headers, false);
     let mut response = vec![(":status".to_string(), "200".to_string())];
     let _ = stream.on_response_headers(&mut response, false);
