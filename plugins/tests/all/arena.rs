@@ -9,6 +9,11 @@ use crate::support::*;
 use portico_plugins::{Candidate, FilterAction};
 use std::time::Duration;
 
+const ARENA_IMPORT: &str =
+    r#"(import "env" "portico_set_return_arena" (func $set_arena (param i32 i32) (result i32)))"#;
+const SLOT_IMPORT: &str =
+    r#"(import "env" "portico_set_select_version_slot" (func $set_slot (param i32) (result i32)))"#;
+
 /// Registers a 64-byte arena at 32768 in `proxy_on_vm_start`, then checks where returned values land: the
 /// prelude's allocator bumps `$heap`, so an unchanged `$heap` means no guest allocation. Traps on any surprise.
 const ARENA: &str = r#"
@@ -43,10 +48,7 @@ const ARENA: &str = r#"
 #[test]
 fn returned_values_land_in_the_registered_arena_without_guest_allocations() {
     let e = engine();
-    let text = wat_imports(
-        r#"(import "env" "portico_set_return_arena" (func $set_arena (param i32 i32) (result i32)))"#,
-        ARENA,
-    );
+    let text = wat_imports(ARENA_IMPORT, ARENA);
     let (p, _) = load(&e, spec("arena", text)).unwrap();
     for _ in 0..3 {
         let (info, mut h) = request("/short");
@@ -56,18 +58,6 @@ fn returned_values_land_in_the_registered_arena_without_guest_allocations() {
         let mut resp = vec![(":status".to_string(), "200".to_string())];
         assert_eq!(s.on_response_headers(&mut resp, true).unwrap(), FilterAction::Continue);
     }
-}
-
-#[test]
-fn an_arena_outside_memory_is_a_bad_pointer() {
-    let e = engine();
-    let text = wat_imports(
-        r#"(import "env" "portico_set_return_arena" (func $set_arena (param i32 i32) (result i32)))"#,
-        r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32)
-             (drop (call $set_arena (i32.const 0x7fff0000) (i32.const 64))) (i32.const 1))"#,
-    );
-    let err = load(&e, spec("arena", text)).unwrap_err();
-    assert!(chain(&err).contains("portico_set_return_arena"), "{}", chain(&err));
 }
 
 /// Registers a select version slot at 2048 in `proxy_on_vm_start`; each pick compares it with the
@@ -101,10 +91,7 @@ fn candidates(addresses: &[&str]) -> Vec<Candidate> {
 #[test]
 fn the_select_version_slot_holds_each_picks_candidates_version() {
     let e = engine();
-    let text = wat_imports(
-        r#"(import "env" "portico_set_select_version_slot" (func $set_slot (param i32) (result i32)))"#,
-        VERSION_SLOT,
-    );
+    let text = wat_imports(SLOT_IMPORT, VERSION_SLOT);
     let (p, _) = load(&e, spec("slot", text)).unwrap();
     // Different sets and groups have different versions: each pick must find its own in the slot.
     let sets = [("g", vec!["a:1", "b:2"]), ("g", vec!["a:1", "c:3"]), ("h", vec!["a:1", "c:3"]), ("g", vec!["a:1"])];
@@ -117,13 +104,16 @@ fn the_select_version_slot_holds_each_picks_candidates_version() {
 }
 
 #[test]
-fn a_select_version_slot_outside_memory_is_a_bad_pointer() {
+fn a_place_registered_outside_memory_is_a_bad_pointer() {
     let e = engine();
-    let text = wat_imports(
-        r#"(import "env" "portico_set_select_version_slot" (func $set_slot (param i32) (result i32)))"#,
-        r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32)
-             (drop (call $set_slot (i32.const 0x7fff0000))) (i32.const 1))"#,
-    );
-    let err = load(&e, spec("slot", text)).unwrap_err();
-    assert!(chain(&err).contains("portico_set_select_version_slot"), "{}", chain(&err));
+    let registrations = [
+        ("portico_set_return_arena", ARENA_IMPORT, "(call $set_arena (i32.const 0x7fff0000) (i32.const 64))"),
+        ("portico_set_select_version_slot", SLOT_IMPORT, "(call $set_slot (i32.const 0x7fff0000))"),
+    ];
+    for (name, import, call) in registrations {
+        let start =
+            format!(r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32) (drop {call}) (i32.const 1))"#);
+        let err = load(&e, spec("outside", wat_imports(import, &start))).unwrap_err();
+        assert!(chain(&err).contains(name), "{}", chain(&err));
+    }
 }
