@@ -38,6 +38,7 @@ mod memory;
 mod metrics;
 mod module;
 mod pause;
+mod phase_data;
 mod pool;
 mod select;
 mod services;

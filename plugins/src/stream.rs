@@ -15,11 +15,11 @@ use bytes::Bytes;
 use wasmtime::TypedFunc;
 
 use crate::abi;
-use crate::context::{Routed, StreamSignal, StreamState, KEEP_MAP_BYTES};
+use crate::context::{Routed, StreamSignal};
 use crate::error::{FailureKind, PluginFailure};
 use crate::instance::{invoke, Exports, Instance, Slot};
+use crate::phase_data::{Body, Headers, PhaseData};
 use crate::pool::{Pending, Plugin, PluginHandle};
-use crate::store::copy_headers;
 use crate::types::{FilterAction, HeaderMap, RequestFacts};
 
 /// One request flowing through one plugin: a stream context in one instance.
@@ -139,74 +139,6 @@ struct PhaseCallback {
 enum Cb<'a> {
     Three(&'a TypedFunc<(i32, i32, i32), i32>),
     Two(&'a TypedFunc<(i32, i32), i32>),
-}
-
-/// What a phase does with the caller's data around its callback.
-trait PhaseData {
-    /// Put the data where hostcalls find it; returns the callback's size argument.
-    fn load(&mut self, s: &mut StreamState, eos: bool) -> usize;
-    /// Take it back after the callback; `pause` says whether the stream paused. Returns whether the caller's
-    /// data changed.
-    fn unload(&mut self, s: &mut StreamState, pause: bool) -> bool;
-}
-
-/// A header or trailer map: swapped in, swapped back; kept in the stream only when a later callback could
-/// read it (or the stream paused, since the callback that resumes it may change it).
-struct Headers<'a> {
-    map: &'a mut HeaderMap,
-    t: i32,
-    keep: bool,
-}
-
-impl PhaseData for Headers<'_> {
-    fn load(&mut self, s: &mut StreamState, _eos: bool) -> usize {
-        let bit = 1 << self.t;
-        let n = self.map.len();
-        if let Some(map) = s.map_mut(self.t) {
-            std::mem::swap(map, self.map);
-        }
-        s.present |= bit;
-        s.modified &= !bit;
-        n
-    }
-
-    fn unload(&mut self, s: &mut StreamState, pause: bool) -> bool {
-        let bit = 1 << self.t;
-        if let Some(map) = s.map_mut(self.t) {
-            std::mem::swap(map, self.map);
-            if (self.keep || pause) && copy_headers(map, self.map) > KEEP_MAP_BYTES {
-                s.oversized |= bit;
-            }
-        }
-        if !(self.keep || pause) {
-            s.present &= !bit;
-        }
-        s.modified & bit != 0
-    }
-}
-
-/// A body buffer: shared (`Bytes`), so loading and unloading are reference counts.
-struct Body<'a> {
-    body: &'a mut Bytes,
-    request: bool,
-}
-
-impl PhaseData for Body<'_> {
-    fn load(&mut self, s: &mut StreamState, eos: bool) -> usize {
-        let (buf, end) = if self.request {
-            (&mut s.request_body, &mut s.request_eos)
-        } else {
-            (&mut s.response_body, &mut s.response_eos)
-        };
-        buf.clone_from(self.body);
-        *end = eos;
-        self.body.len()
-    }
-
-    fn unload(&mut self, s: &mut StreamState, _pause: bool) -> bool {
-        self.body.clone_from(if self.request { &s.request_body } else { &s.response_body });
-        true
-    }
 }
 
 impl HttpStream {
