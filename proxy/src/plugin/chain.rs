@@ -4,8 +4,12 @@
 //! (balancing). A plugin that fails is handled by its `fail` policy: closed answers 503, open skips it for the
 //! rest of this request.
 
+use super::header_list::{
+    apply_request, apply_response, request_to_abi, response_to_abi, return_spare_list, take_spare_list,
+};
 use super::rollout::request::failed_counted;
 use super::rollout::{Rollout, Version};
+use super::spares;
 use super::PluginSlot;
 use crate::forward::local::{error_response, LocalError};
 use crate::listen::ConnInfo;
@@ -113,7 +117,7 @@ impl FilterChain {
         if filters.is_empty() {
             return Ok(chain);
         }
-        chain.links = take_spare(&SPARE_LINKS).unwrap_or_else(|| Vec::with_capacity(filters.len()));
+        chain.links = spares::take(&SPARE_LINKS).unwrap_or_else(|| Vec::with_capacity(filters.len()));
         // One set shared by every plugin of the chain; the method, path, authority and scheme are the
         // pseudo-headers plugins read anyway.
         let made = ChainFacts {
@@ -124,7 +128,7 @@ impl FilterChain {
             start: crate::clock::now(),
         };
         // Only facts no stream held any more were kept, so the spare is this chain's alone.
-        let facts = match take_spare(&SPARE_FACTS) {
+        let facts = match spares::take(&SPARE_FACTS) {
             Some(mut spare) => match Arc::get_mut(&mut spare) {
                 Some(mine) => {
                     *mine = made;
@@ -325,11 +329,11 @@ impl FilterChain {
         let mut links = std::mem::take(&mut self.links);
         links.clear();
         if links.capacity() > 0 {
-            return_spare(&SPARE_LINKS, links);
+            spares::keep(&SPARE_LINKS, links);
         }
         if let Some(mut facts) = self.facts.take() {
             if Arc::get_mut(&mut facts).is_some() {
-                return_spare(&SPARE_FACTS, facts);
+                spares::keep(&SPARE_FACTS, facts);
             }
         }
     }
@@ -391,162 +395,9 @@ fn protocol_name(version: http::Version) -> &'static str {
     }
 }
 
-/// The request's authority: from the URI (HTTP/2, absolute form), else the `Host` header.
-fn authority(parts: &http::request::Parts) -> &str {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or_default()
-}
-
 thread_local! {
     /// Link lists and request facts kept between requests on this worker thread: a request with plugins
     /// allocated both (two allocations and two frees of ~100 instructions each).
     static SPARE_LINKS: std::cell::RefCell<Vec<Vec<Link>>> = const { std::cell::RefCell::new(Vec::new()) };
     static SPARE_FACTS: std::cell::RefCell<Vec<Arc<ChainFacts>>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Header lists kept between requests on this worker thread, so that building the plugin-visible list
-    /// reuses its strings' buffers instead of allocating two strings per header per phase. Several: a request
-    /// holds its list until its response has been sent, so with one spare list, concurrent requests on the
-    /// worker found it taken and allocated anew.
-    static SPARE_LISTS: std::cell::RefCell<Vec<Vec<(String, String)>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Bigger lists are dropped rather than kept for the next request.
-const SPARE_LIST_MAX_BYTES: usize = 16 * 1024;
-/// At most this many lists are kept per worker thread.
-const SPARE_LISTS_MAX: usize = 256;
-
-type Spares<T> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
-
-/// One of the things `spares` keeps, if any.
-fn take_spare<T: 'static>(spares: &'static Spares<T>) -> Option<T> {
-    spares.with_borrow_mut(Vec::pop)
-}
-
-/// Keeps `spare` for a later request, up to [`SPARE_LISTS_MAX`] of a kind per worker thread.
-fn return_spare<T: 'static>(spares: &'static Spares<T>, spare: T) {
-    spares.with_borrow_mut(|kept| {
-        if kept.len() < SPARE_LISTS_MAX {
-            kept.push(spare);
-        }
-    });
-}
-
-fn take_spare_list() -> Vec<(String, String)> {
-    take_spare(&SPARE_LISTS).unwrap_or_default()
-}
-
-fn return_spare_list(list: Vec<(String, String)>) {
-    if list.capacity() == 0 {
-        return;
-    }
-    let bytes: usize = list.iter().map(|(n, v)| n.capacity() + v.capacity()).sum();
-    if bytes <= SPARE_LIST_MAX_BYTES {
-        return_spare(&SPARE_LISTS, list);
-    }
-}
-
-/// Sets entry `i` of `out` to `name: value`, reusing the entry's buffers.
-fn put(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &[u8]) {
-    match std::str::from_utf8(value) {
-        Ok(text) => put_str(out, i, name, text),
-        Err(_) => put_str(out, i, name, &String::from_utf8_lossy(value)),
-    }
-}
-
-/// [`put`] for a value that is text already (the pseudo-headers): no second UTF-8 check.
-fn put_str(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &str) {
-    if i == out.len() {
-        out.push((String::new(), String::new()));
-    }
-    let (n, v) = &mut out[i];
-    n.clear();
-    n.push_str(name);
-    v.clear();
-    v.push_str(value);
-}
-
-fn request_to_abi(parts: &http::request::Parts, out: &mut Vec<(String, String)>) {
-    put_str(out, 0, ":method", parts.method.as_str());
-    put_str(out, 1, ":path", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
-    put_str(out, 2, ":authority", authority(parts));
-    put_str(out, 3, ":scheme", parts.uri.scheme_str().unwrap_or("http"));
-    let mut i = 4;
-    for (name, value) in &parts.headers {
-        if name != http::header::HOST {
-            put(out, i, name.as_str(), value.as_bytes());
-            i += 1;
-        }
-    }
-    out.truncate(i);
-}
-
-fn response_to_abi(parts: &http::response::Parts, out: &mut Vec<(String, String)>) {
-    put_str(out, 0, ":status", parts.status.as_str());
-    let mut i = 1;
-    for (name, value) in &parts.headers {
-        put(out, i, name.as_str(), value.as_bytes());
-        i += 1;
-    }
-    out.truncate(i);
-}
-
-/// Writes the plugin-visible header list back: pseudo-headers become method, path and host.
-fn apply_request(parts: &mut http::request::Parts, headers: &[(String, String)]) {
-    let mut map = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        match name.as_str() {
-            ":method" => {
-                if let Ok(m) = http::Method::from_bytes(value.as_bytes()) {
-                    parts.method = m;
-                }
-            }
-            ":path" => {
-                if let Ok(new) = value.parse::<http::uri::PathAndQuery>() {
-                    let mut uri = http::uri::Parts::default();
-                    uri.path_and_query = Some(new);
-                    if let Ok(new) = http::Uri::from_parts(uri) {
-                        parts.uri = new;
-                    }
-                }
-            }
-            ":authority" => {
-                if let Ok(v) = HeaderValue::from_str(value) {
-                    if !value.is_empty() {
-                        map.insert(http::header::HOST, v);
-                    }
-                }
-            }
-            n if n.starts_with(':') => {}
-            n => append(&mut map, n, value),
-        }
-    }
-    parts.headers = map;
-}
-
-fn apply_response(parts: &mut http::response::Parts, headers: &[(String, String)]) {
-    let mut map = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        match name.as_str() {
-            ":status" => {
-                if let Some(status) = value.parse::<u16>().ok().and_then(|s| StatusCode::from_u16(s).ok()) {
-                    parts.status = status;
-                }
-            }
-            n if n.starts_with(':') => {}
-            n => append(&mut map, n, value),
-        }
-    }
-    parts.headers = map;
-}
-
-fn append(map: &mut http::HeaderMap, name: &str, value: &str) {
-    match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-        (Ok(n), Ok(v)) => {
-            map.append(n, v);
-        }
-        _ => tracing::debug!(header = name, "plugin left a header that is not valid HTTP; dropped"),
-    }
 }

@@ -7,8 +7,10 @@
 
 pub mod body;
 pub mod chain;
+mod header_list;
 pub mod rollout;
 pub mod services;
+mod spares;
 
 use crate::config::{ByName, FailMode, PluginConfig, PluginSource};
 use arc_swap::{ArcSwap, ArcSwapOption};
