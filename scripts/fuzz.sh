@@ -13,7 +13,7 @@ set -eu
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 [ $# -gt 0 ] && shift
-targets=${*:-config_parser request_head h1_codec header_map hostcalls}
+targets=${*:-config_parser request_head h1_codec h1_server header_map hostcalls}
 unset CARGO_TARGET_DIR
 export RUSTC_BOOTSTRAP=1
 for target in $targets; do
