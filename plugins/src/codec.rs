@@ -23,6 +23,27 @@ pub fn serialize_map(map: &[(String, String)]) -> Vec<u8> {
     out
 }
 
+/// [`serialize_map`] for `n` pairs given as bytes (a request head read in place).
+pub(crate) fn serialize_pairs<'a, I>(n: usize, pairs: impl Fn() -> I) -> Vec<u8>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let data: usize = pairs().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + 8 * n + data);
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    for (k, v) in pairs() {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs() {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
 /// Size of [`serialize_map`]'s output without building it (`proxy_get_header_map_size`).
 pub fn serialized_map_size(map: &[(String, String)]) -> usize {
     4 + map.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>()

@@ -9,6 +9,8 @@
 //! A stream's header maps hold its data only while the matching bit of [`StreamState::present`] is set: a
 //! phase swaps the caller's map in for its callback and back out after it, keeping a copy only when a later
 //! callback of the plugin could read it (see [`crate::module::Callbacks`]). A map not present reads as empty.
+//! The request headers may instead be the caller's head, lent for a callback and read in place
+//! ([`StreamState::request_head`], see [`crate::request_head`]).
 
 use arrayvec::ArrayString;
 use std::collections::HashMap;
@@ -19,6 +21,7 @@ use parking_lot::Mutex;
 
 use crate::abi::{MAP_REQUEST_HEADERS, MAP_REQUEST_TRAILERS, MAP_RESPONSE_HEADERS, MAP_RESPONSE_TRAILERS};
 use crate::candidates::CandidateSource;
+use crate::request_head::{MapRef, RequestHead};
 use crate::types::{HeaderMap, LocalResponse, RequestFacts, Resumption};
 
 /// The root context's id in every instance.
@@ -138,6 +141,12 @@ pub(crate) struct StreamState {
     /// The request's facts (`request.id`, `source.address`, ...), read only when a guest asks.
     pub facts: Option<Arc<dyn RequestFacts>>,
     pub request_headers: HeaderMap,
+    /// The caller's request head while a callback has it on loan: the request headers map reads from it,
+    /// until a hostcall changes the map and `listed` is set.
+    pub request_head: Option<RequestHead>,
+    /// The lent head was turned into `request_headers` (a hostcall changed the map): the list is the map now,
+    /// and is written back into the head when the callback returns.
+    pub listed: bool,
     pub request_trailers: HeaderMap,
     pub response_headers: HeaderMap,
     pub response_trailers: HeaderMap,
@@ -181,16 +190,28 @@ impl StreamState {
     }
 
     /// The map of type `t` if it holds this stream's data.
-    pub fn map(&self, t: i32) -> Option<&HeaderMap> {
+    pub fn map(&self, t: i32) -> Option<MapRef<'_>> {
         if !(MAP_REQUEST_HEADERS..=MAP_RESPONSE_TRAILERS).contains(&t) || self.present & (1 << t) == 0 {
             return None;
         }
-        Some(match t {
-            MAP_REQUEST_HEADERS => &self.request_headers,
+        Some(MapRef::List(match t {
+            MAP_REQUEST_HEADERS => match &self.request_head {
+                Some(head) if !self.listed => return Some(MapRef::Head(head)),
+                _ => &self.request_headers,
+            },
             MAP_REQUEST_TRAILERS => &self.request_trailers,
             MAP_RESPONSE_HEADERS => &self.response_headers,
             _ => &self.response_trailers,
-        })
+        }))
+    }
+
+    /// The request headers list, about to be changed: a lent head is turned into it first.
+    pub fn request_list_mut(&mut self) -> &mut HeaderMap {
+        if let (Some(head), false) = (&self.request_head, self.listed) {
+            head.to_list(&mut self.request_headers);
+            self.listed = true;
+        }
+        &mut self.request_headers
     }
 
     /// The signal a resumption is posted to, made on first use.
@@ -219,6 +240,9 @@ impl StreamState {
         }
         self.present = 0;
         self.modified = 0;
+        // A lent head always goes back to its caller when the callback returns; nothing to hand back here.
+        self.request_head = None;
+        self.listed = false;
         // Most streams of a header-only plugin touched none of these: skip the drops then.
         if !self.request_body.is_empty() {
             self.request_body = Bytes::new();
@@ -331,7 +355,7 @@ mod tests {
         s.request_headers.push((":path".into(), "/".into()));
         assert!(s.map(MAP_REQUEST_HEADERS).is_none());
         s.present |= 1 << MAP_REQUEST_HEADERS;
-        assert_eq!(s.map(MAP_REQUEST_HEADERS).unwrap().len(), 1);
+        assert!(s.map(MAP_REQUEST_HEADERS).unwrap().get(b":path").is_some());
         streams.close(id);
         let id = streams.open(facts()).unwrap();
         assert!(streams.get(id).unwrap().map(MAP_REQUEST_HEADERS).is_none(), "a stale map is not the new stream's");

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::abi::{MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS};
 use crate::context::{Routed, StreamSignal};
 use crate::error::PluginFailure;
+use crate::request_head::{MapRef, RequestHead};
 use crate::stream::HttpStream;
 use crate::types::{FilterAction, HeaderMap, Resumption};
 
@@ -72,7 +73,7 @@ impl HttpStream {
     pub fn request_headers(&mut self) -> Result<HeaderMap, PluginFailure> {
         let (headers, routed, preselected) = self.with_instance(|inst, ctx| {
             let s = inst.stream(ctx)?;
-            let headers = s.map(MAP_REQUEST_HEADERS).cloned().unwrap_or_default();
+            let headers = s.map(MAP_REQUEST_HEADERS).map(MapRef::to_list).unwrap_or_default();
             Ok((headers, s.routed_upstream.get().map(Routed::new), s.selected_upstream.get().is_some()))
         })?;
         // The callback that resumed the stream may have routed it.
@@ -82,7 +83,9 @@ impl HttpStream {
 
     /// Current response headers as the plugin left them.
     pub fn response_headers(&mut self) -> Result<HeaderMap, PluginFailure> {
-        self.with_instance(|inst, ctx| Ok(inst.stream(ctx)?.map(MAP_RESPONSE_HEADERS).cloned().unwrap_or_default()))
+        self.with_instance(|inst, ctx| {
+            Ok(inst.stream(ctx)?.map(MAP_RESPONSE_HEADERS).map(MapRef::to_list).unwrap_or_default())
+        })
     }
 
     /// The request body as the plugin left it: re-read after a body callback that paused at end of stream was
@@ -105,6 +108,29 @@ impl HttpStream {
     ) -> Result<FilterAction, PluginFailure> {
         let action = self.on_request_headers(headers, end_of_stream)?;
         self.finish_pause(action, headers, true).await
+    }
+
+    /// [`HttpStream::run_request_headers`] with the caller's head lent and read in place (see
+    /// [`HttpStream::on_request_head`]); after a resumption the head is what the plugin left.
+    pub async fn run_request_head(
+        &mut self,
+        head: &mut RequestHead,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, PluginFailure> {
+        let action = self.on_request_head(head, end_of_stream)?;
+        if action != FilterAction::Pause {
+            return Ok(action);
+        }
+        match self.resumed().await {
+            Resumption::Continue => {
+                head.apply(&self.request_headers()?);
+                self.changed = true;
+                Ok(FilterAction::Continue)
+            }
+            Resumption::LocalResponse(r) => Ok(FilterAction::LocalResponse(r)),
+            Resumption::Close => Ok(FilterAction::Close),
+            Resumption::Failed(f) => Err(f),
+        }
     }
 
     /// Response-side twin of [`HttpStream::run_request_headers`].

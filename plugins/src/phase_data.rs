@@ -1,10 +1,13 @@
 //! What a phase does with the caller's data around its callback ([`crate::stream`]): a header map is swapped
 //! into the stream for the callback and back after it, and copied into the stream only when a later callback
-//! could read it; a body buffer is shared (`Bytes`), so loading and unloading it are reference counts.
+//! could read it; a request head can be lent instead and read in place; a body buffer is shared (`Bytes`), so
+//! loading and unloading it are reference counts.
 
 use bytes::Bytes;
 
+use crate::abi::MAP_REQUEST_HEADERS;
 use crate::context::{StreamState, KEEP_MAP_BYTES};
+use crate::request_head::RequestHead;
 use crate::store::copy_headers;
 use crate::types::HeaderMap;
 
@@ -49,6 +52,45 @@ impl PhaseData for Headers<'_> {
             s.present &= !bit;
         }
         s.modified & bit != 0
+    }
+}
+
+/// The caller's request head, lent for the callback and read in place (see [`crate::request_head`]): moved
+/// in, moved back out, with the plugin's changes written into it. A list is made only when a hostcall changes
+/// the map, or when a later callback could read it (the stream keeps a copy, as for [`Headers`]).
+pub(crate) struct LentHead<'a> {
+    pub head: &'a mut RequestHead,
+    pub keep: bool,
+}
+
+impl PhaseData for LentHead<'_> {
+    fn load(&mut self, s: &mut StreamState, _eos: bool) -> usize {
+        let bit = 1 << MAP_REQUEST_HEADERS;
+        let n = self.head.len();
+        s.request_head = Some(std::mem::take(self.head));
+        s.listed = false;
+        s.present |= bit;
+        s.modified &= !bit;
+        n
+    }
+
+    fn unload(&mut self, s: &mut StreamState, pause: bool) -> bool {
+        let bit = 1 << MAP_REQUEST_HEADERS;
+        let mut head = s.request_head.take().unwrap_or_default();
+        let modified = s.modified & bit != 0;
+        if s.listed && modified {
+            head.apply(&s.request_headers);
+        }
+        if self.keep || pause {
+            if !s.listed && head.to_list(&mut s.request_headers) > KEEP_MAP_BYTES {
+                s.oversized |= bit;
+            }
+        } else {
+            s.present &= !bit;
+        }
+        s.listed = false;
+        *self.head = head;
+        modified
     }
 }
 

@@ -10,8 +10,15 @@ use crate::abi::MAP_REQUEST_HEADERS;
 use crate::candidates::{group_version, Candidate, CandidateList, CandidateSource};
 use crate::context::Routed;
 use crate::error::PluginFailure;
+use crate::request_head::RequestHead;
 use crate::stream::HttpStream;
 use crate::types::HeaderMap;
+
+/// The request headers an endpoint selection lends its callback.
+enum Loan<'a> {
+    List(&'a mut HeaderMap),
+    Head(&'a mut RequestHead),
+}
 
 impl HttpStream {
     /// Upstream group the plugin chose with `proxy_set_property("portico.route.upstream", group)` in its request
@@ -56,6 +63,31 @@ impl HttpStream {
         attempt: u32,
         failed: Option<&str>,
     ) -> Result<Option<usize>, PluginFailure> {
+        self.select(Loan::List(request_headers), group, candidates, attempt, failed)
+    }
+
+    /// [`HttpStream::select_endpoint_from`] with the request's head lent to the callback and read in place
+    /// (see [`crate::request_head`]): the request as the proxy holds it then. Changes the plugin makes to the
+    /// request headers in this callback are not applied, as with the list.
+    pub fn select_endpoint_for(
+        &mut self,
+        head: &mut RequestHead,
+        group: &str,
+        candidates: &Arc<dyn CandidateSource>,
+        attempt: u32,
+        failed: Option<&str>,
+    ) -> Result<Option<usize>, PluginFailure> {
+        self.select(Loan::Head(head), group, candidates, attempt, failed)
+    }
+
+    fn select(
+        &mut self,
+        mut request: Loan<'_>,
+        group: &str,
+        candidates: &Arc<dyn CandidateSource>,
+        attempt: u32,
+        failed: Option<&str>,
+    ) -> Result<Option<usize>, PluginFailure> {
         let selects = self.handle.plugin.callbacks.upstream_select;
         // A plugin without the callback can only have chosen in its request headers callback.
         if !(selects || attempt == 0 && self.preselected) {
@@ -81,14 +113,30 @@ impl HttpStream {
                 }
                 let s = inst.stream(ctx)?;
                 let (bit, present) = (1 << MAP_REQUEST_HEADERS, s.present);
-                std::mem::swap(&mut s.request_headers, request_headers);
+                // The stream's own copy of the map (kept for a later callback) steps aside for the callback.
+                let mut kept = HeaderMap::new();
+                match &mut request {
+                    Loan::List(list) => std::mem::swap(&mut s.request_headers, list),
+                    Loan::Head(head) => {
+                        kept = std::mem::take(&mut s.request_headers);
+                        s.request_head = Some(std::mem::take(*head));
+                        s.listed = false;
+                    }
+                }
                 s.present |= bit;
                 s.in_band = true;
                 let args = (ctx as i32, attempt as i32);
                 let r = inst.call("portico_on_upstream_select", |f| f.on_upstream_select.as_ref(), args);
                 let s = inst.stream(ctx)?;
                 s.in_band = false;
-                std::mem::swap(&mut s.request_headers, request_headers);
+                match &mut request {
+                    Loan::List(list) => std::mem::swap(&mut s.request_headers, list),
+                    Loan::Head(head) => {
+                        **head = s.request_head.take().unwrap_or_default();
+                        s.request_headers = kept;
+                        s.listed = false;
+                    }
+                }
                 s.present = (s.present & !bit) | (present & bit);
                 s.select.active = false;
                 s.select.source = None;

@@ -17,6 +17,7 @@ use crate::callout::{CalloutSink, HttpCallResponse};
 use crate::context::{StreamState, Streams};
 use crate::error::{FailureKind, HostTrap, PluginFailure};
 use crate::metrics::{EngineMetrics, GuestMetric, GuestMetrics};
+use crate::request_head::MapRef;
 use crate::services::HostServices;
 use crate::shared::{QueueSink, SharedState};
 use crate::types::HeaderMap;
@@ -135,12 +136,12 @@ impl HostState {
     }
 
     /// The map a hostcall reads; `Ok(None)` reads as empty (the spec's advice for a map not available now).
-    pub(crate) fn map(&self, t: i32) -> Result<Option<&HeaderMap>, i32> {
+    pub(crate) fn map(&self, t: i32) -> Result<Option<MapRef<'_>>, i32> {
         Ok(match t {
             MAP_REQUEST_HEADERS..=MAP_RESPONSE_TRAILERS => self.streams.get(self.current).and_then(|s| s.map(t)),
             MAP_GRPC_INITIAL_METADATA | MAP_GRPC_TRAILING_METADATA => None,
-            MAP_HTTP_CALL_RESPONSE_HEADERS => self.callout.as_ref().map(|c| &c.headers),
-            MAP_HTTP_CALL_RESPONSE_TRAILERS => self.callout.as_ref().map(|c| &c.trailers),
+            MAP_HTTP_CALL_RESPONSE_HEADERS => self.callout.as_ref().map(|c| MapRef::List(&c.headers)),
+            MAP_HTTP_CALL_RESPONSE_TRAILERS => self.callout.as_ref().map(|c| MapRef::List(&c.trailers)),
             _ => return Err(BAD_ARGUMENT),
         })
     }
@@ -155,6 +156,9 @@ impl HostState {
                 let present = s.present & bit != 0;
                 s.present |= bit;
                 s.modified |= bit;
+                if t == MAP_REQUEST_HEADERS && s.request_head.is_some() {
+                    return Ok(s.request_list_mut());
+                }
                 let map = s.map_mut(t).ok_or(BAD_ARGUMENT)?;
                 if !present {
                     map.clear();

@@ -18,8 +18,9 @@ use crate::abi;
 use crate::context::{Routed, StreamSignal};
 use crate::error::{FailureKind, PluginFailure};
 use crate::instance::{invoke, Exports, Instance, Slot};
-use crate::phase_data::{Body, Headers, PhaseData};
+use crate::phase_data::{Body, Headers, LentHead, PhaseData};
 use crate::pool::{Pending, Plugin, PluginHandle};
+use crate::request_head::RequestHead;
 use crate::types::{FilterAction, HeaderMap, RequestFacts};
 
 /// One request flowing through one plugin: a stream context in one instance.
@@ -306,6 +307,28 @@ impl HttpStream {
     /// of rebuilding it from the list.
     pub fn data_changed(&self) -> bool {
         self.changed
+    }
+
+    /// `proxy_on_request_headers` with the caller's request head lent to the callback and read in place (see
+    /// [`crate::request_head`]); the plugin's changes are written back into it.
+    pub fn on_request_head(
+        &mut self,
+        head: &mut RequestHead,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, PluginFailure> {
+        let cb = self.handle.plugin.callbacks;
+        let keep = cb.keeps_request_maps();
+        self.phase(
+            PhaseCallback {
+                name: "proxy_on_request_headers",
+                pick: |f| f.on_request_headers.as_ref().map(Cb::Three),
+                continues: abi::headers_continue,
+                routes: true,
+            },
+            cb.request_headers || keep,
+            LentHead { head, keep },
+            end_of_stream,
+        )
     }
 
     /// `proxy_on_request_headers`. `headers` must include `:method`, `:path`, `:authority`, `:scheme`; the

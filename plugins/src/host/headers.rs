@@ -14,7 +14,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
     const E: &str = ENV;
     wrap!(l, E, "proxy_get_header_map_pairs", |mut c: Ctx<'_>, t: i32, rp: i32, rs: i32| -> Result<i32> {
         let bytes = match c.data().map(t) {
-            Ok(Some(m)) => codec::serialize_map(m),
+            Ok(Some(m)) => m.serialize(),
             Ok(None) => codec::serialize_map(&[]),
             Err(s) => return Ok(s),
         };
@@ -22,7 +22,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
     });
     wrap!(l, E, "proxy_get_header_map_size", |mut c: Ctx<'_>, t: i32, rs: i32| -> Result<i32> {
         let size = match c.data().map(t) {
-            Ok(Some(m)) => codec::serialized_map_size(m),
+            Ok(Some(m)) => m.serialized_size(),
             Ok(None) => 4,
             Err(s) => return Ok(s),
         };
@@ -51,8 +51,8 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         // The name is compared in guest memory: names in a map are ASCII tokens, so a name that is not valid
         // text matches none, as it did when it was read as text first.
         mem::return_scratch_for(&mut c, (kp, kn), rp, rs, WHAT, |key, st, out| {
-            let value = st.map(t)?.and_then(|m| header_get_bytes(m, key)).ok_or(NOT_FOUND)?;
-            out.extend_from_slice(value.as_bytes());
+            let value = st.map(t)?.and_then(|m| m.get(key)).ok_or(NOT_FOUND)?;
+            out.extend_from_slice(value);
             Ok(())
         })
     });
@@ -104,13 +104,9 @@ pub(super) fn valid_header(key: &str, value: &str) -> bool {
     !key.is_empty() && !bad(key) && !bad(value)
 }
 
+/// The value of `key` in `map` (ASCII case-insensitive, as header names compare), the first when it repeats.
 pub(crate) fn header_get<'a>(map: &'a HeaderMap, key: &str) -> Option<&'a str> {
-    header_get_bytes(map, key.as_bytes())
-}
-
-/// [`header_get`] with the name as bytes (ASCII case-insensitive, as header names compare).
-pub(crate) fn header_get_bytes<'a>(map: &'a HeaderMap, key: &[u8]) -> Option<&'a str> {
-    map.iter().find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+    map.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
 }
 
 pub(crate) fn header_replace(map: &mut HeaderMap, key: &str, value: &str) {

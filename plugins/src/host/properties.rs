@@ -6,7 +6,6 @@ use std::time::UNIX_EPOCH;
 
 use wasmtime::Result;
 
-use super::headers::header_get;
 use super::{wrap, Imports, ENV};
 use crate::abi::*;
 use crate::candidates::group_version;
@@ -115,24 +114,25 @@ fn get_property(st: &HostState, path: &[u8], out: &mut Vec<u8>) -> bool {
         return root.is_some_and(|v| put(v));
     };
     let facts = s.facts.as_deref();
-    let request = |name: &str| s.map(MAP_REQUEST_HEADERS).and_then(|m| header_get(m, name));
+    let request = |name: &str| s.map(MAP_REQUEST_HEADERS).and_then(|m| m.get(name.as_bytes()));
     let select = &s.select;
     let selecting = select.active;
     let found = match path {
-        b"request.path" => request(":path").is_some_and(|p| put(p.as_bytes())),
-        b"request.url_path" => request(":path").is_some_and(|p| put(p.split('?').next().unwrap_or("").as_bytes())),
+        b"request.path" => request(":path").is_some_and(&mut put),
+        b"request.url_path" => request(":path").is_some_and(|p| put(p.split(|b| *b == b'?').next().unwrap_or(b""))),
         b"request.query" => {
-            request(":path").is_some_and(|p| put(p.split_once('?').map(|(_, q)| q).unwrap_or("").as_bytes()))
+            request(":path").is_some_and(|p| put(p.iter().position(|b| *b == b'?').map_or(&b""[..], |at| &p[at + 1..])))
         }
-        b"request.method" => request(":method").is_some_and(|v| put(v.as_bytes())),
-        b"request.host" => request(":authority").is_some_and(|v| put(v.as_bytes())),
-        b"request.scheme" => request(":scheme").is_some_and(|v| put(v.as_bytes())),
+        b"request.method" => request(":method").is_some_and(&mut put),
+        b"request.host" => request(":authority").is_some_and(&mut put),
+        b"request.scheme" => request(":scheme").is_some_and(&mut put),
         b"request.protocol" => facts.is_some_and(|f| put(f.protocol().as_bytes())),
         b"request.id" => facts
             .and_then(|f| f.request_id())
+            .map(str::as_bytes)
             .or_else(|| request("x-request-id"))
             .filter(|id| !id.is_empty())
-            .is_some_and(|id| put(id.as_bytes())),
+            .is_some_and(&mut put),
         b"request.time" => facts
             .and_then(|f| f.start_time())
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -148,8 +148,8 @@ fn get_property(st: &HostState, path: &[u8], out: &mut Vec<u8>) -> bool {
         b"listener_direction" => put(&int(facts.map_or(TrafficDirection::Inbound, |f| f.direction()) as i64)),
         b"response.code" => s
             .map(MAP_RESPONSE_HEADERS)
-            .and_then(|m| header_get(m, ":status"))
-            .and_then(|c| c.parse::<i64>().ok())
+            .and_then(|m| m.get(b":status"))
+            .and_then(|c| std::str::from_utf8(c).ok()?.parse::<i64>().ok())
             .is_some_and(|c| put(&int(c))),
         b"portico.upstream" => selecting && put(select.group.as_bytes()),
         b"portico.upstream.candidates" => {
@@ -169,8 +169,8 @@ fn get_property(st: &HostState, path: &[u8], out: &mut Vec<u8>) -> bool {
             (b"response.trailers.", MAP_RESPONSE_TRAILERS),
         ]
         .into_iter()
-        .find_map(|(prefix, t)| header_get(s.map(t)?, std::str::from_utf8(path.strip_prefix(prefix)?).ok()?))
-        .is_some_and(|v| put(v.as_bytes())),
+        .find_map(|(prefix, t)| s.map(t)?.get(path.strip_prefix(prefix)?))
+        .is_some_and(&mut put),
     };
     if found {
         return true;

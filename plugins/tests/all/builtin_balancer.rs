@@ -20,7 +20,7 @@ fn load(engine: &PluginEngine, config: &str, instances: usize) -> Result<Arc<Plu
     Plugin::load(engine, spec, Arc::new(TestServices::default()))
 }
 
-fn balancer(config: &str) -> Arc<Plugin> {
+pub(crate) fn balancer(config: &str) -> Arc<Plugin> {
     load(&crate::support::engine(), config, 1).unwrap()
 }
 
@@ -35,7 +35,7 @@ fn cand(address: &str, weight: u32, active: u32) -> Candidate {
 }
 
 /// `n` endpoints 10.0.0.1:80 .. 10.0.0.n:80, weight 1.
-fn endpoints(n: usize) -> Vec<Candidate> {
+pub(crate) fn endpoints(n: usize) -> Vec<Candidate> {
     (1..=n).map(|i| cand(&format!("10.0.0.{i}:80"), 1, 0)).collect()
 }
 

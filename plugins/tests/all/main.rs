@@ -10,6 +10,7 @@ mod example_latency_balancer;
 mod failures;
 mod http;
 mod lifecycle;
+mod request_head;
 mod sdk_assemblyscript;
 mod streams;
 mod support;

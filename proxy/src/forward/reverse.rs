@@ -275,7 +275,7 @@ async fn proxy(
             retry_paid = false;
             shared.metrics.retries.with_label_values(&[upstream.name()]).inc();
         }
-        let chosen = match chain.select_endpoint(upstream, &tried, attempt as u32, &meta.request_id) {
+        let chosen = match chain.select_endpoint(parts, upstream, &tried, attempt as u32, &meta.request_id) {
             Ok(chosen) => chosen,
             Err(answer) => return *answer,
         };

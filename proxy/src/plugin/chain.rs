@@ -4,9 +4,7 @@
 //! (balancing). A plugin that fails is handled by its `fail` policy: closed answers 503, open skips it for the
 //! rest of this request.
 
-use super::header_list::{
-    apply_request, apply_response, request_to_abi, response_to_abi, return_spare_list, take_spare_list,
-};
+use super::header_list::{apply_response, response_to_abi, return_spare_list, take_spare_list};
 use super::rollout::request::failed_counted;
 use super::rollout::{Rollout, Version};
 use super::spares;
@@ -18,7 +16,8 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use portico_plugins::{
-    FailPolicy, FilterAction, HttpStream, LocalResponse, Plugin, PluginFailure, RequestFacts, TrafficDirection,
+    FailPolicy, FilterAction, HttpStream, LocalResponse, Plugin, PluginFailure, RequestFacts, RequestHead,
+    TrafficDirection,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,9 +51,6 @@ pub enum Verdict {
 #[derive(Default)]
 pub struct FilterChain {
     pub(super) links: Vec<Link>,
-    /// The request's headers as the plugins see them (pseudo-headers first), built once for the request
-    /// headers phase and kept for endpoint selection, which may read them too.
-    headers: Vec<(String, String)>,
     /// The versions this request met of plugins under a rollout, to count its outcome for the guards.
     pub(super) rollouts: Vec<(Arc<Rollout>, Version)>,
     /// When the chain started (only kept when `rollouts` is not empty).
@@ -172,8 +168,9 @@ impl FilterChain {
     }
 
     /// Runs the request headers through every plugin that takes part (see
-    /// [`Plugin::handles_request_headers`]) and applies their rewrites to `parts`. The header list is built
-    /// only when a plugin takes part in this phase or in endpoint selection.
+    /// [`Plugin::handles_request_headers`]) and applies their rewrites to `parts`. The head is lent to each
+    /// plugin and read in place: no header list is built unless a plugin changes the headers (see
+    /// [`RequestHead`]).
     pub async fn request_headers(
         &mut self,
         parts: &mut http::request::Parts,
@@ -181,14 +178,17 @@ impl FilterChain {
         request_id: &str,
     ) -> Verdict {
         let takes_part = |l: &Link| l.plugin().handles_request_headers();
-        if !self.links.iter().any(|l| takes_part(l) || l.plugin().selects_upstream()) {
+        if !self.links.iter().any(takes_part) {
             return Verdict::Continue;
         }
-        let mut headers = take_spare_list();
-        request_to_abi(parts, &mut headers);
-        // Whether any plugin changed the list; if none did, `parts` stays as it is (rebuilding the header map
-        // parses and validates every header again).
-        let mut changed = false;
+        let mut head = RequestHead::take_from(parts);
+        let verdict = self.request_head(&mut head, end_of_stream, request_id).await;
+        head.put_into(parts);
+        verdict
+    }
+
+    async fn request_head(&mut self, head: &mut RequestHead, end_of_stream: bool, request_id: &str) -> Verdict {
+        let takes_part = |l: &Link| l.plugin().handles_request_headers();
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
@@ -196,9 +196,7 @@ impl FilterChain {
                 i += 1;
                 continue;
             }
-            let result = link.stream.run_request_headers(&mut headers, end_of_stream).await;
-            changed |= link.stream.data_changed();
-            match result {
+            match link.stream.run_request_head(head, end_of_stream).await {
                 Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
                 Ok(FilterAction::LocalResponse(local)) => return Verdict::Respond(local_answer(local, request_id)),
                 Ok(FilterAction::Close) => return Verdict::Respond(closed(link.plugin(), request_id)),
@@ -210,10 +208,6 @@ impl FilterChain {
                 },
             }
         }
-        if changed {
-            apply_request(parts, &headers);
-        }
-        self.headers = headers;
         Verdict::Continue
     }
 
@@ -225,9 +219,11 @@ impl FilterChain {
 
     /// Asks the chain's balancing plugins (those with `portico_on_upstream_select`, or that chose in their
     /// request headers callback) for an endpoint of `upstream`: the first plugin that decides wins.
-    /// `Ok(None)` means no plugin decided and native balancing applies.
+    /// `Ok(None)` means no plugin decided and native balancing applies. The plugins read the request as it
+    /// goes upstream (`parts`), lent to them in place.
     pub fn select_endpoint(
         &mut self,
+        parts: &mut http::request::Parts,
         upstream: &Arc<Upstream>,
         tried: &[usize],
         attempt: u32,
@@ -239,6 +235,21 @@ impl FilterChain {
         // Shared by every plugin in the chain; the list itself is built only if a plugin reads it.
         let offered = upstream.offered();
         let failed_address = tried.last().map(|&i| upstream.endpoints[i].name.as_str());
+        let mut head = RequestHead::take_from(parts);
+        let chosen = self.select_with(&mut head, upstream, &offered, attempt, failed_address, request_id);
+        head.put_into(parts);
+        chosen
+    }
+
+    fn select_with(
+        &mut self,
+        head: &mut RequestHead,
+        upstream: &Arc<Upstream>,
+        offered: &Arc<dyn portico_plugins::CandidateSource>,
+        attempt: u32,
+        failed_address: Option<&str>,
+        request_id: &str,
+    ) -> Result<Option<usize>, Refusal> {
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
@@ -246,8 +257,7 @@ impl FilterChain {
                 i += 1;
                 continue;
             }
-            let headers = &mut self.headers;
-            match link.stream.select_endpoint_from(headers, upstream.name(), &offered, attempt, failed_address) {
+            match link.stream.select_endpoint_for(head, upstream.name(), offered, attempt, failed_address) {
                 Ok(Some(index)) => return Ok(Some(index)),
                 Ok(None) => i += 1,
                 Err(failure) => {
@@ -323,7 +333,6 @@ impl FilterChain {
                 tracing::warn!(plugin = %failure.plugin, error = %failure, "plugin failed in on_log");
             }
         }
-        return_spare_list(std::mem::take(&mut self.headers));
         // The streams go first (deleting their contexts, which let go of the facts), then their list and the
         // facts are kept for the next request.
         let mut links = std::mem::take(&mut self.links);

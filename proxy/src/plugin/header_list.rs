@@ -1,14 +1,13 @@
-//! The request's and the response's headers as plugins see them: a list of (name, value) with the
-//! pseudo-headers first (`:method`, `:path`, `:authority`, `:scheme`; `:status`), built from the proxy's
-//! `http` parts for a phase and written back only when a plugin changed it. Each worker thread keeps spent
-//! lists and refills their strings' buffers instead of allocating two strings per header per phase.
+//! The response's headers as plugins see them: a list of (name, value) with `:status` first, built from the
+//! proxy's `http` parts for a phase and written back only when a plugin changed it. Each worker thread keeps
+//! spent lists and refills their strings' buffers instead of allocating two strings per header per phase.
+//! (The request's head is lent to plugins and read in place: [`portico_plugins::RequestHead`].)
 
 use super::spares;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 thread_local! {
-    /// Several lists: a request holds its list until its response has been sent, so with one spare list,
-    /// concurrent requests on the worker found it taken and allocated anew.
+    /// Several lists: concurrent requests on the worker each hold one during their response phase.
     static SPARE_LISTS: std::cell::RefCell<Vec<Vec<(String, String)>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -31,16 +30,6 @@ pub(super) fn return_spare_list(list: Vec<(String, String)>) {
     }
 }
 
-/// The request's authority: from the URI (HTTP/2, absolute form), else the `Host` header.
-fn authority(parts: &http::request::Parts) -> &str {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or_default()
-}
-
 /// Sets entry `i` of `out` to `name: value`, reusing the entry's buffers.
 fn put(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &[u8]) {
     match std::str::from_utf8(value) {
@@ -61,21 +50,6 @@ fn put_str(out: &mut Vec<(String, String)>, i: usize, name: &str, value: &str) {
     v.push_str(value);
 }
 
-pub(super) fn request_to_abi(parts: &http::request::Parts, out: &mut Vec<(String, String)>) {
-    put_str(out, 0, ":method", parts.method.as_str());
-    put_str(out, 1, ":path", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
-    put_str(out, 2, ":authority", authority(parts));
-    put_str(out, 3, ":scheme", parts.uri.scheme_str().unwrap_or("http"));
-    let mut i = 4;
-    for (name, value) in &parts.headers {
-        if name != http::header::HOST {
-            put(out, i, name.as_str(), value.as_bytes());
-            i += 1;
-        }
-    }
-    out.truncate(i);
-}
-
 pub(super) fn response_to_abi(parts: &http::response::Parts, out: &mut Vec<(String, String)>) {
     put_str(out, 0, ":status", parts.status.as_str());
     let mut i = 1;
@@ -84,39 +58,6 @@ pub(super) fn response_to_abi(parts: &http::response::Parts, out: &mut Vec<(Stri
         i += 1;
     }
     out.truncate(i);
-}
-
-/// Writes the plugin-visible header list back: pseudo-headers become method, path and host.
-pub(super) fn apply_request(parts: &mut http::request::Parts, headers: &[(String, String)]) {
-    let mut map = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        match name.as_str() {
-            ":method" => {
-                if let Ok(m) = http::Method::from_bytes(value.as_bytes()) {
-                    parts.method = m;
-                }
-            }
-            ":path" => {
-                if let Ok(new) = value.parse::<http::uri::PathAndQuery>() {
-                    let mut uri = http::uri::Parts::default();
-                    uri.path_and_query = Some(new);
-                    if let Ok(new) = http::Uri::from_parts(uri) {
-                        parts.uri = new;
-                    }
-                }
-            }
-            ":authority" => {
-                if let Ok(v) = HeaderValue::from_str(value) {
-                    if !value.is_empty() {
-                        map.insert(http::header::HOST, v);
-                    }
-                }
-            }
-            n if n.starts_with(':') => {}
-            n => append(&mut map, n, value),
-        }
-    }
-    parts.headers = map;
 }
 
 pub(super) fn apply_response(parts: &mut http::response::Parts, headers: &[(String, String)]) {
