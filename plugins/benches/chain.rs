@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use portico_plugins::{
     builtin, enter_worker, Candidate, CandidateList, CandidateSource, DefaultHostServices, Plugin, PluginEngine,
-    PluginSpec, RequestFacts, RequestHead, RequestInfo, TrafficDirection,
+    PluginSpec, RequestFacts, RequestInfo, TrafficDirection,
 };
 
 fn load(engine: &PluginEngine, name: &str, wasm: &str, config: &str) -> Arc<Plugin> {
@@ -32,9 +32,9 @@ fn load(engine: &PluginEngine, name: &str, wasm: &str, config: &str) -> Arc<Plug
 }
 
 /// The head of a `curl`/`wrk`-like request, which the proxy lends the plugins in place.
-fn head() -> RequestHead {
+fn head() -> http::request::Parts {
     let request = http::Request::get("/").header("host", "127.0.0.1:18084").header("user-agent", "wrk").body(());
-    RequestHead::take_from(&mut request.unwrap().into_parts().0)
+    request.unwrap().into_parts().0
 }
 
 /// What the proxy hands a request's chain: its id and addresses (the facts behind `request.id`,

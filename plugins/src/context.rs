@@ -10,7 +10,7 @@
 //! phase swaps the caller's map in for its callback and back out after it, keeping a copy only when a later
 //! callback of the plugin could read it (see [`crate::module::Callbacks`]). A map not present reads as empty.
 //! The request headers may instead be the caller's head, lent for a callback and read in place
-//! ([`StreamState::request_head`], see [`crate::request_head`]).
+//! ([`StreamState::lent`], see [`crate::request_head`]).
 
 use arrayvec::ArrayString;
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 
 use crate::abi::{MAP_REQUEST_HEADERS, MAP_REQUEST_TRAILERS, MAP_RESPONSE_HEADERS, MAP_RESPONSE_TRAILERS};
 use crate::candidates::CandidateSource;
-use crate::request_head::{MapRef, RequestHead};
+use crate::request_head::{HeadView, MapRef, SpareHead};
 use crate::types::{HeaderMap, LocalResponse, RequestFacts, Resumption};
 
 /// The root context's id in every instance.
@@ -141,9 +141,12 @@ pub(crate) struct StreamState {
     /// The request's facts (`request.id`, `source.address`, ...), read only when a guest asks.
     pub facts: Option<Arc<dyn RequestFacts>>,
     pub request_headers: HeaderMap,
-    /// The caller's request head while a callback has it on loan: the request headers map reads from it,
-    /// until a hostcall changes the map and `listed` is set.
-    pub request_head: Option<RequestHead>,
+    /// The caller's request head while a callback has it on loan (`lent`), else a spare one it is swapped
+    /// with: the request headers map reads from a lent head, until a hostcall changes the map and `listed`
+    /// is set.
+    pub request_head: SpareHead,
+    /// `request_head` is the caller's, lent for the callback running now.
+    pub lent: bool,
     /// The lent head was turned into `request_headers` (a hostcall changed the map): the list is the map now,
     /// and is written back into the head when the callback returns.
     pub listed: bool,
@@ -195,10 +198,8 @@ impl StreamState {
             return None;
         }
         Some(MapRef::List(match t {
-            MAP_REQUEST_HEADERS => match &self.request_head {
-                Some(head) if !self.listed => return Some(MapRef::Head(head)),
-                _ => &self.request_headers,
-            },
+            MAP_REQUEST_HEADERS if self.lent && !self.listed => return Some(MapRef::Head(&self.request_head.0)),
+            MAP_REQUEST_HEADERS => &self.request_headers,
             MAP_REQUEST_TRAILERS => &self.request_trailers,
             MAP_RESPONSE_HEADERS => &self.response_headers,
             _ => &self.response_trailers,
@@ -207,8 +208,8 @@ impl StreamState {
 
     /// The request headers list, about to be changed: a lent head is turned into it first.
     pub fn request_list_mut(&mut self) -> &mut HeaderMap {
-        if let (Some(head), false) = (&self.request_head, self.listed) {
-            head.to_list(&mut self.request_headers);
+        if self.lent && !self.listed {
+            self.request_head.0.to_list(&mut self.request_headers);
             self.listed = true;
         }
         &mut self.request_headers
@@ -241,8 +242,7 @@ impl StreamState {
         self.present = 0;
         self.modified = 0;
         // A lent head always goes back to its caller when the callback returns; nothing to hand back here.
-        self.request_head = None;
-        self.listed = false;
+        (self.lent, self.listed) = (false, false);
         // Most streams of a header-only plugin touched none of these: skip the drops then.
         if !self.request_body.is_empty() {
             self.request_body = Bytes::new();

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::abi::{MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS};
 use crate::context::{Routed, StreamSignal};
 use crate::error::PluginFailure;
-use crate::request_head::{MapRef, RequestHead};
+use crate::request_head::{HeadView, MapRef};
 use crate::stream::HttpStream;
 use crate::types::{FilterAction, HeaderMap, Resumption};
 
@@ -114,7 +114,7 @@ impl HttpStream {
     /// [`HttpStream::on_request_head`]); after a resumption the head is what the plugin left.
     pub async fn run_request_head(
         &mut self,
-        head: &mut RequestHead,
+        head: &mut http::request::Parts,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         let action = self.on_request_head(head, end_of_stream)?;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::abi::MAP_REQUEST_HEADERS;
 use crate::context::{StreamState, KEEP_MAP_BYTES};
-use crate::request_head::RequestHead;
+use crate::request_head::HeadView;
 use crate::store::copy_headers;
 use crate::types::HeaderMap;
 
@@ -55,20 +55,20 @@ impl PhaseData for Headers<'_> {
     }
 }
 
-/// The caller's request head, lent for the callback and read in place (see [`crate::request_head`]): moved
-/// in, moved back out, with the plugin's changes written into it. A list is made only when a hostcall changes
-/// the map, or when a later callback could read it (the stream keeps a copy, as for [`Headers`]).
+/// The caller's request head, lent for the callback and read in place (see [`crate::request_head`]): swapped
+/// in, swapped back out, with the plugin's changes written into it. A list is made only when a hostcall
+/// changes the map, or when a later callback could read it (the stream keeps a copy, as for [`Headers`]).
 pub(crate) struct LentHead<'a> {
-    pub head: &'a mut RequestHead,
+    pub head: &'a mut http::request::Parts,
     pub keep: bool,
 }
 
 impl PhaseData for LentHead<'_> {
     fn load(&mut self, s: &mut StreamState, _eos: bool) -> usize {
         let bit = 1 << MAP_REQUEST_HEADERS;
-        let n = self.head.len();
-        s.request_head = Some(std::mem::take(self.head));
-        s.listed = false;
+        let n = self.head.list_len();
+        std::mem::swap(&mut s.request_head.0, self.head);
+        (s.lent, s.listed) = (true, false);
         s.present |= bit;
         s.modified &= !bit;
         n
@@ -76,7 +76,8 @@ impl PhaseData for LentHead<'_> {
 
     fn unload(&mut self, s: &mut StreamState, pause: bool) -> bool {
         let bit = 1 << MAP_REQUEST_HEADERS;
-        let mut head = s.request_head.take().unwrap_or_default();
+        std::mem::swap(&mut s.request_head.0, self.head);
+        let head = &mut *self.head;
         let modified = s.modified & bit != 0;
         if s.listed && modified {
             head.apply(&s.request_headers);
@@ -88,8 +89,7 @@ impl PhaseData for LentHead<'_> {
         } else {
             s.present &= !bit;
         }
-        s.listed = false;
-        *self.head = head;
+        (s.lent, s.listed) = (false, false);
         modified
     }
 }

@@ -1,67 +1,57 @@
-//! A request's head lent to a plugin's request-side callbacks and read in place: `proxy_get_header_map_value`
-//! and the `request.*` properties answer from the proxy's own method, target and fields, so a request whose
-//! plugins only read its head (a router matching `:path`, a balancer hashing a header) builds no header list.
-//! The first hostcall that changes the map turns the head into the plugin-visible list (pseudo-headers first,
-//! as [`RequestHead::to_list`] writes it), and the phase writes that list back into the head when the callback
-//! returns ([`RequestHead::apply`]).
+//! A request's head (`http::request::Parts`) lent to a plugin's request-side callbacks and read in place:
+//! `proxy_get_header_map_value` and the `request.*` properties answer from the proxy's own method, target and
+//! fields, so a request whose plugins only read its head (a router matching `:path`, a balancer hashing a
+//! header) builds no header list. The first hostcall that changes the map turns the head into the
+//! plugin-visible list (pseudo-headers first, as [`HeadView::to_list`] writes it), and the phase writes that
+//! list back into the head when the callback returns ([`HeadView::apply`]). Lending swaps the caller's head
+//! with one the stream slot keeps ([`SpareHead`]): nothing is made, copied or dropped.
 
 use http::header::{HeaderName, HeaderValue, HOST};
+use http::request::Parts;
 
 use crate::types::HeaderMap;
-
-/// The parts of a request head a plugin sees: `:method`, `:path`, `:authority` and `:scheme` come from
-/// `method` and `uri` (`:authority` from the `Host` field when the target has none); every field but `Host`
-/// follows, in `headers`' order.
-#[derive(Debug, Default)]
-pub struct RequestHead {
-    /// `:method`.
-    pub method: http::Method,
-    /// `:path` (its path and query), `:scheme` (`http` when the target has none) and `:authority`.
-    pub uri: http::Uri,
-    /// The request's fields.
-    pub headers: http::HeaderMap,
-}
 
 /// The pseudo-headers, in the order the plugin-visible list starts with them.
 const PSEUDO: [&str; 4] = [":method", ":path", ":authority", ":scheme"];
 
-impl RequestHead {
-    /// Moves the head out of `parts` (nothing is copied; `parts` keeps placeholders until
-    /// [`RequestHead::put_into`]).
-    pub fn take_from(parts: &mut http::request::Parts) -> Self {
-        RequestHead {
-            method: std::mem::take(&mut parts.method),
-            uri: std::mem::take(&mut parts.uri),
-            headers: std::mem::take(&mut parts.headers),
-        }
-    }
+/// A request's head (the proxy's own `http` parts) as plugins see it: `:method`, `:path`, `:authority` and
+/// `:scheme` from the method and target (`:authority` from the `Host` field when the target has none;
+/// `:scheme` `http` when it has none); every field but `Host` follows, in the map's order.
+pub(crate) trait HeadView {
+    /// The value of `name` (ASCII case-insensitive), the first one when the field repeats, as the list would
+    /// answer: `host` is not in it (`:authority` is).
+    fn get(&self, name: &[u8]) -> Option<&[u8]>;
+    /// Every (name, value) of the plugin-visible list, in its order.
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+    /// How many entries the plugin-visible list has.
+    fn list_len(&self) -> usize;
+    /// Writes the plugin-visible list into `out`, reusing its strings' buffers; returns the bytes copied. A
+    /// value that is not UTF-8 (`obs-text`) is written with replacement characters, as the list holds text.
+    fn to_list(&self, out: &mut HeaderMap) -> usize;
+    /// Makes the head what the plugin-visible `list` says: `:method`, `:path` and `:authority` become the
+    /// method, the target's path and query, and `Host`; the other pseudo-headers are the proxy's to set. A
+    /// value the head cannot hold (an invalid method, target or field) is dropped, and the head keeps what it
+    /// had for a pseudo-header.
+    fn apply(&mut self, list: &[(String, String)]);
+}
 
-    /// Moves the head back into `parts`.
-    pub fn put_into(self, parts: &mut http::request::Parts) {
-        (parts.method, parts.uri, parts.headers) = (self.method, self.uri, self.headers);
-    }
-
-    fn pseudo(&self, i: usize) -> &[u8] {
-        match i {
-            0 => self.method.as_str().as_bytes(),
-            1 => self.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes(),
-            2 => self.authority(),
-            _ => self.uri.scheme_str().unwrap_or("http").as_bytes(),
-        }
-    }
-
-    fn authority(&self) -> &[u8] {
-        match self.uri.authority() {
+fn pseudo(head: &Parts, i: usize) -> &[u8] {
+    match i {
+        0 => head.method.as_str().as_bytes(),
+        1 => head.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes(),
+        2 => match head.uri.authority() {
             Some(a) => a.as_str().as_bytes(),
-            None => self.headers.get(HOST).map_or(&b""[..], HeaderValue::as_bytes),
-        }
+            None => head.headers.get(HOST).map_or(&b""[..], HeaderValue::as_bytes),
+        },
+        _ => head.uri.scheme_str().unwrap_or("http").as_bytes(),
     }
+}
 
-    /// The value of `name` (ASCII case-insensitive), the first one when the field repeats, as the list
-    /// would answer: `host` is not in it (`:authority` is).
-    pub(crate) fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        if let Some(i) = PSEUDO.iter().position(|p| p.as_bytes().eq_ignore_ascii_case(name)) {
-            return Some(self.pseudo(i));
+impl HeadView for Parts {
+    fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        if name.first() == Some(&b':') {
+            let i = PSEUDO.iter().position(|p| p.as_bytes().eq_ignore_ascii_case(name))?;
+            return Some(pseudo(self, i));
         }
         if name.eq_ignore_ascii_case(b"host") {
             return None;
@@ -71,22 +61,18 @@ impl RequestHead {
         self.headers.get(std::str::from_utf8(name).ok()?).map(HeaderValue::as_bytes)
     }
 
-    /// Every (name, value) of the plugin-visible list, in its order.
-    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let pseudo = (0..PSEUDO.len()).map(|i| (PSEUDO[i].as_bytes(), self.pseudo(i)));
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let pseudo = (0..PSEUDO.len()).map(|i| (PSEUDO[i].as_bytes(), pseudo(self, i)));
         let fields =
             self.headers.iter().filter(|(n, _)| *n != HOST).map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
         pseudo.chain(fields)
     }
 
-    /// How many entries the plugin-visible list has.
-    pub(crate) fn len(&self) -> usize {
+    fn list_len(&self) -> usize {
         PSEUDO.len() + self.headers.len() - self.headers.get_all(HOST).iter().count()
     }
 
-    /// Writes the plugin-visible list into `out`, reusing its strings' buffers; returns the bytes copied. A
-    /// value that is not UTF-8 (`obs-text`) is written with replacement characters, as the list holds text.
-    pub(crate) fn to_list(&self, out: &mut HeaderMap) -> usize {
+    fn to_list(&self, out: &mut HeaderMap) -> usize {
         let mut n = 0;
         let mut bytes = 0;
         for (name, value) in self.pairs() {
@@ -108,11 +94,7 @@ impl RequestHead {
         bytes
     }
 
-    /// Makes the head what the plugin-visible `list` says: `:method`, `:path` and `:authority` become the
-    /// method, the target's path and query, and `Host`; the other pseudo-headers are the proxy's to set. A
-    /// value the head cannot hold (an invalid method, target or field) is dropped, and the head keeps what it
-    /// had for a pseudo-header.
-    pub(crate) fn apply(&mut self, list: &[(String, String)]) {
+    fn apply(&mut self, list: &[(String, String)]) {
         let mut map = http::HeaderMap::with_capacity(list.len());
         for (name, value) in list {
             match name.as_str() {
@@ -150,11 +132,21 @@ impl RequestHead {
     }
 }
 
+/// The head a stream slot keeps while no callback has the caller's: the caller's is swapped with it, so lending
+/// a head moves it twice and makes or drops nothing.
+pub(crate) struct SpareHead(pub Parts);
+
+impl Default for SpareHead {
+    fn default() -> Self {
+        SpareHead(http::Request::new(()).into_parts().0)
+    }
+}
+
 /// A header map as a hostcall reads it: the stream's list, or a lent request head read in place.
 #[derive(Clone, Copy)]
 pub(crate) enum MapRef<'a> {
     List(&'a [(String, String)]),
-    Head(&'a RequestHead),
+    Head(&'a Parts),
 }
 
 impl<'a> MapRef<'a> {
@@ -184,7 +176,7 @@ impl<'a> MapRef<'a> {
     pub(crate) fn serialize(self) -> Vec<u8> {
         match self {
             MapRef::List(list) => crate::codec::serialize_map(list),
-            MapRef::Head(head) => crate::codec::serialize_pairs(head.len(), || head.pairs()),
+            MapRef::Head(head) => crate::codec::serialize_pairs(head.list_len(), || head.pairs()),
         }
     }
 

@@ -10,14 +10,13 @@ use crate::abi::MAP_REQUEST_HEADERS;
 use crate::candidates::{group_version, Candidate, CandidateList, CandidateSource};
 use crate::context::Routed;
 use crate::error::PluginFailure;
-use crate::request_head::RequestHead;
 use crate::stream::HttpStream;
 use crate::types::HeaderMap;
 
 /// The request headers an endpoint selection lends its callback.
 enum Loan<'a> {
     List(&'a mut HeaderMap),
-    Head(&'a mut RequestHead),
+    Head(&'a mut http::request::Parts),
 }
 
 impl HttpStream {
@@ -71,7 +70,7 @@ impl HttpStream {
     /// request headers in this callback are not applied, as with the list.
     pub fn select_endpoint_for(
         &mut self,
-        head: &mut RequestHead,
+        head: &mut http::request::Parts,
         group: &str,
         candidates: &Arc<dyn CandidateSource>,
         attempt: u32,
@@ -119,8 +118,8 @@ impl HttpStream {
                     Loan::List(list) => std::mem::swap(&mut s.request_headers, list),
                     Loan::Head(head) => {
                         kept = std::mem::take(&mut s.request_headers);
-                        s.request_head = Some(std::mem::take(*head));
-                        s.listed = false;
+                        std::mem::swap(&mut s.request_head.0, *head);
+                        (s.lent, s.listed) = (true, false);
                     }
                 }
                 s.present |= bit;
@@ -132,9 +131,9 @@ impl HttpStream {
                 match &mut request {
                     Loan::List(list) => std::mem::swap(&mut s.request_headers, list),
                     Loan::Head(head) => {
-                        **head = s.request_head.take().unwrap_or_default();
+                        std::mem::swap(&mut s.request_head.0, *head);
                         s.request_headers = kept;
-                        s.listed = false;
+                        (s.lent, s.listed) = (false, false);
                     }
                 }
                 s.present = (s.present & !bit) | (present & bit);

@@ -156,7 +156,7 @@ impl HostState {
                 let present = s.present & bit != 0;
                 s.present |= bit;
                 s.modified |= bit;
-                if t == MAP_REQUEST_HEADERS && s.request_head.is_some() {
+                if t == MAP_REQUEST_HEADERS && s.lent {
                     return Ok(s.request_list_mut());
                 }
                 let map = s.map_mut(t).ok_or(BAD_ARGUMENT)?;

@@ -20,7 +20,6 @@ use crate::error::{FailureKind, PluginFailure};
 use crate::instance::{invoke, Exports, Instance, Slot};
 use crate::phase_data::{Body, Headers, LentHead, PhaseData};
 use crate::pool::{Pending, Plugin, PluginHandle};
-use crate::request_head::RequestHead;
 use crate::types::{FilterAction, HeaderMap, RequestFacts};
 
 /// One request flowing through one plugin: a stream context in one instance.
@@ -313,7 +312,7 @@ impl HttpStream {
     /// [`crate::request_head`]); the plugin's changes are written back into it.
     pub fn on_request_head(
         &mut self,
-        head: &mut RequestHead,
+        head: &mut http::request::Parts,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         let cb = self.handle.plugin.callbacks;

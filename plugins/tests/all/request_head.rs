@@ -1,4 +1,4 @@
-//! A request head lent to a plugin (`RequestHead`, as the proxy lends it) reads and changes as the
+//! A request head lent to a plugin (`http::request::Parts`, as the proxy lends it) reads and changes as the
 //! plugin-visible header list does: the same values, pairs, sizes and properties; rewrites written back into
 //! the head; a paused stream's changes applied when it resumes; endpoint selection reading the head.
 
@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use crate::builtin_balancer::{balancer, endpoints};
 use crate::support::*;
-use portico_plugins::{CandidateList, CandidateSource, FilterAction, HttpCallResponse, RequestHead, RequestInfo};
+use http::request::Parts;
+use portico_plugins::{CandidateList, CandidateSource, FilterAction, HttpCallResponse, RequestInfo};
 
 /// GET /a/b?c=d with Host, a User-Agent and a repeated field.
-fn sample() -> RequestHead {
+fn sample() -> Parts {
     let request = http::Request::get("/a/b?c=d")
         .header("host", "example.com")
         .header("user-agent", "curl/8")
@@ -18,7 +19,7 @@ fn sample() -> RequestHead {
         .header("x-multi", "2")
         .body(())
         .unwrap();
-    RequestHead::take_from(&mut request.into_parts().0)
+    request.into_parts().0
 }
 
 /// The list the proxy built for [`sample`] before heads were lent.
@@ -184,9 +185,7 @@ fn a_lent_head_takes_the_plugins_rewrites() {
     // The stream's next request reads its own head, not the list the last one left.
     let (p, _) = load(&e, spec("reader", wat_imports(PAIRS_IMPORTS, READER))).unwrap();
     let mut first = p.new_stream(RequestInfo::default()).unwrap();
-    let mut rewritten = RequestHead::take_from(
-        &mut http::Request::post("/other").header("host", "b.example").body(()).unwrap().into_parts().0,
-    );
+    let mut rewritten = http::Request::post("/other").header("host", "b.example").body(()).unwrap().into_parts().0;
     first.on_request_head(&mut rewritten, true).unwrap();
     drop(first);
     let mut second = p.new_stream(RequestInfo::default()).unwrap();

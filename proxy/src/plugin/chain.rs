@@ -16,8 +16,7 @@ use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use portico_plugins::{
-    FailPolicy, FilterAction, HttpStream, LocalResponse, Plugin, PluginFailure, RequestFacts, RequestHead,
-    TrafficDirection,
+    FailPolicy, FilterAction, HttpStream, LocalResponse, Plugin, PluginFailure, RequestFacts, TrafficDirection,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,7 +169,7 @@ impl FilterChain {
     /// Runs the request headers through every plugin that takes part (see
     /// [`Plugin::handles_request_headers`]) and applies their rewrites to `parts`. The head is lent to each
     /// plugin and read in place: no header list is built unless a plugin changes the headers (see
-    /// [`RequestHead`]).
+    /// [`HttpStream::on_request_head`]).
     pub async fn request_headers(
         &mut self,
         parts: &mut http::request::Parts,
@@ -181,14 +180,6 @@ impl FilterChain {
         if !self.links.iter().any(takes_part) {
             return Verdict::Continue;
         }
-        let mut head = RequestHead::take_from(parts);
-        let verdict = self.request_head(&mut head, end_of_stream, request_id).await;
-        head.put_into(parts);
-        verdict
-    }
-
-    async fn request_head(&mut self, head: &mut RequestHead, end_of_stream: bool, request_id: &str) -> Verdict {
-        let takes_part = |l: &Link| l.plugin().handles_request_headers();
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
@@ -196,7 +187,7 @@ impl FilterChain {
                 i += 1;
                 continue;
             }
-            match link.stream.run_request_head(head, end_of_stream).await {
+            match link.stream.run_request_head(parts, end_of_stream).await {
                 Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
                 Ok(FilterAction::LocalResponse(local)) => return Verdict::Respond(local_answer(local, request_id)),
                 Ok(FilterAction::Close) => return Verdict::Respond(closed(link.plugin(), request_id)),
@@ -235,21 +226,6 @@ impl FilterChain {
         // Shared by every plugin in the chain; the list itself is built only if a plugin reads it.
         let offered = upstream.offered();
         let failed_address = tried.last().map(|&i| upstream.endpoints[i].name.as_str());
-        let mut head = RequestHead::take_from(parts);
-        let chosen = self.select_with(&mut head, upstream, &offered, attempt, failed_address, request_id);
-        head.put_into(parts);
-        chosen
-    }
-
-    fn select_with(
-        &mut self,
-        head: &mut RequestHead,
-        upstream: &Arc<Upstream>,
-        offered: &Arc<dyn portico_plugins::CandidateSource>,
-        attempt: u32,
-        failed_address: Option<&str>,
-        request_id: &str,
-    ) -> Result<Option<usize>, Refusal> {
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
@@ -257,7 +233,7 @@ impl FilterChain {
                 i += 1;
                 continue;
             }
-            match link.stream.select_endpoint_for(head, upstream.name(), offered, attempt, failed_address) {
+            match link.stream.select_endpoint_for(parts, upstream.name(), &offered, attempt, failed_address) {
                 Ok(Some(index)) => return Ok(Some(index)),
                 Ok(None) => i += 1,
                 Err(failure) => {

@@ -1,7 +1,7 @@
 //! The response's headers as plugins see them: a list of (name, value) with `:status` first, built from the
 //! proxy's `http` parts for a phase and written back only when a plugin changed it. Each worker thread keeps
 //! spent lists and refills their strings' buffers instead of allocating two strings per header per phase.
-//! (The request's head is lent to plugins and read in place: [`portico_plugins::RequestHead`].)
+//! (The request's head is lent to plugins and read in place: [`portico_plugins::HttpStream::on_request_head`].)
 
 use super::spares;
 use http::{HeaderName, HeaderValue, StatusCode};
