@@ -107,7 +107,7 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         let action = self.on_request_headers(headers, end_of_stream)?;
-        self.finish_pause(action, headers, true).await
+        self.finish_pause(action, true, |list| *headers = list).await
     }
 
     /// [`HttpStream::run_request_headers`] with the caller's head lent and read in place (see
@@ -118,19 +118,7 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         let action = self.on_request_head(head, end_of_stream)?;
-        if action != FilterAction::Pause {
-            return Ok(action);
-        }
-        match self.resumed().await {
-            Resumption::Continue => {
-                head.apply(&self.request_headers()?);
-                self.changed = true;
-                Ok(FilterAction::Continue)
-            }
-            Resumption::LocalResponse(r) => Ok(FilterAction::LocalResponse(r)),
-            Resumption::Close => Ok(FilterAction::Close),
-            Resumption::Failed(f) => Err(f),
-        }
+        self.finish_pause(action, true, |list| head.apply(&list)).await
     }
 
     /// Response-side twin of [`HttpStream::run_request_headers`].
@@ -140,21 +128,23 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         let action = self.on_response_headers(headers, end_of_stream)?;
-        self.finish_pause(action, headers, false).await
+        self.finish_pause(action, false, |list| *headers = list).await
     }
 
+    /// After a phase: on `Pause`, waits for the resumption; on Continue the request's (or the response's)
+    /// headers as the plugin left them go to `refresh`, which puts them in the caller's.
     async fn finish_pause(
         &mut self,
         action: FilterAction,
-        headers: &mut HeaderMap,
         request: bool,
+        refresh: impl FnOnce(HeaderMap),
     ) -> Result<FilterAction, PluginFailure> {
         if action != FilterAction::Pause {
             return Ok(action);
         }
         match self.resumed().await {
             Resumption::Continue => {
-                *headers = if request { self.request_headers()? } else { self.response_headers()? };
+                refresh(if request { self.request_headers()? } else { self.response_headers()? });
                 self.changed = true;
                 Ok(FilterAction::Continue)
             }

@@ -315,19 +315,8 @@ impl HttpStream {
         head: &mut http::request::Parts,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
-        let cb = self.handle.plugin.callbacks;
-        let keep = cb.keeps_request_maps();
-        self.phase(
-            PhaseCallback {
-                name: "proxy_on_request_headers",
-                pick: |f| f.on_request_headers.as_ref().map(Cb::Three),
-                continues: abi::headers_continue,
-                routes: true,
-            },
-            cb.request_headers || keep,
-            LentHead { head, keep },
-            end_of_stream,
-        )
+        let keep = self.handle.plugin.callbacks.keeps_request_maps();
+        self.request_headers_phase(LentHead { head, keep }, keep, end_of_stream)
     }
 
     /// `proxy_on_request_headers`. `headers` must include `:method`, `:path`, `:authority`, `:scheme`; the
@@ -337,8 +326,19 @@ impl HttpStream {
         headers: &mut HeaderMap,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
-        let cb = self.handle.plugin.callbacks;
-        let keep = cb.keeps_request_maps();
+        let keep = self.handle.plugin.callbacks.keeps_request_maps();
+        self.request_headers_phase(Headers { map: headers, t: abi::MAP_REQUEST_HEADERS, keep }, keep, end_of_stream)
+    }
+
+    /// The request headers phase with the request's headers as a lent head or a list; `keep`: a later callback
+    /// could read them.
+    fn request_headers_phase(
+        &mut self,
+        data: impl PhaseData,
+        keep: bool,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, PluginFailure> {
+        let needed = self.handle.plugin.callbacks.request_headers || keep;
         self.phase(
             PhaseCallback {
                 name: "proxy_on_request_headers",
@@ -346,8 +346,8 @@ impl HttpStream {
                 continues: abi::headers_continue,
                 routes: true,
             },
-            cb.request_headers || keep,
-            Headers { map: headers, t: abi::MAP_REQUEST_HEADERS, keep },
+            needed,
+            data,
             end_of_stream,
         )
     }

@@ -144,8 +144,11 @@ async fn a_trapping_plugin_fails_closed_or_open_and_portico_keeps_serving() -> T
         assert_eq!(closed.status, 503);
         assert_eq!(closed.json()["error"], "plugin_failed");
         assert!(closed.json()["detail"].as_str().unwrap_or("").contains("strict"));
-        let open = get(p.addr("open").await, "/").await?;
+        let open = get(p.addr("open").await, "/kept/as/sent?q=1").await?;
         assert_eq!(open.status, 200, "fail = open skips the broken plugin");
+        // The head lent to the plugin that trapped came back whole.
+        assert_eq!(open.json()["path"], "/kept/as/sent?q=1");
+        assert_eq!(open.json()["method"], "GET");
     }
     assert_eq!(app.hits(), 5);
     let metrics = String::from_utf8(get(p.admin, "/metrics").await?.body.to_vec())?;
