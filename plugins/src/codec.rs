@@ -7,23 +7,10 @@ use crate::types::HeaderMap;
 /// Serialize pairs as the ABI expects: `u32 N`, N x (`u32 key_len`, `u32 value_len`), then each key and value
 /// followed by a NUL. All integers little-endian.
 pub fn serialize_map(map: &[(String, String)]) -> Vec<u8> {
-    let data: usize = map.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-    let mut out = Vec::with_capacity(4 + 8 * map.len() + data);
-    out.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (k, v) in map {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in map {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
+    serialize_pairs(map.len(), || map.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
 }
 
-/// [`serialize_map`] for `n` pairs given as bytes (a request head read in place).
+/// [`serialize_map`] for the `n` pairs `pairs` yields, as bytes (a list, or a request head read in place).
 pub(crate) fn serialize_pairs<'a, I>(n: usize, pairs: impl Fn() -> I) -> Vec<u8>
 where
     I: Iterator<Item = (&'a [u8], &'a [u8])>,
@@ -46,7 +33,12 @@ where
 
 /// Size of [`serialize_map`]'s output without building it (`proxy_get_header_map_size`).
 pub fn serialized_map_size(map: &[(String, String)]) -> usize {
-    4 + map.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>()
+    serialized_pairs_size(map.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+}
+
+/// [`serialized_map_size`] for the pairs `pairs` yields, as bytes.
+pub(crate) fn serialized_pairs_size<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> usize {
+    4 + pairs.map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>()
 }
 
 /// Parse a serialized map. Accepts the empty forms (0 bytes, a single NUL, `N=0`). Returns `None` on

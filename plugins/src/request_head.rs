@@ -184,7 +184,7 @@ impl<'a> MapRef<'a> {
     pub(crate) fn serialized_size(self) -> usize {
         match self {
             MapRef::List(list) => crate::codec::serialized_map_size(list),
-            MapRef::Head(head) => 4 + head.pairs().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>(),
+            MapRef::Head(head) => crate::codec::serialized_pairs_size(head.pairs()),
         }
     }
 }
