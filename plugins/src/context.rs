@@ -197,8 +197,10 @@ impl StreamState {
         if !(MAP_REQUEST_HEADERS..=MAP_RESPONSE_TRAILERS).contains(&t) || self.present & (1 << t) == 0 {
             return None;
         }
+        if t == MAP_REQUEST_HEADERS && self.lent && !self.listed {
+            return Some(MapRef::Head(&self.request_head.0));
+        }
         Some(MapRef::List(match t {
-            MAP_REQUEST_HEADERS if self.lent && !self.listed => return Some(MapRef::Head(&self.request_head.0)),
             MAP_REQUEST_HEADERS => &self.request_headers,
             MAP_REQUEST_TRAILERS => &self.request_trailers,
             MAP_RESPONSE_HEADERS => &self.response_headers,
