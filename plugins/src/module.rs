@@ -120,6 +120,20 @@ impl Callbacks {
             || self.out_of_band)
     }
 
+    /// Whether nothing after an endpoint selection can reach the stream, and nothing shows the guest a
+    /// stream's life (no `proxy_on_context_create`, `proxy_on_done`, `proxy_on_log` or `proxy_on_delete`): a
+    /// balancer that only picks (the bundled one). Its context is closed at the end of the selection, in the
+    /// same visit to the instance, and the stream goes back to unopened: a retry's selection opens a new one,
+    /// and dropping it touches nothing. The guest cannot tell: it never sees a context begin or end.
+    pub(crate) fn ends_with_upstream_select(&self) -> bool {
+        self.upstream_select
+            && !(self.request_body
+                || self.request_trailers
+                || self.response_side()
+                || self.out_of_band
+                || self.sees_stream_life())
+    }
+
     /// The same for the response headers and trailers.
     pub(crate) fn keeps_response_maps(&self) -> bool {
         self.response_body || self.response_trailers || self.done_or_log() || self.delete || self.out_of_band

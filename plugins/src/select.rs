@@ -92,7 +92,9 @@ impl HttpStream {
         if !(selects || attempt == 0 && self.preselected) {
             return Ok(None);
         }
-        self.with_instance(|inst, ctx| {
+        let ends = self.handle.plugin.callbacks.ends_with_upstream_select();
+        let mut reopen = None;
+        let chosen = self.with_instance(|inst, ctx| {
             let s = inst.stream(ctx)?;
             // A choice made in the request headers callback stands for attempt 0 unless this one makes another.
             let preselected = attempt == 0 && s.selected_upstream.get().is_some();
@@ -146,15 +148,31 @@ impl HttpStream {
             if preselected && s.selected_upstream.writes() == writes {
                 s.selected_upstream.restore();
             }
-            let Some(address) = s.selected_upstream.get() else { return Ok(None) };
-            if let Some(index) = candidates.index_of(address) {
-                return Ok(Some(index));
+            let (chosen, stray) = match s.selected_upstream.get() {
+                None => (None, None),
+                Some(address) => match candidates.index_of(address) {
+                    Some(index) => (Some(index), None),
+                    None => (None, Some(address.to_string())),
+                },
+            };
+            // Nothing can reach this context again: close it now rather than in a second visit on drop, and keep
+            // the facts for a retry's selection to open another.
+            if ends && !s.called_out {
+                reopen = s.facts.take();
+                let st = inst.store.data_mut();
+                st.streams.close(ctx);
+                st.current = st.root_context;
             }
-            let address = address.to_string();
-            let core = &inst.store.data().core;
-            tracing::warn!(plugin = %core.name, address, group, "plugin selected an address that is not a candidate; ignoring");
-            Ok(None)
-        })
+            if let Some(address) = stray {
+                let core = &inst.store.data().core;
+                tracing::warn!(plugin = %core.name, address, group, "plugin selected an address that is not a candidate; ignoring");
+            }
+            Ok(chosen)
+        })?;
+        if reopen.is_some() {
+            (self.unopened, self.context) = (reopen, 0);
+        }
+        Ok(chosen)
     }
 
     /// Set a property for this stream (e.g. `upstream.address` once connected, or any custom name), readable by

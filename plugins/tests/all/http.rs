@@ -265,6 +265,58 @@ fn upstream_selection_and_routing() {
     assert_eq!(s.select_endpoint(&mut h, "blue", &retry, 2, Some("10.0.0.3:80")).unwrap(), None);
 }
 
+/// A balancer that only picks (no context life callbacks, nothing on the response side) has its context closed
+/// with each pick, in the same visit; a retry opens another. One that exports `proxy_on_delete` keeps its
+/// context until the stream is dropped, the same one across attempts.
+#[test]
+fn a_pick_only_context_closes_with_its_pick_and_a_retry_opens_another() {
+    let e = engine();
+    let picks = r#"
+      (data (i32.const 1072) "portico\00upstream\00selected")
+      (data (i32.const 1104) "10.0.0.2:80")
+      (data (i32.const 1120) "10.0.0.1:80")
+      (func (export "portico_on_upstream_select") (param $ctx i32) (param $attempt i32) (result i32)
+        (if (i32.eqz (local.get $attempt))
+          (then (drop (call $set_prop (i32.const 1072) (i32.const 25) (i32.const 1104) (i32.const 11))))
+          (else (drop (call $set_prop (i32.const 1072) (i32.const 25) (i32.const 1120) (i32.const 11)))))
+        (i32.const 0))
+    "#;
+    let cand = |a: &str| Candidate {
+        address: a.into(),
+        weight: 1,
+        active_requests: 0,
+        latency: Duration::from_millis(3),
+        ejected: false,
+    };
+    let all = [cand("10.0.0.1:80"), cand("10.0.0.2:80")];
+    for (deletes, name) in [(false, "picks"), (true, "picks-and-deletes")] {
+        let body = if deletes {
+            format!("{picks} (func (export \"proxy_on_delete\") (param i32))")
+        } else {
+            picks.to_string()
+        };
+        // The prelude's `proxy_on_context_create` would show the guest a context's life: this module has none.
+        let module = wat(&body).replace(r#"(func (export "proxy_on_context_create") (param i32 i32))"#, "");
+        let (p, _) = load(&e, spec(name, module)).unwrap();
+        let (info, mut h) = request("/");
+        let mut s = p.new_stream(info).unwrap();
+        assert_eq!(s.select_endpoint(&mut h, "blue", &all, 0, None).unwrap().as_deref(), Some("10.0.0.2:80"));
+        let first = s.context_id();
+        assert_eq!(first == 0, !deletes, "{name}: context after the first pick");
+        let retried = s.select_endpoint(&mut h, "blue", &all, 1, Some("10.0.0.2:80")).unwrap();
+        assert_eq!(retried.as_deref(), Some("10.0.0.1:80"), "{name}: the retry's pick");
+        assert_eq!(s.context_id(), first, "{name}: context after the retry");
+        drop(s);
+        // Every context of the instance is gone: a new stream gets the first slot again.
+        let (info, mut h) = request("/");
+        let mut t = p.new_stream(info).unwrap();
+        t.select_endpoint(&mut h, "blue", &all, 0, None).unwrap();
+        if deletes {
+            assert_eq!(t.context_id() & 0xFFFF, first & 0xFFFF, "{name}: the dropped stream's slot is reused");
+        }
+    }
+}
+
 #[test]
 fn candidate_loads_are_properties_by_address() {
     let e = engine();
