@@ -97,13 +97,15 @@ async fn proxied(
         return response;
     }
     // Plugins with response-side callbacks read and change the answer's fields as a map; for the others
-    // (the bundled router and balancer) they stay raw.
+    // (the bundled router and balancer) they stay raw, and the answer is not moved through the phase.
     if chain.sees_response() {
         crate::body::fields_as_map(&mut response);
+        response = chain.response_headers(response, &meta.request_id).await;
     }
-    let response = chain.response_headers(response, &meta.request_id).await;
     if http_body::Body::is_end_stream(response.body()) {
-        return logged(finish(shared, listener, upstream.name(), response, meta), chain);
+        finish_in_place(shared, listener, upstream.name(), &mut response, meta);
+        log_after_body(&mut response, chain);
+        return response;
     }
     match BodyPipe::new(&chain, Direction::Response, timeout) {
         Some(pipe) => {
@@ -124,20 +126,24 @@ fn note_plugins(meta: &mut RequestMeta, note: impl FnOnce(&mut PluginDecisions))
 
 /// Runs the chain's `on_log` when the response body has been sent (or now, for a body already complete), and
 /// counts the answer for plugins under a rollout.
-fn logged(response: Response<ResponseBody>, mut chain: FilterChain) -> Response<ResponseBody> {
+fn logged(mut response: Response<ResponseBody>, chain: FilterChain) -> Response<ResponseBody> {
+    log_after_body(&mut response, chain);
+    response
+}
+
+/// [`logged`] on an answer in place (an answer is a few hundred bytes: not moved twice more per request).
+fn log_after_body(response: &mut Response<ResponseBody>, mut chain: FilterChain) {
     chain.answered(response.status().as_u16());
     if chain.is_empty() {
-        return response;
+        return;
     }
-    let (parts, mut body) = response.into_parts();
-    match body.guard_slot() {
+    match response.body_mut().guard_slot() {
         Some(slot) => {
             let inner = slot.take();
             *slot = Some(Box::new(ChainedGuard { chain: Some(chain), inner }));
         }
         None => chain.log(),
     }
-    Response::from_parts(parts, body)
 }
 
 /// Finishes the plugin chain after the guard it wraps.
