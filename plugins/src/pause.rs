@@ -121,6 +121,17 @@ impl HttpStream {
         self.finish_pause(action, true, |list| head.apply(&list)).await
     }
 
+    /// The second half of [`HttpStream::run_request_head`], for a caller that ran
+    /// [`HttpStream::on_request_head`] itself and got `Pause`: waits for the resumption and leaves the head as
+    /// the plugin did. (Most callbacks do not pause; a caller that tries the callback first builds no future
+    /// for them.)
+    pub async fn resume_request_head(
+        &mut self,
+        head: &mut http::request::Parts,
+    ) -> Result<FilterAction, PluginFailure> {
+        self.finish_pause(FilterAction::Pause, true, |list| head.apply(&list)).await
+    }
+
     /// Response-side twin of [`HttpStream::run_request_headers`].
     pub async fn run_response_headers(
         &mut self,

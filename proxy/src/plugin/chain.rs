@@ -187,7 +187,12 @@ impl FilterChain {
                 i += 1;
                 continue;
             }
-            match link.stream.run_request_head(parts, end_of_stream).await {
+            // The callback runs here; only a stream that paused gets a future to wait in.
+            let action = match link.stream.on_request_head(parts, end_of_stream) {
+                Ok(FilterAction::Pause) => link.stream.resume_request_head(parts).await,
+                done => done,
+            };
+            match action {
                 Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
                 Ok(FilterAction::LocalResponse(local)) => return Verdict::Respond(local_answer(local, request_id)),
                 Ok(FilterAction::Close) => return Verdict::Respond(closed(link.plugin(), request_id)),
