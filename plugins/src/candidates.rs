@@ -83,23 +83,51 @@ pub fn address_hash(address: &str) -> u64 {
     address.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3))
 }
 
-/// FNV-1a for the candidates' addresses: they come from the configuration, not from clients, so the map needs
-/// no flood-resistant SipHash, which showed as the largest cost of a pick's address lookup. The proxy keys its
-/// groups' address index with it too ([`AddressMap`]).
-#[derive(Default)]
+/// The candidates' address index hash: addresses come from the configuration, not from clients, so the map
+/// needs no flood-resistant SipHash, which showed as the largest cost of a pick's address lookup. It takes eight
+/// bytes a step, each a folded multiply (the 128-bit product's halves XORed, as foldhash and wyhash do), which
+/// carries every input bit into the low bits the table indexes by: byte-at-a-time FNV-1a spent ~75
+/// instructions on a `127.0.0.1:8080`-sized address, a third of a lookup. (A plain multiply-rotate round, as
+/// FxHash does, made `10.0.0.92:8080` and `10.0.0.19:8080` one value.) The proxy keys its groups' address index
+/// with it too ([`AddressMap`]).
 pub struct AddressHasher(u64);
+
+impl Default for AddressHasher {
+    fn default() -> Self {
+        AddressHasher(0x243F_6A88_85A3_08D3)
+    }
+}
 
 /// A map keyed by endpoint address, hashed with [`AddressHasher`]. Only for keys an operator wrote (or that
 /// service discovery returned): lookups with any key are fine, inserts from clients are not.
 pub type AddressMap<V> = std::collections::HashMap<String, V, std::hash::BuildHasherDefault<AddressHasher>>;
 
+impl AddressHasher {
+    fn round(&mut self, word: u64) {
+        let product = u128::from(self.0 ^ word) * 0x9E37_79B9_7F4A_7C15;
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
 impl std::hash::Hasher for AddressHasher {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xCBF2_9CE4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            self.round(u64::from_le_bytes(w));
         }
-        self.0 = h;
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            // The length keeps "a" and "a\0" apart.
+            self.round(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.round(u64::from(byte));
     }
 
     fn finish(&self) -> u64 {
@@ -141,5 +169,27 @@ impl CandidateSource for CandidateList {
 
     fn load(&self, address: &str) -> Option<CandidateLoad> {
         self.by_address.get(address).map(|&i| CandidateLoad::of(&self.candidates[i]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::{BuildHasher, BuildHasherDefault};
+
+    /// Addresses that differ in a byte or two spread over a table's low bits (a hash that left them in a few
+    /// buckets would make a large group's lookups linear), and a map keyed with it finds each one.
+    #[test]
+    fn similar_addresses_spread_over_the_low_bits_and_are_found() {
+        let build = BuildHasherDefault::<AddressHasher>::default();
+        let addresses: Vec<String> = (0..4096).map(|i| format!("10.0.{}.{}:8080", i / 256, i % 256)).collect();
+        let hashes: std::collections::HashSet<u64> = addresses.iter().map(|a| build.hash_one(a)).collect();
+        assert_eq!(hashes.len(), addresses.len(), "no two collide");
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xFFF).collect();
+        // A random function fills 4096 × (1 − 1/e) ≈ 2,589 of them.
+        assert!(low.len() > 2400, "4096 addresses fill {} of 4096 low-bit buckets", low.len());
+        let map: AddressMap<usize> = addresses.iter().cloned().zip(0..).collect();
+        assert!(addresses.iter().enumerate().all(|(i, a)| map.get(a.as_str()) == Some(&i)));
+        assert_eq!(map.get("10.0.0.0:808"), None);
     }
 }
