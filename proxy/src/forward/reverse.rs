@@ -228,7 +228,11 @@ async fn proxy(
     if let Some(span) = meta.span.as_mut() {
         span.upstream = Some(upstream.clone());
     }
-    let upgrade = headers::is_upgrade_request(parts.version, &parts.headers);
+    // Only hyper's server can hand over an upgraded connection, and it marks the requests that ask for one
+    // (`OnUpgrade`); Portico's own server hands those to it. So a request without the mark is not looked up
+    // for `upgrade` and `connection` fields (~90 instructions a request on the own server's path).
+    let upgrade = parts.extensions.get::<hyper::upgrade::OnUpgrade>().is_some()
+        && headers::is_upgrade_request(parts.version, &parts.headers);
     let client_upgrade = if upgrade {
         let mut probe = Request::from_parts(std::mem::replace(parts, Request::new(()).into_parts().0), ());
         let on_upgrade = hyper::upgrade::on(&mut probe);
