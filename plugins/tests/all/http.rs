@@ -8,6 +8,17 @@ use crate::support::*;
 use bytes::Bytes;
 use portico_plugins::{Candidate, FilterAction, HttpCallResponse, Resumption};
 
+/// A candidate of weight 1, idle, answering in 3 ms.
+fn cand(address: &str) -> Candidate {
+    Candidate {
+        address: address.into(),
+        weight: 1,
+        active_requests: 0,
+        latency: Duration::from_millis(3),
+        ejected: false,
+    }
+}
+
 #[test]
 fn header_add_replace_remove_visible_to_host() {
     let e = engine();
@@ -247,13 +258,6 @@ fn upstream_selection_and_routing() {
     let mut s = p.new_stream(info).unwrap();
     s.on_request_headers(&mut h, true).unwrap();
     assert_eq!(s.routed_upstream(), Some("blue"));
-    let cand = |a: &str| Candidate {
-        address: a.into(),
-        weight: 1,
-        active_requests: 0,
-        latency: Duration::from_millis(3),
-        ejected: false,
-    };
     let all = [cand("10.0.0.1:80"), cand("10.0.0.2:80"), cand("10.0.0.3:80")];
     assert_eq!(s.select_endpoint(&mut h, "blue", &all, 0, None).unwrap().as_deref(), Some("10.0.0.2:80"));
     let retry = [cand("10.0.0.3:80"), cand("10.0.0.1:80")];
@@ -281,13 +285,6 @@ fn a_pick_only_context_closes_with_its_pick_and_a_retry_opens_another() {
           (else (drop (call $set_prop (i32.const 1072) (i32.const 25) (i32.const 1120) (i32.const 11)))))
         (i32.const 0))
     "#;
-    let cand = |a: &str| Candidate {
-        address: a.into(),
-        weight: 1,
-        active_requests: 0,
-        latency: Duration::from_millis(3),
-        ejected: false,
-    };
     let all = [cand("10.0.0.1:80"), cand("10.0.0.2:80")];
     for (deletes, name) in [(false, "picks"), (true, "picks-and-deletes")] {
         let body = if deletes {
@@ -346,19 +343,17 @@ fn candidate_loads_are_properties_by_address() {
         (i32.const 0))
     "#;
     let (p, _) = load(&e, spec("loads", wat(body))).unwrap();
-    let cand = |a: &str, active: u32, latency_ms: u64| Candidate {
-        address: a.into(),
-        weight: 1,
+    let loaded = |a: &str, active: u32, latency_ms: u64| Candidate {
         active_requests: active,
         latency: Duration::from_millis(latency_ms),
-        ejected: false,
+        ..cand(a)
     };
     let (info, mut h) = request("/");
     let mut s = p.new_stream(info).unwrap();
     s.on_request_headers(&mut h, true).unwrap();
-    let all = [cand("10.0.0.1:80", 0, 3), cand("10.0.0.2:80", 7, 1)];
+    let all = [loaded("10.0.0.1:80", 0, 3), loaded("10.0.0.2:80", 7, 1)];
     assert_eq!(s.select_endpoint(&mut h, "g", &all, 0, None).unwrap().as_deref(), Some("10.0.0.2:80"));
-    let other = [cand("10.0.0.1:80", 0, 4), cand("10.0.0.2:80", 7, 1)];
+    let other = [loaded("10.0.0.1:80", 0, 4), loaded("10.0.0.2:80", 7, 1)];
     assert_eq!(
         s.select_endpoint(&mut h, "g", &other, 0, None).unwrap().as_deref(),
         Some("10.0.0.1:80"),
