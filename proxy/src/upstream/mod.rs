@@ -40,7 +40,8 @@ pub struct Upstream {
     /// across rebuilds of the group.
     pub membership: Arc<Notify>,
     /// Endpoint index by configured address, for mapping a plugin's choice back to its endpoint (on every
-    /// plugin-balanced request, so FNV rather than SipHash: the keys are the operator's).
+    /// plugin-balanced request, so a fast hash ([`portico_plugins::AddressHasher`]) rather than SipHash: the
+    /// keys are the operator's).
     by_name: Arc<portico_plugins::AddressMap<usize>>,
     /// The group as offered to balancing plugins, one handle per worker lane (see [`offered`]).
     offered: PerLane<Arc<offered::Offered>>,
