@@ -230,7 +230,7 @@ async fn proxy(
     }
     // Only hyper's server can hand over an upgraded connection, and it marks the requests that ask for one
     // (`OnUpgrade`); Portico's own server hands those to it. So a request without the mark is not looked up
-    // for `upgrade` and `connection` fields (~90 instructions a request on the own server's path).
+    // for `upgrade` and `connection` fields (a map lookup a request on the own server's path).
     let upgrade = parts.extensions.get::<hyper::upgrade::OnUpgrade>().is_some()
         && headers::is_upgrade_request(parts.version, &parts.headers);
     let client_upgrade = if upgrade {
