@@ -117,8 +117,10 @@ impl HttpStream {
         head: &mut http::request::Parts,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
-        let action = self.on_request_head(head, end_of_stream)?;
-        self.finish_pause(action, true, |list| head.apply(&list)).await
+        match self.on_request_head(head, end_of_stream)? {
+            FilterAction::Pause => self.resume_request_head(head).await,
+            action => Ok(action),
+        }
     }
 
     /// The second half of [`HttpStream::run_request_head`], for a caller that ran

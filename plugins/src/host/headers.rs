@@ -104,11 +104,6 @@ pub(super) fn valid_header(key: &str, value: &str) -> bool {
     !key.is_empty() && !bad(key) && !bad(value)
 }
 
-/// The value of `key` in `map` (ASCII case-insensitive, as header names compare), the first when it repeats.
-pub(crate) fn header_get<'a>(map: &'a HeaderMap, key: &str) -> Option<&'a str> {
-    map.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
-}
-
 pub(crate) fn header_replace(map: &mut HeaderMap, key: &str, value: &str) {
     let mut found = false;
     map.retain_mut(|(k, v)| {

@@ -7,12 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::Result;
 
-use super::headers::header_get;
 use super::{wrap, Imports, ENV};
 use crate::abi::*;
 use crate::callout::{CalloutResponder, HttpCallRejected, HttpCallRequest};
 use crate::codec;
 use crate::memory::{self as mem, Ctx};
+use crate::request_head::MapRef;
 use crate::store::CalloutOwner;
 
 pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
@@ -38,7 +38,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
             return Ok(BAD_ARGUMENT);
         };
         for required in [":method", ":path", ":authority"] {
-            if header_get(&headers, required).is_none() {
+            if MapRef::List(&headers).get(required.as_bytes()).is_none() {
                 return Ok(BAD_ARGUMENT);
             }
         }
@@ -77,7 +77,10 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
     });
     wrap!(l, E, "proxy_get_status", |mut c: Ctx<'_>, rcode: i32, rp: i32, rs: i32| -> Result<i32> {
         let code = match c.data().callout.as_ref() {
-            Some(co) => header_get(&co.headers, ":status").and_then(|s| s.parse::<u32>().ok()).unwrap_or(0),
+            Some(co) => MapRef::List(&co.headers)
+                .get(b":status")
+                .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u32>().ok())
+                .unwrap_or(0),
             None => return Ok(NOT_FOUND),
         };
         mem::write_u32(&mut c, rcode, code, "proxy_get_status")?;
