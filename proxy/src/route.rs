@@ -3,11 +3,11 @@
 
 use crate::listen::ListenerRuntime;
 use crate::server::Snapshot;
-use crate::upstream::Upstream;
-use std::sync::Arc;
+use crate::upstream::held::Held;
 
-/// The group for a request: `override_group` if a plugin chose one, else the listener's default.
-pub fn select(snapshot: &Snapshot, listener: &ListenerRuntime, override_group: Option<&str>) -> Option<Arc<Upstream>> {
+/// The group for a request: `override_group` if a plugin chose one, else the listener's default; held through
+/// the calling worker's handle (see [`crate::upstream::held`]).
+pub fn select(snapshot: &Snapshot, listener: &ListenerRuntime, override_group: Option<&str>) -> Option<Held> {
     let name = override_group.or(listener.config.upstream.as_deref())?;
-    snapshot.upstreams.get(name).cloned()
+    snapshot.held.get(name).map(|handles| handles.mine())
 }

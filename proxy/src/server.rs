@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::plugin::services::ProxyServices;
 use crate::plugin::{PluginLoadError, PluginSet, PluginSlot};
 use crate::tls;
+use crate::upstream::held::Handles;
 use crate::upstream::Upstream;
 use crate::watch::{Watch, WatchMetrics};
 
@@ -87,6 +88,21 @@ pub struct Snapshot {
     pub upstreams: ByName<Arc<Upstream>>,
     /// WebAssembly plugins by name (each slot swaps versions on its own).
     pub plugins: ByName<Arc<PluginSlot>>,
+    /// The same groups as `upstreams`, as requests hold them: one handle per worker lane.
+    pub held: ByName<Handles>,
+}
+
+impl Snapshot {
+    /// A snapshot of these groups and plugins, with a handle on each group for each of `lanes`.
+    pub fn new(
+        config: Config,
+        upstreams: ByName<Arc<Upstream>>,
+        plugins: ByName<Arc<PluginSlot>>,
+        lanes: usize,
+    ) -> Snapshot {
+        let held = upstreams.iter().map(|(name, group)| (name.clone(), Handles::new(group, lanes))).collect();
+        Snapshot { config, upstreams, plugins, held }
+    }
 }
 
 /// State shared by all connections.
@@ -181,11 +197,7 @@ impl Server {
         let worker_runtimes = workers.as_ref().map(|w| w.handles().to_vec()).unwrap_or_default();
         let plugins = PluginSet::new(metrics.registry.clone(), services.clone(), worker_runtimes)?;
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                config: config.clone(),
-                upstreams: ByName::default(),
-                plugins: ByName::default(),
-            }),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config.clone(), ByName::default(), ByName::default(), 1)),
             metrics,
             forward_client,
             draining: AtomicBool::new(false),
@@ -358,7 +370,8 @@ impl Server {
         let previous = self.shared.snapshot.load_full();
         self.shared.discovery.start(&config).await;
         self.shared.telemetry.configure(config.telemetry.as_ref(), self.shared.forward_client.clone());
-        self.shared.snapshot.store(Arc::new(Snapshot { config, upstreams: upstreams.clone(), plugins }));
+        let lanes = self.shared.lanes();
+        self.shared.snapshot.store(Arc::new(Snapshot::new(config, upstreams.clone(), plugins, lanes)));
         // A plugin slot rebuilt (its configuration changed) or removed leaves its rollout behind: end it, so its
         // state says so and its candidate is dropped.
         let current = self.shared.snapshot.load();

@@ -13,8 +13,8 @@ use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
 use crate::server::Shared;
 use crate::telemetry::span::PluginDecisions;
-use crate::upstream::endpoint::ActiveRequest;
 use crate::upstream::h1::Closer;
+use crate::upstream::held::{ActiveRequest, Held};
 use crate::upstream::pool::{ConnectionChoice, SendError};
 use crate::upstream::Upstream;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
@@ -84,7 +84,7 @@ async fn proxied(
     body: ClientBody,
     meta: &mut RequestMeta,
     mut chain: FilterChain,
-    upstream: Arc<Upstream>,
+    upstream: Held,
 ) -> Response<ResponseBody> {
     let timeout = upstream.request_timeout();
     let body = match body::filter_request_body(&mut chain, parts, body, timeout, &meta.request_id).await {
@@ -219,14 +219,16 @@ impl BodyGuard for EndpointRelease {
 async fn proxy(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
-    upstream: &Arc<Upstream>,
+    held: &Held,
     parts: &mut http::request::Parts,
     body: RequestBody,
     meta: &mut RequestMeta,
     chain: &mut FilterChain,
 ) -> Response<ResponseBody> {
+    // The group, one pointer away rather than the handle's three; the handle is for taking a slot.
+    let upstream: &Arc<Upstream> = held;
     if let Some(span) = meta.span.as_mut() {
-        span.upstream = Some(upstream.clone());
+        span.upstream = Some(Arc::clone(upstream));
     }
     // Only hyper's server can hand over an upgraded connection, and it marks the requests that ask for one
     // (`OnUpgrade`); Portico's own server hands those to it. So a request without the mark is not looked up
@@ -306,7 +308,7 @@ async fn proxy(
         // Full only if `retries` were over its limit: the endpoint then goes unremembered, nothing worse.
         let _ = tried.try_push(index);
         let endpoint = &upstream.endpoints[index];
-        let Ok(active) = upstream.acquire(index).await else {
+        let Ok(active) = held.acquire(index).await else {
             tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, "no free connection (pool.max_connections)");
             last_error = (
                 LocalError::NoHealthyUpstream,

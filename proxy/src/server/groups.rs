@@ -31,11 +31,13 @@ impl Shared {
         self.discovery.apply_overrides(&rebuilt);
         let mut upstreams = snapshot.upstreams.clone();
         upstreams.insert(name.to_string(), rebuilt.clone());
-        self.snapshot.store(Arc::new(Snapshot {
-            config: snapshot.config.clone(),
+        let lanes = self.lanes();
+        self.snapshot.store(Arc::new(Snapshot::new(
+            snapshot.config.clone(),
             upstreams,
-            plugins: snapshot.plugins.clone(),
-        }));
+            snapshot.plugins.clone(),
+            lanes,
+        )));
         rebuilt.commit();
         self.forget_endpoint_gauges(name, &rebuilt.departed_from(current));
         tracing::info!(upstream = name, endpoints = rebuilt.endpoints.len(), "upstream members changed");

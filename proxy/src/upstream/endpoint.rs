@@ -1,7 +1,7 @@
 //! The live state of one endpoint: health, ejection, drain, weight, load. It outlives config reloads that keep
 //! the endpoint, so health history and ejections are not forgotten by a reload.
 
-use super::per_lane::PerLane;
+use super::per_lane::{Padded, PerLane};
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -43,13 +43,10 @@ pub struct Endpoint {
     /// Wakes the DNS entry it came from, so a connect failure re-resolves the name soon.
     rediscover: OnceLock<Arc<Notify>>,
     drained: AtomicBool,
-    /// Requests in flight, over all workers: also the count `pool.max_connections` caps (see
-    /// [`Endpoint::try_begin_request`]), so the one line every worker writes per request is written twice, not
-    /// four times. The cap is documented as over all workers, which a per-lane count could not keep.
-    active: AtomicUsize,
-    /// Requests waiting for a slot under the cap; a finished request wakes one through `slot_freed`.
-    waiting: AtomicUsize,
-    slot_freed: Notify,
+    /// The requests in flight, on cache lines of their own: the one count every worker writes twice a request
+    /// (the cap is documented as over all workers, which a per-lane count could not keep). Beside the fields
+    /// every pick reads, each of those writes would take the other worker's copy of them away.
+    slots: Padded<Slots>,
     /// Attempts, failed attempts (5xx or no answer) and answered attempts' summed latency, cumulative: the
     /// anomaly sampler differences them into this endpoint's own series, so an incident can name the one
     /// endpoint at fault instead of its whole upstream. With the latency average, kept per worker lane.
@@ -67,6 +64,17 @@ pub struct Endpoint {
     pub address_hash: u64,
     /// Idle HTTP/1 connections to it, per worker lane.
     pub idle: super::pool::IdleConnections,
+}
+
+/// Requests in flight and those waiting for a slot under `pool.max_connections`.
+#[derive(Debug, Default)]
+struct Slots {
+    /// Requests in flight, over all workers: also the count the cap applies to (see
+    /// [`Endpoint::try_begin_request`]).
+    active: AtomicUsize,
+    /// Requests waiting for a slot under the cap; a finished request wakes one through `freed`.
+    waiting: AtomicUsize,
+    freed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -106,9 +114,7 @@ impl Endpoint {
             retired: AtomicBool::new(false),
             rediscover: OnceLock::new(),
             drained: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            slot_freed: Notify::new(),
+            slots: Padded::default(),
             traffic: PerLane::new(lanes),
             streak: AtomicU32::new(0),
             outlier: Mutex::new(OutlierState::default()),
@@ -203,52 +209,55 @@ impl Endpoint {
 
     /// Requests in flight right now.
     pub fn active_requests(&self) -> u32 {
-        u32::try_from(self.active.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
+        u32::try_from(self.slots.0.active.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
     }
 
-    /// Starts a request if fewer than `limit` are in flight; the guard ends it when dropped, however the
-    /// request ends.
-    pub fn try_begin_request(self: &Arc<Self>, limit: usize) -> Option<ActiveRequest> {
+    /// Takes one of the `limit` request slots if one is free. Whoever took it gives it back with
+    /// [`Endpoint::release`] however the request ends (the group's [`super::held::ActiveRequest`] does).
+    pub fn try_begin_request(&self, limit: usize) -> bool {
         // Counted up only below the cap, never past it and back (a count briefly past the cap could turn away a
         // waiter that a request ending meanwhile did not wake). SeqCst pairs with `release`: a request that
         // counts itself waiting and then finds the cap reached, and one that ends and then looks for waiters,
         // cannot both miss the other.
-        let mut active = self.active.load(Ordering::SeqCst);
+        let slots = &self.slots.0;
+        let mut active = slots.active.load(Ordering::SeqCst);
         while active < limit {
-            match self.active.compare_exchange_weak(active, active + 1, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return Some(ActiveRequest { endpoint: self.clone() }),
+            match slots.active.compare_exchange_weak(active, active + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return true,
                 Err(now) => active = now,
             }
         }
-        None
+        false
     }
 
-    /// Starts a request, waiting up to `wait` for one of the `limit` slots when all are taken.
-    pub async fn begin_request(self: &Arc<Self>, limit: usize, wait: Duration) -> Option<ActiveRequest> {
-        if let Some(active) = self.try_begin_request(limit) {
-            return Some(active);
+    /// Takes a request slot, waiting up to `wait` for one of the `limit` slots when all are taken.
+    pub async fn begin_request(&self, limit: usize, wait: Duration) -> bool {
+        if self.try_begin_request(limit) {
+            return true;
         }
+        let slots = &self.slots.0;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let freed = self.slot_freed.notified();
+            let freed = slots.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            self.waiting.fetch_add(1, Ordering::SeqCst);
+            slots.waiting.fetch_add(1, Ordering::SeqCst);
             let started = self.try_begin_request(limit);
-            let woken = started.is_none() && tokio::time::timeout_at(deadline, freed).await.is_ok();
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            let woken = !started && tokio::time::timeout_at(deadline, freed).await.is_ok();
+            slots.waiting.fetch_sub(1, Ordering::SeqCst);
             if !woken {
                 // Started, or out of time: one last try then.
-                return started.or_else(|| self.try_begin_request(limit));
+                return started || self.try_begin_request(limit);
             }
         }
     }
 
     /// Gives a slot back, and wakes a request waiting for one.
-    fn release(&self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.slot_freed.notify_one();
+    pub fn release(&self) {
+        let slots = &self.slots.0;
+        slots.active.fetch_sub(1, Ordering::SeqCst);
+        if slots.waiting.load(Ordering::SeqCst) > 0 {
+            slots.freed.notify_one();
         }
     }
 
@@ -352,18 +361,6 @@ impl Endpoint {
     }
 }
 
-/// Counts a request as active on its endpoint until dropped.
-#[derive(Debug)]
-pub struct ActiveRequest {
-    endpoint: Arc<Endpoint>,
-}
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.endpoint.release();
-    }
-}
-
 /// A fixed instant early in the process, so instants fit in an atomic as nanoseconds after it.
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -388,27 +385,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_beyond_the_cap_wait_for_a_slot_or_give_up() {
         let e = endpoint();
-        let first = e.try_begin_request(2);
-        let second = e.begin_request(2, Duration::from_secs(1)).await;
-        assert!(first.is_some() && second.is_some());
-        assert!(e.try_begin_request(2).is_none(), "a third beyond the cap of 2");
+        assert!(e.try_begin_request(2) && e.begin_request(2, Duration::from_secs(1)).await);
+        assert!(!e.try_begin_request(2), "a third beyond the cap of 2");
         assert_eq!(e.active_requests(), 2, "a refused start leaves no count behind");
 
         let waiter = {
             let e = e.clone();
-            tokio::spawn(async move { e.begin_request(2, Duration::from_secs(5)).await.is_some() })
+            tokio::spawn(async move { e.begin_request(2, Duration::from_secs(5)).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiter.is_finished());
-        drop(first);
+        e.release();
         assert_eq!(waiter.await.ok(), Some(true), "woken by the slot given back");
-        assert_eq!(e.active_requests(), 1, "its guard was dropped with the task's result");
+        assert_eq!(e.active_requests(), 2, "the waiter holds the slot it was given");
 
-        let _third = e.try_begin_request(2);
         let started = tokio::time::Instant::now();
-        assert!(e.begin_request(2, Duration::from_secs(1)).await.is_none());
+        assert!(!e.begin_request(2, Duration::from_secs(1)).await);
         assert_eq!(started.elapsed(), Duration::from_secs(1));
-        drop(second);
+        e.release();
         assert_eq!(e.active_requests(), 1);
     }
 

@@ -3,6 +3,7 @@
 pub mod balance;
 pub mod endpoint;
 pub mod h1;
+pub mod held;
 pub mod members;
 pub mod offered;
 pub mod per_lane;
@@ -14,7 +15,7 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::h1::head::Added;
 use crate::metrics::Metrics;
 use balance::{Balancer, SmoothWeightedRoundRobin};
-use endpoint::{ActiveRequest, Endpoint, EndpointStatus};
+use endpoint::{Endpoint, EndpointStatus};
 pub use members::{Member, Origin, Rebuild};
 use parking_lot::Mutex;
 use per_lane::PerLane;
@@ -206,14 +207,6 @@ impl Upstream {
     pub fn any_available(&self) -> bool {
         let now = crate::clock::now();
         self.endpoints.iter().any(|e| e.is_available(now))
-    }
-
-    /// Starts a request on the endpoint, waiting (up to the connect timeout) for one of its
-    /// `pool.max_connections` slots when all are taken. The guard counts it as active until dropped.
-    pub async fn acquire(&self, index: usize) -> Result<ActiveRequest, PoolExhausted> {
-        let endpoint = self.endpoints.get(index).ok_or(PoolExhausted)?;
-        let limit = self.config.pool.max_connections;
-        endpoint.begin_request(limit, self.config.connect_timeout).await.ok_or(PoolExhausted)
     }
 
     /// Counts a first attempt towards the retry budget.
