@@ -32,9 +32,9 @@ fn load(engine: &PluginEngine, name: &str, wasm: &str, config: &str) -> Arc<Plug
 }
 
 /// The head of a `curl`/`wrk`-like request, which the proxy lends the plugins in place.
-fn head() -> http::request::Parts {
+fn head() -> portico_plugins::Head {
     let request = http::Request::get("/").header("host", "127.0.0.1:18084").header("user-agent", "wrk").body(());
-    request.unwrap().into_parts().0
+    Box::new(request.unwrap().into_parts().0)
 }
 
 /// What the proxy hands a request's chain: its id and addresses (the facts behind `request.id`,

@@ -61,6 +61,7 @@ pub use engine::PluginEngine;
 pub use error::{Cause, FailureKind, PluginError, PluginFailure};
 pub use module::{AbiVersion, CompiledModule};
 pub use pool::{Plugin, PluginHandle};
+pub use request_head::Head;
 pub use services::{DefaultHostServices, HostServices};
 pub use spec::PluginSpec;
 pub use stream::HttpStream;

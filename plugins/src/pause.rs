@@ -114,7 +114,7 @@ impl HttpStream {
     /// [`HttpStream::on_request_head`]); after a resumption the head is what the plugin left.
     pub async fn run_request_head(
         &mut self,
-        head: &mut http::request::Parts,
+        head: &mut crate::request_head::Head,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         match self.on_request_head(head, end_of_stream)? {
@@ -129,7 +129,7 @@ impl HttpStream {
     /// for them.)
     pub async fn resume_request_head(
         &mut self,
-        head: &mut http::request::Parts,
+        head: &mut crate::request_head::Head,
     ) -> Result<FilterAction, PluginFailure> {
         self.finish_pause(FilterAction::Pause, true, |list| head.apply(&list)).await
     }

@@ -59,7 +59,7 @@ impl PhaseData for Headers<'_> {
 /// in, swapped back out, with the plugin's changes written into it. A list is made only when a hostcall
 /// changes the map, or when a later callback could read it (the stream keeps a copy, as for [`Headers`]).
 pub(crate) struct LentHead<'a> {
-    pub head: &'a mut http::request::Parts,
+    pub head: &'a mut crate::request_head::Head,
     pub keep: bool,
 }
 

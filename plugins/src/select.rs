@@ -10,13 +10,14 @@ use crate::abi::MAP_REQUEST_HEADERS;
 use crate::candidates::{group_version, Candidate, CandidateList, CandidateSource};
 use crate::context::Routed;
 use crate::error::PluginFailure;
+use crate::request_head::Head;
 use crate::stream::HttpStream;
 use crate::types::HeaderMap;
 
 /// The request headers an endpoint selection lends its callback.
 enum Loan<'a> {
     List(&'a mut HeaderMap),
-    Head(&'a mut http::request::Parts),
+    Head(&'a mut crate::request_head::Head),
 }
 
 impl HttpStream {
@@ -70,7 +71,7 @@ impl HttpStream {
     /// request headers in this callback are not applied, as with the list.
     pub fn select_endpoint_for(
         &mut self,
-        head: &mut http::request::Parts,
+        head: &mut Head,
         group: &str,
         candidates: &Arc<dyn CandidateSource>,
         attempt: u32,

@@ -312,7 +312,7 @@ impl HttpStream {
     /// [`crate::request_head`]); the plugin's changes are written back into it.
     pub fn on_request_head(
         &mut self,
-        head: &mut http::request::Parts,
+        head: &mut crate::request_head::Head,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         let keep = self.handle.plugin.callbacks.keeps_request_maps();

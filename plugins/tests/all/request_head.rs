@@ -11,7 +11,7 @@ use http::request::Parts;
 use portico_plugins::{CandidateList, CandidateSource, FilterAction, HttpCallResponse, RequestInfo};
 
 /// GET /a/b?c=d with Host, a User-Agent and a repeated field.
-fn sample() -> Parts {
+fn sample() -> Box<Parts> {
     let request = http::Request::get("/a/b?c=d")
         .header("host", "example.com")
         .header("user-agent", "curl/8")
@@ -19,7 +19,7 @@ fn sample() -> Parts {
         .header("x-multi", "2")
         .body(())
         .unwrap();
-    request.into_parts().0
+    Box::new(request.into_parts().0)
 }
 
 /// The list the proxy built for [`sample`] before heads were lent.
@@ -185,7 +185,8 @@ fn a_lent_head_takes_the_plugins_rewrites() {
     // The stream's next request reads its own head, not the list the last one left.
     let (p, _) = load(&e, spec("reader", wat_imports(PAIRS_IMPORTS, READER))).unwrap();
     let mut first = p.new_stream(RequestInfo::default()).unwrap();
-    let mut rewritten = http::Request::post("/other").header("host", "b.example").body(()).unwrap().into_parts().0;
+    let mut rewritten =
+        Box::new(http::Request::post("/other").header("host", "b.example").body(()).unwrap().into_parts().0);
     first.on_request_head(&mut rewritten, true).unwrap();
     drop(first);
     let mut second = p.new_stream(RequestInfo::default()).unwrap();

@@ -66,11 +66,11 @@ pub async fn handle(
         ListenerMode::Forward => forward_proxy::handle(shared, conn, &listener, req, &meta).await,
         ListenerMode::Reverse => {
             // The head is lent down the request path rather than moved through it (each move copied its
-            // 224 bytes); its map goes back to the thread's spares at the end (see `h1::maps`).
+            // 224 bytes); its box and map go back to the thread's spares at the end (see `h1::maps`).
             let (parts, body) = req.into_parts();
-            let mut parts = crate::h1::maps::GivenBack(parts);
-            match request_head::check_reverse(&mut parts) {
-                Ok(()) => reverse::handle(shared, conn, &listener, &mut parts, body, &mut meta).await,
+            let mut parts = crate::h1::maps::GivenBack::new(parts);
+            match request_head::check_reverse(parts.head()) {
+                Ok(()) => reverse::handle(shared, conn, &listener, parts.head(), body, &mut meta).await,
                 Err(refused) => {
                     tracing::debug!(trace_id = %meta.trace.trace_id, peer = %conn.peer, detail = refused.detail, "request head refused");
                     shared.metrics.observe_request(&listener.config.name, "", 400, None);

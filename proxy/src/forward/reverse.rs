@@ -19,6 +19,7 @@ use crate::upstream::pool::{ConnectionChoice, SendError};
 use crate::upstream::Upstream;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
+use portico_plugins::Head;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ pub async fn handle(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     listener: &ListenerRuntime,
-    parts: &mut http::request::Parts,
+    parts: &mut Head,
     body: ClientBody,
     meta: &mut RequestMeta,
 ) -> Response<ResponseBody> {
@@ -80,7 +81,7 @@ async fn proxied(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     listener: &ListenerRuntime,
-    parts: &mut http::request::Parts,
+    parts: &mut Head,
     body: ClientBody,
     meta: &mut RequestMeta,
     mut chain: FilterChain,
@@ -220,7 +221,7 @@ async fn proxy(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     held: &Held,
-    parts: &mut http::request::Parts,
+    parts: &mut Head,
     body: RequestBody,
     meta: &mut RequestMeta,
     chain: &mut FilterChain,
@@ -236,9 +237,9 @@ async fn proxy(
     let upgrade = parts.extensions.get::<hyper::upgrade::OnUpgrade>().is_some()
         && headers::is_upgrade_request(parts.version, &parts.headers);
     let client_upgrade = if upgrade {
-        let mut probe = Request::from_parts(std::mem::replace(parts, Request::new(()).into_parts().0), ());
+        let mut probe = Request::from_parts(std::mem::replace(&mut **parts, Request::new(()).into_parts().0), ());
         let on_upgrade = hyper::upgrade::on(&mut probe);
-        *parts = probe.into_parts().0;
+        **parts = probe.into_parts().0;
         Some(on_upgrade)
     } else {
         None

@@ -172,7 +172,7 @@ impl FilterChain {
     /// [`HttpStream::on_request_head`]).
     pub async fn request_headers(
         &mut self,
-        parts: &mut http::request::Parts,
+        parts: &mut portico_plugins::Head,
         end_of_stream: bool,
         request_id: &str,
     ) -> Verdict {
@@ -219,7 +219,7 @@ impl FilterChain {
     /// goes upstream (`parts`), lent to them in place.
     pub fn select_endpoint(
         &mut self,
-        parts: &mut http::request::Parts,
+        parts: &mut portico_plugins::Head,
         upstream: &Arc<Upstream>,
         tried: &[usize],
         attempt: u32,
