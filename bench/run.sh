@@ -4,7 +4,8 @@
 # drift on the machine hits all of them alike. For each proxy it reports the medians over the rounds of
 # requests/s, p99 and CPU microseconds per request (utime+stime of all the proxy's threads, read from
 # /proc/PID/task/*/stat around each wrk run, divided by the requests wrk completed), and Portico's ratios to
-# nginx and HAProxy.
+# nginx and HAProxy: of the medians, and taken within each round (median and range over the rounds; the
+# range is how far apart one run's figures can land on this machine).
 #
 #   bench/run.sh                 # 5 rounds of 10 s, 32 connections, wrk -t1
 #   ROUNDS=7 DURATION=20s CONNECTIONS=64 THREADS=2 bench/run.sh
@@ -221,7 +222,7 @@ for round in $(seq "$ROUNDS"); do
     name=${t%%:*}; addr=${t#*:}
     read -r rps p99 cpu status < <(measure "$name" "$addr")
     echo "round $round  $name  ${rps} req/s  p99 ${p99} ms  CPU ${cpu} µs/request  $status"
-    echo "$name $rps $p99 $cpu" >> "$rounds"
+    echo "$round $name $rps $p99 $cpu" >> "$rounds"
   done
 done
 
@@ -230,10 +231,11 @@ echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinf
 echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $WORKERS workers per proxy, $ORIGIN_WORKERS per origin; medians"
 python3 - "$rounds" <<'PY'
 import statistics, sys
-rows = {}
+rows, by_round = {}, {}
 for line in open(sys.argv[1]):
-    name, rps, p99, cpu = line.split()
+    round_, name, rps, p99, cpu = line.split()
     rows.setdefault(name, []).append((float(rps), float(p99), float(cpu)))
+    by_round.setdefault(round_, {})[name] = (float(rps), float(p99), float(cpu))
 med = {n: tuple(statistics.median(v[i] for v in rs) for i in range(3)) for n, rs in rows.items()}
 print(f"{'proxy':<8} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11}")
 for n, (rps, p99, cpu) in med.items():
@@ -243,4 +245,16 @@ for mine in ("portico", "plugins"):
         if mine in med and peer in med:
             a, b = med[mine], med[peer]
             print(f"{mine}/{peer}: req/s {a[0]/b[0]:.3f}x, p99 {a[1]/b[1]:.3f}x, CPU per request {a[2]/b[2]:.3f}x")
+# The same ratios taken within each round (the two measured a few seconds apart), then their median: drift
+# between rounds cancels, and the spread says how far one run can be trusted.
+print("per-round ratios (median, min-max over rounds):")
+pairs = [(m, p) for m in ("portico", "plugins") for p in ("nginx", "haproxy", "pingora")] + [("plugins", "portico")]
+for mine, peer in pairs:
+    ratios = [tuple(r[mine][i] / r[peer][i] for i in range(3)) for r in by_round.values() if mine in r and peer in r]
+    if ratios:
+        cells = []
+        for i, what in enumerate(("req/s", "p99", "CPU per request")):
+            v = sorted(x[i] for x in ratios)
+            cells.append(f"{what} {statistics.median(v):.3f}x ({v[0]:.3f}-{v[-1]:.3f})")
+        print(f"  {mine}/{peer}: " + ", ".join(cells))
 PY
