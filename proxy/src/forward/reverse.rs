@@ -57,7 +57,7 @@ pub async fn handle(
     drop(guard);
     if let Verdict::Respond(answer) = chain.request_headers(parts, body.is_end_stream(), &meta.request_id).await {
         note_plugins(meta, |d| d.answered = true);
-        return logged(finish(shared, listener, "", answer, meta), chain);
+        return logged(finish(shared, listener, "", *answer, meta), chain);
     }
     let routed = chain.routed_upstream();
     note_plugins(meta, |d| d.routed = routed.is_some());

@@ -51,8 +51,9 @@ pub enum Direction {
 
 /// Why filtering a body stopped the request.
 pub enum BodyStop {
-    /// Answer with this (a plugin's local answer, a closed stream, a plugin failed closed).
-    Respond(Response<ResponseBody>),
+    /// Answer with this (a plugin's local answer, a closed stream, a plugin failed closed); boxed, as the
+    /// rare case.
+    Respond(Box<Response<ResponseBody>>),
     /// More than [`BODY_BUFFER_LIMIT`] bytes would have been held.
     TooLarge,
 }
@@ -61,7 +62,7 @@ impl BodyStop {
     /// The answer for the client while its response has not started.
     fn into_response(self, direction: Direction, request_id: &str) -> Response<ResponseBody> {
         match (self, direction) {
-            (BodyStop::Respond(answer), _) => answer,
+            (BodyStop::Respond(answer), _) => *answer,
             (BodyStop::TooLarge, Direction::Request) => error_response(
                 LocalError::PayloadTooLarge,
                 &format!("request body exceeds the {BODY_BUFFER_LIMIT} bytes plugins may buffer"),
@@ -135,14 +136,14 @@ impl BodyPipe {
                     return Ok(Bytes::new());
                 }
                 Ok(FilterAction::LocalResponse(local)) => {
-                    return Err(BodyStop::Respond(local_answer(local, request_id)));
+                    return Err(BodyStop::Respond(Box::new(local_answer(local, request_id))));
                 }
                 Ok(FilterAction::Close) => {
-                    return Err(BodyStop::Respond(closed(chain.links[link].plugin(), request_id)))
+                    return Err(BodyStop::Respond(Box::new(closed(chain.links[link].plugin(), request_id))))
                 }
                 Err(failure) => match failed_counted(&chain.rollouts, chain.links[link].plugin(), &failure, request_id)
                 {
-                    Some(answer) => return Err(BodyStop::Respond(answer)),
+                    Some(answer) => return Err(BodyStop::Respond(Box::new(answer))),
                     None => {
                         // Fail open: the plugin is skipped for the rest of the request and its input passes on.
                         self.skip(chain, i);

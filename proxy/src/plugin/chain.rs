@@ -42,8 +42,9 @@ impl Link {
 pub enum Verdict {
     /// Go on with the (possibly rewritten) request or response.
     Continue,
-    /// Answer with this instead.
-    Respond(Response<crate::body::ResponseBody>),
+    /// Answer with this instead (boxed: the rare case, so that the common one is a word, not an answer's
+    /// two hundred bytes, as it is passed back).
+    Respond(Box<Response<crate::body::ResponseBody>>),
 }
 
 /// The streams of one request, in filter order.
@@ -194,10 +195,12 @@ impl FilterChain {
             };
             match action {
                 Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
-                Ok(FilterAction::LocalResponse(local)) => return Verdict::Respond(local_answer(local, request_id)),
-                Ok(FilterAction::Close) => return Verdict::Respond(closed(link.plugin(), request_id)),
+                Ok(FilterAction::LocalResponse(local)) => {
+                    return Verdict::Respond(Box::new(local_answer(local, request_id)))
+                }
+                Ok(FilterAction::Close) => return Verdict::Respond(Box::new(closed(link.plugin(), request_id))),
                 Err(failure) => match failed_counted(&self.rollouts, link.plugin(), &failure, request_id) {
-                    Some(answer) => return Verdict::Respond(answer),
+                    Some(answer) => return Verdict::Respond(Box::new(answer)),
                     None => {
                         self.links.remove(i);
                     }
