@@ -231,6 +231,15 @@ impl RawFieldsSlot for ResponseBody {
 }
 
 impl UpstreamBody {
+    /// Whether the body still holds something upstream: its HTTP/1 connection while it reads from it (see
+    /// [`crate::upstream::h1::Body`]); an HTTP/2 stream always.
+    pub fn holds_upstream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.holds_connection(),
+            UpstreamBody::Hyper(_) => true,
+        }
+    }
+
     /// For an HTTP/1 body still being read: the handle that closes its connection from outside.
     pub fn closer(&self) -> Option<Arc<crate::upstream::h1::Closer>> {
         match self {
@@ -296,6 +305,15 @@ impl ResponseBody {
         match self {
             ResponseBody::Upstream(_, guard) => Some(guard),
             ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(_) => None,
+        }
+    }
+
+    /// Whether the body still holds something upstream that must be given back when the client is done with
+    /// it (and so needs watching by the send timeout); an answer already whole in memory does not.
+    pub fn holds_upstream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(body, _) => body.holds_upstream(),
+            ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(_) => false,
         }
     }
 

@@ -420,7 +420,14 @@ async fn proxy(
                         return tunnel::splice_upgrade(shared, response, client_upgrade, client_version);
                     }
                 }
-                let release = EndpointRelease { _active: active, closer: response.body().closer() };
+                // A body that came whole with its head has given its connection back already: the endpoint's slot
+                // is free now, and nothing waits on the client.
+                let release: Option<Box<dyn BodyGuard>> = if response.body().holds_upstream() {
+                    Some(Box::new(EndpointRelease { _active: active, closer: response.body().closer() }))
+                } else {
+                    drop(active);
+                    None
+                };
                 let upstream_version = response.version();
                 match response.body_mut().raw_fields() {
                     // Hop-by-hop fields are left out as the raw fields are written.
@@ -432,7 +439,7 @@ async fn proxy(
                 }
                 let (mut rparts, rbody) = response.into_parts();
                 rparts.version = client_version;
-                return Response::from_parts(rparts, ResponseBody::Upstream(rbody, Some(Box::new(release))));
+                return Response::from_parts(rparts, ResponseBody::Upstream(rbody, release));
             }
         }
     }

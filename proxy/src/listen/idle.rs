@@ -190,9 +190,10 @@ pub struct InFlight {
 
 impl InFlight {
     /// Keeps the request in flight until the response body ends, when that body streams from an upstream;
-    /// otherwise the request ends here.
+    /// otherwise (an answer whole in memory) the request ends here.
     pub fn attach(mut self, body: &mut ResponseBody) {
-        if let Some(slot) = body.guard_slot() {
+        let streams = body.holds_upstream();
+        if let Some(slot) = body.guard_slot().filter(|_| streams) {
             self.next = slot.take();
             *slot = Some(Box::new(self));
         } else if matches!(body, ResponseBody::Channel(_) | ResponseBody::Filtered(_)) {

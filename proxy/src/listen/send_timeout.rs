@@ -77,6 +77,9 @@ impl Sending {
 /// Moves a streamed body's guards into a [`Sending`] the connection watches, and leaves in their place a guard
 /// that marks progress and finishes them when the body ends. Bodies without guards are left alone.
 pub(super) fn watch(body: &mut ResponseBody, epoch: Instant) -> Option<Arc<Sending>> {
+    if !body.holds_upstream() {
+        return None;
+    }
     let slot = body.guard_slot()?;
     let guards = slot.take()?;
     let sending = Arc::new(Sending { epoch, last_progress_ms: AtomicU64::new(0), guards: Mutex::new(Some(guards)) });

@@ -309,12 +309,19 @@ enum Kind {
     UntilClose,
     /// A 101 answer: the connection now carries another protocol.
     Upgrade,
+    /// The whole body, taken out with the head; the connection has gone back already.
+    Ready(Bytes),
     Done,
 }
 
 /// A response body read straight from its upstream connection. It owns the connection until the message
 /// ends, then gives it back to its pool lane (or closes it, when the upstream asked to or framed the body by
 /// closing). Dropped before the end, it closes the connection.
+///
+/// A body of known length that came whole with its head (most small answers) is taken out at once and its
+/// connection goes back to the pool before the answer is even passed on, as nginx's buffering does: nothing
+/// upstream waits on the client then, so the request needs no guard to give anything back when the client
+/// is done (see [`Body::holds_connection`]).
 ///
 /// When the response head came before the whole request body went out, the body also sends the rest of the
 /// request each time it is polled, so an upstream that reads as it answers gets all of it. A connection whose
@@ -364,8 +371,16 @@ impl Body {
             Request::Sending(_) | Request::Stopped => (None, false),
         };
         let mut body = Body { conn: Some(conn), kind, keep_alive, upload, home, raw: None };
-        if matches!(body.kind, Kind::Done) {
-            body.finish();
+        match body.kind {
+            Kind::Done => body.finish(),
+            Kind::Fixed(n) if body.upload.is_none() => {
+                if let Some(conn) = body.conn.as_mut().filter(|c| c.read.len() as u64 >= n) {
+                    let data = conn.read.split_to(n as usize).freeze();
+                    body.finish();
+                    body.kind = Kind::Ready(data);
+                }
+            }
+            _ => {}
         }
         Ok(body)
     }
@@ -373,6 +388,12 @@ impl Body {
     /// The answer's raw fields, while they are raw.
     pub fn raw_fields(&mut self) -> &mut Option<Box<RawFields>> {
         &mut self.raw
+    }
+
+    /// Whether the body still reads from (and holds) its upstream connection: not once the message ended, nor
+    /// for a body that came whole with its head.
+    pub fn holds_connection(&self) -> bool {
+        self.conn.is_some()
     }
 
     /// The handle that closes this body's connection from outside, while it is still being read.
@@ -440,13 +461,18 @@ impl http_body::Body for Body {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self.get_mut();
+        if let Kind::Ready(data) = &mut this.kind {
+            let data = std::mem::take(data);
+            this.kind = Kind::Done;
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         if let Err(e) = this.poll_upload(cx) {
             return this.fail(e);
         }
         loop {
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
             match &mut this.kind {
-                Kind::Done | Kind::Upgrade => return Poll::Ready(None),
+                Kind::Done | Kind::Upgrade | Kind::Ready(_) => return Poll::Ready(None),
                 Kind::Fixed(left) => {
                     if !conn.read.is_empty() {
                         let n = usize::try_from(*left).unwrap_or(usize::MAX).min(conn.read.len());
@@ -492,12 +518,16 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.is_none() || matches!(self.kind, Kind::Done | Kind::Upgrade)
+        match self.kind {
+            Kind::Ready(_) => false,
+            _ => self.conn.is_none() || matches!(self.kind, Kind::Done | Kind::Upgrade),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.kind {
-            Kind::Fixed(n) => SizeHint::with_exact(n),
+        match &self.kind {
+            Kind::Ready(data) => SizeHint::with_exact(data.len() as u64),
+            Kind::Fixed(n) => SizeHint::with_exact(*n),
             Kind::Done | Kind::Upgrade => SizeHint::with_exact(0),
             Kind::Chunked(_) | Kind::UntilClose => SizeHint::default(),
         }

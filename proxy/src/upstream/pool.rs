@@ -279,3 +279,74 @@ pub async fn send_http1(
         return Ok(response);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// An upstream on 127.0.0.1 that answers each request with `head`, then with `body` once `release` lets
+    /// it (at once when there is nothing to wait for).
+    async fn upstream(
+        head: &'static [u8],
+        body: &'static [u8],
+        release: tokio::sync::watch::Receiver<bool>,
+    ) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut release = release;
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok(n) = stream.read(&mut buf).await else { return };
+                if n == 0 || stream.write_all(head).await.is_err() {
+                    return;
+                }
+                if release.wait_for(|go| *go).await.is_err() || stream.write_all(body).await.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    async fn exchange(endpoint: &Endpoint) -> http::Response<UpstreamBody> {
+        let config = crate::config::parse("[[upstream]]\nname = \"g\"\nendpoints = [\"127.0.0.1:1\"]\n")
+            .expect("config")
+            .upstreams
+            .remove(0);
+        let parts = http::Request::get("/").header("host", "a").body(()).expect("request").into_parts().0;
+        let settings = ClientSettings::of(&config);
+        send_http1(endpoint, &settings, &parts, &[], RequestBody::empty(), ConnectionChoice::Pooled)
+            .await
+            .expect("answer")
+    }
+
+    /// A body that came whole with its head gives its connection back before anyone reads it, so nothing
+    /// upstream waits on the client; one still arriving holds the connection until it has been read.
+    #[tokio::test]
+    async fn a_body_whole_with_its_head_gives_its_connection_back_at_once() {
+        let (go, release) = tokio::sync::watch::channel(true);
+        let whole = upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"", release).await;
+        let endpoint = Endpoint::new("whole".into(), whole, 1, 1).expect("endpoint");
+        let answer = exchange(&endpoint).await;
+        assert!(!answer.body().holds_upstream());
+        assert_eq!(endpoint.idle.count(), 1, "back in the pool before the body was read");
+        let body = answer.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"hello");
+        drop(go);
+
+        let (go, release) = tokio::sync::watch::channel(false);
+        let later = upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"later", release).await;
+        let endpoint = Endpoint::new("later".into(), later, 1, 1).expect("endpoint");
+        let answer = exchange(&endpoint).await;
+        assert!(answer.body().holds_upstream());
+        assert_eq!(endpoint.idle.count(), 0, "the body still reads from it");
+        go.send_replace(true);
+        let body = answer.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"later");
+        assert_eq!(endpoint.idle.count(), 1, "given back when the body ended");
+    }
+}
