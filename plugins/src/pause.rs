@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::abi::{MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS};
 use crate::context::{Routed, StreamSignal};
 use crate::error::PluginFailure;
-use crate::request_head::{HeadView, MapRef};
+use crate::request_head::{Head, HeadView, MapRef};
 use crate::stream::HttpStream;
 use crate::types::{FilterAction, HeaderMap, Resumption};
 
@@ -114,7 +114,7 @@ impl HttpStream {
     /// [`HttpStream::on_request_head`]); after a resumption the head is what the plugin left.
     pub async fn run_request_head(
         &mut self,
-        head: &mut crate::request_head::Head,
+        head: &mut Head,
         end_of_stream: bool,
     ) -> Result<FilterAction, PluginFailure> {
         match self.on_request_head(head, end_of_stream)? {
@@ -127,10 +127,7 @@ impl HttpStream {
     /// [`HttpStream::on_request_head`] itself and got `Pause`: waits for the resumption and leaves the head as
     /// the plugin did. (Most callbacks do not pause; a caller that tries the callback first builds no future
     /// for them.)
-    pub async fn resume_request_head(
-        &mut self,
-        head: &mut crate::request_head::Head,
-    ) -> Result<FilterAction, PluginFailure> {
+    pub async fn resume_request_head(&mut self, head: &mut Head) -> Result<FilterAction, PluginFailure> {
         self.finish_pause(FilterAction::Pause, true, |list| head.apply(&list)).await
     }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::abi::MAP_REQUEST_HEADERS;
 use crate::context::{StreamState, KEEP_MAP_BYTES};
-use crate::request_head::HeadView;
+use crate::request_head::{Head, HeadView};
 use crate::store::copy_headers;
 use crate::types::HeaderMap;
 
@@ -59,7 +59,7 @@ impl PhaseData for Headers<'_> {
 /// in, swapped back out, with the plugin's changes written into it. A list is made only when a hostcall
 /// changes the map, or when a later callback could read it (the stream keeps a copy, as for [`Headers`]).
 pub(crate) struct LentHead<'a> {
-    pub head: &'a mut crate::request_head::Head,
+    pub head: &'a mut Head,
     pub keep: bool,
 }
 

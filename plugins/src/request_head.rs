@@ -8,13 +8,13 @@
 //! ([`Head`]), so a loan and its return swap one pointer each rather than the head's 224 bytes (with two
 //! plugins, four such swaps a request were ~450 instructions, a twentieth of what the plugins cost).
 
-/// A request head as it is lent to plugins: boxed, so lending it moves a pointer.
-pub type Head = Box<Parts>;
-
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::request::Parts;
 
 use crate::types::HeaderMap;
+
+/// A request head as it is lent to plugins: boxed, so lending it moves a pointer.
+pub type Head = Box<Parts>;
 
 /// The pseudo-headers, in the order the plugin-visible list starts with them.
 const PSEUDO: [&str; 4] = [":method", ":path", ":authority", ":scheme"];

@@ -17,7 +17,7 @@ use crate::types::HeaderMap;
 /// The request headers an endpoint selection lends its callback.
 enum Loan<'a> {
     List(&'a mut HeaderMap),
-    Head(&'a mut crate::request_head::Head),
+    Head(&'a mut Head),
 }
 
 impl HttpStream {

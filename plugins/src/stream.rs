@@ -20,6 +20,7 @@ use crate::error::{FailureKind, PluginFailure};
 use crate::instance::{invoke, Exports, Instance, Slot};
 use crate::phase_data::{Body, Headers, LentHead, PhaseData};
 use crate::pool::{Pending, Plugin, PluginHandle};
+use crate::request_head::Head;
 use crate::types::{FilterAction, HeaderMap, RequestFacts};
 
 /// One request flowing through one plugin: a stream context in one instance.
@@ -310,11 +311,7 @@ impl HttpStream {
 
     /// `proxy_on_request_headers` with the caller's request head lent to the callback and read in place (see
     /// [`crate::request_head`]); the plugin's changes are written back into it.
-    pub fn on_request_head(
-        &mut self,
-        head: &mut crate::request_head::Head,
-        end_of_stream: bool,
-    ) -> Result<FilterAction, PluginFailure> {
+    pub fn on_request_head(&mut self, head: &mut Head, end_of_stream: bool) -> Result<FilterAction, PluginFailure> {
         let keep = self.handle.plugin.callbacks.keeps_request_maps();
         self.request_headers_phase(LentHead { head, keep }, keep, end_of_stream)
     }

@@ -214,7 +214,7 @@ impl Endpoint {
 
     /// Takes one of the `limit` request slots if one is free. Whoever took it gives it back with
     /// [`Endpoint::release`] however the request ends (the group's [`super::held::ActiveRequest`] does).
-    pub fn try_begin_request(&self, limit: usize) -> bool {
+    pub(super) fn try_begin_request(&self, limit: usize) -> bool {
         // Counted up only below the cap, never past it and back (a count briefly past the cap could turn away a
         // waiter that a request ending meanwhile did not wake). SeqCst pairs with `release`: a request that
         // counts itself waiting and then finds the cap reached, and one that ends and then looks for waiters,
@@ -231,7 +231,7 @@ impl Endpoint {
     }
 
     /// Takes a request slot, waiting up to `wait` for one of the `limit` slots when all are taken.
-    pub async fn begin_request(&self, limit: usize, wait: Duration) -> bool {
+    pub(super) async fn begin_request(&self, limit: usize, wait: Duration) -> bool {
         if self.try_begin_request(limit) {
             return true;
         }
@@ -253,7 +253,7 @@ impl Endpoint {
     }
 
     /// Gives a slot back, and wakes a request waiting for one.
-    pub fn release(&self) {
+    pub(super) fn release(&self) {
         let slots = &self.slots.0;
         slots.active.fetch_sub(1, Ordering::SeqCst);
         if slots.waiting.load(Ordering::SeqCst) > 0 {
