@@ -155,7 +155,7 @@ async fn absolute(
             client_ip: &conn.client_ip,
             tls: conn.tls,
             version: parts.version,
-            traceparent: meta.trace.traceparent().as_str(),
+            traceparent: meta.trace.traceparent().as_bytes(),
             request_id: &meta.request_id,
         },
     );

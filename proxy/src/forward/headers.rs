@@ -108,7 +108,7 @@ pub struct ForwardedFor<'a> {
     /// The client's HTTP version, for `via`.
     pub version: Version,
     /// `traceparent` for the upstream hop.
-    pub traceparent: &'a str,
+    pub traceparent: &'a [u8],
     /// The request id.
     pub request_id: &'a str,
 }
@@ -122,7 +122,7 @@ impl<'a> ForwardedFor<'a> {
             Added { name: &X_FORWARDED_FOR, value: self.client_ip.as_bytes(), joins: true },
             Added { name: &X_FORWARDED_PROTO, value: if self.tls { b"https" } else { b"http" }, joins: false },
             Added { name: &VIA, value: via_hop(self.version).as_bytes(), joins: true },
-            Added { name: &TRACEPARENT, value: self.traceparent.as_bytes(), joins: false },
+            Added { name: &TRACEPARENT, value: self.traceparent, joins: false },
             Added { name: &X_REQUEST_ID, value: self.request_id.as_bytes(), joins: false },
         ]
     }
@@ -253,7 +253,7 @@ mod tests {
                 client_ip: &HeaderValue::from_static("127.0.0.1"),
                 tls: false,
                 version: Version::HTTP_11,
-                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                traceparent: b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                 request_id: "abc",
             },
         );

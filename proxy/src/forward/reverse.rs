@@ -253,7 +253,7 @@ async fn proxy(
         client_ip: &conn.client_ip,
         tls: conn.tls,
         version: parts.version,
-        traceparent: traceparent.as_str(),
+        traceparent: traceparent.as_bytes(),
         request_id: &meta.request_id,
     };
     if upgrade {
@@ -324,7 +324,7 @@ async fn proxy(
             meta.trace.traceparent_for(span.begin_attempt(index))
         });
         let added = match &attempt_traceparent {
-            Some(traceparent) => ForwardedFor { traceparent: traceparent.as_str(), ..forwarded }.fields(),
+            Some(traceparent) => ForwardedFor { traceparent: traceparent.as_bytes(), ..forwarded }.fields(),
             None => forwarded.fields(),
         };
         let sent_at = crate::clock::now();
