@@ -147,6 +147,35 @@ fn a_lent_head_reads_as_the_list_does() {
     assert_eq!(head.headers.len(), 4);
 }
 
+/// The pairs a lent head gives count its fields the same way however many it has (a few are walked, many are
+/// looked up) and leave out every `Host` field, however many there are.
+#[test]
+fn a_lent_heads_pairs_leave_out_every_host_field_at_any_size() {
+    let e = engine();
+    let (p, _) = load(&e, spec("reader", wat_imports(PAIRS_IMPORTS, READER))).unwrap();
+    for extra in [0, 3, 30] {
+        let mut request = http::Request::get("/p").header("host", "a.example").header("accept", "*/*");
+        let mut expected = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), "/p".to_string()),
+            (":authority".to_string(), "a.example".to_string()),
+            (":scheme".to_string(), "http".to_string()),
+            ("accept".to_string(), "*/*".to_string()),
+        ];
+        for i in 0..extra {
+            request = request.header(format!("x-f{i}"), i.to_string());
+            expected.push((format!("x-f{i}"), i.to_string()));
+        }
+        // A second Host field, as a request that repeats it would carry it.
+        request = request.header("host", "b.example");
+        let mut head = Box::new(request.body(()).unwrap().into_parts().0);
+        let mut s = p.new_stream(RequestInfo::default()).unwrap();
+        assert_eq!(s.on_request_head(&mut head, true).unwrap(), FilterAction::Continue);
+        let pairs = s.property("s_pairs").unwrap();
+        assert_eq!(pairs.as_deref(), Some(&portico_plugins::serialize_map(&expected)[..]), "{extra} extra fields");
+    }
+}
+
 #[test]
 fn a_lent_head_takes_the_plugins_rewrites() {
     let e = engine();
