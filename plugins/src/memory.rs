@@ -69,25 +69,41 @@ pub(crate) fn read_into(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str, out
     Ok(())
 }
 
-/// The property paths a balancing or routing plugin reads or writes on every request, in their serialized
-/// form (`a\0b\0c`, as every SDK sends them) and as [`read_property_path`] would spell them. Matching the
-/// guest's bytes against these copies nothing; any other path (or one sent with '.' separators) takes the
-/// general [`read_property_path`].
-const HOT_PATHS: [(&[u8], &[u8]); 6] = [
-    (b"portico\0upstream\0candidates_version", b"portico.upstream.candidates_version"),
-    (b"portico\0upstream\0selected", b"portico.upstream.selected"),
-    (b"portico\0route\0upstream", b"portico.route.upstream"),
-    (b"portico\0upstream", b"portico.upstream"),
-    (b"portico\0upstream\0candidates", b"portico.upstream.candidates"),
-    (b"portico\0upstream\0failed", b"portico.upstream.failed"),
+/// A well-known property path a balancing or routing plugin reads or writes on every request (see
+/// [`HOT_PATHS`]): which one, so that a hostcall branches on it without comparing its spelling again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hot {
+    CandidatesVersion,
+    Selected,
+    Route,
+    Upstream,
+    Candidates,
+    Failed,
+}
+
+/// The [`Hot`] paths in their serialized form (`a\0b\0c`, as every SDK sends them) and as
+/// [`read_property_path`] would spell them. Matching the guest's bytes against these copies nothing; any
+/// other path (or one sent with '.' separators) takes the general [`read_property_path`].
+const HOT_PATHS: [(&[u8], &[u8], Hot); 6] = [
+    (b"portico\0upstream\0candidates_version", b"portico.upstream.candidates_version", Hot::CandidatesVersion),
+    (b"portico\0upstream\0selected", b"portico.upstream.selected", Hot::Selected),
+    (b"portico\0route\0upstream", b"portico.route.upstream", Hot::Route),
+    (b"portico\0upstream", b"portico.upstream", Hot::Upstream),
+    (b"portico\0upstream\0candidates", b"portico.upstream.candidates", Hot::Candidates),
+    (b"portico\0upstream\0failed", b"portico.upstream.failed", Hot::Failed),
 ];
 
-/// The dotted spelling of a well-known property path at `ptr` (see [`HOT_PATHS`]), or `None` to read it with
-/// [`read_property_path`]. Traps on out-of-bounds like every read.
-pub(crate) fn hot_property_path(c: &Ctx<'_>, ptr: i32, len: i32, what: &'static str) -> Result<Option<&'static [u8]>> {
+/// The well-known property path at `ptr` (see [`HOT_PATHS`]) and its dotted spelling, or `None` to read it
+/// with [`read_property_path`]. Traps on out-of-bounds like every read.
+pub(crate) fn hot_property_path(
+    c: &Ctx<'_>,
+    ptr: i32,
+    len: i32,
+    what: &'static str,
+) -> Result<Option<(Hot, &'static [u8])>> {
     let raw = view(c, ptr, len, what)?;
     let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-    Ok(HOT_PATHS.iter().find(|(serialized, _)| *serialized == raw).map(|(_, dotted)| *dotted))
+    Ok(HOT_PATHS.iter().find(|(serialized, ..)| *serialized == raw).map(|&(_, dotted, hot)| (hot, dotted)))
 }
 
 /// Runs `f` over the guest bytes at `ptr` and the host state together, copying nothing: for a hostcall that

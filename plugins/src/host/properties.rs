@@ -10,7 +10,7 @@ use super::{wrap, Imports, ENV};
 use crate::abi::*;
 use crate::candidates::group_version;
 use crate::context::StreamState;
-use crate::memory::{self as mem, Ctx};
+use crate::memory::{self as mem, Ctx, Hot};
 use crate::store::HostState;
 use crate::types::TrafficDirection;
 
@@ -20,7 +20,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         const WHAT: &str = "proxy_get_property";
         let mut path = std::mem::take(&mut c.data_mut().scratch_path);
         let key = match mem::hot_property_path(&c, pp, pn, WHAT)? {
-            Some(hot) => hot,
+            Some((_, dotted)) => dotted,
             None => {
                 mem::read_property_path(&c, pp, pn, WHAT, &mut path)?;
                 &path[..]
@@ -36,8 +36,8 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         const WHAT: &str = "proxy_set_property";
         // A routing or balancing choice, made on every request: stored straight from guest memory.
         let choice = match mem::hot_property_path(&c, pp, pn, WHAT)? {
-            Some(b"portico.upstream.selected") => Some(true),
-            Some(b"portico.route.upstream") => Some(false),
+            Some((Hot::Selected, _)) => Some(true),
+            Some((Hot::Route, _)) => Some(false),
             _ => None,
         };
         if let Some(selected) = choice {
