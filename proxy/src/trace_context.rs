@@ -32,15 +32,30 @@ impl SpanId {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Writes `bytes` as lowercase hex into `out` (twice as long). A table lookup rather than `write!("{:02x}")`:
-/// ids are written for every request, and the formatting machinery showed up in profiles.
+/// Writes `bytes` as lowercase hex into `out` (twice as long; a shorter `out` takes the first digits). Ids are
+/// written for every request (the request id, and the trace and span ids of the `traceparent` sent upstream:
+/// 41 bytes), and a digit at a time cost ~11 instructions a byte; four bytes at a time in one word cost ~3.
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    // In pairs: no bounds check per digit.
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0x0f)]]);
+    let mut words = bytes.chunks(4).zip(out.chunks_mut(8));
+    for (four, eight) in &mut words {
+        let mut word = [0u8; 4];
+        word[..four.len()].copy_from_slice(four);
+        let digits = hex_word(u32::from_be_bytes(word)).to_be_bytes();
+        let n = eight.len();
+        eight.copy_from_slice(&digits[..n]);
     }
+}
+
+/// The eight lowercase hex digits of `x`, most significant first, as the bytes of a big-endian `u64`: each
+/// nibble spread to a byte of its own, then turned into its digit in every byte at once.
+fn hex_word(x: u32) -> u64 {
+    let mut n = u64::from(x);
+    n = (n | (n << 16)) & 0x0000_ffff_0000_ffff;
+    n = (n | (n << 8)) & 0x00ff_00ff_00ff_00ff;
+    n = (n | (n << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose nibble is 10 or more (adding 6 carries into bit 4 then, and never out of the byte).
+    let letters = ((n + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    n + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10)
 }
 
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
@@ -255,6 +270,21 @@ impl fmt::Display for RequestId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_written_as_format_writes_it() {
+        let mut bytes: Vec<u8> = (0..=255).collect();
+        bytes.extend([0x00, 0x09, 0x0a, 0x0f, 0x10, 0x99, 0x9a, 0xa9, 0xf0, 0xff, 0x01]);
+        for len in [1, 2, 3, 4, 5, 7, 8, 16, 17, bytes.len()] {
+            for start in [0, 1, bytes.len() - len].into_iter().filter(|s| s + len <= bytes.len()) {
+                let part = &bytes[start..start + len];
+                let mut out = vec![0u8; len * 2];
+                hex_into(part, &mut out);
+                let expected: String = part.iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(String::from_utf8_lossy(&out), expected, "{len} bytes from {start}");
+            }
+        }
+    }
 
     #[test]
     fn keeps_incoming_trace_id_with_new_span() {
