@@ -27,6 +27,28 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `upgrade`'s bit in [`hop_by_hop_bit`]'s answers, after those of [`HOP_BY_HOP`].
 const UPGRADE_BIT: u16 = 1 << HOP_BY_HOP.len();
 
+/// Up to how many fields [`id_fields`] walks a request's map rather than looking each name up.
+const WALK_FIELDS: usize = 16;
+
+/// The first `traceparent` and `x-request-id` values of a request, read for every request. A lookup hashes
+/// the (custom) name each time, ~150 instructions each; the handful of fields most requests carry is walked
+/// once instead, comparing names by length first.
+pub fn id_fields(headers: &HeaderMap) -> (Option<&[u8]>, Option<&[u8]>) {
+    if headers.len() > WALK_FIELDS {
+        let get = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
+        return (get(&TRACEPARENT), get(&X_REQUEST_ID));
+    }
+    let (mut traceparent, mut request_id) = (None, None);
+    for (name, value) in headers {
+        if traceparent.is_none() && *name == TRACEPARENT {
+            traceparent = Some(value.as_bytes());
+        } else if request_id.is_none() && *name == X_REQUEST_ID {
+            request_id = Some(value.as_bytes());
+        }
+    }
+    (traceparent, request_id)
+}
+
 /// `1 << i` for the `i`-th name of [`HOP_BY_HOP`], [`UPGRADE_BIT`] for `upgrade`, 0 for any other name. A match
 /// on the name's text: comparing each field with nine `HeaderName`s cost ~400 instructions a message.
 fn hop_by_hop_bit(name: &str) -> u16 {
@@ -188,6 +210,28 @@ pub fn strip_framing(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_fields_are_the_first_values_however_many_fields_there_are() {
+        for extra in [0, 3, 20] {
+            let mut h = HeaderMap::new();
+            h.append(HOST, HeaderValue::from_static("a"));
+            assert_eq!(id_fields(&h), (None, None));
+            for i in 0..extra {
+                h.append(
+                    HeaderName::from_bytes(format!("x-f{i}").as_bytes()).expect("a field name"),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            h.append(&X_REQUEST_ID, HeaderValue::from_static("id-1"));
+            h.append(&TRACEPARENT, HeaderValue::from_static("tp-1"));
+            h.append(&X_REQUEST_ID, HeaderValue::from_static("id-2"));
+            h.append(&TRACEPARENT, HeaderValue::from_static("tp-2"));
+            assert_eq!(id_fields(&h), (Some(&b"tp-1"[..]), Some(&b"id-1"[..])), "{extra} extra fields");
+            h.remove(&TRACEPARENT);
+            assert_eq!(id_fields(&h), (None, Some(&b"id-1"[..])), "{extra} extra fields");
+        }
+    }
 
     #[test]
     fn each_hop_by_hop_name_has_its_own_bit() {

@@ -43,10 +43,8 @@ pub async fn handle(
     req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = crate::clock::now();
-    let RequestIds { mut trace, request_id } = RequestIds::new(
-        req.headers().get(&headers::TRACEPARENT).map(|v| v.as_bytes()),
-        req.headers().get(&headers::X_REQUEST_ID).map(|v| v.as_bytes()),
-    );
+    let (traceparent, given_id) = headers::id_fields(req.headers());
+    let RequestIds { mut trace, request_id } = RequestIds::new(traceparent, given_id);
     let listener = conn.settings();
     let span = shared.telemetry.start(&mut trace, start, &req, conn, &listener);
     let mut meta = RequestMeta { start, trace, request_id, span };

@@ -42,11 +42,11 @@ pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
     if parts.method == Method::CONNECT {
         return refuse(LocalError::MethodNotAllowed, "CONNECT is not served on a reverse-proxy listener");
     }
-    let mut hosts = parts.headers.get_all(HOST).iter();
-    let host = hosts.next().cloned();
-    if hosts.next().is_some() {
+    let (host, more) = hosts(&parts.headers);
+    if more {
         return refuse(LocalError::BadRequest, "request has more than one Host header");
     }
+    let host = host.cloned();
     let authority = parts.uri.authority().cloned();
     match (parts.version, host, authority) {
         (Version::HTTP_2 | Version::HTTP_3, Some(host), Some(authority))
@@ -74,6 +74,17 @@ pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
     }
     drop_h2c_upgrade(parts);
     Ok(())
+}
+
+/// The first `Host` field and whether there is another. The handful of fields most requests carry is walked
+/// (a standard name compares as a number) rather than `Host` hashed and looked up.
+fn hosts(headers: &http::HeaderMap) -> (Option<&HeaderValue>, bool) {
+    if headers.len() > 16 {
+        let mut all = headers.get_all(HOST).iter();
+        return (all.next(), all.next().is_some());
+    }
+    let mut all = headers.iter().filter(|(name, _)| **name == HOST).map(|(_, value)| value);
+    (all.next(), all.next().is_some())
 }
 
 /// Removes `h2c` from `Upgrade` (and the header when nothing is left) and removes `HTTP2-Settings`.
@@ -138,6 +149,21 @@ mod tests {
         assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
         let mut p = parts(&[], "/", Version::HTTP_10, Method::GET);
         assert!(check_reverse(&mut p).is_ok(), "HTTP/1.0 needs no Host");
+    }
+
+    #[test]
+    fn a_second_host_is_found_however_many_fields_lie_between() {
+        for extra in [0, 5, 30] {
+            let names: Vec<String> = (0..extra).map(|i| format!("x-f{i}")).collect();
+            let mut fields: Vec<(&str, &str)> = vec![("host", "a")];
+            fields.extend(names.iter().map(|n| (n.as_str(), "v")));
+            let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
+            assert!(check_reverse(&mut p).is_ok(), "{extra} fields and one Host");
+            fields.push(("host", "b"));
+            let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
+            let refused = check_reverse(&mut p).map_err(|r| r.error);
+            assert_eq!(refused, Err(LocalError::BadRequest), "{extra} fields and two Hosts");
+        }
     }
 
     #[test]
