@@ -27,8 +27,9 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `upgrade`'s bit in [`hop_by_hop_bit`]'s answers, after those of [`HOP_BY_HOP`].
 const UPGRADE_BIT: u16 = 1 << HOP_BY_HOP.len();
 
-/// Up to how many fields [`id_fields`] walks a request's map rather than looking each name up.
-const WALK_FIELDS: usize = 16;
+/// Up to how many fields a request's map is walked to find a field or two (see [`id_fields`]) rather than
+/// each name hashed and looked up.
+pub(crate) const WALK_FIELDS: usize = 16;
 
 /// The first `traceparent` and `x-request-id` values of a request, read for every request. A lookup hashes
 /// the (custom) name each time, ~150 instructions each; the handful of fields most requests carry is walked

@@ -79,7 +79,7 @@ pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
 /// The first `Host` field and whether there is another. The handful of fields most requests carry is walked
 /// (a standard name compares as a number) rather than `Host` hashed and looked up.
 fn hosts(headers: &http::HeaderMap) -> (Option<&HeaderValue>, bool) {
-    if headers.len() > 16 {
+    if headers.len() > super::headers::WALK_FIELDS {
         let mut all = headers.get_all(HOST).iter();
         return (all.next(), all.next().is_some());
     }
