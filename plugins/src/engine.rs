@@ -2,16 +2,15 @@
 //! ticker, compile cache, linker, metric families, and the shared data and queues plugins see.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::{JoinHandle, Thread};
+use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 use prometheus::Registry;
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, Module};
 
-use crate::budget::EPOCH_TICK;
+use crate::budget::EpochClock;
 use crate::error::PluginError;
 use crate::linker::{self, HostLinker};
 use crate::metrics::EngineMetrics;
@@ -21,7 +20,7 @@ use crate::shared::SharedState;
 /// Compiled modules kept by content hash; old plugin versions fall out after this many distinct modules.
 const MODULE_CACHE_CAPACITY: usize = 32;
 
-/// State shared by every plugin created from one engine. Owns the epoch ticker: it stops when the last
+/// State shared by every plugin created from one engine. Owns the epoch clock's thread: it stops when the last
 /// plugin and the engine handle are gone.
 pub(crate) struct EngineShared {
     pub engine: Engine,
@@ -29,58 +28,44 @@ pub(crate) struct EngineShared {
     pub registry: Registry,
     pub metrics: Arc<EngineMetrics>,
     pub shared: Arc<SharedState>,
+    /// The clock the plugins' CPU deadlines are counted by (see [`crate::budget`]).
+    pub clock: Arc<EpochClock>,
     cache: Mutex<VecDeque<CompiledModule>>,
-    ticking: Arc<Ticking>,
-    ticker_thread: Thread,
     ticker: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// What the epoch ticker reads: whether to stop, and how many plugins are loaded. With none loaded no guest
-/// code can run, so there is no deadline to keep, and the ticker sleeps until a plugin is loaded instead of
-/// waking a thousand times a second (a Portico without plugins was woken ~900 times a second while idle).
-#[derive(Debug, Default)]
-struct Ticking {
-    stop: AtomicBool,
-    plugins: AtomicUsize,
-    /// Epochs advanced so far.
-    ticks: AtomicU64,
 }
 
 impl Drop for EngineShared {
     fn drop(&mut self) {
-        self.ticking.stop.store(true, Ordering::Release);
-        self.ticker_thread.unpark();
+        self.clock.stop();
         if let Some(handle) = self.ticker.lock().take() {
             let _ = handle.join();
         }
     }
 }
 
-/// A loaded plugin's hold on the engine: keeps it alive, and the epoch ticker running, while the plugin is.
+/// A loaded plugin's hold on the engine: keeps it alive, and the epoch clock running, while the plugin is.
 /// Made before the plugin's first instance, so every guest call runs under a ticking deadline.
 pub(crate) struct EngineUse(Arc<EngineShared>);
 
 impl EngineUse {
     pub(crate) fn new(shared: &Arc<EngineShared>) -> Self {
-        if shared.ticking.plugins.fetch_add(1, Ordering::AcqRel) == 0 {
-            shared.ticker_thread.unpark();
-        }
+        shared.clock.plugin_loaded();
         EngineUse(shared.clone())
     }
 }
 
 impl Drop for EngineUse {
     fn drop(&mut self) {
-        self.0.ticking.plugins.fetch_sub(1, Ordering::AcqRel);
+        self.0.clock.plugin_dropped();
     }
 }
 
 /// One wasmtime engine (Cranelift, epoch interruption) shared by all plugins, plus process-wide plugin state:
 /// module compile cache, shared key/value data (scoped by vm_id), shared queues and the Prometheus registry.
 ///
-/// Cloning is cheap (an `Arc`). A background thread advances the epoch every millisecond while any plugin is
-/// loaded, so per-callback CPU deadlines work, and sleeps while none is; it stops when the engine and every
-/// plugin loaded from it are dropped.
+/// Cloning is cheap (an `Arc`). A background thread advances the epoch while any plugin is loaded, so
+/// per-callback CPU deadlines work (see [`crate::budget`]), and sleeps while none is; it stops when the engine
+/// and every plugin loaded from it are dropped.
 #[derive(Clone)]
 pub struct PluginEngine {
     pub(crate) shared: Arc<EngineShared>,
@@ -107,25 +92,13 @@ impl PluginEngine {
         let linker = linker::build_linker(&engine).map_err(engine_error("linking host functions"))?;
         let metrics = EngineMetrics::new(&registry)
             .map_err(|e| PluginError::Engine { what: "registering plugin metrics", source: Box::new(e) })?;
-        let ticking = Arc::new(Ticking::default());
+        let clock = Arc::new(EpochClock::default());
         let ticker = {
             let engine = engine.clone();
-            let ticking = ticking.clone();
+            let clock = clock.clone();
             std::thread::Builder::new()
                 .name("portico-wasm-epoch".into())
-                .spawn(move || {
-                    while !ticking.stop.load(Ordering::Acquire) {
-                        // An unpark that comes before the park makes it return at once, so a plugin loaded
-                        // between the load and the park is not missed.
-                        if ticking.plugins.load(Ordering::Acquire) == 0 {
-                            std::thread::park();
-                            continue;
-                        }
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                        ticking.ticks.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
+                .spawn(move || clock.run(&engine))
                 .map_err(|e| PluginError::Engine { what: "spawning the epoch thread", source: Box::new(e) })?
         };
         Ok(PluginEngine {
@@ -135,9 +108,8 @@ impl PluginEngine {
                 registry,
                 metrics: Arc::new(metrics),
                 shared: Arc::new(SharedState::default()),
+                clock,
                 cache: Mutex::new(VecDeque::new()),
-                ticking,
-                ticker_thread: ticker.thread().clone(),
                 ticker: Mutex::new(Some(ticker)),
             }),
         })
@@ -149,10 +121,10 @@ impl PluginEngine {
         &self.shared.registry
     }
 
-    /// How many times the epoch has advanced: about once a millisecond while any plugin is loaded, never
-    /// while none is.
+    /// How many times the epoch has advanced: every few milliseconds while any plugin is loaded (see
+    /// [`crate::budget`]), never while none is.
     pub fn epoch_ticks(&self) -> u64 {
-        self.shared.ticking.ticks.load(Ordering::Relaxed)
+        self.shared.clock.ticks()
     }
 
     /// Compile and ABI-check wasm module bytes.

@@ -151,6 +151,7 @@ pub(crate) fn invoke<P: WasmParams, R: WasmResults>(
     IN_CALLBACK.with(|c| c.set(c.get() + 1));
     let r = f.call(&mut *store, args);
     IN_CALLBACK.with(|c| c.set(c.get().saturating_sub(1)));
+    end_budget(store);
     let st = store.data();
     // Borrowed, not cloned: an `Arc` clone per callback is two atomic operations on a cache line every
     // worker thread running this plugin shares.
@@ -213,10 +214,14 @@ impl Instance {
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().cpu_budget.on_deadline()));
+        store.epoch_deadline_callback(|mut store| {
+            let HostState { cpu_budget, core, .. } = store.data_mut();
+            Ok(cpu_budget.on_deadline(&core.clock))
+        });
         arm_budget(&mut store, limits.start_cpu);
-        let instance = pre
-            .instantiate(&mut store)
+        let instantiated = pre.instantiate(&mut store);
+        end_budget(&mut store);
+        let instance = instantiated
             .map_err(|e| PluginError::Instantiate { plugin: plugin(), source: e.into_boxed_dyn_error() })?;
         let export_err = |export: &str, message: &str, source: Option<wasmtime::Error>| PluginError::Export {
             plugin: plugin(),
@@ -332,4 +337,11 @@ impl Instance {
 fn arm_budget(store: &mut Store<HostState>, limit: Duration) {
     store.data_mut().cpu_budget = CpuBudget::new(limit);
     store.set_epoch_deadline(1);
+}
+
+/// The callback armed by [`arm_budget`] returned: it is no longer counted.
+#[inline]
+fn end_budget(store: &mut Store<HostState>) {
+    let HostState { cpu_budget, core, .. } = store.data_mut();
+    cpu_budget.end(&core.clock);
 }

@@ -197,6 +197,7 @@ impl Plugin {
                 services,
                 shared: shared.shared.clone(),
                 metrics: shared.metrics.clone(),
+                clock: shared.clock.clone(),
                 callout_sink: weak.clone(),
                 queue_sink: weak.clone(),
                 callouts: Mutex::new(HashMap::new()),

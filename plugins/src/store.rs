@@ -12,7 +12,7 @@ use prometheus::{Histogram, IntCounter};
 use wasmtime::{Memory, ResourceLimiter, Result, Trap, TypedFunc};
 
 use crate::abi::*;
-use crate::budget::CpuBudget;
+use crate::budget::{CpuBudget, EpochClock};
 use crate::callout::{CalloutSink, HttpCallResponse};
 use crate::context::{StreamState, Streams};
 use crate::error::{FailureKind, HostTrap, PluginFailure};
@@ -226,6 +226,8 @@ pub(crate) struct PluginCore {
     pub services: Arc<dyn HostServices>,
     pub shared: Arc<SharedState>,
     pub metrics: Arc<EngineMetrics>,
+    /// The engine's epoch clock, which a callback being counted speeds up (see [`crate::budget`]).
+    pub clock: Arc<EpochClock>,
     pub callout_sink: Weak<dyn CalloutSink>,
     pub queue_sink: Weak<dyn QueueSink>,
     pub callouts: Mutex<HashMap<u32, CalloutOwner>>,

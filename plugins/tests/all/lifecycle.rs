@@ -52,6 +52,7 @@ fn the_epoch_ticks_only_while_a_plugin_is_loaded() {
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "the epoch advances while a plugin is loaded");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    assert_epoch_idles(&e);
     drop(p);
     let at_drop = e.epoch_ticks();
     std::thread::sleep(std::time::Duration::from_millis(50));

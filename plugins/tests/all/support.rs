@@ -137,3 +137,14 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Asserts the engine's epoch clock ticks at its idle rate (at most one tick per 5 ms, and one more for a
+/// wake-up): it ticks every millisecond only while a callback has run past its first tick, and ticking at
+/// that rate for good would cost an idle proxy ~1,000 wake-ups a second.
+pub fn assert_epoch_idles(engine: &PluginEngine) {
+    let (from, ticks) = (std::time::Instant::now(), engine.epoch_ticks());
+    std::thread::sleep(Duration::from_millis(200));
+    let (took, ticked) = (from.elapsed(), engine.epoch_ticks() - ticks);
+    let most = took.as_millis() as u64 / 5 + 2;
+    assert!(ticked <= most, "{ticked} ticks in {took:?} (at most {most} at the idle rate)");
+}
