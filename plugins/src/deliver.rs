@@ -8,7 +8,11 @@
 //! ([`Plugin::run_ticks`]), or while one of its streams waits for a resumption ([`crate::HttpStream::resumed`]).
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::callout::{CalloutSink, HttpCallResponse};
 use crate::error::PluginFailure;
@@ -17,7 +21,31 @@ use crate::pool::{Pending, Plugin, Reach};
 use crate::shared::QueueSink;
 use crate::worker;
 
+/// How soon a ticker looks again at a shared instance that was in use when it looked for its next tick.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+
+/// What a plugin version's tickers wait on besides their next tick: it wakes them when there is something new
+/// to look at (mail for an instance, a tick period set or changed, an instance changing hands, the version
+/// dropped). A ticker that only slept until its next tick, or polled, would wake a loaded proxy's threads
+/// hundreds of times a second for plugins that never tick. It holds no reference to the plugin, so a ticker
+/// waiting on it does not keep a dropped version alive.
+#[derive(Clone, Debug)]
+pub struct WorkSignal(Arc<Notify>);
+
+impl WorkSignal {
+    /// Resolves at the first wake-up after it is enabled ([`Notified::enable`]) or first polled: make and
+    /// enable it before running [`Plugin::run_ticks`], so that a wake-up during the run is not lost.
+    pub fn notified(&self) -> Notified<'_> {
+        self.0.notified()
+    }
+}
+
 impl Plugin {
+    /// What this version's tickers wait on (see [`WorkSignal`]).
+    pub fn work_signal(&self) -> WorkSignal {
+        WorkSignal(self.core.tickers.clone())
+    }
+
     /// Deliver an HTTP callout result (`None` = failed/timed out: the guest sees 0 headers) by running
     /// `proxy_on_http_call_response(root context, token, ...)` with the context that made the call effective.
     /// Usually called through [`crate::CalloutResponder::complete`]. Unknown tokens (stream already gone) are
@@ -52,6 +80,7 @@ impl Plugin {
         cell.inbox.lock().push(work);
         cell.has_mail.store(true, Ordering::Release);
         cell.mail.notify_one();
+        self.core.tickers.notify_waiters();
     }
 
     /// Runs the work waiting in slot `i`'s inbox, if this thread can reach the instance and is not inside a
@@ -193,8 +222,8 @@ impl Plugin {
         r
     }
 
-    /// Earliest time an instance this thread can reach wants `proxy_on_tick` (None = no timer set). Busy
-    /// shared instances are skipped.
+    /// Earliest time an instance this thread can reach wants `proxy_on_tick` (None = no timer set). A shared
+    /// instance in use on another thread is looked at again in [`BUSY_RETRY`].
     pub fn next_tick_deadline(&self) -> Option<Instant> {
         (0..self.slots.len()).filter_map(|i| self.tick_due(i)).min()
     }
@@ -203,15 +232,19 @@ impl Plugin {
         let at = |slot: &Slot| slot.instance.as_ref().and_then(|inst| inst.tick).map(|(_, at)| at);
         match self.reach(i) {
             Reach::Mine(cell) => at(&*cell.try_borrow().ok()?),
-            Reach::Shared => at(&*self.slots[i].shared.try_lock()?),
+            Reach::Shared => match self.slots[i].shared.try_lock() {
+                Some(slot) => at(&slot),
+                None => Some(Instant::now() + BUSY_RETRY),
+            },
             Reach::Elsewhere => None,
         }
     }
 
     /// Run `proxy_on_tick` on every instance this thread can reach whose period elapsed (its own, and the
     /// shared ones), plus its deferred work. Drive this from a task on every thread that owns instances (each
-    /// worker) and one more for the shared ones: sleep until [`Plugin::next_tick_deadline`], capped at e.g.
-    /// 100 ms. Returns how many ticks ran; failures discard the instance like request failures.
+    /// worker) and one more for the shared ones: run it, then sleep until [`Plugin::next_tick_deadline`] or
+    /// until the [`Plugin::work_signal`] wakes it. Returns how many ticks ran; failures discard the instance
+    /// like request failures.
     pub fn run_ticks(&self) -> usize {
         let now = Instant::now();
         let mut ran = 0;

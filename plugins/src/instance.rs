@@ -162,9 +162,13 @@ pub(crate) fn invoke<P: WasmParams, R: WasmResults>(
     }
     // Apply tick period changes made during the callback.
     match (st.tick_period, *tick) {
-        (None, _) => *tick = None,
+        (None, None) => {}
         (Some(p), Some((old, _))) if old == p => {}
-        (Some(p), _) => *tick = Some((p, Instant::now() + p)),
+        (period, _) => {
+            *tick = period.map(|p| (p, Instant::now() + p));
+            // The thread's ticker sleeps until the next tick it knew of.
+            core.tickers.notify_waiters();
+        }
     }
     r.map_err(|e| {
         let failure = core.classify(name, &e);

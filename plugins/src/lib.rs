@@ -57,6 +57,7 @@ pub use candidates::{
     CandidateLoad, CandidateSource,
 };
 pub use codec::{deserialize_map, encode_candidates, serialize_map};
+pub use deliver::WorkSignal;
 pub use engine::PluginEngine;
 pub use error::{Cause, FailureKind, PluginError, PluginFailure};
 pub use module::{AbiVersion, CompiledModule};

@@ -198,6 +198,7 @@ impl Plugin {
                 shared: shared.shared.clone(),
                 metrics: shared.metrics.clone(),
                 clock: shared.clock.clone(),
+                tickers: Arc::default(),
                 callout_sink: weak.clone(),
                 queue_sink: weak.clone(),
                 callouts: Mutex::new(HashMap::new()),
@@ -377,6 +378,8 @@ impl Plugin {
         drop(slot);
         let home: Weak<dyn SlotHome> = self.me.clone();
         worker::adopt(self.id, home, i, state);
+        // Its ticks are this thread's ticker's now.
+        self.core.tickers.notify_waiters();
         true
     }
 
@@ -461,6 +464,15 @@ impl SlotHome for Plugin {
         let mut shared = cell.shared.lock();
         *shared = state;
         cell.owner.store(0, Ordering::Release);
+        // Its ticks are the shared ticker's again.
+        self.core.tickers.notify_waiters();
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        // The version's tickers end.
+        self.core.tickers.notify_waiters();
     }
 }
 

@@ -228,6 +228,8 @@ pub(crate) struct PluginCore {
     pub metrics: Arc<EngineMetrics>,
     /// The engine's epoch clock, which a callback being counted speeds up (see [`crate::budget`]).
     pub clock: Arc<EpochClock>,
+    /// Wakes the version's tickers (see [`crate::WorkSignal`]).
+    pub tickers: Arc<tokio::sync::Notify>,
     pub callout_sink: Weak<dyn CalloutSink>,
     pub queue_sink: Weak<dyn QueueSink>,
     pub callouts: Mutex<HashMap<u32, CalloutOwner>>,

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use portico_plugins::{FailPolicy, Plugin, PluginEngine, PluginError, PluginHandle, PluginSpec};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Why a plugin version could not be started. The running version, if any, keeps serving. Messages are
 /// complete on their own and keep their cause as `source()` too (see `ServerError`).
@@ -432,23 +432,35 @@ impl PluginSet {
     /// loaded to serve; they end when it is dropped (a version kept for rollback keeps its tickers).
     fn spawn_tickers(&self, plugin: &Arc<Plugin>) {
         for worker in &self.workers {
-            worker.spawn(ticker(Arc::downgrade(plugin)));
+            worker.spawn(ticker(Arc::downgrade(plugin), plugin.work_signal()));
         }
-        tokio::spawn(ticker(Arc::downgrade(plugin)));
+        tokio::spawn(ticker(Arc::downgrade(plugin), plugin.work_signal()));
     }
 }
 
-/// One thread's ticker for one plugin version (see [`PluginSet::spawn_tickers`]).
-async fn ticker(weak: Weak<Plugin>) {
+/// One thread's ticker for one plugin version (see [`PluginSet::spawn_tickers`]): it sleeps until the next
+/// tick an instance it can reach asked for, or until the version's signal says there is new work (mail for an
+/// instance, a tick period set, the version dropped). A plugin that never ticks costs no wake-ups.
+async fn ticker(weak: Weak<Plugin>, signal: portico_plugins::WorkSignal) {
     loop {
-        let deadline = {
+        // Enabled before the run, so that work arriving during it wakes the sleep that follows.
+        let woken = signal.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let next = {
             let Some(plugin) = weak.upgrade() else { break };
-            let fallback = std::time::Instant::now() + Duration::from_millis(20);
-            plugin.next_tick_deadline().map_or(fallback, |d| d.min(fallback))
+            plugin.run_ticks();
+            plugin.next_tick_deadline()
         };
-        tokio::time::sleep_until(deadline.into()).await;
-        let Some(plugin) = weak.upgrade() else { break };
-        plugin.run_ticks();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = woken => {}
+                }
+            }
+            None => woken.await,
+        }
     }
     // The version is gone: drop the instances of it this thread owned.
     portico_plugins::forget_unloaded();

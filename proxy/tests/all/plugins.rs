@@ -30,6 +30,7 @@ pub(crate) fn wat_plugin(strings: &[&str], body: &str) -> Vec<u8> {
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
   (import "env" "proxy_get_header_map_value" (func $get_hdr (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_get_property" (func $get_prop (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_tick_period_milliseconds" (func $set_tick (param i32) (result i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 65536))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
@@ -88,6 +89,59 @@ async fn each_request_reads_its_own_facts_though_workers_reuse_them() -> TestRes
         let answer = send(web, "GET", "/", &[("x-request-id", id.as_str())], "").await?;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.header("x-seen-id"), id, "request {i}");
+    }
+    Ok(())
+}
+
+/// Asks for a tick every 10 ms, when its instance starts (`at_start`) or when it answers its first request, and
+/// counts them; responses carry `x-ticked: 1` once the instance that served them has ticked (`0` before).
+fn ticking_plugin(at_start: bool) -> Vec<u8> {
+    let ask = "(drop (call $set_tick (i32.const 10)))";
+    let (on_start, on_answer) = if at_start { (ask, "") } else { ("", ask) };
+    wat_plugin(
+        &["x-ticked", "01"],
+        &format!(
+            r#"(global $ticks (mut i32) (i32.const 0))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    {on_start}
+    (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (global.set $ticks (i32.add (global.get $ticks) (i32.const 1))))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    {on_answer}
+    (drop (call $add_hdr (i32.const 2) (i32.const 1024) (i32.const 8)
+      (i32.add (i32.const 1088) (i32.ne (global.get $ticks) (i32.const 0))) (i32.const 1)))
+    (i32.const 0))"#
+        ),
+    )
+}
+
+#[tokio::test]
+async fn an_instance_that_asks_for_ticks_is_ticked_where_it_lives() -> TestResult {
+    // The task that runs an instance's ticks sleeps until one is due or until it is told of new work. The
+    // instances start when the plugin loads, shared; with one worker, the worker takes one over on its first
+    // request (and its ticker must hear that it now has a tick to run); with none, requests use the shared
+    // instance on the test's runtime. A period asked for while answering a request must reach the ticker too.
+    let app = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    for (at_start, workers) in [(true, 1), (false, 1), (true, 0), (false, 0)] {
+        let wasm = dir.path().join(format!("ticks-{at_start}.wasm"));
+        std::fs::write(&wasm, ticking_plugin(at_start))?;
+        let plugins = format!("\n[[plugin]]\nname = \"ticks\"\nwasm = \"{}\"\n", wasm.display());
+        let p = Portico::start_with_workers(&plugin_config(&[&app], &plugins, "\"ticks\""), workers).await;
+        let web = p.addr("web").await;
+        let started = std::time::Instant::now();
+        loop {
+            let answer = get(web, "/").await?;
+            assert_eq!(answer.status, 200);
+            if answer.header("x-ticked") == "1" {
+                break;
+            }
+            assert_eq!(answer.header("x-ticked"), "0");
+            let case = format!("asked at start: {at_start}, {workers} worker(s)");
+            assert!(started.elapsed() < Duration::from_secs(10), "{case}: the instance never ticked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     Ok(())
 }
