@@ -190,8 +190,13 @@ fn finish_in_place(
     let elapsed = crate::clock::now().saturating_duration_since(meta.start);
     let name = listener.config.name.as_str();
     shared.metrics.observe_request(name, upstream, status, Some(elapsed));
-    if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
-        response.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
+    match response.body_mut().raw_fields() {
+        Some(raw) => raw.set_request_id(meta.request_id.clone()),
+        None => {
+            if let Ok(v) = HeaderValue::from_str(&meta.request_id) {
+                response.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
+            }
+        }
     }
     tracing::debug!(trace_id = %meta.trace.trace_id, request_id = %meta.request_id, listener = name, upstream, status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "request");
 }

@@ -9,14 +9,18 @@
 //!
 //! A map is still made ([`RawFields::into_map`]) wherever the fields are read: by plugins, by a callout's
 //! caller, or when hyper serves the client. While the fields are raw, the answer's own map holds only fields
-//! that replace the upstream's of the same name (`x-request-id`): that is how the map is merged in, whether
-//! the fields are written or made a map.
+//! that replace the upstream's of the same name: that is how the map is merged in, whether the fields are
+//! written or made a map. The one every answer gets, this request's `x-request-id`, is kept beside the raw
+//! fields instead ([`RawFields::set_request_id`]): put in the map it cost a checked copy into a new
+//! allocation and a hashed insert per request.
 //!
 //! Heads that do not fit this simple picture stay maps from the start: informational answers, more than
 //! [`MOST_FIELDS`] fields, a `Connection` field naming other fields to remove, a `TE` field.
 
 use super::framing::FramingFields;
 use super::head::ConnectionOptions;
+use crate::forward::headers::X_REQUEST_ID;
+use crate::trace_context::RequestId;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 
@@ -41,6 +45,8 @@ pub enum Role {
     HopByHop,
     /// `te`: a request field, which the map-based stripping keeps as `te: trailers`; heads with one stay maps.
     Te,
+    /// `x-request-id`: passed on, unless the proxy set its own ([`RawFields::set_request_id`]).
+    RequestId,
 }
 
 /// Sorts a field by its name, in any letter case: by its length and first letter, then the whole name.
@@ -55,6 +61,7 @@ pub fn role(name: &[u8]) -> Role {
         (7, b'u') if is("upgrade") => Role::HopByHop,
         (10, b'c') if is("connection") => Role::HopByHop,
         (10, b'k') if is("keep-alive") => Role::HopByHop,
+        (12, b'x') if is("x-request-id") => Role::RequestId,
         (14, b'c') if is("content-length") => Role::ContentLength,
         (16, b'p') if is("proxy-connection") => Role::HopByHop,
         (17, b't') if is("transfer-encoding") => Role::TransferEncoding,
@@ -81,6 +88,8 @@ pub struct RawFields {
     fields: arrayvec::ArrayVec<Field, MOST_FIELDS>,
     /// This proxy's `via` hop, once the answer is on its way to the client.
     via: Option<&'static str>,
+    /// The request's `x-request-id`, which replaces the upstream's, once the answer is on its way.
+    request_id: Option<RequestId>,
 }
 
 impl RawFields {
@@ -96,7 +105,8 @@ impl RawFields {
         if spans.len() > MOST_FIELDS {
             return None;
         }
-        let mut raw = Box::new(RawFields { head: head.clone(), fields: arrayvec::ArrayVec::new(), via: None });
+        let mut raw =
+            Box::new(RawFields { head: head.clone(), fields: arrayvec::ArrayVec::new(), via: None, request_id: None });
         for &(name_at, name_len, value_at, value_len) in spans {
             let name = head.get(name_at as usize..(name_at + name_len) as usize)?;
             let role = role(name);
@@ -139,6 +149,16 @@ impl RawFields {
         self.via = Some(hop);
     }
 
+    /// Sends `id` as the answer's `x-request-id`, in place of any the upstream sent.
+    pub fn set_request_id(&mut self, id: RequestId) {
+        self.request_id = Some(id);
+    }
+
+    /// Whether a field of this role is left out because the proxy replaces it.
+    fn replaced_here(&self, role: Role) -> bool {
+        role == Role::RequestId && self.request_id.is_some()
+    }
+
     /// Appends the end-to-end fields as `name: value` lines, in the upstream's order and spelling, leaving out
     /// those `replaced` has (the map's own fields, which the caller writes).
     pub fn write(&self, out: &mut Vec<u8>, replaced: &HeaderMap) {
@@ -150,7 +170,9 @@ impl RawFields {
             many |= replacing.try_push(name.as_str()).is_err();
         }
         for (i, field) in self.fields.iter().enumerate() {
-            if matches!(field.role, Role::ContentLength | Role::TransferEncoding | Role::HopByHop | Role::Te) {
+            if matches!(field.role, Role::ContentLength | Role::TransferEncoding | Role::HopByHop | Role::Te)
+                || self.replaced_here(field.role)
+            {
                 continue;
             }
             let name = self.name(field);
@@ -183,6 +205,11 @@ impl RawFields {
                 out.extend_from_slice(b"\r\n");
             }
         }
+        if let Some(id) = &self.request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
 
     /// The fields as the map they would have been read into, then passed through the proxy's response
@@ -201,7 +228,8 @@ impl RawFields {
                     via.extend_from_slice(self.value(field));
                     continue;
                 }
-                Role::EndToEnd | Role::Date | Role::ContentLength => self.name(field),
+                Role::RequestId if self.request_id.is_some() => continue,
+                Role::EndToEnd | Role::Date | Role::ContentLength | Role::RequestId => self.name(field),
             };
             // httparse has checked the name as a token and the value's bytes, the same rules as http's, so
             // neither fails here (a test pins the value rule for every byte).
@@ -225,6 +253,9 @@ impl RawFields {
             if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(via)) {
                 map.insert(header::VIA, value);
             }
+        }
+        if let Some(Ok(value)) = self.request_id.as_deref().map(HeaderValue::from_str) {
+            map.insert(X_REQUEST_ID.clone(), value);
         }
         // Each of `replaced`'s names replaces the upstream's values, then its own further values are appended.
         map.extend(replaced);
@@ -296,6 +327,35 @@ mod tests {
     }
 
     #[test]
+    fn the_proxys_request_id_replaces_every_one_the_upstream_sent() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nX-Request-Id: one\r\nServer: s\r\nx-request-id: two\r\nX-Request-Ids: kept\r\n\r\n";
+        let id = RequestId::Made(arrayvec::ArrayString::from("0123456789abcdef0123456789abcdef").unwrap_or_default());
+        let mut fields = raw(head);
+        fields.set_request_id(id.clone());
+        let mut out = Vec::new();
+        fields.write(&mut out, &HeaderMap::new());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "Server: s\r\nX-Request-Ids: kept\r\nx-request-id: 0123456789abcdef0123456789abcdef\r\n"
+        );
+        let map = fields.into_map(HeaderMap::new());
+        let ids: Vec<_> = map.get_all("x-request-id").iter().map(|v| v.as_bytes().to_vec()).collect();
+        assert_eq!(ids, [id.as_bytes().to_vec()]);
+        assert_eq!(map.get("x-request-ids").map(|v| v.as_bytes()), Some(&b"kept"[..]));
+
+        // Without one of the proxy's, the upstream's are passed on.
+        let fields = raw(head);
+        let mut out = Vec::new();
+        fields.write(&mut out, &HeaderMap::new());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "X-Request-Id: one\r\nServer: s\r\nx-request-id: two\r\nX-Request-Ids: kept\r\n"
+        );
+        assert_eq!(fields.into_map(HeaderMap::new()).get_all("x-request-id").iter().count(), 2);
+    }
+
+    #[test]
     fn names_are_sorted_in_any_letter_case() {
         for (name, expected) in [
             ("TE", Role::Te),
@@ -313,6 +373,8 @@ mod tests {
             ("content-lengths", Role::EndToEnd),
             ("x-via", Role::EndToEnd),
             ("dates", Role::EndToEnd),
+            ("X-Request-ID", Role::RequestId),
+            ("x-request-ids", Role::EndToEnd),
         ] {
             assert_eq!(role(name.as_bytes()), expected, "{name}");
         }
