@@ -78,9 +78,9 @@ impl Plugin {
     /// to do for a request (a balancer when the request was answered before balancing) costs none. A failure to
     /// make the context (no instance, a broken plugin, too many streams) surfaces there, as that phase's
     /// failure, handled by the same policy.
-    pub(crate) fn open_stream(&self, handle: &Arc<PluginHandle>, facts: Arc<dyn RequestFacts>) -> HttpStream {
+    pub(crate) fn open_stream(handle: Arc<PluginHandle>, facts: Arc<dyn RequestFacts>) -> HttpStream {
         HttpStream {
-            handle: handle.clone(),
+            handle,
             slot: 0,
             generation: 0,
             context: 0,
@@ -120,7 +120,14 @@ impl Plugin {
 impl PluginHandle {
     /// [`Plugin::new_stream`], counted on this handle.
     pub fn new_stream(self: &Arc<Self>, facts: impl Into<Arc<dyn RequestFacts>>) -> Result<HttpStream, PluginFailure> {
-        Ok(self.plugin.open_stream(self, facts.into()))
+        Ok(Plugin::open_stream(self.clone(), facts.into()))
+    }
+
+    /// A stream counted on this handle, which it takes (a request's chain opens one per plugin: a clone of
+    /// the handle and the drop of the caller's are two atomic operations it need not make). Its context is
+    /// made by its first callback, whose failure that phase handles, so opening cannot fail.
+    pub fn into_stream(self: Arc<Self>, facts: Arc<dyn RequestFacts>) -> HttpStream {
+        Plugin::open_stream(self, facts)
     }
 }
 

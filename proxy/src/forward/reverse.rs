@@ -38,13 +38,7 @@ pub async fn handle(
     // on the snapshot every worker shares (holding it counted cost two atomic operations a request on a cache
     // line both workers write).
     let guard = shared.snapshot.load();
-    let mut chain = match FilterChain::start(&listener.config.filters, &guard.plugins, parts, conn, &meta.request_id) {
-        Ok(chain) => chain,
-        Err(answer) => {
-            note_plugins(meta, |d| d.answered = true);
-            return finish(shared, listener, "", *answer, meta);
-        }
-    };
+    let mut chain = FilterChain::start(&listener.config.filters, &guard.plugins, parts, conn, &meta.request_id);
     if chain.is_empty() {
         let selected = route::select(&guard, listener, None);
         drop(guard);

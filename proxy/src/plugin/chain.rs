@@ -99,19 +99,19 @@ impl std::fmt::Debug for FilterChain {
 }
 
 impl FilterChain {
-    /// Opens a stream on the current version of each named plugin. Its context is made by its first callback,
-    /// whose failure that phase handles by the plugin's policy; `new_stream` itself does not fail today, and a
-    /// refusal there would fail the plugin by its policy right here.
+    /// Opens a stream on the current version of each named plugin (or the version a rollout chose). Its
+    /// context is made by its first callback, whose failure that phase handles by the plugin's policy, so
+    /// opening the chain cannot fail.
     pub fn start(
         filters: &[String],
         plugins: &crate::config::ByName<Arc<PluginSlot>>,
         parts: &http::request::Parts,
         conn: &ConnInfo,
         request_id: &RequestId,
-    ) -> Result<FilterChain, Refusal> {
+    ) -> FilterChain {
         let mut chain = FilterChain::default();
         if filters.is_empty() {
-            return Ok(chain);
+            return chain;
         }
         let (links, spare_facts) = spares::take(&SPARE_CHAINS).unwrap_or_default();
         chain.links = links;
@@ -145,17 +145,9 @@ impl FilterChain {
                 _ => None,
             };
             let handle = handle.unwrap_or_else(|| slot.handle());
-            match handle.new_stream(facts.clone()) {
-                Ok(stream) => chain.links.push(Link { stream }),
-                Err(failure) => {
-                    if let Some(answer) = failed_counted(&chain.rollouts, handle.plugin(), &failure, request_id) {
-                        chain.answered(answer.status().as_u16());
-                        return Err(Box::new(answer));
-                    }
-                }
-            }
+            chain.links.push(Link { stream: handle.into_stream(facts.clone()) });
         }
-        Ok(chain)
+        chain
     }
 
     /// Whether any plugin has a callback that runs once the answer is known (and so could read its fields;
