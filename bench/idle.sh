@@ -18,12 +18,7 @@ WORKERS=${WORKERS:-2}
 OUT=bench/out/idle
 mkdir -p "$OUT/tmp"
 rm -f "$OUT"/*.pid
-if [ -n "${PORTICO_BIN:-}" ]; then
-  BIN=$PORTICO_BIN
-else
-  cargo build --profile dist -p portico --locked
-  BIN=target/dist/portico
-fi
+. bench/portico-bin.sh
 
 cleanup() {
   for f in "$OUT"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done

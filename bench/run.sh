@@ -46,12 +46,7 @@ OUT=bench/out
 mkdir -p "$OUT"
 rm -f "$OUT"/*.pid
 
-if [ -n "${PORTICO_BIN:-}" ]; then
-  BIN=$PORTICO_BIN
-else
-  cargo build --profile dist -p portico --locked
-  BIN=target/dist/portico
-fi
+. bench/portico-bin.sh
 have_pingora=0
 if [[ "${PINGORA:-1}" == 1 ]]; then
   CARGO_TARGET_DIR=bench/pingora/target cargo build --release --manifest-path bench/pingora/Cargo.toml && have_pingora=1
