@@ -74,13 +74,17 @@ impl Plugin {
         }
     }
 
-    /// Leaves `work` in slot `i`'s inbox and wakes a stream of the instance waiting for a resumption.
+    /// Leaves `work` in slot `i`'s inbox and wakes a stream of the instance waiting for a resumption, and the
+    /// version's tickers when the inbox was empty (a plugin that enqueues on every request wakes them once per
+    /// delivery, not once per item).
     pub(crate) fn post(&self, i: usize, work: Pending) {
         let cell = &self.slots[i];
         cell.inbox.lock().push(work);
-        cell.has_mail.store(true, Ordering::Release);
+        let first = !cell.has_mail.swap(true, Ordering::AcqRel);
         cell.mail.notify_one();
-        self.core.tickers.notify_waiters();
+        if first {
+            self.core.tickers.notify_waiters();
+        }
     }
 
     /// Runs the work waiting in slot `i`'s inbox, if this thread can reach the instance and is not inside a

@@ -80,7 +80,14 @@ fn a_stream_used_off_its_worker_fails_and_its_owner_deletes_it() {
     let err = s.on_request_trailers(&mut h).unwrap_err();
     assert_eq!(err.kind, FailureKind::Unavailable, "{err}");
     assert_eq!(header(&h, ":path"), Some("/"), "the caller's headers are untouched");
+    // The drop leaves the deletion in the instance's inbox and wakes the version's tickers (the owner's among
+    // them), which sleep until a tick is due or they are told of work.
+    let signal = p.work_signal();
+    let mut woken = std::pin::pin!(signal.notified());
+    woken.as_mut().enable();
     drop(s);
+    let heard = runtime().block_on(async { tokio::time::timeout(Duration::from_secs(10), woken).await });
+    assert!(heard.is_ok(), "the drop did not wake the tickers");
     assert!(services.logs.lock().is_empty(), "not deleted off its worker");
     to_worker.send(()).unwrap();
     worker.join().unwrap();
