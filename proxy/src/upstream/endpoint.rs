@@ -9,6 +9,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// Counts the changes to any endpoint's availability or weight in the process (health flips, drains,
+/// ejections, weights), for views of a group that keep what they derived from them until it moves (see
+/// [`super::offered`]) rather than reading every endpoint of the group per request. Ejections that run out are
+/// not counted: they are a time each view notes. Written only on such a change.
+static CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// The count of [`CHANGES`] so far: read it before reading endpoints, and derive again when it moved.
+pub fn availability_changes() -> u64 {
+    CHANGES.load(Ordering::Acquire)
+}
+
+fn changed() {
+    CHANGES.fetch_add(1, Ordering::AcqRel);
+}
+
 /// Why an endpoint is or is not receiving traffic, as shown by `GET /upstreams`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -175,12 +190,16 @@ impl Endpoint {
 
     /// Changes the weight; 0 is refused by the caller.
     pub fn set_weight(&self, weight: u32) {
-        self.weight.store(weight, Ordering::Relaxed);
+        if self.weight.swap(weight, Ordering::Relaxed) != weight {
+            changed();
+        }
     }
 
     /// Takes the endpoint out of (or back into) rotation by operator decision.
     pub fn set_drained(&self, drained: bool) {
-        self.drained.store(drained, Ordering::Relaxed);
+        if self.drained.swap(drained, Ordering::Relaxed) != drained {
+            changed();
+        }
     }
 
     /// Whether the balancer may pick it now.
@@ -306,25 +325,27 @@ impl Endpoint {
     pub fn record_probe(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Option<bool> {
         let mut probe = self.probe.lock();
         let healthy = self.healthy.load(Ordering::Relaxed);
+        let flip = |to: bool| {
+            self.healthy.store(to, Ordering::Relaxed);
+            changed();
+            Some(to)
+        };
         if ok && self.first_check_pending.swap(false, Ordering::Relaxed) {
             probe.failures = 0;
             probe.successes = 1;
-            self.healthy.store(true, Ordering::Relaxed);
-            return Some(true);
+            return flip(true);
         }
         if ok {
             probe.failures = 0;
             probe.successes = probe.successes.saturating_add(1);
             if !healthy && probe.successes >= healthy_threshold {
-                self.healthy.store(true, Ordering::Relaxed);
-                return Some(true);
+                return flip(true);
             }
         } else {
             probe.successes = 0;
             probe.failures = probe.failures.saturating_add(1);
             if healthy && probe.failures >= unhealthy_threshold {
-                self.healthy.store(false, Ordering::Relaxed);
-                return Some(false);
+                return flip(false);
             }
         }
         None
@@ -349,7 +370,15 @@ impl Endpoint {
         self.streak.store(0, Ordering::Relaxed);
         let duration = base.saturating_mul(outlier.times_ejected).min(max);
         self.ejected_until.store(since_epoch(now + duration), Ordering::Relaxed);
+        changed();
         duration
+    }
+
+    /// When the ejection in force at `now` ends (nanoseconds after the process's clock epoch, as
+    /// [`nanos_at`] counts), `None` when there is none.
+    pub fn ejection_ends(&self, now: Instant) -> Option<u64> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        (until != 0 && until > since_epoch(now)).then_some(until)
     }
 
     /// Whether an ejection is in force. An endpoint never ejected (0) is answered without reading the time
@@ -365,6 +394,11 @@ impl Endpoint {
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// `at` as [`Endpoint::ejection_ends`] counts time.
+pub fn nanos_at(at: Instant) -> u64 {
+    since_epoch(at)
 }
 
 /// Nanoseconds from [`epoch`] to `at` (at least 1, so 0 can mean "never").
