@@ -22,11 +22,20 @@ tag=pv$$
 mkdir -p "$repo/target"
 work=$(mktemp -d "$repo/target/ha-vip.XXXXXX")
 pids=()
+# Cleaning up never changes the script's outcome: its status is the run's. (It did: a `kill -9` returns before
+# the process is gone, and keepalived's own children, which it does not wait for, may still write their logs into
+# the work directory, so `rm -rf` could fail with "Directory not empty" and, the trap's last command, make a
+# passing run exit 1.)
 cleanup() {
+  local status=$?
   exec 2>/dev/null  # the shell's "Killed" job notices are expected here
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait "${pids[@]}" 2>/dev/null || true
   for ns in hub a b c; do ip netns del "$tag$ns" 2>/dev/null || true; done
-  [[ "${KEEP_WORK:-0}" == 1 ]] || rm -rf "$work"
+  if [[ "${KEEP_WORK:-0}" != 1 ]]; then
+    for _ in 1 2 3 4 5; do rm -rf "$work" 2>/dev/null && break; sleep 0.2; done
+  fi
+  exit "$status"
 }
 trap cleanup EXIT
 
