@@ -374,19 +374,18 @@ impl Endpoint {
         duration
     }
 
-    /// When the ejection in force at `now` ends (nanoseconds after the process's clock epoch, as
-    /// [`nanos_at`] counts), `None` when there is none.
+    /// When the ejection in force at `now` ends (as [`since_epoch`] counts), `None` when there is none. An
+    /// endpoint never ejected (0) is answered without reading the time since the epoch (a subtraction of two
+    /// clock readings and a 128-bit conversion, ~80 instructions).
     pub fn ejection_ends(&self, now: Instant) -> Option<u64> {
         let until = self.ejected_until.load(Ordering::Relaxed);
         (until != 0 && until > since_epoch(now)).then_some(until)
     }
 
-    /// Whether an ejection is in force. An endpoint never ejected (0) is answered without reading the time
-    /// since the epoch (a subtraction of two clock readings and a 128-bit conversion, ~80 instructions, paid
-    /// several times a request: every availability check of the native and the plugins' balancing asks).
+    /// Whether an ejection is in force (asked several times a request: every availability check of the native
+    /// and the plugins' balancing).
     pub fn is_ejected(&self, now: Instant) -> bool {
-        let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && until > since_epoch(now)
+        self.ejection_ends(now).is_some()
     }
 }
 
@@ -396,13 +395,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// `at` as [`Endpoint::ejection_ends`] counts time.
-pub fn nanos_at(at: Instant) -> u64 {
-    since_epoch(at)
-}
-
-/// Nanoseconds from [`epoch`] to `at` (at least 1, so 0 can mean "never").
-fn since_epoch(at: Instant) -> u64 {
+/// Nanoseconds from [`epoch`] to `at` (at least 1, so 0 can mean "never"): how ejections are kept.
+pub fn since_epoch(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 

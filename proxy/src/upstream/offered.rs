@@ -30,7 +30,7 @@ pub struct Offered {
 struct KnownVersion {
     /// [`endpoint::availability_changes`] when it was derived.
     changes: u64,
-    /// The earliest end of an ejection in force then ([`endpoint::nanos_at`]), `u64::MAX` with none.
+    /// The earliest end of an ejection in force then ([`endpoint::since_epoch`]), `u64::MAX` with none.
     until: u64,
     version: u64,
 }
@@ -67,7 +67,7 @@ impl CandidateSource for Offered {
         let mut known = self.version.lock();
         if let Some(k) = *known {
             // The time is read only while an ejection is in force.
-            if k.changes == changes && (k.until == u64::MAX || endpoint::nanos_at(crate::clock::now()) < k.until) {
+            if k.changes == changes && (k.until == u64::MAX || endpoint::since_epoch(crate::clock::now()) < k.until) {
                 return k.version;
             }
         }
