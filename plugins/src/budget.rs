@@ -11,6 +11,12 @@
 //! times a second costs a loaded proxy about 2 % of its CPU (~17 µs a wake-up on these machines) and an idle
 //! one 1.7 % of a core, for deadlines that only a runaway callback ever meets. A callback that starts being
 //! counted wakes the clock, so its budget is then checked every [`CHECK_TICK`].
+//!
+//! And it stops while no callback runs: after [`QUIET_TICKS`] ticks in which no callback was armed and none
+//! is counted, it sleeps (looking again every [`ASLEEP_LOOK`] at most) until a callback is armed. An idle
+//! proxy with plugins then wakes as rarely as one without (it woke 200 times a second). A callback armed
+//! while the clock sleeps wakes it, so its budget is kept as if the clock had been ticking; one armed before
+//! the clock's last tick has its first deadline behind it, and reaching it (being counted) wakes the clock.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -26,25 +32,57 @@ pub(crate) const IDLE_TICK: Duration = Duration::from_millis(5);
 /// How often the epoch advances while a callback is being counted: how finely its budget is kept.
 pub(crate) const CHECK_TICK: Duration = Duration::from_millis(1);
 
-/// The engine's epoch clock: its thread advances the epoch while any plugin is loaded (with none, no guest
-/// code can run and it sleeps until one is), every [`CHECK_TICK`] while a callback is being counted and every
-/// [`IDLE_TICK`] otherwise.
-#[derive(Debug, Default)]
+/// Ticks in a row with no callback armed after which the clock sleeps (100 ms at [`IDLE_TICK`]): under
+/// steady traffic, however light, it keeps ticking, so a callback does not pay a wake-up system call.
+pub(crate) const QUIET_TICKS: u32 = 20;
+
+/// How long the sleeping clock waits before it looks again by itself, whatever wakes it or not: a bound for
+/// the case this design says cannot happen (a callback whose deadline lies ahead of a sleeping clock).
+pub(crate) const ASLEEP_LOOK: Duration = Duration::from_secs(1);
+
+/// The engine's epoch clock: its thread advances the epoch while any plugin is loaded and callbacks run
+/// (with no plugin no guest code can run, and it sleeps until one is loaded; with no callback for
+/// [`QUIET_TICKS`] ticks it sleeps until one is armed), every [`CHECK_TICK`] while a callback is being
+/// counted and every [`IDLE_TICK`] otherwise.
+#[derive(Debug)]
 pub(crate) struct EpochClock {
     stop: AtomicBool,
     plugins: AtomicUsize,
     /// Callbacks (on any thread) whose budget is being counted.
     counting: AtomicUsize,
+    /// A callback was armed since the clock last looked. Written only when false, so a loaded proxy's
+    /// callbacks read it (a cache line no one writes between two ticks) and write it once a tick.
+    armed: AtomicBool,
+    /// The clock is asleep (or about to be): the callback that arms one next wakes it.
+    asleep: AtomicBool,
+    /// [`ASLEEP_LOOK`] (longer in a test that must tell a wake-up from a look).
+    look: Duration,
     /// Epochs advanced so far.
     ticks: AtomicU64,
     /// The clock's thread, to wake it.
     thread: OnceLock<Thread>,
 }
 
+impl Default for EpochClock {
+    fn default() -> Self {
+        EpochClock {
+            stop: AtomicBool::new(false),
+            plugins: AtomicUsize::new(0),
+            counting: AtomicUsize::new(0),
+            armed: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
+            look: ASLEEP_LOOK,
+            ticks: AtomicU64::new(0),
+            thread: OnceLock::new(),
+        }
+    }
+}
+
 impl EpochClock {
     /// Runs the clock on the calling thread until [`EpochClock::stop`].
     pub(crate) fn run(&self, engine: &Engine) {
         let _ = self.thread.set(std::thread::current());
+        let mut quiet = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             // An unpark that comes before the park makes it return at once, so a plugin loaded (or a callback
             // counted) between the load and the park is not missed.
@@ -59,6 +97,41 @@ impl EpochClock {
             }
             engine.increment_epoch();
             self.ticks.fetch_add(1, Ordering::Relaxed);
+            quiet = if self.armed.swap(false, Ordering::SeqCst) { 0 } else { quiet.saturating_add(1) };
+            // Still quiet after a look (nothing armed since): back to sleep at once, so an idle clock
+            // ticks once a look, not [`QUIET_TICKS`] times.
+            if quiet >= QUIET_TICKS && self.counting.load(Ordering::SeqCst) == 0 {
+                self.sleep();
+            }
+        }
+    }
+
+    /// Sleeps until a callback is armed or counted (or a stop, or the next look). A callback armed before
+    /// the last [`QUIET_TICKS`] ticks has its first deadline (one tick past the epoch it read when armed,
+    /// before it flagged `armed`) behind the epoch now: if it still runs it will be counted and wake the
+    /// clock. One armed from here on sees `asleep`, or is seen in `armed`: both sides write their flag before
+    /// reading the other's, so at least one of them sees the other.
+    fn sleep(&self) {
+        self.asleep.store(true, Ordering::SeqCst);
+        if !self.armed.load(Ordering::SeqCst)
+            && self.counting.load(Ordering::SeqCst) == 0
+            && !self.stop.load(Ordering::SeqCst)
+        {
+            std::thread::park_timeout(self.look);
+        }
+        self.asleep.store(false, Ordering::SeqCst);
+    }
+
+    /// A callback is about to run (its deadline just armed): wakes the clock if it sleeps. One load of a
+    /// flag no one writes while callbacks keep coming; the store and wake only for the first callback after
+    /// the clock looked.
+    #[inline]
+    pub(crate) fn armed(&self) {
+        if !self.armed.load(Ordering::SeqCst) {
+            self.armed.store(true, Ordering::SeqCst);
+            if self.asleep.load(Ordering::SeqCst) {
+                self.wake();
+            }
         }
     }
 
@@ -148,6 +221,7 @@ fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn a_callback_is_counted_from_its_first_deadline_until_it_ends() {
@@ -169,6 +243,51 @@ mod tests {
         assert!(clock.is_counting());
         b.end(&clock);
         assert!(!clock.is_counting());
+    }
+
+    /// Polls `done` for up to 10 s (a bound only a broken clock reaches).
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let from = std::time::Instant::now();
+        while !done() {
+            assert!(from.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn the_clock_sleeps_while_no_callback_runs_and_an_armed_or_counted_one_wakes_it() {
+        let engine = Engine::new(wasmtime::Config::new().epoch_interruption(true)).expect("engine");
+        // Looking again by itself only after an hour: the clock ticks again only if it is woken.
+        let clock = Arc::new(EpochClock { look: Duration::from_secs(3600), ..EpochClock::default() });
+        let runner = {
+            let (clock, engine) = (clock.clone(), engine.clone());
+            std::thread::spawn(move || clock.run(&engine))
+        };
+        clock.plugin_loaded();
+        clock.armed();
+        eventually("ticks while a callback was armed", || clock.ticks() > 0);
+        let asleep = || clock.asleep.load(Ordering::SeqCst);
+        eventually("falls asleep with nothing armed", asleep);
+        assert!(clock.ticks() >= u64::from(QUIET_TICKS), "after {QUIET_TICKS} quiet ticks: {}", clock.ticks());
+        let before = clock.ticks();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(clock.ticks(), before, "no ticks while asleep");
+
+        clock.armed();
+        eventually("an armed callback wakes it", || clock.ticks() > before);
+        eventually("and it falls asleep again", asleep);
+
+        // A callback armed just before the clock fell asleep is counted at its first deadline: that wakes it.
+        let before = clock.ticks();
+        let mut budget = CpuBudget::new(Duration::from_secs(60));
+        let _ = budget.on_deadline(&clock);
+        eventually("a counted callback wakes it", || clock.ticks() > before + 1);
+        assert!(!asleep(), "awake while a callback is counted");
+        budget.end(&clock);
+        eventually("asleep once the counted callback ended", asleep);
+
+        clock.stop();
+        runner.join().expect("clock thread");
     }
 
     #[test]

@@ -341,6 +341,9 @@ impl Instance {
 fn arm_budget(store: &mut Store<HostState>, limit: Duration) {
     store.data_mut().cpu_budget = CpuBudget::new(limit);
     store.set_epoch_deadline(1);
+    // After the deadline is set: the clock then either sees this callback armed, or was told before it
+    // read the epoch for this deadline (see `EpochClock::sleep`).
+    store.data().core.clock.armed();
 }
 
 /// The callback armed by [`arm_budget`] returned: it is no longer counted.

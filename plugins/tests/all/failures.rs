@@ -55,6 +55,8 @@ fn endless_loop_times_out_and_instance_is_recreated() {
     sp.cpu_limit = Duration::from_millis(20);
     let (p, _) = load(&e, sp).unwrap();
     assert_recovers(&p);
+    // The loop starts on a clock asleep after a quiet spell: arming its deadline wakes it.
+    assert_epoch_sleeps(&e);
     let start = Instant::now();
     let err = run(&p, Some("x-loop")).unwrap_err();
     let took = start.elapsed();

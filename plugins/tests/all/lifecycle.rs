@@ -38,21 +38,36 @@ fn abi_0_1_0_refused_and_0_2_0_accepted() {
     assert_eq!(p.abi_version(), AbiVersion::V0_2_1);
 }
 
-/// The epoch ticker (the CPU deadline's clock) runs while a plugin is loaded and sleeps while none is: it
-/// woke an idle Portico without plugins ~900 times a second. Ticks seen after the last plugin goes are at
-/// most the one already under way.
+/// The epoch ticker (the CPU deadline's clock) runs while a plugin is loaded and its callbacks run, and sleeps
+/// while none is loaded (it woke an idle Portico without plugins ~900 times a second) or none has run for a
+/// while (200 times a second with plugins). Ticks seen after the last plugin goes are at most the one already
+/// under way.
 #[test]
-fn the_epoch_ticks_only_while_a_plugin_is_loaded() {
+fn the_epoch_ticks_only_while_a_plugin_is_loaded_and_called() {
     let e = engine();
     std::thread::sleep(std::time::Duration::from_millis(30));
     assert_eq!(e.epoch_ticks(), 0, "no plugin, no ticks");
-    let (p, _) = load(&e, spec("ticking", wat(""))).unwrap();
+    let body = r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))"#;
+    let (p, _) = load(&e, spec("ticking", wat(body))).unwrap();
     let started = std::time::Instant::now();
     while e.epoch_ticks() < 3 {
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "the epoch advances while a plugin is loaded");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert_epoch_idles(&e);
+    assert_epoch_sleeps(&e);
+    // A request's callbacks wake it.
+    let asleep = e.epoch_ticks();
+    let (info, mut h) = request("/");
+    let mut s = p.new_stream(info).unwrap();
+    s.on_request_headers(&mut h, true).unwrap();
+    drop(s);
+    let started = std::time::Instant::now();
+    while e.epoch_ticks() < asleep + 3 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the epoch advances once a callback ran");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_epoch_sleeps(&e);
     drop(p);
     let at_drop = e.epoch_ticks();
     std::thread::sleep(std::time::Duration::from_millis(50));

@@ -138,6 +138,20 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Waits (up to 10 s) until the engine's epoch clock sleeps: no callback has run for its 20 quiet ticks, so
+/// it ticks at most once (a look) in 150 ms.
+pub fn assert_epoch_sleeps(engine: &PluginEngine) {
+    let from = std::time::Instant::now();
+    loop {
+        let ticks = engine.epoch_ticks();
+        std::thread::sleep(Duration::from_millis(150));
+        if engine.epoch_ticks() - ticks <= 1 {
+            return;
+        }
+        assert!(from.elapsed() < Duration::from_secs(10), "the epoch clock still ticks with no callback running");
+    }
+}
+
 /// Asserts the engine's epoch clock ticks at its idle rate (at most one tick per 5 ms, and one more for a
 /// wake-up): it ticks every millisecond only while a callback has run past its first tick, and ticking at
 /// that rate for good would cost an idle proxy ~1,000 wake-ups a second.
