@@ -3,9 +3,11 @@
 # HAProxy and Pingora in front of the same origin on loopback, driven by wrk in one run, alternating rounds so
 # drift on the machine hits all of them alike. For each proxy it reports the medians over the rounds of
 # requests/s, p99 and CPU microseconds per request (utime+stime of all the proxy's threads, read from
-# /proc/PID/task/*/stat around each wrk run, divided by the requests wrk completed), and Portico's ratios to
-# nginx and HAProxy: of the medians, and taken within each round (median and range over the rounds; the
-# range is how far apart one run's figures can land on this machine).
+# /proc/PID/task/*/stat around each wrk run, divided by the requests wrk completed) with its user part alone,
+# and Portico's ratios to nginx and HAProxy: of the medians, and taken within each round (median and range over
+# the rounds; the range is how far apart one run's figures can land on this machine). The user part is the
+# proxy's own code: the kernel's part (about 80 % here, the same system calls for every proxy) carries most of
+# the noise, so what plugins add shows in it most plainly.
 #
 #   bench/run.sh                 # 5 rounds of 10 s, 32 connections, wrk -t1
 #   ROUNDS=7 DURATION=20s CONNECTIONS=64 THREADS=2 bench/run.sh
@@ -165,24 +167,26 @@ pids_of() {
     pingora) cat "$OUT/pingora.pid" ;;
   esac
 }
-# utime+stime in clock ticks of every thread of the given processes (the fields after the last ')': thread
-# names may contain spaces).
+# utime and stime in clock ticks of every thread of the given processes (the fields after the last ')': thread
+# names may contain spaces). User time alone is what a proxy's own code costs (the kernel's share, the same
+# system calls for every proxy here, is most of the total and most of its noise).
 cpu_ticks() {
   python3 - "$@" <<'PY'
 import glob, sys
-total = 0
+user = system = 0
 for pid in sys.argv[1:]:
     for stat in glob.glob(f"/proc/{pid}/task/*/stat"):
         try:
             fields = open(stat).read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-print(total)
+        user += int(fields[11])
+        system += int(fields[12])
+print(user, system)
 PY
 }
 
-# One wrk run against a proxy: "req/s p99(ms) cpu(µs/request) status".
+# One wrk run against a proxy: "req/s p99(ms) cpu(µs/request) user-cpu(µs/request) status".
 measure() { # name addr
   local pids before after
   read -ra pids <<<"$(pids_of "$1")"
@@ -192,14 +196,15 @@ measure() { # name addr
   python3 - "$OUT/$1.wrk" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
-before, after, hz = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+(ub, sb), (ua, sa), hz = map(int, sys.argv[2].split()), map(int, sys.argv[3].split()), int(sys.argv[4])
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 requests = int(re.search(r"(\d+) requests in", text).group(1))
 m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-cpu = (after - before) * 1e6 / hz / max(requests, 1)
+cpu = (ua + sa - ub - sb) * 1e6 / hz / max(requests, 1)
+user = (ua - ub) * 1e6 / hz / max(requests, 1)
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", text)
-print(f"{rps:.0f} {p99:.3f} {cpu:.2f} {'errors:' + errors.group(0).replace(' ', '_') if errors else 'ok'}")
+print(f"{rps:.0f} {p99:.3f} {cpu:.2f} {user:.2f} {'errors:' + errors.group(0).replace(' ', '_') if errors else 'ok'}")
 PY
 }
 
@@ -215,9 +220,9 @@ rounds="$OUT/rounds.txt"
 for round in $(seq "$ROUNDS"); do
   for t in "${targets[@]}"; do
     name=${t%%:*}; addr=${t#*:}
-    read -r rps p99 cpu status < <(measure "$name" "$addr")
-    echo "round $round  $name  ${rps} req/s  p99 ${p99} ms  CPU ${cpu} µs/request  $status"
-    echo "$round $name $rps $p99 $cpu" >> "$rounds"
+    read -r rps p99 cpu user status < <(measure "$name" "$addr")
+    echo "round $round  $name  ${rps} req/s  p99 ${p99} ms  CPU ${cpu} µs/request (user ${user})  $status"
+    echo "$round $name $rps $p99 $cpu $user" >> "$rounds"
   done
 done
 
@@ -228,28 +233,36 @@ python3 - "$rounds" <<'PY'
 import statistics, sys
 rows, by_round = {}, {}
 for line in open(sys.argv[1]):
-    round_, name, rps, p99, cpu = line.split()
-    rows.setdefault(name, []).append((float(rps), float(p99), float(cpu)))
-    by_round.setdefault(round_, {})[name] = (float(rps), float(p99), float(cpu))
-med = {n: tuple(statistics.median(v[i] for v in rs) for i in range(3)) for n, rs in rows.items()}
-print(f"{'proxy':<8} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11}")
-for n, (rps, p99, cpu) in med.items():
-    print(f"{n:<8} {rps:>9.0f} {p99:>8.3f} {cpu:>11.2f}")
+    round_, name, *values = line.split()
+    rows.setdefault(name, []).append(tuple(map(float, values)))
+    by_round.setdefault(round_, {})[name] = tuple(map(float, values))
+med = {n: tuple(statistics.median(v[i] for v in rs) for i in range(4)) for n, rs in rows.items()}
+print(f"{'proxy':<8} {'req/s':>9} {'p99 ms':>8} {'CPU µs/req':>11} {'user µs/req':>12}")
+for n, (rps, p99, cpu, user) in med.items():
+    print(f"{n:<8} {rps:>9.0f} {p99:>8.3f} {cpu:>11.2f} {user:>12.2f}")
 for mine in ("portico", "plugins"):
     for peer in ("nginx", "haproxy", "pingora"):
         if mine in med and peer in med:
             a, b = med[mine], med[peer]
-            print(f"{mine}/{peer}: req/s {a[0]/b[0]:.3f}x, p99 {a[1]/b[1]:.3f}x, CPU per request {a[2]/b[2]:.3f}x")
+            print(f"{mine}/{peer}: req/s {a[0]/b[0]:.3f}x, p99 {a[1]/b[1]:.3f}x, CPU per request {a[2]/b[2]:.3f}x"
+                  f" (user {a[3]/b[3]:.3f}x)")
 # The same ratios taken within each round (the two measured a few seconds apart), then their median: drift
 # between rounds cancels, and the spread says how far one run can be trusted.
 print("per-round ratios (median, min-max over rounds):")
 pairs = [(m, p) for m in ("portico", "plugins") for p in ("nginx", "haproxy", "pingora")] + [("plugins", "portico")]
 for mine, peer in pairs:
-    ratios = [tuple(r[mine][i] / r[peer][i] for i in range(3)) for r in by_round.values() if mine in r and peer in r]
+    ratios = [tuple(r[mine][i] / r[peer][i] for i in range(4)) for r in by_round.values() if mine in r and peer in r]
     if ratios:
         cells = []
-        for i, what in enumerate(("req/s", "p99", "CPU per request")):
+        for i, what in enumerate(("req/s", "p99", "CPU per request", "user CPU")):
             v = sorted(x[i] for x in ratios)
             cells.append(f"{what} {statistics.median(v):.3f}x ({v[0]:.3f}-{v[-1]:.3f})")
         print(f"  {mine}/{peer}: " + ", ".join(cells))
+# What the plugins add to a request, in the same rounds.
+diffs = [(r["plugins"][2] - r["portico"][2], r["plugins"][3] - r["portico"][3])
+         for r in by_round.values() if "plugins" in r and "portico" in r]
+if diffs:
+    cpu, user = (sorted(d[i] for d in diffs) for i in range(2))
+    print(f"plugins - portico, µs of CPU per request (median, min-max over rounds): {statistics.median(cpu):+.2f}"
+          f" ({cpu[0]:+.2f} to {cpu[-1]:+.2f}), user {statistics.median(user):+.2f} ({user[0]:+.2f} to {user[-1]:+.2f})")
 PY
