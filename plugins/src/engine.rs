@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus::Registry;
@@ -121,10 +122,22 @@ impl PluginEngine {
         &self.shared.registry
     }
 
-    /// How many times the epoch has advanced: every few milliseconds while any plugin is loaded (see
-    /// [`crate::budget`]), never while none is.
+    /// How many times the epoch has advanced: every few milliseconds while any plugin is loaded and its
+    /// callbacks run (see [`crate::budget`]), never while none is loaded, about once a second while none runs.
     pub fn epoch_ticks(&self) -> u64 {
         self.shared.clock.ticks()
+    }
+
+    /// Whether the epoch clock sleeps (no callback armed for a while; see [`crate::budget`]).
+    pub fn epoch_clock_asleep(&self) -> bool {
+        self.shared.clock.is_asleep()
+    }
+
+    /// For tests: how long the sleeping epoch clock waits before it looks again by itself (1 s). Made long,
+    /// a test can tell the clock being woken by a callback from its own look.
+    #[doc(hidden)]
+    pub fn set_epoch_clock_look(&self, look: Duration) {
+        self.shared.clock.set_look(look);
     }
 
     /// Compile and ABI-check wasm module bytes.

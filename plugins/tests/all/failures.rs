@@ -50,7 +50,7 @@ fn assert_recovers(p: &std::sync::Arc<Plugin>) {
 
 #[test]
 fn endless_loop_times_out_and_instance_is_recreated() {
-    let e = engine();
+    let e = engine_with_sleepy_clock();
     let mut sp = spec("loop", wat(CHAOS));
     sp.cpu_limit = Duration::from_millis(20);
     let (p, _) = load(&e, sp).unwrap();

@@ -44,7 +44,7 @@ fn abi_0_1_0_refused_and_0_2_0_accepted() {
 /// under way.
 #[test]
 fn the_epoch_ticks_only_while_a_plugin_is_loaded_and_called() {
-    let e = engine();
+    let e = engine_with_sleepy_clock();
     std::thread::sleep(std::time::Duration::from_millis(30));
     assert_eq!(e.epoch_ticks(), 0, "no plugin, no ticks");
     let body = r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))"#;

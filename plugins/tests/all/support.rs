@@ -138,17 +138,21 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Waits (up to 10 s) until the engine's epoch clock sleeps: no callback has run for its 20 quiet ticks, so
-/// it ticks at most once (a look) in 150 ms.
+/// An engine whose epoch clock, once asleep, looks again by itself only after 30 s (1 s in Portico): longer
+/// than the 10 s any test here waits for a callback to be cut, so within a test only a callback wakes it, and
+/// a clock that a callback failed to wake fails the test rather than hanging it.
+pub fn engine_with_sleepy_clock() -> PluginEngine {
+    let e = engine();
+    e.set_epoch_clock_look(Duration::from_secs(30));
+    e
+}
+
+/// Waits (up to 10 s) until the engine's epoch clock sleeps: no callback has run for its 20 quiet ticks.
 pub fn assert_epoch_sleeps(engine: &PluginEngine) {
     let from = std::time::Instant::now();
-    loop {
-        let ticks = engine.epoch_ticks();
-        std::thread::sleep(Duration::from_millis(150));
-        if engine.epoch_ticks() - ticks <= 1 {
-            return;
-        }
+    while !engine.epoch_clock_asleep() {
         assert!(from.elapsed() < Duration::from_secs(10), "the epoch clock still ticks with no callback running");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
