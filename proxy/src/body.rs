@@ -184,7 +184,70 @@ pub enum UpstreamBody {
     /// From an HTTP/1.1 endpoint; owns its connection until the message ends.
     H1(crate::upstream::h1::Body),
     /// From hyper's client.
-    Hyper(Incoming),
+    Hyper(HyperBody),
+}
+
+/// A body hyper's client reads, kept in a cell an [`UpstreamCloser`] can empty from outside. An HTTP/2 answer
+/// that the client's side no longer polls (a reader that stalled) keeps its stream's unread data counted
+/// against the upstream connection's flow-control window, which every request on that connection shares,
+/// until the stream is dropped: a few stalled readers would stop every answer on the connection. The lock is
+/// taken once a frame, never contended but by the send timeout.
+#[derive(Debug)]
+pub struct HyperBody(Arc<parking_lot::Mutex<Option<Incoming>>>);
+
+impl HyperBody {
+    /// hyper's body, in its cell.
+    pub fn new(incoming: Incoming) -> Self {
+        HyperBody(Arc::new(parking_lot::Mutex::new(Some(incoming))))
+    }
+
+    /// hyper's body, unless it was dropped from outside.
+    pub fn into_incoming(self) -> Option<Incoming> {
+        self.0.lock().take()
+    }
+}
+
+impl Body for HyperBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.0.lock().as_mut() {
+            Some(incoming) => Pin::new(incoming).poll_frame(cx).map_err(BoxError::from),
+            None => Poll::Ready(Some(Err(BoxError::from(BodyAborted("the upstream stream was dropped".into()))))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.lock().as_ref().is_some_and(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.lock().as_ref().map_or_else(SizeHint::default, Body::size_hint)
+    }
+}
+
+/// Ends, from outside, an upstream body its reader no longer polls: closes an HTTP/1 body's connection, drops
+/// an HTTP/2 body's stream (which resets it and gives its unread data back to the connection's window).
+pub enum UpstreamCloser {
+    /// Shuts an HTTP/1 body's connection.
+    H1(Arc<crate::upstream::h1::Closer>),
+    /// Empties an HTTP/2 (or forward-proxy) body's cell.
+    Hyper(Arc<parking_lot::Mutex<Option<Incoming>>>),
+}
+
+impl UpstreamCloser {
+    /// Ends the body; its reader's next poll gets an error.
+    pub fn close(&self) {
+        match self {
+            UpstreamCloser::H1(closer) => closer.close(),
+            UpstreamCloser::Hyper(cell) => {
+                // Dropped outside the lock: dropping a stream takes the h2 connection's own lock.
+                let incoming = cell.lock().take();
+                drop(incoming);
+            }
+        }
+    }
 }
 
 /// A body that may carry its answer's fields raw (see [`crate::h1::raw`]).
@@ -240,11 +303,11 @@ impl UpstreamBody {
         }
     }
 
-    /// For an HTTP/1 body still being read: the handle that closes its connection from outside.
-    pub fn closer(&self) -> Option<Arc<crate::upstream::h1::Closer>> {
+    /// The handle that ends the body from outside: for an HTTP/1 body still being read, and every HTTP/2 one.
+    pub fn closer(&self) -> Option<UpstreamCloser> {
         match self {
-            UpstreamBody::H1(body) => body.closer(),
-            UpstreamBody::Hyper(_) => None,
+            UpstreamBody::H1(body) => body.closer().map(UpstreamCloser::H1),
+            UpstreamBody::Hyper(body) => Some(UpstreamCloser::Hyper(body.0.clone())),
         }
     }
 }
@@ -256,21 +319,21 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
-            UpstreamBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::H1(body) => body.is_end_stream(),
-            UpstreamBody::Hyper(incoming) => incoming.is_end_stream(),
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::H1(body) => body.size_hint(),
-            UpstreamBody::Hyper(incoming) => incoming.size_hint(),
+            UpstreamBody::Hyper(body) => body.size_hint(),
         }
     }
 }

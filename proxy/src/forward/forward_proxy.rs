@@ -169,7 +169,10 @@ async fn absolute(
             let upstream_version = response.version();
             headers::append_via(response.headers_mut(), upstream_version);
             let (parts, body) = response.into_parts();
-            Response::from_parts(parts, ResponseBody::Upstream(crate::body::UpstreamBody::Hyper(body), None))
+            Response::from_parts(
+                parts,
+                ResponseBody::Upstream(crate::body::UpstreamBody::Hyper(crate::body::HyperBody::new(body)), None),
+            )
         }
         // A body the client broke is the client's fault, not the origin's.
         Ok(Err(_)) if client_body.as_ref().is_some_and(|w| w.client_failed()) => {

@@ -6,14 +6,13 @@ use super::headers::{self, ForwardedFor};
 use super::local::{error_response, LocalError};
 use super::{tunnel, RequestMeta};
 use crate::body::ClientBody;
-use crate::body::{BodyGuard, RawFieldsSlot as _, RequestBody, ResponseBody};
+use crate::body::{BodyGuard, RawFieldsSlot as _, RequestBody, ResponseBody, UpstreamCloser};
 use crate::listen::{ConnInfo, ListenerRuntime};
 use crate::plugin::body::{self, BodyPipe, Direction};
 use crate::plugin::chain::{FilterChain, Verdict};
 use crate::route;
 use crate::server::Shared;
 use crate::telemetry::span::PluginDecisions;
-use crate::upstream::h1::Closer;
 use crate::upstream::held::{ActiveRequest, Held};
 use crate::upstream::pool::{ConnectionChoice, SendError};
 use crate::upstream::Upstream;
@@ -202,13 +201,14 @@ fn is_idempotent(method: &Method) -> bool {
 /// Releases the endpoint's request slot (its active count) when the response body ends.
 struct EndpointRelease {
     _active: ActiveRequest,
-    /// Closes the HTTP/1 connection the body reads (which gives it back to the pool itself when it ends).
-    closer: Option<Arc<Closer>>,
+    /// Closes the HTTP/1 connection the body reads (which gives it back to the pool itself when it ends), or
+    /// drops the HTTP/2 stream.
+    closer: Option<UpstreamCloser>,
 }
 
 impl BodyGuard for EndpointRelease {
     /// A body cut short, or abandoned by the send timeout while the client's side does not poll it, has its
-    /// upstream connection closed at once.
+    /// upstream connection closed (HTTP/1) or its stream dropped (HTTP/2) at once.
     fn finish(&mut self, ok: bool) {
         if let (false, Some(closer)) = (ok, self.closer.take()) {
             closer.close();

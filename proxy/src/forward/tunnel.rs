@@ -34,7 +34,8 @@ pub fn splice_upgrade(
                 }
                 let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
             }
-            UpstreamBody::Hyper(incoming) => {
+            UpstreamBody::Hyper(body) => {
+                let Some(incoming) = body.into_incoming() else { return };
                 let mut response = Response::new(incoming);
                 let Ok(upstream_io) = hyper::upgrade::on(&mut response).await else { return };
                 let _ = tokio::io::copy_bidirectional(&mut client_io, &mut TokioIo::new(upstream_io)).await;

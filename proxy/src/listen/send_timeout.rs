@@ -12,8 +12,9 @@
 //! is closed, not pooled) once it has waited `send_timeout` since the last one. When the client reads again, the
 //! upstream body has gone and the stream is reset (HTTP/2) or the connection closed (HTTP/1). Meanwhile the
 //! request no longer counts as in flight, so `idle_timeout` closes a connection left with nothing else to do.
-//! (An HTTP/2 upstream connection is shared by many requests, so there only the pool slot is released; its
-//! stream ends when the client's side of the response is dropped.)
+//! From an HTTP/2 upstream, whose connection is shared by many requests, the stalled answer's stream is dropped
+//! (reset upstream): its unread data, counted against the connection's flow-control window until then, is
+//! given back, or a few stalled readers would stop every answer on that connection.
 
 use crate::body::{BodyGuard, ResponseBody};
 use parking_lot::Mutex;

@@ -181,7 +181,7 @@ impl Upstream {
         }
         let lanes = &self.h2_clients;
         let client = &lanes[crate::listen::workers::lane() % lanes.len()];
-        Ok(client.request(request).await?.map(UpstreamBody::Hyper))
+        Ok(client.request(request).await?.map(|body| UpstreamBody::Hyper(crate::body::HyperBody::new(body))))
     }
 
     /// Closes the idle HTTP/1 connections older than the pool's `idle_timeout` (run every second or so by the

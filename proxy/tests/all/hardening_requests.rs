@@ -246,3 +246,40 @@ async fn slow_http1_readers_do_not_pin_upstream_slots() -> TestResult {
     }
     Ok(())
 }
+
+/// An HTTP/2 upstream connection carries many requests, which share its flow-control window: an answer the
+/// client reads nothing of keeps the part of the window its unread data holds. Two such clients held it all,
+/// and every other answer on that connection stopped with them, the send timeout releasing only their pool
+/// slots. The send timeout now drops their upstream streams (reset, their data given back to the window), so
+/// a client that reads gets its whole answer over the same connection.
+#[tokio::test]
+async fn slow_readers_do_not_stall_a_shared_h2_upstream_connection() -> TestResult {
+    const BIG: usize = 4 * 1024 * 1024;
+    let up = TestUpstream::start_with("big", Behavior::Large(BIG)).await;
+    let config = reverse_config(&quoted(&[&up]), "protocol = \"h2\"")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nsend_timeout = \"500ms\"\n");
+    // One worker: every request goes over its one connection to the upstream.
+    let p = Portico::start_with_workers(&config, 1).await;
+    let web = p.addr("web").await;
+
+    let tcp = TcpStream::connect(web).await?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_stream_window_size(0);
+    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut stalled = Vec::new();
+    for i in 0..2 {
+        let mut sender = sender.clone();
+        let request = http::Request::builder().uri(format!("http://a/big{i}")).body(Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        assert_eq!(response.status(), 200);
+        stalled.push(response);
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(30), get(web, "/reader"))
+        .await
+        .map_err(|_| "a reader's answer stalled behind the unread ones on the shared upstream connection")??;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), BIG, "the whole answer");
+    drop(stalled);
+    Ok(())
+}
