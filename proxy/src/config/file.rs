@@ -370,6 +370,15 @@ pub struct PoolFile {
     /// Requests in flight per endpoint (each holds one HTTP/1 connection); more wait up to connect_timeout.
     #[serde(default = "default_max_conns")]
     pub max_connections: usize,
+    /// HTTP/2 upstreams: the flow-control window each stream's answer gets, which is also the most of its
+    /// data Portico holds unread for a client that reads slowly.
+    #[serde(default = "default_h2_stream_window")]
+    pub h2_stream_window: ByteSize,
+    /// HTTP/2 upstreams: the window the connection's streams share. Unread data counts against it until read,
+    /// so with [`PoolFile::h2_stream_window`] it sets how many stalled readers the connection carries (32 by
+    /// default) before its other answers wait for their send timeout.
+    #[serde(default = "default_h2_connection_window")]
+    pub h2_connection_window: ByteSize,
 }
 
 impl Default for PoolFile {
@@ -378,8 +387,16 @@ impl Default for PoolFile {
             max_idle: default_max_idle(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_conns(),
+            h2_stream_window: default_h2_stream_window(),
+            h2_connection_window: default_h2_connection_window(),
         }
     }
+}
+fn default_h2_stream_window() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_h2_connection_window() -> ByteSize {
+    ByteSize(32 << 20)
 }
 fn default_max_idle() -> usize {
     64

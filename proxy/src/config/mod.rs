@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+/// HTTP/2's largest flow-control window (RFC 9113, section 6.9.1).
+pub const H2_MAX_WINDOW: u64 = (1 << 31) - 1;
+
 pub use endpoints::{DiscoveredEntry, DnsConfig, DnsName};
 
 /// A map keyed by a configured name (upstream groups, plugins), looked up on every request: hashed with
@@ -477,6 +480,15 @@ impl Validator<'_> {
             }
             if up.pool.max_connections == 0 {
                 self.issue(format!("{key}.pool.max_connections"), Some(&up.name), "must be at least 1");
+            }
+            // HTTP/2 windows are 31-bit; a stream's cannot exceed the connection's its data counts against.
+            let (stream, connection) = (up.pool.h2_stream_window.0, up.pool.h2_connection_window.0);
+            if !(1024..=H2_MAX_WINDOW).contains(&stream) {
+                let message = format!("must be between 1KiB and {H2_MAX_WINDOW}B (HTTP/2's largest window)");
+                self.issue(format!("{key}.pool.h2_stream_window"), Some(&up.name), message);
+            } else if !(stream..=H2_MAX_WINDOW).contains(&connection) {
+                let message = format!("must be at least h2_stream_window and at most {H2_MAX_WINDOW}B");
+                self.issue(format!("{key}.pool.h2_connection_window"), Some(&up.name), message);
             }
             if let Some(hc) = &up.health_check {
                 if hc.unhealthy_threshold == 0 || hc.healthy_threshold == 0 {

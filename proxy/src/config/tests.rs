@@ -166,3 +166,18 @@ fn plugin_paths_are_relative_to_the_config_file() -> Result<(), String> {
     assert_eq!(config.plugins[0].source, PluginSource::File(dir.path().join("p.wasm")));
     Ok(())
 }
+
+#[test]
+fn http2_windows_are_checked_against_each_other_and_the_protocol() {
+    let with = |pool: &str| parse(&format!("{GOOD}pool = {{ {pool} }}\n")).err().unwrap_or_default();
+    assert!(with(r#"h2_stream_window = "256KiB", h2_connection_window = "64MiB""#).is_empty());
+    let issues = with(r#"h2_stream_window = "4MiB", h2_connection_window = "1MiB""#);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].key, "upstream[0].pool.h2_connection_window");
+    assert!(issues[0].message.contains("at least h2_stream_window"), "{issues:?}");
+    let issues = with(r#"h2_stream_window = "2GiB""#);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].key, "upstream[0].pool.h2_stream_window");
+    assert!(issues[0].message.contains("HTTP/2's largest window"), "{issues:?}");
+    assert_eq!(with(r#"h2_stream_window = "100B""#)[0].key, "upstream[0].pool.h2_stream_window");
+}

@@ -48,6 +48,8 @@ pub struct ClientSettings {
     pub max_idle: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
+    /// HTTP/2: each stream's flow-control window, and the connection's (see `PoolFile::h2_stream_window`).
+    pub h2_windows: (u32, u32),
 }
 
 impl ClientSettings {
@@ -58,6 +60,7 @@ impl ClientSettings {
             connect_timeout: config.connect_timeout,
             max_idle: config.pool.max_idle,
             idle_timeout: config.pool.idle_timeout.0,
+            h2_windows: (window(config.pool.h2_stream_window.0), window(config.pool.h2_connection_window.0)),
         }
     }
 
@@ -77,9 +80,19 @@ impl ClientSettings {
             .retry_canceled_requests(true)
             .set_host(false)
             .http2_only(true)
-            .http2_adaptive_window(true);
+            // Fixed windows, the connection's many times a stream's: its streams share it, and an answer a
+            // client does not read holds its part of it until the send timeout. An adaptive window (hyper's
+            // BDP estimate) gives streams and connection the same size, and one stalled reader stopped every
+            // answer on the connection.
+            .http2_initial_stream_window_size(self.h2_windows.0)
+            .http2_initial_connection_window_size(self.h2_windows.1);
         builder.build(connector)
     }
+}
+
+/// A configured window as HTTP/2 carries it (the configuration is checked to be within 31 bits).
+fn window(bytes: u64) -> u32 {
+    u32::try_from(bytes.min(crate::config::H2_MAX_WINDOW)).unwrap_or(u32::MAX >> 1)
 }
 
 /// Why a request could not be sent upstream or its response head not read.

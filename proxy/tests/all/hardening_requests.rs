@@ -283,3 +283,37 @@ async fn slow_readers_do_not_stall_a_shared_h2_upstream_connection() -> TestResu
     drop(stalled);
     Ok(())
 }
+
+/// Before their send timeout (a minute by default), stalled readers hold only their streams' windows (1 MiB
+/// each) of the connection's (32 MiB): the connection's other answers go on. With hyper's adaptive window
+/// (the stream's as large as the connection's) one stalled reader stopped them all for that minute.
+#[tokio::test]
+async fn a_few_stalled_readers_leave_a_shared_h2_upstream_connection_working() -> TestResult {
+    const BIG: usize = 4 * 1024 * 1024;
+    let up = TestUpstream::start_with("big", Behavior::Large(BIG)).await;
+    let p = Portico::start_with_workers(&reverse_config(&quoted(&[&up]), "protocol = \"h2\""), 1).await;
+    let web = p.addr("web").await;
+
+    let tcp = TcpStream::connect(web).await?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_stream_window_size(0);
+    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        let mut sender = sender.clone();
+        let request = http::Request::builder().uri(format!("http://a/big{i}")).body(Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        assert_eq!(response.status(), 200);
+        stalled.push(response);
+    }
+    for i in 0..2 {
+        let answer = tokio::time::timeout(Duration::from_secs(30), get(web, &format!("/reader{i}")))
+            .await
+            .map_err(|_| "a reader's answer stalled behind the unread ones on the shared upstream connection")??;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body.len(), BIG, "the whole answer");
+    }
+    drop(stalled);
+    Ok(())
+}
