@@ -159,20 +159,7 @@ async fn slow_h2_readers_do_not_pin_upstream_slots() -> TestResult {
     let p = Portico::start(&config).await;
     let web = p.addr("web").await;
 
-    // A client that grants no flow-control window: its streams' heads arrive, their bodies never can.
-    let tcp = TcpStream::connect(web).await?;
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder.initial_stream_window_size(0);
-    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let mut stalled = Vec::new();
-    for i in 0..4 {
-        let mut sender = sender.clone();
-        let request = http::Request::builder().uri(format!("http://a/big{i}")).body(Empty::<bytes::Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        assert_eq!(response.status(), 200);
-        stalled.push(response);
-    }
+    let stalled = stalled_h2_answers(web, 4).await?;
     // The four stalled streams held every upstream slot; the send timeout gives them back.
     assert!(eventually_served(web, "/other").await, "other clients are still refused");
     let released = async {
@@ -262,19 +249,7 @@ async fn slow_readers_do_not_stall_a_shared_h2_upstream_connection() -> TestResu
     let p = Portico::start_with_workers(&config, 1).await;
     let web = p.addr("web").await;
 
-    let tcp = TcpStream::connect(web).await?;
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder.initial_stream_window_size(0);
-    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let mut stalled = Vec::new();
-    for i in 0..2 {
-        let mut sender = sender.clone();
-        let request = http::Request::builder().uri(format!("http://a/big{i}")).body(Empty::<bytes::Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        assert_eq!(response.status(), 200);
-        stalled.push(response);
-    }
+    let stalled = stalled_h2_answers(web, 2).await?;
     let answer = tokio::time::timeout(Duration::from_secs(30), get(web, "/reader"))
         .await
         .map_err(|_| "a reader's answer stalled behind the unread ones on the shared upstream connection")??;
@@ -294,19 +269,7 @@ async fn a_few_stalled_readers_leave_a_shared_h2_upstream_connection_working() -
     let p = Portico::start_with_workers(&reverse_config(&quoted(&[&up]), "protocol = \"h2\""), 1).await;
     let web = p.addr("web").await;
 
-    let tcp = TcpStream::connect(web).await?;
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder.initial_stream_window_size(0);
-    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let mut stalled = Vec::new();
-    for i in 0..4 {
-        let mut sender = sender.clone();
-        let request = http::Request::builder().uri(format!("http://a/big{i}")).body(Empty::<bytes::Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        assert_eq!(response.status(), 200);
-        stalled.push(response);
-    }
+    let stalled = stalled_h2_answers(web, 4).await?;
     for i in 0..2 {
         let answer = tokio::time::timeout(Duration::from_secs(30), get(web, &format!("/reader{i}")))
             .await
@@ -316,4 +279,26 @@ async fn a_few_stalled_readers_leave_a_shared_h2_upstream_connection_working() -
     }
     drop(stalled);
     Ok(())
+}
+
+/// `n` answers to `GET /big<i>` over one HTTP/2 connection from a client that grants no flow-control window:
+/// their heads arrive, their bodies never can. Kept (not dropped) for as long as the caller holds them.
+async fn stalled_h2_answers(
+    web: std::net::SocketAddr,
+    n: usize,
+) -> Result<Vec<http::Response<hyper::body::Incoming>>, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = TcpStream::connect(web).await?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_stream_window_size(0);
+    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut stalled = Vec::new();
+    for i in 0..n {
+        let mut sender = sender.clone();
+        let request = http::Request::builder().uri(format!("http://a/big{i}")).body(Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        assert_eq!(response.status(), 200);
+        stalled.push(response);
+    }
+    Ok(stalled)
 }
