@@ -235,26 +235,21 @@ async fn slow_http1_readers_do_not_pin_upstream_slots() -> TestResult {
 }
 
 /// An HTTP/2 upstream connection carries many requests, which share its flow-control window: an answer the
-/// client reads nothing of keeps the part of the window its unread data holds. Two such clients held it all,
-/// and every other answer on that connection stopped with them, the send timeout releasing only their pool
-/// slots. The send timeout now drops their upstream streams (reset, their data given back to the window), so
-/// a client that reads gets its whole answer over the same connection.
+/// client reads nothing of keeps the part of the window its unread data holds. The send timeout used to release
+/// only such answers' pool slots; it now drops their upstream streams (reset, their data given back to the
+/// window). With a stream's window as large as the connection's, a stalled reader holds all of it, and only
+/// that drop lets a reader's answer over the same connection through.
 #[tokio::test]
 async fn slow_readers_do_not_stall_a_shared_h2_upstream_connection() -> TestResult {
-    const BIG: usize = 4 * 1024 * 1024;
     let up = TestUpstream::start_with("big", Behavior::Large(BIG)).await;
-    let config = reverse_config(&quoted(&[&up]), "protocol = \"h2\"")
+    let windows = "protocol = \"h2\"\npool = { h2_stream_window = \"1MiB\", h2_connection_window = \"1MiB\" }";
+    let config = reverse_config(&quoted(&[&up]), windows)
         .replace("upstream = \"app\"\n", "upstream = \"app\"\nsend_timeout = \"500ms\"\n");
     // One worker: every request goes over its one connection to the upstream.
     let p = Portico::start_with_workers(&config, 1).await;
     let web = p.addr("web").await;
-
     let stalled = stalled_h2_answers(web, 2).await?;
-    let answer = tokio::time::timeout(Duration::from_secs(30), get(web, "/reader"))
-        .await
-        .map_err(|_| "a reader's answer stalled behind the unread ones on the shared upstream connection")??;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.body.len(), BIG, "the whole answer");
+    reader_gets_whole_answer(web, "/reader").await?;
     drop(stalled);
     Ok(())
 }
@@ -264,20 +259,26 @@ async fn slow_readers_do_not_stall_a_shared_h2_upstream_connection() -> TestResu
 /// (the stream's as large as the connection's) one stalled reader stopped them all for that minute.
 #[tokio::test]
 async fn a_few_stalled_readers_leave_a_shared_h2_upstream_connection_working() -> TestResult {
-    const BIG: usize = 4 * 1024 * 1024;
     let up = TestUpstream::start_with("big", Behavior::Large(BIG)).await;
     let p = Portico::start_with_workers(&reverse_config(&quoted(&[&up]), "protocol = \"h2\""), 1).await;
     let web = p.addr("web").await;
-
     let stalled = stalled_h2_answers(web, 4).await?;
-    for i in 0..2 {
-        let answer = tokio::time::timeout(Duration::from_secs(30), get(web, &format!("/reader{i}")))
-            .await
-            .map_err(|_| "a reader's answer stalled behind the unread ones on the shared upstream connection")??;
-        assert_eq!(answer.status, 200);
-        assert_eq!(answer.body.len(), BIG, "the whole answer");
-    }
+    reader_gets_whole_answer(web, "/reader0").await?;
+    reader_gets_whole_answer(web, "/reader1").await?;
     drop(stalled);
+    Ok(())
+}
+
+/// The size of the big answers: several stream windows.
+const BIG: usize = 4 * 1024 * 1024;
+
+/// A client that reads gets its whole [`BIG`] answer (within 30 s: a bound only a stalled connection reaches).
+async fn reader_gets_whole_answer(web: std::net::SocketAddr, path: &str) -> TestResult {
+    let answer = tokio::time::timeout(Duration::from_secs(30), get(web, path))
+        .await
+        .map_err(|_| "a reader's answer stalled behind the unread ones on the shared upstream connection")??;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), BIG, "the whole answer");
     Ok(())
 }
 
