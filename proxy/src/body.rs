@@ -187,7 +187,8 @@ pub enum UpstreamBody {
     Hyper(HyperBody),
 }
 
-/// A body hyper's client reads, kept in a cell an [`UpstreamCloser`] can empty from outside. An HTTP/2 answer
+/// A body hyper's client reads, kept in a cell an [`UpstreamCloser`] can empty from outside (HTTP/2 upstreams;
+/// a forward-proxy origin's body sits in one too, though nothing closes it from outside). An HTTP/2 answer
 /// that the client's side no longer polls (a reader that stalled) keeps its stream's unread data counted
 /// against the upstream connection's flow-control window, which every request on that connection shares,
 /// until the stream is dropped: a few stalled readers would stop every answer on the connection. The lock is
@@ -232,7 +233,7 @@ impl Body for HyperBody {
 pub enum UpstreamCloser {
     /// Shuts an HTTP/1 body's connection.
     H1(Arc<crate::upstream::h1::Closer>),
-    /// Empties an HTTP/2 (or forward-proxy) body's cell.
+    /// Empties an HTTP/2 body's cell.
     Hyper(Arc<parking_lot::Mutex<Option<Incoming>>>),
 }
 

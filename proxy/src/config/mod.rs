@@ -483,8 +483,10 @@ impl Validator<'_> {
             }
             // HTTP/2 windows are 31-bit; a stream's cannot exceed the connection's its data counts against.
             let (stream, connection) = (up.pool.h2_stream_window.0, up.pool.h2_connection_window.0);
-            if !(1024..=H2_MAX_WINDOW).contains(&stream) {
-                let message = format!("must be between 1KiB and {H2_MAX_WINDOW}B (HTTP/2's largest window)");
+            // Below HTTP/2's initial 65,535 bytes a window cannot be set at all (only its updates held back).
+            if !(65_535..=H2_MAX_WINDOW).contains(&stream) {
+                let message =
+                    format!("must be between 65535B (HTTP/2's initial window) and {H2_MAX_WINDOW}B (its largest)");
                 self.issue(format!("{key}.pool.h2_stream_window"), Some(&up.name), message);
             } else if !(stream..=H2_MAX_WINDOW).contains(&connection) {
                 let message = format!("must be at least h2_stream_window and at most {H2_MAX_WINDOW}B");

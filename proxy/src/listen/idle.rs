@@ -160,7 +160,14 @@ impl Activity {
         let mut next: Option<Instant> = None;
         self.sending.lock().retain(|sending| match sending.deadline(send_timeout) {
             Deadline::Ended => false,
-            Deadline::WaitingOnUpstream => true,
+            // Its progress mark is only written, not announced: when the upstream's bytes arrive and the client
+            // takes none, the next look here must come in time to set its deadline (which is then exact: a
+            // send timeout after the bytes arrived).
+            Deadline::WaitingOnUpstream => {
+                let recheck = now + send_timeout;
+                next = Some(next.map_or(recheck, |n| n.min(recheck)));
+                true
+            }
             Deadline::At(deadline) if deadline <= now => {
                 stalled.push(sending.clone());
                 false
@@ -264,6 +271,36 @@ mod tests {
         }
         // The last request ended at 2.8 s: idle from then on.
         assert_eq!(watcher.await.ok(), Some(Duration::from_millis(3_800)));
+    }
+
+    /// Notes when the watcher gave its body up.
+    struct GivenUp(Arc<Mutex<Option<Instant>>>);
+
+    impl BodyGuard for GivenUp {
+        fn finish(&mut self, ok: bool) {
+            assert!(!ok, "given up, not ended");
+            *self.0.lock() = Some(Instant::now());
+        }
+    }
+
+    /// A body that waited for its upstream's bytes, got them, and whose client takes none, is given up a send
+    /// timeout after they came: the watcher is not told of that progress (a mark, written per frame), so it
+    /// must look again in time. It slept until the idle timeout and held an HTTP/2 upstream's window that long.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_waiting_on_its_upstream_is_given_up_a_send_timeout_after_its_bytes_came() {
+        let (start, ms) = (Instant::now(), Duration::from_millis);
+        let a = Arc::new(Activity::new(Limits { header_read: ms(10_000), idle: ms(60_000), send: ms(1_000) }));
+        let _request = a.begin();
+        let given_up = Arc::new(Mutex::new(None));
+        let sending = Sending::holding(a.epoch, Box::new(GivenUp(given_up.clone())));
+        sending.mark(true);
+        a.sending.lock().push(sending.clone());
+        let _watcher = watch(&a, start);
+        tokio::time::sleep(ms(2_500)).await;
+        assert_eq!(*given_up.lock(), None, "waiting on the upstream is not the client's fault");
+        sending.mark(false);
+        tokio::time::sleep(ms(5_000)).await;
+        assert_eq!(*given_up.lock(), Some(start + ms(3_500)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -64,7 +64,16 @@ impl Sending {
         }
     }
 
-    fn mark(&self, waiting_on_upstream: bool) {
+    /// A body under watch holding `guards`, for tests of the watcher.
+    #[cfg(test)]
+    pub(super) fn holding(epoch: Instant, guards: Box<dyn BodyGuard>) -> Arc<Sending> {
+        let sending = Sending { epoch, last_progress_ms: AtomicU64::new(0), guards: Mutex::new(Some(guards)) };
+        sending.mark(false);
+        Arc::new(sending)
+    }
+
+    /// Notes that the client's side asked for more: the body waits for the upstream, or a frame was handed over.
+    pub(super) fn mark(&self, waiting_on_upstream: bool) {
         let ms = if waiting_on_upstream {
             WAITING_ON_UPSTREAM
         } else {

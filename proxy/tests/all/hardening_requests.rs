@@ -244,12 +244,13 @@ async fn slow_readers_do_not_stall_a_shared_h2_upstream_connection() -> TestResu
     let up = TestUpstream::start_with("big", Behavior::Large(BIG)).await;
     let windows = "protocol = \"h2\"\npool = { h2_stream_window = \"1MiB\", h2_connection_window = \"1MiB\" }";
     let config = reverse_config(&quoted(&[&up]), windows)
-        .replace("upstream = \"app\"\n", "upstream = \"app\"\nsend_timeout = \"500ms\"\n");
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nsend_timeout = \"1s\"\n");
     // One worker: every request goes over its one connection to the upstream.
     let p = Portico::start_with_workers(&config, 1).await;
     let web = p.addr("web").await;
     let stalled = stalled_h2_answers(web, 2).await?;
     reader_gets_whole_answer(web, "/reader").await?;
+    assert_eq!(up.connections(), 1, "one upstream connection carried them all");
     drop(stalled);
     Ok(())
 }
@@ -265,6 +266,7 @@ async fn a_few_stalled_readers_leave_a_shared_h2_upstream_connection_working() -
     let stalled = stalled_h2_answers(web, 4).await?;
     reader_gets_whole_answer(web, "/reader0").await?;
     reader_gets_whole_answer(web, "/reader1").await?;
+    assert_eq!(up.connections(), 1, "one upstream connection carried them all");
     drop(stalled);
     Ok(())
 }
