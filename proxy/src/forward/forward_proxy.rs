@@ -137,12 +137,24 @@ async fn absolute(
             &meta.request_id,
         );
     };
+    // No userinfo, a port of at most 65535 (a bad one was read as the default port), nothing the origin could
+    // read as another host.
+    if !super::request_head::valid_host(authority.as_str().as_bytes()) || authority.host().is_empty() {
+        return error_response(LocalError::BadRequest, "the target's authority is not a valid host", &meta.request_id);
+    }
     let addr = match permitted(shared, listener, authority.host(), authority.port_u16().unwrap_or(80), meta).await {
         Ok(addr) => addr,
         Err(response) => return response,
     };
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    headers::ensure_host(&mut parts.headers, Some(&authority));
+    // The target's authority is the host, whatever `Host` the client sent (RFC 9112 §3.2.2: a proxy MUST
+    // replace it), so the origin answers for the host that was checked against the allow list.
+    match http::HeaderValue::from_str(authority.as_str()) {
+        Ok(host) => {
+            parts.headers.insert(http::header::HOST, host);
+        }
+        Err(_) => return error_response(LocalError::BadRequest, "bad request target", &meta.request_id),
+    }
     // Connect to the address that was checked, not to a name the client could make resolve elsewhere.
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match format!("http://{addr}{path}").parse() {

@@ -82,7 +82,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     let keeps_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     // Names the `connection` header lists (RFC 9110 §7.6.1: even `close`, should a header bear that name),
-    // other than the ones removed anyway.
+    // other than the ones removed anyway, and `host`: a client naming it would have the upstream get a request
+    // without the host Portico checked and routed by.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -91,6 +92,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .map(str::trim)
         .filter(|token| {
             !token.eq_ignore_ascii_case(UPGRADE.as_str())
+                && !token.eq_ignore_ascii_case(HOST.as_str())
                 && !HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()))
         })
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
@@ -191,15 +193,18 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
     }
 }
 
-/// HTTP/2 requests carry the host in `:authority`; HTTP/1.1 upstreams need a `Host` header.
-pub fn ensure_host(headers: &mut HeaderMap, authority: Option<&http::uri::Authority>) {
-    // An origin-form target (every HTTP/1 reverse-proxied request) has no authority to add: the map is not
-    // looked up then (~100 instructions a request).
-    let Some(authority) = authority else { return };
+/// HTTP/2 requests carry the host in `:authority`; HTTP/1.1 upstreams need a `Host` header. A request with
+/// neither (HTTP/1.0 without `Host`, HTTP/2 without `:authority`) goes with an empty one, as RFC 9112 §3.2 has
+/// a client send when the target has no authority.
+pub fn ensure_host(headers: &mut HeaderMap, version: Version, authority: Option<&http::uri::Authority>) {
+    // An HTTP/1.1 request in origin-form (nearly every reverse-proxied one) was refused without `Host`: the
+    // map is not looked up then (~100 instructions a request).
+    if authority.is_none() && version == Version::HTTP_11 {
+        return;
+    }
     if !headers.contains_key(HOST) {
-        if let Ok(a) = HeaderValue::from_str(authority.as_str()) {
-            headers.insert(HOST, a);
-        }
+        let value = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        headers.insert(HOST, value.unwrap_or_else(|| HeaderValue::from_static("")));
     }
 }
 

@@ -6,7 +6,12 @@
 //!
 //! - `CONNECT` is refused (405): a reverse listener proxies requests, it does not open tunnels.
 //! - Two `Host` headers are refused (400): which one the upstream believes is anybody's guess.
-//! - An HTTP/1.1 request without `Host` is refused (400, RFC 9112 §3.2).
+//! - An HTTP/1.1 request without `Host` is refused (400, RFC 9112 §3.2), and so is a `Host` or target
+//!   authority that is not one (RFC 9110 §7.2, RFC 3986 §3.2.2; see [`valid_host`]): userinfo (`user@host`,
+//!   which RFC 9110 §4.2.4 says to treat as an error), whitespace, `/`, `?`, `#` or `,` in the host, a port
+//!   over 65535. The upstream, its logs and its virtual hosts must read the host Portico read.
+//! - A target in authority-form (`host:port`) is CONNECT's alone, and `*` is OPTIONS' alone (RFC 9112 §3.2.3,
+//!   §3.2.4): other methods with them are refused (400) rather than read as a host.
 //! - An absolute-form HTTP/1 target whose authority differs from `Host`: the target's authority wins and
 //!   replaces `Host` (RFC 9112 §3.2.2: a server MUST ignore `Host` then). Replacing rather than refusing keeps
 //!   old clients that send absolute-form working, and plugins, routing and the upstream all see the one host
@@ -46,8 +51,22 @@ pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
     if more {
         return refuse(LocalError::BadRequest, "request has more than one Host header");
     }
+    if host.is_some_and(|h| !valid_host(h.as_bytes())) {
+        return refuse(LocalError::BadRequest, "the Host header is not a valid host");
+    }
     let host = host.cloned();
     let authority = parts.uri.authority().cloned();
+    if let Some(authority) = &authority {
+        if parts.uri.scheme().is_none() {
+            return refuse(LocalError::BadRequest, "a host:port request target is only for CONNECT");
+        }
+        if !valid_host(authority.as_str().as_bytes()) {
+            return refuse(LocalError::BadRequest, "the request target's authority is not a valid host");
+        }
+    }
+    if parts.uri.path() == "*" && parts.method != Method::OPTIONS {
+        return refuse(LocalError::BadRequest, "the * request target is only for OPTIONS");
+    }
     match (parts.version, host, authority) {
         (Version::HTTP_2 | Version::HTTP_3, Some(host), Some(authority))
             if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
@@ -74,6 +93,59 @@ pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
     }
     drop_h2c_upgrade(parts);
     Ok(())
+}
+
+/// Whether `value` is a valid `Host` field value or target authority: `uri-host [":" port]` (RFC 9110 §7.2)
+/// where the host is an IP literal in brackets, or a reg-name or IPv4 address of unreserved characters,
+/// percent-encodings and sub-delimiters other than `,` (RFC 3986 §3.2.2; a comma makes a value that list-minded
+/// recipients split), and the port is digits of at most 65535. Empty is valid: the request had no authority
+/// to send (RFC 9112 §3.2). Userinfo (`@`), whitespace and `/`, `?`, `#` are not.
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => (&value[..=end], &value[end + 1..]),
+            None => return false,
+        },
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(at) => (&value[..at], &value[at..]),
+            None => (value, &b""[..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits).ok().is_none_or(|d| d.is_empty() || d.parse::<u16>().is_ok())
+        }
+        _ => false,
+    };
+    port_ok && (value.is_empty() || valid_host_name(host))
+}
+
+/// An IP literal (`[...]`: hex digits, `:`, `.`, and the `v` of a future version) or a reg-name / IPv4 address.
+fn valid_host_name(host: &[u8]) -> bool {
+    if let [b'[', literal @ .., b']'] = host {
+        return !literal.is_empty()
+            && literal.iter().all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+    }
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                if !host.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    !host.is_empty()
 }
 
 /// The first `Host` field and whether there is another. The handful of fields most requests carry is walked
@@ -176,6 +248,32 @@ mod tests {
         assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
         let mut p = parts(&[("host", "other")], "http://a/x", Version::HTTP_2, Method::GET);
         assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
+    }
+
+    #[test]
+    fn hosts_are_checked_as_hosts() {
+        for good in ["a", "a.example:8080", "127.0.0.1", "[::1]:443", "xn--bcher-kva.example", "a:", "", "a_b%41"] {
+            assert!(valid_host(good.as_bytes()), "{good:?} is a host");
+        }
+        for bad in ["a b", "a, b", "a,b", "a/b?c#d", "user@evil", "user:pw@a", "a:65536", "a:1:2", "[::1", "a:x"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} is not a host");
+        }
+        for bad in ["a%4", "[]", "a\tb", " a"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} is not a host");
+        }
+        let refused = |fields: &[(&str, &str)], uri: &str, version: Version, method: Method| {
+            check_reverse(&mut parts(fields, uri, version, method)).map_err(|r| r.error)
+        };
+        assert_eq!(refused(&[("host", "a b")], "/", Version::HTTP_11, Method::GET), Err(LocalError::BadRequest));
+        let userinfo = refused(&[("host", "a")], "http://user:pw@evil.example/", Version::HTTP_11, Method::GET);
+        assert_eq!(userinfo, Err(LocalError::BadRequest));
+        let h2 = refused(&[], "http://user@a/", Version::HTTP_2, Method::GET);
+        assert_eq!(h2, Err(LocalError::BadRequest), "userinfo in :authority");
+        let authority_form = refused(&[("host", "a")], "evil.example:80", Version::HTTP_11, Method::GET);
+        assert_eq!(authority_form, Err(LocalError::BadRequest));
+        assert_eq!(refused(&[("host", "a")], "*", Version::HTTP_11, Method::GET), Err(LocalError::BadRequest));
+        assert_eq!(refused(&[("host", "a")], "*", Version::HTTP_11, Method::OPTIONS), Ok(()));
+        assert_eq!(refused(&[("host", "a:8080")], "/x", Version::HTTP_11, Method::GET), Ok(()));
     }
 
     #[test]

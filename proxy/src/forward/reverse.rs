@@ -245,7 +245,7 @@ async fn proxy(
     };
     let authority = parts.uri.authority().cloned();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::ensure_host(&mut parts.headers, authority.as_ref());
+    headers::ensure_host(&mut parts.headers, parts.version, authority.as_ref());
     // The forwarding fields are written into the head as it goes upstream (see `h1::head::Added`).
     let traceparent = meta.trace.traceparent();
     let forwarded = ForwardedFor {
@@ -418,6 +418,12 @@ async fn proxy(
                     if let Some(client_upgrade) = client_upgrade {
                         return tunnel::splice_upgrade(shared, response, client_upgrade, client_version);
                     }
+                    // A switch the client did not ask for (RFC 9110 §15.2.2: a server MUST NOT send one then).
+                    // Passed on, a proxy in front of Portico would start tunnelling while Portico went on reading
+                    // requests on the connection (smuggling through an unasked 101). The upstream connection is
+                    // dropped with the answer.
+                    let detail = "the upstream switched protocols the client did not ask for";
+                    return error_response(LocalError::UpstreamFailed, detail, &meta.request_id);
                 }
                 // A body that came whole with its head has given its connection back already: the endpoint's slot
                 // is free now, and nothing waits on the client.

@@ -71,3 +71,24 @@ async fn absolute_form_requests_are_forwarded() -> TestResult {
     assert!(!reply.to_ascii_lowercase().contains("proxy-connection"), "hop-by-hop header forwarded: {reply}");
     Ok(())
 }
+
+/// RFC 9112 §3.2.2: a proxy MUST replace the client's `Host` with the target's authority, so the origin answers
+/// for the host the allow list checked; a target with userinfo or a port past 65535 is refused.
+#[tokio::test]
+async fn the_targets_authority_replaces_the_clients_host() -> TestResult {
+    let target = TestUpstream::start("origin").await;
+    let p = Portico::start(&forward_config(443, ALLOW_LOOPBACK)).await;
+    let egress = p.addr("egress").await;
+    let request =
+        format!("GET http://{}/h HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n", target.addr);
+    let reply = crate::hardening::exchange(egress, request.as_bytes(), std::time::Duration::from_secs(10)).await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(&format!("\"host\":\"{}\"", target.addr)), "{reply}");
+    for bad in [format!("http://user:pw@{}/", target.addr), "http://127.0.0.1:65536/".to_string()] {
+        let request = format!("GET {bad} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let reply = crate::hardening::exchange(egress, request.as_bytes(), std::time::Duration::from_secs(10)).await?;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{bad}: {reply}");
+    }
+    assert_eq!(target.hits(), 1);
+    Ok(())
+}

@@ -308,3 +308,65 @@ async fn tls_connection_without_a_request_is_closed() -> TestResult {
     assert!(closed.is_ok(), "TLS connection without a request still open");
     Ok(())
 }
+
+/// The host the upstream gets is the one Portico checked and routed by: a `Host` that is not a host is refused
+/// (400, RFC 9110 §7.2), so is a target only CONNECT or OPTIONS may use, and a client cannot have `Host`
+/// removed by naming it in `Connection`. A request with no host at all (HTTP/1.0) goes with an empty one.
+#[tokio::test]
+async fn the_upstream_gets_the_host_portico_checked() -> TestResult {
+    let up = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&up]), "")).await;
+    let web = p.addr("web").await;
+    let limit = Duration::from_secs(10);
+    for head in [
+        "GET / HTTP/1.1\r\nHost: a b\r\n",
+        "GET / HTTP/1.1\r\nHost: user@evil.example\r\n",
+        "GET / HTTP/1.1\r\nHost: a/b?c\r\n",
+        "GET / HTTP/1.1\r\nHost: a:65536\r\n",
+        "GET http://user:pw@evil.example/ HTTP/1.1\r\nHost: a\r\n",
+        "GET evil.example:80 HTTP/1.1\r\nHost: a\r\n",
+        "GET * HTTP/1.1\r\nHost: a\r\n",
+    ] {
+        let reply = exchange(web, format!("{head}Connection: close\r\n\r\n").as_bytes(), limit).await?;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{head:?}: {reply}");
+    }
+    assert_eq!(up.hits(), 0, "nothing refused reached the upstream");
+
+    let reply =
+        exchange(web, b"GET /c HTTP/1.1\r\nHost: app.example\r\nConnection: host, close\r\n\r\n", limit).await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"host\":\"app.example\""), "Host survived being named in Connection: {reply}");
+    let reply = exchange(web, b"GET /old HTTP/1.0\r\n\r\n", limit).await?;
+    assert!(reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(reply.contains("\"host\":\"\""), "an empty Host for a request with none: {reply}");
+    Ok(())
+}
+
+/// A 101 the client did not ask for is not passed on (RFC 9110 §15.2.2): a proxy in front would switch to
+/// tunnelling while Portico went on reading requests on the connection. The client gets a 502.
+#[tokio::test]
+async fn an_unasked_switch_of_protocols_is_a_bad_gateway() -> TestResult {
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = origin.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = origin.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n")
+                    .await;
+                let _ = socket.read(&mut buf).await;
+            });
+        }
+    });
+    let p = Portico::start(&reverse_config(&[format!("\"{addr}\"")], "")).await;
+    let reply = exchange(
+        p.addr("web").await,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    Ok(())
+}
