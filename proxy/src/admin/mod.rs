@@ -2,6 +2,7 @@
 //! remediation scripts need (drain/undrain an endpoint, change its weight), and endpoint registration. Mutating calls need
 //! `Authorization: Bearer <token>` when `admin.token` is set.
 
+mod browser;
 mod cluster_routes;
 mod dashboard;
 mod endpoint_routes;
@@ -41,7 +42,7 @@ pub async fn serve_tcp(server: Arc<Server>, addr: SocketAddr) -> std::io::Result
                     continue;
                 }
             };
-            tokio::spawn(serve_connection(server.clone(), stream));
+            tokio::spawn(serve_connection(server.clone(), stream, Transport::Tcp));
         }
     });
     Ok(bound)
@@ -63,15 +64,24 @@ pub async fn serve_unix(server: Arc<Server>, path: &Path) -> std::io::Result<()>
                     continue;
                 }
             };
-            tokio::spawn(serve_connection(server.clone(), stream));
+            tokio::spawn(serve_connection(server.clone(), stream, Transport::Unix));
         }
     });
     Ok(())
 }
 
+/// How an admin client reached the API: a browser can only come over TCP (see [`browser`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The admin TCP listener.
+    Tcp,
+    /// The admin Unix socket.
+    Unix,
+}
+
 /// One admin connection, under the same deadlines as a listener's: a client that never sends a complete head
 /// (or nothing at all: the version detection waits for bytes too) or stays idle is closed.
-async fn serve_connection<S>(server: Arc<Server>, stream: S)
+async fn serve_connection<S>(server: Arc<Server>, stream: S, transport: Transport)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -85,7 +95,7 @@ where
         let (server, requests) = (server.clone(), requests.clone());
         async move {
             let in_flight = requests.begin();
-            let mut response = routes::route(server, req).await?;
+            let mut response = routes::route(server, req, transport).await?;
             in_flight.attach(response.body_mut());
             requests.watch_send(response.body_mut());
             Ok::<_, std::convert::Infallible>(response)

@@ -70,10 +70,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Dispatches one admin request.
-pub async fn route(server: Arc<Server>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn route(
+    server: Arc<Server>,
+    req: Request<Incoming>,
+    transport: super::Transport,
+) -> Result<Response<ResponseBody>, Infallible> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
+    let token_set = server.shared.snapshot.load().config.admin.token.is_some();
+    let refusal = match transport {
+        super::Transport::Tcp => super::browser::refusal(&method, req.headers(), token_set),
+        super::Transport::Unix => None,
+    };
+    if let Some(why) = refusal {
+        return Ok(error(StatusCode::FORBIDDEN, why));
+    }
     if method != Method::GET && method != Method::HEAD && !authorized(&server, &req) {
         return Ok(error(StatusCode::UNAUTHORIZED, "this call needs Authorization: Bearer <admin token>"));
     }

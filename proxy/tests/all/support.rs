@@ -262,7 +262,12 @@ pub async fn send(
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let mut builder = Request::builder().method(method).uri(path).header("host", "test.local");
+    // The address as the host, as every HTTP client sends it (the admin API, without a token, answers only to
+    // a loopback name); a caller may send another.
+    let mut builder = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        builder = builder.header("host", addr.to_string());
+    }
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }

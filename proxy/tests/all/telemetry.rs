@@ -107,7 +107,8 @@ sample_ratio = 1.0
     for i in 0..4 {
         let trace_id = format!("4bf92f3577b34da6a3ce929d0e0e47{i:02}");
         let parent = format!("00-{trace_id}-{CALLER_SPAN}-01");
-        let answer = send(web, "GET", "/traced?user=secret", &[("traceparent", &parent)], "").await?;
+        let answer =
+            send(web, "GET", "/traced?user=secret", &[("traceparent", &parent), ("host", "test.local")], "").await?;
         assert_eq!(answer.status, 200, "{answer:?}");
         let upstream_saw = answer.json()["headers"]["traceparent"].as_str().unwrap_or_default().to_string();
         seen_upstream.push((trace_id, upstream_saw));
