@@ -51,12 +51,13 @@ pub async fn handle(
     let in_flight = conn.activity.begin();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
         tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: both Content-Length and Transfer-Encoding, or a head too large to check");
-        let response = local::error_response(
+        let mut response = local::error_response(
             local::LocalError::BadRequest,
             "request has both Content-Length and Transfer-Encoding (or a head too large to check)",
             &meta.request_id,
         );
         shared.metrics.observe_request(&listener.config.name, "", 400, None);
+        in_flight.attach(response.body_mut());
         traced(shared, &mut meta, &response);
         return Ok(response);
     }

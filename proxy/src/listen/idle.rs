@@ -17,7 +17,10 @@
 //! deadline earlier than the one the watcher sleeps to wakes it (`idle_timeout` shorter than
 //! `header_read_timeout`, or `send_timeout` shorter than `idle_timeout`). Waking it on every request cost two
 //! task wake-ups and two timer registrations per request.
+//!
+//! The same counts tell requests the client cancelled (see [`super::cancels`]).
 
+use super::cancels;
 use super::send_timeout::{self, Deadline, Sending};
 use crate::body::{BodyGuard, ResponseBody};
 use parking_lot::Mutex;
@@ -47,12 +50,16 @@ pub struct Activity {
     epoch: Instant,
     /// Response bodies streaming to the client, for the send timeout.
     sending: Mutex<Vec<Arc<Sending>>>,
+    /// Raised when the client has cancelled too many requests.
+    cancels: cancels::Alarm,
 }
 
 #[derive(Debug)]
 struct State {
     requests: u64,
     in_flight: u64,
+    /// Requests dropped before their response head (see [`super::cancels`]).
+    cancelled: u64,
     last_change: Instant,
     /// When the watcher looks next; `None` while it is looking (a deadline added then wakes it again).
     wake_at: Option<Instant>,
@@ -63,11 +70,12 @@ impl Activity {
     pub fn new(limits: Limits) -> Self {
         let now = Instant::now();
         Activity {
-            state: Mutex::new(State { requests: 0, in_flight: 0, last_change: now, wake_at: None }),
+            state: Mutex::new(State { requests: 0, in_flight: 0, cancelled: 0, last_change: now, wake_at: None }),
             limits,
             changed: tokio::sync::Notify::new(),
             epoch: now,
             sending: Mutex::new(Vec::new()),
+            cancels: cancels::Alarm::default(),
         }
     }
 }
@@ -86,16 +94,38 @@ impl Activity {
         s.requests += 1;
         s.in_flight += 1;
         s.last_change = crate::clock::tokio_now();
-        InFlight { activity: Some(self.clone()), next: None }
+        InFlight { activity: Some(self.clone()), next: None, answered: false }
     }
 
     fn end(&self) {
-        let mut s = self.state.lock();
+        self.ended(&mut self.state.lock());
+    }
+
+    /// A request ended before its response head: counted, in the same lock as its end, and the alarm raised
+    /// when such requests become too many.
+    fn cancel(&self) {
+        let too_many = {
+            let mut s = self.state.lock();
+            s.cancelled += 1;
+            self.ended(&mut s);
+            cancels::too_many(s.cancelled, s.requests)
+        };
+        if too_many {
+            self.cancels.raise();
+        }
+    }
+
+    /// Ready once the client has cancelled too many requests (see [`super::cancels`]).
+    pub fn poll_too_many_cancels(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.cancels.poll_raised(cx)
+    }
+
+    fn ended(&self, s: &mut State) {
         s.in_flight = s.in_flight.saturating_sub(1);
         let now = crate::clock::tokio_now();
         s.last_change = now;
         if s.in_flight == 0 {
-            self.deadline_added(&s, now + self.limits.idle);
+            self.deadline_added(s, now + self.limits.idle);
         }
     }
 
@@ -193,12 +223,15 @@ impl Activity {
 pub struct InFlight {
     activity: Option<Arc<Activity>>,
     next: Option<Box<dyn BodyGuard>>,
+    /// Its response head was handed back: dropped before, the request was cancelled.
+    answered: bool,
 }
 
 impl InFlight {
     /// Keeps the request in flight until the response body ends, when that body streams from an upstream;
     /// otherwise (an answer whole in memory) the request ends here.
     pub fn attach(mut self, body: &mut ResponseBody) {
+        self.answered = true;
         let streams = body.holds_upstream();
         if let Some(slot) = body.guard_slot().filter(|_| streams) {
             self.next = slot.take();
@@ -224,8 +257,10 @@ impl BodyGuard for InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(activity) = self.activity.take() {
-            activity.end();
+        match self.activity.take() {
+            Some(activity) if self.answered => activity.end(),
+            Some(activity) => activity.cancel(),
+            None => {}
         }
     }
 }

@@ -4,6 +4,7 @@
 //! hyper. A listener's settings live in a slot that a reload swaps, so a reload changes behaviour without
 //! closing the socket or open connections.
 
+mod cancels;
 pub mod guard;
 pub mod http1;
 pub mod idle;
@@ -285,9 +286,9 @@ where
     }
 }
 
-/// How a stopping listener reaches its connections: hyper's serve a graceful shutdown through the watcher
-/// (which also keeps the listener's drain waiting for them); Portico's own server sees `stop` and closes an
-/// idle connection at once, a busy one after its answer.
+/// How a stopping listener reaches its connections: both hyper's and Portico's own server see `stop`; hyper's
+/// are shut down gracefully, and hold the watcher until they end, which keeps the listener's drain waiting for
+/// them; Portico's own server closes an idle connection at once, a busy one after its answer.
 struct Drain {
     watcher: hyper_util::server::graceful::Watcher,
     stop: watch::Receiver<bool>,
@@ -320,7 +321,9 @@ impl Connection {
         };
         let io = TokioIo::new(guard::SmuggleGuard::resume(io, self.info.guard.clone()));
         let builder = connection_builder(config);
+        let listener = config.name.clone();
         let (shared, info) = (self.shared, self.info);
+        let (conn_shared, conn_info) = (shared.clone(), info.clone());
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
             async move {
@@ -330,7 +333,71 @@ impl Connection {
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let _ = self.drain.watcher.watch(builder.serve_connection_with_upgrades(io, service)).await;
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        let Drain { watcher, stop } = self.drain;
+        let too_many_cancels = || {
+            tracing::warn!(peer = %conn_info.peer, listener = %listener, "client cancelled too many requests (HTTP/2 rapid reset?): closing the connection gracefully");
+            conn_shared.metrics.cancel_closes.with_label_values(&[&listener]).inc();
+        };
+        until_closed(conn, stop, &conn_info.activity, too_many_cancels).await;
+        // Held until the connection ended: the listener's drain waits for it.
+        drop(watcher);
+    }
+}
+
+/// Serves a hyper connection to its end, shutting it down gracefully (a GOAWAY on HTTP/2, the answer in
+/// progress last on HTTP/1) when the listener stops or when the client cancels too many requests (after
+/// calling `too_many_cancels`). Each wake-up of the connection looks at both: the stop signal as hyper's
+/// graceful watcher did, the cancels without a lock.
+async fn until_closed<C>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    activity: &idle::Activity,
+    too_many_cancels: impl FnOnce(),
+) where
+    C: Future + GracefulConn,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut stopping = std::pin::pin!(async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    });
+    let mut too_many_cancels = Some(too_many_cancels);
+    let mut asked = false;
+    std::future::poll_fn(|cx| {
+        if !asked {
+            if stopping.as_mut().poll(cx).is_ready() {
+                asked = true;
+            } else if activity.poll_too_many_cancels(cx).is_ready() {
+                asked = true;
+                if let Some(told) = too_many_cancels.take() {
+                    told();
+                }
+            }
+            if asked {
+                conn.as_mut().shutdown_gracefully();
+            }
+        }
+        conn.as_mut().poll(cx).map(|_| ())
+    })
+    .await;
+}
+
+/// hyper's connection, as [`until_closed`] shuts it down (hyper-util's own trait for it is sealed).
+trait GracefulConn {
+    fn shutdown_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulConn for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn shutdown_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 

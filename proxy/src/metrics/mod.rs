@@ -42,6 +42,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `portico_tunnels_total{listener}`: CONNECT tunnels and protocol upgrades established.
     pub tunnels: IntCounterVec,
+    /// `portico_connections_closed_for_cancels_total{listener}`: client connections asked to close because
+    /// they cancelled too many requests (HTTP/2 rapid reset; see `listen::cancels`).
+    pub cancel_closes: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,6 +100,11 @@ impl Metrics {
             )?,
             reloads: counter("portico_config_reloads_total", "Configuration reloads by result.", &["result"])?,
             tunnels: counter("portico_tunnels_total", "CONNECT tunnels and upgrades established.", &["listener"])?,
+            cancel_closes: counter(
+                "portico_connections_closed_for_cancels_total",
+                "Client connections closed gracefully because they cancelled too many of their requests.",
+                &["listener"],
+            )?,
             registry,
         })
     }
