@@ -116,7 +116,7 @@ pub fn valid_host(value: &[u8]) -> bool {
         [b':', digits @ ..] => {
             digits.len() <= 5
                 && digits.iter().all(u8::is_ascii_digit)
-                && std::str::from_utf8(digits).ok().is_none_or(|d| d.is_empty() || d.parse::<u16>().is_ok())
+                && digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
         }
         _ => false,
     };
@@ -129,24 +129,34 @@ fn valid_host_name(host: &[u8]) -> bool {
         return !literal.is_empty()
             && literal.iter().all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
     }
-    let mut i = 0;
-    while i < host.len() {
-        match host[i] {
-            b'%' => {
-                if !host.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            b if b.is_ascii_alphanumeric() => {}
-            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'=' => {}
-            _ => return false,
-        }
-        i += 1;
+    // One table look a byte (a `match` of the ranges cost ~25 instructions a byte, ~400 a request).
+    if host.is_empty() || !host.iter().all(|&b| HOST_BYTE[usize::from(b)]) {
+        return false;
     }
-    !host.is_empty()
+    // Percent-encodings are rare: only then is each `%` looked at for its two hex digits.
+    !host.contains(&b'%')
+        || host
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'%')
+            .all(|(i, _)| host.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
 }
+
+/// The bytes of a reg-name (RFC 3986 §3.2.2): unreserved, `%`, and the sub-delimiters but `,`.
+static HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 /// The first `Host` field and whether there is another. The handful of fields most requests carry is walked
 /// (a standard name compares as a number) rather than `Host` hashed and looked up.
