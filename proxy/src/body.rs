@@ -194,7 +194,10 @@ pub enum UpstreamBody {
 /// until the stream is dropped: a few stalled readers would stop every answer on the connection. The lock is
 /// taken once a frame, never contended but by the send timeout.
 #[derive(Debug)]
-pub struct HyperBody(Arc<parking_lot::Mutex<Option<Incoming>>>);
+pub struct HyperBody(HyperCell);
+
+/// Where a [`HyperBody`] keeps hyper's body: shared with its [`UpstreamCloser`], empty once closed.
+type HyperCell = Arc<parking_lot::Mutex<Option<Incoming>>>;
 
 impl HyperBody {
     /// hyper's body, in its cell.
@@ -234,7 +237,7 @@ pub enum UpstreamCloser {
     /// Shuts an HTTP/1 body's connection.
     H1(Arc<crate::upstream::h1::Closer>),
     /// Empties an HTTP/2 body's cell.
-    Hyper(Arc<parking_lot::Mutex<Option<Incoming>>>),
+    Hyper(HyperCell),
 }
 
 impl UpstreamCloser {

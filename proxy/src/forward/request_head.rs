@@ -133,13 +133,11 @@ fn valid_host_name(host: &[u8]) -> bool {
     if host.is_empty() || !host.iter().all(|&b| HOST_BYTE[usize::from(b)]) {
         return false;
     }
-    // Percent-encodings are rare: only then is each `%` looked at for its two hex digits.
-    !host.contains(&b'%')
-        || host
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'%')
-            .all(|(i, _)| host.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
+    // Each `%` begins a percent-encoding: two hex digits.
+    host.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'%')
+        .all(|(i, _)| host.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
 }
 
 /// The bytes of a reg-name (RFC 3986 §3.2.2): unreserved, `%`, and the sub-delimiters but `,`.

@@ -188,24 +188,21 @@ impl Activity {
     fn abandon_stalled(&self, now: Instant, send_timeout: Duration) -> Option<Instant> {
         let mut stalled = Vec::new();
         let mut next: Option<Instant> = None;
-        self.sending.lock().retain(|sending| match sending.deadline(send_timeout) {
-            Deadline::Ended => false,
-            // Its progress mark is only written, not announced: when the upstream's bytes arrive and the client
-            // takes none, the next look here must come in time to set its deadline (which is then exact: a
-            // send timeout after the bytes arrived).
-            Deadline::WaitingOnUpstream => {
-                let recheck = now + send_timeout;
-                next = Some(next.map_or(recheck, |n| n.min(recheck)));
-                true
-            }
-            Deadline::At(deadline) if deadline <= now => {
-                stalled.push(sending.clone());
-                false
-            }
-            Deadline::At(deadline) => {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                true
-            }
+        self.sending.lock().retain(|sending| {
+            let look = match sending.deadline(send_timeout) {
+                Deadline::Ended => return false,
+                Deadline::At(deadline) if deadline <= now => {
+                    stalled.push(sending.clone());
+                    return false;
+                }
+                Deadline::At(deadline) => deadline,
+                // Its progress mark is only written, not announced: when the upstream's bytes arrive and the
+                // client takes none, the next look here must come in time to set its deadline (which is then
+                // exact: a send timeout after the bytes arrived).
+                Deadline::WaitingOnUpstream => now + send_timeout,
+            };
+            next = Some(next.map_or(look, |n| n.min(look)));
+            true
         });
         // Outside the list's lock: finishing a body's guards ends its request here.
         for sending in stalled {
