@@ -236,6 +236,15 @@ pub struct ListenerFile {
     /// Plugin chain, by plugin name: requests meet them in this order, responses in reverse.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Spanned<String>>,
+    /// Reverse mode: resolve `.`/`..` segments and percent-encodings of request paths (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize_path: Option<Spanned<bool>>,
+    /// Reverse mode: merge runs of `/` in request paths (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_slashes: Option<Spanned<bool>>,
+    /// Reverse mode: `%2F` / `%5C` in request paths are `keep` (default), `reject` or `unescape`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<Spanned<super::paths::EscapedSlashes>>,
 }
 
 fn default_connect_ports() -> Vec<u16> {

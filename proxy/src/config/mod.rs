@@ -6,6 +6,7 @@ pub mod duration;
 pub mod endpoints;
 pub mod file;
 pub mod keys;
+pub mod paths;
 pub mod rollout;
 pub mod telemetry;
 
@@ -123,6 +124,8 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Plugin names in request order.
     pub filters: Vec<String>,
+    /// How request paths are resolved before plugins and the upstream see them (reverse listeners).
+    pub paths: paths::PathRules,
 }
 
 /// Where a plugin's module comes from.
@@ -296,6 +299,32 @@ impl Validator<'_> {
         let offset = self.index.offset_of(&key).or(spanned);
         let line = offset.map(|o| line_of(self.text, o));
         self.issues.push(ConfigIssue { key, line, message: message.into() });
+    }
+
+    /// A listener's path rules; set on a forward listener they are refused, as a forward proxy passes paths on
+    /// as its clients wrote them.
+    fn path_rules(&mut self, key: &str, l: &file::ListenerFile) -> paths::PathRules {
+        let rules = paths::PathRules::default();
+        if l.mode == ListenerMode::Forward {
+            let set = [
+                ("normalize_path", l.normalize_path.is_some()),
+                ("merge_slashes", l.merge_slashes.is_some()),
+                ("escaped_slashes", l.escaped_slashes.is_some()),
+            ];
+            for (name, _) in set.into_iter().filter(|(_, set)| *set) {
+                self.issue::<()>(
+                    format!("{key}.{name}"),
+                    None,
+                    "path rules are for reverse-proxy listeners: a forward proxy passes paths on as sent",
+                );
+            }
+            return rules;
+        }
+        paths::PathRules {
+            normalize: l.normalize_path.as_ref().map_or(rules.normalize, |v| *v.get_ref()),
+            merge_slashes: l.merge_slashes.as_ref().map_or(rules.merge_slashes, |v| *v.get_ref()),
+            escaped_slashes: l.escaped_slashes.as_ref().map_or(rules.escaped_slashes, |v| *v.get_ref()),
+        }
     }
 
     /// TLS files must be readable: found here, the problem has its key and line (the PEM contents are checked
@@ -714,6 +743,7 @@ impl Validator<'_> {
                     );
                 }
             }
+            let paths = self.path_rules(&key, l);
             if let Some(listen) = listen {
                 out.push(ListenerConfig {
                     name: l.name.get_ref().clone(),
@@ -729,6 +759,7 @@ impl Validator<'_> {
                     send_timeout: l.send_timeout.0,
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
+                    paths,
                 });
             }
         }

@@ -181,3 +181,28 @@ fn http2_windows_are_checked_against_each_other_and_the_protocol() {
     assert!(issues[0].message.contains("its largest"), "{issues:?}");
     assert_eq!(with(r#"h2_stream_window = "16KiB""#)[0].key, "upstream[0].pool.h2_stream_window");
 }
+
+#[test]
+fn path_rules_default_on_and_are_for_reverse_listeners() -> Result<(), String> {
+    use super::paths::{EscapedSlashes, PathRules};
+    let config = parse(GOOD).map_err(|e| format!("{e:?}"))?;
+    assert_eq!(config.listeners[0].paths, PathRules::default());
+    assert!(config.listeners[0].paths.normalize && config.listeners[0].paths.merge_slashes);
+    let set = GOOD.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nnormalize_path = false\nmerge_slashes = false\nescaped_slashes = \"reject\"\n",
+    );
+    let config = parse(&set).map_err(|e| format!("{e:?}"))?;
+    let want = PathRules { normalize: false, merge_slashes: false, escaped_slashes: EscapedSlashes::Reject };
+    assert_eq!(config.listeners[0].paths, want);
+
+    let bad = GOOD.replace("upstream = \"app\"\n", "upstream = \"app\"\nescaped_slashes = \"decode\"\n");
+    let issues = parse(&bad).err().unwrap_or_default();
+    assert!(issues.iter().any(|i| i.message.contains("keep") && i.line == Some(9)), "{issues:?}");
+    let forward = GOOD.replace("upstream = \"app\"\n", "mode = \"forward\"\nmerge_slashes = false\n");
+    let issues = parse(&forward).err().unwrap_or_default();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].key, "listener[0].merge_slashes");
+    assert!(issues[0].message.contains("reverse-proxy listeners"), "{issues:?}");
+    Ok(())
+}

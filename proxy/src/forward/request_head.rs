@@ -21,11 +21,15 @@
 //!   the upgrade would let a client speak HTTP/2 directly to the upstream, past every check Portico makes
 //!   (request smuggling by h2c upgrade). `HTTP2-Settings` is always removed: it only means something with
 //!   that upgrade, on that one connection.
+//! - The path is resolved by the listener's path rules (see [`super::request_path`]): dot segments, percent
+//!   encodings, repeated and encoded slashes, so plugins and the upstream read one path.
 
 use super::local::LocalError;
+use super::request_path::{self, PathRules};
 use http::header::{HeaderValue, HOST, UPGRADE};
 use http::request::Parts;
-use http::{Method, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Uri, Version};
 
 static HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-settings");
 
@@ -43,7 +47,7 @@ fn refuse(error: LocalError, detail: &'static str) -> Result<(), Refused> {
 }
 
 /// Checks and normalises the head of a request on a reverse listener (see the module doc).
-pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
+pub fn check_reverse(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> {
     if parts.method == Method::CONNECT {
         return refuse(LocalError::MethodNotAllowed, "CONNECT is not served on a reverse-proxy listener");
     }
@@ -92,7 +96,29 @@ pub fn check_reverse(parts: &mut Parts) -> Result<(), Refused> {
         _ => {}
     }
     drop_h2c_upgrade(parts);
-    Ok(())
+    resolve_path(parts, paths)
+}
+
+/// Replaces the target's path by its resolved form (see [`request_path`]), the query kept as sent.
+fn resolve_path(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> {
+    let resolved = match request_path::normalize(parts.uri.path(), paths) {
+        Ok(None) => return Ok(()),
+        Ok(Some(path)) => path,
+        Err(e) => return refuse(LocalError::BadRequest, e.detail()),
+    };
+    let target = match parts.uri.query() {
+        Some(query) => format!("{resolved}?{query}"),
+        None => resolved,
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = PathAndQuery::try_from(target).ok();
+    match uri.path_and_query.is_some().then(|| Uri::from_parts(uri)) {
+        Some(Ok(resolved)) => {
+            parts.uri = resolved;
+            Ok(())
+        }
+        _ => refuse(LocalError::BadRequest, "the request path cannot be resolved"),
+    }
 }
 
 /// Whether `value` is a valid `Host` field value or target authority: `uri-host [":" port]` (RFC 9110 §7.2)
@@ -222,13 +248,13 @@ mod tests {
     #[test]
     fn refuses_connect_missing_and_double_host() {
         let mut p = parts(&[("host", "a")], "a:443", Version::HTTP_11, Method::CONNECT);
-        assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::MethodNotAllowed));
+        assert_eq!(check_reverse(&mut p, PathRules::default()).map_err(|r| r.error), Err(LocalError::MethodNotAllowed));
         let mut p = parts(&[], "/", Version::HTTP_11, Method::GET);
-        assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
+        assert_eq!(check_reverse(&mut p, PathRules::default()).map_err(|r| r.error), Err(LocalError::BadRequest));
         let mut p = parts(&[("host", "a"), ("host", "b")], "/", Version::HTTP_11, Method::GET);
-        assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
+        assert_eq!(check_reverse(&mut p, PathRules::default()).map_err(|r| r.error), Err(LocalError::BadRequest));
         let mut p = parts(&[], "/", Version::HTTP_10, Method::GET);
-        assert!(check_reverse(&mut p).is_ok(), "HTTP/1.0 needs no Host");
+        assert!(check_reverse(&mut p, PathRules::default()).is_ok(), "HTTP/1.0 needs no Host");
     }
 
     #[test]
@@ -238,10 +264,10 @@ mod tests {
             let mut fields: Vec<(&str, &str)> = vec![("host", "a")];
             fields.extend(names.iter().map(|n| (n.as_str(), "v")));
             let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
-            assert!(check_reverse(&mut p).is_ok(), "{extra} fields and one Host");
+            assert!(check_reverse(&mut p, PathRules::default()).is_ok(), "{extra} fields and one Host");
             fields.push(("host", "b"));
             let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
-            let refused = check_reverse(&mut p).map_err(|r| r.error);
+            let refused = check_reverse(&mut p, PathRules::default()).map_err(|r| r.error);
             assert_eq!(refused, Err(LocalError::BadRequest), "{extra} fields and two Hosts");
         }
     }
@@ -249,13 +275,13 @@ mod tests {
     #[test]
     fn absolute_form_authority_replaces_host() {
         let mut p = parts(&[("host", "public.example")], "http://internal.example/x", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
         assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
         let mut p = parts(&[], "http://internal.example/x", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
         assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
         let mut p = parts(&[("host", "other")], "http://a/x", Version::HTTP_2, Method::GET);
-        assert_eq!(check_reverse(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
+        assert_eq!(check_reverse(&mut p, PathRules::default()).map_err(|r| r.error), Err(LocalError::BadRequest));
     }
 
     #[test]
@@ -270,7 +296,7 @@ mod tests {
             assert!(!valid_host(bad.as_bytes()), "{bad:?} is not a host");
         }
         let refused = |fields: &[(&str, &str)], uri: &str, version: Version, method: Method| {
-            check_reverse(&mut parts(fields, uri, version, method)).map_err(|r| r.error)
+            check_reverse(&mut parts(fields, uri, version, method), PathRules::default()).map_err(|r| r.error)
         };
         assert_eq!(refused(&[("host", "a b")], "/", Version::HTTP_11, Method::GET), Err(LocalError::BadRequest));
         let userinfo = refused(&[("host", "a")], "http://user:pw@evil.example/", Version::HTTP_11, Method::GET);
@@ -285,6 +311,19 @@ mod tests {
     }
 
     #[test]
+    fn the_path_is_resolved_and_the_query_kept() {
+        let resolved = |uri: &str| {
+            let mut p = parts(&[("host", "a")], uri, Version::HTTP_11, Method::GET);
+            check_reverse(&mut p, PathRules::default()).map(|()| p.uri.to_string()).map_err(|r| r.detail)
+        };
+        assert_eq!(resolved("/a/../b?x=/../y&z=%2e"), Ok("/b?x=/../y&z=%2e".to_string()));
+        assert_eq!(resolved("http://a/x/%2E%2E//b"), Ok("http://a/b".to_string()));
+        assert_eq!(resolved("/plain?q"), Ok("/plain?q".to_string()));
+        assert_eq!(resolved("*"), Err("the * request target is only for OPTIONS"));
+        assert!(resolved("/a%zz").is_err_and(|d| d.contains("two hex digits")));
+    }
+
+    #[test]
     fn h2c_upgrade_is_dropped_and_others_kept() {
         let mut p = parts(
             &[("host", "a"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAAP__"), ("connection", "Upgrade")],
@@ -292,10 +331,10 @@ mod tests {
             Version::HTTP_11,
             Method::GET,
         );
-        assert!(check_reverse(&mut p).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
         assert!(p.headers.get(UPGRADE).is_none() && p.headers.get("http2-settings").is_none());
         let mut p = parts(&[("host", "a"), ("upgrade", "H2C, websocket")], "/", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
         assert_eq!(p.headers.get(UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
     }
 }

@@ -16,6 +16,7 @@ mod hardening;
 mod hardening_limits;
 mod hardening_requests;
 mod metrics;
+mod paths;
 mod plugin_upload;
 mod plugins;
 mod process;
