@@ -3,6 +3,8 @@
 //! keepalived.
 
 use crate::support::*;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -195,15 +197,47 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests() -> TestResult {
     assert!(idle_answer.starts_with("HTTP/1.1 200"), "{idle_answer}");
     let before = slow.hits();
     let in_flight = tokio::spawn(get(web_addr, "/in-flight"));
-    // The request is in flight once the upstream has it (not after a guessed sleep).
-    assert!(eventually(Duration::from_secs(30), || slow.hits() > before).await, "the request reached the upstream");
+    // And one over HTTP/2 (h2c), whose connection is shut down with a GOAWAY.
+    let tcp = tokio::net::TcpStream::connect(web_addr).await?;
+    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    let h2_conn = tokio::spawn(h2_conn);
+    let h2_in_flight =
+        tokio::spawn(h2.send_request(http::Request::get("http://a/h2-in-flight").body(Empty::<bytes::Bytes>::new())?));
+    // The requests are in flight once the upstream has them (not after a guessed sleep).
+    assert!(
+        eventually(Duration::from_secs(30), || slow.hits() >= before + 2).await,
+        "the requests reached the upstream"
+    );
     signal(&running.child, libc::SIGTERM);
     let mut rest = [0u8; 64];
     let closed =
         tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut idle, &mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the idle connection stayed open after SIGTERM: {closed:?}");
+    // Stopping, the HTTP/2 connection soon takes no new stream (a GOAWAY; streams the client opens before it
+    // has read it may still be served, RFC 9113 §6.8) but finishes the one in flight. Without the GOAWAY new
+    // streams would be served until the grace period ends.
+    slow.set(Behavior::Echo);
+    let refused = async {
+        for i in 0..100 {
+            let late = http::Request::get(format!("http://a/after-sigterm/{i}")).body(Empty::<bytes::Bytes>::new())?;
+            let sent = async {
+                h2.ready().await?;
+                h2.send_request(late).await
+            };
+            if sent.await.is_err() {
+                return Ok::<_, http::Error>(true);
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        Ok(false)
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(3), refused).await;
+    assert!(matches!(refused, Ok(Ok(true))), "the HTTP/2 connection kept taking streams after SIGTERM");
     let answer = in_flight.await??;
     assert_eq!(answer.status, 200);
+    assert_eq!(h2_in_flight.await??.status(), 200, "the HTTP/2 request in flight completes");
+    let ended = tokio::time::timeout(Duration::from_secs(3), h2_conn).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "the HTTP/2 connection ends cleanly once drained: {ended:?}");
     let mut exited = None;
     for _ in 0..100 {
         if let Some(status) = running.child.try_wait()? {
