@@ -30,6 +30,8 @@ pub enum LocalError {
     PayloadTooLarge,
     /// 408: the request body did not arrive in time while plugins needed all of it.
     RequestTimeout,
+    /// 414: the request line is longer than the listener takes (RFC 9112 §3).
+    UriTooLong,
 }
 
 impl LocalError {
@@ -45,6 +47,7 @@ impl LocalError {
             LocalError::NoRoute => StatusCode::NOT_FOUND,
             LocalError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LocalError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            LocalError::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -62,6 +65,7 @@ impl LocalError {
             LocalError::NoRoute => "no_route",
             LocalError::PayloadTooLarge => "payload_too_large",
             LocalError::RequestTimeout => "request_timeout",
+            LocalError::UriTooLong => "uri_too_long",
         }
     }
 }

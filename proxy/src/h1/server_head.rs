@@ -30,6 +30,9 @@ pub enum RequestParse {
     Partial,
     /// The head of a request Portico's server would take is complete, its body not yet: nothing was taken.
     BodyPending,
+    /// The request line alone is longer than `max_head`: the answer is 414 (RFC 9112 §3: a server MUST
+    /// answer so a target longer than it parses), where hyper would answer 431 for the whole head.
+    LineTooLong,
     /// Anything else, left in the buffer as it was: hyper's server takes the connection from here.
     Other,
 }
@@ -68,6 +71,7 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> RequestParse {
         ) {
             Ok(httparse::Status::Complete(len)) if len <= max_head => len,
             Ok(httparse::Status::Partial) if buf.len() <= max_head => return RequestParse::Partial,
+            Ok(_) if !buf[..max_head.min(buf.len())].contains(&b'\n') => return RequestParse::LineTooLong,
             _ => return RequestParse::Other,
         };
         let Some((_, method)) = METHODS.iter().find(|(name, _)| request.method == Some(*name)) else {
@@ -280,6 +284,15 @@ mod tests {
         assert_eq!(large, whole);
         let mut growing = BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(100)).as_bytes());
         assert!(matches!(parse_request(&mut growing, 64), RequestParse::Other), "an incomplete head past the limit");
+        let mut long_line = BytesMut::from(format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(100)).as_bytes());
+        assert!(
+            matches!(parse_request(&mut long_line, 64), RequestParse::LineTooLong),
+            "a request line past the limit"
+        );
+        let mut long_line = BytesMut::from(format!("GET /{}", "a".repeat(100)).as_bytes());
+        assert!(matches!(parse_request(&mut long_line, 64), RequestParse::LineTooLong), "and still arriving");
+        let mut bad_line = BytesMut::from(format!("GET /{}\x01", "a".repeat(100)).as_bytes());
+        assert!(matches!(parse_request(&mut bad_line, 64), RequestParse::Other), "malformed is hyper's 400");
     }
 
     /// A request as the server took it: method and target, `close`, its body.
@@ -302,6 +315,7 @@ mod tests {
                     buf.extend(pieces.flatten());
                     return (taken, format!("other: {}", String::from_utf8_lossy(&buf)));
                 }
+                RequestParse::LineTooLong => return (taken, "line too long".to_string()),
                 RequestParse::Partial | RequestParse::BodyPending => match pieces.next() {
                     Some(piece) => buf.extend_from_slice(piece),
                     None => return (taken, format!("partial: {}", String::from_utf8_lossy(&buf))),

@@ -82,6 +82,10 @@ where
             match server_head::parse_request(&mut read, limits.max_head) {
                 RequestParse::Simple { head, close, body } => break (head, close, body),
                 RequestParse::Other => return Served::Handoff(Rewind { prefix: read.freeze(), inner: io }),
+                RequestParse::LineTooLong => {
+                    uri_too_long(&mut io, &mut write, shared, conn, limits.max_head).await;
+                    return Served::Closed;
+                }
                 RequestParse::Partial => {}
                 RequestParse::BodyPending => {
                     // The rest of a small body is nearly always already in the socket (a client writes head
@@ -145,6 +149,43 @@ where
         }
     }
 }
+
+/// Answers a request line longer than the listener takes with 414 and closes: what follows it cannot be read
+/// as the rest of a request. The close lingers (as nginx's `lingering_close`): the client is likely still
+/// sending its line, and closing a socket with unread input resets it, which can destroy the answer before the
+/// client reads it. What it sends for up to [`LINGER`] (at most [`LINGER_BYTES`]) is read and dropped.
+async fn uri_too_long<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    shared: &Shared,
+    conn: &ConnInfo,
+    max_head: usize,
+) {
+    let ids = crate::trace_context::RequestIds::new(None, None);
+    tracing::debug!(peer = %conn.peer, max_head, "request line too long: 414");
+    shared.metrics.observe_request(&conn.settings().config.name, "", 414, None);
+    let detail = "the request line is longer than the listener's max_header_bytes";
+    let response = forward::local::error_response(forward::local::LocalError::UriTooLong, detail, &ids.request_id);
+    if respond(io, out, response, true, false).await.is_err() || io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut scratch = [0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match io.read(&mut scratch).await {
+                Ok(n) if n > 0 => read += n,
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// How long a connection closed on a client that may still be sending goes on reading what it sends.
+const LINGER: Duration = Duration::from_secs(2);
+/// The most read and dropped so.
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Resolves when the deadline passes; never without one.
 async fn until(deadline: Option<&mut Pin<Box<tokio::time::Sleep>>>) {

@@ -1,5 +1,5 @@
 //! Malformed and hostile requests: CL+TE ambiguity is refused and nothing reaches the upstream, oversized
-//! headers get 431, slowloris connections are cut by the header-read timeout.
+//! headers get 431 (an over-long request line 414), slowloris connections are cut by the header-read timeout.
 
 use crate::support::*;
 use std::time::Duration;
@@ -69,6 +69,21 @@ async fn oversized_headers_get_431() -> TestResult {
     let raw = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(64 * 1024));
     let reply = exchange(p.addr("web").await, raw.as_bytes()).await?;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert_eq!(upstream.hits(), 0);
+
+    // A request line longer than the limit is 414 (RFC 9112 §3), however it arrives, and the connection is
+    // closed: what follows cannot be read as the rest of a request.
+    let web = p.addr("web").await;
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(32 * 1024));
+    let reply = exchange(web, long.as_bytes()).await?;
+    assert!(reply.starts_with("HTTP/1.1 414") && reply.contains("uri_too_long"), "{}", &reply[..reply.len().min(300)]);
+    let mut stream = TcpStream::connect(web).await?;
+    for _ in 0..20 {
+        stream.write_all("u".repeat(1024).as_bytes()).await?;
+    }
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    assert!(reply.starts_with(b"HTTP/1.1 414"), "{}", String::from_utf8_lossy(&reply));
     assert_eq!(upstream.hits(), 0);
     Ok(())
 }
