@@ -44,6 +44,13 @@ async fn connect(
     let Some(authority) = req.uri().authority().cloned() else {
         return error_response(LocalError::BadRequest, "CONNECT needs host:port", &meta.request_id);
     };
+    // Authority-form only (RFC 9110 §9.3.6: `host:port`, no scheme, path or userinfo): a target such as
+    // `http://a:443/` or `user@a:443` is not one host the checks below and the logs can agree on.
+    let authority_form = req.uri().scheme().is_none() && req.uri().path_and_query().is_none();
+    if !authority_form || !super::request_head::valid_host(authority.as_str().as_bytes()) || authority.host().is_empty()
+    {
+        return error_response(LocalError::BadRequest, "CONNECT needs a host:port target", &meta.request_id);
+    }
     let Some(port) = authority.port_u16() else {
         return error_response(LocalError::BadRequest, "CONNECT needs host:port", &meta.request_id);
     };

@@ -55,6 +55,21 @@ async fn connect_to_a_port_not_listed_is_forbidden() -> TestResult {
 }
 
 #[tokio::test]
+async fn connect_takes_only_a_host_port_target() -> TestResult {
+    let target = TestUpstream::start("inside").await;
+    let p = Portico::start(&forward_config(target.addr.port(), ALLOW_LOOPBACK)).await;
+    let egress = p.addr("egress").await;
+    let port = target.addr.port();
+    for bad in [format!("http://127.0.0.1:{port}/"), format!("user@127.0.0.1:{port}"), format!("127.0.0.1:{port}/x")] {
+        let (_, head) = connect_through(egress, &bad).await?;
+        assert!(head.starts_with("HTTP/1.1 400"), "{bad}: {head}");
+    }
+    let (_, head) = connect_through(egress, &target.addr.to_string()).await?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn absolute_form_requests_are_forwarded() -> TestResult {
     let target = TestUpstream::start("origin").await;
     let p = Portico::start(&forward_config(443, ALLOW_LOOPBACK)).await;
