@@ -88,7 +88,7 @@ fn record(c: &mut Criterion) {
             let start = Instant::now();
             let mut span = Box::new(RequestSpan::start(trace, start, &req, addr, addr, false, listener.clone()));
             span.upstream = Some(upstream.clone());
-            let id = span.begin_attempt(0);
+            let id = span.begin_attempt(0, "/bench");
             black_box(span.trace.traceparent_for(id));
             span.end_attempt(Some(200), None);
             span.finish(200);
@@ -107,7 +107,7 @@ fn encode(c: &mut Criterion) {
             let mut span =
                 Box::new(RequestSpan::start(trace, Instant::now(), &req, addr, addr, false, listener.clone()));
             span.upstream = Some(upstream.clone());
-            span.begin_attempt(0);
+            span.begin_attempt(0, "/bench");
             span.end_attempt(Some(200), None);
             span.finish(200);
             span

@@ -99,9 +99,13 @@ pub fn check_reverse(parts: &mut Parts, paths: PathRules) -> Result<(), Refused>
     resolve_path(parts, paths)
 }
 
-/// Replaces the target's path by its resolved form (see [`request_path`]), the query kept as sent.
-fn resolve_path(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> {
+/// Replaces the target's path by its resolved form (see [`request_path`]), the query kept as sent. An empty
+/// path before a query (`http://a?q`, an HTTP/2 `:path` of `?q`) becomes `/` (RFC 9112 §3.2.1): `?q` is no
+/// request line's target.
+pub fn resolve_path(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> {
+    let rootless = parts.uri.path_and_query().is_some_and(|p| p.as_str().starts_with('?'));
     let resolved = match request_path::normalize(parts.uri.path(), paths) {
+        Ok(None) if rootless => "/".to_string(),
         Ok(None) => return Ok(()),
         Ok(Some(path)) => path,
         Err(e) => return refuse(LocalError::BadRequest, e.detail()),
@@ -319,6 +323,10 @@ mod tests {
         assert_eq!(resolved("/a/../b?x=/../y&z=%2e"), Ok("/b?x=/../y&z=%2e".to_string()));
         assert_eq!(resolved("http://a/x/%2E%2E//b"), Ok("http://a/b".to_string()));
         assert_eq!(resolved("/plain?q"), Ok("/plain?q".to_string()));
+        assert_eq!(resolved("http://a?q=1"), Ok("http://a/?q=1".to_string()));
+        let mut p = parts(&[("host", "a")], "http://a?q=1", Version::HTTP_11, Method::GET);
+        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
+        assert_eq!(p.uri.path_and_query().map(|q| q.as_str()), Some("/?q=1"), "the target a request line carries");
         assert_eq!(resolved("*"), Err("the * request target is only for OPTIONS"));
         assert!(resolved("/a%zz").is_err_and(|d| d.contains("two hex digits")));
     }

@@ -11,10 +11,18 @@
 //!    `escaped_slashes` (kept by default: RFC 3986 makes them data, not separators, and APIs use them in
 //!    names; an origin that decodes them before resolving the path needs `"reject"` or `"unescape"`);
 //! 3. runs of `/` are merged (`merge_slashes`, on by default, as in nginx);
-//! 4. `.` and `..` segments are removed; `..` never climbs above the root.
+//! 4. `.` and `..` segments are removed; `..` never climbs above the root. A segment that is `.` or `..`
+//!    followed by `;` parameters (`..;x`) is one too: Java servlet containers strip the parameters before they
+//!    resolve the path, so `/public/..;/admin` is their `/admin`.
 //!
-//! The query is left as sent. A path that needs none of this (no `%`, no `/.`, no `//`) is found so in one
-//! pass and not copied.
+//! A raw `\` is refused (400) while normalising: it is no URI character (RFC 3986 §2), browsers send `/` for
+//! it, and origins that read it as a separator (IIS, WHATWG URL parsers) would resolve `/public/..\admin` to
+//! `/admin` behind a rule that saw `/public/`. Other `;` parameters are kept (`;jsessionid=` is in real URLs),
+//! so a prefix rule in front of such an origin sees `/admin;x/` as another path than `/admin/`.
+//!
+//! The query is left as sent. A path that needs none of this (no `%`, `\`, `/.` or `//`) is found so in one
+//! pass and not copied. A plugin that rewrites the path has its rewrite resolved again (see
+//! [`crate::plugin::FilterChain::request_headers`]).
 
 pub use crate::config::paths::{EscapedSlashes, PathRules};
 
@@ -25,6 +33,8 @@ pub enum PathError {
     BadPercent,
     /// `%2F` or `%5C` on a listener with `escaped_slashes = "reject"`.
     EscapedSlash,
+    /// A raw `\`.
+    Backslash,
 }
 
 impl PathError {
@@ -33,6 +43,7 @@ impl PathError {
         match self {
             PathError::BadPercent => "the request path has a % not followed by two hex digits",
             PathError::EscapedSlash => "the request path has an encoded slash (%2F or %5C), refused on this listener",
+            PathError::Backslash => "the request path has a backslash, which is not a URI character (send / or %5C)",
         }
     }
 }
@@ -43,7 +54,11 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Option<String>, PathErr
     if bytes.first() != Some(&b'/') || !needs_work(bytes, rules) {
         return Ok(None);
     }
-    let decoded = decode(bytes, rules)?;
+    if rules.normalize && bytes.contains(&b'\\') {
+        return Err(PathError::Backslash);
+    }
+    let percent = rules.normalize || rules.escaped_slashes != EscapedSlashes::Keep;
+    let decoded = if percent { decode(bytes, rules)? } else { path.to_string() };
     let resolved = if rules.normalize || rules.merge_slashes { resolve(&decoded, rules) } else { decoded };
     Ok((resolved != path).then_some(resolved))
 }
@@ -54,6 +69,7 @@ fn needs_work(bytes: &[u8], rules: PathRules) -> bool {
     let mut prev = 0u8;
     for &b in bytes {
         if (b == b'%' && percent)
+            || (b == b'\\' && rules.normalize)
             || prev == b'/' && ((b == b'.' && rules.normalize) || (b == b'/' && rules.merge_slashes))
         {
             return true;
@@ -115,14 +131,16 @@ fn resolve(path: &str, rules: PathRules) -> String {
     let mut directory = false;
     for segment in path[1..].split('/') {
         directory = false;
-        match segment {
+        // `..;params` is `..` to a servlet container (see the module doc).
+        let dots = segment.split(';').next().unwrap_or(segment);
+        match dots {
             "." if rules.normalize => directory = true,
             ".." if rules.normalize => {
                 kept.pop();
                 directory = true;
             }
-            "" if rules.merge_slashes => directory = true,
-            s => kept.push(s),
+            "" if rules.merge_slashes && segment.is_empty() => directory = true,
+            _ => kept.push(segment),
         }
     }
     let mut out = String::with_capacity(path.len());
@@ -161,6 +179,11 @@ mod tests {
             ("/a/..b/c.", "/a/..b/c."),
             ("/.well-known/x", "/.well-known/x"),
             ("/a/...", "/a/..."),
+            ("/public/..;/admin/users", "/admin/users"),
+            ("/public/..;x=1/admin", "/admin"),
+            ("/a/.;jsessionid=1/b", "/a/b"),
+            ("/a;jsessionid=1/b", "/a;jsessionid=1/b"),
+            ("/a/%2e%2e;/b", "/b"),
         ] {
             assert_eq!(norm(given), Ok(want.to_string()), "{given}");
         }
@@ -183,6 +206,9 @@ mod tests {
         }
         for bad in ["/a%", "/a%4", "/a%zz", "/a%4g/b"] {
             assert_eq!(norm(bad), Err(PathError::BadPercent), "{bad}");
+        }
+        for bad in ["/public/..\\admin", "/a\\b"] {
+            assert_eq!(norm(bad), Err(PathError::Backslash), "{bad}");
         }
     }
 
@@ -212,6 +238,8 @@ mod tests {
         for path in ["/public/../admin", "//a", "/a%2e%2e/%zz", "/a%2fb"] {
             assert_eq!(normalize(path, off), Ok(None), "{path}");
         }
+        let merge_only = PathRules { merge_slashes: true, ..off };
+        assert_eq!(normalize("//a%zz\\b/../c", merge_only), Ok(Some("/a%zz\\b/../c".to_string())), "nothing decoded");
         let only_reject = PathRules { escaped_slashes: EscapedSlashes::Reject, ..off };
         assert_eq!(normalize("/a/../%2f", only_reject), Err(PathError::EscapedSlash));
         assert_eq!(normalize("/a/../%2e", only_reject), Ok(None), "no decoding asked for");

@@ -48,7 +48,9 @@ pub async fn handle(
         return proxied(shared, conn, listener, parts, body, meta, chain, upstream).await;
     }
     drop(guard);
-    if let Verdict::Respond(answer) = chain.request_headers(parts, body.is_end_stream(), &meta.request_id).await {
+    if let Verdict::Respond(answer) =
+        chain.request_headers(parts, body.is_end_stream(), &meta.request_id, listener.config.paths).await
+    {
         note_plugins(meta, |d| d.answered = true);
         return logged(finish(shared, listener, "", *answer, meta), chain);
     }
@@ -320,7 +322,7 @@ async fn proxy(
         // Each attempt is a span of its own when the request is recorded; the upstream sees it as its parent.
         let attempt_traceparent = meta.span.as_mut().map(|span| {
             span.plugins.picked_endpoint = chosen.is_some();
-            meta.trace.traceparent_for(span.begin_attempt(index))
+            meta.trace.traceparent_for(span.begin_attempt(index, parts.uri.path()))
         });
         let added = match &attempt_traceparent {
             Some(traceparent) => ForwardedFor { traceparent: traceparent.as_bytes(), ..forwarded }.fields(),

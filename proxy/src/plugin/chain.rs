@@ -9,7 +9,9 @@ use super::rollout::request::failed_counted;
 use super::rollout::{Rollout, Version};
 use super::spares;
 use super::PluginSlot;
+use crate::config::paths::PathRules;
 use crate::forward::local::{error_response, LocalError};
+use crate::forward::request_head::resolve_path;
 use crate::listen::ConnInfo;
 use crate::trace_context::RequestId;
 use crate::upstream::Upstream;
@@ -164,12 +166,15 @@ impl FilterChain {
     /// Runs the request headers through every plugin that takes part (see
     /// [`Plugin::handles_request_headers`]) and applies their rewrites to `parts`. The head is lent to each
     /// plugin and read in place: no header list is built unless a plugin changes the headers (see
-    /// [`HttpStream::on_request_head`]).
+    /// [`HttpStream::on_request_head`]). A path a plugin rewrote is resolved again by the listener's `paths`
+    /// before the next plugin or the upstream reads it (a router's `strip_prefix` of `/api` from
+    /// `/api../admin` leaves `/../admin`; see [`crate::forward::request_path`]).
     pub async fn request_headers(
         &mut self,
         parts: &mut portico_plugins::Head,
         end_of_stream: bool,
         request_id: &str,
+        paths: PathRules,
     ) -> Verdict {
         let takes_part = |l: &Link| l.plugin().handles_request_headers();
         if !self.links.iter().any(takes_part) {
@@ -188,7 +193,15 @@ impl FilterChain {
                 done => done,
             };
             match action {
-                Ok(FilterAction::Continue | FilterAction::Pause) => i += 1,
+                Ok(FilterAction::Continue | FilterAction::Pause) => {
+                    if link.stream.data_changed() {
+                        if let Err(refused) = resolve_path(parts, paths) {
+                            let answer = error_response(refused.error, refused.detail, request_id);
+                            return Verdict::Respond(Box::new(answer));
+                        }
+                    }
+                    i += 1;
+                }
                 Ok(FilterAction::LocalResponse(local)) => {
                     return Verdict::Respond(Box::new(local_answer(local, request_id)))
                 }

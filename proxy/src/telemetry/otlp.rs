@@ -330,7 +330,8 @@ fn attempt_span(request: &RequestSpan, index: usize, attempt: &AttemptSpan) -> S
     if let Some(endpoint) = endpoint {
         attributes.push(text("server.address", endpoint.address.ip().to_string()));
         attributes.push(int("server.port", i64::from(endpoint.address.port())));
-        attributes.push(text("url.full", format!("http://{}{}", endpoint.name, request.uri.path())));
+        let target = request.upstream_target.as_deref().unwrap_or_else(|| request.uri.path());
+        attributes.push(text("url.full", format!("http://{}{}", endpoint.name, target)));
         attributes.push(text("portico.endpoint", endpoint.name.as_str()));
     }
     if index > 0 {

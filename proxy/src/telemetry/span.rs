@@ -27,6 +27,9 @@ pub struct RequestSpan {
     pub method: http::Method,
     /// Request URI as received (origin- or absolute-form).
     pub uri: http::Uri,
+    /// The path sent upstream (no query: traces keep no query strings), once an attempt is made: resolved
+    /// (see [`crate::forward::request_path`]) and as plugins rewrote it.
+    pub upstream_target: Option<String>,
     /// HTTP version of the client's request.
     pub version: http::Version,
     /// The `Host` header, if any.
@@ -97,6 +100,7 @@ impl RequestSpan {
             duration: Duration::ZERO,
             method: request.method().clone(),
             uri: request.uri().clone(),
+            upstream_target: None,
             version: request.version(),
             host: request.headers().get(http::header::HOST).cloned(),
             client,
@@ -110,8 +114,12 @@ impl RequestSpan {
         }
     }
 
-    /// Opens an attempt to endpoint `endpoint`; returns its span id for the upstream's `traceparent`.
-    pub fn begin_attempt(&mut self, endpoint: usize) -> SpanId {
+    /// Opens an attempt to endpoint `endpoint` with `target` (the path sent); returns its span id
+    /// for the upstream's `traceparent`.
+    pub fn begin_attempt(&mut self, endpoint: usize, target: &str) -> SpanId {
+        if self.upstream_target.as_deref() != Some(target) {
+            self.upstream_target = Some(target.to_string());
+        }
         let span_id = SpanId::random();
         let now = self.start.elapsed();
         self.attempts.push(AttemptSpan { span_id, endpoint, start: now, end: now, status: None, error: None });

@@ -29,6 +29,7 @@ wasm = "builtin:router"
 cpu_limit = "2s"
 config = {{ routes = [
   {{ match = {{ path_prefix = "/admin/" }}, upstream = "admin" }},
+  {{ match = {{ path_prefix = "/api" }}, upstream = "public", strip_prefix = true }},
   {{ match = {{ path_prefix = "/" }}, upstream = "public" }},
 ] }}
 
@@ -69,6 +70,7 @@ async fn a_path_written_another_way_routes_as_the_path_it_is() -> TestResult {
         ("/%61dmin/users", "/admin/users"),
         ("/../../admin/users?next=/../x", "/admin/users?next=/../x"),
         ("http://a/public/../admin/users", "/admin/users"),
+        ("/public/..;/admin/users", "/admin/users"),
     ] {
         assert_eq!(routed(web, target).await?, ("admin".to_string(), path.to_string()), "{target}");
     }
@@ -76,6 +78,10 @@ async fn a_path_written_another_way_routes_as_the_path_it_is() -> TestResult {
     let kept = routed(web, "/public/..%2fadmin/users").await?;
     assert_eq!(kept, ("public".to_string(), "/public/..%2Fadmin/users".to_string()));
     assert_eq!(routed(web, "/public/a.b/c").await?, ("public".to_string(), "/public/a.b/c".to_string()));
+    // A plugin's rewrite is resolved too: stripping `/api` from `/api../admin/x` leaves `/../admin/x`.
+    assert_eq!(routed(web, "/api../admin/x").await?, ("public".to_string(), "/admin/x".to_string()));
+    // An empty path before a query is `/` (RFC 9112 §3.2.1), never a `?q` request target.
+    assert_eq!(routed(web, "http://a?q=1").await?, ("public".to_string(), "/?q=1".to_string()));
 
     // Over HTTP/2 too: `:path` is resolved the same way.
     let tcp = tokio::net::TcpStream::connect(web).await?;
@@ -90,11 +96,13 @@ async fn a_path_written_another_way_routes_as_the_path_it_is() -> TestResult {
 
     // A broken percent-encoding is refused before anything reads the path.
     let hits = public.hits() + admin.hits();
-    for target in ["/admin%zz/users", "/a%4"] {
+    for (target, why) in
+        [("/admin%zz/users", "two hex digits"), ("/a%4", "two hex digits"), ("/public/..\\admin/users", "backslash")]
+    {
         let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         let reply = exchange(web, raw.as_bytes(), Duration::from_secs(10)).await?;
         assert!(reply.starts_with("HTTP/1.1 400"), "{target}: {reply}");
-        assert!(reply.contains("two hex digits"), "{target}: {reply}");
+        assert!(reply.contains(why), "{target}: {reply}");
     }
     assert_eq!(public.hits() + admin.hits(), hits, "nothing refused reaches an upstream");
     Ok(())

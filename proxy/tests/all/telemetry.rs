@@ -108,7 +108,8 @@ sample_ratio = 1.0
         let trace_id = format!("4bf92f3577b34da6a3ce929d0e0e47{i:02}");
         let parent = format!("00-{trace_id}-{CALLER_SPAN}-01");
         let answer =
-            send(web, "GET", "/traced?user=secret", &[("traceparent", &parent), ("host", "test.local")], "").await?;
+            send(web, "GET", "/x/../traced?user=secret", &[("traceparent", &parent), ("host", "test.local")], "")
+                .await?;
         assert_eq!(answer.status, 200, "{answer:?}");
         let upstream_saw = answer.json()["headers"]["traceparent"].as_str().unwrap_or_default().to_string();
         seen_upstream.push((trace_id, upstream_saw));
@@ -131,7 +132,7 @@ sample_ratio = 1.0
         assert_eq!(server["resource"]["service.name"], "portico-test");
         let a = &server["attributes"];
         assert_eq!(a["http.request.method"], "GET", "{server}");
-        assert_eq!(a["url.path"], "/traced", "the path, without the query: {server}");
+        assert_eq!(a["url.path"], "/x/../traced", "the path as received, without the query: {server}");
         assert_eq!(a["url.scheme"], "http");
         assert_eq!(a["http.response.status_code"], 200);
         assert_eq!(a["server.address"], "test.local");
@@ -156,6 +157,8 @@ sample_ratio = 1.0
         let last = attempts[attempts.len() - 1];
         assert_eq!(last["attributes"]["http.response.status_code"], 200);
         assert_eq!(last["attributes"]["portico.endpoint"], good.addr.to_string());
+        let sent = format!("http://{}/traced", good.addr);
+        assert_eq!(last["attributes"]["url.full"], sent, "the path sent upstream, resolved, without the query");
         let expected = format!("00-{trace_id}-{}-01", last["span_id"].as_str().unwrap_or_default());
         assert_eq!(upstream_saw, &expected, "the upstream's parent is its attempt's span");
         if attempts.len() == 2 {
