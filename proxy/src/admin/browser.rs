@@ -4,12 +4,22 @@
 //! could a page on a name its DNS later points at 127.0.0.1 (DNS rebinding), its requests then same-origin.
 //! Browsers say where a change comes from (`Origin`, `Sec-Fetch-Site`); command-line clients, scripts and
 //! Prometheus send neither, and are not affected.
+//!
+//! A rebinding page can read as well as write: its same-origin `GET`s carry no `Origin`, only the page's own
+//! name in `Host`. Without a token the API can only be reached on a loopback address (a non-loopback one needs a
+//! token), where every client that is not such a page names a loopback host or the address it connected to, so
+//! any request for another name is refused, reads included.
 
 use http::{header, HeaderMap, Method};
 
 /// Why the request is refused (403), if it is: a change asked for by another site's page, or, with no token
 /// set, by any page not served from a loopback name.
 pub fn refusal(method: &Method, headers: &HeaderMap, token_set: bool) -> Option<&'static str> {
+    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
+    // HTTP/1.0 clients may send no `Host`; browsers always do.
+    if !token_set && !host.is_empty() && !loopback_host(host) {
+        return Some("without an admin token, the admin API answers only requests for a loopback host (127.0.0.1, [::1], localhost)");
+    }
     if *method == Method::GET || *method == Method::HEAD {
         return None;
     }
@@ -18,7 +28,6 @@ pub fn refusal(method: &Method, headers: &HeaderMap, token_set: bool) -> Option<
     }
     let origin = headers.get(header::ORIGIN)?.as_bytes();
     let authority = origin.split(|b| *b == b'/').nth(2).unwrap_or(b"");
-    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
     if origin == b"null" || !authority.eq_ignore_ascii_case(host) {
         return Some("a change asked for by another site's page is refused");
     }
@@ -77,6 +86,23 @@ mod tests {
         let rebound = headers(&[("host", "attacker.example:9901"), ("origin", "http://attacker.example:9901")]);
         assert!(refusal(&post, &rebound, false).is_some());
         assert_eq!(refusal(&post, &rebound, true), None, "a token set: the request still needs it");
-        assert_eq!(refusal(&Method::GET, &rebound, false), None);
+    }
+
+    #[test]
+    fn without_a_token_a_rebinding_page_cannot_read_either() {
+        let read = headers(&[("host", "attacker.example:9901")]);
+        assert!(refusal(&Method::GET, &read, false).is_some());
+        assert_eq!(refusal(&Method::GET, &read, true), None, "with a token, reads are open as before");
+        for host in ["127.0.0.1:9901", "localhost", "LOCALHOST:1", "[::1]:9901", "127.9.9.9"] {
+            let mut map = headers(&[]);
+            map.insert("host", HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("x")));
+            assert_eq!(refusal(&Method::GET, &map, false), None, "{host}");
+        }
+        assert_eq!(refusal(&Method::GET, &headers(&[]), false), None, "an HTTP/1.0 client without Host");
+        for host in ["127.0.0.1.attacker.example", "localhost.attacker.example", "[::2]:1", "0.0.0.0:9901"] {
+            let mut map = headers(&[]);
+            map.insert("host", HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("x")));
+            assert!(refusal(&Method::GET, &map, false).is_some(), "{host}");
+        }
     }
 }

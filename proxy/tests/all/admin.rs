@@ -75,7 +75,7 @@ async fn admin_answers_on_a_unix_socket() -> TestResult {
 /// A web page in a browser on the admin's host cannot change anything through the admin API: a change another
 /// site's page asks for is refused (403) even without a token (a `text/plain` POST needs no preflight), and
 /// without a token so is one from a page whose name was made to resolve to 127.0.0.1 (DNS rebinding: its
-/// requests are then same-origin). Clients that are not browsers send no `Origin` and go on as before.
+/// requests are then same-origin), nor read anything. Clients that are not browsers go on as before.
 #[tokio::test]
 async fn a_browser_page_cannot_change_a_tokenless_admin_api() -> TestResult {
     let a = TestUpstream::start("a").await;
@@ -89,7 +89,11 @@ async fn a_browser_page_cannot_change_a_tokenless_admin_api() -> TestResult {
     let groups = get(p.admin, "/upstreams").await?.json();
     assert_eq!(groups[0]["endpoints"][0]["status"], "healthy", "nothing was drained");
     assert_eq!(get(p.addr("web").await, "/").await?.status, 200);
-    let drained = send(p.admin, "POST", &drain, &[("host", "anything")], "").await?;
+    // A rebinding page's reads carry no Origin, only its own name: refused too, without a token.
+    let read = send(p.admin, "GET", "/config", &[("host", "attacker.example:9901")], "").await?;
+    assert_eq!(read.status, 403, "{:?}", read.body);
+    assert_eq!(send(p.admin, "GET", "/config", &[("host", "localhost")], "").await?.status, 200);
+    let drained = send(p.admin, "POST", &drain, &[], "").await?;
     assert_eq!(drained.status, 200, "a client that is not a browser: {:?}", drained.body);
     Ok(())
 }

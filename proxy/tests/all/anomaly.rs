@@ -184,7 +184,7 @@ async fn the_event_stream_sends_scores_as_server_sent_events() -> TestResult {
     let config = reverse_config(&quoted(&[&app]), "") + "\n[anomaly]\ninterval = \"50ms\"\n";
     let p = Portico::start(&config).await;
     let mut stream = tokio::net::TcpStream::connect(p.admin).await?;
-    stream.write_all(b"GET /anomaly/events HTTP/1.1\r\nHost: admin\r\n\r\n").await?;
+    stream.write_all(format!("GET /anomaly/events HTTP/1.1\r\nHost: {}\r\n\r\n", p.admin).as_bytes()).await?;
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
     while !seen.contains("event: scores") {

@@ -20,7 +20,8 @@ async fn admin_routes_refuse_large_bodies() -> TestResult {
     assert_eq!(send(p.admin, "PUT", &path, &[], &big).await?.status, 413);
     // Chunked, without a length to refuse up front: refused once 1 MiB has been read.
     let mut stream = TcpStream::connect(p.admin).await?;
-    let head = format!("PUT {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let head =
+        format!("PUT {path} HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", p.admin);
     stream.write_all(head.as_bytes()).await?;
     let chunk = vec![b'x'; 64 * 1024];
     let mut reply = Vec::new();

@@ -311,7 +311,7 @@ pub(crate) async fn reqwest_put(addr: std::net::SocketAddr, path: &str, body: Ve
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let request = http::Request::put(path)
-        .header("host", "admin")
+        .header("host", addr.to_string())
         .body(Full::new(bytes::Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
