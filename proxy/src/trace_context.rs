@@ -249,6 +249,15 @@ pub enum RequestId {
 }
 
 impl RequestId {
+    /// A new id, for an answer made before a request's ids are (a request line too long to read): a function
+    /// of its own, so that [`RequestIds::new`] keeps its one call site on the request path, inlined there.
+    pub fn fresh() -> RequestId {
+        let id: u128 = rand::thread_rng().gen();
+        let mut hex = [0u8; 32];
+        hex_into(&id.to_be_bytes(), &mut hex);
+        RequestId::Made(ArrayString::from_byte_string(&hex).unwrap_or_default())
+    }
+
     /// The id.
     pub fn as_str(&self) -> &str {
         match self {

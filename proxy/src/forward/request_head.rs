@@ -103,8 +103,9 @@ pub fn check_reverse(parts: &mut Parts, paths: PathRules) -> Result<(), Refused>
 /// path before a query (`http://a?q`, an HTTP/2 `:path` of `?q`) becomes `/` (RFC 9112 §3.2.1): `?q` is no
 /// request line's target.
 pub fn resolve_path(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> {
-    let rootless = parts.uri.path_and_query().is_some_and(|p| p.as_str().starts_with('?'));
-    let resolved = match request_path::normalize(parts.uri.path(), paths) {
+    let Some(target) = parts.uri.path_and_query() else { return Ok(()) };
+    let rootless = target.as_str().starts_with('?');
+    let resolved = match request_path::normalize(target.path(), paths) {
         Ok(None) if rootless => "/".to_string(),
         Ok(None) => return Ok(()),
         Ok(Some(path)) => path,

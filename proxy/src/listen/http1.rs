@@ -161,11 +161,12 @@ async fn uri_too_long<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &ConnInfo,
     max_head: usize,
 ) {
-    let ids = crate::trace_context::RequestIds::new(None, None);
+    let request_id = crate::trace_context::RequestId::fresh();
     tracing::debug!(peer = %conn.peer, max_head, "request line too long: 414");
-    shared.metrics.observe_request(&conn.settings().config.name, "", 414, None);
+    // The listener as accepted (its name): `settings()` stays inlined in its one call on the request path.
+    shared.metrics.observe_request(&conn.accepted_with.config.name, "", 414, None);
     let detail = "the request line is longer than the listener's max_header_bytes";
-    let response = forward::local::error_response(forward::local::LocalError::UriTooLong, detail, &ids.request_id);
+    let response = forward::local::error_response(forward::local::LocalError::UriTooLong, detail, &request_id);
     if respond(io, out, response, true, false).await.is_err() || io.shutdown().await.is_err() {
         return;
     }
