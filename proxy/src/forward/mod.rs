@@ -51,10 +51,10 @@ pub async fn handle(
     let mut meta = RequestMeta { start, trace, request_id, span };
     let in_flight = conn.activity.begin();
     if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
-        tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: both Content-Length and Transfer-Encoding, or a head too large to check");
+        tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: framing the smuggling guard cannot trust (CL+TE, a transfer coding other than chunked, a head too large to check, or bytes it could not follow)");
         let mut response = local::error_response(
             local::LocalError::BadRequest,
-            "request has both Content-Length and Transfer-Encoding (or a head too large to check)",
+            "request framing refused: both Content-Length and Transfer-Encoding, a transfer coding other than chunked, a head too large to check, or an earlier request on the connection that could not be framed",
             &meta.request_id,
         );
         shared.metrics.observe_request(&listener.config.name, "", 400, None);

@@ -5,8 +5,12 @@
 //! ambiguous request head (or of a head too large for it to check); the request path answers that request and
 //! any after it with 400.
 //!
-//! It gives up (and stays out of the way) on HTTP/2 and anything it cannot frame — hyper's own
-//! parser still rejects malformed input there.
+//! It fails closed: a head it cannot frame (an unparsable or conflicting length, a transfer coding other than
+//! one `chunked`), and bytes it cannot follow (a chunk size it does not read as hyper would, a broken chunk
+//! end), refuse that request or the next one rather than switch the guard off. Before, anything the guard
+//! could not follow stopped it for the rest of the connection, and a first request that hyper accepted but the
+//! guard did not (a chunk size with 16 hex digits, leading zeros included) let a CL+TE request after it
+//! through. It stops only at the HTTP/2 preface that opens a connection.
 
 use std::io;
 use std::pin::Pin;
@@ -31,6 +35,11 @@ impl GuardFlag {
     /// The 1-based ordinal of the first request head refused on this connection, 0 if none.
     pub fn first_refused(&self) -> u64 {
         self.bad_request.load(Ordering::Relaxed)
+    }
+
+    /// Requests the request path has seen on this connection (Portico's own server's, before a handoff).
+    pub fn requests_seen(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Called by the request path for each request; true when this request must be refused.
@@ -134,7 +143,8 @@ impl<S> SmuggleGuard<S> {
                             return;
                         }
                         Err(()) => {
-                            self.state = State::Off;
+                            // No head httparse reads: hyper refuses it too, and nothing after it is followed.
+                            self.lose_track();
                             return;
                         }
                     }
@@ -152,7 +162,7 @@ impl<S> SmuggleGuard<S> {
                     bytes = &bytes[1..];
                     if *seen_cr {
                         if b != b'\n' || *digits == 0 {
-                            self.state = State::Off;
+                            self.lose_track();
                         } else if *value == 0 {
                             self.state = State::Trailer { line_len: 0, seen_cr: false };
                         } else {
@@ -165,14 +175,16 @@ impl<S> SmuggleGuard<S> {
                     } else if b == b';' || b == b' ' || b == b'\t' {
                         *in_ext = true;
                     } else if let Some(d) = (b as char).to_digit(16) {
-                        *digits += 1;
-                        if *digits > 15 {
-                            self.state = State::Off;
+                        // Any number of digits, leading zeros included, as long as the size fits in 64 bits
+                        // (hyper's rule); a larger one hyper refuses too.
+                        *digits = digits.saturating_add(1);
+                        if *value > u64::MAX >> 4 {
+                            self.lose_track();
                         } else {
                             *value = *value * 16 + u64::from(d);
                         }
                     } else {
-                        self.state = State::Off;
+                        self.lose_track();
                     }
                 }
                 State::ChunkData(left) => {
@@ -186,7 +198,7 @@ impl<S> SmuggleGuard<S> {
                 State::ChunkDataEnd(seen) => {
                     let expected = if *seen == 0 { b'\r' } else { b'\n' };
                     if bytes[0] != expected {
-                        self.state = State::Off;
+                        self.lose_track();
                         return;
                     }
                     bytes = &bytes[1..];
@@ -201,7 +213,7 @@ impl<S> SmuggleGuard<S> {
                     bytes = &bytes[1..];
                     if *seen_cr {
                         if b != b'\n' {
-                            self.state = State::Off;
+                            self.lose_track();
                         } else if *line_len == 0 {
                             self.state = State::Head(Vec::new());
                         } else {
@@ -225,14 +237,28 @@ impl<S> SmuggleGuard<S> {
         self.state = State::Off;
     }
 
+    /// Bytes the guard cannot follow: the next request head is refused, whatever it is, and the guard stops
+    /// (hyper refuses what the guard could not read, or the two read the connection differently and nothing
+    /// more on it can be trusted).
+    fn lose_track(&mut self) {
+        let next = self.heads + 1;
+        let _ = self.flag.bad_request.compare_exchange(0, next, Ordering::Relaxed, Ordering::Relaxed);
+        self.state = State::Off;
+    }
+
     /// The state after a complete head, from what its framing headers say.
     fn on_head(&mut self, framing: Framing) -> State {
-        if !matches!(framing, Framing::Preface) {
-            self.heads += 1;
+        if matches!(framing, Framing::Preface) {
+            // The preface opens an HTTP/2 connection; after requests it is no request at all.
+            if self.heads > 0 {
+                self.lose_track();
+            }
+            return State::Off;
         }
+        self.heads += 1;
         match framing {
-            Framing::Preface | Framing::Unframed => State::Off,
-            Framing::Ambiguous => {
+            Framing::Preface => State::Off,
+            Framing::Ambiguous | Framing::Unframed => {
                 let _ = self.flag.bad_request.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
                 State::Off
             }
@@ -248,14 +274,15 @@ impl<S> SmuggleGuard<S> {
 enum Framing {
     /// The HTTP/2 connection preface: the guard stops.
     Preface,
-    /// Both `Content-Length` and `Transfer-Encoding`: the request is refused.
+    /// Both `Content-Length` and `Transfer-Encoding` (whatever their values): the request is refused.
     Ambiguous,
     /// A chunked body follows.
     Chunked,
     /// `Content-Length` bytes follow (0: the next head).
     Length(u64),
-    /// A head the guard cannot frame past (an unparsable or conflicting length, a final coding other than
-    /// chunked): hyper's own parser refuses it, and the guard stops.
+    /// A head the guard cannot frame past (an unparsable or conflicting length, transfer codings other than
+    /// one `chunked`): the request is refused. hyper refuses most of these itself; it takes `gzip, chunked`
+    /// and `chunked, chunked`, and would pass the body on decoded under a label that no longer says how.
     Unframed,
 }
 
@@ -274,32 +301,39 @@ fn frame_head(buf: &[u8]) -> Result<Option<(usize, Framing)>, ()> {
         Err(_) => return Err(()),
     };
     let mut content_length: Option<u64> = None;
-    let mut chunked = false;
-    let mut te = false;
+    let (mut has_length, mut bad_length) = (false, false);
+    // The transfer codings of every `Transfer-Encoding` field, in order: (how many, all of them `chunked`).
+    let (mut te, mut codings, mut all_chunked) = (false, 0u32, true);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
+            has_length = true;
             let parsed = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
             match (content_length, parsed) {
-                (_, None) => return Ok(Some((end, Framing::Unframed))),
-                (Some(old), Some(new)) if old != new => return Ok(Some((end, Framing::Unframed))),
+                (_, None) => bad_length = true,
+                (Some(old), Some(new)) if old != new => bad_length = true,
                 (_, Some(new)) => content_length = Some(new),
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = true;
-            chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // Empty list elements are allowed (RFC 9110 §5.6.1) and mean nothing.
+            for coding in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+                codings += 1;
+                all_chunked &= coding.eq_ignore_ascii_case(b"chunked");
+            }
         }
     }
     // An `Upgrade` or CONNECT request is framed like any other: hyper keeps parsing requests on the
     // connection unless the upgrade is accepted, and once it is, no request path looks at this guard again.
-    let framing = match (te, chunked, content_length) {
-        (true, _, Some(_)) => Framing::Ambiguous,
-        (true, true, None) => Framing::Chunked,
-        (true, false, None) => Framing::Unframed,
-        (false, _, length) => Framing::Length(length.unwrap_or(0)),
+    // Both framing fields are ambiguous whatever their values say: checked before a length is read, so an
+    // unreadable `Content-Length` cannot make a CL+TE request look merely unframed.
+    let framing = if te && has_length {
+        Framing::Ambiguous
+    } else if bad_length || (te && !(codings == 1 && all_chunked)) {
+        Framing::Unframed
+    } else if te {
+        Framing::Chunked
+    } else {
+        Framing::Length(content_length.unwrap_or(0))
     };
     Ok(Some((end, framing)))
 }
@@ -400,6 +434,39 @@ mod tests {
         assert_eq!(run(&[&stream]), (2, 2));
         let split: Vec<&[u8]> = stream.chunks(8192).collect();
         assert_eq!(run(&split), (2, 2));
+    }
+
+    #[test]
+    fn what_the_guard_cannot_follow_refuses_rather_than_switching_it_off() {
+        let cl_te =
+            &b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..];
+        // A chunk size with leading zeros past 15 digits is framed, so the CL+TE request after it is found.
+        let zeros =
+            b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000005\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(run(&[&[&zeros[..], cl_te].concat()]), (2, 2));
+        // A size past 64 bits, a broken chunk end, an unreadable head: the next request is refused, whatever.
+        let huge = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000005\r\n";
+        assert_eq!(run(&[huge]).1, 2);
+        let broken = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX";
+        assert_eq!(run(&[broken]).1, 2);
+        assert_eq!(run(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /\x01 HTTP/1.1\r\n\r\n"]).1, 2);
+        // An unreadable length beside Transfer-Encoding is still both.
+        for head in
+            ["Transfer-Encoding: chunked\r\nContent-Length: x", "Content-Length: 5, 5\r\nTransfer-Encoding: chunked"]
+        {
+            let req = format!("POST / HTTP/1.1\r\nHost: a\r\n{head}\r\n\r\n0\r\n\r\n");
+            assert_eq!(run(&[req.as_bytes()]), (1, 1), "{head}");
+        }
+        // Transfer codings other than one chunked are refused; empty list elements are nothing.
+        for te in ["gzip, chunked", "identity, chunked", "chunked, chunked", "chunked, gzip"] {
+            let req = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
+            assert_eq!(run(&[req.as_bytes()]).1, 1, "{te}");
+        }
+        let req = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , CHUNKED\r\n\r\n0\r\n\r\n";
+        assert_eq!(run(&[req]), (1, 0));
+        // The HTTP/2 preface opens a connection; after a request it is refused.
+        assert_eq!(run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), (0, 0));
+        assert_eq!(run(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), (1, 2));
     }
 
     #[test]

@@ -320,6 +320,11 @@ impl Connection {
             http1::Rewind::new(stream)
         };
         let io = TokioIo::new(guard::SmuggleGuard::resume(io, self.info.guard.clone()));
+        // hyper's automatic server looks for the HTTP/2 preface at the start of what it is given: after requests
+        // Portico's own server answered, that is the middle of an HTTP/1 connection, where the preface is no
+        // request (RFC 9113 §3.3) and must not switch the connection to HTTP/2. (`auto::Builder::http1_only`
+        // does nothing for a connection served with upgrades.)
+        let mid_connection = self.info.guard.requests_seen() > 0;
         let builder = connection_builder(config);
         let listener = config.name.clone();
         let (shared, info) = (self.shared, self.info);
@@ -333,13 +338,18 @@ impl Connection {
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let conn = builder.serve_connection_with_upgrades(io, service);
         let Drain { watcher, stop } = self.drain;
         let too_many_cancels = || {
             tracing::warn!(peer = %conn_info.peer, listener = %listener, "client cancelled too many requests (HTTP/2 rapid reset?): closing the connection gracefully");
             conn_shared.metrics.cancel_closes.with_label_values(&[&listener]).inc();
         };
-        until_closed(conn, stop, &conn_info.activity, too_many_cancels).await;
+        if mid_connection {
+            let conn = http1_builder(config).serve_connection(io, service).with_upgrades();
+            until_closed(conn, stop, &conn_info.activity, too_many_cancels).await;
+        } else {
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            until_closed(conn, stop, &conn_info.activity, too_many_cancels).await;
+        }
         // Held until the connection ended: the listener's drain waits for it.
         drop(watcher);
     }
@@ -399,6 +409,31 @@ where
     fn shutdown_gracefully(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
+}
+
+impl<I, S, B> GracefulConn for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// hyper's HTTP/1-only server, for the rest of a connection Portico's own server began: the settings of
+/// [`connection_builder`]'s HTTP/1 half.
+fn http1_builder(config: &ListenerConfig) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
 }
 
 fn connection_builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {

@@ -60,6 +60,58 @@ async fn the_guard_counts_requests_across_the_hand_over_to_hyper() -> TestResult
     Ok(())
 }
 
+/// Nothing a client sends can switch the guard off for the requests after it: a chunk size hyper reads but
+/// the guard did not (16 hex digits), transfer codings hyper takes but cannot pass on (`gzip, chunked`), a
+/// length beside `Transfer-Encoding` that does not parse, the HTTP/2 preface after a request.
+#[tokio::test]
+async fn no_request_switches_the_guard_off_for_the_next() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let web = p.addr("web").await;
+    let cl_te =
+        "POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let zeros = format!(
+        "POST /zeros HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000005\r\nhello\r\n0\r\n\r\n{cl_te}"
+    );
+    let reply = exchange(web, zeros.as_bytes()).await?;
+    let statuses: Vec<&str> = reply.match_indices("HTTP/1.1 ").map(|(i, _)| &reply[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "400"], "{reply}");
+    assert_eq!(upstream.hits(), 1, "only the first request reaches the upstream");
+
+    for head in [
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: chunked, chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: x",
+        "Content-Length: 5, 5\r\nTransfer-Encoding: chunked",
+    ] {
+        let raw =
+            format!("POST /coded HTTP/1.1\r\nHost: a\r\n{head}\r\n\r\n0\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n");
+        let reply = exchange(web, raw.as_bytes()).await?;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{head}: {reply}");
+        assert!(!reply.contains(" 200 "), "{head}: nothing after it is served either: {reply}");
+    }
+    assert_eq!(upstream.hits(), 1);
+
+    // The HTTP/2 preface after a request Portico's own server answered is no request, never a switch to HTTP/2.
+    let mut stream = TcpStream::connect(web).await?;
+    stream.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    // A SETTINGS frame (empty), as an HTTP/2 client sends next.
+    stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let head_end = text.find("\r\n\r\n").map_or(0, |i| i + 4);
+    let length: usize =
+        text.lines().find_map(|l| l.strip_prefix("content-length: ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    let rest = &reply[(head_end + length).min(reply.len())..];
+    let rest_text = String::from_utf8_lossy(rest);
+    assert!(rest.is_empty() || rest_text.starts_with("HTTP/1.1 4") || rest_text.starts_with("HTTP/1.1 5"), "{text}");
+    assert!(!rest.windows(9).any(|w| w == [0, 0, 0, 4, 0, 0, 0, 0, 0]), "no HTTP/2 SETTINGS came back: {rest:?}");
+    assert_eq!(upstream.hits(), 2);
+    Ok(())
+}
+
 #[tokio::test]
 async fn oversized_headers_get_431() -> TestResult {
     let upstream = TestUpstream::start("app").await;
