@@ -1,7 +1,10 @@
 //! Message framing (RFC 9112 §6.3): how long a body is, decided once from the head. Heads that two readers
 //! could frame differently are errors here, not guesses: both `Content-Length` and `Transfer-Encoding`,
-//! `Content-Length` values that disagree or are not plain digits, a transfer coding list whose final coding
-//! is not `chunked` on a request, `chunked` twice, or `Transfer-Encoding` in an HTTP/1.0 message.
+//! `Content-Length` values that disagree or are not plain digits, transfer codings other than one `chunked`,
+//! or `Transfer-Encoding` in an HTTP/1.0 message. Portico removes the chunked coding between hops and applies
+//! no other: a body it passed on decoded from `gzip, chunked` (or as it came under `gzip`) would reach the
+//! next hop under a label that no longer says how it is coded, so such a message is refused (a response: 502,
+//! as nginx does).
 
 use http::header::{HeaderMap, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Version};
@@ -28,7 +31,7 @@ pub enum FramingError {
     /// A `Content-Length` that is not a number, or several that disagree.
     #[error("invalid Content-Length")]
     InvalidLength,
-    /// `Transfer-Encoding` whose final coding is not `chunked` (requests), or with `chunked` more than once.
+    /// `Transfer-Encoding` with codings other than one `chunked`.
     #[error("unsupported Transfer-Encoding")]
     UnsupportedEncoding,
     /// `Transfer-Encoding` in an HTTP/1.0 message (RFC 9112 §6.1: the framing is faulty).
@@ -71,8 +74,6 @@ pub fn response_body(
     }
     match framing_fields(version, headers)? {
         Fields::Chunked => Ok(BodyLength::Chunked),
-        // A response whose final coding is not chunked runs until the server closes (RFC 9112 §6.3 ¶4).
-        Fields::OtherEncoding => Ok(BodyLength::UntilClose),
         Fields::Length(0) => Ok(BodyLength::Empty),
         Fields::Length(n) => Ok(BodyLength::Fixed(n)),
         Fields::None => Ok(BodyLength::UntilClose),
@@ -83,7 +84,6 @@ pub fn response_body(
 pub fn request_body(version: Version, headers: &HeaderMap) -> Result<BodyLength, FramingError> {
     match framing_fields(version, headers)? {
         Fields::Chunked => Ok(BodyLength::Chunked),
-        Fields::OtherEncoding => Err(FramingError::UnsupportedEncoding),
         Fields::Length(0) | Fields::None => Ok(BodyLength::Empty),
         Fields::Length(n) => Ok(BodyLength::Fixed(n)),
     }
@@ -93,7 +93,15 @@ enum Fields {
     None,
     Length(u64),
     Chunked,
-    OtherEncoding,
+}
+
+/// Whether a 204 answer carries `Content-Length` (other than 0) or `Transfer-Encoding`, which its server must
+/// not send (RFC 9110 §8.6, RFC 9112 §6.1): a server that does may send a body after it all the same, bytes
+/// the next request on the connection would read as its answer. Such a connection is not reused. (A 304 or an
+/// answer to HEAD may carry both, describing the body it does not have.)
+pub fn claims_a_forbidden_body(status: StatusCode, headers: &(impl FramingFields + ?Sized)) -> bool {
+    status == StatusCode::NO_CONTENT
+        && (headers.transfer_encodings().next().is_some() || headers.content_lengths().any(|v| v.trim_ascii() != b"0"))
 }
 
 fn framing_fields(version: Version, headers: &(impl FramingFields + ?Sized)) -> Result<Fields, FramingError> {
@@ -109,27 +117,19 @@ fn framing_fields(version: Version, headers: &(impl FramingFields + ?Sized)) -> 
         return Err(FramingError::EncodingOnHttp10);
     }
     let mut chunked_seen = false;
-    let mut last_is_chunked = false;
     for value in encodings {
-        for coding in super::elements(value) {
-            if coding.is_empty() {
-                continue;
-            }
-            let chunked = coding.eq_ignore_ascii_case(b"chunked");
-            if chunked && chunked_seen {
+        // Empty list elements are allowed and mean nothing (RFC 9110 §5.6.1).
+        for coding in super::elements(value).filter(|c| !c.is_empty()) {
+            if chunked_seen || !coding.eq_ignore_ascii_case(b"chunked") {
                 return Err(FramingError::UnsupportedEncoding);
             }
-            chunked_seen |= chunked;
-            last_is_chunked = chunked;
+            chunked_seen = true;
         }
     }
-    if last_is_chunked {
+    if chunked_seen {
         Ok(Fields::Chunked)
-    } else if chunked_seen {
-        // `chunked` must be the final coding (RFC 9112 §6.1).
-        Err(FramingError::UnsupportedEncoding)
     } else {
-        Ok(Fields::OtherEncoding)
+        Err(FramingError::UnsupportedEncoding)
     }
 }
 
@@ -191,14 +191,29 @@ mod tests {
         assert_eq!(response(200, &[("content-length", "5")]), Ok(BodyLength::Fixed(5)));
         assert_eq!(response(200, &[("content-length", "5, 5"), ("content-length", "5")]), Ok(BodyLength::Fixed(5)));
         assert_eq!(response(200, &[("content-length", "0")]), Ok(BodyLength::Empty));
-        assert_eq!(response(200, &[("transfer-encoding", "gzip, Chunked")]), Ok(BodyLength::Chunked));
-        assert_eq!(response(200, &[("transfer-encoding", "gzip")]), Ok(BodyLength::UntilClose));
+        assert_eq!(response(200, &[("transfer-encoding", ", Chunked")]), Ok(BodyLength::Chunked));
+        for coded in ["gzip, chunked", "gzip", "identity, chunked", ""] {
+            let fields = [("transfer-encoding", coded)];
+            assert_eq!(response(200, &fields), Err(FramingError::UnsupportedEncoding), "{coded:?}");
+        }
         assert_eq!(response(200, &[]), Ok(BodyLength::UntilClose));
         for bodiless in [100, 103, 204, 304] {
             assert_eq!(response(bodiless, &[("content-length", "5")]), Ok(BodyLength::Empty), "{bodiless}");
         }
         let head = response_body(&Method::HEAD, StatusCode::OK, Version::HTTP_11, &headers(&[("content-length", "5")]));
         assert_eq!(head, Ok(BodyLength::Empty));
+    }
+
+    #[test]
+    fn a_204_that_claims_a_body_is_told_apart() {
+        let claims = |status: u16, fields: &[(&'static str, &'static str)]| {
+            claims_a_forbidden_body(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), &headers(fields))
+        };
+        assert!(claims(204, &[("content-length", "62")]));
+        assert!(claims(204, &[("transfer-encoding", "chunked")]));
+        assert!(!claims(204, &[("content-length", "0")]) && !claims(204, &[]));
+        assert!(!claims(304, &[("content-length", "62")]), "a 304 may describe the body it does not have");
+        assert!(!claims(200, &[("content-length", "62")]));
     }
 
     #[test]

@@ -57,6 +57,15 @@ impl ResponseHead {
         self.keep_alive
     }
 
+    /// Whether the answer is a 204 carrying `Content-Length` or `Transfer-Encoding` (see
+    /// [`super::framing::claims_a_forbidden_body`]): its connection is not reused.
+    pub fn claims_a_forbidden_body(&self) -> bool {
+        match &self.raw {
+            Some(raw) => super::framing::claims_a_forbidden_body(self.status, &**raw),
+            None => super::framing::claims_a_forbidden_body(self.status, &self.headers),
+        }
+    }
+
     /// How long the body of this answer to `method` is.
     pub fn body_length(&self, method: &Method) -> Result<BodyLength, super::framing::FramingError> {
         match &self.raw {

@@ -84,7 +84,7 @@ impl Body {
                 Err(e) => return Err(e.into()),
             }
         };
-        let upstream_keeps_alive = head.keeps_alive();
+        let upstream_keeps_alive = head.keeps_alive() && !head.claims_a_forbidden_body();
         let keep_alive = upstream_keeps_alive && !matches!(kind, Kind::UntilClose | Kind::Upgrade);
         // An error the upstream closes the connection after does not want the rest of the request (RFC 9112
         // §9.5): it is not sent.
