@@ -10,23 +10,33 @@
 //! token), where every client that is not such a page names a loopback host or the address it connected to, so
 //! any request for another name is refused, reads included.
 
-use http::{header, HeaderMap, Method};
+use http::{header, HeaderMap, Method, Uri};
 
 /// Why the request is refused (403), if it is: a change asked for by another site's page, or, with no token
 /// set, by any page not served from a loopback name.
-pub fn refusal(method: &Method, headers: &HeaderMap, token_set: bool) -> Option<&'static str> {
-    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
-    // HTTP/1.0 clients may send no `Host`; browsers always do.
-    if !token_set && !host.is_empty() && !loopback_host(host) {
+pub fn refusal(method: &Method, uri: &Uri, headers: &HeaderMap, token_set: bool) -> Option<&'static str> {
+    // Every name the request gives for its host: each `Host` field, and the target's authority (HTTP/2's
+    // `:authority`, an absolute-form target). HTTP/1.0 clients may give none; browsers always do.
+    let mut names = headers
+        .get_all(header::HOST)
+        .iter()
+        .map(|h| h.as_bytes())
+        .chain(uri.authority().map(|a| a.as_str().as_bytes()));
+    if !token_set && !names.all(|name| name.is_empty() || loopback_host(name)) {
         return Some("without an admin token, the admin API answers only requests for a loopback host (127.0.0.1, [::1], localhost)");
     }
+    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
     if *method == Method::GET || *method == Method::HEAD {
         return None;
     }
     if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
         return Some("a change asked for by another site's page is refused");
     }
-    let origin = headers.get(header::ORIGIN)?.as_bytes();
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let origin = origins.next()?.as_bytes();
+    if origins.next().is_some() {
+        return Some("a request with more than one Origin is refused");
+    }
     let authority = origin.split(|b| *b == b'/').nth(2).unwrap_or(b"");
     if origin == b"null" || !authority.eq_ignore_ascii_case(host) {
         return Some("a change asked for by another site's page is refused");
@@ -54,6 +64,10 @@ mod tests {
     use super::*;
     use http::{HeaderName, HeaderValue};
 
+    fn root() -> Uri {
+        Uri::from_static("/")
+    }
+
     fn headers(fields: &[(&'static str, &'static str)]) -> HeaderMap {
         fields.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
     }
@@ -62,14 +76,18 @@ mod tests {
     fn another_sites_page_cannot_change_anything() {
         let post = Method::POST;
         let page = headers(&[("host", "127.0.0.1:9901"), ("origin", "http://attacker.example")]);
-        assert!(refusal(&post, &page, true).is_some() && refusal(&post, &page, false).is_some());
+        assert!(refusal(&post, &root(), &page, true).is_some() && refusal(&post, &root(), &page, false).is_some());
         let fetch = headers(&[("host", "127.0.0.1:9901"), ("sec-fetch-site", "cross-site")]);
-        assert!(refusal(&post, &fetch, true).is_some());
+        assert!(refusal(&post, &root(), &fetch, true).is_some());
         let own = headers(&[("host", "127.0.0.1:9901"), ("origin", "http://127.0.0.1:9901")]);
-        assert_eq!(refusal(&post, &own, false), None, "the admin's own page");
+        assert_eq!(refusal(&post, &root(), &own, false), None, "the admin's own page");
         let curl = headers(&[("host", "127.0.0.1:9901")]);
-        assert_eq!(refusal(&post, &curl, false), None);
-        assert_eq!(refusal(&Method::GET, &page, true), None, "reads by another page are the browser's to refuse");
+        assert_eq!(refusal(&post, &root(), &curl, false), None);
+        assert_eq!(
+            refusal(&Method::GET, &root(), &page, true),
+            None,
+            "reads by another page are the browser's to refuse"
+        );
     }
 
     #[test]
@@ -80,29 +98,39 @@ mod tests {
             let mut map = headers(&[]);
             map.insert("host", HeaderValue::from_str(origin_host).unwrap_or(HeaderValue::from_static("x")));
             map.insert("origin", HeaderValue::from_str(&origin).unwrap_or(HeaderValue::from_static("x")));
-            assert_eq!(refusal(&post, &map, false), None, "{origin_host}");
+            assert_eq!(refusal(&post, &root(), &map, false), None, "{origin_host}");
         }
         // DNS rebinding: the page's name now points at loopback, so its change is same-origin.
         let rebound = headers(&[("host", "attacker.example:9901"), ("origin", "http://attacker.example:9901")]);
-        assert!(refusal(&post, &rebound, false).is_some());
-        assert_eq!(refusal(&post, &rebound, true), None, "a token set: the request still needs it");
+        assert!(refusal(&post, &root(), &rebound, false).is_some());
+        assert_eq!(refusal(&post, &root(), &rebound, true), None, "a token set: the request still needs it");
     }
 
     #[test]
     fn without_a_token_a_rebinding_page_cannot_read_either() {
         let read = headers(&[("host", "attacker.example:9901")]);
-        assert!(refusal(&Method::GET, &read, false).is_some());
-        assert_eq!(refusal(&Method::GET, &read, true), None, "with a token, reads are open as before");
+        assert!(refusal(&Method::GET, &root(), &read, false).is_some());
+        assert_eq!(refusal(&Method::GET, &root(), &read, true), None, "with a token, reads are open as before");
         for host in ["127.0.0.1:9901", "localhost", "LOCALHOST:1", "[::1]:9901", "127.9.9.9"] {
             let mut map = headers(&[]);
             map.insert("host", HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("x")));
-            assert_eq!(refusal(&Method::GET, &map, false), None, "{host}");
+            assert_eq!(refusal(&Method::GET, &root(), &map, false), None, "{host}");
         }
-        assert_eq!(refusal(&Method::GET, &headers(&[]), false), None, "an HTTP/1.0 client without Host");
+        assert_eq!(refusal(&Method::GET, &root(), &headers(&[]), false), None, "an HTTP/1.0 client without Host");
+        // Every name counts: a second Host field, the target's authority (HTTP/2, absolute-form), two Origins.
+        let two = [("host", "127.0.0.1:9901"), ("host", "attacker.example")];
+        assert!(refusal(&Method::GET, &root(), &headers(&two), false).is_some());
+        let h2 = Uri::from_static("http://attacker.example:9901/config");
+        assert!(refusal(&Method::GET, &h2, &headers(&[]), false).is_some());
+        assert!(refusal(&Method::GET, &h2, &headers(&[("host", "127.0.0.1")]), false).is_some());
+        let own = Uri::from_static("http://127.0.0.1:9901/config");
+        assert_eq!(refusal(&Method::GET, &own, &headers(&[("host", "127.0.0.1:9901")]), false), None);
+        let origins = [("host", "127.0.0.1:9901"), ("origin", "http://127.0.0.1:9901"), ("origin", "http://evil")];
+        assert!(refusal(&Method::POST, &root(), &headers(&origins), true).is_some());
         for host in ["127.0.0.1.attacker.example", "localhost.attacker.example", "[::2]:1", "0.0.0.0:9901"] {
             let mut map = headers(&[]);
             map.insert("host", HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("x")));
-            assert!(refusal(&Method::GET, &map, false).is_some(), "{host}");
+            assert!(refusal(&Method::GET, &root(), &map, false).is_some(), "{host}");
         }
     }
 }

@@ -80,7 +80,7 @@ pub async fn route(
     let method = req.method().clone();
     let token_set = server.shared.snapshot.load().config.admin.token.is_some();
     let refusal = match transport {
-        super::Transport::Tcp => super::browser::refusal(&method, req.headers(), token_set),
+        super::Transport::Tcp => super::browser::refusal(&method, req.uri(), req.headers(), token_set),
         super::Transport::Unix => None,
     };
     if let Some(why) = refusal {
