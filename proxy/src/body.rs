@@ -292,7 +292,7 @@ impl RawFieldsSlot for ResponseBody {
     fn raw_slot(&mut self) -> Option<&mut Option<Box<RawFields>>> {
         match self {
             ResponseBody::Upstream(body, _) => body.raw_slot(),
-            ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(_) => None,
+            ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(..) => None,
         }
     }
 }
@@ -351,7 +351,9 @@ pub enum ResponseBody {
     /// An open-ended local stream (server-sent events); ends when the sender is dropped.
     Channel(tokio::sync::mpsc::Receiver<Bytes>),
     /// An upstream body after the plugins' body callbacks, fed by the task that runs them; an `Err` aborts it.
-    Filtered(tokio::sync::mpsc::Receiver<Result<Bytes, BodyAborted>>),
+    /// With what must be released when it ends (the request's place in its connection's count of requests in
+    /// flight: without it, a connection that once streamed a filtered body was never idle again).
+    Filtered(tokio::sync::mpsc::Receiver<Result<Bytes, BodyAborted>>, Option<Box<dyn BodyGuard>>),
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -360,7 +362,7 @@ impl std::fmt::Debug for ResponseBody {
             ResponseBody::Upstream(..) => f.write_str("ResponseBody::Upstream"),
             ResponseBody::Full(b) => write!(f, "ResponseBody::Full({:?})", b.as_ref().map(Bytes::len)),
             ResponseBody::Channel(_) => f.write_str("ResponseBody::Channel"),
-            ResponseBody::Filtered(_) => f.write_str("ResponseBody::Filtered"),
+            ResponseBody::Filtered(..) => f.write_str("ResponseBody::Filtered"),
         }
     }
 }
@@ -371,7 +373,8 @@ impl ResponseBody {
     pub fn guard_slot(&mut self) -> Option<&mut Option<Box<dyn BodyGuard>>> {
         match self {
             ResponseBody::Upstream(_, guard) => Some(guard),
-            ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(_) => None,
+            ResponseBody::Filtered(_, guard) => Some(guard),
+            ResponseBody::Full(_) | ResponseBody::Channel(_) => None,
         }
     }
 
@@ -380,7 +383,7 @@ impl ResponseBody {
     pub fn holds_upstream(&self) -> bool {
         match self {
             ResponseBody::Upstream(body, _) => body.holds_upstream(),
-            ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(_) => false,
+            ResponseBody::Full(_) | ResponseBody::Channel(_) | ResponseBody::Filtered(..) => false,
         }
     }
 
@@ -419,8 +422,14 @@ impl Body for ResponseBody {
                 Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))
             }
             ResponseBody::Channel(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Filtered(rx) => {
-                rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data).map_err(BoxError::from)))
+            ResponseBody::Filtered(rx, guard) => {
+                let polled = rx.poll_recv(cx);
+                match &polled {
+                    Poll::Ready(None) => finish(guard, true),
+                    Poll::Ready(Some(Err(_))) => finish(guard, false),
+                    Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+                }
+                polled.map(|chunk| chunk.map(|r| r.map(Frame::data).map_err(BoxError::from)))
             }
         }
     }
@@ -429,7 +438,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(incoming, _) => incoming.is_end_stream(),
             ResponseBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
-            ResponseBody::Channel(_) | ResponseBody::Filtered(_) => false,
+            ResponseBody::Channel(_) | ResponseBody::Filtered(..) => false,
         }
     }
 
@@ -437,7 +446,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream(incoming, _) => incoming.size_hint(),
             ResponseBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            ResponseBody::Channel(_) | ResponseBody::Filtered(_) => SizeHint::default(),
+            ResponseBody::Channel(_) | ResponseBody::Filtered(..) => SizeHint::default(),
         }
     }
 }

@@ -229,13 +229,15 @@ impl InFlight {
     /// otherwise (an answer whole in memory) the request ends here.
     pub fn attach(mut self, body: &mut ResponseBody) {
         self.answered = true;
-        let streams = body.holds_upstream();
+        // A plugin-filtered body streams from the task that runs the plugins: in flight until it ends or is
+        // dropped, like an upstream's.
+        let streams = body.holds_upstream() || matches!(body, ResponseBody::Filtered(..));
         if let Some(slot) = body.guard_slot().filter(|_| streams) {
             self.next = slot.take();
             *slot = Some(Box::new(self));
-        } else if matches!(body, ResponseBody::Channel(_) | ResponseBody::Filtered(_)) {
-            // A local stream or a plugin-filtered body has no end hook: rather than cut it off mid-body, the
-            // request stays in flight, and this connection is not idle-timed out any more.
+        } else if matches!(body, ResponseBody::Channel(_)) {
+            // A local stream (the admin API's events; no listener answers with one) has no end hook: rather
+            // than cut it off mid-body, the request stays in flight.
             self.activity = None;
         }
     }

@@ -343,7 +343,7 @@ pub async fn filter_response_body(
             parts.headers.remove(header::CONTENT_LENGTH);
             chain.answered(parts.status.as_u16());
             let rx = spawn_pump(chain, pipe, body, passed, request_id.to_string(), send_timeout);
-            return Response::from_parts(parts, ResponseBody::Filtered(rx));
+            return Response::from_parts(parts, ResponseBody::Filtered(rx, None));
         }
     }
 }

@@ -586,6 +586,32 @@ async fn large_responses_stream_past_header_only_and_continuing_body_plugins() -
     Ok(())
 }
 
+/// A connection that streamed a plugin-filtered body is idle again once the body has gone: its
+/// `idle_timeout` closes it. (The filtered body once kept its request in flight for good.)
+#[tokio::test]
+async fn a_connection_is_idle_again_after_a_filtered_body() -> TestResult {
+    use http_body_util::{BodyExt, Empty};
+    let app = TestUpstream::start_with("app", Behavior::Large(256 * 1024)).await;
+    let dir = tempfile::tempdir()?;
+    let passing =
+        wat_plugin(&[], r#"(func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) (i32.const 0))"#);
+    let plugins = plugin_table(dir.path(), "pass", passing, "");
+    let config = plugin_config(&[&app], &plugins, "")
+        + &listener_table("bodies", "\"pass\"").replace("filters =", "idle_timeout = \"1s\"\nfilters =");
+    let p = Portico::start(&config).await;
+    let tcp = tokio::net::TcpStream::connect(p.addr("bodies").await).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("/big").header("host", "a").body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(req).await?;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-length").is_none(), "the body was streamed through the plugin");
+    assert_eq!(response.into_body().collect().await?.to_bytes().len(), 256 * 1024);
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn).await;
+    assert!(matches!(closed, Ok(Ok(Ok(())))), "the idle connection was not closed: {closed:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn response_body_failures_and_oversized_bodies_get_json_errors() -> TestResult {
     let app = TestUpstream::start("app").await;
