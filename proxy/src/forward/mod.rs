@@ -79,6 +79,9 @@ pub async fn handle(
             }
         }
     };
+    if response.status().is_client_error() {
+        in_flight.refused();
+    }
     in_flight.attach(response.body_mut());
     conn.activity.watch_send(response.body_mut());
     traced(shared, &mut meta, &response);

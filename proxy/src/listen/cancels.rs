@@ -8,8 +8,10 @@
 //! So, as nginx and Envoy do, a connection is bounded in the requests it cancels whatever their stream's
 //! state: a request is cancelled when its service future is dropped before its response head is handed back.
 //! A few are normal (a browser cancels navigations and prefetches), so cancels are free while they are few
-//! in number or a small share of the connection's requests; past both the connection is asked to close
-//! gracefully (a GOAWAY on HTTP/2: the requests in flight finish, no new ones start).
+//! in number or a small share of the connection's requests (requests answered 4xx not counted: a cheap
+//! refused request between resets would otherwise keep their share at half); past both the connection is
+//! asked to close gracefully (a GOAWAY on HTTP/2: the requests in flight finish, no new ones start), and is
+//! closed outright [`CLOSE_WITHIN`] later if it has not ended by then.
 
 use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +19,11 @@ use std::task::{Context, Poll};
 
 /// Cancels a connection may make whatever its other requests.
 pub const FREE_CANCELS: u64 = 100;
+
+/// How long a connection asked to close for its cancels has to finish its requests before it is closed
+/// outright: an HTTP/2 graceful shutdown (GOAWAY, PING, final GOAWAY) never completes if the client does not
+/// answer the PING, and until then new streams are still taken.
+pub const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether `cancelled` requests of the `requests` a connection started are too many: more than
 /// [`FREE_CANCELS`] and more than half.

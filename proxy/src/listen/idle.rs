@@ -60,6 +60,10 @@ struct State {
     in_flight: u64,
     /// Requests dropped before their response head (see [`super::cancels`]).
     cancelled: u64,
+    /// Requests answered with a 4xx (a refusal costs the client a request and Portico nothing upstream): not
+    /// counted among the requests cancels are a share of, or a client could slip one cheap refused request
+    /// between its resets and keep them at half.
+    refused: u64,
     last_change: Instant,
     /// When the watcher looks next; `None` while it is looking (a deadline added then wakes it again).
     wake_at: Option<Instant>,
@@ -70,7 +74,14 @@ impl Activity {
     pub fn new(limits: Limits) -> Self {
         let now = Instant::now();
         Activity {
-            state: Mutex::new(State { requests: 0, in_flight: 0, cancelled: 0, last_change: now, wake_at: None }),
+            state: Mutex::new(State {
+                requests: 0,
+                in_flight: 0,
+                cancelled: 0,
+                refused: 0,
+                last_change: now,
+                wake_at: None,
+            }),
             limits,
             changed: tokio::sync::Notify::new(),
             epoch: now,
@@ -108,7 +119,7 @@ impl Activity {
             let mut s = self.state.lock();
             s.cancelled += 1;
             self.ended(&mut s);
-            cancels::too_many(s.cancelled, s.requests)
+            cancels::too_many(s.cancelled, s.requests.saturating_sub(s.refused))
         };
         if too_many {
             self.cancels.raise();
@@ -225,6 +236,13 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The request is answered with a 4xx: see `State::refused`.
+    pub fn refused(&self) {
+        if let Some(activity) = &self.activity {
+            activity.state.lock().refused += 1;
+        }
+    }
+
     /// Keeps the request in flight until the response body ends, when that body streams from an upstream;
     /// otherwise (an answer whole in memory) the request ends here.
     pub fn attach(mut self, body: &mut ResponseBody) {

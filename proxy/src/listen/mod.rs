@@ -373,12 +373,16 @@ async fn until_closed<C>(
     });
     let mut too_many_cancels = Some(too_many_cancels);
     let mut asked = false;
+    // Set when the cancels asked the connection to close: an HTTP/2 graceful shutdown completes only once the
+    // client answers its PING, and a client that never does could go on opening and resetting streams.
+    let mut hard_close: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         if !asked {
             if stopping.as_mut().poll(cx).is_ready() {
                 asked = true;
             } else if activity.poll_too_many_cancels(cx).is_ready() {
                 asked = true;
+                hard_close = Some(Box::pin(tokio::time::sleep(cancels::CLOSE_WITHIN)));
                 if let Some(told) = too_many_cancels.take() {
                     told();
                 }
@@ -386,6 +390,10 @@ async fn until_closed<C>(
             if asked {
                 conn.as_mut().shutdown_gracefully();
             }
+        }
+        if hard_close.as_mut().is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready()) {
+            // Dropping the connection closes it.
+            return std::task::Poll::Ready(());
         }
         conn.as_mut().poll(cx).map(|_| ())
     })

@@ -124,3 +124,100 @@ async fn a_client_cancelling_some_requests_keeps_its_connection() -> TestResult 
     assert_eq!(response.status(), 200);
     Ok(())
 }
+
+/// A raw HTTP/2 client that opens streams for `GET /slow/N` and resets each at once, and never answers the
+/// server's PINGs (so a graceful shutdown never completes). Returns how many it sent before the server closed
+/// the connection, or `None` if it was still open after `limit`.
+async fn resets_ignoring_pings(addr: std::net::SocketAddr, limit: Duration) -> std::io::Result<Option<u32>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut read, mut write) = tcp.into_split();
+    // Read and drop everything the server sends; the task ends when the server closes.
+    let closed = tokio::spawn(async move {
+        let mut buf = [0u8; 16 * 1024];
+        while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    write.write_all(&frame(4, 0, 0, &[])).await?; // SETTINGS
+    write.write_all(&frame(4, 1, 0, &[])).await?; // ACK of the server's SETTINGS
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut sent = 0u32;
+    while tokio::time::Instant::now() < deadline {
+        if closed.is_finished() {
+            return Ok(Some(sent));
+        }
+        let stream = 1 + 2 * sent;
+        let path = format!("/slow/{sent}");
+        // HPACK: :method GET (2), :scheme http (6), :path literal (name 4), :authority literal (name 1).
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 0x01, b'a']);
+        let mut out = frame(1, 0x5, stream, &block); // HEADERS, END_STREAM | END_HEADERS
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        out.extend(frame(3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+        if write.write_all(&out).await.is_err() {
+            return Ok(Some(sent));
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(None)
+}
+
+/// The close a connection's cancels ask for is not left to the client: one that never answers the shutdown's
+/// PING (so HTTP/2's graceful shutdown never completes) is closed outright soon after.
+#[tokio::test]
+async fn a_client_ignoring_the_shutdown_ping_is_closed_all_the_same() -> TestResult {
+    let upstream = TestUpstream::start_with("slow", Behavior::Delay(Duration::from_secs(5))).await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let sent = resets_ignoring_pings(p.addr("web").await, Duration::from_secs(30)).await?;
+    let sent = sent.ok_or("the connection was still open after 30 s of resets")?;
+    // ~100 free cancels, then at most CLOSE_WITHIN (2 s) of streams at a few hundred a second.
+    assert!(sent < 3000, "{sent} streams were taken before the close");
+    Ok(())
+}
+
+/// A cheap request the proxy refuses itself, slipped between resets, does not keep the cancels at half of
+/// the connection's requests.
+#[tokio::test]
+async fn refused_requests_between_resets_do_not_hide_them() -> TestResult {
+    let upstream = TestUpstream::start_with("slow", Behavior::Delay(Duration::from_secs(5))).await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let tcp = tokio::net::TcpStream::connect(p.addr("web").await).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    let conn = tokio::spawn(conn);
+    let mut started = 0;
+    while started < 1000 && !conn.is_finished() {
+        // First a path with a backslash: 400 from Portico, nothing upstream.
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let refused = http::Request::get("http://a/a\\b").body(Empty::<Bytes>::new())?;
+        match tokio::time::timeout(Duration::from_secs(5), sender.send_request(refused)).await {
+            Ok(Ok(answer)) => assert_eq!(answer.status(), 400),
+            Ok(Err(e)) if started == 0 => return Err(format!("the refused request was not sent: {e}").into()),
+            _ => {}
+        }
+        // Then a request reset at once.
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let request = http::Request::get(format!("http://a/slow/{started}")).body(Empty::<Bytes>::new())?;
+        let response = sender.send_request(request);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(5), response).await;
+        });
+        started += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn).await.is_ok();
+    assert!(closed && started < 1000, "the connection is still open after {started} resets");
+    Ok(())
+}
