@@ -27,7 +27,7 @@ pub async fn handle(
     meta: &RequestMeta,
 ) -> Response<ResponseBody> {
     let response = if req.method() == Method::CONNECT {
-        connect(shared, listener, req, meta).await
+        connect(shared, conn, listener, req, meta).await
     } else {
         absolute(shared, conn, listener, req, meta).await
     };
@@ -37,6 +37,7 @@ pub async fn handle(
 
 async fn connect(
     shared: &Arc<Shared>,
+    conn: &ConnInfo,
     listener: &ListenerRuntime,
     mut req: Request<ClientBody>,
     meta: &RequestMeta,
@@ -86,12 +87,13 @@ async fn connect(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let shared = shared.clone();
     let name = listener.config.name.clone();
+    let limits = super::tunnel::TunnelLimits::of(conn);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         shared.metrics.tunnels.with_label_values(&[&name]).inc();
         let mut client = TokioIo::new(upgraded);
         let mut target = target;
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+        super::tunnel::splice(&mut client, &mut target, &limits).await;
     });
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = StatusCode::OK;

@@ -418,7 +418,7 @@ async fn proxy(
                 }
                 if status == http::StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = client_upgrade {
-                        return tunnel::splice_upgrade(shared, response, client_upgrade, client_version);
+                        return tunnel::splice_upgrade(shared, conn, response, client_upgrade, client_version);
                     }
                     // A switch the client did not ask for (RFC 9110 §15.2.2: a server MUST NOT send one then).
                     // Passed on, a proxy in front of Portico would start tunnelling while Portico went on reading

@@ -65,6 +65,16 @@ pub struct ConnInfo {
     pub guard: Arc<guard::GuardFlag>,
     /// Requests in flight, for the first-request and idle deadlines.
     pub activity: Arc<idle::Activity>,
+    /// The connection's place under the listener's `max_connections`, held by the connection and by any
+    /// tunnel (upgrade, CONNECT) it turned into.
+    pub slot: Arc<ConnSlot>,
+}
+
+/// A connection's place under its listener's `max_connections`: given back when the connection and every
+/// tunnel it became have ended.
+#[derive(Debug)]
+pub struct ConnSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl ConnInfo {
@@ -174,9 +184,9 @@ async fn accept_loop(
             let active = shared.metrics.active_connections.with_label_values(&[&name]);
             shared.metrics.connections.with_label_values(&[&name]).inc();
             active.inc();
-            serve_connection(shared, stream, peer, local, slot, runtime, drain).await;
+            let hold = Arc::new(ConnSlot { _permit: permit });
+            serve_connection(shared, stream, (peer, local), slot, runtime, drain, hold).await;
             active.dec();
-            drop(permit);
         };
         match &shared.workers {
             // The socket moves to the worker as a plain fd and is registered with that worker's reactor there.
@@ -217,11 +227,11 @@ pub async fn accept_failed(e: &std::io::Error) {
 async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     slot: Arc<ArcSwap<ListenerRuntime>>,
     runtime: Arc<ListenerRuntime>,
     drain: Drain,
+    hold: Arc<ConnSlot>,
 ) {
     let flag = Arc::new(guard::GuardFlag::default());
     let config = &runtime.config;
@@ -240,6 +250,7 @@ async fn serve_connection(
         accepted_with: runtime.clone(),
         guard: flag,
         activity: activity.clone(),
+        slot: hold,
     });
     let connection = Connection { shared, info, runtime: runtime.clone(), drain };
     // Counts from accept: the TLS handshake, version detection and the first request head share one deadline.

@@ -2,6 +2,7 @@
 
 use crate::support::*;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -66,6 +67,46 @@ async fn connect_takes_only_a_host_port_target() -> TestResult {
     }
     let (_, head) = connect_through(egress, &target.addr.to_string()).await?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(())
+}
+
+/// A tunnel keeps its connection's place under `max_connections` until it ends, and ends after the
+/// listener's `idle_timeout` with nothing moving either way.
+#[tokio::test]
+async fn tunnels_count_against_max_connections_and_time_out_when_idle() -> TestResult {
+    let target = TestUpstream::start("inside").await;
+    let config = forward_config(target.addr.port(), ALLOW_LOOPBACK)
+        .replace("mode = \"forward\"", "mode = \"forward\"\nmax_connections = 2\nidle_timeout = \"2s\"");
+    let p = Portico::start(&config).await;
+    let egress = p.addr("egress").await;
+    let (mut first, head) = connect_through(egress, &target.addr.to_string()).await?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (mut second, head) = connect_through(egress, &target.addr.to_string()).await?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Both places are taken by tunnels: a third connection waits in the backlog.
+    let inside = target.addr.to_string();
+    let third = tokio::time::timeout(Duration::from_millis(1500), connect_through(egress, &inside)).await;
+    assert!(third.is_err(), "a third connection was served while two tunnels held both places");
+
+    // A tunnel in use outlives the idle timeout; one left idle is closed after it, and gives its place back.
+    let mut idle_closed = false;
+    let mut buf = [0u8; 4096];
+    for _ in 0..12 {
+        first.write_all(b"GET /keep HTTP/1.1\r\nHost: inside\r\n\r\n").await?;
+        let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf)).await??;
+        assert!(n > 0, "the busy tunnel was closed");
+        match tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                idle_closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(idle_closed, "the idle tunnel is still open after 6 s with an idle timeout of 2 s");
+    let (_, head) =
+        tokio::time::timeout(Duration::from_secs(10), connect_through(egress, &target.addr.to_string())).await??;
+    assert!(head.starts_with("HTTP/1.1 200"), "the idle tunnel's place is free again: {head}");
     Ok(())
 }
 
