@@ -157,6 +157,8 @@ pub struct Server {
     pub watch_error: parking_lot::Mutex<Option<String>>,
     /// The cluster this node belongs to, when configured: admin writes go through it.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
+    /// Places for the admin API's open event streams (`/anomaly/events`), which outlive its idle timeout.
+    pub event_streams: Arc<tokio::sync::Semaphore>,
     grace: Duration,
 }
 
@@ -220,6 +222,7 @@ impl Server {
             watch: tokio::sync::Mutex::new(None),
             watch_error: parking_lot::Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(crate::admin::MAX_EVENT_STREAMS)),
             grace,
         });
         let anomaly = config.anomaly.clone();

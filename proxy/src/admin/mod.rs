@@ -28,13 +28,23 @@ const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A response the admin client takes nothing of for this long is abandoned.
 const ADMIN_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Admin API connections open at once over TCP: bounded, so that clients of the admin API (which keeps event
+/// streams open past its idle timeout) cannot use up the descriptors the listeners need.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Event streams (`/anomaly/events`) open at once; more get 503.
+pub const MAX_EVENT_STREAMS: usize = 64;
+
 /// Serves the admin API on a bound TCP socket; returns the bound address.
 pub async fn serve_tcp(server: Arc<Server>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     server.shared.own_addrs.write().push(bound);
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            // Further connections wait in the kernel's backlog, as a listener's beyond `max_connections`.
+            let Ok(place) = places.clone().acquire_owned().await else { return };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -42,7 +52,11 @@ pub async fn serve_tcp(server: Arc<Server>, addr: SocketAddr) -> std::io::Result
                     continue;
                 }
             };
-            tokio::spawn(serve_connection(server.clone(), stream, Transport::Tcp));
+            let server = server.clone();
+            tokio::spawn(async move {
+                serve_connection(server, stream, Transport::Tcp).await;
+                drop(place);
+            });
         }
     });
     Ok(bound)

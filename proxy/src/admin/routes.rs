@@ -279,9 +279,15 @@ async fn anomaly_route(server: &Server, what: &str, query: &str) -> Response<Res
             json(StatusCode::OK, serde_json::json!({ "detector": detector.stats(), "model": detector.model_meta() }))
         }
         "events" => {
+            let Ok(place) = server.event_streams.clone().try_acquire_owned() else {
+                let why = format!("{} event streams are open already", super::MAX_EVENT_STREAMS);
+                return error(StatusCode::SERVICE_UNAVAILABLE, why);
+            };
             let mut events = detector.subscribe();
             let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
             tokio::spawn(async move {
+                // Held while the stream lasts: it ends when the client goes away.
+                let _place = place;
                 if tx.send(bytes::Bytes::from_static(b": portico anomaly events\n\n")).await.is_err() {
                     return;
                 }

@@ -197,6 +197,45 @@ async fn the_event_stream_sends_scores_as_server_sent_events() -> TestResult {
     Ok(())
 }
 
+/// Event streams outlive the admin API's idle timeout, so they are bounded: past 64 open ones the next is
+/// refused (503) until one closes.
+#[tokio::test]
+async fn event_streams_are_bounded() -> TestResult {
+    let app = TestUpstream::start("app").await;
+    let config = reverse_config(&quoted(&[&app]), "") + "\n[anomaly]\ninterval = \"50ms\"\n";
+    let p = Portico::start(&config).await;
+    let open = |admin: std::net::SocketAddr| async move {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        stream.write_all(format!("GET /anomaly/events HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes()).await?;
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await??;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((stream, String::from_utf8_lossy(&buf[..n]).into_owned()))
+    };
+    let mut streams = Vec::new();
+    for i in 0..64 {
+        let (stream, head) = open(p.admin).await?;
+        assert!(head.starts_with("HTTP/1.1 200"), "stream {i}: {head}");
+        streams.push(stream);
+    }
+    let (_, refused) = open(p.admin).await?;
+    assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("event streams"), "{refused}");
+    // The admin API still answers everything else.
+    assert_eq!(get(p.admin, "/healthz").await?.status, 200);
+    // A stream that closes gives its place back once the server notices (at its next event).
+    drop(streams.pop());
+    let mut reopened = false;
+    for _ in 0..50 {
+        let (_, head) = open(p.admin).await?;
+        if head.starts_with("HTTP/1.1 200") {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reopened, "the closed stream's place was not given back");
+    Ok(())
+}
+
 #[tokio::test]
 async fn without_an_anomaly_table_the_routes_say_so() -> TestResult {
     let app = TestUpstream::start("app").await;
