@@ -183,9 +183,23 @@ async fn absolute(
     parts.version = http::Version::HTTP_11;
     let (body, client_body) =
         if body.is_end_stream() { (RequestBody::empty(), None) } else { RequestBody::Stream(body).watched() };
+    let method = parts.method.clone();
     let request = Request::from_parts(parts, body);
     match tokio::time::timeout(Duration::from_secs(30), shared.forward_client.request(request)).await {
         Ok(Ok(mut response)) => {
+            // What the reverse path refuses from an upstream, refused here too: hyper's client takes an answer
+            // with both Content-Length and Transfer-Encoding (and passed both on), transfer codings Portico
+            // does not apply (decoded of chunked, passed on unlabelled), and a 101 to a request that asked for
+            // no upgrade (its `Upgrade` is removed on the way out).
+            let (status, version) = (response.status(), response.version());
+            let framed = crate::h1::framing::response_body(&method, status, version, response.headers());
+            if status == StatusCode::SWITCHING_PROTOCOLS || framed.is_err() {
+                let why = match framed {
+                    Err(e) => format!("origin answered with a head Portico cannot pass on ({e})"),
+                    Ok(_) => "origin switched protocols though no upgrade was asked for".to_string(),
+                };
+                return error_response(LocalError::UpstreamFailed, &why, &meta.request_id);
+            }
             headers::strip_hop_by_hop(response.headers_mut(), false);
             let upstream_version = response.version();
             headers::append_via(response.headers_mut(), upstream_version);

@@ -110,6 +110,52 @@ async fn tunnels_count_against_max_connections_and_time_out_when_idle() -> TestR
     Ok(())
 }
 
+/// An origin that answers every request with `answer` and closes.
+async fn canned_origin(answer: &'static [u8]) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// What the reverse path refuses from an upstream, a forward listener refuses from an origin: both
+/// Content-Length and Transfer-Encoding, a transfer coding Portico does not apply, an unasked 101.
+#[tokio::test]
+async fn malformed_origin_answers_are_refused() -> TestResult {
+    let p = Portico::start(&forward_config(443, ALLOW_LOOPBACK)).await;
+    let egress = p.addr("egress").await;
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ] {
+        let origin = canned_origin(answer).await?;
+        let mut stream = TcpStream::connect(egress).await?;
+        let request = format!("GET http://{origin}/x HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 502"), "{}: {reply}", String::from_utf8_lossy(answer));
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn absolute_form_requests_are_forwarded() -> TestResult {
     let target = TestUpstream::start("origin").await;
