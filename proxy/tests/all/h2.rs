@@ -47,6 +47,23 @@ async fn http1_clients_reach_an_http1_upstream() -> TestResult {
     Ok(())
 }
 
+/// Sends `GET /slow/{n}` and resets its stream a few milliseconds later (dropping the response future sends
+/// RST_STREAM CANCEL); false when the connection takes no more streams.
+async fn send_and_reset(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    n: usize,
+) -> Result<bool, http::Error> {
+    if sender.ready().await.is_err() {
+        return Ok(false);
+    }
+    let response = sender.send_request(http::Request::get(format!("http://a/slow/{n}")).body(Empty::<Bytes>::new())?);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_millis(5), response).await;
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    Ok(true)
+}
+
 /// HTTP/2 rapid reset (CVE-2023-44487) once requests are under way: a client that opens streams to a slow path
 /// and resets each a few milliseconds later is sent a GOAWAY once its cancels pass the free allowance, instead
 /// of keeping hundreds of upstream requests (and upstream connections) going at once.
@@ -60,17 +77,10 @@ async fn a_client_resetting_its_streams_is_sent_away() -> TestResult {
     const ATTEMPTS: usize = 1000;
     let mut started = 0;
     while started < ATTEMPTS && !conn.is_finished() {
-        if sender.ready().await.is_err() {
+        if !send_and_reset(&mut sender, started).await? {
             break;
         }
-        let request = http::Request::get(format!("http://a/slow/{started}")).body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request);
-        // Dropping the response future resets its stream (RST_STREAM CANCEL).
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_millis(5), response).await;
-        });
         started += 1;
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let closed = tokio::time::timeout(Duration::from_secs(10), conn).await.is_ok();
     assert!(closed, "the connection is still open after {started} cancelled requests");
@@ -206,16 +216,10 @@ async fn refused_requests_between_resets_do_not_hide_them() -> TestResult {
             _ => {}
         }
         // Then a request reset at once.
-        if sender.ready().await.is_err() {
+        if !send_and_reset(&mut sender, started).await? {
             break;
         }
-        let request = http::Request::get(format!("http://a/slow/{started}")).body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_millis(5), response).await;
-        });
         started += 1;
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let closed = tokio::time::timeout(Duration::from_secs(10), conn).await.is_ok();
     assert!(closed && started < 1000, "the connection is still open after {started} resets");
