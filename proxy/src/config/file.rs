@@ -245,6 +245,9 @@ pub struct ListenerFile {
     /// Reverse mode: `%2F` / `%5C` in request paths are `keep` (default), `reject` or `unescape`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escaped_slashes: Option<Spanned<super::paths::EscapedSlashes>>,
+    /// Reverse mode: request header fields whose name holds `_` are `drop`ped (default), `reject`ed or `keep`t.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underscores_in_headers: Option<Spanned<super::paths::UnderscoreHeaders>>,
 }
 
 fn default_connect_ports() -> Vec<u16> {

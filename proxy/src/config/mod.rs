@@ -126,6 +126,8 @@ pub struct ListenerConfig {
     pub filters: Vec<String>,
     /// How request paths are resolved before plugins and the upstream see them (reverse listeners).
     pub paths: paths::PathRules,
+    /// What becomes of request header fields whose name holds `_` (reverse listeners).
+    pub underscores: paths::UnderscoreHeaders,
 }
 
 /// Where a plugin's module comes from.
@@ -310,12 +312,13 @@ impl Validator<'_> {
                 ("normalize_path", l.normalize_path.is_some()),
                 ("merge_slashes", l.merge_slashes.is_some()),
                 ("escaped_slashes", l.escaped_slashes.is_some()),
+                ("underscores_in_headers", l.underscores_in_headers.is_some()),
             ];
             for (name, _) in set.into_iter().filter(|(_, set)| *set) {
                 self.issue::<()>(
                     format!("{key}.{name}"),
                     None,
-                    "path rules are for reverse-proxy listeners: a forward proxy passes paths on as sent",
+                    "path and header rules are for reverse-proxy listeners: a forward proxy passes requests on as sent",
                 );
             }
             return rules;
@@ -760,6 +763,7 @@ impl Validator<'_> {
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                     paths,
+                    underscores: l.underscores_in_headers.as_ref().map(|u| *u.get_ref()).unwrap_or_default(),
                 });
             }
         }

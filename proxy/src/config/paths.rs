@@ -1,5 +1,6 @@
-//! A reverse listener's request-path rules (`normalize_path`, `merge_slashes`, `escaped_slashes`); applied by
-//! [`crate::forward::request_path`], which says why they exist.
+//! A reverse listener's request-path rules (`normalize_path`, `merge_slashes`, `escaped_slashes`), applied by
+//! [`crate::forward::request_path`], which says why they exist; and what it does with header names that hold
+//! an underscore (`underscores_in_headers`, applied by [`crate::forward::request_head::underscored_fields`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -31,4 +32,20 @@ impl Default for PathRules {
     fn default() -> Self {
         PathRules { normalize: true, merge_slashes: true, escaped_slashes: EscapedSlashes::Keep }
     }
+}
+
+/// What a reverse listener does with request header fields whose name holds `_` (`underscores_in_headers`).
+/// CGI, WSGI and PHP origins read `X_Forwarded_For` and `X-Forwarded-For` as one variable, so a client's
+/// `X_Forwarded_For` (or `Transfer_Encoding`) can stand in for a field Portico sets or checks. nginx drops such
+/// fields by default (`underscores_in_headers off`); Envoy keeps them unless told.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    /// The fields are removed before plugins and the upstream see the request.
+    #[default]
+    Drop,
+    /// The request is refused (400).
+    Reject,
+    /// The fields go on as sent.
+    Keep,
 }

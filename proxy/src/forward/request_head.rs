@@ -26,7 +26,8 @@
 
 use super::local::LocalError;
 use super::request_path::{self, PathRules};
-use http::header::{HeaderValue, HOST, UPGRADE};
+use crate::config::paths::UnderscoreHeaders;
+use http::header::{HeaderName, HeaderValue, HOST, UPGRADE};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Uri, Version};
@@ -124,6 +125,22 @@ pub fn resolve_path(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> 
         }
         _ => refuse(LocalError::BadRequest, "the request path cannot be resolved"),
     }
+}
+
+/// Applies the listener's `underscores_in_headers` (see [`UnderscoreHeaders`]): request header fields whose name
+/// holds `_` are removed or refuse the request. One look at each name, on every request.
+pub fn underscored_fields(parts: &mut Parts, rule: UnderscoreHeaders) -> Result<(), Refused> {
+    if rule == UnderscoreHeaders::Keep || !parts.headers.keys().any(|name| name.as_str().contains('_')) {
+        return Ok(());
+    }
+    if rule == UnderscoreHeaders::Reject {
+        return refuse(LocalError::BadRequest, "a request header field name holds an underscore");
+    }
+    let names: Vec<HeaderName> = parts.headers.keys().filter(|name| name.as_str().contains('_')).cloned().collect();
+    for name in names {
+        parts.headers.remove(name);
+    }
+    Ok(())
 }
 
 /// Whether `value` is a valid `Host` field value or target authority: `uri-host [":" port]` (RFC 9110 §7.2)
@@ -330,6 +347,25 @@ mod tests {
         assert_eq!(p.uri.path_and_query().map(|q| q.as_str()), Some("/?q=1"), "the target a request line carries");
         assert_eq!(resolved("*"), Err("the * request target is only for OPTIONS"));
         assert!(resolved("/a%zz").is_err_and(|d| d.contains("two hex digits")));
+    }
+
+    #[test]
+    fn underscored_field_names_are_dropped_refused_or_kept() {
+        let fields = [("host", "a"), ("x_forwarded_for", "6.6.6.6"), ("transfer_encoding", "chunked"), ("x-ok", "1")];
+        let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
+        assert!(underscored_fields(&mut p, UnderscoreHeaders::Drop).is_ok());
+        let names: Vec<&str> = p.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["host", "x-ok"]);
+        let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
+        assert_eq!(
+            underscored_fields(&mut p, UnderscoreHeaders::Reject).map_err(|r| r.error),
+            Err(LocalError::BadRequest)
+        );
+        let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
+        assert!(underscored_fields(&mut p, UnderscoreHeaders::Keep).is_ok());
+        assert_eq!(p.headers.len(), 4);
+        let mut p = parts(&[("host", "a")], "/", Version::HTTP_11, Method::GET);
+        assert!(underscored_fields(&mut p, UnderscoreHeaders::Reject).is_ok(), "no underscore, nothing refused");
     }
 
     #[test]

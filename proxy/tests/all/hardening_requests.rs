@@ -305,3 +305,31 @@ async fn stalled_h2_answers(
     }
     Ok(stalled)
 }
+
+/// A client's `X_Forwarded_For` or `Transfer_Encoding` never reaches the upstream beside the field Portico
+/// sets or checks (CGI, WSGI and PHP origins read the two names as one): dropped by default, refused or kept
+/// when told.
+#[tokio::test]
+async fn underscored_header_names_are_dropped_unless_told_otherwise() -> TestResult {
+    let up = TestUpstream::start("app").await;
+    let spoof = [("x_forwarded_for", "6.6.6.6"), ("transfer_encoding", "chunked"), ("x-kept", "1")];
+    let p = Portico::start(&reverse_config(&quoted(&[&up]), "")).await;
+    let answer = send(p.addr("web").await, "GET", "/u", &spoof, "").await?;
+    assert_eq!(answer.status, 200);
+    let seen = &answer.json()["headers"];
+    assert!(seen.get("x_forwarded_for").is_none() && seen.get("transfer_encoding").is_none(), "{seen}");
+    assert_eq!(seen["x-kept"], "1");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    drop(p);
+    for (rule, status) in [("reject", 400), ("keep", 200)] {
+        let config = reverse_config(&quoted(&[&up]), "")
+            .replace("upstream = \"app\"\n", &format!("upstream = \"app\"\nunderscores_in_headers = \"{rule}\"\n"));
+        let p = Portico::start(&config).await;
+        let answer = send(p.addr("web").await, "GET", "/u", &spoof, "").await?;
+        assert_eq!(answer.status, status, "{rule}: {:?}", answer.body);
+        if status == 200 {
+            assert_eq!(answer.json()["headers"]["x_forwarded_for"], "6.6.6.6", "{rule}");
+        }
+    }
+    Ok(())
+}
