@@ -69,9 +69,8 @@ pub async fn handle(
             // 224 bytes); its box and map go back to the thread's spares at the end (see `h1::maps`).
             let (parts, body) = req.into_parts();
             let mut parts = crate::h1::maps::GivenBack::new(parts);
-            let checked = request_head::check_reverse(parts.head(), listener.config.paths)
-                .and_then(|()| request_head::underscored_fields(parts.head(), listener.config.underscores));
-            match checked {
+            let (paths, underscores) = (listener.config.paths, listener.config.underscores);
+            match request_head::check_reverse(parts.head(), paths, underscores) {
                 Ok(()) => reverse::handle(shared, conn, &listener, parts.head(), body, &mut meta).await,
                 Err(refused) => {
                     tracing::debug!(trace_id = %meta.trace.trace_id, peer = %conn.peer, detail = refused.detail, "request head refused");

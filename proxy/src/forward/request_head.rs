@@ -48,7 +48,7 @@ fn refuse(error: LocalError, detail: &'static str) -> Result<(), Refused> {
 }
 
 /// Checks and normalises the head of a request on a reverse listener (see the module doc).
-pub fn check_reverse(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> {
+pub fn check_reverse(parts: &mut Parts, paths: PathRules, underscores: UnderscoreHeaders) -> Result<(), Refused> {
     if parts.method == Method::CONNECT {
         return refuse(LocalError::MethodNotAllowed, "CONNECT is not served on a reverse-proxy listener");
     }
@@ -96,7 +96,9 @@ pub fn check_reverse(parts: &mut Parts, paths: PathRules) -> Result<(), Refused>
         }
         _ => {}
     }
-    drop_h2c_upgrade(parts);
+    if drop_h2c_upgrade(parts) {
+        underscored_fields(parts, underscores)?;
+    }
     resolve_path(parts, paths)
 }
 
@@ -128,8 +130,9 @@ pub fn resolve_path(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> 
 }
 
 /// Applies the listener's `underscores_in_headers` (see [`UnderscoreHeaders`]): request header fields whose name
-/// holds `_` are removed or refuse the request. One look at each name, on every request.
-pub fn underscored_fields(parts: &mut Parts, rule: UnderscoreHeaders) -> Result<(), Refused> {
+/// holds `_` are removed or refuse the request. [`check_reverse`] calls it only when its pass over the names
+/// found one.
+fn underscored_fields(parts: &mut Parts, rule: UnderscoreHeaders) -> Result<(), Refused> {
     if rule == UnderscoreHeaders::Keep || !parts.headers.keys().any(|name| name.as_str().contains('_')) {
         return Ok(());
     }
@@ -215,24 +218,26 @@ fn hosts(headers: &http::HeaderMap) -> (Option<&HeaderValue>, bool) {
     (all.next(), all.next().is_some())
 }
 
-/// Removes `h2c` from `Upgrade` (and the header when nothing is left) and removes `HTTP2-Settings`.
-fn drop_h2c_upgrade(parts: &mut Parts) {
-    // One pass over the names first: nearly every request has neither field, and two lookups by name cost
-    // more than the pass.
-    let (mut settings, mut upgrade) = (false, false);
+/// Removes `h2c` from `Upgrade` (and the header when nothing is left) and removes `HTTP2-Settings`. Returns
+/// whether a field name holds an underscore (see [`underscored_fields`]), found in the same pass.
+fn drop_h2c_upgrade(parts: &mut Parts) -> bool {
+    // One pass over the names first: nearly every request has none of these, and lookups by name cost more
+    // than the pass (a separate pass for underscores cost ~200 instructions a request).
+    let (mut settings, mut upgrade, mut underscored) = (false, false, false);
     for name in parts.headers.keys() {
         settings |= name == HTTP2_SETTINGS;
         upgrade |= name == UPGRADE;
+        underscored |= name.as_str().bytes().any(|b| b == b'_');
     }
     if settings {
         parts.headers.remove(&HTTP2_SETTINGS);
     }
     if !upgrade {
-        return;
+        return underscored;
     }
     let asks_h2c = parts.headers.get_all(UPGRADE).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(is_h2c));
     if !asks_h2c {
-        return;
+        return underscored;
     }
     let rest: Vec<Vec<u8>> = parts
         .headers
@@ -249,6 +254,7 @@ fn drop_h2c_upgrade(parts: &mut Parts) {
             parts.headers.insert(UPGRADE, value);
         }
     }
+    underscored
 }
 
 fn is_h2c(token: &[u8]) -> bool {
@@ -270,13 +276,22 @@ mod tests {
     #[test]
     fn refuses_connect_missing_and_double_host() {
         let mut p = parts(&[("host", "a")], "a:443", Version::HTTP_11, Method::CONNECT);
-        assert_eq!(check_reverse(&mut p, PathRules::default()).map_err(|r| r.error), Err(LocalError::MethodNotAllowed));
+        assert_eq!(
+            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error),
+            Err(LocalError::MethodNotAllowed)
+        );
         let mut p = parts(&[], "/", Version::HTTP_11, Method::GET);
-        assert_eq!(check_reverse(&mut p, PathRules::default()).map_err(|r| r.error), Err(LocalError::BadRequest));
+        assert_eq!(
+            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error),
+            Err(LocalError::BadRequest)
+        );
         let mut p = parts(&[("host", "a"), ("host", "b")], "/", Version::HTTP_11, Method::GET);
-        assert_eq!(check_reverse(&mut p, PathRules::default()).map_err(|r| r.error), Err(LocalError::BadRequest));
+        assert_eq!(
+            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error),
+            Err(LocalError::BadRequest)
+        );
         let mut p = parts(&[], "/", Version::HTTP_10, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default()).is_ok(), "HTTP/1.0 needs no Host");
+        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok(), "HTTP/1.0 needs no Host");
     }
 
     #[test]
@@ -286,10 +301,13 @@ mod tests {
             let mut fields: Vec<(&str, &str)> = vec![("host", "a")];
             fields.extend(names.iter().map(|n| (n.as_str(), "v")));
             let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
-            assert!(check_reverse(&mut p, PathRules::default()).is_ok(), "{extra} fields and one Host");
+            assert!(
+                check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok(),
+                "{extra} fields and one Host"
+            );
             fields.push(("host", "b"));
             let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
-            let refused = check_reverse(&mut p, PathRules::default()).map_err(|r| r.error);
+            let refused = check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error);
             assert_eq!(refused, Err(LocalError::BadRequest), "{extra} fields and two Hosts");
         }
     }
@@ -297,13 +315,16 @@ mod tests {
     #[test]
     fn absolute_form_authority_replaces_host() {
         let mut p = parts(&[("host", "public.example")], "http://internal.example/x", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
         assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
         let mut p = parts(&[], "http://internal.example/x", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
         assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
         let mut p = parts(&[("host", "other")], "http://a/x", Version::HTTP_2, Method::GET);
-        assert_eq!(check_reverse(&mut p, PathRules::default()).map_err(|r| r.error), Err(LocalError::BadRequest));
+        assert_eq!(
+            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error),
+            Err(LocalError::BadRequest)
+        );
     }
 
     #[test]
@@ -318,7 +339,8 @@ mod tests {
             assert!(!valid_host(bad.as_bytes()), "{bad:?} is not a host");
         }
         let refused = |fields: &[(&str, &str)], uri: &str, version: Version, method: Method| {
-            check_reverse(&mut parts(fields, uri, version, method), PathRules::default()).map_err(|r| r.error)
+            check_reverse(&mut parts(fields, uri, version, method), PathRules::default(), UnderscoreHeaders::Keep)
+                .map_err(|r| r.error)
         };
         assert_eq!(refused(&[("host", "a b")], "/", Version::HTTP_11, Method::GET), Err(LocalError::BadRequest));
         let userinfo = refused(&[("host", "a")], "http://user:pw@evil.example/", Version::HTTP_11, Method::GET);
@@ -336,14 +358,16 @@ mod tests {
     fn the_path_is_resolved_and_the_query_kept() {
         let resolved = |uri: &str| {
             let mut p = parts(&[("host", "a")], uri, Version::HTTP_11, Method::GET);
-            check_reverse(&mut p, PathRules::default()).map(|()| p.uri.to_string()).map_err(|r| r.detail)
+            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep)
+                .map(|()| p.uri.to_string())
+                .map_err(|r| r.detail)
         };
         assert_eq!(resolved("/a/../b?x=/../y&z=%2e"), Ok("/b?x=/../y&z=%2e".to_string()));
         assert_eq!(resolved("http://a/x/%2E%2E//b"), Ok("http://a/b".to_string()));
         assert_eq!(resolved("/plain?q"), Ok("/plain?q".to_string()));
         assert_eq!(resolved("http://a?q=1"), Ok("http://a/?q=1".to_string()));
         let mut p = parts(&[("host", "a")], "http://a?q=1", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
         assert_eq!(p.uri.path_and_query().map(|q| q.as_str()), Some("/?q=1"), "the target a request line carries");
         assert_eq!(resolved("*"), Err("the * request target is only for OPTIONS"));
         assert!(resolved("/a%zz").is_err_and(|d| d.contains("two hex digits")));
@@ -376,10 +400,10 @@ mod tests {
             Version::HTTP_11,
             Method::GET,
         );
-        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
         assert!(p.headers.get(UPGRADE).is_none() && p.headers.get("http2-settings").is_none());
         let mut p = parts(&[("host", "a"), ("upgrade", "H2C, websocket")], "/", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default()).is_ok());
+        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
         assert_eq!(p.headers.get(UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
     }
 }
