@@ -63,7 +63,7 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Option<String>, PathErr
     Ok((resolved != path).then_some(resolved))
 }
 
-/// Whether any step could change the path: a `%`, a `\\`, or a `/` followed by `.` or (merging) by `/`.
+/// Whether any step could change the path: a `%`, a `\`, or a `/` followed by `.` or (merging) by `/`.
 fn needs_work(bytes: &[u8], rules: PathRules) -> bool {
     let percent = rules.normalize || rules.escaped_slashes != EscapedSlashes::Keep;
     let mut prev = 0u8;
