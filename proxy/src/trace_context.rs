@@ -157,12 +157,7 @@ impl RequestIds {
             Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
                 RequestId::Given(String::from_utf8_lossy(v).into_owned())
             }
-            _ => {
-                let mut hex = [0u8; 32];
-                hex_into(&fresh.0, &mut hex);
-                // Always ASCII hex, so never the empty fallback.
-                RequestId::Made(ArrayString::from_byte_string(&hex).unwrap_or_default())
-            }
+            _ => RequestId::made(&fresh.0),
         };
         RequestIds { trace, request_id }
     }
@@ -253,8 +248,15 @@ impl RequestId {
     /// of its own, so that [`RequestIds::new`] keeps its one call site on the request path, inlined there.
     pub fn fresh() -> RequestId {
         let id: u128 = rand::thread_rng().gen();
+        RequestId::made(&id.to_be_bytes())
+    }
+
+    /// The id made from 16 random bytes: 32 lowercase hex digits.
+    #[inline]
+    fn made(bytes: &[u8; 16]) -> RequestId {
         let mut hex = [0u8; 32];
-        hex_into(&id.to_be_bytes(), &mut hex);
+        hex_into(bytes, &mut hex);
+        // Always ASCII hex, so never the empty fallback.
         RequestId::Made(ArrayString::from_byte_string(&hex).unwrap_or_default())
     }
 

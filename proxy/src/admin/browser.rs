@@ -25,7 +25,6 @@ pub fn refusal(method: &Method, uri: &Uri, headers: &HeaderMap, token_set: bool)
     if !token_set && !names.all(|name| name.is_empty() || loopback_host(name)) {
         return Some("without an admin token, the admin API answers only requests for a loopback host (127.0.0.1, [::1], localhost)");
     }
-    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
     if *method == Method::GET || *method == Method::HEAD {
         return None;
     }
@@ -38,6 +37,7 @@ pub fn refusal(method: &Method, uri: &Uri, headers: &HeaderMap, token_set: bool)
         return Some("a request with more than one Origin is refused");
     }
     let authority = origin.split(|b| *b == b'/').nth(2).unwrap_or(b"");
+    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
     if origin == b"null" || !authority.eq_ignore_ascii_case(host) {
         return Some("a change asked for by another site's page is refused");
     }

@@ -303,9 +303,9 @@ impl Validator<'_> {
         self.issues.push(ConfigIssue { key, line, message: message.into() });
     }
 
-    /// A listener's path rules; set on a forward listener they are refused, as a forward proxy passes paths on
-    /// as its clients wrote them.
-    fn path_rules(&mut self, key: &str, l: &file::ListenerFile) -> paths::PathRules {
+    /// A listener's path rules and `underscores_in_headers`; set on a forward listener they are refused, as a
+    /// forward proxy passes requests on as its clients wrote them.
+    fn request_rules(&mut self, key: &str, l: &file::ListenerFile) -> (paths::PathRules, paths::UnderscoreHeaders) {
         let rules = paths::PathRules::default();
         if l.mode == ListenerMode::Forward {
             let set = [
@@ -321,13 +321,14 @@ impl Validator<'_> {
                     "path and header rules are for reverse-proxy listeners: a forward proxy passes requests on as sent",
                 );
             }
-            return rules;
+            return (rules, paths::UnderscoreHeaders::default());
         }
-        paths::PathRules {
+        let paths = paths::PathRules {
             normalize: l.normalize_path.as_ref().map_or(rules.normalize, |v| *v.get_ref()),
             merge_slashes: l.merge_slashes.as_ref().map_or(rules.merge_slashes, |v| *v.get_ref()),
             escaped_slashes: l.escaped_slashes.as_ref().map_or(rules.escaped_slashes, |v| *v.get_ref()),
-        }
+        };
+        (paths, l.underscores_in_headers.as_ref().map(|u| *u.get_ref()).unwrap_or_default())
     }
 
     /// TLS files must be readable: found here, the problem has its key and line (the PEM contents are checked
@@ -746,7 +747,7 @@ impl Validator<'_> {
                     );
                 }
             }
-            let paths = self.path_rules(&key, l);
+            let (paths, underscores) = self.request_rules(&key, l);
             if let Some(listen) = listen {
                 out.push(ListenerConfig {
                     name: l.name.get_ref().clone(),
@@ -763,7 +764,7 @@ impl Validator<'_> {
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                     paths,
-                    underscores: l.underscores_in_headers.as_ref().map(|u| *u.get_ref()).unwrap_or_default(),
+                    underscores,
                 });
             }
         }

@@ -28,6 +28,13 @@ pub struct PathRules {
     pub escaped_slashes: EscapedSlashes,
 }
 
+impl PathRules {
+    /// Whether percent-encodings are read at all: to decode them, or to act on encoded slashes.
+    pub fn reads_percent(self) -> bool {
+        self.normalize || self.escaped_slashes != EscapedSlashes::Keep
+    }
+}
+
 impl Default for PathRules {
     fn default() -> Self {
         PathRules { normalize: true, merge_slashes: true, escaped_slashes: EscapedSlashes::Keep }

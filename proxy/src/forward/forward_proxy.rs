@@ -35,6 +35,12 @@ pub async fn handle(
     response
 }
 
+/// A target authority a forward listener goes to: a host (no userinfo, a port of at most 65535; see
+/// [`super::request_head::valid_host`]), and not an empty one.
+fn valid_target(authority: &http::uri::Authority) -> bool {
+    !authority.host().is_empty() && super::request_head::valid_host(authority.as_str().as_bytes())
+}
+
 async fn connect(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
@@ -48,8 +54,7 @@ async fn connect(
     // Authority-form only (RFC 9110 §9.3.6: `host:port`, no scheme, path or userinfo): a target such as
     // `http://a:443/` or `user@a:443` is not one host the checks below and the logs can agree on.
     let authority_form = req.uri().scheme().is_none() && req.uri().path_and_query().is_none();
-    if !authority_form || !super::request_head::valid_host(authority.as_str().as_bytes()) || authority.host().is_empty()
-    {
+    if !authority_form || !valid_target(&authority) {
         return error_response(LocalError::BadRequest, "CONNECT needs a host:port target", &meta.request_id);
     }
     let Some(port) = authority.port_u16() else {
@@ -148,7 +153,7 @@ async fn absolute(
     };
     // No userinfo, a port of at most 65535 (a bad one was read as the default port), nothing the origin could
     // read as another host.
-    if !super::request_head::valid_host(authority.as_str().as_bytes()) || authority.host().is_empty() {
+    if !valid_target(&authority) {
         return error_response(LocalError::BadRequest, "the target's authority is not a valid host", &meta.request_id);
     }
     let addr = match permitted(shared, listener, authority.host(), authority.port_u16().unwrap_or(80), meta).await {

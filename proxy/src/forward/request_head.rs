@@ -133,17 +133,22 @@ pub fn resolve_path(parts: &mut Parts, paths: PathRules) -> Result<(), Refused> 
 /// holds `_` are removed or refuse the request. [`check_reverse`] calls it only when its pass over the names
 /// found one.
 fn underscored_fields(parts: &mut Parts, rule: UnderscoreHeaders) -> Result<(), Refused> {
-    if rule == UnderscoreHeaders::Keep || !parts.headers.keys().any(|name| name.as_str().contains('_')) {
+    if rule == UnderscoreHeaders::Keep || !parts.headers.keys().any(underscored) {
         return Ok(());
     }
     if rule == UnderscoreHeaders::Reject {
         return refuse(LocalError::BadRequest, "a request header field name holds an underscore");
     }
-    let names: Vec<HeaderName> = parts.headers.keys().filter(|name| name.as_str().contains('_')).cloned().collect();
+    let names: Vec<HeaderName> = parts.headers.keys().filter(|name| underscored(name)).cloned().collect();
     for name in names {
         parts.headers.remove(name);
     }
     Ok(())
+}
+
+/// Whether a field name holds `_`.
+fn underscored(name: &HeaderName) -> bool {
+    name.as_str().bytes().any(|b| b == b'_')
 }
 
 /// Whether `value` is a valid `Host` field value or target authority: `uri-host [":" port]` (RFC 9110 §7.2)
@@ -223,21 +228,21 @@ fn hosts(headers: &http::HeaderMap) -> (Option<&HeaderValue>, bool) {
 fn drop_h2c_upgrade(parts: &mut Parts) -> bool {
     // One pass over the names first: nearly every request has none of these, and lookups by name cost more
     // than the pass (a separate pass for underscores cost ~200 instructions a request).
-    let (mut settings, mut upgrade, mut underscored) = (false, false, false);
+    let (mut settings, mut upgrade, mut any_underscored) = (false, false, false);
     for name in parts.headers.keys() {
         settings |= name == HTTP2_SETTINGS;
         upgrade |= name == UPGRADE;
-        underscored |= name.as_str().bytes().any(|b| b == b'_');
+        any_underscored |= underscored(name);
     }
     if settings {
         parts.headers.remove(&HTTP2_SETTINGS);
     }
     if !upgrade {
-        return underscored;
+        return any_underscored;
     }
     let asks_h2c = parts.headers.get_all(UPGRADE).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(is_h2c));
     if !asks_h2c {
-        return underscored;
+        return any_underscored;
     }
     let rest: Vec<Vec<u8>> = parts
         .headers
@@ -254,7 +259,7 @@ fn drop_h2c_upgrade(parts: &mut Parts) -> bool {
             parts.headers.insert(UPGRADE, value);
         }
     }
-    underscored
+    any_underscored
 }
 
 fn is_h2c(token: &[u8]) -> bool {
@@ -264,6 +269,11 @@ fn is_h2c(token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`check_reverse`] with the default path rules, underscored names kept.
+    fn check(p: &mut Parts) -> Result<(), Refused> {
+        check_reverse(p, PathRules::default(), UnderscoreHeaders::Keep)
+    }
 
     fn parts(raw: &[(&str, &str)], uri: &str, version: Version, method: Method) -> Parts {
         let mut builder = http::Request::builder().method(method).uri(uri).version(version);
@@ -276,22 +286,13 @@ mod tests {
     #[test]
     fn refuses_connect_missing_and_double_host() {
         let mut p = parts(&[("host", "a")], "a:443", Version::HTTP_11, Method::CONNECT);
-        assert_eq!(
-            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error),
-            Err(LocalError::MethodNotAllowed)
-        );
+        assert_eq!(check(&mut p).map_err(|r| r.error), Err(LocalError::MethodNotAllowed));
         let mut p = parts(&[], "/", Version::HTTP_11, Method::GET);
-        assert_eq!(
-            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error),
-            Err(LocalError::BadRequest)
-        );
+        assert_eq!(check(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
         let mut p = parts(&[("host", "a"), ("host", "b")], "/", Version::HTTP_11, Method::GET);
-        assert_eq!(
-            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error),
-            Err(LocalError::BadRequest)
-        );
+        assert_eq!(check(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
         let mut p = parts(&[], "/", Version::HTTP_10, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok(), "HTTP/1.0 needs no Host");
+        assert!(check(&mut p).is_ok(), "HTTP/1.0 needs no Host");
     }
 
     #[test]
@@ -301,13 +302,10 @@ mod tests {
             let mut fields: Vec<(&str, &str)> = vec![("host", "a")];
             fields.extend(names.iter().map(|n| (n.as_str(), "v")));
             let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
-            assert!(
-                check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok(),
-                "{extra} fields and one Host"
-            );
+            assert!(check(&mut p).is_ok(), "{extra} fields and one Host");
             fields.push(("host", "b"));
             let mut p = parts(&fields, "/", Version::HTTP_11, Method::GET);
-            let refused = check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error);
+            let refused = check(&mut p).map_err(|r| r.error);
             assert_eq!(refused, Err(LocalError::BadRequest), "{extra} fields and two Hosts");
         }
     }
@@ -315,16 +313,13 @@ mod tests {
     #[test]
     fn absolute_form_authority_replaces_host() {
         let mut p = parts(&[("host", "public.example")], "http://internal.example/x", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
+        assert!(check(&mut p).is_ok());
         assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
         let mut p = parts(&[], "http://internal.example/x", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
+        assert!(check(&mut p).is_ok());
         assert_eq!(p.headers.get(HOST).map(|v| v.as_bytes()), Some(&b"internal.example"[..]));
         let mut p = parts(&[("host", "other")], "http://a/x", Version::HTTP_2, Method::GET);
-        assert_eq!(
-            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).map_err(|r| r.error),
-            Err(LocalError::BadRequest)
-        );
+        assert_eq!(check(&mut p).map_err(|r| r.error), Err(LocalError::BadRequest));
     }
 
     #[test]
@@ -339,8 +334,7 @@ mod tests {
             assert!(!valid_host(bad.as_bytes()), "{bad:?} is not a host");
         }
         let refused = |fields: &[(&str, &str)], uri: &str, version: Version, method: Method| {
-            check_reverse(&mut parts(fields, uri, version, method), PathRules::default(), UnderscoreHeaders::Keep)
-                .map_err(|r| r.error)
+            check(&mut parts(fields, uri, version, method)).map_err(|r| r.error)
         };
         assert_eq!(refused(&[("host", "a b")], "/", Version::HTTP_11, Method::GET), Err(LocalError::BadRequest));
         let userinfo = refused(&[("host", "a")], "http://user:pw@evil.example/", Version::HTTP_11, Method::GET);
@@ -358,16 +352,14 @@ mod tests {
     fn the_path_is_resolved_and_the_query_kept() {
         let resolved = |uri: &str| {
             let mut p = parts(&[("host", "a")], uri, Version::HTTP_11, Method::GET);
-            check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep)
-                .map(|()| p.uri.to_string())
-                .map_err(|r| r.detail)
+            check(&mut p).map(|()| p.uri.to_string()).map_err(|r| r.detail)
         };
         assert_eq!(resolved("/a/../b?x=/../y&z=%2e"), Ok("/b?x=/../y&z=%2e".to_string()));
         assert_eq!(resolved("http://a/x/%2E%2E//b"), Ok("http://a/b".to_string()));
         assert_eq!(resolved("/plain?q"), Ok("/plain?q".to_string()));
         assert_eq!(resolved("http://a?q=1"), Ok("http://a/?q=1".to_string()));
         let mut p = parts(&[("host", "a")], "http://a?q=1", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
+        assert!(check(&mut p).is_ok());
         assert_eq!(p.uri.path_and_query().map(|q| q.as_str()), Some("/?q=1"), "the target a request line carries");
         assert_eq!(resolved("*"), Err("the * request target is only for OPTIONS"));
         assert!(resolved("/a%zz").is_err_and(|d| d.contains("two hex digits")));
@@ -400,10 +392,10 @@ mod tests {
             Version::HTTP_11,
             Method::GET,
         );
-        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
+        assert!(check(&mut p).is_ok());
         assert!(p.headers.get(UPGRADE).is_none() && p.headers.get("http2-settings").is_none());
         let mut p = parts(&[("host", "a"), ("upgrade", "H2C, websocket")], "/", Version::HTTP_11, Method::GET);
-        assert!(check_reverse(&mut p, PathRules::default(), UnderscoreHeaders::Keep).is_ok());
+        assert!(check(&mut p).is_ok());
         assert_eq!(p.headers.get(UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
     }
 }

@@ -57,15 +57,14 @@ pub fn normalize(path: &str, rules: PathRules) -> Result<Option<String>, PathErr
     if rules.normalize && bytes.contains(&b'\\') {
         return Err(PathError::Backslash);
     }
-    let percent = rules.normalize || rules.escaped_slashes != EscapedSlashes::Keep;
-    let decoded = if percent { decode(bytes, rules)? } else { path.to_string() };
+    let decoded = if rules.reads_percent() { decode(bytes, rules)? } else { path.to_string() };
     let resolved = if rules.normalize || rules.merge_slashes { resolve(&decoded, rules) } else { decoded };
     Ok((resolved != path).then_some(resolved))
 }
 
 /// Whether any step could change the path: a `%`, a `\`, or a `/` followed by `.` or (merging) by `/`.
 fn needs_work(bytes: &[u8], rules: PathRules) -> bool {
-    let percent = rules.normalize || rules.escaped_slashes != EscapedSlashes::Keep;
+    let percent = rules.reads_percent();
     let mut prev = 0u8;
     for &b in bytes {
         if (b == b'%' && percent)

@@ -45,15 +45,14 @@ where
     let mut a = Touched { inner: a, last: &last, start };
     let mut b = Touched { inner: b, last: &last, start };
     let idle = limits.idle;
+    // Sleeps until `idle` after the last move; bytes that moved meanwhile push the deadline on.
     let watch = async {
         loop {
-            let moved_at = start + Duration::from_millis(last.load(Ordering::Relaxed));
-            tokio::time::sleep_until(moved_at + idle).await;
-            if Instant::now().saturating_duration_since(start + Duration::from_millis(last.load(Ordering::Relaxed)))
-                >= idle
-            {
+            let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= quiet_until {
                 return;
             }
+            tokio::time::sleep_until(quiet_until).await;
         }
     };
     tokio::select! {

@@ -233,35 +233,33 @@ impl<S> SmuggleGuard<S> {
     /// Refuses the head being read (it is too large to check) and stops following the connection.
     fn refuse_next_head(&mut self) {
         self.heads += 1;
-        let _ = self.flag.bad_request.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
-        self.state = State::Off;
+        self.state = self.refuse_from(self.heads);
+    }
+
+    /// Records head `ordinal` as the first refused, unless one was already, and stops following the connection.
+    fn refuse_from(&self, ordinal: u64) -> State {
+        let _ = self.flag.bad_request.compare_exchange(0, ordinal, Ordering::Relaxed, Ordering::Relaxed);
+        State::Off
     }
 
     /// Bytes the guard cannot follow: the next request head is refused, whatever it is, and the guard stops
     /// (hyper refuses what the guard could not read, or the two read the connection differently and nothing
     /// more on it can be trusted).
     fn lose_track(&mut self) {
-        let next = self.heads + 1;
-        let _ = self.flag.bad_request.compare_exchange(0, next, Ordering::Relaxed, Ordering::Relaxed);
-        self.state = State::Off;
+        self.state = self.refuse_from(self.heads + 1);
     }
 
     /// The state after a complete head, from what its framing headers say.
     fn on_head(&mut self, framing: Framing) -> State {
-        if matches!(framing, Framing::Preface) {
-            // The preface opens an HTTP/2 connection; after requests it is no request at all.
-            if self.heads > 0 {
-                self.lose_track();
-            }
-            return State::Off;
-        }
-        self.heads += 1;
         match framing {
-            Framing::Preface => State::Off,
-            Framing::Ambiguous | Framing::Unframed => {
-                let _ = self.flag.bad_request.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
-                State::Off
-            }
+            // The preface opens an HTTP/2 connection; after requests it is no request at all.
+            Framing::Preface if self.heads == 0 => return State::Off,
+            Framing::Preface => return self.refuse_from(self.heads + 1),
+            _ => self.heads += 1,
+        }
+        match framing {
+            Framing::Preface => State::Off, // answered above
+            Framing::Ambiguous | Framing::Unframed => self.refuse_from(self.heads),
             Framing::Chunked => State::ChunkSize { value: 0, digits: 0, in_ext: false, seen_cr: false },
             Framing::Length(0) => State::Head(Vec::new()),
             Framing::Length(n) => State::Fixed(n),
