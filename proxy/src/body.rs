@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 /// A client's request body as the request path gets it: read by hyper (HTTP/2, and HTTP/1 requests that carry
 /// a body or switch protocols), or none at all (a request head Portico's own HTTP/1 server read, which it takes
@@ -23,23 +23,64 @@ pub enum ClientBody {
     /// A body read whole with its head by Portico's own HTTP/1 server (see
     /// [`crate::h1::server_head::MAX_BUFFERED_BODY`]); `None` once taken.
     Full(Option<Bytes>),
+    /// hyper's body, counted against the listener's `max_request_body`: the bytes still allowed.
+    Capped(Incoming, u64),
+}
+
+/// Why a client's request body could not be passed on. Either way the fault is the client's: it is answered
+/// as such and never counts against an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// hyper could not read it (broken framing, the connection closed inside it).
+    #[error(transparent)]
+    Read(#[from] hyper::Error),
+    /// It grew past the listener's `max_request_body`.
+    #[error("the request body is larger than the listener's max_request_body")]
+    TooLarge,
+}
+
+impl ClientBody {
+    /// The body held to at most `limit` bytes (`max_request_body`), or `Err` when it says up front that it is
+    /// larger (its `Content-Length`, or the bytes already read): that request is refused before anything is
+    /// sent upstream. A body announced within the limit that grows past it (chunked, HTTP/2 without a length)
+    /// fails when it does, as nginx's `client_max_body_size` does.
+    pub fn capped(self, limit: u64) -> Result<ClientBody, ClientBodyError> {
+        if self.size_hint().lower() > limit {
+            return Err(ClientBodyError::TooLarge);
+        }
+        Ok(match self {
+            ClientBody::Hyper(incoming) if !incoming.is_end_stream() => ClientBody::Capped(incoming, limit),
+            other => other,
+        })
+    }
 }
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            ClientBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx),
+            ClientBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map_err(ClientBodyError::Read),
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::Full(bytes) => Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ClientBody::Capped(incoming, left) => {
+                let polled = ready!(Pin::new(incoming).poll_frame(cx));
+                if let Some(Ok(frame)) = &polled {
+                    let taken = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if taken > *left {
+                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
+                    }
+                    *left -= taken;
+                }
+                Poll::Ready(polled.map(|f| f.map_err(ClientBodyError::Read)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(incoming) => incoming.is_end_stream(),
+            ClientBody::Hyper(incoming) | ClientBody::Capped(incoming, _) => incoming.is_end_stream(),
             ClientBody::Empty => true,
             ClientBody::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
         }
@@ -47,7 +88,7 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(incoming) => incoming.size_hint(),
+            ClientBody::Hyper(incoming) | ClientBody::Capped(incoming, _) => incoming.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
@@ -94,6 +135,7 @@ const READING: u8 = 0;
 const WAITING_ON_CLIENT: u8 = 1;
 const ENDED: u8 = 2;
 const CLIENT_FAILED: u8 = 3;
+const TOO_LARGE: u8 = 4;
 
 impl ClientBodyWatch {
     /// The client's body could not be read (malformed framing, connection closed early).
@@ -101,17 +143,23 @@ impl ClientBodyWatch {
         self.0.load(Ordering::Relaxed) == CLIENT_FAILED
     }
 
+    /// The client's body grew past the listener's `max_request_body`.
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == TOO_LARGE
+    }
+
     /// The upstream side was waiting for more of the client's body when last asked: a stall is the client's.
     pub fn waiting_on_client(&self) -> bool {
         self.0.load(Ordering::Relaxed) == WAITING_ON_CLIENT
     }
 
-    fn record<T>(&self, polled: &Poll<Option<Result<T, hyper::Error>>>) {
+    fn record<T>(&self, polled: &Poll<Option<Result<T, ClientBodyError>>>) {
         let state = match polled {
             Poll::Pending => WAITING_ON_CLIENT,
             Poll::Ready(Some(Ok(_))) => READING,
             Poll::Ready(None) => ENDED,
-            Poll::Ready(Some(Err(_))) => CLIENT_FAILED,
+            Poll::Ready(Some(Err(ClientBodyError::Read(_)))) => CLIENT_FAILED,
+            Poll::Ready(Some(Err(ClientBodyError::TooLarge))) => TOO_LARGE,
         };
         self.0.store(state, Ordering::Relaxed);
     }
@@ -119,9 +167,9 @@ impl ClientBodyWatch {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             RequestBody::Stream(incoming) => Pin::new(incoming).poll_frame(cx),
             RequestBody::Full(bytes) => Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),

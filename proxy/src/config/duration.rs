@@ -83,10 +83,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     value.checked_mul(factor).ok_or_else(|| format!("size {text:?} is too large"))
 }
 
+/// A size as written: a string with a unit, or a bare number of bytes (`max_request_body = 1048576`, as nginx
+/// takes `client_max_body_size 1048576`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Bytes(u64),
+    Text(String),
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_size(&text).map(ByteSize).map_err(de::Error::custom)
+        match SizeText::deserialize(deserializer) {
+            Ok(SizeText::Bytes(n)) => Ok(ByteSize(n)),
+            Ok(SizeText::Text(text)) => parse_size(&text).map(ByteSize).map_err(de::Error::custom),
+            Err(_) => Err(de::Error::custom("expected a size: a number of bytes or a string such as \"64KiB\"")),
+        }
     }
 }
 

@@ -233,6 +233,10 @@ pub struct ListenerFile {
     /// Largest request head accepted; larger gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
+    /// Largest request body passed on (nginx's `client_max_body_size`); larger gets 413. Unset: no limit
+    /// (bodies stream, so a large one costs Portico no memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<ByteSize>,
     /// Plugin chain, by plugin name: requests meet them in this order, responses in reverse.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Spanned<String>>,

@@ -122,6 +122,8 @@ pub struct ListenerConfig {
     pub send_timeout: Duration,
     /// Request-head size cap.
     pub max_header_bytes: usize,
+    /// Request-body size cap (`None`: unlimited).
+    pub max_request_body: Option<u64>,
     /// Plugin names in request order.
     pub filters: Vec<String>,
     /// How request paths are resolved before plugins and the upstream see them (reverse listeners).
@@ -762,6 +764,7 @@ impl Validator<'_> {
                     idle_timeout: l.idle_timeout.0,
                     send_timeout: l.send_timeout.0,
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
+                    max_request_body: l.max_request_body.map(|b| b.0),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                     paths,
                     underscores,

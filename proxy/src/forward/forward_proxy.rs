@@ -214,7 +214,11 @@ async fn absolute(
                 ResponseBody::Upstream(crate::body::UpstreamBody::Hyper(crate::body::HyperBody::new(body)), None),
             )
         }
-        // A body the client broke is the client's fault, not the origin's.
+        // A body the client broke, or sent more of than the listener takes, is the client's fault, not the
+        // origin's.
+        Ok(Err(_)) if client_body.as_ref().is_some_and(|w| w.too_large()) => {
+            error_response(LocalError::PayloadTooLarge, super::TOO_LARGE, &meta.request_id)
+        }
         Ok(Err(_)) if client_body.as_ref().is_some_and(|w| w.client_failed()) => {
             error_response(LocalError::BadRequest, "the request body could not be read", &meta.request_id)
         }

@@ -37,6 +37,9 @@ pub struct RequestMeta {
     pub span: Option<Box<RequestSpan>>,
 }
 
+/// The detail of a 413 for a body larger than the listener's `max_request_body`.
+pub(crate) const TOO_LARGE: &str = "the request body is larger than the listener's max_request_body";
+
 /// hyper's service entry point for client requests on any listener.
 pub async fn handle(
     shared: &Arc<Shared>,
@@ -50,14 +53,32 @@ pub async fn handle(
     let span = shared.telemetry.start(&mut trace, start, &req, conn, &listener);
     let mut meta = RequestMeta { start, trace, request_id, span };
     let in_flight = conn.activity.begin();
-    if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
+    let mut req = req;
+    let refusal = if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
         tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: framing the smuggling guard cannot trust (CL+TE, a transfer coding other than chunked, a head too large to check, or bytes it could not follow)");
-        let mut response = local::error_response(
+        Some((
             local::LocalError::BadRequest,
             "request framing refused: both Content-Length and Transfer-Encoding, a transfer coding other than chunked, a head too large to check, or an earlier request on the connection that could not be framed",
-            &meta.request_id,
-        );
-        shared.metrics.observe_request(&listener.config.name, "", 400, None);
+        ))
+    } else if let Some(limit) = listener.config.max_request_body {
+        let body = std::mem::replace(req.body_mut(), ClientBody::Empty);
+        match body.capped(limit) {
+            Ok(capped) => {
+                *req.body_mut() = capped;
+                None
+            }
+            Err(_) => {
+                tracing::debug!(trace_id = %meta.trace.trace_id, peer = %conn.peer, limit, "refused request: body larger than max_request_body");
+                Some((local::LocalError::PayloadTooLarge, TOO_LARGE))
+            }
+        }
+    } else {
+        None
+    };
+    if let Some((error, detail)) = refusal {
+        let mut response = local::error_response(error, detail, &meta.request_id);
+        shared.metrics.observe_request(&listener.config.name, "", response.status().as_u16(), None);
+        in_flight.refused();
         in_flight.attach(response.body_mut());
         traced(shared, &mut meta, &response);
         return Ok(response);

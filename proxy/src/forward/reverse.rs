@@ -361,7 +361,9 @@ async fn proxy(
         // as such, is not retried, and does not count against the endpoint.
         let client_fault = |stalled: bool| {
             client_body.as_ref().and_then(|w| {
-                if w.client_failed() {
+                if w.too_large() {
+                    Some((LocalError::PayloadTooLarge, super::TOO_LARGE))
+                } else if w.client_failed() {
                     Some((LocalError::BadRequest, "the request body could not be read"))
                 } else if stalled && w.waiting_on_client() {
                     Some((LocalError::RequestTimeout, "the request body did not arrive in time"))

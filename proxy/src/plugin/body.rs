@@ -25,8 +25,8 @@
 
 use super::chain::{closed, local_answer, FilterChain};
 use super::rollout::request::failed_counted;
-use crate::body::ClientBody;
 use crate::body::{BodyAborted, RequestBody, ResponseBody};
+use crate::body::{ClientBody, ClientBodyError};
 use crate::forward::local::{error_response, LocalError};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Response};
@@ -230,15 +230,14 @@ fn joined(held: Bytes, data: Bytes) -> Bytes {
 
 /// The next data chunk of a body and whether it is the last; trailers are skipped, the end is an empty last
 /// chunk (the callback is told about the end of stream even when it carries no bytes).
-async fn next_chunk<B>(body: &mut B) -> Result<(Bytes, bool), String>
+async fn next_chunk<B>(body: &mut B) -> Result<(Bytes, bool), B::Error>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
 {
     loop {
         match body.frame().await {
             None => return Ok((Bytes::new(), true)),
-            Some(Err(e)) => return Err(e.to_string()),
+            Some(Err(e)) => return Err(e),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     return Ok((data, body.is_end_stream()));
@@ -285,8 +284,13 @@ async fn collect(
 ) -> Result<Bytes, Response<ResponseBody>> {
     let mut out = BytesMut::new();
     loop {
-        let (chunk, eos) = next_chunk(&mut body).await.map_err(|e| {
-            error_response(LocalError::BadRequest, &format!("request body could not be read: {e}"), request_id)
+        let (chunk, eos) = next_chunk(&mut body).await.map_err(|e| match e {
+            ClientBodyError::TooLarge => {
+                error_response(LocalError::PayloadTooLarge, crate::forward::TOO_LARGE, request_id)
+            }
+            ClientBodyError::Read(e) => {
+                error_response(LocalError::BadRequest, &format!("request body could not be read: {e}"), request_id)
+            }
         })?;
         let passed = pipe
             .push(chain, chunk, eos, request_id)

@@ -19,7 +19,7 @@
 //! connection down; the body then ends with an error whenever it is next polled.
 
 use super::pool::SendError;
-use crate::body::RequestBody;
+use crate::body::{ClientBodyError, RequestBody};
 use crate::h1::chunked::ChunkError;
 use crate::h1::framing::{BodyLength, FramingError};
 use crate::h1::head::{self, Added, HeadError, ResponseHead};
@@ -67,14 +67,14 @@ pub enum H1Error {
     Truncated,
     /// The client's request body failed while it was being sent.
     #[error("client request body failed")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] ClientBodyError),
     /// The request body did not match the `Content-Length` sent for it.
     #[error(transparent)]
-    RequestLength(UploadError<hyper::Error>),
+    RequestLength(UploadError<ClientBodyError>),
 }
 
-impl From<UploadError<hyper::Error>> for H1Error {
-    fn from(error: UploadError<hyper::Error>) -> Self {
+impl From<UploadError<ClientBodyError>> for H1Error {
+    fn from(error: UploadError<ClientBodyError>) -> Self {
         match error {
             UploadError::Client(e) => H1Error::RequestBody(e),
             UploadError::Upstream(e) => H1Error::Io(e),

@@ -3,6 +3,7 @@
 
 mod admin;
 mod anomaly;
+mod body_limit;
 mod browser;
 mod builtin;
 mod cluster;
