@@ -30,7 +30,7 @@ fn setup() -> (Arc<ListenerRuntime>, Arc<Upstream>) {
          [[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
     )
     .unwrap_or_else(|e| panic!("bench config: {e:?}"));
-    let listener = Arc::new(ListenerRuntime { config: config.listeners[0].clone(), tls: None });
+    let listener = Arc::new(ListenerRuntime { config: config.listeners[0].clone(), tls: None, access_log: None });
     let members = ["127.0.0.1:1", "127.0.0.1:2"]
         .iter()
         .map(|a| Member::fixed(a.to_string(), a.parse().unwrap_or_else(|e| panic!("{e}")), 1))

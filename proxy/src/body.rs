@@ -202,10 +202,11 @@ pub trait BodyGuard: Send + Sync + 'static {
     /// Called once when the body ends, with whether it ended cleanly.
     fn finish(&mut self, ok: bool);
 
-    /// Called each time the client's side asks for more of the body (for the send timeout): with `true` when
-    /// none is there yet (the body waits for the upstream), with `false` when a frame was handed over.
-    fn progress(&self, waiting_on_upstream: bool) {
-        let _ = waiting_on_upstream;
+    /// Called each time the client's side asks for more of the body (for the send timeout, and the access
+    /// log's byte count): `None` when none is there yet (the body waits for the upstream), `Some(bytes)` when a
+    /// frame was handed over.
+    fn progress(&mut self, handed: Option<usize>) {
+        let _ = handed;
     }
 }
 
@@ -457,10 +458,17 @@ impl Body for ResponseBody {
                 match &polled {
                     Poll::Ready(None) => finish(guard, true),
                     Poll::Ready(Some(Err(_))) => finish(guard, false),
-                    Poll::Ready(Some(Ok(_))) if incoming.is_end_stream() => finish(guard, true),
-                    Poll::Ready(Some(Ok(_))) | Poll::Pending => {
+                    Poll::Ready(Some(Ok(frame))) => {
                         if let Some(g) = guard {
-                            g.progress(polled.is_pending());
+                            g.progress(Some(frame.data_ref().map_or(0, Bytes::len)));
+                        }
+                        if incoming.is_end_stream() {
+                            finish(guard, true);
+                        }
+                    }
+                    Poll::Pending => {
+                        if let Some(g) = guard {
+                            g.progress(None);
                         }
                     }
                 }
@@ -475,7 +483,12 @@ impl Body for ResponseBody {
                 match &polled {
                     Poll::Ready(None) => finish(guard, true),
                     Poll::Ready(Some(Err(_))) => finish(guard, false),
-                    Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+                    Poll::Ready(Some(Ok(data))) => {
+                        if let Some(g) = guard {
+                            g.progress(Some(data.len()));
+                        }
+                    }
+                    Poll::Pending => {}
                 }
                 polled.map(|chunk| chunk.map(|r| r.map(Frame::data).map_err(BoxError::from)))
             }

@@ -5,6 +5,7 @@
 //! traces) are for operators; [`server`] holds it all together across reloads; [`config`] is read once and
 //! validated.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod clock;

@@ -56,6 +56,15 @@ pub enum ServerError {
         #[source]
         error: std::io::Error,
     },
+    /// A listener's access log cannot be written.
+    #[error("listener {listener}: {error}")]
+    AccessLog {
+        /// The listener.
+        listener: String,
+        /// Why.
+        #[source]
+        error: crate::access_log::AccessLogError,
+    },
     /// An endpoint address could not be turned into a URI authority.
     #[error("upstream {0}: invalid endpoint address")]
     Endpoint(String),
@@ -131,6 +140,8 @@ pub struct Shared {
     pub telemetry: crate::telemetry::Telemetry,
     /// Endpoints found by DNS and registered through the admin API.
     pub discovery: Arc<Discovery>,
+    /// The access log writer every listener that logs shares.
+    pub access_logs: crate::access_log::AccessLogs,
     /// Held by whoever replaces the snapshot (a reload, a membership change), so neither loses the other's work.
     snapshot_writer: tokio::sync::Mutex<()>,
 }
@@ -195,6 +206,7 @@ impl Server {
         };
         let watch_metrics = WatchMetrics::register(&metrics.registry)?;
         let telemetry = crate::telemetry::Telemetry::new(&metrics.registry)?;
+        let access_logs = crate::access_log::AccessLogs::new(&metrics.registry)?;
         let services = Arc::new(ProxyServices::default());
         let worker_runtimes = workers.as_ref().map(|w| w.handles().to_vec()).unwrap_or_default();
         let plugins = PluginSet::new(metrics.registry.clone(), services.clone(), worker_runtimes)?;
@@ -210,6 +222,7 @@ impl Server {
             stats: crate::stats::StatsHistory::default(),
             telemetry,
             discovery,
+            access_logs,
             snapshot_writer: tokio::sync::Mutex::new(()),
         });
         services.attach(Arc::downgrade(&shared));
@@ -353,7 +366,16 @@ impl Server {
                 }
                 None => None,
             };
-            runtimes.push(ListenerRuntime { config: l.clone(), tls: acceptor });
+            let access_log = match &l.access_log {
+                Some(log) => Some(
+                    self.shared
+                        .access_logs
+                        .open(l, log)
+                        .map_err(|error| ServerError::AccessLog { listener: l.name.clone(), error })?,
+                ),
+                None => None,
+            };
+            runtimes.push(ListenerRuntime { config: l.clone(), tls: acceptor, access_log });
         }
         let mut fresh = Vec::new();
         for runtime in &runtimes {
@@ -371,6 +393,8 @@ impl Server {
         // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers,
         // discovery.
         let previous = self.shared.snapshot.load_full();
+        // Files logrotate moved away are let go of: the next line opens each again.
+        self.shared.access_logs.reopen();
         self.shared.discovery.start(&config).await;
         self.shared.telemetry.configure(config.telemetry.as_ref(), self.shared.forward_client.clone());
         let lanes = self.shared.lanes();

@@ -237,6 +237,12 @@ pub struct ListenerFile {
     /// (bodies stream, so a large one costs Portico no memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<ByteSize>,
+    /// A file each answered request is logged to, one line each (nginx's `access_log`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<PathBuf>,
+    /// `json` (default: every field, one object a line) or `combined` (nginx's and Apache's format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_format: Option<Spanned<super::AccessLogFormat>>,
     /// Plugin chain, by plugin name: requests meet them in this order, responses in reverse.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Spanned<String>>,

@@ -11,6 +11,7 @@ pub mod rollout;
 pub mod telemetry;
 
 use file::{FileConfig, ListenerMode, PluginFile};
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -124,12 +125,34 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Request-body size cap (`None`: unlimited).
     pub max_request_body: Option<u64>,
+    /// Where answered requests are logged, and how.
+    pub access_log: Option<AccessLogConfig>,
     /// Plugin names in request order.
     pub filters: Vec<String>,
     /// How request paths are resolved before plugins and the upstream see them (reverse listeners).
     pub paths: paths::PathRules,
     /// What becomes of request header fields whose name holds `_` (reverse listeners).
     pub underscores: paths::UnderscoreHeaders,
+}
+
+/// A listener's access log (see [`crate::access_log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// The file lines are appended to (relative to the config file).
+    pub path: PathBuf,
+    /// How each line is written.
+    pub format: AccessLogFormat,
+}
+
+/// The form of an access log's lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object a line with every field.
+    #[default]
+    Json,
+    /// nginx's and Apache's `combined` format.
+    Combined,
 }
 
 /// Where a plugin's module comes from.
@@ -227,6 +250,13 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigIssue>> {
         if let PluginSource::File(file) = &mut plugin.source {
             if file.is_relative() {
                 *file = base.join(&*file);
+            }
+        }
+    }
+    for listener in &mut config.listeners {
+        if let Some(log) = &mut listener.access_log {
+            if log.path.is_relative() {
+                log.path = base.join(&log.path);
             }
         }
     }
@@ -331,6 +361,28 @@ impl Validator<'_> {
             escaped_slashes: l.escaped_slashes.as_ref().map_or(rules.escaped_slashes, |v| *v.get_ref()),
         };
         (paths, l.underscores_in_headers.as_ref().map(|u| *u.get_ref()).unwrap_or_default())
+    }
+
+    /// The access log's settings; a format without a file is a mistake worth saying.
+    fn access_log(&mut self, key: &str, l: &file::ListenerFile) -> Option<AccessLogConfig> {
+        let format = l.access_log_format.as_ref().map(|f| *f.get_ref());
+        match &l.access_log {
+            Some(path) if path.as_os_str().is_empty() => {
+                self.issue::<()>(format!("{key}.access_log"), None, "an empty path: name a file, or leave the key out");
+                None
+            }
+            Some(path) => Some(AccessLogConfig { path: path.clone(), format: format.unwrap_or_default() }),
+            None => {
+                if let Some(f) = &l.access_log_format {
+                    self.issue(
+                        format!("{key}.access_log_format"),
+                        Some(f),
+                        "set without access_log, which names the file",
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// TLS files must be readable: found here, the problem has its key and line (the PEM contents are checked
@@ -765,6 +817,7 @@ impl Validator<'_> {
                     send_timeout: l.send_timeout.0,
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
                     max_request_body: l.max_request_body.map(|b| b.0),
+                    access_log: self.access_log(&key, l),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                     paths,
                     underscores,

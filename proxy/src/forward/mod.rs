@@ -14,7 +14,7 @@ pub mod tunnel;
 use crate::body::ClientBody;
 use crate::body::ResponseBody;
 use crate::config::file::ListenerMode;
-use crate::listen::ConnInfo;
+use crate::listen::{ConnInfo, ListenerRuntime};
 use crate::server::Shared;
 use crate::telemetry::span::RequestSpan;
 use crate::trace_context::{RequestId, RequestIds, TraceContext};
@@ -35,6 +35,8 @@ pub struct RequestMeta {
     /// The request's spans, when traces are exported and it is sampled: stages note what they decided and
     /// each upstream attempt; it is handed to the exporter when the response head is ready.
     pub span: Option<Box<RequestSpan>>,
+    /// The request's access log line, when its listener logs: the reverse path notes which endpoint answered.
+    pub log: Option<Box<crate::access_log::Entry>>,
 }
 
 /// The detail of a 413 for a body larger than the listener's `max_request_body`.
@@ -51,7 +53,8 @@ pub async fn handle(
     let RequestIds { mut trace, request_id } = RequestIds::new(traceparent, given_id);
     let listener = conn.settings();
     let span = shared.telemetry.start(&mut trace, start, &req, conn, &listener);
-    let mut meta = RequestMeta { start, trace, request_id, span };
+    let log = listener.access_log.as_ref().map(|log| log.begin(&req, conn, &request_id, &trace.trace_id));
+    let mut meta = RequestMeta { start, trace, request_id, span, log };
     let in_flight = conn.activity.begin();
     let mut req = req;
     let refusal = if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
@@ -81,6 +84,7 @@ pub async fn handle(
         in_flight.refused();
         in_flight.attach(response.body_mut());
         traced(shared, &mut meta, &response);
+        logged(&listener, &mut meta, &mut response);
         return Ok(response);
     }
     let mut response = match listener.config.mode {
@@ -107,7 +111,15 @@ pub async fn handle(
     in_flight.attach(response.body_mut());
     conn.activity.watch_send(response.body_mut());
     traced(shared, &mut meta, &response);
+    logged(&listener, &mut meta, &mut response);
     Ok(response)
+}
+
+/// Hands the request's line to its listener's access log, written once the response has gone out.
+fn logged(listener: &ListenerRuntime, meta: &mut RequestMeta, response: &mut Response<ResponseBody>) {
+    if let (Some(log), Some(entry)) = (&listener.access_log, meta.log.take()) {
+        log.finish(entry, response);
+    }
 }
 
 /// Ends the request's server span at its response head and hands it to the exporter (never waiting).

@@ -403,6 +403,9 @@ async fn proxy(
             }
             Ok(Ok(mut response)) => {
                 endpoint.record_latency(crate::clock::now().saturating_duration_since(sent_at));
+                if let Some(log) = meta.log.as_mut() {
+                    log.served_by(upstream.name(), &endpoint.name);
+                }
                 let status = response.status();
                 if status.is_server_error() && client_fault(false).is_none() {
                     upstream.report_failure(index, &shared.metrics);

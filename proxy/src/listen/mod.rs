@@ -36,6 +36,8 @@ pub struct ListenerRuntime {
     pub config: ListenerConfig,
     /// TLS acceptor when terminating TLS.
     pub tls: Option<TlsAcceptor>,
+    /// Where answered requests are logged, when the listener logs them.
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 impl std::fmt::Debug for ListenerRuntime {

@@ -108,7 +108,7 @@ impl BodyGuard for Watched {
         }
     }
 
-    fn progress(&self, waiting_on_upstream: bool) {
-        self.0.mark(waiting_on_upstream);
+    fn progress(&mut self, handed: Option<usize>) {
+        self.0.mark(handed.is_none());
     }
 }

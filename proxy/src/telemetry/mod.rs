@@ -197,7 +197,7 @@ mod tests {
         )
         .map_err(|e| format!("{e:?}"))?;
         let config = parsed.listeners.into_iter().next().ok_or("no listener")?;
-        let listener = Arc::new(ListenerRuntime { config, tls: None });
+        let listener = Arc::new(ListenerRuntime { config, tls: None, access_log: None });
         let request = http::Request::get("/").body(())?;
         let addr: std::net::SocketAddr = "127.0.0.1:1".parse()?;
         for _ in 0..5 {

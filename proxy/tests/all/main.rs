@@ -1,6 +1,7 @@
 //! Portico's integration tests: one binary (faster to link), one module per feature. Every test starts real
 //! servers on 127.0.0.1:0 and talks to Portico over real sockets.
 
+mod access_log;
 mod admin;
 mod anomaly;
 mod body_limit;

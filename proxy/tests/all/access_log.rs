@@ -1,0 +1,159 @@
+//! Access logs: a line per answered request in the listener's file, written once the response has gone out
+//! (bytes and duration whole), JSON or nginx's `combined`; files are reopened on reload (logrotate), and a file
+//! Portico cannot write is refused with the reason.
+
+use crate::support::*;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A reverse listener in front of `up` whose `access_log` lines go to `log` (`format`, when given).
+fn logging_config(up: &TestUpstream, log: &Path, format: Option<&str>) -> String {
+    let mut keys = format!("access_log = {:?}\n", log.display().to_string());
+    if let Some(format) = format {
+        keys.push_str(&format!("access_log_format = \"{format}\"\n"));
+    }
+    reverse_config(&quoted(&[up]), "").replacen("upstream = \"app\"\n", &format!("upstream = \"app\"\n{keys}"), 1)
+}
+
+/// The file's lines once it has at least `count` (the writer is a thread of its own), within 30 s.
+async fn lines(path: &Path, count: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    eventually(Duration::from_secs(30), || {
+        found = std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect();
+        found.len() >= count
+    })
+    .await;
+    found
+}
+
+#[tokio::test]
+async fn json_lines_tell_each_request_once_its_response_is_sent() -> TestResult {
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let p = Portico::start(&logging_config(&up, &log, None)).await;
+    let web = p.addr("web").await;
+    let headers = [("user-agent", "probe/1 \"quoted\""), ("referer", "https://example.test/")];
+    let first = send(web, "GET", "/hello?x=1", &headers, "").await?;
+    assert_eq!(first.status, 200);
+    up.set(Behavior::Large(3 * 1024 * 1024));
+    let large = send(web, "GET", "/large", &[], "").await?;
+    assert_eq!(large.body.len(), 3 * 1024 * 1024);
+    up.set(Behavior::Status(503));
+    assert_eq!(send(web, "POST", "/fail", &[], "body").await?.status, 503);
+
+    let found = lines(&log, 3).await;
+    assert_eq!(found.len(), 3, "{found:?}");
+    let entries: Vec<serde_json::Value> =
+        found.iter().map(|l| serde_json::from_str(l).unwrap_or(serde_json::Value::Null)).collect();
+    let by_target = |t: &str| entries.iter().find(|e| e["target"] == t).cloned().unwrap_or_default();
+    let hello = by_target("/hello?x=1");
+    assert_eq!(hello["method"], "GET");
+    assert_eq!(hello["status"], 200);
+    assert_eq!(hello["listener"], "web");
+    assert_eq!(hello["protocol"], "HTTP/1.1");
+    assert_eq!(hello["user_agent"], "probe/1 \"quoted\"");
+    assert_eq!(hello["referer"], "https://example.test/");
+    assert_eq!(hello["upstream"], "app");
+    assert_eq!(hello["endpoint"], up.addr.to_string());
+    assert_eq!(hello["request_id"], first.header("x-request-id"));
+    assert_eq!(hello["bytes_sent"], first.body.len());
+    assert_eq!(hello["complete"], true);
+    assert!(hello["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{hello}");
+    assert!(hello["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{hello}");
+    // A body streamed from the upstream is counted as it goes out.
+    let large = by_target("/large");
+    assert_eq!(large["bytes_sent"], 3 * 1024 * 1024, "{large}");
+    assert_eq!(large["complete"], true);
+    let fail = by_target("/fail");
+    assert_eq!((fail["method"].as_str(), fail["status"].as_u64()), (Some("POST"), Some(503)), "{fail}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn combined_lines_read_as_nginx_writes_them() -> TestResult {
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let p = Portico::start(&logging_config(&up, &log, Some("combined"))).await;
+    let web = p.addr("web").await;
+    let answer = send(web, "GET", "/a%20b?q", &[("user-agent", "curl/8.5")], "").await?;
+    let found = lines(&log, 1).await;
+    let line = found.first().cloned().unwrap_or_default();
+    let expected_tail = format!("\"GET /a%20b?q HTTP/1.1\" 200 {} \"-\" \"curl/8.5\"", answer.body.len());
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.ends_with(&expected_tail), "{line}\n{expected_tail}");
+    assert!(line.contains(" +0000] "), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_response_the_client_leaves_is_logged_incomplete() -> TestResult {
+    let up = TestUpstream::start_with("app", Behavior::Large(64 * 1024 * 1024)).await;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let p = Portico::start(&logging_config(&up, &log, None)).await;
+    let web = p.addr("web").await;
+    let mut stream = TcpStream::connect(web).await?;
+    stream.write_all(format!("GET /big HTTP/1.1\r\nHost: {web}\r\n\r\n").as_bytes()).await?;
+    let mut some = vec![0u8; 64 * 1024];
+    let _ = stream.read_exact(&mut some).await?;
+    drop(stream);
+    let found = lines(&log, 1).await;
+    let entry: serde_json::Value = serde_json::from_str(found.first().map_or("", String::as_str))?;
+    assert_eq!(entry["complete"], false, "{entry}");
+    assert!(entry["bytes_sent"].as_u64().is_some_and(|b| b < 64 * 1024 * 1024), "{entry}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reload_reopens_the_file_logrotate_moved() -> TestResult {
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let p = Portico::start(&logging_config(&up, &log, None)).await;
+    let web = p.addr("web").await;
+    send(web, "GET", "/before", &[], "").await?;
+    assert_eq!(lines(&log, 1).await.len(), 1);
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated)?;
+    assert_eq!(send(p.admin, "POST", "/config/reload", &[], "").await?.status, 200);
+    send(web, "GET", "/after", &[], "").await?;
+    let fresh = lines(&log, 1).await;
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert!(fresh[0].contains("\"/after\""), "{fresh:?}");
+    let old = std::fs::read_to_string(&rotated)?;
+    assert!(old.contains("\"/before\"") && !old.contains("\"/after\""), "{old}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_file_portico_cannot_write_is_refused_with_the_reason() -> TestResult {
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let p = Portico::start(&logging_config(&up, &log, None)).await;
+    // A directory that does not exist: the reload is refused and the running configuration keeps logging.
+    let missing = dir.path().join("no-such-dir").join("access.log");
+    p.rewrite(&logging_config(&up, &missing, None));
+    let refused = send(p.admin, "POST", "/config/reload", &[], "").await?;
+    assert!(refused.status.is_client_error() || refused.status.is_server_error(), "{:?}", refused.status);
+    let reason = String::from_utf8_lossy(&refused.body).into_owned();
+    assert!(reason.contains("access log") && reason.contains("no-such-dir"), "{reason}");
+    send(p.addr("web").await, "GET", "/still", &[], "").await?;
+    assert_eq!(lines(&log, 1).await.len(), 1);
+    assert!(!missing.exists());
+    // A format without a file is a configuration mistake, with its key.
+    let config = reverse_config(&quoted(&[&up]), "").replacen(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\naccess_log_format = \"combined\"\n",
+        1,
+    );
+    let path = dir.path().join("formatless.toml");
+    std::fs::write(&path, config)?;
+    let issues = format!("{:?}", portico::config::load(&path).expect_err("refused"));
+    assert!(issues.contains("listener[0].access_log_format"), "{issues}");
+    Ok(())
+}
