@@ -23,8 +23,43 @@ pub enum ClientBody {
     /// A body read whole with its head by Portico's own HTTP/1 server (see
     /// [`crate::h1::server_head::MAX_BUFFERED_BODY`]); `None` once taken.
     Full(Option<Bytes>),
-    /// hyper's body, counted against the listener's `max_request_body`: the bytes still allowed.
-    Capped(Incoming, u64),
+    /// hyper's body, counted against the listener's `max_request_body`.
+    Capped(Capped),
+    /// A capped body that went past its limit: it stays failed.
+    Refused,
+}
+
+/// A body held to the listener's `max_request_body`.
+#[derive(Debug)]
+pub struct Capped {
+    body: Incoming,
+    /// The bytes still allowed.
+    left: u64,
+    /// What is left of the body is read and thrown away for a while once it is refused (HTTP/1): closing the
+    /// connection on unread bytes resets it, and a client still sending loses the 413 to the reset.
+    linger: bool,
+}
+
+/// How long, and how much, a refused HTTP/1 body is still read (nginx's lingering close, kept short).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: u64 = 16 << 20;
+
+/// Reads and drops the rest of a refused body, within [`LINGER_TIME`] and [`LINGER_BYTES`], so that hyper can
+/// end the exchange cleanly (and keep the connection, when the rest is short) instead of resetting it.
+fn linger(mut body: Incoming) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let drain = async {
+            let mut read = 0u64;
+            while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
 }
 
 /// Why a client's request body could not be passed on. Either way the fault is the client's: it is answered
@@ -44,12 +79,18 @@ impl ClientBody {
     /// larger (its `Content-Length`, or the bytes already read): that request is refused before anything is
     /// sent upstream. A body announced within the limit that grows past it (chunked, HTTP/2 without a length)
     /// fails when it does, as nginx's `client_max_body_size` does.
-    pub fn capped(self, limit: u64) -> Result<ClientBody, ClientBodyError> {
+    /// `linger`: an HTTP/1 body, whose unread rest is read and thrown away for a while once refused.
+    pub fn capped(self, limit: u64, linger: bool) -> Result<ClientBody, ClientBodyError> {
         if self.size_hint().lower() > limit {
+            if let (ClientBody::Hyper(body), true) = (self, linger) {
+                self::linger(body);
+            }
             return Err(ClientBodyError::TooLarge);
         }
         Ok(match self {
-            ClientBody::Hyper(incoming) if !incoming.is_end_stream() => ClientBody::Capped(incoming, limit),
+            ClientBody::Hyper(body) if !body.is_end_stream() => {
+                ClientBody::Capped(Capped { body, left: limit, linger })
+            }
             other => other,
         })
     }
@@ -60,35 +101,44 @@ impl Body for ClientBody {
     type Error = ClientBodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        match this {
             ClientBody::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map_err(ClientBodyError::Read),
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::Full(bytes) => Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
-            ClientBody::Capped(incoming, left) => {
-                let polled = ready!(Pin::new(incoming).poll_frame(cx));
+            ClientBody::Capped(capped) => {
+                let polled = ready!(Pin::new(&mut capped.body).poll_frame(cx));
                 if let Some(Ok(frame)) = &polled {
                     let taken = frame.data_ref().map_or(0, |d| d.len() as u64);
-                    if taken > *left {
+                    if taken > capped.left {
+                        if let ClientBody::Capped(Capped { body, linger: true, .. }) =
+                            std::mem::replace(this, ClientBody::Refused)
+                        {
+                            linger(body);
+                        }
                         return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
                     }
-                    *left -= taken;
+                    capped.left -= taken;
                 }
                 Poll::Ready(polled.map(|f| f.map_err(ClientBodyError::Read)))
             }
+            ClientBody::Refused => Poll::Ready(Some(Err(ClientBodyError::TooLarge))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(incoming) | ClientBody::Capped(incoming, _) => incoming.is_end_stream(),
+            ClientBody::Hyper(incoming) | ClientBody::Capped(Capped { body: incoming, .. }) => incoming.is_end_stream(),
             ClientBody::Empty => true,
             ClientBody::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            ClientBody::Refused => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(incoming) | ClientBody::Capped(incoming, _) => incoming.size_hint(),
+            ClientBody::Hyper(incoming) | ClientBody::Capped(Capped { body: incoming, .. }) => incoming.size_hint(),
+            ClientBody::Refused => SizeHint::default(),
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }

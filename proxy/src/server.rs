@@ -270,6 +270,10 @@ impl Server {
     /// Re-reads the file the server was started from. On a cluster member the file is validated and proposed to
     /// the cluster instead; it is applied here once committed, like on every other node.
     pub async fn reload_from_file(&self) -> Result<(), ServerError> {
+        // Asked for a reload, the access logs are reopened whatever becomes of the configuration: logrotate's
+        // `postrotate` reloads to have them reopened, and an unchanged or refused file must not leave the lines
+        // going to the rotated one.
+        self.shared.access_logs.reopen();
         if let Some(link) = self.cluster.get() {
             return link.propose_file(self).await.map(drop).map_err(|e| self.refused(e));
         }
@@ -543,6 +547,9 @@ impl Server {
         if let Some(link) = self.cluster.get() {
             link.cluster.shutdown().await;
         }
+        // The last requests' lines are written before the process ends.
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.access_logs.close()).await;
     }
 }
 

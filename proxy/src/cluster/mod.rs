@@ -211,6 +211,7 @@ impl ClusterLink {
                 }
             }
         }
+        config::rebase_listener_files(&mut config.listeners, &base);
         if let Some(ip) = self.settings.bind_address {
             for listener in &mut config.listeners {
                 if listener.listen.ip().is_unspecified() {

@@ -253,13 +253,7 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigIssue>> {
             }
         }
     }
-    for listener in &mut config.listeners {
-        if let Some(log) = &mut listener.access_log {
-            if log.path.is_relative() {
-                log.path = base.join(&log.path);
-            }
-        }
-    }
+    rebase_listener_files(&mut config.listeners, base);
     if let Some(cluster) = &mut config.cluster {
         if cluster.settings.data_dir.is_relative() {
             cluster.settings.data_dir = base.join(&cluster.settings.data_dir);
@@ -267,6 +261,18 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigIssue>> {
     }
     config.path = Some(path.to_path_buf());
     Ok(config)
+}
+
+/// Makes the files listeners name (access logs) relative to `base`, the directory of the file that names them,
+/// as plugin paths are. A cluster member composing its configuration from the cluster's text does the same.
+pub fn rebase_listener_files(listeners: &mut [ListenerConfig], base: &Path) {
+    for listener in listeners {
+        if let Some(log) = &mut listener.access_log {
+            if log.path.is_relative() {
+                log.path = base.join(&log.path);
+            }
+        }
+    }
 }
 
 /// Parses and validates config text. All problems are returned together, each with its key and line: a value
@@ -816,7 +822,8 @@ impl Validator<'_> {
                     idle_timeout: l.idle_timeout.0,
                     send_timeout: l.send_timeout.0,
                     max_header_bytes: usize::try_from(l.max_header_bytes.0).unwrap_or(usize::MAX).max(8192),
-                    max_request_body: l.max_request_body.map(|b| b.0),
+                    // 0 is no limit, as nginx reads `client_max_body_size 0`.
+                    max_request_body: l.max_request_body.map(|b| b.0).filter(|&limit| limit > 0),
                     access_log: self.access_log(&key, l),
                     filters: l.filters.iter().map(|f| f.get_ref().clone()).collect(),
                     paths,

@@ -65,7 +65,7 @@ pub async fn handle(
         ))
     } else if let Some(limit) = listener.config.max_request_body {
         let body = std::mem::replace(req.body_mut(), ClientBody::Empty);
-        match body.capped(limit) {
+        match body.capped(limit, req.version() <= http::Version::HTTP_11) {
             Ok(capped) => {
                 *req.body_mut() = capped;
                 None
@@ -82,9 +82,9 @@ pub async fn handle(
         let mut response = local::error_response(error, detail, &meta.request_id);
         shared.metrics.observe_request(&listener.config.name, "", response.status().as_u16(), None);
         in_flight.refused();
+        let _whole = logged(&listener, &mut meta, &mut response);
         in_flight.attach(response.body_mut());
         traced(shared, &mut meta, &response);
-        logged(&listener, &mut meta, &mut response);
         return Ok(response);
     }
     let mut response = match listener.config.mode {
@@ -108,17 +108,26 @@ pub async fn handle(
     if response.status().is_client_error() {
         in_flight.refused();
     }
+    let sent = logged(&listener, &mut meta, &mut response);
     in_flight.attach(response.body_mut());
     conn.activity.watch_send(response.body_mut());
+    if let Some(sent) = sent {
+        sent.count(response.body_mut());
+    }
     traced(shared, &mut meta, &response);
-    logged(&listener, &mut meta, &mut response);
     Ok(response)
 }
 
-/// Hands the request's line to its listener's access log, written once the response has gone out.
-fn logged(listener: &ListenerRuntime, meta: &mut RequestMeta, response: &mut Response<ResponseBody>) {
-    if let (Some(log), Some(entry)) = (&listener.access_log, meta.log.take()) {
-        log.finish(entry, response);
+/// Hands the request's line to its listener's access log, written once the response has gone out (see
+/// [`crate::access_log::AccessLog::finish`] for where its guards go).
+fn logged(
+    listener: &ListenerRuntime,
+    meta: &mut RequestMeta,
+    response: &mut Response<ResponseBody>,
+) -> Option<crate::access_log::Sent> {
+    match (&listener.access_log, meta.log.take()) {
+        (Some(log), Some(entry)) => log.finish(entry, response),
+        _ => None,
     }
 }
 

@@ -319,6 +319,9 @@ async fn proxy(
             continue;
         };
         chain.set_upstream_address(&endpoint.name);
+        if let Some(log) = meta.log.as_mut() {
+            log.attempt(upstream.name(), &endpoint.name);
+        }
         // Each attempt is a span of its own when the request is recorded; the upstream sees it as its parent.
         let attempt_traceparent = meta.span.as_mut().map(|span| {
             span.plugins.picked_endpoint = chosen.is_some();
@@ -404,7 +407,7 @@ async fn proxy(
             Ok(Ok(mut response)) => {
                 endpoint.record_latency(crate::clock::now().saturating_duration_since(sent_at));
                 if let Some(log) = meta.log.as_mut() {
-                    log.served_by(upstream.name(), &endpoint.name);
+                    log.answered();
                 }
                 let status = response.status();
                 if status.is_server_error() && client_fault(false).is_none() {

@@ -126,6 +126,37 @@ async fn a_reload_reopens_the_file_logrotate_moved() -> TestResult {
     assert!(fresh[0].contains("\"/after\""), "{fresh:?}");
     let old = std::fs::read_to_string(&rotated)?;
     assert!(old.contains("\"/before\"") && !old.contains("\"/after\""), "{old}");
+    // Rotated again, and the reload refused (a typo in the file): the log is reopened all the same.
+    std::fs::rename(&log, dir.path().join("access.log.2"))?;
+    p.rewrite("this is not toml [");
+    assert_ne!(send(p.admin, "POST", "/config/reload", &[], "").await?.status, 200);
+    send(web, "GET", "/refused-reload", &[], "").await?;
+    let fresh = lines(&log, 1).await;
+    assert!(fresh.len() == 1 && fresh[0].contains("\"/refused-reload\""), "{fresh:?}");
+    Ok(())
+}
+
+/// A response the client takes nothing of is given up at `send_timeout`, and its line is written then, while
+/// the client still holds the connection.
+#[tokio::test]
+async fn a_response_given_up_by_the_send_timeout_is_logged_then() -> TestResult {
+    let up = TestUpstream::start_with("app", Behavior::Large(64 * 1024 * 1024)).await;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let config = logging_config(&up, &log, None).replacen(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nsend_timeout = \"1s\"\n",
+        1,
+    );
+    let p = Portico::start(&config).await;
+    let web = p.addr("web").await;
+    let mut stream = TcpStream::connect(web).await?;
+    stream.write_all(format!("GET /stalled HTTP/1.1\r\nHost: {web}\r\n\r\n").as_bytes()).await?;
+    let found = lines(&log, 1).await;
+    let entry: serde_json::Value = serde_json::from_str(found.first().map_or("", String::as_str))?;
+    assert_eq!((entry["target"].as_str(), entry["complete"].as_bool()), (Some("/stalled"), Some(false)), "{entry}");
+    assert!(entry["duration_ms"].as_f64().is_some_and(|d| d < 20_000.0), "{entry}");
+    drop(stream);
     Ok(())
 }
 

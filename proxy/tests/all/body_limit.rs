@@ -72,6 +72,36 @@ async fn reverse_http1_bodies_over_the_limit_get_413() -> TestResult {
     Ok(())
 }
 
+/// A client that sends its whole upload before reading (most do, without `Expect: 100-continue`) gets its
+/// 413: the rest of a refused HTTP/1 body is read and thrown away for a while, as nginx's lingering close does,
+/// rather than the connection closed on unread bytes, which resets it and loses the answer.
+#[tokio::test]
+async fn a_refused_upload_is_read_to_its_end_so_its_413_is_not_lost() -> TestResult {
+    let up = TestUpstream::start("app").await;
+    let p = Portico::start(&limited(reverse_config(&quoted(&[&up]), ""))).await;
+    let web = p.addr("web").await;
+    for chunked in [false, true] {
+        let mut stream = TcpStream::connect(web).await?;
+        let size = 4 << 20;
+        let framing =
+            if chunked { "Transfer-Encoding: chunked".to_string() } else { format!("Content-Length: {size}") };
+        stream.write_all(format!("POST /up HTTP/1.1\r\nHost: {web}\r\n{framing}\r\n\r\n").as_bytes()).await?;
+        let block = vec![b'x'; 64 * 1024];
+        for _ in 0..size / block.len() {
+            let framed = if chunked { [b"10000\r\n".as_slice(), &block, b"\r\n"].concat() } else { block.clone() };
+            stream.write_all(&framed).await.map_err(|e| format!("chunked={chunked}: upload cut off: {e}"))?;
+        }
+        if chunked {
+            stream.write_all(b"0\r\n\r\n").await?;
+        }
+        let mut reply = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut reply)).await??;
+        let reply = String::from_utf8_lossy(&reply[..n]).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 413"), "chunked={chunked}: {reply}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn small_limits_hold_for_bodies_read_with_their_head() -> TestResult {
     // Bodies of up to 16 KiB arrive with their head and are read by Portico's own HTTP/1 server.
@@ -86,6 +116,10 @@ async fn small_limits_hold_for_bodies_read_with_their_head() -> TestResult {
     assert_eq!(post(web, "/up", 100).await?.0, 200);
     assert_eq!(post(web, "/up", 101).await?.0, 413);
     assert_eq!(post(web, "/up", 0).await?.0, 200);
+    // 0 is no limit, as nginx reads it.
+    let unlimited = config.replace("max_request_body = 100", "max_request_body = 0");
+    let p = Portico::start(&unlimited).await;
+    assert_eq!(post(p.addr("web").await, "/up", 100_000).await?.0, 200);
     Ok(())
 }
 

@@ -1,0 +1,138 @@
+//! How a line reads: one JSON object, or nginx's and Apache's `combined` format.
+
+use super::Entry;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn version_text(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// One JSON object a line: every field.
+pub(super) fn json_line(e: &Entry, listener: &str, out: &mut String) {
+    let value = serde_json::json!({
+        "time": portico_anomaly::time::rfc3339(unix_ms(e.time)),
+        "listener": listener,
+        "client": e.client.to_string(),
+        "method": &*e.method,
+        "target": e.target,
+        "protocol": version_text(e.version),
+        "host": e.host,
+        "status": e.status,
+        "bytes_sent": e.bytes,
+        "complete": e.complete,
+        "duration_ms": e.duration_us as f64 / 1000.0,
+        "upstream": e.upstream.as_deref(),
+        "endpoint": e.endpoint.as_deref(),
+        "upstream_response_ms": e.upstream_time_us.map(|us| us as f64 / 1000.0),
+        "user_agent": e.user_agent,
+        "referer": e.referer,
+        "request_id": &*e.request_id,
+        "trace_id": &*e.trace_id,
+    });
+    let _ = write!(out, "{value}");
+    out.push('\n');
+}
+
+/// nginx's and Apache's `combined` format, which log analysers read as it is:
+/// `client - - [time] "request" status bytes "referer" "user agent"`.
+pub(super) fn combined_line(e: &Entry, out: &mut String) {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = unix_ms(e.time).div_euclid(1000);
+    let (y, m, d) = portico_anomaly::time::civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let month = MONTHS[(m as usize).saturating_sub(1) % 12];
+    let _ = write!(
+        out,
+        "{} - - [{d:02}/{month}/{y:04}:{:02}:{:02}:{:02} +0000] \"",
+        e.client.ip(),
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    );
+    quoted(out, &e.method);
+    out.push(' ');
+    quoted(out, &e.target);
+    out.push(' ');
+    out.push_str(version_text(e.version));
+    let _ = write!(out, "\" {} {} \"", e.status, e.bytes);
+    quoted(out, e.referer.as_deref().unwrap_or("-"));
+    out.push_str("\" \"");
+    quoted(out, e.user_agent.as_deref().unwrap_or("-"));
+    out.push_str("\"\n");
+}
+
+/// Writes `text` for a double-quoted field, escaped as nginx escapes it: `"`, `\` and bytes outside printable
+/// ASCII as `\xHH`, so a client cannot forge a line or a field.
+fn quoted(out: &mut String, text: &str) {
+    for b in text.bytes() {
+        match b {
+            b'"' | b'\\' | 0..=0x1f | 0x7f.. => {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+            _ => out.push(b as char),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn entry() -> Entry {
+        Entry {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_936_000_123),
+            started: Instant::now(),
+            client: "127.0.0.1:5000".parse().expect("address"),
+            method: "GET".into(),
+            target: "/a?b=\"c\"".into(),
+            version: http::Version::HTTP_11,
+            host: Some("example.test".into()),
+            user_agent: Some("curl/8\n\u{e9}".into()),
+            referer: None,
+            request_id: "r1".into(),
+            trace_id: "t1".into(),
+            status: 200,
+            bytes: 12,
+            complete: true,
+            duration_us: 1500,
+            upstream: Some("app".into()),
+            endpoint: Some("127.0.0.1:8081".into()),
+            upstream_time_us: Some(1000),
+        }
+    }
+
+    #[test]
+    fn combined_lines_escape_what_a_client_sent() {
+        let mut line = String::new();
+        combined_line(&entry(), &mut line);
+        assert_eq!(
+            line,
+            "127.0.0.1 - - [05/Dec/2025:12:00:00 +0000] \"GET /a?b=\\x22c\\x22 HTTP/1.1\" 200 12 \"-\" \"curl/8\\x0A\\xC3\\xA9\"\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_are_one_object_each() {
+        let mut line = String::new();
+        json_line(&entry(), "web", &mut line);
+        assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'), "{line}");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(value["time"], "2025-12-05T12:00:00.123Z");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["duration_ms"], 1.5);
+        assert_eq!(value["endpoint"], "127.0.0.1:8081");
+        assert_eq!(value["user_agent"], "curl/8\n\u{e9}");
+    }
+}

@@ -1,0 +1,381 @@
+//! Access logs: one line per request a listener answered, as nginx's `access_log`, HAProxy's `log` and Envoy's
+//! access loggers write them, to a file a listener names. A line is written when the response has been sent
+//! whole, given up or left by the client, so it carries the bytes sent and the whole duration.
+//!
+//! No request waits on the disk: a worker hands a finished request's facts to one writer thread
+//! ([`writer`]) over a bounded queue and moves on; the thread formats the lines ([`format`]) and writes them
+//! through a buffer, flushed whenever the queue runs dry. When the disk cannot keep up and the queue is full
+//! (in lines, or in the bytes of request text it holds), lines are dropped and counted
+//! (`portico_access_log_dropped_total`) rather than slowing requests down. Every reload asked for (`SIGHUP`,
+//! `POST /config/reload`) reopens the files, so logrotate's `postrotate` can send `SIGHUP` as it sends nginx
+//! `USR1`.
+
+mod format;
+mod writer;
+
+use crate::body::{BodyGuard, ResponseBody};
+use crate::config::file::ListenerMode;
+use crate::config::{AccessLogConfig, AccessLogFormat, ListenerConfig};
+use crate::listen::ConnInfo;
+use http::{header, Request};
+use prometheus::{IntCounterVec, Opts, Registry};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+use writer::Message;
+
+/// Lines waiting for the writer at most; more are dropped.
+const QUEUE: usize = 16 * 1024;
+/// Bytes of request text (targets, names) waiting for the writer at most: long targets and user agents fill
+/// this before [`QUEUE`] does, so the queue's memory stays bounded whatever clients send.
+const QUEUE_BYTES: usize = 32 << 20;
+/// The longest text a line keeps of one request field (a target, a user agent); the rest is cut, as HAProxy
+/// cuts long lines.
+const MAX_FIELD: usize = 4096;
+/// How long a stop waits for the writer to write what is queued.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Why an access log could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    /// The file cannot be opened for appending.
+    #[error("access log {path:?} cannot be opened for appending: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("access log writer thread could not be started: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What the writer thread and the listeners' logs share.
+struct Shared {
+    dropped: IntCounterVec,
+    /// Bumped by [`AccessLogs::reopen`]; the writer lets go of its files when it sees a new one.
+    generation: AtomicU64,
+    /// [`Entry::weight`] of the lines queued.
+    queued_bytes: AtomicUsize,
+}
+
+/// The process's access log writer: started with the first listener that logs, shared by all of them.
+pub struct AccessLogs {
+    sender: OnceLock<SyncSender<Message>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AccessLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogs").field("started", &self.sender.get().is_some()).finish()
+    }
+}
+
+impl AccessLogs {
+    /// Registers the drop counter; no thread runs until a listener asks for a log.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "portico_access_log_dropped_total",
+                "access log lines not written: the writer was behind (queue full) or the file could not be written",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(dropped.clone()))?;
+        let shared = Arc::new(Shared { dropped, generation: AtomicU64::new(0), queued_bytes: AtomicUsize::new(0) });
+        Ok(AccessLogs { sender: OnceLock::new(), shared })
+    }
+
+    /// A listener's log, its file checked to open for appending now, so a configuration naming a file Portico
+    /// cannot write is refused with the reason instead of losing its lines.
+    pub fn open(&self, listener: &ListenerConfig, config: &AccessLogConfig) -> Result<AccessLog, AccessLogError> {
+        open_append(&config.path).map_err(|source| AccessLogError::Open { path: config.path.clone(), source })?;
+        let sender = match self.sender.get() {
+            Some(sender) => sender.clone(),
+            None => {
+                let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE);
+                let shared = self.shared.clone();
+                std::thread::Builder::new()
+                    .name("portico-access-log".into())
+                    .spawn(move || writer::write_lines(&receiver, &shared))
+                    .map_err(AccessLogError::Thread)?;
+                // Two listeners opening at once: the loser's thread ends when its sender is dropped here.
+                self.sender.get_or_init(|| sender).clone()
+            }
+        };
+        Ok(AccessLog {
+            target: Arc::new(Target {
+                path: config.path.clone(),
+                format: config.format,
+                listener: listener.name.as_str().into(),
+                forward: listener.mode == ListenerMode::Forward,
+            }),
+            sender,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Lets go of the open files, so the next line opens each again (after logrotate moved it away). Asked
+    /// for on every reload, whether or not the configuration changed or was taken.
+    pub fn reopen(&self) {
+        self.shared.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Writes out what is queued (waiting up to 5 s), at shutdown. Blocks: call it off the async workers.
+    pub fn close(&self) {
+        if let Some(sender) = self.sender.get() {
+            let (done, written) = std::sync::mpsc::sync_channel(1);
+            if sender.send(Message::Stop(done)).is_ok() {
+                let _ = written.recv_timeout(STOP_WAIT);
+            }
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Where and how one listener's lines go.
+#[derive(Debug)]
+struct Target {
+    path: PathBuf,
+    format: AccessLogFormat,
+    listener: Box<str>,
+    /// A forward listener's requests are logged with their whole target (`http://origin/path`, `host:443`),
+    /// a reverse listener's with the path and query.
+    forward: bool,
+}
+
+/// One listener's access log, kept with its settings.
+#[derive(Clone)]
+pub struct AccessLog {
+    target: Arc<Target>,
+    sender: SyncSender<Message>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog").field("target", &self.target).finish()
+    }
+}
+
+impl AccessLog {
+    /// What the line needs of the request, read before the request path takes it.
+    pub fn begin<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+        request_id: &str,
+        trace_id: &dyn std::fmt::Display,
+    ) -> Box<Entry> {
+        let field =
+            |name: header::HeaderName| req.headers().get(name).map(|v| cut(&String::from_utf8_lossy(v.as_bytes())));
+        let host = req.uri().authority().map(|a| cut(a.as_str())).or_else(|| field(header::HOST));
+        Box::new(Entry {
+            time: SystemTime::now(),
+            started: Instant::now(),
+            client: conn.peer,
+            method: req.method().as_str().into(),
+            target: match req.uri().path_and_query() {
+                Some(path) if !self.target.forward => cut(path.as_str()),
+                _ => cut(&req.uri().to_string()),
+            },
+            version: req.version(),
+            host,
+            user_agent: field(header::USER_AGENT),
+            referer: field(header::REFERER),
+            request_id: request_id.into(),
+            trace_id: trace_id.to_string().into(),
+            status: 0,
+            bytes: 0,
+            complete: true,
+            duration_us: 0,
+            upstream: None,
+            endpoint: None,
+            upstream_time_us: None,
+        })
+    }
+
+    /// Writes the line once the response has been sent: now, for an answer whole in memory; when its body
+    /// ends or is given up, for one that streams. Call it before the body's other guards are attached, so that
+    /// the send timeout, which finishes the guards under it when it gives a body up, writes the line then; the
+    /// bytes are counted by the [`Sent`] it returns, which goes outside every guard ([`Sent::count`]).
+    pub fn finish(&self, mut entry: Box<Entry>, response: &mut http::Response<ResponseBody>) -> Option<Sent> {
+        entry.status = response.status().as_u16();
+        let head = entry.method.as_ref() == "HEAD";
+        let body = response.body_mut();
+        match body.guard_slot() {
+            Some(slot) => {
+                let sent = Sent(Arc::new(AtomicU64::new(0)));
+                let inner = slot.take();
+                *slot = Some(Box::new(Logged { log: self.clone(), entry: Some(entry), sent: sent.clone(), inner }));
+                Some(sent)
+            }
+            None => {
+                // A HEAD answer's body (a local error's) is never sent.
+                entry.bytes = if head { 0 } else { http_body::Body::size_hint(body).exact().unwrap_or(0) };
+                self.write(entry);
+                None
+            }
+        }
+    }
+
+    fn write(&self, mut entry: Box<Entry>) {
+        entry.duration_us = micros(entry.started.elapsed());
+        let weight = entry.weight();
+        let queued = self.shared.queued_bytes.fetch_add(weight, Ordering::Relaxed);
+        let reason = if queued + weight > QUEUE_BYTES {
+            "queue_full"
+        } else {
+            match self.sender.try_send(Message::Line(self.target.clone(), entry)) {
+                Ok(()) => return,
+                Err(TrySendError::Full(_)) => "queue_full",
+                Err(TrySendError::Disconnected(_)) => "writer_stopped",
+            }
+        };
+        self.shared.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+        self.shared.dropped.with_label_values(&[&self.target.listener, reason]).inc();
+    }
+}
+
+/// At most [`MAX_FIELD`] bytes of `text`, cut at a character boundary, with `...` when cut.
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_FIELD {
+        return text.to_string();
+    }
+    let mut end = MAX_FIELD;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// One request as its line tells it.
+#[derive(Debug)]
+pub struct Entry {
+    time: SystemTime,
+    started: Instant,
+    client: std::net::SocketAddr,
+    method: Box<str>,
+    target: String,
+    version: http::Version,
+    host: Option<String>,
+    user_agent: Option<String>,
+    referer: Option<String>,
+    request_id: Box<str>,
+    trace_id: Box<str>,
+    status: u16,
+    bytes: u64,
+    /// The body was sent to its end (not cut off by an upstream failure, a timeout or the client leaving).
+    complete: bool,
+    duration_us: u64,
+    upstream: Option<Box<str>>,
+    endpoint: Option<Box<str>>,
+    upstream_time_us: Option<u64>,
+}
+
+impl Entry {
+    /// The memory a queued entry holds, roughly: what [`QUEUE_BYTES`] counts.
+    fn weight(&self) -> usize {
+        let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+        std::mem::size_of::<Entry>()
+            + self.target.len()
+            + text(&self.host)
+            + text(&self.user_agent)
+            + text(&self.referer)
+            + self.request_id.len()
+            + self.trace_id.len()
+    }
+
+    /// The upstream group and endpoint an attempt goes to: the line names the last one tried, as nginx's
+    /// `$upstream_addr` ends with it.
+    pub fn attempt(&mut self, upstream: &str, endpoint: &str) {
+        if self.upstream.as_deref() != Some(upstream) {
+            self.upstream = Some(upstream.into());
+        }
+        self.endpoint = Some(endpoint.into());
+        self.upstream_time_us = None;
+    }
+
+    /// The attempt's response head came: how long after the request's start.
+    pub fn answered(&mut self) {
+        self.upstream_time_us = Some(micros(self.started.elapsed()));
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The bytes of a streaming body handed to the client so far: counted by a guard outside all the others (each
+/// frame's `progress` reaches only the outermost one), read by the guard that writes the line.
+#[derive(Clone)]
+pub struct Sent(Arc<AtomicU64>);
+
+impl Sent {
+    /// Puts the counter outside every guard of the body.
+    pub fn count(self, body: &mut ResponseBody) {
+        if let Some(slot) = body.guard_slot() {
+            let inner = slot.take();
+            *slot = Some(Box::new(Counting { sent: self, inner }));
+        }
+    }
+}
+
+/// Counts each frame's bytes and passes `progress` and the end on.
+struct Counting {
+    sent: Sent,
+    inner: Option<Box<dyn BodyGuard>>,
+}
+
+impl BodyGuard for Counting {
+    fn finish(&mut self, ok: bool) {
+        if let Some(mut inner) = self.inner.take() {
+            inner.finish(ok);
+        }
+    }
+
+    fn progress(&mut self, handed: Option<usize>) {
+        if let Some(n) = handed {
+            self.sent.0.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if let Some(inner) = self.inner.as_mut() {
+            inner.progress(handed);
+        }
+    }
+}
+
+/// Writes the line when the body ends, is given up, or is dropped.
+struct Logged {
+    log: AccessLog,
+    entry: Option<Box<Entry>>,
+    sent: Sent,
+    inner: Option<Box<dyn BodyGuard>>,
+}
+
+impl BodyGuard for Logged {
+    fn finish(&mut self, ok: bool) {
+        if let Some(mut inner) = self.inner.take() {
+            inner.finish(ok);
+        }
+        if let Some(mut entry) = self.entry.take() {
+            entry.complete = ok;
+            entry.bytes = self.sent.0.load(Ordering::Relaxed);
+            self.log.write(entry);
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        // A body dropped before its end (the client went away): the line says so.
+        self.finish(false);
+    }
+}
