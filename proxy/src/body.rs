@@ -74,6 +74,11 @@ pub enum ClientBodyError {
     TooLarge,
 }
 
+/// Marks (in a response's extensions) an answer to a request whose client broke off its body: counted as a
+/// cancel, not a refusal (see [`crate::listen::idle::InFlight::broken_by_client`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyBroken;
+
 impl ClientBody {
     /// The body held to at most `limit` bytes (`max_request_body`), or `Err` when it says up front that it is
     /// larger (its `Content-Length`, or the bytes already read): that request is refused before anything is

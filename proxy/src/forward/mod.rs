@@ -106,7 +106,11 @@ pub async fn handle(
         }
     };
     if response.status().is_client_error() {
-        in_flight.refused();
+        if response.extensions().get::<crate::body::BodyBroken>().is_some() {
+            in_flight.broken_by_client();
+        } else {
+            in_flight.refused();
+        }
     }
     let sent = logged(&listener, &mut meta, &mut response);
     in_flight.attach(response.body_mut());

@@ -9,7 +9,9 @@
 //! state: a request is cancelled when its service future is dropped before its response head is handed back.
 //! A few are normal (a browser cancels navigations and prefetches), so cancels are free while they are few
 //! in number or a small share of the connection's requests (requests answered 4xx not counted: a cheap
-//! refused request between resets would otherwise keep their share at half); past both the connection is
+//! refused request between resets would otherwise keep their share at half; but a request whose body the
+//! client broke off, answered 400 by Portico, is a cancel: a reset sent while the body was owed); past both
+//! the connection is
 //! asked to close gracefully (a GOAWAY on HTTP/2: the requests in flight finish, no new ones start), and is
 //! closed outright [`CLOSE_WITHIN`] later if it has not ended by then.
 

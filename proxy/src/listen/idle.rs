@@ -243,6 +243,22 @@ impl InFlight {
         }
     }
 
+    /// The client broke off its request body (an HTTP/2 stream reset while the body was on its way, a
+    /// connection closed inside it): a cancel, though Portico answered it (a 400 nobody reads). Not counted so,
+    /// a reset sent once the request had gone upstream, its body still owed, cost the client nothing.
+    pub fn broken_by_client(&self) {
+        if let Some(activity) = &self.activity {
+            let too_many = {
+                let mut s = activity.state.lock();
+                s.cancelled += 1;
+                cancels::too_many(s.cancelled, s.requests.saturating_sub(s.refused))
+            };
+            if too_many {
+                activity.cancels.raise();
+            }
+        }
+    }
+
     /// Keeps the request in flight until the response body ends, when that body streams from an upstream;
     /// otherwise (an answer whole in memory) the request ends here.
     pub fn attach(mut self, body: &mut ResponseBody) {

@@ -289,7 +289,10 @@ async fn collect(
                 error_response(LocalError::PayloadTooLarge, crate::forward::TOO_LARGE, request_id)
             }
             ClientBodyError::Read(e) => {
-                error_response(LocalError::BadRequest, &format!("request body could not be read: {e}"), request_id)
+                let detail = format!("request body could not be read: {e}");
+                let mut answer = error_response(LocalError::BadRequest, &detail, request_id);
+                answer.extensions_mut().insert(crate::body::BodyBroken);
+                answer
             }
         })?;
         let passed = pipe
