@@ -161,6 +161,9 @@ async fn absolute(
         Err(response) => return response,
     };
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    if parts.version == http::Version::HTTP_2 {
+        headers::join_cookie_crumbs(&mut parts.headers);
+    }
     // The target's authority is the host, whatever `Host` the client sent (RFC 9112 §3.2.2: a proxy MUST
     // replace it), so the origin answers for the host that was checked against the allow list.
     match http::HeaderValue::from_str(authority.as_str()) {

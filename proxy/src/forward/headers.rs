@@ -2,7 +2,7 @@
 //! header names), `x-forwarded-for`/`x-forwarded-proto`/`via` set, trace context and request id attached.
 
 use crate::h1::head::Added;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::Version;
 
 // Pre-built names: looking a header up by `&str` parses the name on every call, for every request.
@@ -205,6 +205,28 @@ pub fn ensure_host(headers: &mut HeaderMap, version: Version, authority: Option<
     if !headers.contains_key(HOST) {
         let value = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         headers.insert(HOST, value.unwrap_or_else(|| HeaderValue::from_static("")));
+    }
+}
+
+/// Joins an HTTP/2 request's `cookie` fields into one, with `; ` (RFC 9113 §8.2.3: a client may split its
+/// cookies into crumbs for header compression, and they MUST be joined before the request goes on as HTTP/1.1;
+/// an origin takes a request's one `Cookie` header, RFC 6265 §5.4, and many read only the first or the last).
+/// Done before plugins see the request, so they read one `cookie` field whatever protocol the client spoke.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in &headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Each crumb was a valid value, and so is their join.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 

@@ -78,7 +78,7 @@ pub fn check_reverse(parts: &mut Parts, paths: PathRules, underscores: Underscor
         {
             return refuse(LocalError::BadRequest, "the host header differs from :authority");
         }
-        (Version::HTTP_2 | Version::HTTP_3, _, _) => {}
+        (Version::HTTP_2 | Version::HTTP_3, _, _) => super::headers::join_cookie_crumbs(&mut parts.headers),
         (_, host, Some(authority)) => {
             // Absolute-form: the target's authority is the host (RFC 9112 §3.2.2).
             let same = host.as_ref().is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()));

@@ -257,3 +257,22 @@ async fn resets_of_requests_whose_body_is_owed_are_cancels() -> TestResult {
     assert!(closed && started < 1000, "the connection is still open after {started} resets");
     Ok(())
 }
+
+/// An HTTP/2 client's cookie crumbs (browsers split `cookie` for header compression) reach an HTTP/1.1 upstream
+/// as one field, joined with `; ` (RFC 9113 §8.2.3); the upstream saw 120 `cookie` lines before.
+#[tokio::test]
+async fn cookie_crumbs_reach_an_http1_upstream_as_one_field() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let tcp = tokio::net::TcpStream::connect(p.addr("web").await).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut request = http::Request::get("http://a/crumbs");
+    for crumb in ["a=1", "b=2", "c=3"] {
+        request = request.header("cookie", crumb);
+    }
+    let answer = sender.send_request(request.body(Empty::<Bytes>::new())?).await?;
+    let echo: serde_json::Value = serde_json::from_slice(&answer.into_body().collect().await?.to_bytes())?;
+    assert_eq!(echo["headers"]["cookie"], "a=1; b=2; c=3", "{echo}");
+    Ok(())
+}
