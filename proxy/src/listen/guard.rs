@@ -10,8 +10,10 @@
 //! end), refuse that request or the next one rather than switch the guard off. Before, anything the guard
 //! could not follow stopped it for the rest of the connection, and a first request that hyper accepted but the
 //! guard did not (a chunk size with 16 hex digits, leading zeros included) let a CL+TE request after it
-//! through. It stops only at the HTTP/2 preface that opens a connection.
+//! through. At the HTTP/2 preface that opens a connection it hands over to the flood watch
+//! ([`super::h2_flood`]), which follows the frames instead.
 
+use super::h2_flood::FloodWatch;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,12 +31,19 @@ pub struct GuardFlag {
     bad_request: AtomicU64,
     /// Requests the request path has seen on this connection.
     served: AtomicU64,
+    /// The connection was closed as an HTTP/2 control-frame flood.
+    flooded: std::sync::atomic::AtomicBool,
 }
 
 impl GuardFlag {
     /// The 1-based ordinal of the first request head refused on this connection, 0 if none.
     pub fn first_refused(&self) -> u64 {
         self.bad_request.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection was closed as an HTTP/2 control-frame flood.
+    pub fn flooded(&self) -> bool {
+        self.flooded.load(Ordering::Relaxed)
     }
 
     /// Requests the request path has seen on this connection (Portico's own server's, before a handoff).
@@ -54,10 +63,20 @@ impl GuardFlag {
 enum State {
     Head(Vec<u8>),
     Fixed(u64),
-    ChunkSize { value: u64, digits: u32, in_ext: bool, seen_cr: bool },
+    ChunkSize {
+        value: u64,
+        digits: u32,
+        in_ext: bool,
+        seen_cr: bool,
+    },
     ChunkData(u64),
     ChunkDataEnd(u8),
-    Trailer { line_len: usize, seen_cr: bool },
+    Trailer {
+        line_len: usize,
+        seen_cr: bool,
+    },
+    /// An HTTP/2 connection: its frames are watched for floods.
+    Http2(Box<FloodWatch>),
     Off,
 }
 
@@ -97,6 +116,12 @@ impl<S> SmuggleGuard<S> {
         while !bytes.is_empty() {
             match &mut self.state {
                 State::Off => return,
+                State::Http2(watch) => {
+                    if watch.read(bytes) {
+                        self.flag.flooded.store(true, Ordering::Relaxed);
+                    }
+                    return;
+                }
                 State::Head(buf) => {
                     // Skip stray CRLFs between messages, as RFC 9112 allows.
                     if buf.is_empty() {
@@ -253,7 +278,7 @@ impl<S> SmuggleGuard<S> {
     fn on_head(&mut self, framing: Framing) -> State {
         match framing {
             // The preface opens an HTTP/2 connection; after requests it is no request at all.
-            Framing::Preface if self.heads == 0 => return State::Off,
+            Framing::Preface if self.heads == 0 => return State::Http2(Box::new(FloodWatch::new(PREFACE_REST.len()))),
             Framing::Preface => return self.refuse_from(self.heads + 1),
             _ => self.heads += 1,
         }
@@ -287,6 +312,9 @@ enum Framing {
 /// The length of the complete head at the start of `buf` and its framing (`None` if incomplete, `Err` if it
 /// is no head), from one parse into headers left uninitialised (a head has at most 128 of them here, and
 /// zeroing the array cost more than the parse on every request).
+/// What follows the HTTP/2 preface's first blank line, where [`frame_head`] ends it.
+const PREFACE_REST: &[u8] = b"SM\r\n\r\n";
+
 fn frame_head(buf: &[u8]) -> Result<Option<(usize, Framing)>, ()> {
     if buf.starts_with(b"PRI * HTTP/2.0") {
         return Ok(buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i + 4, Framing::Preface)));
@@ -354,15 +382,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for SmuggleGuard<S> {
         if let Poll::Ready(Ok(())) = polled {
             if !matches!(this.state, State::Off) {
                 this.scan(&buf.filled()[before..]);
+                if matches!(this.state, State::Http2(_)) && this.flag.flooded() {
+                    this.state = State::Off;
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "HTTP/2 control-frame flood")));
+                }
             }
         }
         polled
     }
 }
 
+impl<S> SmuggleGuard<S> {
+    /// Credits what was written to an HTTP/2 connection's flood watch.
+    fn wrote(&mut self, polled: &Poll<io::Result<usize>>) {
+        if let (State::Http2(watch), Poll::Ready(Ok(n))) = (&mut self.state, polled) {
+            watch.wrote(*n);
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for SmuggleGuard<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.wrote(&polled);
+        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -375,7 +418,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SmuggleGuard<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&polled);
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

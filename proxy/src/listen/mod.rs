@@ -6,6 +6,7 @@
 
 mod cancels;
 pub mod guard;
+mod h2_flood;
 pub mod http1;
 pub mod idle;
 mod send_timeout;
@@ -362,6 +363,10 @@ impl Connection {
         } else {
             let conn = builder.serve_connection_with_upgrades(io, service);
             until_closed(conn, stop, &conn_info.activity, too_many_cancels).await;
+        }
+        if conn_info.guard.flooded() {
+            tracing::warn!(peer = %conn_info.peer, listener = %listener, "HTTP/2 connection closed: far more control frames than requests (a flood)");
+            conn_shared.metrics.h2_floods.with_label_values(&[&listener]).inc();
         }
         // Held until the connection ended: the listener's drain waits for it.
         drop(watcher);

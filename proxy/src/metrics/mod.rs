@@ -45,6 +45,9 @@ pub struct Metrics {
     /// `portico_connections_closed_for_cancels_total{listener}`: client connections asked to close because
     /// they cancelled too many requests (HTTP/2 rapid reset; see `listen::cancels`).
     pub cancel_closes: IntCounterVec,
+    /// `portico_http2_floods_total{listener}`: client connections closed for a control-frame flood (see
+    /// `listen::h2_flood`).
+    pub h2_floods: IntCounterVec,
 }
 
 impl Metrics {
@@ -103,6 +106,11 @@ impl Metrics {
             cancel_closes: counter(
                 "portico_connections_closed_for_cancels_total",
                 "Client connections closed gracefully because they cancelled too many of their requests.",
+                &["listener"],
+            )?,
+            h2_floods: counter(
+                "portico_http2_floods_total",
+                "Client HTTP/2 connections closed for sending far more control frames than requests.",
                 &["listener"],
             )?,
             registry,

@@ -276,3 +276,48 @@ async fn cookie_crumbs_reach_an_http1_upstream_as_one_field() -> TestResult {
     assert_eq!(echo["headers"]["cookie"], "a=1; b=2; c=3", "{echo}");
     Ok(())
 }
+
+/// A client sending WINDOW_UPDATE frames and nothing else (they cost Portico work and carry no request) is cut
+/// off once it has sent far more of them than of requests, as nginx's flood check does; a probe kept a core
+/// ~90 % busy that way for as long as the connection lived.
+#[tokio::test]
+async fn a_control_frame_flood_is_cut_off() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let mut tcp = tokio::net::TcpStream::connect(p.addr("web").await).await?;
+    // The preface, an empty SETTINGS, then WINDOW_UPDATE +1 on the connection, 64 KiB of them a write.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await?;
+    let update = [0u8, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let batch: Vec<u8> = update.iter().copied().cycle().take(update.len() * 5000).collect();
+    let (mut reader, mut writer) = tcp.into_split();
+    let drained = tokio::spawn(async move {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let mut sent = 0usize;
+    while sent < 256 << 20 {
+        if writer.write_all(&batch).await.is_err() {
+            break;
+        }
+        sent += batch.len();
+    }
+    assert!(sent < 64 << 20, "{sent} bytes of WINDOW_UPDATE frames were taken");
+    tokio::time::timeout(Duration::from_secs(10), drained).await??;
+    let metrics = get(p.admin, "/metrics").await?;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("portico_http2_floods_total{listener=\"web\"} 1"), "the close is counted");
+    // Clients that send requests are not floods: a few hundred on one connection, and the connection stays.
+    let tcp = tokio::net::TcpStream::connect(p.addr("web").await).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    let conn = tokio::spawn(conn);
+    for i in 0..300 {
+        sender.ready().await?;
+        let answer =
+            sender.send_request(http::Request::get(format!("http://a/{i}")).body(Empty::<Bytes>::new())?).await?;
+        assert_eq!(answer.status(), 200);
+        answer.into_body().collect().await?;
+    }
+    assert!(!conn.is_finished());
+    Ok(())
+}
