@@ -32,6 +32,8 @@ pub enum LocalError {
     RequestTimeout,
     /// 414: the request line is longer than the listener takes (RFC 9112 §3).
     UriTooLong,
+    /// 431: more header fields than the listener takes.
+    HeaderFieldsTooLarge,
 }
 
 impl LocalError {
@@ -48,6 +50,7 @@ impl LocalError {
             LocalError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LocalError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             LocalError::UriTooLong => StatusCode::URI_TOO_LONG,
+            LocalError::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -66,6 +69,7 @@ impl LocalError {
             LocalError::PayloadTooLarge => "payload_too_large",
             LocalError::RequestTimeout => "request_timeout",
             LocalError::UriTooLong => "uri_too_long",
+            LocalError::HeaderFieldsTooLarge => "header_fields_too_large",
         }
     }
 }

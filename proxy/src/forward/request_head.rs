@@ -21,6 +21,9 @@
 //!   the upgrade would let a client speak HTTP/2 directly to the upstream, past every check Portico makes
 //!   (request smuggling by h2c upgrade). `HTTP2-Settings` is always removed: it only means something with
 //!   that upgrade, on that one connection.
+//! - An HTTP/2 request's cookie crumbs are joined into one `cookie` field (RFC 9113 §8.2.3); one with more than
+//!   100 fields is refused (431) as HTTP/1.1's parser refuses it, and one with a value that starts or ends with
+//!   whitespace (400, RFC 9113 §8.2.1: malformed).
 //! - The path is resolved by the listener's path rules (see [`super::request_path`]): dot segments, percent
 //!   encodings, repeated and encoded slashes, so plugins and the upstream read one path.
 
@@ -33,6 +36,15 @@ use http::uri::PathAndQuery;
 use http::{Method, Uri, Version};
 
 static HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-settings");
+
+/// The header fields an HTTP/2 request may have, as many as hyper's HTTP/1.1 parser takes (Envoy's
+/// `max_headers_count` is 100 for both too).
+const MAX_FIELDS: usize = 100;
+
+/// A value with whitespace at either end.
+fn padded(value: &[u8]) -> bool {
+    matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
+}
 
 /// Why a request head is refused: the answer's class and a detail for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +90,19 @@ pub fn check_reverse(parts: &mut Parts, paths: PathRules, underscores: Underscor
         {
             return refuse(LocalError::BadRequest, "the host header differs from :authority");
         }
-        (Version::HTTP_2 | Version::HTTP_3, _, _) => super::headers::join_cookie_crumbs(&mut parts.headers),
+        (Version::HTTP_2 | Version::HTTP_3, _, _) => {
+            super::headers::join_cookie_crumbs(&mut parts.headers);
+            // HTTP/1.1 requests are held to 100 fields by their parser; HTTP/2 ones only by their size, and
+            // an upstream spoken to in HTTP/1.1 (or a second proxy) refuses what its own parser would.
+            if parts.headers.len() > MAX_FIELDS {
+                return refuse(LocalError::HeaderFieldsTooLarge, "more than 100 header fields");
+            }
+            // RFC 9113 §8.2.1: a malformed request, which an intermediary must not forward; an HTTP/1.1
+            // upstream would read the value trimmed, and a signature or an exact match over it would differ.
+            if parts.headers.values().any(|v| padded(v.as_bytes())) {
+                return refuse(LocalError::BadRequest, "a header value starts or ends with whitespace");
+            }
+        }
         (_, host, Some(authority)) => {
             // Absolute-form: the target's authority is the host (RFC 9112 §3.2.2).
             let same = host.as_ref().is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()));

@@ -321,3 +321,47 @@ async fn a_control_frame_flood_is_cut_off() -> TestResult {
     assert!(!conn.is_finished());
     Ok(())
 }
+
+/// What HTTP/1.1's parser refuses is refused on HTTP/2 too, before the upstream sees it: more than 100 header
+/// fields (431; cookie crumbs count as the one field they are joined into), and a value with whitespace at an
+/// end (400; RFC 9113 §8.2.1 calls the request malformed).
+#[tokio::test]
+async fn http2_heads_http1_would_refuse_are_refused() -> TestResult {
+    let upstream = TestUpstream::start("app").await;
+    let p = Portico::start(&reverse_config(&quoted(&[&upstream]), "")).await;
+    let tcp = tokio::net::TcpStream::connect(p.addr("web").await).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut send = async |fields: usize,
+                          crumbs: usize,
+                          extra: Option<&'static str>|
+           -> Result<(u16, String), Box<dyn std::error::Error + Send + Sync>> {
+        let mut request = http::Request::get("http://a/fields");
+        for i in 0..fields {
+            request = request.header(format!("x-field-{i}"), "v");
+        }
+        for i in 0..crumbs {
+            request = request.header("cookie", format!("c{i}=1"));
+        }
+        if let Some(value) = extra {
+            request = request.header("x-padded", value);
+        }
+        sender.ready().await?;
+        let answer = sender.send_request(request.body(Empty::<Bytes>::new())?).await?;
+        let status = answer.status().as_u16();
+        let body = answer.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    assert_eq!(send(90, 0, None).await?.0, 200);
+    assert_eq!(send(10, 150, None).await?.0, 200, "crumbs are one field");
+    let hits = upstream.hits();
+    // Portico's own answers (an upstream's hyper would refuse so many fields with a 431 of its own).
+    let (status, body) = send(101, 0, None).await?;
+    assert!(status == 431 && body.contains("header_fields_too_large"), "{status} {body}");
+    for padded in [" leading", "trailing\t"] {
+        let (status, body) = send(1, 0, Some(padded)).await?;
+        assert!(status == 400 && body.contains("whitespace"), "{status} {body}");
+    }
+    assert_eq!(upstream.hits(), hits, "a refused request reached the upstream");
+    Ok(())
+}
