@@ -18,30 +18,73 @@ fn unix_ms(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// One JSON object a line: every field.
+/// One JSON object a line, every field, in the order a reader looks for them. Written directly rather than
+/// through `serde_json::Value` (a map and a string for each of eighteen fields, on a thread that shares two
+/// cores with the workers).
 pub(super) fn json_line(e: &Entry, listener: &str, out: &mut String) {
-    let value = serde_json::json!({
-        "time": portico_anomaly::time::rfc3339(unix_ms(e.time)),
-        "listener": listener,
-        "client": e.client.to_string(),
-        "method": &*e.method,
-        "target": e.target,
-        "protocol": version_text(e.version),
-        "host": e.host,
-        "status": e.status,
-        "bytes_sent": e.bytes,
-        "complete": e.complete,
-        "duration_ms": e.duration_us as f64 / 1000.0,
-        "upstream": e.upstream.as_deref(),
-        "endpoint": e.endpoint.as_deref(),
-        "upstream_response_ms": e.upstream_time_us.map(|us| us as f64 / 1000.0),
-        "user_agent": e.user_agent,
-        "referer": e.referer,
-        "request_id": &*e.request_id,
-        "trace_id": &*e.trace_id,
-    });
-    let _ = write!(out, "{value}");
-    out.push('\n');
+    out.push_str("{\"time\":\"");
+    out.push_str(&portico_anomaly::time::rfc3339(unix_ms(e.time)));
+    out.push_str("\",\"listener\":");
+    json_str(out, listener);
+    let _ = write!(out, ",\"client\":\"{}\",\"method\":", e.client);
+    json_str(out, &e.method);
+    out.push_str(",\"target\":");
+    json_str(out, &e.target);
+    let _ = write!(out, ",\"protocol\":\"{}\",\"host\":", version_text(e.version));
+    json_opt(out, e.host.as_deref());
+    let _ = write!(
+        out,
+        ",\"status\":{},\"bytes_sent\":{},\"complete\":{},\"duration_ms\":{:.3},\"upstream\":",
+        e.status,
+        e.bytes,
+        e.complete,
+        e.duration_us as f64 / 1000.0
+    );
+    json_opt(out, e.upstream.as_deref());
+    out.push_str(",\"endpoint\":");
+    json_opt(out, e.endpoint.as_deref());
+    out.push_str(",\"upstream_response_ms\":");
+    match e.upstream_time_us {
+        Some(us) => {
+            let _ = write!(out, "{:.3}", us as f64 / 1000.0);
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"user_agent\":");
+    json_opt(out, e.user_agent.as_deref());
+    out.push_str(",\"referer\":");
+    json_opt(out, e.referer.as_deref());
+    out.push_str(",\"request_id\":");
+    json_str(out, &e.request_id);
+    out.push_str(",\"trace_id\":");
+    json_str(out, &e.trace_id);
+    out.push_str("}\n");
+}
+
+fn json_opt(out: &mut String, text: Option<&str>) {
+    match text {
+        Some(text) => json_str(out, text),
+        None => out.push_str("null"),
+    }
+}
+
+/// A JSON string: `"`, `\` and control characters escaped (RFC 8259 §7), the rest as it is.
+fn json_str(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c < ' ' || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// nginx's and Apache's `combined` format, which log analysers read as it is:
@@ -134,5 +177,15 @@ mod tests {
         assert_eq!(value["duration_ms"], 1.5);
         assert_eq!(value["endpoint"], "127.0.0.1:8081");
         assert_eq!(value["user_agent"], "curl/8\n\u{e9}");
+        assert_eq!(value["target"], "/a?b=\"c\"");
+        assert_eq!(value["referer"], serde_json::Value::Null);
+        assert!(line.starts_with("{\"time\":"), "{line}");
+        // Every control character survives the round trip.
+        let mut odd = entry();
+        odd.target = (0u8..0x20).map(char::from).chain("\u{7f}\\\"".chars()).collect();
+        let mut line = String::new();
+        json_line(&odd, "web", &mut line);
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(value["target"].as_str(), Some(odd.target.as_str()));
     }
 }
