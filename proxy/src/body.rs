@@ -23,8 +23,9 @@ pub enum ClientBody {
     /// A body read whole with its head by Portico's own HTTP/1 server (see
     /// [`crate::h1::server_head::MAX_BUFFERED_BODY`]); `None` once taken.
     Full(Option<Bytes>),
-    /// hyper's body, counted against the listener's `max_request_body`.
-    Capped(Capped),
+    /// hyper's body, counted against the listener's `max_request_body` (boxed: the enum stays the size of
+    /// hyper's body, moved with every request).
+    Capped(Box<Capped>),
     /// A capped body that went past its limit: it stays failed.
     Refused,
 }
@@ -94,7 +95,7 @@ impl ClientBody {
         }
         Ok(match self {
             ClientBody::Hyper(body) if !body.is_end_stream() => {
-                ClientBody::Capped(Capped { body, left: limit, linger })
+                ClientBody::Capped(Box::new(Capped { body, left: limit, linger }))
             }
             other => other,
         })
@@ -116,10 +117,10 @@ impl Body for ClientBody {
                 if let Some(Ok(frame)) = &polled {
                     let taken = frame.data_ref().map_or(0, |d| d.len() as u64);
                     if taken > capped.left {
-                        if let ClientBody::Capped(Capped { body, linger: true, .. }) =
-                            std::mem::replace(this, ClientBody::Refused)
-                        {
-                            linger(body);
+                        if let ClientBody::Capped(capped) = std::mem::replace(this, ClientBody::Refused) {
+                            if capped.linger {
+                                linger(capped.body);
+                            }
                         }
                         return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
                     }
@@ -133,7 +134,8 @@ impl Body for ClientBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(incoming) | ClientBody::Capped(Capped { body: incoming, .. }) => incoming.is_end_stream(),
+            ClientBody::Hyper(incoming) => incoming.is_end_stream(),
+            ClientBody::Capped(capped) => capped.body.is_end_stream(),
             ClientBody::Empty => true,
             ClientBody::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
             ClientBody::Refused => false,
@@ -142,7 +144,8 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(incoming) | ClientBody::Capped(Capped { body: incoming, .. }) => incoming.size_hint(),
+            ClientBody::Hyper(incoming) => incoming.size_hint(),
+            ClientBody::Capped(capped) => capped.body.size_hint(),
             ClientBody::Refused => SizeHint::default(),
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),

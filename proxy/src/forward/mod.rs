@@ -46,7 +46,7 @@ pub(crate) const TOO_LARGE: &str = "the request body is larger than the listener
 pub async fn handle(
     shared: &Arc<Shared>,
     conn: &Arc<ConnInfo>,
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = crate::clock::now();
     let (traceparent, given_id) = headers::id_fields(req.headers());
@@ -56,7 +56,6 @@ pub async fn handle(
     let log = listener.access_log.as_ref().map(|log| log.begin(&req, conn, &request_id, &trace.trace_id));
     let mut meta = RequestMeta { start, trace, request_id, span, log };
     let in_flight = conn.activity.begin();
-    let mut req = req;
     let refusal = if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {
         tracing::warn!(trace_id = %meta.trace.trace_id, peer = %conn.peer, "refused request: framing the smuggling guard cannot trust (CL+TE, a transfer coding other than chunked, a head too large to check, or bytes it could not follow)");
         Some((
