@@ -167,18 +167,19 @@ impl std::fmt::Debug for AccessLog {
 }
 
 impl AccessLog {
-    /// What the line needs of the request, read before the request path takes it.
+    /// What the line needs of the request, read before the request path takes it; the line is written with
+    /// status 499 if the request is dropped before it has a response (the client went away), as nginx does.
     pub fn begin<B>(
         &self,
         req: &Request<B>,
         conn: &ConnInfo,
         request_id: &str,
         trace_id: &dyn std::fmt::Display,
-    ) -> Box<Entry> {
+    ) -> Pending {
         let field =
             |name: header::HeaderName| req.headers().get(name).map(|v| cut(&String::from_utf8_lossy(v.as_bytes())));
         let host = req.uri().authority().map(|a| cut(a.as_str())).or_else(|| field(header::HOST));
-        Box::new(Entry {
+        let entry = Box::new(Entry {
             time: SystemTime::now(),
             started: Instant::now(),
             client: conn.peer,
@@ -200,14 +201,15 @@ impl AccessLog {
             upstream: None,
             endpoint: None,
             upstream_time_us: None,
-        })
+        });
+        Pending { log: self.clone(), entry: Some(entry) }
     }
 
     /// Writes the line once the response has been sent: now, for an answer whole in memory; when its body
     /// ends or is given up, for one that streams. Call it before the body's other guards are attached, so that
     /// the send timeout, which finishes the guards under it when it gives a body up, writes the line then; the
     /// bytes are counted by the [`Sent`] it returns, which goes outside every guard ([`Sent::count`]).
-    pub fn finish(&self, mut entry: Box<Entry>, response: &mut http::Response<ResponseBody>) -> Option<Sent> {
+    fn finish(&self, mut entry: Box<Entry>, response: &mut http::Response<ResponseBody>) -> Option<Sent> {
         entry.status = response.status().as_u16();
         let head = entry.method.as_ref() == "HEAD";
         let body = response.body_mut();
@@ -257,6 +259,51 @@ fn cut(text: &str) -> String {
     format!("{}...", &text[..end])
 }
 
+/// A request's line until its response is known (see [`AccessLog::begin`]).
+pub struct Pending {
+    log: AccessLog,
+    entry: Option<Box<Entry>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("entry", &self.entry).finish()
+    }
+}
+
+impl Pending {
+    /// See [`Entry::attempt`].
+    pub fn attempt(&mut self, upstream: &str, endpoint: &str) {
+        if let Some(entry) = self.entry.as_mut() {
+            entry.attempt(upstream, endpoint);
+        }
+    }
+
+    /// See [`Entry::answered`].
+    pub fn answered(&mut self) {
+        if let Some(entry) = self.entry.as_mut() {
+            entry.answered();
+        }
+    }
+
+    /// The response is known: see [`AccessLog::finish`].
+    pub fn finish(mut self, response: &mut http::Response<ResponseBody>) -> Option<Sent> {
+        let entry = self.entry.take()?;
+        self.log.finish(entry, response)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.entry.take() {
+            // nginx's "client closed request".
+            entry.status = 499;
+            entry.complete = false;
+            self.log.write(entry);
+        }
+    }
+}
+
 /// One request as its line tells it.
 #[derive(Debug)]
 pub struct Entry {
@@ -296,7 +343,7 @@ impl Entry {
 
     /// The upstream group and endpoint an attempt goes to: the line names the last one tried, as nginx's
     /// `$upstream_addr` ends with it.
-    pub fn attempt(&mut self, upstream: &str, endpoint: &str) {
+    fn attempt(&mut self, upstream: &str, endpoint: &str) {
         if self.upstream.as_deref() != Some(upstream) {
             self.upstream = Some(upstream.into());
         }
@@ -305,7 +352,7 @@ impl Entry {
     }
 
     /// The attempt's response head came: how long after the request's start.
-    pub fn answered(&mut self) {
+    fn answered(&mut self) {
         self.upstream_time_us = Some(micros(self.started.elapsed()));
     }
 }

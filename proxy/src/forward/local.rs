@@ -34,6 +34,8 @@ pub enum LocalError {
     UriTooLong,
     /// 431: more header fields than the listener takes.
     HeaderFieldsTooLarge,
+    /// 429: the connection cancelled too many requests and is closing (see `listen::cancels`).
+    TooManyCancels,
 }
 
 impl LocalError {
@@ -51,6 +53,7 @@ impl LocalError {
             LocalError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             LocalError::UriTooLong => StatusCode::URI_TOO_LONG,
             LocalError::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            LocalError::TooManyCancels => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -70,6 +73,7 @@ impl LocalError {
             LocalError::RequestTimeout => "request_timeout",
             LocalError::UriTooLong => "uri_too_long",
             LocalError::HeaderFieldsTooLarge => "header_fields_too_large",
+            LocalError::TooManyCancels => "too_many_cancels",
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod tunnel;
 use crate::body::ClientBody;
 use crate::body::ResponseBody;
 use crate::config::file::ListenerMode;
-use crate::listen::{ConnInfo, ListenerRuntime};
+use crate::listen::ConnInfo;
 use crate::server::Shared;
 use crate::telemetry::span::RequestSpan;
 use crate::trace_context::{RequestId, RequestIds, TraceContext};
@@ -36,7 +36,7 @@ pub struct RequestMeta {
     /// each upstream attempt; it is handed to the exporter when the response head is ready.
     pub span: Option<Box<RequestSpan>>,
     /// The request's access log line, when its listener logs: the reverse path notes which endpoint answered.
-    pub log: Option<Box<crate::access_log::Entry>>,
+    pub log: Option<crate::access_log::Pending>,
 }
 
 /// The detail of a 413 for a body larger than the listener's `max_request_body`.
@@ -62,6 +62,11 @@ pub async fn handle(
             local::LocalError::BadRequest,
             "request framing refused: both Content-Length and Transfer-Encoding, a transfer coding other than chunked, a head too large to check, or an earlier request on the connection that could not be framed",
         ))
+    } else if conn.activity.cancelled_too_many() {
+        Some((
+            local::LocalError::TooManyCancels,
+            "this connection cancelled too many requests and is closing: open a new one",
+        ))
     } else if let Some(limit) = listener.config.max_request_body {
         let body = std::mem::replace(req.body_mut(), ClientBody::Empty);
         match body.capped(limit, req.version() <= http::Version::HTTP_11) {
@@ -81,7 +86,7 @@ pub async fn handle(
         let mut response = local::error_response(error, detail, &meta.request_id);
         shared.metrics.observe_request(&listener.config.name, "", response.status().as_u16(), None);
         in_flight.refused();
-        let _whole = logged(&listener, &mut meta, &mut response);
+        let _whole = logged(&mut meta, &mut response);
         in_flight.attach(response.body_mut());
         traced(shared, &mut meta, &response);
         return Ok(response);
@@ -111,7 +116,7 @@ pub async fn handle(
             in_flight.refused();
         }
     }
-    let sent = logged(&listener, &mut meta, &mut response);
+    let sent = logged(&mut meta, &mut response);
     in_flight.attach(response.body_mut());
     conn.activity.watch_send(response.body_mut());
     if let Some(sent) = sent {
@@ -122,16 +127,9 @@ pub async fn handle(
 }
 
 /// Hands the request's line to its listener's access log, written once the response has gone out (see
-/// [`crate::access_log::AccessLog::finish`] for where its guards go).
-fn logged(
-    listener: &ListenerRuntime,
-    meta: &mut RequestMeta,
-    response: &mut Response<ResponseBody>,
-) -> Option<crate::access_log::Sent> {
-    match (&listener.access_log, meta.log.take()) {
-        (Some(log), Some(entry)) => log.finish(entry, response),
-        _ => None,
-    }
+/// [`crate::access_log::AccessLog`]'s `finish` for where its guards go).
+fn logged(meta: &mut RequestMeta, response: &mut Response<ResponseBody>) -> Option<crate::access_log::Sent> {
+    meta.log.take().and_then(|pending| pending.finish(response))
 }
 
 /// Ends the request's server span at its response head and hands it to the exporter (never waiting).

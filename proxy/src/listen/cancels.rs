@@ -12,8 +12,10 @@
 //! refused request between resets would otherwise keep their share at half; but a request whose body the
 //! client broke off, answered 400 by Portico, is a cancel: a reset sent while the body was owed); past both
 //! the connection is
-//! asked to close gracefully (a GOAWAY on HTTP/2: the requests in flight finish, no new ones start), and is
-//! closed outright [`CLOSE_WITHIN`] later if it has not ended by then.
+//! asked to close gracefully (a GOAWAY on HTTP/2: the requests in flight finish), and is closed outright
+//! [`CLOSE_WITHIN`] later if it has not ended by then. Meanwhile every new request on it is answered 429 by
+//! Portico itself: an HTTP/2 graceful close takes new streams until the client answers its PING, and a client
+//! that never did had thousands more requests sent upstream in those two seconds.
 
 use futures_util::task::AtomicWaker;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +50,11 @@ impl Alarm {
         if !self.raised.swap(true, Ordering::AcqRel) {
             self.waker.wake();
         }
+    }
+
+    /// Whether the alarm was raised.
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Relaxed)
     }
 
     /// Ready once the alarm is raised.

@@ -126,6 +126,11 @@ impl Activity {
         }
     }
 
+    /// Whether the client has cancelled too many requests: the connection is closing, and takes no more.
+    pub fn cancelled_too_many(&self) -> bool {
+        self.cancels.is_raised()
+    }
+
     /// Ready once the client has cancelled too many requests (see [`super::cancels`]).
     pub fn poll_too_many_cancels(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         self.cancels.poll_raised(cx)

@@ -188,3 +188,48 @@ async fn a_file_portico_cannot_write_is_refused_with_the_reason() -> TestResult 
     assert!(issues.contains("listener[0].access_log_format"), "{issues}");
     Ok(())
 }
+
+/// A request whose client goes away before the response head (here an HTTP/2 stream reset while the upstream
+/// is slow) is logged with nginx's 499, "client closed request".
+#[tokio::test]
+async fn a_request_the_client_gave_up_on_is_logged_499() -> TestResult {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = TestUpstream::start_with("app", Behavior::Delay(Duration::from_secs(5))).await;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let p = Portico::start(&logging_config(&up, &log, None)).await;
+    let tcp = TcpStream::connect(p.addr("web").await).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let response = sender.send_request(http::Request::get("http://a/given-up").body(Empty::<Bytes>::new())?);
+    // Dropping the response future resets the stream.
+    let _ = tokio::time::timeout(Duration::from_millis(300), response).await;
+    let found = lines(&log, 1).await;
+    let entry: serde_json::Value = serde_json::from_str(found.first().map_or("", String::as_str))?;
+    assert_eq!((entry["target"].as_str(), entry["status"].as_u64()), (Some("/given-up"), Some(499)), "{entry}");
+    assert_eq!(entry["complete"], false);
+    assert_eq!(entry["endpoint"], up.addr.to_string());
+    Ok(())
+}
+
+/// The same over HTTP/1: the client closes its connection while the upstream is slow; the request is dropped
+/// (its upstream exchange cancelled, as nginx does) and logged 499.
+#[tokio::test]
+async fn an_http1_client_that_closes_before_its_answer_is_logged_499() -> TestResult {
+    let up = TestUpstream::start_with("app", Behavior::Delay(Duration::from_secs(5))).await;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("access.log");
+    let p = Portico::start(&logging_config(&up, &log, None)).await;
+    let web = p.addr("web").await;
+    let mut stream = TcpStream::connect(web).await?;
+    stream.write_all(format!("GET /left HTTP/1.1\r\nHost: {web}\r\n\r\n").as_bytes()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    let found = lines(&log, 1).await;
+    let entry: serde_json::Value = serde_json::from_str(found.first().map_or("", String::as_str))?;
+    assert_eq!((entry["target"].as_str(), entry["status"].as_u64()), (Some("/left"), Some(499)), "{entry}");
+    assert!(entry["duration_ms"].as_f64().is_some_and(|d| d < 4_000.0), "{entry}");
+    Ok(())
+}
