@@ -3,8 +3,8 @@
 //! whole, given up or left by the client, so it carries the bytes sent and the whole duration.
 //!
 //! No request waits on the disk: a worker hands a finished request's facts to one writer thread
-//! ([`writer`]) over a bounded queue and moves on; the thread formats the lines ([`format`]) and writes them
-//! through a buffer, flushed whenever the queue runs dry. When the disk cannot keep up and the queue is full
+//! ([`writer`]) over a bounded queue and moves on; the thread takes them in batches (every 100 ms, or sooner
+//! when many wait), formats the lines ([`format`]) and writes them through a buffer, flushed after each batch. When the disk cannot keep up and the queue is full
 //! (in lines, or in the bytes of request text it holds), lines are dropped and counted
 //! (`portico_access_log_dropped_total`) rather than slowing requests down. Every reload asked for (`SIGHUP`,
 //! `POST /config/reload`) reopens the files, so logrotate's `postrotate` can send `SIGHUP` as it sends nginx
@@ -21,14 +21,22 @@ use http::{header, Request};
 use prometheus::{IntCounterVec, Opts, Registry};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-use writer::Message;
 
 /// Lines waiting for the writer at most; more are dropped.
 const QUEUE: usize = 16 * 1024;
+/// The queue's lines, and the writer's reading of them.
+struct Queue {
+    lines: Vec<(Arc<Target>, Box<Entry>)>,
+    /// [`Entry::weight`] of the lines queued.
+    bytes: usize,
+    /// [`AccessLogs::close`] asked the writer to write what is queued and stop.
+    stopping: bool,
+    /// It did.
+    stopped: bool,
+}
 /// Bytes of request text (targets, names) waiting for the writer at most: long targets and user agents fill
 /// this before [`QUEUE`] does, so the queue's memory stays bounded whatever clients send.
 const QUEUE_BYTES: usize = 32 << 20;
@@ -58,21 +66,22 @@ pub enum AccessLogError {
 /// What the writer thread and the listeners' logs share.
 struct Shared {
     dropped: IntCounterVec,
-    /// Bumped by [`AccessLogs::reopen`]; the writer lets go of its files when it sees a new one.
+    /// Bumped by [`AccessLogs::reopen`]; the writer opens its files again when it sees a new one.
     generation: AtomicU64,
-    /// [`Entry::weight`] of the lines queued.
-    queued_bytes: AtomicUsize,
+    queue: parking_lot::Mutex<Queue>,
+    /// The writer waits on it for lines (see [`writer::WAKE_AT`]), and a stop for the writer.
+    ready: parking_lot::Condvar,
 }
 
 /// The process's access log writer: started with the first listener that logs, shared by all of them.
 pub struct AccessLogs {
-    sender: OnceLock<SyncSender<Message>>,
+    started: OnceLock<()>,
     shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for AccessLogs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessLogs").field("started", &self.sender.get().is_some()).finish()
+        f.debug_struct("AccessLogs").field("started", &self.started.get().is_some()).finish()
     }
 }
 
@@ -87,27 +96,29 @@ impl AccessLogs {
             &["listener", "reason"],
         )?;
         registry.register(Box::new(dropped.clone()))?;
-        let shared = Arc::new(Shared { dropped, generation: AtomicU64::new(0), queued_bytes: AtomicUsize::new(0) });
-        Ok(AccessLogs { sender: OnceLock::new(), shared })
+        let queue = Queue { lines: Vec::new(), bytes: 0, stopping: false, stopped: false };
+        let shared = Arc::new(Shared {
+            dropped,
+            generation: AtomicU64::new(0),
+            queue: parking_lot::Mutex::new(queue),
+            ready: parking_lot::Condvar::new(),
+        });
+        Ok(AccessLogs { started: OnceLock::new(), shared })
     }
 
     /// A listener's log, its file checked to open for appending now, so a configuration naming a file Portico
     /// cannot write is refused with the reason instead of losing its lines.
     pub fn open(&self, listener: &ListenerConfig, config: &AccessLogConfig) -> Result<AccessLog, AccessLogError> {
         open_append(&config.path).map_err(|source| AccessLogError::Open { path: config.path.clone(), source })?;
-        let sender = match self.sender.get() {
-            Some(sender) => sender.clone(),
-            None => {
-                let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE);
-                let shared = self.shared.clone();
-                std::thread::Builder::new()
-                    .name("portico-access-log".into())
-                    .spawn(move || writer::write_lines(&receiver, &shared))
-                    .map_err(AccessLogError::Thread)?;
-                // Two listeners opening at once: the loser's thread ends when its sender is dropped here.
-                self.sender.get_or_init(|| sender).clone()
-            }
-        };
+        if self.started.get().is_none() {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("portico-access-log".into())
+                .spawn(move || writer::write_lines(&shared))
+                .map_err(AccessLogError::Thread)?;
+            // Listeners are opened one at a time (under the server's listener lock): one thread.
+            let _ = self.started.set(());
+        }
         Ok(AccessLog {
             target: Arc::new(Target {
                 path: config.path.clone(),
@@ -115,7 +126,6 @@ impl AccessLogs {
                 listener: listener.name.as_str().into(),
                 forward: listener.mode == ListenerMode::Forward,
             }),
-            sender,
             shared: self.shared.clone(),
         })
     }
@@ -126,14 +136,17 @@ impl AccessLogs {
         self.shared.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Writes out what is queued (waiting up to 5 s), at shutdown. Blocks: call it off the async workers.
+    /// Writes out what is queued (waiting up to 5 s), at shutdown; lines after that are dropped. Blocks: call
+    /// it off the async workers.
     pub fn close(&self) {
-        if let Some(sender) = self.sender.get() {
-            let (done, written) = std::sync::mpsc::sync_channel(1);
-            if sender.send(Message::Stop(done)).is_ok() {
-                let _ = written.recv_timeout(STOP_WAIT);
-            }
+        if self.started.get().is_none() {
+            return;
         }
+        let mut queue = self.shared.queue.lock();
+        queue.stopping = true;
+        self.shared.ready.notify_all();
+        let deadline = Instant::now() + STOP_WAIT;
+        while !queue.stopped && !self.shared.ready.wait_until(&mut queue, deadline).timed_out() {}
     }
 }
 
@@ -156,7 +169,6 @@ struct Target {
 #[derive(Clone)]
 pub struct AccessLog {
     target: Arc<Target>,
-    sender: SyncSender<Message>,
     shared: Arc<Shared>,
 }
 
@@ -232,18 +244,24 @@ impl AccessLog {
     fn write(&self, mut entry: Box<Entry>) {
         entry.duration_us = micros(entry.started.elapsed());
         let weight = entry.weight();
-        let queued = self.shared.queued_bytes.fetch_add(weight, Ordering::Relaxed);
-        let reason = if queued + weight > QUEUE_BYTES {
-            "queue_full"
-        } else {
-            match self.sender.try_send(Message::Line(self.target.clone(), entry)) {
-                Ok(()) => return,
-                Err(TrySendError::Full(_)) => "queue_full",
-                Err(TrySendError::Disconnected(_)) => "writer_stopped",
+        let (refused, wake) = {
+            let mut queue = self.shared.queue.lock();
+            if queue.stopping {
+                (Some("writer_stopped"), false)
+            } else if queue.lines.len() >= QUEUE || queue.bytes + weight > QUEUE_BYTES {
+                (Some("queue_full"), false)
+            } else {
+                queue.lines.push((self.target.clone(), entry));
+                queue.bytes += weight;
+                (None, queue.lines.len() == writer::WAKE_AT)
             }
         };
-        self.shared.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
-        self.shared.dropped.with_label_values(&[&self.target.listener, reason]).inc();
+        if wake {
+            self.shared.ready.notify_one();
+        }
+        if let Some(reason) = refused {
+            self.shared.dropped.with_label_values(&[&self.target.listener, reason]).inc();
+        }
     }
 }
 
