@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::abi::{MAP_REQUEST_HEADERS, MAP_RESPONSE_HEADERS};
 use crate::context::{Routed, StreamSignal};
-use crate::error::PluginFailure;
+use crate::error::{FailureKind, PluginFailure};
 use crate::request_head::{Head, HeadView, MapRef};
 use crate::stream::HttpStream;
 use crate::types::{FilterAction, HeaderMap, Resumption};
@@ -152,7 +152,15 @@ impl HttpStream {
         if action != FilterAction::Pause {
             return Ok(action);
         }
-        match self.resumed().await {
+        // Without a limit, a plugin that never resumed held the request, and its connection, for as long as
+        // the client waited. (A paused body is bounded by the upstream's `request_timeout` instead.)
+        let limit = self.plugin().pause_timeout;
+        let Ok(resumed) = tokio::time::timeout(limit, self.resumed()).await else {
+            let plugin = self.plugin().name().to_string();
+            let message = format!("paused headers were not resumed within {limit:?}");
+            return Err(PluginFailure { plugin, kind: FailureKind::Timeout, message });
+        };
+        match resumed {
             Resumption::Continue => {
                 refresh(if request { self.request_headers()? } else { self.response_headers()? });
                 self.changed = true;

@@ -113,6 +113,8 @@ pub struct Plugin {
     /// While broken: when to try again, and the rest to take if it breaks again.
     retry: Mutex<(Instant, Duration)>,
     pub(crate) callbacks: Callbacks,
+    /// See [`PluginSpec::pause_timeout`].
+    pub(crate) pause_timeout: Duration,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -228,6 +230,7 @@ impl Plugin {
             broken: AtomicBool::new(false),
             retry: Mutex::new((Instant::now(), spec.broken_cooloff)),
             callbacks: Callbacks::of(&module.module),
+            pause_timeout: spec.pause_timeout,
         });
         for (i, cell) in plugin.slots.iter().take(instances).enumerate() {
             let mut slot = cell.shared.lock();

@@ -38,6 +38,9 @@ pub struct PluginSpec {
     /// (up to 5 minutes). A crash loop is rate-limited, not final: a plugin that only timed out while the
     /// machine was starved of CPU comes back by itself.
     pub broken_cooloff: Duration,
+    /// How long a stream paused in its request or response headers waits to be resumed before the plugin has
+    /// failed it (a timeout, answered by `fail`).
+    pub pause_timeout: Duration,
 }
 
 impl std::fmt::Debug for PluginSpec {
@@ -75,6 +78,7 @@ impl PluginSpec {
             instances: 0,
             max_restarts_per_minute: 10,
             broken_cooloff: Duration::from_secs(10),
+            pause_timeout: Duration::from_secs(30),
         }
     }
 }

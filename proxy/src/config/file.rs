@@ -141,6 +141,9 @@ pub struct PluginFile {
     /// CPU time one callback may take before it is interrupted.
     #[serde(default = "default_plugin_cpu")]
     pub cpu_limit: HumanDuration,
+    /// How long a request or response paused in its headers waits for the plugin to resume it.
+    #[serde(default = "default_pause_timeout")]
+    pub pause_timeout: HumanDuration,
     /// Wasm instances (VMs) serving this plugin in parallel; 0 = one per CPU. State a plugin keeps in its VM
     /// (a round-robin position, a cache) is per instance.
     #[serde(default)]
@@ -153,6 +156,9 @@ pub struct PluginFile {
 
 fn default_plugin_memory() -> ByteSize {
     ByteSize(32 * 1024 * 1024)
+}
+fn default_pause_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 fn default_plugin_cpu() -> HumanDuration {
     HumanDuration(std::time::Duration::from_millis(10))

@@ -185,6 +185,8 @@ pub struct PluginConfig {
     pub memory_limit: usize,
     /// CPU deadline per callback.
     pub cpu_limit: Duration,
+    /// How long a stream paused in its headers waits to be resumed.
+    pub pause_timeout: Duration,
     /// Instances in the pool (0 = one per CPU).
     pub instances: usize,
     /// How an upload with `?rollout=PERCENT` proceeds (the defaults when the table is absent).
@@ -693,6 +695,9 @@ impl Validator<'_> {
             if p.memory_limit.0 < 64 * 1024 {
                 self.issue(format!("{key}.memory_limit"), Some(&p.name), "at least 64KiB (one wasm page)");
             }
+            if p.pause_timeout.0.is_zero() {
+                self.issue(format!("{key}.pause_timeout"), Some(&p.name), "must be positive");
+            }
             if p.cpu_limit.0.is_zero() {
                 self.issue(format!("{key}.cpu_limit"), Some(&p.name), "must be positive");
             }
@@ -715,6 +720,7 @@ impl Validator<'_> {
                 fail: p.fail,
                 memory_limit: usize::try_from(p.memory_limit.0).unwrap_or(usize::MAX),
                 cpu_limit: p.cpu_limit.0,
+                pause_timeout: p.pause_timeout.0,
                 instances: p.instances,
                 rollout,
             });

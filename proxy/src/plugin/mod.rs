@@ -368,6 +368,7 @@ impl PluginSet {
         };
         spec.memory_limit = config.memory_limit;
         spec.cpu_limit = config.cpu_limit;
+        spec.pause_timeout = config.pause_timeout;
         spec.instances = config.instances;
         let engine = self.engine.clone();
         let services: Arc<dyn portico_plugins::HostServices> = self.services.clone();

@@ -224,3 +224,41 @@ async fn accept_loops_back_off_when_descriptors_run_out() -> TestResult {
     let _ = child.wait();
     result
 }
+
+/// A plugin that pauses a request in its headers and never resumes it (no callout, no tick) has failed it
+/// once `pause_timeout` passes: answered by its `fail` policy, 503 when closed, passed on when open. Before,
+/// the request and its connection were held for as long as the client waited.
+#[tokio::test]
+async fn a_pause_nobody_resumes_fails_by_the_plugins_policy() -> TestResult {
+    let module = wat::parse_str(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1)))"#,
+    )?;
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("pause.wasm");
+    std::fs::write(&wasm, module)?;
+    for (fail, expected) in [("closed", 503), ("open", 200)] {
+        let config = reverse_config(&quoted(&[&up]), "")
+            .replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"pauser\"]\n")
+            + &format!(
+                "\n[[plugin]]\nname = \"pauser\"\nwasm = \"{}\"\nfail = \"{fail}\"\npause_timeout = \"1s\"\n",
+                wasm.display()
+            );
+        let p = Portico::start(&config).await;
+        let started = std::time::Instant::now();
+        let answer = send(p.addr("web").await, "GET", "/paused", &[], "").await?;
+        assert_eq!(answer.status, expected, "fail = {fail}: {:?}", answer.body);
+        assert!(started.elapsed() < Duration::from_secs(20), "fail = {fail}: {:?}", started.elapsed());
+    }
+    Ok(())
+}
