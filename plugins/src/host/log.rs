@@ -17,7 +17,7 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         }
         let level = LogLevel::from_abi(level);
         let st = c.data();
-        st.core.services.log(&st.core.name, level, &msg);
+        st.core.services.log(&st.core.name, level, &printable(&msg));
         if level >= LogLevel::Error {
             c.data_mut().last_error_log = Some(msg);
         }
@@ -29,4 +29,33 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         Ok(OK)
     });
     Ok(())
+}
+
+/// A guest's message as a log line may carry it: control characters (a newline, a carriage return, NUL, an
+/// escape) written as escapes, so a plugin cannot start a line of its own that reads as Portico's (tab stays).
+pub(super) fn printable(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(message.len() + 8);
+    for c in message.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_cannot_start_a_line() {
+        assert_eq!(super::printable("ok\ttab"), "ok\ttab");
+        assert_eq!(
+            super::printable("a\n2099-01-01T00:00:00Z INFO forged\r\0\u{1b}[31m"),
+            "a\\n2099-01-01T00:00:00Z INFO forged\\r\\u{0}\\u{1b}[31m"
+        );
+    }
 }

@@ -39,7 +39,7 @@ pub(super) fn link(l: &mut Imports<'_>, m: &str) -> Result<()> {
         if !text.is_empty() {
             let st = c.data();
             let level = if fd == 1 { LogLevel::Info } else { LogLevel::Error };
-            st.core.services.log(&st.core.name, level, text);
+            st.core.services.log(&st.core.name, level, &super::log::printable(text));
         }
         mem::write_u32(&mut c, ret, out.len() as u32, "fd_write")?;
         Ok(ERRNO_SUCCESS)
