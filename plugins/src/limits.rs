@@ -47,6 +47,11 @@ pub const MAX_QUEUE_ENTRIES: usize = 10_000;
 pub const MAX_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// A queue name, in bytes.
 pub const MAX_QUEUE_NAME: usize = 256;
+/// Bytes all queues hold together (with 1,024 queues of 16 MiB each, a plugin filled 4.5 GB before).
+pub const MAX_ALL_QUEUES_BYTES: usize = 64 * 1024 * 1024;
+/// The share of each cap over all plugins (shared data keys and bytes, queues, queued bytes) one vm_id may
+/// hold: one plugin filling the store cannot lock every other out of it.
+pub const VM_SHARE_DIVISOR: usize = 2;
 
 /// Metrics one plugin may define (`proxy_define_metric`): each is a Prometheus series that lives as long as the
 /// process.

@@ -232,6 +232,8 @@ impl Plugin {
             callbacks: Callbacks::of(&module.module),
             pause_timeout: spec.pause_timeout,
         });
+        // Counted from here: the plugin's drop, even on a failed start, detaches it.
+        plugin.core.shared.attach(&plugin.core.vm_id);
         for (i, cell) in plugin.slots.iter().take(instances).enumerate() {
             let mut slot = cell.shared.lock();
             slot.generation += 1;
@@ -476,6 +478,7 @@ impl Drop for Plugin {
     fn drop(&mut self) {
         // The version's tickers end.
         self.core.tickers.notify_waiters();
+        self.core.shared.detach(&self.core.vm_id);
     }
 }
 

@@ -59,6 +59,25 @@ struct SharedData {
     map: HashMap<(String, String), SharedValue>,
     /// Key and value bytes held.
     bytes: usize,
+    /// Keys and bytes held per vm_id (see [`crate::limits::VM_SHARE_DIVISOR`]).
+    per_vm: HashMap<String, Usage>,
+}
+
+/// What one vm_id holds of a store: entries (keys, queues) and bytes.
+#[derive(Default, Clone, Copy)]
+struct Usage {
+    count: usize,
+    bytes: usize,
+}
+
+/// The queues with their sizes.
+#[derive(Default)]
+struct Queues {
+    map: HashMap<u32, SharedQueue>,
+    /// Bytes queued over all queues.
+    bytes: usize,
+    /// Queues and queued bytes per vm_id.
+    per_vm: HashMap<String, Usage>,
 }
 
 /// Result of a queue write.
@@ -77,8 +96,10 @@ pub(crate) enum Enqueue {
 pub(crate) struct SharedState {
     data: Mutex<SharedData>,
     next_cas: AtomicU32,
-    queues: Mutex<HashMap<u32, SharedQueue>>,
+    queues: Mutex<Queues>,
     next_queue: AtomicU32,
+    /// Plugin versions loaded per vm_id: when the last one of a vm_id goes, its data and queues go too.
+    live: Mutex<HashMap<String, usize>>,
 }
 
 impl SharedState {
@@ -105,10 +126,20 @@ impl SharedState {
         }
         let old = data.map.get(&k).map(|v| k.1.len() + v.value.len());
         let bytes = data.bytes - old.unwrap_or(0) + key.len() + value.len();
-        if (old.is_none() && data.map.len() >= MAX_SHARED_DATA_KEYS) || bytes > MAX_SHARED_DATA_BYTES {
+        let mine = data.per_vm.get(vm_id).copied().unwrap_or_default();
+        let my_bytes = mine.bytes - old.unwrap_or(0) + key.len() + value.len();
+        let share = crate::limits::VM_SHARE_DIVISOR;
+        let new_key = old.is_none();
+        if (new_key && (data.map.len() >= MAX_SHARED_DATA_KEYS || mine.count >= MAX_SHARED_DATA_KEYS / share))
+            || bytes > MAX_SHARED_DATA_BYTES
+            || my_bytes > MAX_SHARED_DATA_BYTES / share
+        {
             return SetShared::Full;
         }
         data.bytes = bytes;
+        let usage = data.per_vm.entry(vm_id.to_string()).or_default();
+        usage.bytes = my_bytes;
+        usage.count += usize::from(new_key);
         let mut next = self.next_cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if next == 0 {
             next = self.next_cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -120,16 +151,20 @@ impl SharedState {
     /// The queue's id; registering an existing name makes the caller its owner. `None` when the name is over
     /// [`crate::limits::MAX_QUEUE_NAME`] or there are [`crate::limits::MAX_QUEUES`] already.
     pub fn register_queue(&self, vm_id: &str, name: &str, owner: QueueOwner) -> Option<u32> {
+        use crate::limits::{MAX_QUEUES, MAX_QUEUE_NAME, VM_SHARE_DIVISOR};
         let mut queues = self.queues.lock();
-        if let Some((id, q)) = queues.iter_mut().find(|(_, q)| q.vm_id == vm_id && q.name == name) {
+        if let Some((id, q)) = queues.map.iter_mut().find(|(_, q)| q.vm_id == vm_id && q.name == name) {
             q.owner = Some(owner);
             return Some(*id);
         }
-        if name.len() > crate::limits::MAX_QUEUE_NAME || queues.len() >= crate::limits::MAX_QUEUES {
+        let mine = queues.per_vm.get(vm_id).copied().unwrap_or_default();
+        if name.len() > MAX_QUEUE_NAME || queues.map.len() >= MAX_QUEUES || mine.count >= MAX_QUEUES / VM_SHARE_DIVISOR
+        {
             return None;
         }
+        queues.per_vm.entry(vm_id.to_string()).or_default().count += 1;
         let id = self.next_queue.fetch_add(1, Ordering::Relaxed) + 1;
-        queues.insert(
+        queues.map.insert(
             id,
             SharedQueue {
                 vm_id: vm_id.to_string(),
@@ -143,35 +178,81 @@ impl SharedState {
     }
 
     pub fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
-        self.queues.lock().iter().find(|(_, q)| q.vm_id == vm_id && q.name == name).map(|(id, _)| *id)
+        self.queues.lock().map.iter().find(|(_, q)| q.vm_id == vm_id && q.name == name).map(|(id, _)| *id)
     }
 
     /// Appends to a queue within its caps ([`crate::limits::MAX_QUEUE_ENTRIES`],
     /// [`crate::limits::MAX_QUEUE_BYTES`]); dequeues make room again.
     pub fn enqueue(&self, id: u32, value: Vec<u8>) -> Enqueue {
-        use crate::limits::{MAX_QUEUE_BYTES, MAX_QUEUE_ENTRIES};
-        let mut queues = self.queues.lock();
-        let Some(q) = queues.get_mut(&id) else { return Enqueue::NotFound };
+        use crate::limits::{MAX_ALL_QUEUES_BYTES, MAX_QUEUE_BYTES, MAX_QUEUE_ENTRIES, VM_SHARE_DIVISOR};
+        let mut guard = self.queues.lock();
+        let queues = &mut *guard;
+        let Some(q) = queues.map.get_mut(&id) else { return Enqueue::NotFound };
         if value.len() > MAX_QUEUE_BYTES {
             return Enqueue::TooLarge;
         }
-        if q.items.len() >= MAX_QUEUE_ENTRIES || q.bytes + value.len() > MAX_QUEUE_BYTES {
+        let n = value.len();
+        let mine = queues.per_vm.entry(q.vm_id.clone()).or_default();
+        if q.items.len() >= MAX_QUEUE_ENTRIES
+            || q.bytes + n > MAX_QUEUE_BYTES
+            || queues.bytes + n > MAX_ALL_QUEUES_BYTES
+            || mine.bytes + n > MAX_ALL_QUEUES_BYTES / VM_SHARE_DIVISOR
+        {
             return Enqueue::Full;
         }
-        q.bytes += value.len();
+        mine.bytes += n;
+        queues.bytes += n;
+        q.bytes += n;
         q.items.push_back(value);
         Enqueue::Ok(q.owner.clone())
     }
 
     /// Takes the oldest entry of a queue: `Err(())` for an unknown queue, `Ok(None)` when it is empty.
     pub fn dequeue(&self, id: u32) -> Result<Option<Vec<u8>>, ()> {
-        let mut queues = self.queues.lock();
-        let q = queues.get_mut(&id).ok_or(())?;
+        let mut guard = self.queues.lock();
+        let queues = &mut *guard;
+        let q = queues.map.get_mut(&id).ok_or(())?;
         let item = q.items.pop_front();
         if let Some(item) = &item {
             q.bytes -= item.len();
+            queues.bytes -= item.len();
+            if let Some(mine) = queues.per_vm.get_mut(&q.vm_id) {
+                mine.bytes -= item.len();
+            }
         }
         Ok(item)
+    }
+
+    /// A plugin version of `vm_id` was loaded.
+    pub fn attach(&self, vm_id: &str) {
+        *self.live.lock().entry(vm_id.to_string()).or_default() += 1;
+    }
+
+    /// A plugin version of `vm_id` went away; with the last one, the vm_id's shared data and queues go too
+    /// (nothing can read them again, and they counted against every other plugin's room).
+    pub fn detach(&self, vm_id: &str) {
+        {
+            let mut live = self.live.lock();
+            match live.get_mut(vm_id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                Some(_) => {
+                    live.remove(vm_id);
+                }
+                None => return,
+            }
+        }
+        let mut data = self.data.lock();
+        let freed = data.per_vm.remove(vm_id).unwrap_or_default();
+        data.map.retain(|(vm, _), _| vm != vm_id);
+        data.bytes -= freed.bytes;
+        drop(data);
+        let mut queues = self.queues.lock();
+        let freed = queues.per_vm.remove(vm_id).unwrap_or_default();
+        queues.map.retain(|_, q| q.vm_id != vm_id);
+        queues.bytes -= freed.bytes;
     }
 }
 
@@ -198,24 +279,52 @@ mod tests {
             shared.set_shared("vm", &"k".repeat(MAX_SHARED_DATA_KEY + 1), vec![], 0),
             SetShared::TooLarge
         ));
-        // Bytes: 64 values of 1 MiB do not fit in 64 MiB with their keys.
-        let fitted = (0..64)
-            .take_while(|i| {
-                matches!(shared.set_shared("vm", &format!("big{i}"), vec![0; MAX_SHARED_DATA_VALUE], 0), SetShared::Ok)
-            })
-            .count();
-        assert_eq!(fitted, 63);
+        // Bytes: one vm_id holds at most half of the 64 MiB; 32 values of 1 MiB do not fit with their keys.
+        let fill = |vm: &str| {
+            (0..64)
+                .take_while(|i| {
+                    matches!(
+                        shared.set_shared(vm, &format!("big{i}"), vec![0; MAX_SHARED_DATA_VALUE], 0),
+                        SetShared::Ok
+                    )
+                })
+                .count()
+        };
+        assert_eq!(fill("vm"), 31);
+        // Another plugin still has its half.
+        assert_eq!(fill("other"), 31);
         // Replacing a value frees its bytes first.
         assert!(matches!(shared.set_shared("vm", "big0", vec![0; MAX_SHARED_DATA_VALUE], 0), SetShared::Ok));
         assert!(matches!(shared.set_shared("vm", "big0", vec![], 0), SetShared::Ok));
-        assert!(matches!(shared.set_shared("vm", "big63", vec![0; 1000], 0), SetShared::Ok));
-        // Keys.
+        assert!(matches!(shared.set_shared("vm", "big31", vec![0; 1000], 0), SetShared::Ok));
+        // Keys: half of them per vm_id, all of them over every vm_id.
         let shared = SharedState::default();
-        for i in 0..MAX_SHARED_DATA_KEYS {
-            assert!(matches!(shared.set_shared("vm", &i.to_string(), vec![], 0), SetShared::Ok), "key {i}");
+        let half = MAX_SHARED_DATA_KEYS / crate::limits::VM_SHARE_DIVISOR;
+        for vm in ["a", "b"] {
+            for i in 0..half {
+                assert!(matches!(shared.set_shared(vm, &i.to_string(), vec![], 0), SetShared::Ok), "{vm} key {i}");
+            }
+            assert!(matches!(shared.set_shared(vm, "one more", vec![], 0), SetShared::Full));
         }
-        assert!(matches!(shared.set_shared("vm", "one more", vec![], 0), SetShared::Full));
-        assert!(matches!(shared.set_shared("vm", "0", vec![1], 0), SetShared::Ok), "an existing key can change");
+        assert!(matches!(shared.set_shared("c", "0", vec![], 0), SetShared::Full), "the store is full");
+        assert!(matches!(shared.set_shared("a", "0", vec![1], 0), SetShared::Ok), "an existing key can change");
+    }
+
+    #[test]
+    fn a_vm_ids_data_and_queues_go_with_its_last_plugin() {
+        let shared = SharedState::default();
+        shared.attach("vm");
+        shared.attach("vm");
+        assert!(matches!(shared.set_shared("vm", "k", vec![0; 1000], 0), SetShared::Ok));
+        let id = shared.register_queue("vm", "q", owner()).unwrap_or_else(|| panic!("registered"));
+        assert!(matches!(shared.enqueue(id, vec![0; 1000]), Enqueue::Ok(_)));
+        // A swap: the new version loaded, the old one gone. The data stays.
+        shared.detach("vm");
+        assert!(shared.get_shared("vm", "k").is_some());
+        shared.detach("vm");
+        assert!(shared.get_shared("vm", "k").is_none());
+        assert!(shared.resolve_queue("vm", "q").is_none());
+        assert_eq!((shared.data.lock().bytes, shared.queues.lock().bytes), (0, 0));
     }
 
     #[test]
@@ -230,17 +339,25 @@ mod tests {
         assert_eq!(shared.dequeue(id), Ok(Some(vec![1])));
         assert!(matches!(shared.enqueue(id, vec![1]), Enqueue::Ok(_)));
         assert!(matches!(shared.enqueue(id, vec![0; MAX_QUEUE_BYTES + 1]), Enqueue::TooLarge));
-        // Bytes.
+        // Bytes, per queue.
         let big = shared.register_queue("vm", "big", owner()).unwrap_or_else(|| panic!("registered"));
         let fitted = (0..32).take_while(|_| matches!(shared.enqueue(big, vec![0; 1 << 20]), Enqueue::Ok(_))).count();
         assert_eq!(fitted, MAX_QUEUE_BYTES >> 20);
         assert!(shared.dequeue(big).is_ok_and(|item| item.is_some()));
         assert!(matches!(shared.enqueue(big, vec![0; 1 << 20]), Enqueue::Ok(_)));
-        // Queue count.
-        for i in 2..MAX_QUEUES {
+        // Bytes, per vm_id (half of all queues' 64 MiB): a second full queue does not fit.
+        let more = shared.register_queue("vm", "more", owner()).unwrap_or_else(|| panic!("registered"));
+        let fitted = (0..32).take_while(|_| matches!(shared.enqueue(more, vec![0; 1 << 20]), Enqueue::Ok(_))).count();
+        assert!(fitted < MAX_QUEUE_BYTES >> 20, "{fitted}");
+        let other = shared.register_queue("other", "q", owner()).unwrap_or_else(|| panic!("registered"));
+        assert!(matches!(shared.enqueue(other, vec![0; 1 << 20]), Enqueue::Ok(_)), "another vm_id has its half");
+        // Queue count: half per vm_id.
+        let half = MAX_QUEUES / crate::limits::VM_SHARE_DIVISOR;
+        for i in 3..half {
             assert!(shared.register_queue("vm", &format!("q{i}"), owner()).is_some(), "queue {i}");
         }
         assert!(shared.register_queue("vm", "one too many", owner()).is_none());
         assert!(shared.register_queue("vm", "q", owner()).is_some(), "registering an existing queue again works");
+        assert!(shared.register_queue("other", "q2", owner()).is_some());
     }
 }
