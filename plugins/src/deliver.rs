@@ -229,7 +229,18 @@ impl Plugin {
     /// Earliest time an instance this thread can reach wants `proxy_on_tick` (None = no timer set). A shared
     /// instance in use on another thread is looked at again in [`BUSY_RETRY`].
     pub fn next_tick_deadline(&self) -> Option<Instant> {
+        if self.standby.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         (0..self.slots.len()).filter_map(|i| self.tick_due(i)).min()
+    }
+
+    /// Puts a version that no longer serves (kept for rollback) on standby, or back: its `proxy_on_tick`
+    /// waits meanwhile. A replaced version's ticks went on for as long as it was kept, a plugin's own work
+    /// done twice, or a bad version's burning CPU after it was replaced.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, std::sync::atomic::Ordering::Relaxed);
+        self.core.tickers.notify_waiters();
     }
 
     fn tick_due(&self, i: usize) -> Option<Instant> {
@@ -252,8 +263,9 @@ impl Plugin {
     pub fn run_ticks(&self) -> usize {
         let now = Instant::now();
         let mut ran = 0;
+        let standby = self.standby.load(std::sync::atomic::Ordering::Relaxed);
         for i in 0..self.slots.len() {
-            if let Ok(true) = self.with_slot(i, (), |slot, ()| self.tick(slot, now)) {
+            if !standby && matches!(self.with_slot(i, (), |slot, ()| self.tick(slot, now)), Ok(true)) {
                 ran += 1;
             }
             self.dispatch_slot(i);

@@ -115,6 +115,8 @@ pub struct Plugin {
     pub(crate) callbacks: Callbacks,
     /// See [`PluginSpec::pause_timeout`].
     pub(crate) pause_timeout: Duration,
+    /// Kept, not serving (a version kept for rollback): its ticks wait (see [`Plugin::set_standby`]).
+    pub(crate) standby: AtomicBool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -231,6 +233,7 @@ impl Plugin {
             retry: Mutex::new((Instant::now(), spec.broken_cooloff)),
             callbacks: Callbacks::of(&module.module),
             pause_timeout: spec.pause_timeout,
+            standby: AtomicBool::new(false),
         });
         // Counted from here: the plugin's drop, even on a failed start, detaches it.
         plugin.core.shared.attach(&plugin.core.vm_id);

@@ -189,7 +189,10 @@ impl PluginSlot {
     }
 
     fn swap_in(&self, plugin: Arc<Plugin>, info: VersionInfo) {
+        plugin.set_standby(false);
         let old = self.current.swap(plugin.clone());
+        // Kept for a rollback, not serving: its ticks wait.
+        old.set_standby(true);
         for lane in &*self.handles {
             *lane.0.lock() = None;
         }
@@ -314,7 +317,8 @@ impl PluginSet {
         let Some((plugin, info)) = slot.previous.lock().take() else {
             return Err(PluginLoadError::NoPrevious(slot.config.name.clone()));
         };
-        // Its tickers still run: they end only when the version is dropped, and `previous` kept it.
+        // Its tickers are still there (they end only when the version is dropped), on standby: the swap
+        // wakes them.
         slot.swap(plugin, VersionInfo { since: SystemTime::now(), ..info });
         Ok(())
     }
@@ -430,7 +434,8 @@ impl PluginSet {
     /// notifications, callouts answered elsewhere) until the version is dropped: one task on every worker,
     /// for the instances it owns, and one on the calling runtime for the shared ones. Runs wasm on a tokio
     /// thread like any callback: bounded by the plugin's CPU limit. Spawned once per version, when it is
-    /// loaded to serve; they end when it is dropped (a version kept for rollback keeps its tickers).
+    /// loaded to serve; they end when it is dropped (a version kept for rollback keeps its tickers, on standby:
+    /// see [`Plugin::set_standby`]).
     fn spawn_tickers(&self, plugin: &Arc<Plugin>) {
         for worker in &self.workers {
             worker.spawn(ticker(Arc::downgrade(plugin), plugin.work_signal()));

@@ -262,3 +262,89 @@ async fn a_pause_nobody_resumes_fails_by_the_plugins_policy() -> TestResult {
     }
     Ok(())
 }
+
+/// A version that is replaced stops ticking while it is kept for a rollback, and ticks again once rolled
+/// back to: a probe's replaced version went on burning CPU in its ticks for as long as it was kept.
+#[tokio::test]
+async fn a_replaced_version_does_not_tick_until_it_serves_again() -> TestResult {
+    let ticking = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $period (param i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "ticks")
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 0) (i32.const 1024) (i32.const 5) (i32.const 2048)))
+    (drop (call $period (i32.const 10)))
+    (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $inc (i32.load (i32.const 2048)) (i64.const 1)))))"#,
+    )?;
+    let quiet = wat::parse_str(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32)))"#,
+    )?;
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("ticker.wasm");
+    std::fs::write(&wasm, &ticking)?;
+    let config = reverse_config(&quoted(&[&up]), "")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"ticker\"]\n")
+        + &format!("\n[[plugin]]\nname = \"ticker\"\nwasm = \"{}\"\ninstances = 1\n", wasm.display());
+    let p = Portico::start(&config).await;
+    let ticks = || async {
+        let scrape = get(p.admin, "/metrics").await.map(|a| String::from_utf8_lossy(&a.body).into_owned());
+        scrape.ok().and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("portico_plugin_counter{") && l.contains("name=\"ticks\""))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        })
+    };
+    let mut counted = 0;
+    for _ in 0..100 {
+        counted = ticks().await.unwrap_or(0);
+        if counted >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counted >= 5, "the version ticks ({counted})");
+    let client = put_bytes(p.admin, "/plugins/ticker", &quiet).await?;
+    assert_eq!(client, 200);
+    let after_swap = ticks().await.unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = ticks().await.unwrap_or(0);
+    assert!(later <= after_swap + 1, "the replaced version went on ticking: {after_swap} -> {later}");
+    let back = send(p.admin, "POST", "/plugins/ticker/rollback", &[], "").await?;
+    assert_eq!(back.status, 200, "{:?}", back.body);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rolled = ticks().await.unwrap_or(0);
+    assert!(rolled >= later + 5, "the version rolled back to ticks again: {later} -> {rolled}");
+    Ok(())
+}
+
+/// PUT of binary bytes (the `send` helper takes text).
+async fn put_bytes(addr: SocketAddr, path: &str, body: &[u8]) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = TcpStream::connect(addr).await?;
+    let head =
+        format!("PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut reply)).await??;
+    let status = String::from_utf8_lossy(&reply).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(status)
+}
