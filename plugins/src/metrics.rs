@@ -19,7 +19,13 @@ pub(crate) struct EngineMetrics {
     pub guest_counter: IntCounterVec,
     pub guest_gauge: IntGaugeVec,
     pub guest_histogram: HistogramVec,
+    /// The series plugins defined, by plugin name, with how many loaded versions defined each: a plugin's cap
+    /// counts over its versions, and a series goes from the registry with the last version that defined it.
+    series: Mutex<HashMap<String, SeriesHeld>>,
 }
+
+/// One plugin's series, `(type, name)`, with how many loaded versions defined each.
+type SeriesHeld = HashMap<(i32, String), usize>;
 
 impl EngineMetrics {
     pub(crate) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -80,7 +86,55 @@ impl EngineMetrics {
             guest_counter,
             guest_gauge,
             guest_histogram,
+            series: Mutex::default(),
         })
+    }
+
+    /// A version defines series `(t, name)` of `plugin`; false when that would take the plugin past
+    /// [`crate::limits::MAX_METRICS_PER_PLUGIN`] series over all its loaded versions.
+    fn hold(&self, plugin: &str, t: i32, name: &str) -> bool {
+        let mut series = self.series.lock();
+        let mine = series.entry(plugin.to_string()).or_default();
+        let key = (t, name.to_string());
+        let full = mine.len() >= crate::limits::MAX_METRICS_PER_PLUGIN;
+        match mine.get_mut(&key) {
+            Some(n) => *n += 1,
+            None if full => return false,
+            None => {
+                mine.insert(key, 1);
+            }
+        }
+        true
+    }
+
+    /// A version that defined `(t, name)` of `plugin` went away; with the last one, the series leaves
+    /// `/metrics` (before, every upload that defined new names added up to 1,000 series that stayed for good).
+    fn release(&self, plugin: &str, t: i32, name: &str) {
+        let mut series = self.series.lock();
+        let Some(mine) = series.get_mut(plugin) else { return };
+        let key = (t, name.to_string());
+        let gone = match mine.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                mine.remove(&key);
+                true
+            }
+            None => false,
+        };
+        if mine.is_empty() {
+            series.remove(plugin);
+        }
+        if gone {
+            let labels = [plugin, name];
+            let _ = match t {
+                abi::METRIC_COUNTER => self.guest_counter.remove_label_values(&labels),
+                abi::METRIC_GAUGE => self.guest_gauge.remove_label_values(&labels),
+                _ => self.guest_histogram.remove_label_values(&labels),
+            };
+        }
     }
 }
 
@@ -105,7 +159,8 @@ pub(crate) struct GuestMetrics(Mutex<Defined>);
 impl GuestMetrics {
     /// The metric's id, or the ABI status to answer: `BAD_ARGUMENT` for an unknown type or a name over
     /// [`crate::limits::MAX_METRIC_NAME`], `INTERNAL_FAILURE` once the plugin has defined
-    /// [`crate::limits::MAX_METRICS_PER_PLUGIN`] (each is a series that lives as long as the process).
+    /// [`crate::limits::MAX_METRICS_PER_PLUGIN`] over its loaded versions (each is a series in `/metrics`
+    /// until the last version that defined it goes).
     pub fn define(&self, families: &EngineMetrics, plugin: &str, t: i32, name: &str) -> Result<u32, i32> {
         use crate::limits::{MAX_METRICS_PER_PLUGIN, MAX_METRIC_NAME};
         let mut gm = self.0.lock();
@@ -119,11 +174,15 @@ impl GuestMetrics {
             );
             return Err(abi::BAD_ARGUMENT);
         }
-        if gm.list.len() >= MAX_METRICS_PER_PLUGIN {
+        if !matches!(t, abi::METRIC_COUNTER | abi::METRIC_GAUGE | abi::METRIC_HISTOGRAM) {
+            return Err(abi::BAD_ARGUMENT);
+        }
+        if gm.list.len() >= MAX_METRICS_PER_PLUGIN || !families.hold(plugin, t, name) {
             crate::limits::refused(
                 plugin,
                 format_args!(
-                    "proxy_define_metric refused: the plugin already defined {MAX_METRICS_PER_PLUGIN} metrics"
+                    "proxy_define_metric refused: the plugin already defined {MAX_METRICS_PER_PLUGIN} metrics \
+                     (over its loaded versions)"
                 ),
             );
             return Err(abi::INTERNAL_FAILURE);
@@ -140,6 +199,13 @@ impl GuestMetrics {
         let id = u32::try_from(gm.list.len()).map_err(|_| abi::INTERNAL_FAILURE)?;
         gm.by_name.insert((t, name.to_string()), id);
         Ok(id)
+    }
+
+    /// The version that defined these is gone: see [`EngineMetrics::release`].
+    pub fn release(&self, families: &EngineMetrics, plugin: &str) {
+        for (t, name) in self.0.lock().by_name.keys() {
+            families.release(plugin, *t, name);
+        }
     }
 
     /// The metric the guest got `id` for, to keep per instance (updates then take no lock).

@@ -239,6 +239,13 @@ pub(crate) struct PluginCore {
     pub m_restarts: IntCounter,
 }
 
+impl Drop for PluginCore {
+    fn drop(&mut self) {
+        // The version is gone: its metrics' series go with it, unless another loaded version defined them.
+        self.guest_metrics.release(&self.metrics, &self.name);
+    }
+}
+
 impl PluginCore {
     pub fn next_token(&self) -> u32 {
         self.next_token.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1)

@@ -348,3 +348,50 @@ async fn put_bytes(addr: SocketAddr, path: &str, body: &[u8]) -> Result<u16, Box
     let status = String::from_utf8_lossy(&reply).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     Ok(status)
 }
+
+/// The series a plugin version defined leave `/metrics` once that version is gone (no longer serving nor kept
+/// for a rollback): a probe's uploads, each defining 1,000 new names, grew `/metrics` to 76 MB for good.
+#[tokio::test]
+async fn a_gone_versions_metrics_leave_the_scrape() -> TestResult {
+    let version = |name: &str| {
+        wat::parse_str(format!(
+            r#"(module
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{name}")
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 0) (i32.const 1024) (i32.const {len}) (i32.const 2048)))
+    (i32.const 1)))"#,
+            len = name.len()
+        ))
+    };
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("metrics.wasm");
+    std::fs::write(&wasm, version("first_series")?)?;
+    let config = reverse_config(&quoted(&[&up]), "")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"counting\"]\n")
+        + &format!("\n[[plugin]]\nname = \"counting\"\nwasm = \"{}\"\n", wasm.display());
+    let p = Portico::start(&config).await;
+    let scrape = || async { get(p.admin, "/metrics").await.map(|a| String::from_utf8_lossy(&a.body).into_owned()) };
+    assert!(scrape().await?.contains("name=\"first_series\""));
+    assert_eq!(put_bytes(p.admin, "/plugins/counting", &version("second_series")?).await?, 200);
+    // Kept for a rollback: its series stay.
+    let text = scrape().await?;
+    assert!(text.contains("name=\"first_series\"") && text.contains("name=\"second_series\""), "{text}");
+    assert_eq!(put_bytes(p.admin, "/plugins/counting", &version("third_series")?).await?, 200);
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = scrape().await?;
+        if !text.contains("name=\"first_series\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!text.contains("name=\"first_series\""), "the first version's series stayed");
+    assert!(text.contains("name=\"second_series\"") && text.contains("name=\"third_series\""), "{text}");
+    Ok(())
+}
