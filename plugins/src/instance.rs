@@ -148,6 +148,7 @@ pub(crate) fn invoke<P: WasmParams, R: WasmResults>(
         arena.used = 0;
     }
     let start = st.sample_timing().then(Instant::now);
+    st.limiter.refused = None;
     IN_CALLBACK.with(|c| c.set(c.get() + 1));
     let r = f.call(&mut *store, args);
     IN_CALLBACK.with(|c| c.set(c.get().saturating_sub(1)));
@@ -171,7 +172,8 @@ pub(crate) fn invoke<P: WasmParams, R: WasmResults>(
         }
     }
     r.map_err(|e| {
-        let failure = core.classify(name, &e);
+        let refused = st.limiter.refused.map(|desired| (st.limiter.limit, desired));
+        let failure = core.classify(name, &e, refused);
         core.metrics.failures.with_label_values(&[core.name.as_str(), failure.kind.as_str()]).inc();
         failure
     })
@@ -190,7 +192,7 @@ impl Instance {
     ) -> Result<Instance, PluginError> {
         let plugin = || core.name.clone();
         let state = HostState {
-            limiter: MemLimiter { limit: limits.memory },
+            limiter: MemLimiter { limit: limits.memory, refused: None },
             core: core.clone(),
             memory: None,
             alloc: None,

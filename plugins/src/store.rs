@@ -22,16 +22,24 @@ use crate::services::HostServices;
 use crate::shared::{QueueSink, SharedState};
 use crate::types::HeaderMap;
 
-/// Memory cap for one instance. Exceeding it traps with [`HostTrap::MemoryLimit`] so the failure is
-/// classified as `Memory` (instead of the guest seeing -1 and aborting with an unrelated trap).
+/// Memory cap for one instance. A `memory.grow` past it returns -1, as the wasm spec has a refused grow do,
+/// so a guest can free memory (a garbage collector runs) or fail its own way; the refusal is remembered, so a
+/// trap that follows in the same callback counts as a `memory` failure. A module that asks for more than the
+/// cap up front is refused at instantiation with [`HostTrap::MemoryLimit`].
 pub(crate) struct MemLimiter {
     pub limit: usize,
+    /// The size a grow asked for and was refused, in the callback running now.
+    pub refused: Option<usize>,
 }
 
 impl ResourceLimiter for MemLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         if desired > self.limit {
-            return Err(HostTrap::MemoryLimit { limit: self.limit, desired }.into());
+            if current == 0 {
+                return Err(HostTrap::MemoryLimit { limit: self.limit, desired }.into());
+            }
+            self.refused = Some(desired);
+            return Ok(false);
         }
         Ok(true)
     }
@@ -255,7 +263,9 @@ impl PluginCore {
         PluginFailure { plugin: self.name.clone(), kind, message: message.into() }
     }
 
-    pub fn classify(&self, callback: &str, e: &wasmtime::Error) -> PluginFailure {
+    /// The failure a callback's error is; `refused_grow` is the size a `memory.grow` asked for and was refused
+    /// during it (see [`MemLimiter`]): a trap after that is the memory limit's doing.
+    pub fn classify(&self, callback: &str, e: &wasmtime::Error, refused_grow: Option<(usize, usize)>) -> PluginFailure {
         let kind = if let Some(t) = e.downcast_ref::<HostTrap>() {
             match t {
                 HostTrap::BadPointer(_) => FailureKind::BadPointer,
@@ -264,6 +274,9 @@ impl PluginCore {
             }
         } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
             FailureKind::Timeout
+        } else if let Some((limit, desired)) = refused_grow {
+            let detail = format!("memory limit of {limit} bytes exceeded (a grow to {desired} was refused), then");
+            return self.failure(FailureKind::Memory, format!("{callback}: {detail} {e}"));
         } else {
             FailureKind::Trap
         };
