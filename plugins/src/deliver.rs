@@ -229,17 +229,34 @@ impl Plugin {
     /// Earliest time an instance this thread can reach wants `proxy_on_tick` (None = no timer set). A shared
     /// instance in use on another thread is looked at again in [`BUSY_RETRY`].
     pub fn next_tick_deadline(&self) -> Option<Instant> {
-        if self.standby.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
+        let due = (0..self.slots.len()).filter_map(|i| self.tick_due(i)).min();
+        match self.ticks_stop() {
+            // Ticking until then, and woken then to stop.
+            Some(stop) if stop > Instant::now() => due.map(|at| at.min(stop)),
+            Some(_) => None,
+            None => due,
         }
-        (0..self.slots.len()).filter_map(|i| self.tick_due(i)).min()
     }
 
-    /// Puts a version that no longer serves (kept for rollback) on standby, or back: its `proxy_on_tick`
-    /// waits meanwhile. A replaced version's ticks went on for as long as it was kept, a plugin's own work
-    /// done twice, or a bad version's burning CPU after it was replaced.
+    /// When a version on standby stops ticking: a `pause_timeout` after it stopped serving, so that its own
+    /// streams still in flight, paused until a tick resumes them, are resumed or have failed by then.
+    fn ticks_stop(&self) -> Option<Instant> {
+        self.standby.lock().map(|since| since + self.pause_timeout)
+    }
+
+    /// Puts a version that no longer serves (kept for rollback, a candidate rolled back) on standby, or back:
+    /// its `proxy_on_tick` stops once its streams in flight had their chance (see [`Plugin::next_tick_deadline`]).
+    /// A replaced version's ticks went on for as long as it was kept: a plugin's own work done twice, or a bad
+    /// version's burning CPU after it was replaced.
     pub fn set_standby(&self, standby: bool) {
-        self.standby.store(standby, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut since = self.standby.lock();
+            match (standby, *since) {
+                (true, None) => *since = Some(Instant::now()),
+                (false, _) => *since = None,
+                (true, Some(_)) => {}
+            }
+        }
         self.core.tickers.notify_waiters();
     }
 
@@ -263,7 +280,7 @@ impl Plugin {
     pub fn run_ticks(&self) -> usize {
         let now = Instant::now();
         let mut ran = 0;
-        let standby = self.standby.load(std::sync::atomic::Ordering::Relaxed);
+        let standby = self.ticks_stop().is_some_and(|stop| stop <= now);
         for i in 0..self.slots.len() {
             if !standby && matches!(self.with_slot(i, (), |slot, ()| self.tick(slot, now)), Ok(true)) {
                 ran += 1;

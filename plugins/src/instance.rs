@@ -192,7 +192,7 @@ impl Instance {
     ) -> Result<Instance, PluginError> {
         let plugin = || core.name.clone();
         let state = HostState {
-            limiter: MemLimiter { limit: limits.memory, refused: None },
+            limiter: MemLimiter { limit: limits.memory, refused: None, instantiated: false },
             core: core.clone(),
             memory: None,
             alloc: None,
@@ -239,6 +239,7 @@ impl Instance {
             .get_memory(&mut store, "memory")
             .ok_or_else(|| export_err("memory", "module must export its linear memory as \"memory\"", None))?;
         store.data_mut().memory = Some(memory);
+        store.data_mut().limiter.instantiated = true;
         macro_rules! opt {
             ($name:expr) => {
                 match instance.get_func(&mut store, $name) {

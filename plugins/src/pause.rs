@@ -156,7 +156,9 @@ impl HttpStream {
         // the client waited. (A paused body is bounded by the upstream's `request_timeout` instead.)
         let limit = self.plugin().pause_timeout;
         let Ok(resumed) = tokio::time::timeout(limit, self.resumed()).await else {
-            let plugin = self.plugin().name().to_string();
+            let core = &self.plugin().core;
+            core.metrics.failures.with_label_values(&[core.name.as_str(), FailureKind::Timeout.as_str()]).inc();
+            let plugin = core.name.clone();
             let message = format!("paused headers were not resumed within {limit:?}");
             return Err(PluginFailure { plugin, kind: FailureKind::Timeout, message });
         };

@@ -115,8 +115,9 @@ pub struct Plugin {
     pub(crate) callbacks: Callbacks,
     /// See [`PluginSpec::pause_timeout`].
     pub(crate) pause_timeout: Duration,
-    /// Kept, not serving (a version kept for rollback): its ticks wait (see [`Plugin::set_standby`]).
-    pub(crate) standby: AtomicBool,
+    /// Kept, not serving (a version kept for rollback) since then: its ticks stop a `pause_timeout` later
+    /// (see [`Plugin::set_standby`]).
+    pub(crate) standby: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -233,7 +234,7 @@ impl Plugin {
             retry: Mutex::new((Instant::now(), spec.broken_cooloff)),
             callbacks: Callbacks::of(&module.module),
             pause_timeout: spec.pause_timeout,
-            standby: AtomicBool::new(false),
+            standby: Mutex::new(None),
         });
         // Counted from here: the plugin's drop, even on a failed start, detaches it.
         plugin.core.shared.attach(&plugin.core.vm_id);

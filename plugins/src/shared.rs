@@ -231,18 +231,18 @@ impl SharedState {
     /// A plugin version of `vm_id` went away; with the last one, the vm_id's shared data and queues go too
     /// (nothing can read them again, and they counted against every other plugin's room).
     pub fn detach(&self, vm_id: &str) {
-        {
-            let mut live = self.live.lock();
-            match live.get_mut(vm_id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    return;
-                }
-                Some(_) => {
-                    live.remove(vm_id);
-                }
-                None => return,
+        // Held while the vm_id's state goes, so a version of it loading meanwhile (`attach`) cannot set data
+        // that is then cleared. Lock order: live, then data, then queues.
+        let mut live = self.live.lock();
+        match live.get_mut(vm_id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
             }
+            Some(_) => {
+                live.remove(vm_id);
+            }
+            None => return,
         }
         let mut data = self.data.lock();
         let freed = data.per_vm.remove(vm_id).unwrap_or_default();

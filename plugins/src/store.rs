@@ -30,12 +30,14 @@ pub(crate) struct MemLimiter {
     pub limit: usize,
     /// The size a grow asked for and was refused, in the callback running now.
     pub refused: Option<usize>,
+    /// The module is instantiated: a grow past the cap is refused (-1) from now on, not a failed start.
+    pub instantiated: bool,
 }
 
 impl ResourceLimiter for MemLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         if desired > self.limit {
-            if current == 0 {
+            if !self.instantiated {
                 return Err(HostTrap::MemoryLimit { limit: self.limit, desired }.into());
             }
             self.refused = Some(desired);

@@ -397,8 +397,10 @@ impl Server {
         // 2. Commit: new snapshot, listener slots, new sockets, removed listeners drained, health checkers,
         // discovery.
         let previous = self.shared.snapshot.load_full();
-        // Files logrotate moved away are let go of: the next line opens each again.
-        self.shared.access_logs.reopen();
+        // The access logs the configuration names are opened again (logrotate), the others closed.
+        self.shared
+            .access_logs
+            .configured(config.listeners.iter().filter_map(|l| l.access_log.as_ref().map(|log| log.path.clone())));
         self.shared.discovery.start(&config).await;
         self.shared.telemetry.configure(config.telemetry.as_ref(), self.shared.forward_client.clone());
         let lanes = self.shared.lanes();
@@ -409,6 +411,8 @@ impl Server {
         for (name, old) in &previous.plugins {
             if !current.plugins.get(name).is_some_and(|new| Arc::ptr_eq(new, old)) {
                 old.end_rollout("the configuration was reloaded");
+                // The version it served is kept for a rollback by the new slot (or dropped with a removed one).
+                old.current().set_standby(true);
             }
         }
         drop(current);

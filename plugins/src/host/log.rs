@@ -19,7 +19,8 @@ pub(super) fn link(l: &mut Imports<'_>) -> Result<()> {
         let st = c.data();
         st.core.services.log(&st.core.name, level, &printable(&msg));
         if level >= LogLevel::Error {
-            c.data_mut().last_error_log = Some(msg);
+            // Quoted in Portico's own log and answers when a configuration is refused: escaped too.
+            c.data_mut().last_error_log = Some(printable(&msg).into_owned());
         }
         Ok(OK)
     });

@@ -71,6 +71,8 @@ struct Shared {
     queue: parking_lot::Mutex<Queue>,
     /// The writer waits on it for lines (see [`writer::WAKE_AT`]), and a stop for the writer.
     ready: parking_lot::Condvar,
+    /// The files the configuration names (see [`AccessLogs::configured`]).
+    configured: parking_lot::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 /// The process's access log writer: started with the first listener that logs, shared by all of them.
@@ -102,6 +104,7 @@ impl AccessLogs {
             generation: AtomicU64::new(0),
             queue: parking_lot::Mutex::new(queue),
             ready: parking_lot::Condvar::new(),
+            configured: parking_lot::Mutex::default(),
         });
         Ok(AccessLogs { started: OnceLock::new(), shared })
     }
@@ -130,10 +133,17 @@ impl AccessLogs {
         })
     }
 
-    /// Lets go of the open files, so the next line opens each again (after logrotate moved it away). Asked
-    /// for on every reload, whether or not the configuration changed or was taken.
+    /// Has the writer open its files again under their names (after logrotate moved them away). Asked for on
+    /// every reload, whether or not the configuration changed or was taken.
     pub fn reopen(&self) {
         self.shared.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The files the configuration now names, at a reload's commit: the writer closes the others (a listener
+    /// removed, or given another file) instead of keeping, and reopening, them for the life of the process.
+    pub fn configured(&self, paths: impl IntoIterator<Item = PathBuf>) {
+        *self.shared.configured.lock() = paths.into_iter().collect();
+        self.reopen();
     }
 
     /// Writes out what is queued (waiting up to 5 s), at shutdown; lines after that are dropped. Blocks: call

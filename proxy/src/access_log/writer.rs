@@ -65,9 +65,13 @@ impl Files {
     }
 
     /// Opens every file again under its name (logrotate moved the old one away); a file that cannot be opened
-    /// now keeps its handle, so its lines still go somewhere.
+    /// now keeps its handle, so its lines still go somewhere. Files the configuration no longer names close.
     fn reopen(&mut self, shared: &Shared) {
         self.flush(shared);
+        {
+            let configured = shared.configured.lock();
+            self.open.retain(|path, _| configured.contains(path));
+        }
         let mut failed = Vec::new();
         for (path, (file, _)) in &mut self.open {
             match super::open_append(path) {

@@ -76,6 +76,8 @@ where
     // with the channel and left it again each time.
     let mut stop_waiter = stop.clone();
     let mut stopping = std::pin::pin!(stop_waiter.changed());
+    // The client closed its side after pipelining requests: those are answered, not taken for a client gone.
+    let mut half_closed = false;
     loop {
         let mut head_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let (head, asked_close, body_length) = loop {
@@ -132,7 +134,8 @@ where
         // Borrowed, not cloned: `Shared`'s count is written by every worker, and each write moves its cache
         // line between the cores.
         let handled = forward::handle(shared, conn, request);
-        let Some(response) = while_connected(&mut io, &mut read, limits.max_head, handled).await else {
+        let Some(response) = while_connected(&mut io, &mut read, &mut half_closed, limits.max_head, handled).await
+        else {
             tracing::debug!(peer = %conn.peer, "client closed the connection before its answer; request dropped");
             return Served::Closed;
         };
@@ -154,12 +157,14 @@ where
 /// Runs a request while watching its connection, as nginx does (`proxy_ignore_client_abort off`): a client that
 /// closes the connection before its answer is ready has the request dropped, which cancels its upstream
 /// exchange and logs it 499, instead of the upstream's work going on for nobody. Bytes a client pipelines
-/// meanwhile are kept for the next request, up to a head's worth. The watch costs no system call while the
+/// meanwhile are kept for the next request, up to a head's worth; a client that closes its side with
+/// pipelined requests still unanswered (`half_closed`) has them all answered. The watch costs no system call while the
 /// client sends nothing: tokio learned from the head's short read that the socket was drained, and polls it
 /// again only once epoll reports it readable.
 async fn while_connected<S, F>(
     io: &mut S,
     read: &mut BytesMut,
+    half_closed: &mut bool,
     max_head: usize,
     handled: F,
 ) -> Option<Response<ResponseBody>>
@@ -168,7 +173,7 @@ where
     F: std::future::Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>>,
 {
     let mut handled = std::pin::pin!(handled);
-    let mut watching = true;
+    let mut watching = !*half_closed;
     poll_fn(|cx| {
         match handled.as_mut().poll(cx) {
             Poll::Ready(Ok(response)) => return Poll::Ready(Some(response)),
@@ -185,7 +190,13 @@ where
             let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
             let mut buf = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(None),
+                // The client closed its side: nothing more comes, and nobody reads an answer, unless requests it
+                // pipelined before closing wait to be answered (hyper answers those too).
+                Poll::Ready(Ok(())) if buf.filled().is_empty() && read.is_empty() => return Poll::Ready(None),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    *half_closed = true;
+                    watching = false;
+                }
                 Poll::Ready(Ok(())) => read.extend_from_slice(buf.filled()),
                 Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Pending => break,

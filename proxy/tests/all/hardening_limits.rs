@@ -263,8 +263,9 @@ async fn a_pause_nobody_resumes_fails_by_the_plugins_policy() -> TestResult {
     Ok(())
 }
 
-/// A version that is replaced stops ticking while it is kept for a rollback, and ticks again once rolled
-/// back to: a probe's replaced version went on burning CPU in its ticks for as long as it was kept.
+/// A version that is replaced stops ticking while it is kept for a rollback (once its own paused streams had
+/// a `pause_timeout` to be resumed), and ticks again once rolled back to: a probe's replaced version went on
+/// burning CPU in its ticks for as long as it was kept.
 #[tokio::test]
 async fn a_replaced_version_does_not_tick_until_it_serves_again() -> TestResult {
     let ticking = wat::parse_str(
@@ -302,7 +303,10 @@ async fn a_replaced_version_does_not_tick_until_it_serves_again() -> TestResult 
     std::fs::write(&wasm, &ticking)?;
     let config = reverse_config(&quoted(&[&up]), "")
         .replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"ticker\"]\n")
-        + &format!("\n[[plugin]]\nname = \"ticker\"\nwasm = \"{}\"\ninstances = 1\n", wasm.display());
+        + &format!(
+            "\n[[plugin]]\nname = \"ticker\"\nwasm = \"{}\"\ninstances = 1\npause_timeout = \"1s\"\n",
+            wasm.display()
+        );
     let p = Portico::start(&config).await;
     let ticks = || async {
         let scrape = get(p.admin, "/metrics").await.map(|a| String::from_utf8_lossy(&a.body).into_owned());
@@ -323,10 +327,12 @@ async fn a_replaced_version_does_not_tick_until_it_serves_again() -> TestResult 
     assert!(counted >= 5, "the version ticks ({counted})");
     let client = put_bytes(p.admin, "/plugins/ticker", &quiet).await?;
     assert_eq!(client, 200);
+    // Its ticks go on for a pause_timeout (1 s here), for its own streams still in flight, then stop.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let after_swap = ticks().await.unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = ticks().await.unwrap_or(0);
-    assert!(later <= after_swap + 1, "the replaced version went on ticking: {after_swap} -> {later}");
+    assert!(later <= after_swap + 2, "the replaced version went on ticking: {after_swap} -> {later}");
     let back = send(p.admin, "POST", "/plugins/ticker/rollback", &[], "").await?;
     assert_eq!(back.status, 200, "{:?}", back.body);
     tokio::time::sleep(Duration::from_millis(500)).await;

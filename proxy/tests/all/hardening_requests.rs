@@ -333,3 +333,21 @@ async fn underscored_header_names_are_dropped_unless_told_otherwise() -> TestRes
     }
     Ok(())
 }
+
+/// Requests a client pipelined before closing its side of the connection are still answered (as hyper does):
+/// only a client that closes with nothing left to answer has its request dropped.
+#[tokio::test]
+async fn pipelined_requests_before_a_half_close_are_answered() -> TestResult {
+    let up = TestUpstream::start_with("app", Behavior::Delay(Duration::from_millis(200))).await;
+    let p = Portico::start(&reverse_config(&quoted(&[&up]), "")).await;
+    let web = p.addr("web").await;
+    let mut stream = TcpStream::connect(web).await?;
+    let requests = format!("GET /one HTTP/1.1\r\nHost: {web}\r\n\r\nGET /two HTTP/1.1\r\nHost: {web}\r\n\r\n");
+    stream.write_all(requests.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut reply)).await??;
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(reply.matches("HTTP/1.1 200").count(), 2, "{reply}");
+    Ok(())
+}

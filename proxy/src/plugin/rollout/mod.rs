@@ -387,6 +387,10 @@ impl Rollout {
 
     fn end(&self, status: &mut Status, state: State, reason: String) {
         self.share.store(0, Ordering::Relaxed);
+        if state != State::Promoted {
+            // Kept for inspection, serving nothing: its ticks stop.
+            self.candidate.set_standby(true);
+        }
         status.state = state;
         status.ended = Some(SystemTime::now());
         let percent = if state == State::Promoted { 100.0 } else { 0.0 };
