@@ -1,18 +1,9 @@
 //! How a line reads: one JSON object, or nginx's and Apache's `combined` format.
 
 use super::Entry;
+use crate::forward::headers::protocol_name as version_text;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-fn version_text(version: http::Version) -> &'static str {
-    match version {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
-    }
-}
 
 fn unix_ms(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -208,6 +208,18 @@ pub fn ensure_host(headers: &mut HeaderMap, version: Version, authority: Option<
     }
 }
 
+/// A version as a request line spells it (`HTTP/1.1`; `request.protocol` in Envoy's attributes, the access
+/// log's `protocol`), without the formatting machinery `{:?}` runs per request.
+pub fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 /// Joins an HTTP/2 request's `cookie` fields into one, with `; ` (RFC 9113 §8.2.3: a client may split its
 /// cookies into crumbs for header compression, and they MUST be joined before the request goes on as HTTP/1.1;
 /// an origin takes a request's one `Cookie` header, RFC 6265 §5.4, and many read only the first or the last).

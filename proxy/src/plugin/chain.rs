@@ -78,7 +78,7 @@ impl RequestFacts for ChainFacts {
         Some(&self.request_id)
     }
     fn protocol(&self) -> &str {
-        protocol_name(self.version)
+        crate::forward::headers::protocol_name(self.version)
     }
     fn start_time(&self) -> Option<SystemTime> {
         SystemTime::now().checked_sub(self.start.elapsed())
@@ -378,17 +378,6 @@ pub(super) fn local_answer(local: LocalResponse, request_id: &str) -> Response<c
         answer.headers_mut().insert(crate::forward::headers::X_REQUEST_ID.clone(), v);
     }
     answer
-}
-
-/// `request.protocol` as Envoy spells it (`HTTP/1.1`), without the formatting machinery `{:?}` runs per request.
-fn protocol_name(version: http::Version) -> &'static str {
-    match version {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
-    }
 }
 
 /// A chain's link list and facts, kept for the next request on the thread (see `SPARE_CHAINS`).

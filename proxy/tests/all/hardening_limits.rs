@@ -225,24 +225,28 @@ async fn accept_loops_back_off_when_descriptors_run_out() -> TestResult {
     result
 }
 
-/// A plugin that pauses a request in its headers and never resumes it (no callout, no tick) has failed it
-/// once `pause_timeout` passes: answered by its `fail` policy, 503 when closed, passed on when open. Before,
-/// the request and its connection were held for as long as the client waited.
-#[tokio::test]
-async fn a_pause_nobody_resumes_fails_by_the_plugins_policy() -> TestResult {
-    let module = wat::parse_str(
-        r#"(module
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 1024))
+/// A bump allocator from 4 KiB on, the ABI marker and an empty context callback: what a test module needs to
+/// load.
+const BUMP_ALLOCATOR: &str = r#"  (global $heap (mut i32) (i32.const 4096))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
     (local $p i32)
     (local.set $p (global.get $heap))
     (global.set $heap (i32.add (global.get $heap) (local.get $n)))
     (local.get $p))
   (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1)))"#,
-    )?;
+  (func (export "proxy_on_context_create") (param i32 i32))"#;
+
+/// A plugin that pauses a request in its headers and never resumes it (no callout, no tick) has failed it
+/// once `pause_timeout` passes: answered by its `fail` policy, 503 when closed, passed on when open. Before,
+/// the request and its connection were held for as long as the client waited.
+#[tokio::test]
+async fn a_pause_nobody_resumes_fails_by_the_plugins_policy() -> TestResult {
+    let module = wat::parse_str(format!(
+        r#"(module
+  (memory (export "memory") 1)
+{BUMP_ALLOCATOR}
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1)))"#
+    ))?;
     let up = TestUpstream::start("app").await;
     let dir = tempfile::tempdir()?;
     let wasm = dir.path().join("pause.wasm");
@@ -268,28 +272,21 @@ async fn a_pause_nobody_resumes_fails_by_the_plugins_policy() -> TestResult {
 /// burning CPU in its ticks for as long as it was kept.
 #[tokio::test]
 async fn a_replaced_version_does_not_tick_until_it_serves_again() -> TestResult {
-    let ticking = wat::parse_str(
+    let ticking = wat::parse_str(format!(
         r#"(module
   (import "env" "proxy_set_tick_period_milliseconds" (func $period (param i32) (result i32)))
   (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 1024) "ticks")
-  (global $heap (mut i32) (i32.const 4096))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_context_create") (param i32 i32))
+{BUMP_ALLOCATOR}
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
     (drop (call $define (i32.const 0) (i32.const 1024) (i32.const 5) (i32.const 2048)))
     (drop (call $period (i32.const 10)))
     (i32.const 1))
   (func (export "proxy_on_tick") (param i32)
-    (drop (call $inc (i32.load (i32.const 2048)) (i64.const 1)))))"#,
-    )?;
+    (drop (call $inc (i32.load (i32.const 2048)) (i64.const 1)))))"#
+    ))?;
     let quiet = wat::parse_str(
         r#"(module
   (memory (export "memory") 1)
