@@ -160,6 +160,12 @@ impl AccessLogs {
     }
 }
 
+/// Whether `path` opens for appending (created if missing), as a listener's log will open it: `portico
+/// check` refuses what `run` would, as `nginx -t` opens its logs.
+pub fn check_file(path: &Path) -> Result<(), AccessLogError> {
+    open_append(path).map(drop).map_err(|source| AccessLogError::Open { path: path.to_path_buf(), source })
+}
+
 fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }

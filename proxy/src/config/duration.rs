@@ -69,16 +69,26 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("size {text:?} does not start with a whole number"))?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "kB" | "KB" => 1000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => return Err(format!("size {text:?} has unknown unit {other:?} (use B, KiB, MiB or GiB)")),
+    let value: u64 = match number.parse() {
+        Ok(value) => value,
+        Err(_) if number.is_empty() => return Err(format!("size {text:?} does not start with a whole number")),
+        Err(_) => return Err(format!("size {text:?} is too large")),
+    };
+    // Units as nginx (k, m, g: binary) and as the SI and IEC prefixes are written, in any case.
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "size {text:?} has unknown unit {:?} (use B, KiB, MiB, GiB, or k, m, g as nginx does)",
+                unit.trim()
+            ))
+        }
     };
     value.checked_mul(factor).ok_or_else(|| format!("size {text:?} is too large"))
 }
@@ -128,6 +138,10 @@ mod tests {
         assert_eq!(parse_size("32MiB"), Ok(32 << 20));
         assert_eq!(parse_size("512"), Ok(512));
         assert!(parse_size("12 furlongs").is_err());
+        assert_eq!(parse_size("1m"), Ok(1 << 20), "nginx's units");
+        assert_eq!(parse_size("1mb"), Ok(1_000_000));
+        assert_eq!(parse_size("10KiB"), parse_size("10kib"));
+        assert!(parse_size("99999999999999999999").is_err_and(|e| e.contains("too large")));
         assert!(parse_size("99999999999999GiB").is_err());
     }
 }

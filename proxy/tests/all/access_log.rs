@@ -233,3 +233,22 @@ async fn an_http1_client_that_closes_before_its_answer_is_logged_499() -> TestRe
     assert!(entry["duration_ms"].as_f64().is_some_and(|d| d < 4_000.0), "{entry}");
     Ok(())
 }
+
+/// `portico check` opens the access logs as `run` would (as `nginx -t` does): a file it cannot open fails the
+/// check with the reason, instead of passing a configuration `run` refuses.
+#[test]
+fn check_refuses_an_access_log_that_cannot_be_opened() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("portico.toml");
+    let text = reverse_config(&["\"127.0.0.1:9\"".to_string()], "").replacen(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\naccess_log = \"no-such-dir/access.log\"\n",
+        1,
+    );
+    std::fs::write(&config, text)?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portico")).args(["check", "-c"]).arg(&config).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-dir/access.log") && stderr.contains("No such file"), "{stderr}");
+    Ok(())
+}

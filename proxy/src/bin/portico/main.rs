@@ -180,6 +180,9 @@ fn check_config(path: &std::path::Path) -> Result<()> {
                 if let Some(tls) = &l.tls {
                     portico::tls::acceptor(tls).with_context(|| format!("listener {}", l.name))?;
                 }
+                if let Some(log) = &l.access_log {
+                    portico::access_log::check_file(&log.path).with_context(|| format!("listener {}", l.name))?;
+                }
             }
             if let Some(anomaly) = &config.anomaly {
                 portico_anomaly::load_model(anomaly).context("anomaly.model")?;
