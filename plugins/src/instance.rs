@@ -174,7 +174,9 @@ pub(crate) fn invoke<P: WasmParams, R: WasmResults>(
     r.map_err(|e| {
         let refused = st.limiter.refused.map(|desired| (st.limiter.limit, desired));
         let failure = core.classify(name, &e, refused);
-        core.metrics.failures.with_label_values(&[core.name.as_str(), failure.kind.as_str()]).inc();
+        if core.loaded.load(std::sync::atomic::Ordering::Relaxed) {
+            core.metrics.failures.with_label_values(&[core.name.as_str(), failure.kind.as_str()]).inc();
+        }
         failure
     })
 }

@@ -203,6 +203,7 @@ impl Plugin {
                 shared: shared.shared.clone(),
                 metrics: shared.metrics.clone(),
                 clock: shared.clock.clone(),
+                loaded: AtomicBool::new(false),
                 tickers: Arc::default(),
                 callout_sink: weak.clone(),
                 queue_sink: weak.clone(),
@@ -244,6 +245,7 @@ impl Plugin {
             slot.instance = Some(plugin.instantiate(i, slot.generation)?);
         }
         tracing::info!(plugin = %plugin.core.name, source = %spec.source, sha256 = %module.sha256_hex(), abi = ?module.abi, instances, "plugin loaded");
+        plugin.core.loaded.store(true, Ordering::Relaxed);
         Ok(plugin)
     }
 

@@ -240,6 +240,10 @@ pub(crate) struct PluginCore {
     pub clock: Arc<EpochClock>,
     /// Wakes the version's tickers (see [`crate::WorkSignal`]).
     pub tickers: Arc<tokio::sync::Notify>,
+    /// The version started (all its first instances did): its failures count from then on. A version that
+    /// fails to start is refused with the reason, and its failures are not added to the running version's
+    /// (`portico_plugin_failures_total` is by plugin name).
+    pub loaded: std::sync::atomic::AtomicBool,
     pub callout_sink: Weak<dyn CalloutSink>,
     pub queue_sink: Weak<dyn QueueSink>,
     pub callouts: Mutex<HashMap<u32, CalloutOwner>>,

@@ -398,3 +398,28 @@ async fn a_gone_versions_metrics_leave_the_scrape() -> TestResult {
     assert!(text.contains("name=\"second_series\"") && text.contains("name=\"third_series\""), "{text}");
     Ok(())
 }
+
+/// An upload refused because it fails to start does not add its failures to the running version's (the
+/// counter is by plugin name): `GET /plugins` showed `timeout` and `memory` failures on a healthy version
+/// after refused uploads.
+#[tokio::test]
+async fn a_refused_uploads_failures_are_not_the_running_versions() -> TestResult {
+    let quiet = wat::parse_str(format!("(module (memory (export \"memory\") 1)\n{BUMP_ALLOCATOR})"))?;
+    let trapping = wat::parse_str(format!(
+        "(module (memory (export \"memory\") 1)\n{BUMP_ALLOCATOR}\n  (func (export \"proxy_on_vm_start\") (param i32 i32) (result i32) unreachable))"
+    ))?;
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("quiet.wasm");
+    std::fs::write(&wasm, &quiet)?;
+    let config = reverse_config(&quoted(&[&up]), "")
+        .replace("upstream = \"app\"\n", "upstream = \"app\"\nfilters = [\"steady\"]\n")
+        + &format!("\n[[plugin]]\nname = \"steady\"\nwasm = \"{}\"\n", wasm.display());
+    let p = Portico::start(&config).await;
+    assert_eq!(put_bytes(p.admin, "/plugins/steady", &trapping).await?, 422);
+    let plugins = get(p.admin, "/plugins").await?.json();
+    let steady = plugins.as_array().and_then(|all| all.iter().find(|p| p["name"] == "steady")).cloned();
+    let failures = steady.map(|s| s["failures"].clone()).unwrap_or_default();
+    assert!(failures.get("trap").is_none_or(|n| n == 0), "{failures}");
+    Ok(())
+}
