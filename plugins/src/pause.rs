@@ -158,9 +158,7 @@ impl HttpStream {
         let Ok(resumed) = tokio::time::timeout(limit, self.resumed()).await else {
             let core = &self.plugin().core;
             core.metrics.failures.with_label_values(&[core.name.as_str(), FailureKind::Timeout.as_str()]).inc();
-            let plugin = core.name.clone();
-            let message = format!("paused headers were not resumed within {limit:?}");
-            return Err(PluginFailure { plugin, kind: FailureKind::Timeout, message });
+            return Err(core.failure(FailureKind::Timeout, format!("paused headers were not resumed within {limit:?}")));
         };
         match resumed {
             Resumption::Continue => {

@@ -192,7 +192,8 @@ impl SharedState {
             return Enqueue::TooLarge;
         }
         let n = value.len();
-        let mine = queues.per_vm.entry(q.vm_id.clone()).or_default();
+        // Every queue's vm_id has its usage, made when the queue was registered and gone with the queue.
+        let Some(mine) = queues.per_vm.get_mut(&q.vm_id) else { return Enqueue::NotFound };
         if q.items.len() >= MAX_QUEUE_ENTRIES
             || q.bytes + n > MAX_QUEUE_BYTES
             || queues.bytes + n > MAX_ALL_QUEUES_BYTES

@@ -4,9 +4,10 @@
 //!
 //! No request waits on the disk: a worker hands a finished request's facts to one writer thread
 //! ([`writer`]) over a bounded queue and moves on; the thread takes them in batches (every 100 ms, or sooner
-//! when many wait), formats the lines ([`format`]) and writes them through a buffer, flushed after each batch. When the disk cannot keep up and the queue is full
-//! (in lines, or in the bytes of request text it holds), lines are dropped and counted
-//! (`portico_access_log_dropped_total`) rather than slowing requests down. Every reload asked for (`SIGHUP`,
+//! when many wait), formats the lines ([`format`]) and writes them through a buffer, flushed after each
+//! batch. When the disk cannot keep up and the queue is full (in lines, or in the bytes of request text it
+//! holds), lines are dropped and counted (`portico_access_log_dropped_total`) rather than slowing requests
+//! down. Every reload asked for (`SIGHUP`,
 //! `POST /config/reload`) reopens the files, so logrotate's `postrotate` can send `SIGHUP` as it sends nginx
 //! `USR1`.
 
@@ -27,16 +28,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Lines waiting for the writer at most; more are dropped.
 const QUEUE: usize = 16 * 1024;
-/// The queue's lines, and the writer's reading of them.
-struct Queue {
-    lines: Vec<(Arc<Target>, Box<Entry>)>,
-    /// [`Entry::weight`] of the lines queued.
-    bytes: usize,
-    /// [`AccessLogs::close`] asked the writer to write what is queued and stop.
-    stopping: bool,
-    /// It did.
-    stopped: bool,
-}
 /// Bytes of request text (targets, names) waiting for the writer at most: long targets and user agents fill
 /// this before [`QUEUE`] does, so the queue's memory stays bounded whatever clients send.
 const QUEUE_BYTES: usize = 32 << 20;
@@ -61,6 +52,17 @@ pub enum AccessLogError {
     /// The writer thread could not be started.
     #[error("access log writer thread could not be started: {0}")]
     Thread(#[source] std::io::Error),
+}
+
+/// The queue's lines, and the writer's reading of them.
+struct Queue {
+    lines: Vec<(Arc<Target>, Box<Entry>)>,
+    /// [`Entry::weight`] of the lines queued.
+    bytes: usize,
+    /// [`AccessLogs::close`] asked the writer to write what is queued and stop.
+    stopping: bool,
+    /// It did.
+    stopped: bool,
 }
 
 /// What the writer thread and the listeners' logs share.
@@ -122,15 +124,13 @@ impl AccessLogs {
             // Listeners are opened one at a time (under the server's listener lock): one thread.
             let _ = self.started.set(());
         }
-        Ok(AccessLog {
-            target: Arc::new(Target {
-                path: config.path.clone(),
-                format: config.format,
-                listener: listener.name.as_str().into(),
-                forward: listener.mode == ListenerMode::Forward,
-            }),
+        Ok(AccessLog(Arc::new(Target {
+            path: config.path.clone(),
+            format: config.format,
+            listener: listener.name.as_str().into(),
+            forward: listener.mode == ListenerMode::Forward,
             shared: self.shared.clone(),
-        })
+        })))
     }
 
     /// Has the writer open its files again under their names (after logrotate moved them away). Asked for on
@@ -171,7 +171,6 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 /// Where and how one listener's lines go.
-#[derive(Debug)]
 struct Target {
     path: PathBuf,
     format: AccessLogFormat,
@@ -179,28 +178,29 @@ struct Target {
     /// A forward listener's requests are logged with their whole target (`http://origin/path`, `host:443`),
     /// a reverse listener's with the path and query.
     forward: bool,
-}
-
-/// One listener's access log, kept with its settings.
-#[derive(Clone)]
-pub struct AccessLog {
-    target: Arc<Target>,
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for AccessLog {
+impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessLog").field("target", &self.target).finish()
+        f.debug_struct("Target").field("path", &self.path).field("listener", &self.listener).finish()
     }
 }
 
+/// One listener's access log, kept with its settings: one reference count, taken once a logged request (the
+/// line goes to the queue with it).
+#[derive(Clone, Debug)]
+pub struct AccessLog(Arc<Target>);
+
 impl AccessLog {
-    /// What the line needs of the request, read before the request path takes it; the line is written with
-    /// status 499 if the request is dropped before it has a response (the client went away), as nginx does.
+    /// What the line needs of the request (which arrived at `started`), read before the request path takes
+    /// it; the line is written with status 499 if the request is dropped before it has a response (the client
+    /// went away), as nginx does.
     pub fn begin<B>(
         &self,
         req: &Request<B>,
         conn: &ConnInfo,
+        started: Instant,
         request_id: &str,
         trace_id: &dyn std::fmt::Display,
     ) -> Pending {
@@ -209,11 +209,11 @@ impl AccessLog {
         let host = req.uri().authority().map(|a| cut(a.as_str())).or_else(|| field(header::HOST));
         let entry = Box::new(Entry {
             time: SystemTime::now(),
-            started: Instant::now(),
+            started,
             client: conn.peer,
             method: req.method().as_str().into(),
             target: match req.uri().path_and_query() {
-                Some(path) if !self.target.forward => cut(path.as_str()),
+                Some(path) if !self.0.forward => cut(path.as_str()),
                 _ => cut(&req.uri().to_string()),
             },
             version: req.version(),
@@ -230,14 +230,14 @@ impl AccessLog {
             endpoint: None,
             upstream_time_us: None,
         });
-        Pending { log: self.clone(), entry: Some(entry) }
+        Pending { line: Some((self.clone(), entry)) }
     }
 
     /// Writes the line once the response has been sent: now, for an answer whole in memory; when its body
     /// ends or is given up, for one that streams. Call it before the body's other guards are attached, so that
     /// the send timeout, which finishes the guards under it when it gives a body up, writes the line then; the
     /// bytes are counted by the [`Sent`] it returns, which goes outside every guard ([`Sent::count`]).
-    fn finish(&self, mut entry: Box<Entry>, response: &mut http::Response<ResponseBody>) -> Option<Sent> {
+    fn finish(self, mut entry: Box<Entry>, response: &mut http::Response<ResponseBody>) -> Option<Sent> {
         entry.status = response.status().as_u16();
         let head = entry.method.as_ref() == "HEAD";
         let body = response.body_mut();
@@ -245,7 +245,7 @@ impl AccessLog {
             Some(slot) => {
                 let sent = Sent(Arc::new(AtomicU64::new(0)));
                 let inner = slot.take();
-                *slot = Some(Box::new(Logged { log: self.clone(), entry: Some(entry), sent: sent.clone(), inner }));
+                *slot = Some(Box::new(Logged { line: Some((self, entry)), sent: sent.clone(), inner }));
                 Some(sent)
             }
             None => {
@@ -257,26 +257,29 @@ impl AccessLog {
         }
     }
 
-    fn write(&self, mut entry: Box<Entry>) {
-        entry.duration_us = micros(entry.started.elapsed());
+    fn write(self, mut entry: Box<Entry>) {
+        entry.duration_us = entry.since_start();
+        let target = self.0;
+        let shared = target.shared.clone();
         let weight = entry.weight();
-        let (refused, wake) = {
-            let mut queue = self.shared.queue.lock();
+        let queued = {
+            let mut queue = shared.queue.lock();
             if queue.stopping {
-                (Some("writer_stopped"), false)
+                Err((target, "writer_stopped"))
             } else if queue.lines.len() >= QUEUE || queue.bytes + weight > QUEUE_BYTES {
-                (Some("queue_full"), false)
+                Err((target, "queue_full"))
             } else {
-                queue.lines.push((self.target.clone(), entry));
+                queue.lines.push((target, entry));
                 queue.bytes += weight;
-                (None, queue.lines.len() == writer::WAKE_AT)
+                Ok(queue.lines.len() == writer::WAKE_AT)
             }
         };
-        if wake {
-            self.shared.ready.notify_one();
-        }
-        if let Some(reason) = refused {
-            self.shared.dropped.with_label_values(&[&self.target.listener, reason]).inc();
+        match queued {
+            Ok(true) => {
+                shared.ready.notify_one();
+            }
+            Ok(false) => {}
+            Err((target, reason)) => shared.dropped.with_label_values(&[&target.listener, reason]).inc(),
         }
     }
 }
@@ -294,46 +297,40 @@ fn cut(text: &str) -> String {
 }
 
 /// A request's line until its response is known (see [`AccessLog::begin`]).
+#[derive(Debug)]
 pub struct Pending {
-    log: AccessLog,
-    entry: Option<Box<Entry>>,
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("entry", &self.entry).finish()
-    }
+    line: Option<(AccessLog, Box<Entry>)>,
 }
 
 impl Pending {
     /// See [`Entry::attempt`].
     pub fn attempt(&mut self, upstream: &str, endpoint: &str) {
-        if let Some(entry) = self.entry.as_mut() {
+        if let Some((_, entry)) = self.line.as_mut() {
             entry.attempt(upstream, endpoint);
         }
     }
 
     /// See [`Entry::answered`].
     pub fn answered(&mut self) {
-        if let Some(entry) = self.entry.as_mut() {
+        if let Some((_, entry)) = self.line.as_mut() {
             entry.answered();
         }
     }
 
     /// The response is known: see [`AccessLog::finish`].
     pub fn finish(mut self, response: &mut http::Response<ResponseBody>) -> Option<Sent> {
-        let entry = self.entry.take()?;
-        self.log.finish(entry, response)
+        let (log, entry) = self.line.take()?;
+        log.finish(entry, response)
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(mut entry) = self.entry.take() {
+        if let Some((log, mut entry)) = self.line.take() {
             // nginx's "client closed request".
             entry.status = 499;
             entry.complete = false;
-            self.log.write(entry);
+            log.write(entry);
         }
     }
 }
@@ -387,12 +384,14 @@ impl Entry {
 
     /// The attempt's response head came: how long after the request's start.
     fn answered(&mut self) {
-        self.upstream_time_us = Some(micros(self.started.elapsed()));
+        self.upstream_time_us = Some(self.since_start());
     }
-}
 
-fn micros(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+    /// Microseconds since the request arrived, on the clock the request path reads (the task's poll time).
+    fn since_start(&self) -> u64 {
+        let elapsed = crate::clock::now().saturating_duration_since(self.started);
+        u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The bytes of a streaming body handed to the client so far: counted by a guard outside all the others (each
@@ -435,8 +434,7 @@ impl BodyGuard for Counting {
 
 /// Writes the line when the body ends, is given up, or is dropped.
 struct Logged {
-    log: AccessLog,
-    entry: Option<Box<Entry>>,
+    line: Option<(AccessLog, Box<Entry>)>,
     sent: Sent,
     inner: Option<Box<dyn BodyGuard>>,
 }
@@ -446,10 +444,10 @@ impl BodyGuard for Logged {
         if let Some(mut inner) = self.inner.take() {
             inner.finish(ok);
         }
-        if let Some(mut entry) = self.entry.take() {
+        if let Some((log, mut entry)) = self.line.take() {
             entry.complete = ok;
             entry.bytes = self.sent.0.load(Ordering::Relaxed);
-            self.log.write(entry);
+            log.write(entry);
         }
     }
 }

@@ -223,10 +223,7 @@ async fn absolute(
             error_response(LocalError::PayloadTooLarge, super::TOO_LARGE, &meta.request_id)
         }
         Ok(Err(_)) if client_body.as_ref().is_some_and(|w| w.client_failed()) => {
-            let mut answer =
-                error_response(LocalError::BadRequest, "the request body could not be read", &meta.request_id);
-            answer.extensions_mut().insert(crate::body::BodyBroken);
-            answer
+            super::local::body_broken("the request body could not be read", &meta.request_id)
         }
         Ok(Err(e)) => error_response(LocalError::UpstreamFailed, &e.to_string(), &meta.request_id),
         Err(_) => error_response(LocalError::UpstreamTimeout, "origin did not answer in time", &meta.request_id),

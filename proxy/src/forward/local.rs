@@ -78,6 +78,15 @@ impl LocalError {
     }
 }
 
+/// The 400 for a request whose client broke off its body (an HTTP/2 stream reset, a connection closed inside
+/// it, a malformed chunk), marked [`crate::body::BodyBroken`] so the connection counts it as a cancel, not a
+/// refusal.
+pub fn body_broken(detail: &str, request_id: &str) -> Response<ResponseBody> {
+    let mut answer = error_response(LocalError::BadRequest, detail, request_id);
+    answer.extensions_mut().insert(crate::body::BodyBroken);
+    answer
+}
+
 /// Builds the JSON error answer.
 pub fn error_response(error: LocalError, detail: &str, request_id: &str) -> Response<ResponseBody> {
     let body = serde_json::json!({

@@ -53,7 +53,7 @@ pub async fn handle(
     let RequestIds { mut trace, request_id } = RequestIds::new(traceparent, given_id);
     let listener = conn.settings();
     let span = shared.telemetry.start(&mut trace, start, &req, conn, &listener);
-    let log = listener.access_log.as_ref().map(|log| log.begin(&req, conn, &request_id, &trace.trace_id));
+    let log = listener.access_log.as_ref().map(|log| log.begin(&req, conn, start, &request_id, &trace.trace_id));
     let mut meta = RequestMeta { start, trace, request_id, span, log };
     let in_flight = conn.activity.begin();
     let refusal = if req.version() <= http::Version::HTTP_11 && conn.guard.next_request_is_refused() {

@@ -393,11 +393,10 @@ async fn proxy(
             Ok(Err(e)) => {
                 if let Some((error, detail)) = client_fault(false) {
                     tracing::debug!(trace_id = %meta.trace.trace_id, endpoint = %endpoint.name, error = %error_chain(&e), "client body failed");
-                    let mut answer = error_response(error, detail, &meta.request_id);
-                    if error == LocalError::BadRequest {
-                        answer.extensions_mut().insert(crate::body::BodyBroken);
-                    }
-                    return answer;
+                    return match error {
+                        LocalError::BadRequest => super::local::body_broken(detail, &meta.request_id),
+                        error => error_response(error, detail, &meta.request_id),
+                    };
                 }
                 if e.is_connect() {
                     shared.metrics.connect_errors.with_label_values(&[upstream.name()]).inc();

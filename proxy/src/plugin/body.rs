@@ -289,10 +289,7 @@ async fn collect(
                 error_response(LocalError::PayloadTooLarge, crate::forward::TOO_LARGE, request_id)
             }
             ClientBodyError::Read(e) => {
-                let detail = format!("request body could not be read: {e}");
-                let mut answer = error_response(LocalError::BadRequest, &detail, request_id);
-                answer.extensions_mut().insert(crate::body::BodyBroken);
-                answer
+                crate::forward::local::body_broken(&format!("request body could not be read: {e}"), request_id)
             }
         })?;
         let passed = pipe
